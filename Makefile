@@ -1,0 +1,41 @@
+# Flame monorepo. One venv (.venv) holds every package editable plus the dev tools.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PACKAGES := proto services/common services/controller services/apiserver services/notifier services/flamelet sdk
+STAMP := $(VENV)/.installed
+MANIFESTS := $(foreach p,$(PACKAGES),$(p)/pyproject.toml) requirements-dev.txt
+
+.PHONY: install test lint proto proto-check demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): $(MANIFESTS)
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-dev.txt $(foreach p,$(PACKAGES),-e ./$(p))
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+proto: install
+	$(BIN)/python proto/generate.py
+
+proto-check: install
+	$(BIN)/python proto/generate.py --check
+
+demo: install
+	$(BIN)/python -m flame.cli.demo
+
+bench: install
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Generated wire contracts of Flame. Do not edit."""

@@ -1,0 +1,75 @@
+"""The message every channel moves, and its protobuf envelope encoding."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from flame.errors import ChannelError
+from flame.tensors import Weights, from_bytes, to_bytes
+from flame_proto.v1 import data_pb2
+
+
+@dataclass(frozen=True)
+class Message:
+    """One data-plane message between two tasks of a job.
+
+    ``kind`` says what it is ("weights", "update", "assign", "done", ...), ``round`` which round
+    it belongs to, ``meta`` carries small JSON values (sample counts, metrics) and ``weights``
+    the tensors, if any.
+    """
+
+    kind: str
+    round: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+    weights: Weights | None = None
+    sender: str = ""
+    job_id: str = ""
+    channel: str = ""
+    message_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def to_envelope(self, receiver: str = "") -> data_pb2.Envelope:
+        return data_pb2.Envelope(
+            message_id=self.message_id,
+            job_id=self.job_id,
+            channel=self.channel,
+            sender=self.sender,
+            receiver=receiver,
+            kind=self.kind,
+            round=self.round,
+            meta_json=json.dumps(self.meta, separators=(",", ":")),
+            payload=to_bytes(self.weights) if self.weights is not None else b"",
+        )
+
+    @classmethod
+    def from_envelope(cls, env: data_pb2.Envelope) -> Message:
+        try:
+            meta = json.loads(env.meta_json) if env.meta_json else {}
+        except json.JSONDecodeError as exc:
+            raise ChannelError(f"message {env.message_id}: meta is not JSON") from exc
+        if not isinstance(meta, dict):
+            raise ChannelError(f"message {env.message_id}: meta is not a JSON object")
+        return cls(
+            kind=env.kind,
+            round=env.round,
+            meta=meta,
+            weights=from_bytes(env.payload) if env.payload else None,
+            sender=env.sender,
+            job_id=env.job_id,
+            channel=env.channel,
+            message_id=env.message_id,
+        )
+
+    def encode(self, receiver: str = "") -> bytes:
+        return self.to_envelope(receiver).SerializeToString()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Message:
+        env = data_pb2.Envelope()
+        try:
+            env.ParseFromString(data)
+        except Exception as exc:  # protobuf DecodeError
+            raise ChannelError("not a flame envelope") from exc
+        return cls.from_envelope(env)

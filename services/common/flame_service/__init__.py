@@ -1,0 +1,1 @@
+"""Shared plumbing for Flame's control-plane services (never imports a service)."""
