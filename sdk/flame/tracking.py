@@ -1,0 +1,330 @@
+"""Experiment tracking for the top aggregator (DESIGN §4 Tracking).
+
+Only the top aggregator tracks; trainers get :class:`NullTracker` (privacy: their own logs go to
+the control plane). :class:`MlflowTracker` logs params, per-round metrics with ``step=round``
+(one ``log_batch`` per round), MLflow system metrics and tags, keeps the best global model by the
+job's selection metric and at the end logs it (safetensors weights in a models-from-code pyfunc)
+and registers it as ``<job name>`` with alias ``best``. Under the control plane,
+:class:`ControlPlaneReporter` also sends the round metrics to the apiserver for
+``flamectl job watch``. Everything uses ``MlflowClient`` with an explicit tracking URI: no global
+MLflow state, so several simulated jobs can share one process.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import structlog
+
+from flame.config import TaskConfig, TrackingSpec
+from flame.tensors import Weights, copy_weights
+from flame.tensors import to_bytes as weights_to_bytes
+
+log = structlog.get_logger(__name__)
+
+_MODEL_CODE = Path(__file__).parent / "serving" / "weights_model.py"
+
+
+@dataclass(frozen=True)
+class TrackingResult:
+    run_id: str | None = None
+    run_uri: str | None = None
+    model_uri: str | None = None  # models:/<name>@best when registered
+    best_round: int | None = None
+    best_metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Tracker(Protocol):
+    def start(self, params: dict[str, Any], tags: dict[str, str]) -> None: ...
+
+    def log_round(self, rnd: int, metrics: dict[str, float]) -> None: ...
+
+    def offer_model(self, rnd: int, weights: Weights, metrics: dict[str, float]) -> None: ...
+
+    def finish(self, status: str = "FINISHED") -> TrackingResult: ...
+
+
+class NullTracker:
+    """Tracks nothing (trainers, tests)."""
+
+    def start(self, params: dict[str, Any], tags: dict[str, str]) -> None:
+        return None
+
+    def log_round(self, rnd: int, metrics: dict[str, float]) -> None:
+        return None
+
+    def offer_model(self, rnd: int, weights: Weights, metrics: dict[str, float]) -> None:
+        return None
+
+    def finish(self, status: str = "FINISHED") -> TrackingResult:
+        return TrackingResult()
+
+
+class BestModel:
+    """Keeps the best global model seen so far by one metric (plain data, checkpointable)."""
+
+    def __init__(self, metric: str, mode: str = "max") -> None:
+        self.metric = metric
+        self.mode = mode
+        self.round: int | None = None
+        self.weights: Weights | None = None
+        self.metrics: dict[str, float] = {}
+
+    def offer(self, rnd: int, weights: Weights, metrics: dict[str, float]) -> bool:
+        value = metrics.get(self.metric)
+        if value is None or not math.isfinite(value):
+            # Without the selection metric the newest model is the best we know.
+            if self.metrics.get(self.metric) is not None:
+                return False
+        elif self.metrics.get(self.metric) is not None:
+            best = self.metrics[self.metric]
+            better = value > best if self.mode == "max" else value < best
+            if not better:
+                return False
+        self.round, self.weights, self.metrics = rnd, copy_weights(weights), dict(metrics)
+        return True
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = str(value)[:6000]
+
+
+class MlflowTracker:
+    def __init__(
+        self,
+        *,
+        tracking_uri: str,
+        experiment: str,
+        run_name: str,
+        selection_metric: str = "accuracy",
+        mode: str = "max",
+        register_as: str | None = None,
+        predict_source: str | None = None,
+        system_metrics_interval: float = 1.0,
+    ) -> None:
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.experiment = experiment
+        self.run_name = run_name
+        self.best = BestModel(selection_metric, mode)
+        self.register_as = register_as
+        self.predict_source = predict_source
+        self.system_metrics_interval = system_metrics_interval
+        self.run_id: str | None = None
+        self._monitor: Any = None
+
+    def start(self, params: dict[str, Any], tags: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        exp = self.client.get_experiment_by_name(self.experiment)
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
+        run = self.client.create_run(exp_id, run_name=self.run_name, tags=tags)
+        self.run_id = run.info.run_id
+        flat: dict[str, str] = {}
+        _flatten("", params, flat)
+        items = [Param(k, v) for k, v in sorted(flat.items())]
+        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+        self._start_system_metrics()
+        log.info("tracking.started", run_id=self.run_id, uri=self.tracking_uri)
+
+    def _start_system_metrics(self) -> None:
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(
+                self.run_id,
+                sampling_interval=self.system_metrics_interval,
+                samples_before_logging=1,
+                tracking_uri=self.tracking_uri,
+            )
+            self._monitor.start()
+        except Exception as exc:  # system metrics are best effort (e.g. psutil missing)
+            log.warning("tracking.system_metrics_unavailable", error=str(exc))
+            self._monitor = None
+
+    def log_round(self, rnd: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        if self.run_id is None:
+            raise RuntimeError("tracker not started")
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, rnd) for k, v in metrics.items() if math.isfinite(v)]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def offer_model(self, rnd: int, weights: Weights, metrics: dict[str, float]) -> None:
+        if self.best.offer(rnd, weights, metrics):
+            log.info(
+                "tracking.best_model",
+                round=rnd,
+                **{self.best.metric: metrics.get(self.best.metric)},
+            )
+
+    def finish(self, status: str = "FINISHED") -> TrackingResult:
+        if self.run_id is None:
+            return TrackingResult()
+        if self._monitor is not None:
+            try:
+                self._monitor.finish()
+            except Exception as exc:
+                log.warning("tracking.system_metrics_finish_failed", error=str(exc))
+        model_uri = None
+        if self.best.weights is not None:
+            model_uri = self._log_best_model()
+        self.client.set_terminated(self.run_id, status=status)
+        exp = self.client.get_run(self.run_id).info.experiment_id
+        result = TrackingResult(
+            run_id=self.run_id,
+            run_uri=f"{self.tracking_uri}#/experiments/{exp}/runs/{self.run_id}",
+            model_uri=model_uri,
+            best_round=self.best.round,
+            best_metrics=dict(self.best.metrics),
+        )
+        log.info(
+            "tracking.finished", run_id=self.run_id, model_uri=model_uri, best_round=self.best.round
+        )
+        return result
+
+    def _log_best_model(self) -> str | None:
+        import mlflow.pyfunc
+
+        assert self.run_id is not None and self.best.weights is not None
+        with tempfile.TemporaryDirectory() as tmp:
+            weights_file = Path(tmp) / "weights.safetensors"
+            weights_file.write_bytes(weights_to_bytes(self.best.weights))
+            artifacts = {"weights": str(weights_file)}
+            if self.predict_source and Path(self.predict_source).is_file():
+                artifacts["predict_py"] = self.predict_source
+            model_dir = Path(tmp) / "model"
+            mlflow.pyfunc.save_model(
+                str(model_dir),
+                python_model=str(_MODEL_CODE),
+                artifacts=artifacts,
+                pip_requirements=["mlflow", "numpy", "safetensors"],
+                metadata={"flame_best_round": self.best.round, "flame_metrics": self.best.metrics},
+            )
+            self.client.log_artifacts(self.run_id, str(model_dir), "best_model")
+        if not self.register_as:
+            return f"runs:/{self.run_id}/best_model"
+        try:
+            self.client.get_registered_model(self.register_as)
+        except Exception:
+            self.client.create_registered_model(self.register_as)
+        version = self.client.create_model_version(
+            self.register_as, source=f"runs:/{self.run_id}/best_model", run_id=self.run_id
+        )
+        self.client.set_registered_model_alias(self.register_as, "best", version.version)
+        return f"models:/{self.register_as}@best"
+
+
+class ControlPlaneReporter:
+    """Sends round metrics (and at the end the run/model URIs) to the apiserver so that
+    ``flamectl job watch`` shows the curve. Failures are logged, never fatal to training."""
+
+    def __init__(self, url: str, token: str, task_id: str, timeout: float = 5.0) -> None:
+        self.http = httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
+        )
+        self.path = f"/v1/agent/tasks/{task_id}/metrics"
+
+    def _post(self, body: dict[str, Any]) -> None:
+        try:
+            self.http.post(self.path, json=body).raise_for_status()
+        except httpx.HTTPError as exc:
+            log.warning("metrics.report_failed", error=str(exc))
+
+    def start(self, params: dict[str, Any], tags: dict[str, str]) -> None:
+        return None
+
+    def log_round(self, rnd: int, metrics: dict[str, float]) -> None:
+        items = [
+            {"key": k, "value": float(v), "step": rnd}
+            for k, v in metrics.items()
+            if math.isfinite(v)
+        ]
+        self._post({"metrics": items})
+
+    def offer_model(self, rnd: int, weights: Weights, metrics: dict[str, float]) -> None:
+        return None
+
+    def finish(self, status: str = "FINISHED") -> TrackingResult:
+        self.http.close()
+        return TrackingResult()
+
+    def report_result(self, result: TrackingResult) -> None:
+        self._post(
+            {"metrics": [], "run_uri": result.run_uri or "", "model_uri": result.model_uri or ""}
+        )
+
+
+class CompositeTracker:
+    """MLflow first (its result is the job's), then the control-plane reporter."""
+
+    def __init__(self, primary: Tracker, reporter: ControlPlaneReporter | None) -> None:
+        self.primary = primary
+        self.reporter = reporter
+
+    def start(self, params: dict[str, Any], tags: dict[str, str]) -> None:
+        self.primary.start(params, tags)
+
+    def log_round(self, rnd: int, metrics: dict[str, float]) -> None:
+        self.primary.log_round(rnd, metrics)
+        if self.reporter:
+            self.reporter.log_round(rnd, metrics)
+
+    def offer_model(self, rnd: int, weights: Weights, metrics: dict[str, float]) -> None:
+        self.primary.offer_model(rnd, weights, metrics)
+
+    def finish(self, status: str = "FINISHED") -> TrackingResult:
+        result = self.primary.finish(status)
+        if self.reporter:
+            self.reporter.report_result(result)
+            self.reporter.finish(status)
+        return result
+
+
+def default_tracking_uri(workdir: str | Path) -> str:
+    return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+
+
+def make_tracker(config: TaskConfig, *, predict_source: str | None = None) -> Tracker:
+    """The tracker for one task: MLflow (+ control-plane metrics) for the top aggregator,
+    nothing for everyone else. The caller decides whether this task is the top aggregator."""
+    spec: TrackingSpec = config.job.tracking
+    mlflow_tracker = MlflowTracker(
+        tracking_uri=spec.uri or default_tracking_uri(config.workdir),
+        experiment=spec.experiment or config.job_name,
+        run_name=f"{config.job_name}-{config.job_id[:8]}",
+        selection_metric=spec.selection_metric,
+        mode=spec.mode,
+        register_as=config.job_name if spec.register else None,
+        predict_source=predict_source,
+    )
+    disc = config.discovery
+    reporter = None
+    if disc.kind == "control-plane" and disc.url and disc.token:
+        reporter = ControlPlaneReporter(disc.url, disc.token, config.task_id)
+    return CompositeTracker(mlflow_tracker, reporter)
+
+
+def tracking_tags(config: TaskConfig) -> dict[str, str]:
+    return {
+        "flame.job_id": config.job_id,
+        "flame.job_name": config.job_name,
+        "flame.design": config.design_name,
+        "flame.owner": config.owner,
+        "flame.task_id": config.task_id,
+    }

@@ -1,0 +1,130 @@
+"""MlflowTracker against real MLflow stores: a local SQLite store and a real `mlflow server`."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from flame.tracking import MlflowTracker, NullTracker
+
+PREDICT = """
+import numpy as np
+def predict(weights, x):
+    return np.asarray(x) @ weights["w"] + weights["b"]
+"""
+
+
+def _run_job(uri: str, tmp_path: Path, name: str) -> tuple[MlflowTracker, dict]:
+    predict_py = tmp_path / "predict.py"
+    predict_py.write_text(PREDICT)
+    tracker = MlflowTracker(
+        tracking_uri=uri,
+        experiment=name,
+        run_name=f"{name}-run",
+        selection_metric="accuracy",
+        register_as=name,
+        predict_source=str(predict_py),
+        system_metrics_interval=0.2,
+    )
+    tracker.start({"rounds": 3, "optimizer": {"name": "fedavg"}}, {"flame.job_id": "job-1"})
+    accuracies = [0.5, 0.9, 0.7]
+    models = {}
+    for rnd, acc in enumerate(accuracies, start=1):
+        weights = {"w": np.full((2, 1), float(rnd), np.float32), "b": np.zeros(1, np.float32)}
+        models[rnd] = weights
+        tracker.log_round(rnd, {"accuracy": acc, "loss": 1.0 - acc})
+        tracker.offer_model(rnd, weights, {"accuracy": acc})
+    time.sleep(0.5)  # let the system-metrics sampler take a sample (it samples on its own clock)
+    return tracker, models
+
+
+def _check(uri: str, tracker: MlflowTracker, models: dict, name: str) -> None:
+    import mlflow
+    import mlflow.pyfunc
+
+    result = tracker.finish()
+    assert result.best_round == 2 and result.model_uri == f"models:/{name}@best"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.get_run(result.run_id)
+    assert run.data.params["optimizer.name"] == "fedavg"
+    assert run.data.tags["flame.job_id"] == "job-1"
+    history = client.get_metric_history(result.run_id, "accuracy")
+    assert [(m.step, m.value) for m in history] == [(1, 0.5), (2, 0.9), (3, 0.7)]
+    assert any(k.startswith("system/") for k in run.data.metrics), run.data.metrics.keys()
+    version = client.get_model_version_by_alias(name, "best")
+    assert version.run_id == result.run_id
+    mlflow.set_tracking_uri(uri)  # how a user loads models:/name@best from that registry
+    mlflow.set_registry_uri(uri)
+    model = mlflow.pyfunc.load_model(result.model_uri)
+    weights = model.unwrap_python_model().weights
+    np.testing.assert_array_equal(weights["w"], models[2]["w"])
+    np.testing.assert_allclose(model.predict(np.ones((1, 2), np.float32)), [[4.0]])
+
+
+def test_mlflow_tracker_on_a_local_sqlite_store(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker, models = _run_job(uri, tmp_path, "digits-local")
+    _check(uri, tracker, models, "digits-local")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_mlflow_tracker_against_a_real_tracking_server(tmp_path: Path) -> None:
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{uri}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None, "mlflow server exited"
+            assert time.monotonic() < deadline, "mlflow server did not become healthy"
+            time.sleep(0.2)
+        tracker, models = _run_job(uri, tmp_path, "digits-remote")
+        _check(uri, tracker, models, "digits-remote")
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def test_null_tracker_tracks_nothing() -> None:
+    t = NullTracker()
+    t.start({}, {})
+    t.log_round(1, {"accuracy": 1.0})
+    assert t.finish().run_id is None
