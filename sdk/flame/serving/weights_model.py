@@ -19,7 +19,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 
-class FlameWeightsModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
+class FlameWeightsModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
     def __init__(self) -> None:
         self.weights: dict[str, np.ndarray] = {}
         self._predict: Callable[[dict[str, np.ndarray], Any], Any] | None = None
