@@ -1,0 +1,348 @@
+"""The embedded control plane on one machine: start, health-check and stop its processes.
+
+``flamectl up`` starts the controller (SQLite store), the notifier, the apiserver, an MLflow
+tracking server and N local flamelets as detached processes, records their pids in
+``<home>/stack.json`` and waits until each one is healthy; ``flamectl down`` stops them by pid.
+Services are started through their console scripts (the SDK never imports a service).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+import structlog
+
+from flame.errors import FlameError
+
+log = structlog.get_logger(__name__)
+
+
+class StackError(FlameError):
+    """The embedded stack could not be started or stopped."""
+
+
+@dataclass
+class Proc:
+    name: str
+    pid: int
+    log: str
+
+
+@dataclass
+class StackState:
+    home: str
+    api_url: str
+    admin_token: str
+    mlflow_url: str
+    controller: str
+    notifier: str
+    procs: list[Proc] = field(default_factory=list)
+    nodes: dict[str, str] = field(default_factory=dict)  # node name -> flamelet home
+
+    def save(self) -> None:
+        path = Path(self.home) / "stack.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, home: Path) -> StackState | None:
+        path = home / "stack.json"
+        if not path.exists():
+            return None
+        raw = json.loads(path.read_text())
+        raw["procs"] = [Proc(**p) for p in raw.get("procs", [])]
+        return cls(**raw)
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("FLAME_HOME", Path.home() / ".flame")) / "stack"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _script(name: str) -> str:
+    """A console script of this environment (services are installed next to flamectl)."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if not found:
+        raise StackError(f"{name} is not installed in this environment (run `make install`)")
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wait(what: str, check: Callable[[], bool], procs: list[Proc], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        for p in procs:
+            if not _alive(p.pid):
+                tail = _tail(Path(p.log))
+                raise StackError(f"{p.name} exited while waiting for {what}; its log ends:\n{tail}")
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise StackError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class Stack:
+    """Starts and stops the embedded stack rooted at ``home``."""
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = (home or default_home()).resolve()
+        self.logs = self.home / "logs"
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log_path = self.logs / f"{name}.log"
+        full_env = {**os.environ, **env}
+        with log_path.open("ab") as out:
+            proc = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=full_env,
+                cwd=self.home,
+                start_new_session=True,  # survives the shell that ran `flamectl up`
+            )
+        log.info("stack.started", process=name, pid=proc.pid, log=str(log_path))
+        return Proc(name=name, pid=proc.pid, log=str(log_path))
+
+    def up(self, nodes: int = 0, timeout: float = 90.0) -> StackState:
+        existing = StackState.load(self.home)
+        if existing and any(_alive(p.pid) for p in existing.procs):
+            raise StackError(f"a stack is already running from {self.home}; run `flamectl down`")
+        self.home.mkdir(parents=True, exist_ok=True)
+        ports = {k: free_port() for k in ("controller", "notifier", "api", "mlflow")}
+        token = f"flm_user_{secrets.token_urlsafe(32)}"
+        api_url = f"http://127.0.0.1:{ports['api']}"
+        state = StackState(
+            home=str(self.home),
+            api_url=api_url,
+            admin_token=token,
+            mlflow_url=f"http://127.0.0.1:{ports['mlflow']}",
+            controller=f"127.0.0.1:{ports['controller']}",
+            notifier=f"127.0.0.1:{ports['notifier']}",
+        )
+        data = self.home / "data"
+        data.mkdir(exist_ok=True)
+        common = {"FLAME_LOG_JSON": "true"}
+        try:
+            state.procs.append(
+                self._spawn(
+                    "controller",
+                    [_script("flame-controller")],
+                    {
+                        **common,
+                        "FLAME_CONTROLLER_STORE_URI": f"sqlite:///{data / 'flame.db'}",
+                        "FLAME_CONTROLLER_DATA_DIR": str(data),
+                        "FLAME_CONTROLLER_LISTEN": state.controller,
+                        "FLAME_CONTROLLER_NOTIFIER_ADDRESS": state.notifier,
+                        "FLAME_CONTROLLER_APISERVER_URL": api_url,
+                        "FLAME_CONTROLLER_ADMIN_TOKEN": token,
+                    },
+                )
+            )
+            state.procs.append(
+                self._spawn(
+                    "notifier",
+                    [_script("flame-notifier")],
+                    {
+                        **common,
+                        "FLAME_NOTIFIER_LISTEN": state.notifier,
+                        "FLAME_NOTIFIER_CONTROLLER_ADDRESS": state.controller,
+                    },
+                )
+            )
+            state.procs.append(
+                self._spawn(
+                    "apiserver",
+                    [_script("flame-apiserver")],
+                    {
+                        **common,
+                        "FLAME_APISERVER_CONTROLLER_ADDRESS": state.controller,
+                        "FLAME_APISERVER_NOTIFIER_ADDRESS": state.notifier,
+                        "FLAME_APISERVER_LISTEN_HOST": "127.0.0.1",
+                        "FLAME_APISERVER_PORT": str(ports["api"]),
+                    },
+                )
+            )
+            state.procs.append(
+                self._spawn(
+                    "mlflow",
+                    [
+                        sys.executable,
+                        "-m",
+                        "mlflow",
+                        "server",
+                        "--workers",
+                        "1",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(ports["mlflow"]),
+                        "--backend-store-uri",
+                        f"sqlite:///{self.home / 'mlflow.db'}",
+                        "--artifacts-destination",
+                        str(self.home / "mlartifacts"),
+                    ],
+                    {},
+                )
+            )
+            state.save()
+            headers = {"Authorization": f"Bearer {token}"}
+            _wait(
+                "the apiserver and controller",
+                lambda: httpx.get(f"{api_url}/readyz", timeout=2).status_code == 200,
+                state.procs,
+                timeout,
+            )
+            for i in range(nodes):
+                self._add_node(state, f"node-{i}", headers)
+            state.save()
+            if nodes:
+                _wait(
+                    f"{nodes} flamelet(s) online",
+                    lambda: self._online(state, headers) >= nodes,
+                    state.procs,
+                    timeout,
+                )
+            _wait(
+                "the MLflow server",
+                lambda: httpx.get(f"{state.mlflow_url}/health", timeout=2).status_code == 200,
+                state.procs,
+                timeout,
+            )
+        except BaseException:
+            self.down(state)
+            raise
+        return state
+
+    def _add_node(self, state: StackState, name: str, headers: dict[str, str]) -> None:
+        resp = httpx.post(
+            f"{state.api_url}/v1/nodes", json={"name": name}, headers=headers, timeout=10
+        )
+        if resp.status_code != 201 and resp.status_code != 200:
+            raise StackError(f"cannot create node {name}: {resp.status_code} {resp.text}")
+        enrolment = resp.json()["enrolment_token"]
+        node_home = self.home / "nodes" / name
+        node_home.mkdir(parents=True, exist_ok=True)
+        flamelet = _script("flamelet")
+        login = subprocess.run(
+            [
+                flamelet,
+                "login",
+                "--server",
+                state.api_url,
+                "--token",
+                enrolment,
+                "--home",
+                str(node_home),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if login.returncode != 0:
+            raise StackError(f"flamelet login for {name} failed: {login.stderr or login.stdout}")
+        state.procs.append(
+            self._spawn(f"flamelet-{name}", [flamelet, "run", "--home", str(node_home)], {})
+        )
+        state.nodes[name] = str(node_home)
+
+    def _online(self, state: StackState, headers: dict[str, str]) -> int:
+        resp = httpx.get(
+            f"{state.api_url}/v1/nodes", params={"limit": 500}, headers=headers, timeout=5
+        )
+        resp.raise_for_status()
+        return sum(
+            1 for n in resp.json()["items"] if n.get("presence") in ("online", "PRESENCE_ONLINE")
+        )
+
+    def down(self, state: StackState | None = None, grace: float = 10.0) -> list[str]:
+        state = state or StackState.load(self.home)
+        if state is None:
+            return []
+        stopped: list[str] = []
+        # Task processes run in their own sessions (they survive agent restarts), so collect
+        # every descendant before anything is signalled.
+        pids: list[int] = []
+        for p in state.procs:
+            pids.extend(_tree(p.pid))
+        for p in sorted(state.procs, key=lambda p: not p.name.startswith("flamelet")):
+            if _alive(p.pid):
+                stopped.append(p.name)
+        for pid in pids:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for pid in pids:
+            while _alive(pid) and time.monotonic() < deadline:
+                _reap(pid)
+                time.sleep(0.05)
+            if _alive(pid):
+                _signal(pid, signal.SIGKILL)
+            _reap(pid)
+        (Path(state.home) / "stack.json").unlink(missing_ok=True)
+        return stopped
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its live descendants, children first."""
+    try:
+        proc = psutil.Process(pid)
+        return [c.pid for c in proc.children(recursive=True)] + [pid]
+    except psutil.Error:
+        return []
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
