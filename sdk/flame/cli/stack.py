@@ -151,7 +151,7 @@ class Stack:
         log.info("stack.started", process=name, pid=proc.pid, log=str(log_path))
         return Proc(name=name, pid=proc.pid, log=str(log_path))
 
-    def up(self, nodes: int = 0, timeout: float = 90.0) -> StackState:
+    def up(self, nodes: int = 0, timeout: float = 90.0, mlflow: bool = True) -> StackState:
         existing = StackState.load(self.home)
         if existing and any(_alive(p.pid) for p in existing.procs):
             raise StackError(f"a stack is already running from {self.home}; run `flamectl down`")
@@ -210,28 +210,29 @@ class Stack:
                     },
                 )
             )
-            state.procs.append(
-                self._spawn(
-                    "mlflow",
-                    [
-                        sys.executable,
-                        "-m",
+            if mlflow:
+                state.procs.append(
+                    self._spawn(
                         "mlflow",
-                        "server",
-                        "--workers",
-                        "1",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(ports["mlflow"]),
-                        "--backend-store-uri",
-                        f"sqlite:///{self.home / 'mlflow.db'}",
-                        "--artifacts-destination",
-                        str(self.home / "mlartifacts"),
-                    ],
-                    {},
+                        [
+                            sys.executable,
+                            "-m",
+                            "mlflow",
+                            "server",
+                            "--workers",
+                            "1",
+                            "--host",
+                            "127.0.0.1",
+                            "--port",
+                            str(ports["mlflow"]),
+                            "--backend-store-uri",
+                            f"sqlite:///{self.home / 'mlflow.db'}",
+                            "--artifacts-destination",
+                            str(self.home / "mlartifacts"),
+                        ],
+                        {},
+                    )
                 )
-            )
             state.save()
             headers = {"Authorization": f"Bearer {token}"}
             _wait(
@@ -252,7 +253,10 @@ class Stack:
                 )
             _wait(
                 "the MLflow server",
-                lambda: httpx.get(f"{state.mlflow_url}/health", timeout=2).status_code == 200,
+                lambda: (
+                    not mlflow
+                    or httpx.get(f"{state.mlflow_url}/health", timeout=2).status_code == 200
+                ),
                 state.procs,
                 timeout,
             )
