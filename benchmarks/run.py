@@ -1,0 +1,47 @@
+"""Run every benchmark in this folder (``make bench``); each writes JSON (+ PNG) to results/.
+
+A benchmark is a module ``benchmarks/<name>.py`` with ``main() -> dict``; its result is written to
+``results/<name>.json``. Targets are reported, never asserted: timing lives here, not in tests.
+Usage: python -m benchmarks.run [NAME ...]
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+
+
+def discover() -> list[str]:
+    return sorted(p.stem for p in HERE.glob("*.py") if p.stem not in {"run", "__init__"})
+
+
+def main(argv: list[str]) -> int:
+    names = argv or discover()
+    RESULTS.mkdir(exist_ok=True)
+    failed = []
+    for name in names:
+        module = importlib.import_module(f"benchmarks.{name}")
+        if not hasattr(module, "main"):
+            continue
+        started = time.perf_counter()
+        print(f"== {name}", flush=True)
+        try:
+            result = module.main()
+        except Exception as exc:
+            print(f"   failed: {exc!r}", flush=True)
+            failed.append(name)
+            continue
+        result = {"benchmark": name, "seconds": round(time.perf_counter() - started, 3), **result}
+        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+        print(json.dumps(result, indent=2, default=str), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
