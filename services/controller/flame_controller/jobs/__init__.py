@@ -1,0 +1,1 @@
+"""Jobs: design/job-spec validation, task expansion, state machines and the reconciler."""
