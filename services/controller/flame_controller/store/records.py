@@ -1,0 +1,226 @@
+"""The records the controller keeps in its store.
+
+One frozen pydantic model per resource of ``proto/flame/v1/control.proto``.  Every timestamp is a
+timezone-aware UTC ``datetime`` truncated to whole milliseconds (what MongoDB's BSON dates can
+hold), so a record reads back from every backend exactly equal to what was written.  Naive
+datetimes are rejected: use :func:`utcnow`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+JobState = Literal[
+    "ready",
+    "starting",
+    "deploying",
+    "running",
+    "stopping",
+    "completed",
+    "failed",
+    "terminated",
+]
+JobDesiredState = Literal["ready", "running", "stopped"]
+TaskState = Literal["pending", "scheduled", "running", "completed", "failed", "terminated"]
+Presence = Literal["unknown", "online", "offline"]
+TokenKind = Literal["api", "enrolment", "node", "task"]
+TokenScope = Literal["admin", "user", "node"]
+LogStream = Literal["stdout", "stderr", "agent"]
+
+JOB_TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "terminated"})
+TASK_TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "terminated"})
+
+
+def _utc_ms(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("timestamps must be timezone-aware (UTC)")
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond - value.microsecond % 1000)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc_ms)]
+"""A timezone-aware UTC datetime, truncated to milliseconds."""
+
+
+def utcnow() -> datetime:
+    """The current time as the store keeps it (UTC, millisecond precision)."""
+    return _utc_ms(datetime.now(UTC))
+
+
+def new_id() -> str:
+    """A fresh random id (32 lowercase hex characters)."""
+    return uuid.uuid4().hex
+
+
+class Record(BaseModel):
+    """Base of every stored record: frozen, strict about unknown fields."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True
+    )
+
+
+class UserRecord(Record):
+    id: str
+    name: str  # unique
+    email: str = ""
+    admin: bool = False
+    created_at: UtcDatetime = Field(default_factory=utcnow)
+
+
+class TokenRecord(Record):
+    """A bearer secret, stored hashed: user API token, enrolment token, node or task credential.
+
+    ``subject`` is the user id (api), node id (enrolment, node) or task id (task).
+    """
+
+    id: str
+    kind: TokenKind
+    scope: TokenScope
+    subject: str
+    token_hash: str  # unique
+    description: str = ""
+    expires_at: UtcDatetime | None = None
+    revoked: bool = False
+    created_at: UtcDatetime = Field(default_factory=utcnow)
+
+
+class ProjectRecord(Record):
+    id: str
+    name: str  # unique per owner
+    owner: str
+    members: list[str] = Field(default_factory=list)  # user ids
+    description: str = ""
+    created_at: UtcDatetime = Field(default_factory=utcnow)
+
+
+class NodeRecord(Record):
+    id: str
+    name: str  # unique per owner
+    owner: str
+    project_id: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    presence: Presence = "unknown"
+    last_seen: UtcDatetime | None = None
+    enrolled: bool = False
+    revoked: bool = False
+    facts: dict[str, Any] = Field(default_factory=dict)
+    created_at: UtcDatetime = Field(default_factory=utcnow)
+
+
+class DatasetRecord(Record):
+    id: str
+    name: str  # unique per owner
+    owner: str
+    project_id: str = ""
+    node_id: str
+    realm: str = ""
+    format: str = ""
+    size_bytes: int = 0
+    uri: str = ""
+    description: str = ""
+    created_at: UtcDatetime = Field(default_factory=utcnow)
+
+
+class DesignRecord(Record):
+    """A job template.  ``schema_`` (alias ``schema``) is the normalized design schema."""
+
+    id: str
+    name: str  # unique per owner
+    owner: str
+    project_id: str = ""
+    description: str = ""
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    version: int = 1
+    created_at: UtcDatetime = Field(default_factory=utcnow)
+
+
+class CodeRecord(Record):
+    """One version of a design's code zip; the bytes live in the blob store under ``blob_key``."""
+
+    design_id: str
+    version: int = Field(ge=1)  # unique per design
+    sha256: str
+    size_bytes: int
+    roles: list[str] = Field(default_factory=list)
+    blob_key: str
+    created_at: UtcDatetime = Field(default_factory=utcnow)
+
+
+class TransitionRecord(Record):
+    from_state: str
+    to_state: str
+    reason: str = ""
+    at: UtcDatetime = Field(default_factory=utcnow)
+
+
+class JobRecord(Record):
+    id: str
+    name: str  # unique per owner
+    owner: str
+    project_id: str = ""
+    design_id: str
+    code_version: int
+    spec: dict[str, Any] = Field(default_factory=dict)
+    state: JobState = "ready"
+    desired_state: JobDesiredState = "ready"
+    reason: str = ""
+    transitions: list[TransitionRecord] = Field(default_factory=list)
+    version: int = 0  # bumped by the store on every update
+    created_at: UtcDatetime = Field(default_factory=utcnow)
+    started_at: UtcDatetime | None = None
+    deadline: UtcDatetime | None = None
+    next_check_at: UtcDatetime | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in JOB_TERMINAL_STATES
+
+
+class TaskRecord(Record):
+    id: str  # deterministic: derived from (job id, role, index)
+    job_id: str
+    role: str
+    index: int
+    node_id: str | None = None  # None for roles run by a deployer
+    dataset_id: str | None = None
+    groups: dict[str, str] = Field(default_factory=dict)  # channel name -> group
+    data_consumer: bool = False
+    state: TaskState = "pending"
+    reason: str = ""
+    transitions: list[TransitionRecord] = Field(default_factory=list)
+    version: int = 0  # bumped by the store on every update
+    attempt: int = 0
+    config: dict[str, Any] = Field(default_factory=dict)  # the task config JSON
+    endpoint: str | None = None
+    pid: int | None = None
+    info: dict[str, Any] = Field(default_factory=dict)  # observed data: run/model URIs, ...
+    created_at: UtcDatetime = Field(default_factory=utcnow)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TASK_TERMINAL_STATES
+
+
+class LogLineRecord(Record):
+    """One log line; ``seq`` is assigned by the store on append (strictly increasing per job)."""
+
+    job_id: str
+    task_id: str
+    stream: LogStream = "stdout"
+    line: str
+    at: UtcDatetime = Field(default_factory=utcnow)
+    seq: int = 0
+
+
+class MetricRecord(Record):
+    job_id: str
+    task_id: str
+    key: str
+    value: float
+    step: int = 0
+    at: UtcDatetime = Field(default_factory=utcnow)
