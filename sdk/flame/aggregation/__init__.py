@@ -1,0 +1,34 @@
+"""Server-side aggregation rules and client-side helpers, as pure functions over named tensors.
+
+    strategy = make_strategy(job.optimizer)           # OptimizerSpec(name="fedadam", kwargs=...)
+    new_global = strategy.aggregate(global_weights, updates, rnd)
+    checkpoint(strategy.state())                      # tensors + JSON; load_state() resumes
+
+Rules: fedavg, fedprox, fedadam, fedyogi, fedadagrad, fedbuff, scaffold, trimmed_mean, median,
+krum, multi_krum.
+"""
+
+from flame.aggregation.base import (
+    EXTRAS_PREFIX,
+    Strategy,
+    StrategyState,
+    Update,
+    pack_extras,
+    split_extras,
+)
+from flame.aggregation.fedavg import FedAvg, FedProx, fedavg
+from flame.aggregation.registry import make_strategy, strategy_names
+
+__all__ = [
+    "EXTRAS_PREFIX",
+    "FedAvg",
+    "FedProx",
+    "Strategy",
+    "StrategyState",
+    "Update",
+    "fedavg",
+    "make_strategy",
+    "pack_extras",
+    "split_extras",
+    "strategy_names",
+]

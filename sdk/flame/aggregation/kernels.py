@@ -1,0 +1,74 @@
+"""Fast tensor kernels shared by the aggregation rules (no Python loop per element).
+
+The weighted mean is the hot path: a matrix-vector product over the stacked updates, done in
+cache-sized column blocks so no full ``n x size`` stack is ever materialised. On 10 x 10M
+float32 it runs faster than copying the inputs once (see ``benchmarks/aggregation.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from flame.tensors import Weights
+
+#: Columns per block: n x BLOCK values of the stack stay in cache while BLAS reduces them.
+BLOCK = 131_072
+
+
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """Float tensors are combined in their own precision, anything else in float64."""
+    return dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
+
+
+def cast_back(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Return ``values`` in ``dtype``; integer tensors (e.g. BatchNorm counters) are rounded."""
+    if values.dtype == dtype:
+        return values
+    if np.issubdtype(dtype, np.integer):
+        return np.rint(values).astype(dtype)
+    return values.astype(dtype)
+
+
+def weighted_sum(arrays: Sequence[np.ndarray], coeffs: np.ndarray) -> np.ndarray:
+    """``sum_i coeffs[i] * arrays[i]`` with the shape of ``arrays[0]`` and its dtype (float64 for
+    non-float inputs, see :func:`cast_back`)."""
+    first = arrays[0]
+    dtype = compute_dtype(first.dtype)
+    n = len(arrays)
+    flats = [np.ascontiguousarray(a, dtype=dtype).reshape(-1) for a in arrays]
+    w = np.asarray(coeffs, dtype=dtype)
+    size = first.size
+    out = np.empty(size, dtype=dtype)
+    if size <= BLOCK:
+        np.dot(w, np.stack(flats), out=out)
+        return out.reshape(first.shape)
+    buf = np.empty((n, BLOCK), dtype=dtype)
+    for start in range(0, size, BLOCK):
+        stop = min(start + BLOCK, size)
+        width = stop - start
+        for i, flat in enumerate(flats):
+            buf[i, :width] = flat[start:stop]
+        np.dot(w, buf[:, :width], out=out[start:stop])
+    return out.reshape(first.shape)
+
+
+def weighted_mean(models: Sequence[Mapping[str, np.ndarray]], coeffs: np.ndarray) -> Weights:
+    """Per-tensor ``sum_i coeffs[i] * models[i][name]``, in each tensor's own dtype."""
+    result: Weights = {}
+    for name, ref in models[0].items():
+        total = weighted_sum([m[name] for m in models], coeffs)
+        result[name] = cast_back(total, ref.dtype)
+    return result
+
+
+def subtract(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> Weights:
+    """``a - b`` per tensor, in the compute dtype."""
+    return {k: np.subtract(a[k], b[k], dtype=compute_dtype(a[k].dtype)) for k in a}
+
+
+def stacked(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """``(n, size)`` matrix of flattened arrays in their compute dtype."""
+    dtype = compute_dtype(arrays[0].dtype)
+    return np.stack([np.asarray(a, dtype=dtype).reshape(-1) for a in arrays])
