@@ -1,0 +1,1 @@
+"""Flame notifier: at-least-once event fan-out to node agents (flamelets)."""

@@ -1,0 +1,55 @@
+"""Start the notifier: queues, presence reporter, gRPC server (health + reflection)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+import structlog
+
+from flame_notifier.controller import ControllerClient
+from flame_notifier.presence import PresenceReporter
+from flame_notifier.queues import EventQueues
+from flame_notifier.servicer import NotifierServicer
+from flame_notifier.settings import NotifierSettings
+from flame_proto.v1 import notifier_pb2_grpc
+from flame_service.grpc_server import start_server
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Running:
+    port: int
+    queues: EventQueues
+    presence: PresenceReporter
+    _server: grpc.aio.Server
+    _controller: ControllerClient
+
+    async def stop(self, grace: float = 1.0) -> None:
+        await self._server.stop(grace)
+        await self.presence.stop()
+        await self._controller.close()
+        log.info("notifier.stopped", port=self.port)
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def serve(settings: NotifierSettings | None = None) -> Running:
+    settings = settings or NotifierSettings()
+    controller = ControllerClient(settings.controller_address, settings.controller_timeout)
+    presence = PresenceReporter(controller.report_presence, retry_max=settings.presence_retry_max)
+    queues = EventQueues(max_pending=settings.max_pending_per_node, on_presence=presence.set)
+    servicer = NotifierServicer(queues, controller.authenticate)
+    tls = (settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
+    server, port = await start_server(
+        settings.listen,
+        [(notifier_pb2_grpc.add_NotifierServicer_to_server, servicer, "flame.v1.Notifier")],
+        tls=tls,
+    )
+    presence.start()
+    log.info("notifier.started", port=port, controller=settings.controller_address)
+    return Running(
+        port=port, queues=queues, presence=presence, _server=server, _controller=controller
+    )
