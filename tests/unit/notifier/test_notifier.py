@@ -95,7 +95,7 @@ async def take(call: Any, n: int) -> list[notifier_pb2.Event]:
 
 
 async def test_ordered_delivery_ack_and_replay(stack: Any) -> None:
-    running, cp, stub, _ = stack
+    running, _cp, stub, _ = stack
     call = stub.Subscribe(notifier_pb2.SubscribeRequest(node_id="node-a"), metadata=auth("cred-a"))
     await eventually(lambda: running.queues.connected("node-a"))
     sent = [await notify(stub, "node-a", f"t{i}") for i in range(5)]
@@ -130,7 +130,7 @@ async def test_after_seq_resumes_after_handled(stack: Any) -> None:
 
 
 async def test_events_for_disconnected_node_wait_for_it(stack: Any) -> None:
-    running, _, stub, _ = stack
+    _running, _, stub, _ = stack
     r = await notify(stub, "node-b", "tb", type_=notifier_pb2.EVENT_TYPE_STOP_TASK)
     assert not r.delivered
     agents = (await stub.ListAgents(notifier_pb2.ListAgentsRequest())).agents
@@ -159,7 +159,7 @@ async def test_wrong_or_missing_credential_refused(stack: Any) -> None:
 
 
 async def test_presence_reported_and_retried(stack: Any) -> None:
-    running, cp, stub, _ = stack
+    _running, cp, stub, _ = stack
     cp.fail_presence = 2  # the controller refuses the first two reports
     call = stub.Subscribe(notifier_pb2.SubscribeRequest(node_id="node-a"), metadata=auth("cred-a"))
     await eventually(lambda: len(cp.presence) == 1)
