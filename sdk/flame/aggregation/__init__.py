@@ -8,6 +8,7 @@ Rules: fedavg, fedprox, fedadam, fedyogi, fedadagrad, fedbuff, scaffold, trimmed
 krum, multi_krum.
 """
 
+from flame.aggregation.adaptive import FedAdagrad, FedAdam, FedYogi
 from flame.aggregation.base import (
     EXTRAS_PREFIX,
     Strategy,
@@ -17,18 +18,31 @@ from flame.aggregation.base import (
     split_extras,
 )
 from flame.aggregation.fedavg import FedAvg, FedProx, fedavg
+from flame.aggregation.fedbuff import FedBuff, staleness_weight
 from flame.aggregation.registry import make_strategy, strategy_names
+from flame.aggregation.robust import Krum, Median, MultiKrum, TrimmedMean
+from flame.aggregation.scaffold import Scaffold
 
 __all__ = [
     "EXTRAS_PREFIX",
+    "FedAdagrad",
+    "FedAdam",
     "FedAvg",
+    "FedBuff",
     "FedProx",
+    "FedYogi",
+    "Krum",
+    "Median",
+    "MultiKrum",
+    "Scaffold",
     "Strategy",
     "StrategyState",
+    "TrimmedMean",
     "Update",
     "fedavg",
     "make_strategy",
     "pack_extras",
     "split_extras",
+    "staleness_weight",
     "strategy_names",
 ]

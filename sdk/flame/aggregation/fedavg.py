@@ -39,7 +39,10 @@ class FedAvg:
         return {}
 
     def state(self) -> StrategyState:
-        return StrategyState(tensors={}, data={"name": self.name})
+        return StrategyState(tensors={}, data={"name": self.name, "params": self._params()})
+
+    def _params(self) -> dict[str, object]:
+        return {}
 
     def load_state(self, state: StrategyState) -> None:
         check_state_name(state, self.name)
@@ -54,6 +57,9 @@ class FedProx(FedAvg):
     def __init__(self, params: FedProxParams | None = None) -> None:
         super().__init__()
         self.prox = params or FedProxParams()
+
+    def _params(self) -> dict[str, object]:
+        return self.prox.model_dump()
 
     @property
     def mu(self) -> float:

@@ -7,15 +7,40 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from flame.aggregation.adaptive import FedAdagrad, FedAdam, FedYogi
 from flame.aggregation.base import Strategy
 from flame.aggregation.fedavg import FedAvg, FedProx
-from flame.aggregation.params import FedAvgParams, FedProxParams, Params
+from flame.aggregation.fedbuff import FedBuff
+from flame.aggregation.params import (
+    AdaptiveParams,
+    FedAdagradParams,
+    FedAvgParams,
+    FedBuffParams,
+    FedProxParams,
+    KrumParams,
+    MedianParams,
+    MultiKrumParams,
+    Params,
+    ScaffoldParams,
+    TrimmedMeanParams,
+)
+from flame.aggregation.robust import Krum, Median, MultiKrum, TrimmedMean
+from flame.aggregation.scaffold import Scaffold
 from flame.config import OptimizerSpec
 from flame.errors import ConfigError
 
 _RULES: dict[str, tuple[type[Params], Callable[[Any], Strategy]]] = {
     "fedavg": (FedAvgParams, FedAvg),
     "fedprox": (FedProxParams, FedProx),
+    "fedadam": (AdaptiveParams, FedAdam),
+    "fedyogi": (AdaptiveParams, FedYogi),
+    "fedadagrad": (FedAdagradParams, FedAdagrad),
+    "fedbuff": (FedBuffParams, FedBuff),
+    "scaffold": (ScaffoldParams, Scaffold),
+    "trimmed_mean": (TrimmedMeanParams, TrimmedMean),
+    "median": (MedianParams, Median),
+    "krum": (KrumParams, Krum),
+    "multi_krum": (MultiKrumParams, MultiKrum),
 }
 
 
