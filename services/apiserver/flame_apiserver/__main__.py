@@ -1,0 +1,27 @@
+"""``flame-apiserver``: serve the REST API with uvicorn."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from flame_apiserver.app import create_app
+from flame_apiserver.settings import ApiserverSettings
+from flame_service.logging import configure_logging
+
+
+def main() -> None:
+    settings = ApiserverSettings()
+    configure_logging("apiserver", settings.log_level, settings.log_json)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.listen_host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from flame_apiserver.controller import Controller
+from flame_apiserver.middleware import BodyLimit, MetricsMiddleware, RequestMetrics
+from flame_apiserver.problems import Problem, install_handlers
+from flame_apiserver.routers import (
+    agent,
+    datasets,
+    designs,
+    health,
+    identity,
+    jobs,
+    nodes,
+    projects,
+)
+from flame_apiserver.settings import ApiserverSettings
+
+DESCRIPTION = """The Flame control plane's REST API.
+Authenticate with `Authorization: Bearer <token>`.
+Errors are RFC 9457 `application/problem+json` documents with a stable `code`."""
+
+
+def create_app(settings: ApiserverSettings | None = None) -> FastAPI:
+    settings = settings or ApiserverSettings()
+    controller = Controller(settings.controller_address, settings.rpc_timeout_seconds)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await controller.close()
+
+    app = FastAPI(title="Flame API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.controller = controller
+    app.state.metrics = RequestMetrics()
+    install_handlers(app)
+    for module in (health, identity, projects, nodes, datasets, designs, jobs, agent):
+        app.include_router(module.router)
+    app.add_middleware(
+        BodyLimit, max_body=settings.max_body_bytes, max_code=settings.max_code_bytes
+    )
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    _ = Problem  # registered in components through the routes' responses
+    return app

@@ -1,0 +1,70 @@
+"""Bearer-token authentication: every request asks the controller who the token belongs to."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from flame_apiserver.controller import Controller
+from flame_apiserver.problems import ApiProblem
+from flame_proto.v1 import common_pb2, control_pb2
+from flame_service.auth import Caller, Scope
+
+_bearer = HTTPBearer(auto_error=False, description="API token, node credential or task token")
+_SCOPES: dict[int, Scope] = {
+    common_pb2.SCOPE_ADMIN: "admin",
+    common_pb2.SCOPE_USER: "user",
+    common_pb2.SCOPE_NODE: "node",
+}
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def controller(request: Request) -> Controller:
+    ctl: Controller = request.app.state.controller
+    return ctl
+
+
+Ctl = Annotated[Controller, Depends(controller)]
+
+
+async def authenticate(
+    ctl: Ctl,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    if credentials is None or not credentials.credentials:
+        raise ApiProblem(401, "unauthenticated", "missing bearer token", _CHALLENGE)
+    try:
+        principal = await ctl.call(
+            ctl.stub.Authenticate,
+            control_pb2.AuthenticateRequest(token=credentials.credentials),
+            None,
+        )
+    except ApiProblem as exc:
+        if exc.status == 401:
+            exc.headers = _CHALLENGE
+        raise
+    scope = _SCOPES.get(principal.scope)
+    if scope is None or not principal.subject:
+        raise ApiProblem(401, "unauthenticated", "unknown token", _CHALLENGE)
+    return Caller(scope=scope, subject=principal.subject)
+
+
+AnyCaller = Annotated[Caller, Depends(authenticate)]
+
+
+async def user_caller(caller: AnyCaller) -> Caller:
+    if caller.scope == "node":
+        raise ApiProblem(403, "permission_denied", "node credentials cannot use this route")
+    return caller
+
+
+async def node_caller(caller: AnyCaller) -> Caller:
+    if caller.scope != "node":
+        raise ApiProblem(403, "permission_denied", "this route is for node credentials")
+    return caller
+
+
+UserCaller = Annotated[Caller, Depends(user_caller)]
+NodeCaller = Annotated[Caller, Depends(node_caller)]

@@ -1,0 +1,478 @@
+"""REST bodies: snake_case pydantic models mirroring ``proto/flame/v1/control.proto``.
+
+Response models convert from protobuf with ``from_pb``; design schemas and job specs are JSON
+objects here (strings on the wire to the controller)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from google.protobuf.message import Message
+from pydantic import BaseModel, ConfigDict, Field
+
+from flame_proto.v1 import common_pb2, control_pb2
+
+T = TypeVar("T")
+Presence = Literal["unknown", "online", "offline"]
+_PRESENCE: dict[int, Presence] = {
+    control_pb2.PRESENCE_ONLINE: "online",
+    control_pb2.PRESENCE_OFFLINE: "offline",
+}
+INT64 = 2**63 - 1
+INT32 = 2**31 - 1
+
+
+def _ts(msg: Message, field: str) -> datetime | None:
+    if not msg.HasField(field):
+        return None
+    value: datetime = getattr(msg, field).ToDatetime(tzinfo=UTC)
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {}
+
+
+class Request(BaseModel):
+    """Request bodies: strict JSON types (no coerced strings/booleans), unknown keys rejected."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_page_token: str = ""
+
+
+class Items(BaseModel, Generic[T]):
+    items: list[T]
+
+
+class WhoAmI(BaseModel):
+    scope: Literal["admin", "user", "node"]
+    subject: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+# ---- users and tokens
+class User(BaseModel):
+    id: str
+    name: str
+    email: str
+    admin: bool
+    created_at: datetime | None
+
+    @classmethod
+    def from_pb(cls, m: control_pb2.User) -> User:
+        return cls(
+            id=m.id, name=m.name, email=m.email, admin=m.admin, created_at=_ts(m, "created_at")
+        )
+
+
+class CreateUser(Request):
+    name: str
+    email: str = ""
+    admin: bool = False
+
+
+class UpdateUser(Request):
+    email: str | None = None
+    admin: bool | None = None
+
+
+class CreateToken(Request):
+    description: str = ""
+    ttl_seconds: int = Field(0, ge=0, le=INT64)
+
+
+class TokenSecret(BaseModel):
+    id: str
+    token: str
+    user_id: str
+
+
+# ---- projects
+class Project(BaseModel):
+    id: str
+    name: str
+    owner: str
+    members: list[str]
+    description: str
+    created_at: datetime | None
+
+    @classmethod
+    def from_pb(cls, m: control_pb2.Project) -> Project:
+        return cls(
+            id=m.id,
+            name=m.name,
+            owner=m.owner,
+            members=list(m.members),
+            description=m.description,
+            created_at=_ts(m, "created_at"),
+        )
+
+
+class CreateProject(Request):
+    name: str
+    description: str = ""
+
+
+class UpdateProject(Request):
+    description: str | None = None
+
+
+# ---- nodes
+class Node(BaseModel):
+    id: str
+    name: str
+    owner: str
+    project_id: str
+    labels: dict[str, str]
+    presence: Presence
+    last_seen: datetime | None
+    enrolled: bool
+    revoked: bool
+    created_at: datetime | None
+
+    @classmethod
+    def from_pb(cls, m: control_pb2.Node) -> Node:
+        return cls(
+            id=m.id,
+            name=m.name,
+            owner=m.owner,
+            project_id=m.project_id,
+            labels=dict(m.labels),
+            presence=_PRESENCE.get(m.presence, "unknown"),
+            last_seen=_ts(m, "last_seen"),
+            enrolled=m.enrolled,
+            revoked=m.revoked,
+            created_at=_ts(m, "created_at"),
+        )
+
+
+class CreateNode(Request):
+    name: str
+    project_id: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class UpdateNode(Request):
+    labels: dict[str, str] = Field(default_factory=dict)
+    replace_labels: bool = False
+
+
+class NodeCreated(BaseModel):
+    node: Node
+    enrolment_token: str
+
+
+class Enroll(Request):
+    enrolment_token: str
+    facts: dict[str, str] = Field(default_factory=dict)
+
+
+class Enrolled(BaseModel):
+    node: Node
+    credential: str
+    notifier: str
+
+
+# ---- datasets
+class Dataset(BaseModel):
+    id: str
+    name: str
+    owner: str
+    project_id: str
+    node_id: str
+    realm: str
+    format: str
+    size_bytes: int
+    uri: str
+    description: str
+    created_at: datetime | None
+
+    @classmethod
+    def from_pb(cls, m: control_pb2.Dataset) -> Dataset:
+        return cls(
+            id=m.id,
+            name=m.name,
+            owner=m.owner,
+            project_id=m.project_id,
+            node_id=m.node_id,
+            realm=m.realm,
+            format=m.format,
+            size_bytes=m.size_bytes,
+            uri=m.uri,
+            description=m.description,
+            created_at=_ts(m, "created_at"),
+        )
+
+
+class CreateDataset(Request):
+    name: str
+    project_id: str = ""
+    node_id: str
+    realm: str = ""
+    format: str = ""
+    size_bytes: int = Field(0, ge=0, le=INT64)
+    uri: str = ""
+    description: str = ""
+
+
+class AgentDataset(Request):
+    name: str
+    realm: str = ""
+    format: str = ""
+    size_bytes: int = Field(0, ge=0, le=INT64)
+    description: str = ""
+
+
+class UpdateDataset(Request):
+    description: str | None = None
+    realm: str | None = None
+
+
+# ---- designs and code
+class Design(BaseModel):
+    id: str
+    name: str
+    owner: str
+    project_id: str
+    description: str
+    schema_: dict[str, Any] = Field(alias="schema")
+    version: int
+    created_at: datetime | None
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    @classmethod
+    def from_pb(cls, m: control_pb2.Design) -> Design:
+        return cls(
+            id=m.id,
+            name=m.name,
+            owner=m.owner,
+            project_id=m.project_id,
+            description=m.description,
+            schema_=_json_object(m.schema_json),
+            version=m.version,
+            created_at=_ts(m, "created_at"),
+        )
+
+
+class CreateDesign(Request):
+    name: str
+    project_id: str = ""
+    description: str = ""
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class UpdateDesign(Request):
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+
+
+class CodeVersion(BaseModel):
+    design_id: str
+    version: int
+    sha256: str
+    size_bytes: int
+    roles: list[str]
+    created_at: datetime | None
+
+    @classmethod
+    def from_pb(cls, m: control_pb2.CodeVersion) -> CodeVersion:
+        return cls(
+            design_id=m.design_id,
+            version=m.version,
+            sha256=m.sha256,
+            size_bytes=m.size_bytes,
+            roles=list(m.roles),
+            created_at=_ts(m, "created_at"),
+        )
+
+
+# ---- jobs and tasks
+class Transition(BaseModel):
+    from_state: str
+    to_state: str
+    reason: str
+    at: datetime | None
+
+    @classmethod
+    def from_pb(cls, m: common_pb2.Transition) -> Transition:
+        return cls(from_state=m.from_state, to_state=m.to_state, reason=m.reason, at=_ts(m, "at"))
+
+
+class Job(BaseModel):
+    id: str
+    name: str
+    owner: str
+    project_id: str
+    design_id: str
+    code_version: int
+    spec: dict[str, Any]
+    state: str
+    desired_state: str
+    reason: str
+    transitions: list[Transition]
+    version: int
+    created_at: datetime | None
+    deadline: datetime | None
+
+    @classmethod
+    def from_pb(cls, m: control_pb2.Job) -> Job:
+        return cls(
+            id=m.id,
+            name=m.name,
+            owner=m.owner,
+            project_id=m.project_id,
+            design_id=m.design_id,
+            code_version=m.code_version,
+            spec=_json_object(m.spec_json),
+            state=m.state,
+            desired_state=m.desired_state,
+            reason=m.reason,
+            transitions=[Transition.from_pb(t) for t in m.transitions],
+            version=m.version,
+            created_at=_ts(m, "created_at"),
+            deadline=_ts(m, "deadline"),
+        )
+
+
+class CreateJob(Request):
+    name: str
+    project_id: str = ""
+    design_id: str
+    code_version: int = Field(0, ge=0, le=INT32)
+    spec: dict[str, Any]
+
+
+class UpdateJob(Request):
+    spec: dict[str, Any] | None = None
+    code_version: int | None = Field(None, ge=0, le=INT32)
+
+
+class Task(BaseModel):
+    id: str
+    job_id: str
+    role: str
+    index: int
+    node_id: str
+    dataset_id: str
+    groups: dict[str, str]
+    state: str
+    reason: str
+    transitions: list[Transition]
+    version: int
+    attempt: int
+    data_consumer: bool
+
+    @classmethod
+    def from_pb(cls, m: control_pb2.Task) -> Task:
+        return cls(
+            id=m.id,
+            job_id=m.job_id,
+            role=m.role,
+            index=m.index,
+            node_id=m.node_id,
+            dataset_id=m.dataset_id,
+            groups=dict(m.groups),
+            state=m.state,
+            reason=m.reason,
+            transitions=[Transition.from_pb(t) for t in m.transitions],
+            version=m.version,
+            attempt=m.attempt,
+            data_consumer=m.data_consumer,
+        )
+
+
+class TaskBundle(BaseModel):
+    task: Task
+    config: dict[str, Any]
+    code: CodeVersion
+
+
+class TaskStatus(Request):
+    state: Literal["running", "completed", "failed"]
+    reason: str = ""
+    attempt: int = Field(0, ge=0, le=INT32)
+
+
+# ---- logs, metrics, endpoints
+class LogLine(BaseModel):
+    task_id: str
+    stream: str
+    line: str
+    at: datetime | None
+    seq: int
+
+    @classmethod
+    def from_pb(cls, m: control_pb2.LogLine) -> LogLine:
+        return cls(task_id=m.task_id, stream=m.stream, line=m.line, at=_ts(m, "at"), seq=m.seq)
+
+
+class Logs(BaseModel):
+    lines: list[LogLine]
+    last_seq: int
+
+
+class NewLogLine(Request):
+    task_id: str
+    stream: Literal["stdout", "stderr", "agent"] = "stdout"
+    line: str
+    at: datetime | None = Field(None, strict=False)
+
+
+class AppendLogs(Request):
+    lines: list[NewLogLine] = Field(max_length=10_000)
+
+
+class Metric(BaseModel):
+    key: str
+    value: float
+    step: int
+    at: datetime | None
+
+    @classmethod
+    def from_pb(cls, m: control_pb2.Metric) -> Metric:
+        return cls(key=m.key, value=m.value, step=m.step, at=_ts(m, "at"))
+
+
+class Metrics(BaseModel):
+    metrics: list[Metric]
+    run_uri: str
+    model_uri: str
+
+
+class NewMetric(Request):
+    key: str
+    value: float = Field(allow_inf_nan=False)
+    step: int = Field(0, ge=0, le=INT64)
+
+
+class ReportMetrics(Request):
+    metrics: list[NewMetric] = Field(max_length=10_000)
+    run_uri: str = ""
+    model_uri: str = ""
+
+
+class RegisterEndpoint(Request):
+    endpoint: str
+
+
+class Endpoint(BaseModel):
+    task_id: str
+    role: str
+    endpoint: str
+
+    @classmethod
+    def from_pb(cls, m: control_pb2.Endpoint) -> Endpoint:
+        return cls(task_id=m.task_id, role=m.role, endpoint=m.endpoint)

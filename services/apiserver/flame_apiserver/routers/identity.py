@@ -1,0 +1,76 @@
+"""``/v1/whoami``, users and API tokens."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Path, Response
+
+from flame_apiserver.auth import AnyCaller, Ctl, UserCaller
+from flame_apiserver.models import (
+    CreateToken,
+    CreateUser,
+    Page,
+    TokenSecret,
+    UpdateUser,
+    User,
+    WhoAmI,
+)
+from flame_apiserver.routers.common import PageQuery, v1_router
+from flame_proto.v1 import control_pb2
+
+router = v1_router("users")
+Id = Annotated[str, Path(min_length=1, max_length=256)]
+
+
+@router.get("/whoami", response_model=WhoAmI)
+async def whoami(caller: AnyCaller) -> WhoAmI:
+    return WhoAmI(scope=caller.scope, subject=caller.subject)
+
+
+@router.post("/users", status_code=201, response_model=User)
+async def create_user(body: CreateUser, caller: UserCaller, ctl: Ctl) -> User:
+    req = control_pb2.CreateUserRequest(name=body.name, email=body.email, admin=body.admin)
+    return User.from_pb(await ctl.call(ctl.stub.CreateUser, req, caller))
+
+
+@router.get("/users", response_model=Page[User])
+async def list_users(page: PageQuery, caller: UserCaller, ctl: Ctl) -> Page[User]:
+    resp = await ctl.call(ctl.stub.ListUsers, page, caller)
+    return Page[User](
+        items=[User.from_pb(u) for u in resp.items], next_page_token=resp.page.next_page_token
+    )
+
+
+@router.get("/users/{id}", response_model=User)
+async def get_user(id: Id, caller: UserCaller, ctl: Ctl) -> User:
+    return User.from_pb(await ctl.call(ctl.stub.GetUser, control_pb2.GetRequest(id=id), caller))
+
+
+@router.patch("/users/{id}", response_model=User)
+async def update_user(id: Id, body: UpdateUser, caller: UserCaller, ctl: Ctl) -> User:
+    req = control_pb2.UpdateUserRequest(id=id)
+    if body.email is not None:
+        req.email = body.email
+    if body.admin is not None:
+        req.admin = body.admin
+    return User.from_pb(await ctl.call(ctl.stub.UpdateUser, req, caller))
+
+
+@router.delete("/users/{id}", status_code=204, response_class=Response)
+async def delete_user(id: Id, caller: UserCaller, ctl: Ctl) -> None:
+    await ctl.call(ctl.stub.DeleteUser, control_pb2.GetRequest(id=id), caller)
+
+
+@router.post("/users/{id}/tokens", status_code=201, response_model=TokenSecret)
+async def create_token(id: Id, body: CreateToken, caller: UserCaller, ctl: Ctl) -> TokenSecret:
+    req = control_pb2.CreateTokenRequest(
+        user_id=id, description=body.description, ttl_seconds=body.ttl_seconds
+    )
+    resp = await ctl.call(ctl.stub.CreateToken, req, caller)
+    return TokenSecret(id=resp.id, token=resp.token, user_id=resp.user_id)
+
+
+@router.delete("/tokens/{id}", status_code=204, response_class=Response)
+async def revoke_token(id: Id, caller: UserCaller, ctl: Ctl) -> None:
+    await ctl.call(ctl.stub.RevokeToken, control_pb2.GetRequest(id=id), caller)

@@ -1,0 +1,19 @@
+"""Apiserver settings (env ``FLAME_APISERVER_*``)."""
+
+from __future__ import annotations
+
+from pydantic_settings import SettingsConfigDict
+
+from flame_service.settings import ServiceSettings
+
+
+class ApiserverSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="FLAME_APISERVER_", extra="ignore")
+
+    controller_address: str = "127.0.0.1:10102"
+    notifier_address: str = "127.0.0.1:10101"  # handed to nodes at enrolment
+    listen_host: str = "127.0.0.1"
+    port: int = 10100
+    max_body_bytes: int = 1024 * 1024  # JSON bodies
+    max_code_bytes: int = 64 * 1024 * 1024  # code zips (POST /v1/designs/{id}/code)
+    rpc_timeout_seconds: float = 30.0
