@@ -1,0 +1,317 @@
+"""Local deployer: each task is a child process on the control-plane host.
+
+Per task a work dir ``<data_dir>/tasks/<job id>/<task id>/`` holds::
+
+    code/            the design's code zip, unpacked with flame_service.archive.safe_extract
+    config.json      the task config (mode 0600: it holds the task credential)
+    checkpoints/     kept across restarts of the task, so an aggregator can resume
+    stdout.log stderr.log
+    process.json     {"pid", "create_time"} of the running process
+    exit_code        written by the wrapper when the process ends
+
+The process is ``[python, *launch_args, "config.json"]`` (default ``python -m flame.launch``)
+run through a tiny ``/bin/sh`` wrapper that records the exit code in ``exit_code`` (so a
+restarted controller, which cannot ``wait()`` for a child it did not start, still learns how the
+task ended).  It gets a clean environment (PATH, HOME = work dir, LANG, TMPDIR, ``FLAME_*``) and
+its own session (``start_new_session=True``), so a controller crash does not kill it.  ``stop``
+sends SIGTERM to the process group, then SIGKILL after a grace period.
+
+A process is identified by pid *and* psutil ``create_time``, so a reused pid is never mistaken
+for the task (nor killed).  ``start`` first looks at ``process.json``: when the task's process
+still runs it is adopted, not started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import structlog
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from flame_service.archive import safe_extract
+
+from ..store.records import TaskRecord
+from .base import Deployment, Observed
+
+log = structlog.get_logger(__name__)
+
+# "$@" is the task command; its exit status goes to exit_code (atomically) and is passed on.
+_WRAPPER = (
+    'rc=0; "$@" || rc=$?; '
+    'printf "%s" "$rc" > exit_code.tmp && mv exit_code.tmp exit_code; exit "$rc"'
+)
+_CREATE_TIME_TOLERANCE = 0.05  # seconds; create_time is derived from boot time + ticks
+
+
+class LocalDeployerSettings(BaseSettings):
+    """Env ``FLAME_LOCAL_DEPLOYER_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="FLAME_LOCAL_DEPLOYER_", extra="ignore")
+
+    python: str = Field(default_factory=lambda: sys.executable)
+    launch_args: list[str] = Field(default_factory=lambda: ["-m", "flame.launch"])
+    stop_grace_seconds: float = Field(default=5.0, ge=0)
+    env: dict[str, str] = Field(default_factory=dict)  # extra FLAME_* variables for every task
+
+
+@dataclass(frozen=True)
+class _Identity:
+    pid: int
+    create_time: float
+
+
+class LocalDeployer:
+    """Runs tasks as local child processes (see the module docstring)."""
+
+    name = "local"
+
+    def __init__(self, data_dir: Path, settings: LocalDeployerSettings | None = None) -> None:
+        self.root = Path(data_dir).expanduser() / "tasks"
+        self.settings = settings or LocalDeployerSettings()
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- paths and identity ----------------------------------------------------------------
+    def workdir(self, task: TaskRecord) -> Path:
+        return self.root / task.job_id / task.id
+
+    def _identity(self, task: TaskRecord) -> _Identity | None:
+        """The recorded process of ``task``: the task record first, else ``process.json``."""
+        info = task.info.get("deployer") if isinstance(task.info, dict) else None
+        if isinstance(info, dict) and info.get("pid") and info.get("create_time"):
+            return _Identity(int(info["pid"]), float(info["create_time"]))
+        marker = self.workdir(task) / "process.json"
+        try:
+            data = json.loads(marker.read_text())
+            return _Identity(int(data["pid"]), float(data["create_time"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    @staticmethod
+    def _process(ident: _Identity) -> psutil.Process | None:
+        """The live process with this identity, or None (gone, zombie or a reused pid)."""
+        try:
+            proc = psutil.Process(ident.pid)
+            if abs(proc.create_time() - ident.create_time) > _CREATE_TIME_TOLERANCE:
+                return None
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return proc
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
+
+    def _lock(self, task_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(task_id, asyncio.Lock())
+
+    # -- Deployer --------------------------------------------------------------------------
+    async def start(
+        self, task: TaskRecord, config: dict[str, Any], code: bytes, credential: str
+    ) -> Deployment:
+        async with self._lock(task.id):
+            ident = self._identity(task)
+            if ident is not None and self._process(ident) is not None:
+                log.info("deployer.adopted", task_id=task.id, pid=ident.pid)
+                return self._deployment(task, ident)
+            ident = await asyncio.to_thread(self._start_sync, task, config, code, credential)
+            log.info("deployer.started", job_id=task.job_id, task_id=task.id, pid=ident.pid)
+            return self._deployment(task, ident)
+
+    def _deployment(self, task: TaskRecord, ident: _Identity) -> Deployment:
+        return Deployment(
+            task_id=task.id,
+            pid=ident.pid,
+            info={
+                "kind": self.name,
+                "pid": ident.pid,
+                "create_time": ident.create_time,
+                "workdir": str(self.workdir(task)),
+            },
+        )
+
+    def _start_sync(
+        self, task: TaskRecord, config: dict[str, Any], code: bytes, credential: str
+    ) -> _Identity:
+        workdir = self.workdir(task)
+        workdir.mkdir(parents=True, exist_ok=True)
+        for stale in ("code", "code.new", "tmp"):
+            shutil.rmtree(workdir / stale, ignore_errors=True)
+        for stale_file in ("exit_code", "exit_code.tmp", "process.json"):
+            (workdir / stale_file).unlink(missing_ok=True)
+        # unpack into a fresh folder, then move it in place: a failed unpack leaves no code/
+        staging = workdir / "code.new"
+        try:
+            safe_extract(code, staging)
+        except Exception:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        staging.rename(workdir / "code")
+        (workdir / "checkpoints").mkdir(exist_ok=True)
+        (workdir / "tmp").mkdir()
+
+        cfg = dict(config)
+        cfg["workdir"] = str(workdir)
+        cfg["checkpoint_dir"] = str(workdir / "checkpoints")
+        discovery = dict(cfg.get("discovery") or {})
+        discovery["token"] = credential
+        cfg["discovery"] = discovery
+        config_path = workdir / "config.json"
+        _write_private(config_path, json.dumps(cfg, indent=2).encode())
+
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "HOME": str(workdir),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "TMPDIR": str(workdir / "tmp"),
+            "PYTHONUNBUFFERED": "1",
+            **{k: v for k, v in self.settings.env.items() if k.startswith("FLAME_")},
+            "FLAME_TASK_CONFIG": str(config_path),
+            "FLAME_JOB_ID": task.job_id,
+            "FLAME_TASK_ID": task.id,
+        }
+        argv = [self.settings.python, *self.settings.launch_args, "config.json"]
+        with (
+            (workdir / "stdout.log").open("ab") as out,
+            (workdir / "stderr.log").open("ab") as err,
+        ):
+            child = subprocess.Popen(
+                ["/bin/sh", "-c", _WRAPPER, "flame-task", *argv],
+                cwd=workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                close_fds=True,
+            )
+        try:
+            create_time = psutil.Process(child.pid).create_time()
+        except psutil.NoSuchProcess:  # exited at once (and reaped by nobody yet: unlikely)
+            create_time = 0.0
+        self._children[task.id] = child
+        ident = _Identity(child.pid, create_time)
+        _write_atomic(
+            workdir / "process.json",
+            json.dumps({"pid": ident.pid, "create_time": ident.create_time}).encode(),
+        )
+        return ident
+
+    async def observe(self, task: TaskRecord) -> Observed:
+        child = self._children.get(task.id)
+        if child is not None:
+            code = child.poll()
+            if code is None:
+                return Observed("running")
+            return Observed("exited", exit_code=_signal_code(code), detail=_describe(code))
+        ident = self._identity(task)
+        if ident is not None and self._process(ident) is not None:
+            return Observed("running")
+        recorded = self._exit_code(task)
+        if recorded is not None:
+            return Observed("exited", exit_code=recorded, detail=_describe(recorded))
+        if ident is None:
+            return Observed("missing", detail="no process recorded for this task")
+        return Observed("missing", detail=f"process {ident.pid} is gone without an exit status")
+
+    def _exit_code(self, task: TaskRecord) -> int | None:
+        try:
+            return int((self.workdir(task) / "exit_code").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    async def is_running(self, task: TaskRecord) -> bool:
+        return (await self.observe(task)).state == "running"
+
+    async def adopt(self, task: TaskRecord) -> bool:
+        running = await self.is_running(task)
+        log.info("deployer.adopt", task_id=task.id, running=running)
+        return running
+
+    async def stop(self, task: TaskRecord) -> None:
+        async with self._lock(task.id):
+            await asyncio.to_thread(self._stop_sync, task)
+
+    def _stop_sync(self, task: TaskRecord) -> None:
+        ident = self._identity(task)
+        child = self._children.pop(task.id, None)
+        if ident is None:
+            return
+        leader = self._process(ident)
+        if leader is None:
+            if child is not None:
+                child.poll()
+            # the leader is gone; its group may still hold children.  The pid cannot have been
+            # reused as a new group id while that group exists, so signalling it is safe.
+            if _pid_free(ident.pid):
+                _killpg(ident.pid, signal.SIGKILL)
+            return
+        try:
+            procs = [leader, *leader.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            procs = [leader]
+        _killpg(ident.pid, signal.SIGTERM)
+        _, alive = psutil.wait_procs(procs, timeout=self.settings.stop_grace_seconds)
+        if alive:
+            log.warning("deployer.kill", task_id=task.id, pids=[p.pid for p in alive])
+            _killpg(ident.pid, signal.SIGKILL)
+            for proc in alive:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()
+            psutil.wait_procs(alive, timeout=5)
+        if child is not None:
+            child.poll()
+        log.info("deployer.stopped", task_id=task.id, pid=ident.pid)
+
+    async def close(self) -> None:
+        for child in self._children.values():
+            child.poll()  # reap what has ended; running tasks keep running
+        self._children.clear()
+
+
+def _killpg(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _pid_free(pid: int) -> bool:
+    return not psutil.pid_exists(pid)
+
+
+def _signal_code(code: int) -> int:
+    """Popen gives -N for death by signal N; report it the shell way (128 + N)."""
+    return 128 - code if code < 0 else code
+
+
+def _describe(code: int) -> str:
+    code = _signal_code(code)
+    if code > 128:
+        try:
+            return f"killed by {signal.Signals(code - 128).name}"
+        except ValueError:
+            pass
+    return f"exit code {code}"
+
+
+def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    _write_atomic(path, data, mode=0o600)
