@@ -9,13 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import structlog
 
 from flame.channels.base import Channel
+from flame.channels.discovery import Discovery, StaticDiscovery, discovery_from
 from flame.channels.inproc import InprocChannel, InprocHub
+from flame.channels.settings import ChannelSettings
 from flame.config import Backend, TaskConfig
-from flame.errors import ChannelError, ConfigError
+from flame.errors import ConfigError
+
+if TYPE_CHECKING:
+    from flame.channels.grpc import GrpcTransport
+    from flame.channels.mqtt import MqttTransport
 
 log = structlog.get_logger(__name__)
 
@@ -78,26 +85,67 @@ def backend_of(config: TaskConfig, channel: str, override: Backend | None = None
     return config.channels[channel].backend
 
 
+def _grpc_transport(
+    config: TaskConfig, discovery: Discovery | None, settings: ChannelSettings
+) -> GrpcTransport:
+    from flame.channels.grpc import GrpcTransport  # grpc is only imported when used
+
+    d = config.discovery
+    bind_port = 0
+    if discovery is None:
+        discovery = discovery_from(d, config.task_id)
+        if isinstance(discovery, StaticDiscovery):
+            bind_port = discovery.bind_port(config.task_id)
+    return GrpcTransport(
+        config.task_id,
+        discovery,
+        bind_host=d.bind_host,
+        bind_port=bind_port,
+        advertise_host=d.advertise_host,
+        settings=settings,
+    )
+
+
 async def open_channels(
     config: TaskConfig,
     *,
     hub: InprocHub | None = None,
     backend: Backend | None = None,
+    discovery: Discovery | None = None,
+    settings: ChannelSettings | None = None,
 ) -> ChannelSet:
-    """Create and open every channel ``config`` lists for this task."""
+    """Create and open every channel ``config`` lists for this task.
+
+    ``hub`` is needed for inproc channels; ``discovery`` replaces the one the config names
+    (grpc only); ``settings`` defaults to ``ChannelSettings()`` (env ``FLAME_CHANNEL_*``).
+    """
+    from flame.channels.grpc import GrpcChannel
+    from flame.channels.mqtt import MqttChannel, MqttTransport
+
+    settings = settings or ChannelSettings()
     channels: dict[str, Channel] = {}
     closers: list[Closer] = []
     chosen = {name: backend_of(config, name, backend) for name in config.channels}
+    grpc_transport: GrpcTransport | None = None
+    mqtt_transport: MqttTransport | None = None
+    me, job = config.task_id, config.job_id
     try:
         for name, membership in config.channels.items():
+            peers = membership.peers
             if chosen[name] == "inproc":
                 if hub is None:
                     raise ConfigError(f"channel {name!r} uses the inproc backend but no hub given")
-                channels[name] = InprocChannel(
-                    name, config.task_id, membership.peers, hub, job_id=config.job_id
-                )
+                channels[name] = InprocChannel(name, me, peers, hub, job_id=job)
+            elif chosen[name] == "grpc":
+                if grpc_transport is None:
+                    grpc_transport = _grpc_transport(config, discovery, settings)
+                    closers.append(grpc_transport.close)
+                channels[name] = GrpcChannel(name, me, peers, grpc_transport, job_id=job)
             else:
-                raise ChannelError(f"channel {name!r}: backend {chosen[name]!r} is not available")
+                if mqtt_transport is None:
+                    mqtt_transport = MqttTransport(config.mqtt, job, me, settings=settings)
+                    closers.append(mqtt_transport.close)
+                channels[name] = MqttChannel(name, me, peers, mqtt_transport, job_id=job)
         for chan in channels.values():
             await chan.open()
     except BaseException:

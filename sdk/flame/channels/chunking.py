@@ -1,0 +1,246 @@
+"""Streaming a message as :class:`data_pb2.Chunk` s without holding extra copies of its tensors.
+
+The payload is safetensors bytes (the same format :func:`flame.tensors.to_bytes` writes and
+:func:`flame.tensors.from_bytes` reads), but it is never built as one blob:
+
+* the sender writes the safetensors header and then slices each array's own memory into chunks
+  (:func:`chunks_of`), so sending costs one chunk of extra memory, not a copy of the model;
+* the receiver writes chunks into one preallocated ``bytearray`` (:class:`Reassembly`) and
+  parses the tensors as writable views into it (:func:`parse_safetensors`): one copy in total.
+
+Chunk 0 carries the envelope header (an ``Envelope`` with an empty payload) and ``count``,
+``total_bytes``; every chunk carries the next part of the payload, in order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from flame.errors import ChannelError
+from flame.messages import Message
+from flame.tensors import Weights
+from flame_proto.v1 import data_pb2
+
+_DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"),
+    "U32": np.dtype("<u4"),
+    "U16": np.dtype("<u2"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("bool"),
+}
+_CODES = {(dt.kind, dt.itemsize): code for code, dt in _DTYPES.items()}
+MAX_HEADER_BYTES = 100_000_000  # the limit safetensors itself enforces
+
+
+def _code_of(arr: np.ndarray) -> str:
+    code = _CODES.get((arr.dtype.kind, arr.dtype.itemsize))
+    if code is None:
+        raise ChannelError(f"cannot send tensors of dtype {arr.dtype}")
+    return code
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A message's safetensors payload as a list of buffers, concatenated on the wire."""
+
+    parts: tuple[memoryview, ...]
+    total_bytes: int
+
+    @classmethod
+    def of(cls, weights: Mapping[str, np.ndarray] | None) -> Payload:
+        if not weights:
+            return cls((), 0)
+        arrays: list[tuple[str, np.ndarray]] = []
+        for name in sorted(weights):
+            arr = np.asarray(weights[name])
+            code = _code_of(arr)
+            arr = np.ascontiguousarray(arr, dtype=_DTYPES[code])  # copies only if needed
+            arrays.append((name, arr))
+        header: dict[str, object] = {}
+        offset = 0
+        for name, arr in arrays:
+            header[name] = {
+                "dtype": _code_of(arr),
+                "shape": list(arr.shape),
+                "data_offsets": [offset, offset + arr.nbytes],
+            }
+            offset += arr.nbytes
+        head = json.dumps(header, separators=(",", ":")).encode()
+        head += b" " * (-len(head) % 8)
+        prefix = struct.pack("<Q", len(head)) + head
+        parts = (memoryview(prefix), *(_bytes_of(arr) for _, arr in arrays if arr.size))
+        return cls(parts, len(prefix) + offset)
+
+    def pieces(self, size: int) -> Iterator[bytes]:
+        """The payload in pieces of exactly ``size`` bytes (the last may be shorter)."""
+        pending: list[memoryview] = []
+        pending_len = 0
+        for part in self.parts:
+            pos = 0
+            while pos < len(part):
+                take = min(size - pending_len, len(part) - pos)
+                pending.append(part[pos : pos + take])
+                pending_len += take
+                pos += take
+                if pending_len == size:
+                    yield b"".join(pending)
+                    pending, pending_len = [], 0
+        if pending_len:
+            yield b"".join(pending)
+
+
+def _bytes_of(arr: np.ndarray) -> memoryview:
+    """The raw bytes of a C-contiguous array, without copying."""
+    return memoryview(arr.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+
+
+def header_of(msg: Message, receiver: str) -> data_pb2.Envelope:
+    """The envelope of ``msg`` without its payload."""
+    return data_pb2.Envelope(
+        message_id=msg.message_id,
+        job_id=msg.job_id,
+        channel=msg.channel,
+        sender=msg.sender,
+        receiver=receiver,
+        kind=msg.kind,
+        round=msg.round,
+        meta_json=json.dumps(msg.meta, separators=(",", ":")),
+    )
+
+
+def chunks_of(msg: Message, receiver: str, chunk_bytes: int) -> Iterator[data_pb2.Chunk]:
+    """``msg`` for ``receiver`` as chunks of at most ``chunk_bytes`` payload bytes each."""
+    payload = Payload.of(msg.weights)
+    count = max(1, math.ceil(payload.total_bytes / chunk_bytes))
+    header = header_of(msg, receiver)
+    pieces = payload.pieces(chunk_bytes)
+    for index in range(count):
+        yield data_pb2.Chunk(
+            message_id=msg.message_id,
+            index=index,
+            count=count,
+            total_bytes=payload.total_bytes,
+            header=header if index == 0 else None,
+            data=next(pieces, b""),
+        )
+
+
+class Reassembly:
+    """Collects the chunks of one message, in order, into one preallocated buffer."""
+
+    def __init__(self, first: data_pb2.Chunk, max_bytes: int) -> None:
+        if first.index != 0 or not first.HasField("header"):
+            raise ChannelError(f"message {first.message_id}: first chunk has no header")
+        if first.count < 1 or first.total_bytes < 0:
+            raise ChannelError(f"message {first.message_id}: bad chunk count or size")
+        if first.total_bytes > max_bytes:
+            raise ChannelError(
+                f"message {first.message_id}: {first.total_bytes} bytes exceeds the "
+                f"{max_bytes}-byte limit"
+            )
+        self.message_id = first.message_id
+        self.header = first.header
+        self.count = first.count
+        self.total_bytes = first.total_bytes
+        self.buffer = bytearray(first.total_bytes)
+        self.next_index = 0
+        self.filled = 0
+        self.add(first)
+
+    @property
+    def complete(self) -> bool:
+        return self.next_index == self.count
+
+    def add(self, chunk: data_pb2.Chunk) -> None:
+        if chunk.message_id != self.message_id:
+            raise ChannelError(f"chunk of {chunk.message_id} inside message {self.message_id}")
+        if chunk.index != self.next_index:
+            raise ChannelError(
+                f"message {self.message_id}: chunk {chunk.index} where {self.next_index} expected"
+            )
+        end = self.filled + len(chunk.data)
+        if end > self.total_bytes:
+            raise ChannelError(f"message {self.message_id}: more data than announced")
+        self.buffer[self.filled : end] = chunk.data
+        self.filled = end
+        self.next_index += 1
+        if self.complete and self.filled != self.total_bytes:
+            raise ChannelError(f"message {self.message_id}: payload is short")
+
+    def message(self) -> Message:
+        if not self.complete:
+            raise ChannelError(f"message {self.message_id} is incomplete")
+        h = self.header
+        try:
+            meta = json.loads(h.meta_json) if h.meta_json else {}
+        except json.JSONDecodeError as exc:
+            raise ChannelError(f"message {h.message_id}: meta is not JSON") from exc
+        if not isinstance(meta, dict):
+            raise ChannelError(f"message {h.message_id}: meta is not a JSON object")
+        return Message(
+            kind=h.kind,
+            round=h.round,
+            meta=meta,
+            weights=parse_safetensors(self.buffer) if self.total_bytes else None,
+            sender=h.sender,
+            job_id=h.job_id,
+            channel=h.channel,
+            message_id=h.message_id,
+        )
+
+
+def parse_safetensors(buf: bytearray) -> Weights:
+    """Parse safetensors bytes into writable arrays that are views into ``buf`` (no copy).
+
+    Checks what safetensors' own loader checks: the header is a JSON object of known dtypes,
+    each tensor's byte range matches its shape and the ranges tile the data exactly.
+    """
+    if len(buf) < 8:
+        raise ChannelError("payload is not safetensors: too short")
+    (n,) = struct.unpack_from("<Q", buf, 0)
+    if n > MAX_HEADER_BYTES or 8 + n > len(buf):
+        raise ChannelError("payload is not safetensors: bad header length")
+    try:
+        header = json.loads(bytes(buf[8 : 8 + n]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ChannelError("payload is not safetensors: header is not JSON") from exc
+    if not isinstance(header, dict):
+        raise ChannelError("payload is not safetensors: header is not an object")
+    header.pop("__metadata__", None)
+    data = memoryview(buf)[8 + n :]
+    spans: list[tuple[int, int, str]] = []
+    out: Weights = {}
+    for name, info in header.items():
+        try:
+            dtype = _DTYPES[info["dtype"]]
+            shape = [int(d) for d in info["shape"]]
+            begin, end = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ChannelError(f"payload is not safetensors: bad entry {name!r}") from exc
+        if any(d < 0 for d in shape) or not 0 <= begin <= end <= len(data):
+            raise ChannelError(f"payload is not safetensors: bad entry {name!r}")
+        if math.prod(shape) * dtype.itemsize != end - begin:
+            raise ChannelError(f"payload is not safetensors: {name!r} size does not match shape")
+        spans.append((begin, end, name))
+        out[name] = np.frombuffer(data[begin:end], dtype=dtype).reshape(shape)
+    pos = 0
+    for begin, end, name in sorted(spans):
+        if begin != pos:
+            raise ChannelError(f"payload is not safetensors: {name!r} overlaps or leaves a gap")
+        pos = end
+    if pos != len(data):
+        raise ChannelError("payload is not safetensors: trailing bytes")
+    return out

@@ -1,0 +1,363 @@
+"""MQTT backend: tasks talk through a broker (paho-mqtt 2.x, MQTT 5, QoS 1).
+
+One :class:`MqttTransport` (one paho client) per task serves all its mqtt channels. A message
+for ``receiver`` on ``channel`` is published as serialised :class:`data_pb2.Chunk` s on
+``{prefix}/{job_id}/{channel}/{receiver}``; chunks above ``mqtt_chunk_bytes`` are split and
+reassembled by ``message_id``; redelivered chunks and messages are dropped by ``message_id``.
+
+Presence: each task keeps a retained message on ``{prefix}/{job_id}/_presence/{task_id}``
+(cleared by its will if it dies), published only after its subscriptions are acknowledged. A
+send waits until the receiver is present, so nothing is published into the void at startup,
+and a send to a peer that is gone raises :class:`PeerTimeout` after the send timeout.
+
+paho runs its network loop in its own thread; every callback hops to the event loop with
+``loop.call_soon_threadsafe`` and all state is touched on the event loop only, except the
+PUBACK futures are keyed by message id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from flame.channels.chunking import Reassembly, chunks_of
+from flame.channels.common import ChannelBase
+from flame.channels.settings import ChannelSettings
+from flame.config import MqttSettings, PeerRef
+from flame.errors import ChannelError, PeerTimeout
+from flame.messages import Message
+from flame_proto.v1 import data_pb2
+
+log = structlog.get_logger(__name__)
+
+PRESENCE = "_presence"  # never a channel name: those cannot start with "_"
+SESSION_EXPIRY = 60  # seconds the broker keeps our subscriptions and queue across a blip
+KEEPALIVE = 15  # seconds; a dead task's will fires after 1.5x this
+WINDOW = 4  # chunks in flight per send (bounds memory, keeps the pipe full)
+
+
+class MqttTransport:
+    """One paho client of one task, shared by the task's mqtt channels."""
+
+    def __init__(
+        self,
+        mqtt_settings: MqttSettings,
+        job_id: str,
+        task_id: str,
+        *,
+        settings: ChannelSettings | None = None,
+    ) -> None:
+        self.mqtt = mqtt_settings
+        self.job_id = job_id
+        self.task_id = task_id
+        self.settings = settings or ChannelSettings()
+        self._base = f"{mqtt_settings.topic_prefix}/{job_id}"
+        self._channels: dict[str, MqttChannel] = {}
+        self._partial: dict[tuple[str, str], Reassembly] = {}
+        self._present: dict[str, asyncio.Event] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._acks: dict[int, asyncio.Future[None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: asyncio.Event | None = None
+        self._client: mqtt.Client | None = None
+        self._sub_mid: int | None = None
+        self._start_lock = asyncio.Lock()
+        self._closed = False
+
+    # -- topics ------------------------------------------------------------------------------
+    def topic(self, channel: str, receiver: str) -> str:
+        return f"{self._base}/{channel}/{receiver}"
+
+    def _presence_topic(self, task_id: str) -> str:
+        return f"{self._base}/{PRESENCE}/{task_id}"
+
+    def attach(self, chan: MqttChannel) -> None:
+        self._channels[chan.name] = chan
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect, subscribe and announce presence; idempotent."""
+        async with self._start_lock:
+            if self._client is not None:
+                return
+            if self._closed:
+                raise ChannelError(f"{self.task_id}: mqtt transport is closed")
+            self._loop = asyncio.get_running_loop()
+            self._ready = asyncio.Event()
+            client = mqtt.Client(
+                mqtt.CallbackAPIVersion.VERSION2,
+                client_id=f"flame-{self.job_id}-{self.task_id}-{uuid.uuid4().hex[:8]}",
+                protocol=mqtt.MQTTv5,
+            )
+            s = self.mqtt
+            if s.username is not None:
+                client.username_pw_set(s.username, s.password)
+            if s.tls:
+                client.tls_set(ca_certs=s.ca_file)
+            client.will_set(self._presence_topic(self.task_id), b"", qos=1, retain=True)
+            client.reconnect_delay_set(1, 10)
+            client.on_connect = self._on_connect
+            client.on_subscribe = self._on_subscribe
+            client.on_message = self._on_message
+            client.on_publish = self._on_publish
+            client.on_disconnect = self._on_disconnect
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = SESSION_EXPIRY
+            self._client = client
+            try:
+                client.connect_async(
+                    s.host,
+                    s.port,
+                    keepalive=KEEPALIVE,
+                    clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                    properties=props,
+                )
+                client.loop_start()
+                await asyncio.wait_for(self._ready.wait(), self.settings.connect_timeout)
+            except TimeoutError:
+                await self.close()
+                raise ChannelError(
+                    f"{self.task_id}: MQTT broker {s.host}:{s.port} not ready within "
+                    f"{self.settings.connect_timeout:g}s"
+                ) from None
+            log.info("mqtt.connected", task_id=self.task_id, broker=f"{s.host}:{s.port}")
+
+    async def close(self) -> None:
+        """Clear presence, drop the broker session and stop the network thread. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        client, self._client = self._client, None
+        if client is None:
+            return
+        if self._ready is not None and self._ready.is_set():
+            try:
+                info = client.publish(self._presence_topic(self.task_id), b"", qos=1, retain=True)
+                await asyncio.wait_for(self._expect_ack(info), 2.0)
+            except (TimeoutError, ChannelError):
+                log.info("mqtt.presence_not_cleared", task_id=self.task_id)
+        props = Properties(PacketTypes.DISCONNECT)
+        props.SessionExpiryInterval = 0
+        client.disconnect(properties=props)
+        await asyncio.to_thread(client.loop_stop)
+        for fut in list(self._acks.values()):
+            if not fut.done():
+                fut.set_exception(ChannelError("mqtt transport closed"))
+
+    # -- paho callbacks (network thread) -----------------------------------------------------
+    def _call(self, fn: Any, *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(fn, *args)
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.warning("mqtt.connect_failed", task_id=self.task_id, reason=str(reason))
+            return
+        _, mid = client.subscribe(
+            [(f"{self._base}/+/{self.task_id}", 1), (f"{self._base}/{PRESENCE}/+", 1)]
+        )
+        self._sub_mid = mid
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        if mid != self._sub_mid:
+            return
+        if any(r.is_failure for r in reasons):
+            log.error(
+                "mqtt.subscribe_failed", task_id=self.task_id, reasons=[str(r) for r in reasons]
+            )
+            return
+        client.publish(self._presence_topic(self.task_id), b"1", qos=1, retain=True)
+        if self._ready is not None:
+            self._call(self._ready.set)
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if not self._closed:
+            log.warning("mqtt.disconnected", task_id=self.task_id, reason=str(reason))
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
+    ) -> None:
+        self._call(self._acked, mid)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self._call(self._received, message.topic, message.payload)
+
+    # -- receiving (event loop) --------------------------------------------------------------
+    def _received(self, topic: str, payload: bytes) -> None:
+        parts = topic[len(self._base) + 1 :].split("/")
+        if len(parts) != 2:
+            return
+        channel, who = parts
+        if channel == PRESENCE:
+            event = self._presence(who)
+            if payload:
+                event.set()
+            else:
+                event.clear()
+            return
+        chan = self._channels.get(channel)
+        if chan is None or chan.closed or who != self.task_id:
+            return
+        chunk = data_pb2.Chunk()
+        try:
+            chunk.ParseFromString(payload)
+        except Exception:  # protobuf DecodeError
+            log.warning("message.rejected", channel=channel, reason="not a chunk")
+            return
+        self._chunk(chan, chunk)
+
+    def _chunk(self, chan: MqttChannel, chunk: data_pb2.Chunk) -> None:
+        if chan.seen(chunk.message_id):
+            if chunk.index == 0:
+                chan.drop_duplicate(chunk.header.sender, chunk.message_id)
+            return
+        try:
+            if chunk.index == 0:
+                env = chunk.header
+                if env.job_id != self.job_id or env.receiver != self.task_id:
+                    raise ChannelError("addressed to another job or task")
+                if not chan.is_peer(env.sender):
+                    raise ChannelError(f"{env.sender!r} is not a peer")
+                key = (chan.name, env.sender)
+                old = self._partial.pop(key, None)
+                if old is not None and old.message_id != chunk.message_id:
+                    log.warning("message.incomplete_dropped", sender=env.sender, id=old.message_id)
+                whole = Reassembly(chunk, self.settings.max_message_bytes)
+            else:
+                found = [k for k, r in self._partial.items() if r.message_id == chunk.message_id]
+                if not found:
+                    return  # the rest of a message whose start we never saw or already dropped
+                key = found[0]
+                whole = self._partial.pop(key)
+                whole.add(chunk)
+            if whole.complete:
+                chan.deliver(whole.message())
+            else:
+                self._partial[key] = whole
+        except ChannelError as exc:
+            log.warning("message.rejected", channel=chan.name, id=chunk.message_id, reason=str(exc))
+
+    def _presence(self, task_id: str) -> asyncio.Event:
+        return self._present.setdefault(task_id, asyncio.Event())
+
+    # -- sending (event loop) ----------------------------------------------------------------
+    def _expect_ack(self, info: mqtt.MQTTMessageInfo) -> asyncio.Future[None]:
+        """A future for the PUBACK of ``info``; call it right after ``publish``, on the loop.
+
+        paho reports the PUBACK (``on_publish``) on its thread; the report reaches the loop
+        after this registration, since both go through the loop and this runs first.
+        """
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            # NO_CONN: queued while disconnected; paho sends it after the reconnect
+            fut.set_exception(ChannelError(f"publish failed: {mqtt.error_string(info.rc)}"))
+            return fut
+        self._acks[info.mid] = fut
+        fut.add_done_callback(lambda _: self._acks.pop(info.mid, None))
+        return fut
+
+    def _acked(self, mid: int) -> None:
+        fut = self._acks.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def send(self, channel: str, peer: str, msg: Message) -> None:
+        """Publish ``msg`` for ``peer`` and return once the broker acknowledged every chunk."""
+        if self._client is None or self._closed:
+            raise ChannelError(f"{self.task_id}: mqtt transport is not open")
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + s.send_timeout
+        try:
+            await asyncio.wait_for(self._presence(peer).wait(), s.send_timeout)
+        except TimeoutError:
+            raise PeerTimeout(
+                f"{self.task_id} -> {peer}: peer not connected to the broker within "
+                f"{s.send_timeout:g}s"
+            ) from None
+        topic = self.topic(channel, peer)
+        lock = self._locks.setdefault(peer, asyncio.Lock())
+        async with lock:
+            pending: list[asyncio.Future[None]] = []
+            try:
+                for chunk in chunks_of(msg, peer, s.mqtt_chunk_bytes):
+                    while len(pending) >= WINDOW:
+                        await self._until(pending.pop(0), deadline, peer)
+                    client = self._client
+                    if client is None:
+                        raise ChannelError(f"{self.task_id}: mqtt transport closed while sending")
+                    info = client.publish(topic, chunk.SerializeToString(), qos=1)
+                    pending.append(self._expect_ack(info))
+                while pending:
+                    await self._until(pending.pop(0), deadline, peer)
+            finally:
+                for t in pending:
+                    t.cancel()
+
+    async def _until(self, ack: asyncio.Future[None], deadline: float, peer: str) -> None:
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            await asyncio.wait_for(ack, max(remaining, 0.0))
+        except TimeoutError:
+            raise PeerTimeout(
+                f"{self.task_id} -> {peer}: broker did not acknowledge within "
+                f"{self.settings.send_timeout:g}s"
+            ) from None
+
+
+class MqttChannel(ChannelBase):
+    """One mqtt channel end of a task; its messages travel through the task's transport."""
+
+    def __init__(
+        self,
+        name: str,
+        me: str,
+        peers: Sequence[PeerRef],
+        transport: MqttTransport,
+        job_id: str = "",
+    ) -> None:
+        super().__init__(name, me, peers, job_id)
+        self._transport = transport
+        transport.attach(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def seen(self, message_id: str) -> bool:
+        return self._inbox.seen(message_id)
+
+    def is_peer(self, task_id: str) -> bool:
+        return task_id in self._peers
+
+    def drop_duplicate(self, sender: str, message_id: str) -> None:
+        log.info(
+            "message.duplicate_dropped",
+            channel=self.name,
+            me=self.me,
+            sender=sender,
+            message_id=message_id,
+        )
+
+    def deliver(self, msg: Message) -> None:
+        self._accept(msg)
+
+    async def open(self) -> None:
+        await self._transport.start()
+
+    async def _transmit(self, peer: str, msg: Message) -> None:
+        await self._transport.send(self.name, peer, msg)

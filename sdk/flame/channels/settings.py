@@ -1,0 +1,20 @@
+"""Tunables of the channel transports (env ``FLAME_CHANNEL_*``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1 << 20
+
+
+class ChannelSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLAME_CHANNEL_", frozen=True)
+
+    send_timeout: float = Field(default=60.0, gt=0)  # seconds one send may take, retries included
+    connect_timeout: float = Field(default=30.0, gt=0)  # broker connect / peer discovery
+    grpc_chunk_bytes: int = Field(default=MiB, ge=1024, le=3 * MiB)  # gRPC limit is 4 MiB
+    mqtt_chunk_bytes: int = Field(default=8 * MiB, ge=1024, le=255 * MiB)  # MQTT cap: 256 MiB
+    max_message_bytes: int = Field(default=4 << 30, ge=1)  # larger incoming messages are refused
+    retry_initial: float = Field(default=0.05, gt=0)  # first backoff after UNAVAILABLE
+    retry_max: float = Field(default=1.0, gt=0)  # backoff cap
