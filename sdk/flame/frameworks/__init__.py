@@ -1,0 +1,48 @@
+"""Convert user models to and from :data:`flame.tensors.Weights` (named NumPy arrays).
+
+Supported models: a ``dict`` of NumPy arrays (used as is) and a ``torch.nn.Module`` (its
+floating-point ``state_dict`` entries; integer buffers such as BatchNorm's
+``num_batches_tracked`` stay local). No pickle is involved anywhere: tensors cross as raw arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flame.errors import ConfigError
+from flame.frameworks import numpy as np_adapter
+from flame.tensors import Weights
+
+
+def _is_torch_module(model: Any) -> bool:
+    cls = type(model)
+    return any(c.__module__.startswith("torch.nn") and c.__name__ == "Module" for c in cls.__mro__)
+
+
+def get_weights(model: Any) -> Weights:
+    """The model's parameters as named float arrays (copies, safe to keep)."""
+    if isinstance(model, dict):
+        return np_adapter.get_weights(model)
+    if _is_torch_module(model):
+        from flame.frameworks import torch as torch_adapter
+
+        return torch_adapter.get_weights(model)
+    raise ConfigError(
+        f"unsupported model type {type(model).__name__}: use a torch.nn.Module or a dict of arrays"
+    )
+
+
+def set_weights(model: Any, weights: Weights) -> Any:
+    """Load ``weights`` into ``model``; returns the model (a new dict for NumPy models)."""
+    if isinstance(model, dict):
+        return np_adapter.set_weights(model, weights)
+    if _is_torch_module(model):
+        from flame.frameworks import torch as torch_adapter
+
+        return torch_adapter.set_weights(model, weights)
+    raise ConfigError(
+        f"unsupported model type {type(model).__name__}: use a torch.nn.Module or a dict of arrays"
+    )
+
+
+__all__ = ["get_weights", "set_weights"]

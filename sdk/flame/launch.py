@@ -1,0 +1,87 @@
+"""Run one task: ``python -m flame.launch config.json [--no-track]``.
+
+1. Load the :class:`TaskConfig` (the control plane's deployer / flamelet writes it).
+2. Import the role code: ``<dir of config.json>/code/<role>/main.py`` (the deployer and flamelet
+   unzip the job's code into ``<workdir>/code/`` next to the config); if that does not exist,
+   ``<cwd>/<role>/main.py`` (a job directory). The file must define exactly one
+   Trainer/Aggregator/Coordinator subclass.
+3. Open the task's channels, make the tracker (MLflow for the top aggregator only), run.
+4. Exit 0 on success (the final weights and per-round metrics are left in the task's workdir as
+   ``result.safetensors`` / ``result.json``); exit 2 on a configuration error, 3 when the job
+   lost its quorum, 1 on any other failure, each with a one-line reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+import structlog
+
+from flame.channels.factory import open_channels
+from flame.config import TaskConfig
+from flame.errors import ConfigError, FlameError, QuorumLost
+from flame.roles.base import Role, RoleResult
+from flame.roles.loader import load_role_class, make_role
+from flame.simulate import tracker_for, write_result
+
+log = structlog.get_logger(__name__)
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_QUORUM = 3
+
+
+def role_code_path(config_path: Path, role: str, cwd: Path | None = None) -> Path:
+    bundled = config_path.resolve().parent / "code" / role / "main.py"
+    if bundled.is_file():
+        return bundled
+    local = (cwd or Path.cwd()) / role / "main.py"
+    if local.is_file():
+        return local
+    raise ConfigError(f"no code for role {role!r}: looked for {bundled} and {local}")
+
+
+async def run_task(config: TaskConfig, cls: type[Role], *, track: bool = True) -> RoleResult:
+    channels = await open_channels(config)
+    try:
+        role = make_role(cls, config, channels, tracker=tracker_for(config, track))
+        return await role.run()
+    finally:
+        await channels.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m flame.launch", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("config", type=Path, help="task config JSON")
+    parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    args = parser.parse_args(argv)
+    try:
+        config = TaskConfig.load(args.config)
+        structlog.contextvars.bind_contextvars(
+            job_id=config.job_id, task_id=config.task_id, role=config.role
+        )
+        cls = load_role_class(role_code_path(args.config, config.role))
+        result = asyncio.run(run_task(config, cls, track=not args.no_track))
+        write_result(config.workdir, result)
+    except ConfigError as exc:
+        print(f"flame.launch: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except QuorumLost as exc:
+        print(f"flame.launch: quorum lost: {exc}", file=sys.stderr)
+        return EXIT_QUORUM
+    except FlameError as exc:
+        print(f"flame.launch: task failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("flame.launch: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

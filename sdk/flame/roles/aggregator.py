@@ -1,0 +1,464 @@
+"""Aggregators: the top one (applies the job's strategy, tracks, checkpoints) and middle ones
+(aggregate their group and forward it up). Both run the same chain:
+
+    init >> Loop(until=done)(fetch >> distribute >> collect >> aggregate >> upload) >> finish
+
+* ``fetch``: top: start round r and pick participants with the selector; middle: read the
+  coordinator's assignment (coordinated topology) and the top's model.
+* ``distribute``: send the global model (+ the strategy's ``to_trainers()`` extras) to the
+  participants, or ``done`` with the final model after the last round.
+* ``collect``: ``recv_any`` until every participant answered or ``round_timeout`` passed; each
+  update is validated (job, round, sender, names/shapes/dtypes, finite values) and a bad one is
+  logged (``update.rejected``) and left out.
+* ``aggregate``: top: the strategy (FedAvg, FedAdam, Krum, ...); fewer than ``min_trainers``
+  trainers answered -> :class:`QuorumLost`; middle: sample-weighted mean of its group.
+* ``upload``: top: log metrics, offer the model to the tracker, checkpoint, tell the
+  coordinator; middle: send the group's model up.
+
+Asynchronous FedBuff (optimizer ``fedbuff``) uses :class:`AsyncAggregator`'s chain instead,
+built from the same pieces.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from flame.aggregation import Strategy, StrategyState, Update, make_strategy
+from flame.checkpoint import AggregatorCheckpoint, load_checkpoint, save_checkpoint
+from flame.composer import Composable, Loop, tasklet
+from flame.errors import ChannelError, FlameError, PeerTimeout, QuorumLost, RejectedUpdate
+from flame.messages import Message
+from flame.roles.base import (
+    ABORT,
+    ASSIGN,
+    DONE,
+    EVAL,
+    ROUND_END,
+    SKIP,
+    UPDATE,
+    WEIGHTS,
+    Role,
+    RoleResult,
+    pack,
+    unpack,
+    weighted_metrics,
+)
+from flame.roles.topology import group_leaders
+from flame.selection import Selector, make_selector
+from flame.tensors import Weights, check_update
+from flame.tracking import BestModel, tracking_tags
+
+
+class Received:
+    """What one participant sent back this round (after validation)."""
+
+    def __init__(self, sender: str, msg: Message, weights: Weights, extras: Weights) -> None:
+        self.sender = sender
+        self.msg = msg
+        self.weights = weights
+        self.extras = extras
+        meta = msg.meta
+        self.num_samples = float(meta.get("num_samples", 0))
+        self.eval_samples = float(meta.get("eval_samples", self.num_samples))
+        self.metrics: dict[str, float] = dict(meta.get("metrics", {}))
+        self.trainers = int(meta.get("trainers", 1))
+        self.base_round = int(meta.get("base_round", msg.round))
+        self.duration = float(meta.get("duration", 0.0))
+
+
+def _check_meta(msg: Message) -> None:
+    meta = msg.meta
+    n = meta.get("num_samples", 0)
+    if not isinstance(n, int | float) or not math.isfinite(n) or n < 0:
+        raise RejectedUpdate(f"num_samples {n!r} is not a non-negative number", msg.sender)
+    metrics = meta.get("metrics", {})
+    if not isinstance(metrics, dict) or not all(
+        isinstance(v, int | float) and math.isfinite(v) for v in metrics.values()
+    ):
+        raise RejectedUpdate("metrics must be a dict of finite numbers", msg.sender)
+    trainers = meta.get("trainers", 1)
+    if not isinstance(trainers, int) or trainers < 0:
+        raise RejectedUpdate(f"trainers {trainers!r} is not a count", msg.sender)
+
+
+class Aggregator(Role):
+    """Subclass it and override ``initialize`` to build the initial global ``self.model`` (top
+    aggregator); optionally ``evaluate`` for server-side metrics (logged as ``server/<name>``).
+    Whether a task is a top or a middle aggregator follows from its channels."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        topo = self.topology
+        if topo.downstream is None:
+            raise FlameError(f"aggregator {self.config.task_id} has no channel to trainers")
+        job = self.config.job
+        self.is_top = topo.is_top
+        self.strategy: Strategy | None = make_strategy(job.optimizer) if self.is_top else None
+        self.selector: Selector | None = (
+            make_selector(job.selector, job.seed) if self.is_top else None
+        )
+        self.best = BestModel(job.tracking.selection_metric, job.tracking.mode)
+        self.global_weights: Weights = {}
+        self.prev_weights: Weights = {}
+        self.extras: Weights = {}
+        self.final = False
+        self.participants: list[str] = []
+        self.assigned: list[str] | None = None
+        self.received: list[Received] = []
+        self.silent: set[str] = set()
+        self.round_metrics: dict[str, float] = {}
+        self._round_started = 0.0
+        down = self.config.peers(topo.downstream)
+        if topo.downstream in self.config.channels and self._hybrid_peer_channel():
+            leaders = group_leaders(
+                self.config, self._hybrid_peer_channel() or "", self._down_role()
+            )
+            down = [p for p in down if p in leaders] or down
+        self.candidates = sorted(down)
+
+    def _down_role(self) -> str:
+        assert self.topology.downstream is not None
+        a, b = self.config.design.channel(self.topology.downstream).pair
+        return b if a == self.config.role else a
+
+    def _hybrid_peer_channel(self) -> str | None:
+        """The trainers' peer channel, when the trainers below run the hybrid topology."""
+        role = self._down_role()
+        for chan in self.config.design.channels:
+            if chan.pair == (role, role):
+                return chan.name
+        return None
+
+    def compose(self) -> Composable:
+        return (
+            self.init
+            >> Loop(until=self.done)(
+                self.fetch >> self.distribute >> self.collect >> self.aggregate >> self.upload
+            )
+            >> self.finish
+        )
+
+    # -- init / finish --------------------------------------------------------------------------
+    @tasklet
+    def init(self) -> None:
+        self.initialize()
+        if not self.is_top:
+            return
+        self.global_weights = self.weights
+        self.tracker.start(self._params(), tracking_tags(self.config))
+        self.resume()
+
+    def _params(self) -> dict[str, Any]:
+        job = self.config.job
+        return {
+            "rounds": job.rounds,
+            "optimizer": job.optimizer.name,
+            "optimizer_kwargs": job.optimizer.kwargs,
+            "selector": job.selector.name,
+            "selector_kwargs": job.selector.kwargs,
+            "min_trainers": job.min_trainers,
+            "round_timeout": job.round_timeout,
+            "seed": job.seed,
+            "hyperparameters": job.hyperparameters,
+            "topology_trainers": len(self.candidates),
+        }
+
+    def resume(self) -> None:
+        """Continue from the task's checkpoint, if one exists."""
+        if not self.config.checkpoint_dir:
+            return
+        ckpt = load_checkpoint(self.config.checkpoint_dir)
+        if ckpt is None:
+            return
+        assert self.strategy is not None and self.selector is not None
+        check_update(ckpt.weights, self.global_weights, "checkpoint")
+        self.round = ckpt.round
+        self.global_weights = ckpt.weights
+        self.strategy.load_state(StrategyState(ckpt.strategy_tensors, ckpt.strategy_data))
+        self.selector.load_state(ckpt.selector)
+        self.history = list(ckpt.history)
+        self.silent = set(ckpt.extra.get("silent", []))
+        if ckpt.best_weights is not None:
+            self.best.round = ckpt.best_round
+            self.best.weights = ckpt.best_weights
+            self.best.metrics = dict(ckpt.best_metrics)
+            self.tracker.offer_model(ckpt.best_round or 0, ckpt.best_weights, ckpt.best_metrics)
+        self.log.info("checkpoint.resumed", round=self.round, path=self.config.checkpoint_dir)
+
+    def save(self) -> None:
+        if not self.config.checkpoint_dir or self.strategy is None or self.selector is None:
+            return
+        st = self.strategy.state()
+        save_checkpoint(
+            self.config.checkpoint_dir,
+            AggregatorCheckpoint(
+                round=self.round,
+                weights=self.global_weights,
+                strategy_tensors=st.tensors,
+                strategy_data=st.data,
+                selector=self.selector.state(),
+                best_round=self.best.round,
+                best_weights=self.best.weights,
+                best_metrics=self.best.metrics,
+                history=self.history,
+                extra={"silent": sorted(self.silent)},
+            ),
+        )
+
+    @tasklet
+    def finish(self) -> None:
+        if self.global_weights and self.model is not None:
+            self.load_weights(self.global_weights)
+        if self.is_top:
+            self.tracking_result = self.tracker.finish("FINISHED")
+        self.log.info("aggregator.finished", round=self.round)
+
+    async def on_failure(self, exc: FlameError) -> None:
+        await self.notify_abort(self.topology.downstream, exc)
+        await self.notify_abort(self.topology.coordinator, exc)
+        if self.is_top:
+            self.tracker.finish("FAILED")
+        else:
+            await self.notify_abort(self.topology.upstream, exc)
+
+    def result(self) -> RoleResult:
+        return RoleResult(
+            task_id=self.config.task_id,
+            role=self.config.role,
+            is_top=self.is_top,
+            weights=dict(self.global_weights),
+            history=list(self.history),
+            tracking=self.tracking_result,
+        )
+
+    # -- round ----------------------------------------------------------------------------------
+    @tasklet
+    async def fetch(self) -> None:
+        self._round_started = self.clock()
+        if self.is_top:
+            self.round += 1
+            self.final = self.round > self.config.job.rounds
+            assert self.selector is not None
+            alive = [c for c in self.candidates if c not in self.silent]
+            if self.final:
+                self.participants = list(self.candidates)
+            else:
+                self.participants = sorted(self.selector.select(alive, self.round))
+            self.extras = self.strategy.to_trainers() if self.strategy is not None else {}
+            return
+        topo = self.topology
+        if topo.coordinator is not None:
+            coord = self.config.peers(topo.coordinator)[0]
+            assign = await self.recv_from(topo.coordinator, coord, "assignment")
+            if assign.kind != ASSIGN:
+                raise FlameError(f"expected an assignment from {coord}, got {assign.kind!r}")
+            self.assigned = sorted(str(t) for t in assign.meta.get("trainers", []))
+        assert topo.upstream is not None
+        top = self.config.peers(topo.upstream)[0]
+        msg = await self.recv_from(topo.upstream, top, "model")
+        if msg.kind not in (WEIGHTS, DONE):
+            raise FlameError(f"unexpected {msg.kind!r} from {top}")
+        self.round = msg.round
+        self.final = msg.kind == DONE
+        self.global_weights, self.extras = unpack(msg.weights)
+        pool = self.assigned if self.assigned is not None else self.candidates
+        self.participants = [p for p in pool if self.final or p not in self.silent]
+
+    @tasklet
+    async def distribute(self) -> None:
+        assert self.topology.downstream is not None
+        chan = self.channels[self.topology.downstream]
+        msg = Message(
+            kind=DONE if self.final else WEIGHTS,
+            round=self.round,
+            weights=pack(self.global_weights, self.extras),
+        )
+        reached: list[str] = []
+        for peer in self.participants:
+            try:
+                await chan.send(peer, msg)
+                reached.append(peer)
+            except ChannelError as exc:
+                self.log.warning("peer.unreachable", peer=peer, error=str(exc))
+                self.silent.add(peer)
+        self.participants = reached
+
+    @tasklet
+    async def collect(self) -> None:
+        assert self.topology.downstream is not None
+        chan = self.channels[self.topology.downstream]
+        pending = set(self.participants)
+        self.received = []
+        deadline = self.clock() + self.config.job.round_timeout
+        while pending:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                break
+            try:
+                peer, msg = await chan.recv_any(sorted(pending), timeout=remaining)
+            except PeerTimeout:
+                break
+            if msg.round < self.round and msg.kind in (UPDATE, EVAL, SKIP):
+                self.log.info("update.stale", sender=peer, round=msg.round, current=self.round)
+                continue
+            pending.discard(peer)
+            if msg.kind == ABORT:
+                self.log.warning("peer.aborted", peer=peer, reason=msg.meta.get("reason"))
+                continue
+            if msg.kind == SKIP:
+                continue
+            try:
+                self.received.append(self.validate(peer, msg))
+            except RejectedUpdate as exc:
+                self.log.warning(
+                    "update.rejected", sender=peer, reason=exc.reason, round=self.round
+                )
+        if pending:
+            self.log.warning("round.timeout", round=self.round, missing=sorted(pending))
+            if not self.final:
+                self.silent.update(pending)
+        self.silent.difference_update(r.sender for r in self.received)
+
+    def validate(self, peer: str, msg: Message, expected_round: int | None = None) -> Received:
+        """Check one message against this job, round and the global model."""
+        expected_round = self.round if expected_round is None else expected_round
+        expected = EVAL if self.final else UPDATE
+        if msg.kind != expected:
+            raise RejectedUpdate(f"expected {expected!r}, got {msg.kind!r}", peer)
+        if msg.job_id and msg.job_id != self.config.job_id:
+            raise RejectedUpdate(f"job {msg.job_id!r} is not this job", peer)
+        if msg.sender and msg.sender != peer:
+            raise RejectedUpdate(f"claims to be {msg.sender!r}", peer)
+        if msg.round != expected_round:
+            raise RejectedUpdate(
+                f"round {msg.round} is not the expected round {expected_round}", peer
+            )
+        if peer not in self.participants:
+            raise RejectedUpdate("not selected for this round", peer)
+        _check_meta(msg)
+        if self.final:
+            return Received(peer, msg, {}, {})
+        if msg.weights is None:
+            raise RejectedUpdate("update carries no weights", peer)
+        weights, extras = unpack(msg.weights)
+        check_update(weights, self.global_weights, peer)
+        if self.extras:
+            check_update(extras, self.extras, peer)
+        return Received(peer, msg, weights, extras)
+
+    @tasklet
+    def aggregate(self) -> None:
+        items = [(r.metrics, r.eval_samples) for r in self.received]
+        self.round_metrics = weighted_metrics(items)
+        contributors = sum(r.trainers for r in self.received)
+        self.round_metrics["trainers"] = float(contributors)
+        self.prev_weights = self.global_weights
+        if self.final:
+            return
+        if self.is_top:
+            if contributors < self.config.job.min_trainers:
+                raise QuorumLost(
+                    f"round {self.round}: {contributors} trainer(s) answered, "
+                    f"min_trainers is {self.config.job.min_trainers}"
+                )
+            assert self.strategy is not None and self.selector is not None
+            updates = [
+                Update(
+                    sender=r.sender,
+                    weights=r.weights,
+                    num_samples=round(r.num_samples),
+                    base_round=r.base_round,
+                    extras=r.extras,
+                    meta={**r.metrics, "duration": r.duration},
+                )
+                for r in self.received
+            ]
+            self.global_weights = self.strategy.aggregate(self.global_weights, updates, self.round)
+            for r in self.received:
+                loss = r.metrics.get("loss")
+                self.selector.report(
+                    r.sender,
+                    utility=None if loss is None else loss * math.sqrt(max(r.num_samples, 1.0)),
+                    duration=r.duration,
+                )
+        elif self.received:
+            self.global_weights = _weighted_mean(self.received)
+            if any(r.extras for r in self.received):
+                self.extras = _weighted_mean(self.received, extras=True)
+
+    @tasklet
+    async def upload(self) -> None:
+        if self.is_top:
+            await self._report()
+        else:
+            await self._forward()
+        if self.final:
+            self.finished = True
+
+    async def _forward(self) -> None:
+        topo = self.topology
+        assert topo.upstream is not None
+        top = self.config.peers(topo.upstream)[0]
+        total = sum(r.num_samples for r in self.received)
+        meta = {
+            "num_samples": total,
+            "eval_samples": sum(r.eval_samples for r in self.received),
+            "metrics": {k: v for k, v in self.round_metrics.items() if k != "trainers"},
+            "trainers": sum(r.trainers for r in self.received),
+            "base_round": self.round,
+            "duration": self.clock() - self._round_started,
+        }
+        if self.final:
+            msg = Message(kind=EVAL, round=self.round, meta=meta)
+        elif not self.received:
+            msg = Message(kind=SKIP, round=self.round, meta={"trainers": 0})
+        else:
+            msg = Message(
+                kind=UPDATE,
+                round=self.round,
+                meta=meta,
+                weights=pack(self.global_weights, self.extras),
+            )
+        await self.channels[topo.upstream].send(top, msg)
+
+    async def _report(self) -> None:
+        step = self.round - 1  # metrics describe the model after round - 1 aggregations
+        metrics = dict(self.round_metrics)
+        server = self._server_metrics(self.prev_weights)
+        metrics.update({f"server/{k}": v for k, v in server.items()})
+        metrics["round_time"] = self.clock() - self._round_started
+        self.history.append({"round": step, **metrics})
+        self.tracker.log_round(step, metrics)
+        self.best.offer(step, self.prev_weights, metrics)
+        self.tracker.offer_model(step, self.prev_weights, metrics)
+        self.log.info("round.finished", round=self.round, step=step, metrics=metrics)
+        if not self.final:
+            self.save()
+        topo = self.topology
+        if topo.coordinator is not None:
+            coord = self.config.peers(topo.coordinator)[0]
+            await self.channels[topo.coordinator].send(
+                coord, Message(kind=ROUND_END, round=self.round, meta={"final": self.final})
+            )
+
+    def _server_metrics(self, weights: Weights) -> dict[str, float]:
+        if type(self).evaluate is Aggregator.evaluate or self.model is None or not weights:
+            return {}
+        self.load_weights(weights)
+        return {k: float(v) for k, v in self.evaluate().items()}
+
+
+def _weighted_mean(received: list[Received], *, extras: bool = False) -> Weights:
+    total = sum(r.num_samples for r in received)
+    shares = [(r.num_samples / total if total > 0 else 1.0 / len(received)) for r in received]
+    first = received[0].extras if extras else received[0].weights
+    out: Weights = {}
+    for name, ref in first.items():
+        acc = None
+        for r, share in zip(received, shares, strict=True):
+            value = (r.extras if extras else r.weights)[name].astype("float64") * share
+            acc = value if acc is None else acc + value
+        assert acc is not None
+        out[name] = acc.astype(ref.dtype)
+    return out

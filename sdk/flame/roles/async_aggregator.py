@@ -1,0 +1,185 @@
+"""Asynchronous (FedBuff) top aggregator, built from the synchronous one's pieces:
+
+    init >> Loop(until=done)(dispatch >> collect_one >> apply) >> finish
+
+``dispatch`` keeps up to the selector's concurrency of trainers busy, each with the current
+global model; ``collect_one`` waits (event-driven) for the next update from any busy trainer,
+validates it and hands it to the strategy's buffer; ``apply`` flushes the buffer when it holds
+``k`` updates, which makes a new global model (one "round"). After ``spec.rounds`` flushes the
+final model goes to every trainer and their evaluations are collected, as in the synchronous
+chain. A trainer silent for ``round_timeout`` is dropped from the pool (re-admitted if it speaks
+again); fewer live trainers than ``min_trainers`` -> :class:`QuorumLost`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from flame.aggregation import Update
+from flame.aggregation.fedbuff import FedBuff
+from flame.composer import Composable, Loop, tasklet
+from flame.config import TaskConfig
+from flame.errors import ChannelError, FlameError, PeerTimeout, QuorumLost, RejectedUpdate
+from flame.messages import Message
+from flame.roles.aggregator import Aggregator, Received
+from flame.roles.base import ABORT, UPDATE, WEIGHTS, pack, weighted_metrics
+
+
+def is_async_job(config: TaskConfig) -> bool:
+    return config.job.optimizer.name == "fedbuff"
+
+
+class AsyncAggregator(Aggregator):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.is_top:
+            raise FlameError("asynchronous aggregation needs a top aggregator")
+        self.in_flight: dict[str, int] = {}  # trainer -> version of the model it trains on
+        self.buffered: list[Received] = []
+        self._flushed = False
+        if not isinstance(self.strategy, FedBuff):
+            raise FlameError("asynchronous aggregation needs the fedbuff optimizer")
+        self.buffer: FedBuff = self.strategy
+
+    def compose(self) -> Composable:
+        return (
+            self.init
+            >> Loop(until=self.done)(self.dispatch >> self.collect_one >> self.apply)
+            >> self.finish
+        )
+
+    @tasklet
+    async def dispatch(self) -> None:
+        if self.round >= self.config.job.rounds:
+            self.final = True
+        if self.final:
+            return
+        assert self.selector is not None and self.topology.downstream is not None
+        if not self._round_started:
+            self._round_started = self.clock()
+        alive = [c for c in self.candidates if c not in self.silent]
+        if len(self.in_flight) >= len(alive):
+            return
+        chosen = [c for c in self.selector.select(alive, self.round) if c not in self.in_flight]
+        chan = self.channels[self.topology.downstream]
+        msg = Message(
+            kind=WEIGHTS, round=self.round, weights=pack(self.global_weights, self.extras)
+        )
+        for peer in sorted(chosen):
+            try:
+                await chan.send(peer, msg)
+            except ChannelError as exc:
+                self.log.warning("peer.unreachable", peer=peer, error=str(exc))
+                self.silent.add(peer)
+                continue
+            self.in_flight[peer] = self.round
+
+    def _check_quorum(self) -> None:
+        alive = [c for c in self.candidates if c not in self.silent]
+        if len(alive) < self.config.job.min_trainers:
+            raise QuorumLost(
+                f"{len(alive)} trainer(s) left, min_trainers is {self.config.job.min_trainers}"
+            )
+
+    @tasklet
+    async def collect_one(self) -> None:
+        self._flushed = False
+        if self.final:
+            return
+        self._check_quorum()
+        if not self.in_flight:
+            raise FlameError("no trainer could be started (the selector chose nobody)")
+        assert self.topology.downstream is not None
+        chan = self.channels[self.topology.downstream]
+        try:
+            peer, msg = await chan.recv_any(
+                sorted(self.in_flight), timeout=self.config.job.round_timeout
+            )
+        except PeerTimeout:
+            self.log.warning("round.timeout", round=self.round, missing=sorted(self.in_flight))
+            self.silent.update(self.in_flight)
+            self.in_flight.clear()
+            self._check_quorum()
+            return
+        base = self.in_flight.pop(peer)
+        if msg.kind == ABORT:
+            self.log.warning("peer.aborted", peer=peer, reason=msg.meta.get("reason"))
+            return
+        self.participants = [peer]
+        try:
+            received = self.validate(peer, msg, expected_round=base)
+            update = Update(
+                sender=peer,
+                weights=received.weights,
+                num_samples=round(received.num_samples),
+                base_round=base,
+                extras=received.extras,
+                meta={**received.metrics, "duration": received.duration},
+            )
+            ready = self.buffer.add(update, self.global_weights, self.round)
+        except RejectedUpdate as exc:
+            self.log.warning("update.rejected", sender=peer, reason=exc.reason, round=self.round)
+            self._report_done(peer, None, 0.0)
+            return
+        self.buffered.append(received)
+        loss = received.metrics.get("loss")
+        self._report_done(peer, loss, received.duration, received.num_samples)
+        if ready:
+            self.prev_weights = self.global_weights
+            self.global_weights = self.buffer.flush(self.global_weights, self.round)
+            self._flushed = True
+
+    def _report_done(
+        self, peer: str, loss: float | None, duration: float, samples: float = 1.0
+    ) -> None:
+        assert self.selector is not None
+        utility = None if loss is None else loss * math.sqrt(max(samples, 1.0))
+        self.selector.report(peer, utility=utility, duration=duration)
+
+    @tasklet
+    async def apply(self) -> None:
+        if self.final:
+            await self._final_round()
+            return
+        if not self._flushed:
+            return
+        self.round += 1
+        self.round_metrics = weighted_metrics([(r.metrics, r.eval_samples) for r in self.buffered])
+        self.round_metrics["trainers"] = float(len(self.buffered))
+        self.buffered = []
+        step = self.round - 1
+        metrics = dict(self.round_metrics)
+        metrics["round_time"] = self.clock() - self._round_started
+        self._round_started = self.clock()
+        self.history.append({"round": step, **metrics})
+        self.tracker.log_round(step, metrics)
+        self.best.offer(step, self.prev_weights, metrics)
+        self.tracker.offer_model(step, self.prev_weights, metrics)
+        self.log.info("round.finished", round=self.round, metrics=metrics)
+        self.save()
+        if self.round >= self.config.job.rounds:
+            self.final = True
+
+    async def _final_round(self) -> None:
+        # Trainers still busy will first send their (now useless) update: drain it.
+        assert self.topology.downstream is not None
+        chan = self.channels[self.topology.downstream]
+        deadline = self.clock() + self.config.job.round_timeout
+        while self.in_flight:
+            try:
+                peer, msg = await chan.recv_any(
+                    sorted(self.in_flight), timeout=max(deadline - self.clock(), 0.0)
+                )
+            except PeerTimeout:
+                break
+            self.in_flight.pop(peer, None)
+            if msg.kind == UPDATE:
+                self.log.info("update.after_last_round", sender=peer)
+        self.round = self.config.job.rounds + 1
+        self.participants = list(self.candidates)
+        await self.distribute.run()
+        await self.collect.run()
+        await self.aggregate.run()
+        await self._report()
+        self.finished = True

@@ -1,0 +1,193 @@
+"""What every role shares: config, channels, tracker, clock, logging, the model, the run loop."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from flame.aggregation.base import pack_extras, split_extras
+from flame.channels.factory import ChannelSet
+from flame.composer import Composable
+from flame.config import TaskConfig
+from flame.errors import FlameError, PeerTimeout, QuorumLost
+from flame.frameworks import get_weights, set_weights
+from flame.messages import Message
+from flame.roles.topology import Topology, topology_of
+from flame.tensors import Weights
+from flame.tracking import NullTracker, Tracker, TrackingResult
+
+Clock = Callable[[], float]
+
+# Message kinds of the data plane protocol.
+WEIGHTS = "weights"  # global model (+ extras) for round r
+UPDATE = "update"  # a trainer's (or middle aggregator's) result of round r
+SKIP = "skip"  # a middle aggregator had nothing to send this round
+DONE = "done"  # final model: evaluate it, answer with EVAL, stop
+EVAL = "eval"  # metrics of the final model
+ABORT = "abort"  # the job failed upstream; meta: reason, code
+ASSIGN = "assign"  # coordinator -> trainer / middle aggregator: this round's pairing
+ROUND_END = "round.end"  # top aggregator -> coordinator: round r is over
+
+
+@dataclass(frozen=True)
+class RoleResult:
+    """What a finished task hands back (``flame.simulate`` collects these)."""
+
+    task_id: str
+    role: str
+    is_top: bool
+    weights: Weights
+    history: list[dict[str, Any]] = field(default_factory=list)
+    tracking: TrackingResult | None = None
+
+
+def pack(weights: Weights, extras: Weights | None = None) -> Weights:
+    return pack_extras(weights, extras or {})
+
+
+def unpack(payload: Weights | None) -> tuple[Weights, Weights]:
+    return split_extras(payload or {})
+
+
+def raise_abort(msg: Message) -> None:
+    reason = str(msg.meta.get("reason", "the job was aborted"))
+    if msg.meta.get("code") == "quorum-lost":
+        raise QuorumLost(reason)
+    raise FlameError(reason)
+
+
+def weighted_metrics(items: list[tuple[dict[str, float], float]]) -> dict[str, float]:
+    """Per-metric mean weighted by each source's sample count."""
+    sums: dict[str, float] = {}
+    totals: dict[str, float] = {}
+    for metrics, weight in items:
+        for name, value in metrics.items():
+            sums[name] = sums.get(name, 0.0) + float(value) * weight
+            totals[name] = totals.get(name, 0.0) + weight
+    return {k: sums[k] / totals[k] for k in sums if totals[k] > 0}
+
+
+class Role:
+    """Base of :class:`Trainer`, :class:`Aggregator` and :class:`Coordinator`.
+
+    User code overrides ``initialize`` (build ``self.model``), ``load_data`` (from
+    ``self.config.dataset.uri``), ``train`` and ``evaluate``; ``compose`` wires the tasklets.
+    Channels, tracker and clock are handed in, never looked up globally.
+    """
+
+    def __init__(
+        self,
+        config: TaskConfig,
+        channels: ChannelSet,
+        *,
+        tracker: Tracker | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.channels = channels
+        self.tracker: Tracker = tracker or NullTracker()
+        self.clock = clock
+        self.topology: Topology = topology_of(config)
+        self.log = structlog.get_logger(f"flame.{config.role}").bind(
+            job_id=config.job_id, task_id=config.task_id, role=config.role
+        )
+        self.model: Any = None
+        self.round = 0  # the round being worked on (1-based); 0 before the first
+        self.finished = False
+        self.history: list[dict[str, Any]] = []
+        self.tracking_result: TrackingResult | None = None
+
+    # -- user hooks ----------------------------------------------------------------------------
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        return self.config.job.hyperparameters
+
+    def initialize(self) -> None:
+        """Build ``self.model`` (a torch module or a dict of NumPy arrays)."""
+
+    def load_data(self) -> None:
+        """Load the local dataset (``self.config.dataset.uri``)."""
+
+    def train(self) -> None:
+        """Train ``self.model`` on the local data for one round."""
+
+    def evaluate(self) -> dict[str, float]:
+        """Metrics of ``self.model`` on local test data (empty: nothing to report)."""
+        return {}
+
+    # -- model <-> weights ----------------------------------------------------------------------
+    @property
+    def weights(self) -> Weights:
+        if self.model is None:
+            raise FlameError(f"{type(self).__name__}.initialize() must set self.model")
+        return get_weights(self.model)
+
+    def load_weights(self, weights: Weights) -> None:
+        if self.model is None:
+            raise FlameError(f"{type(self).__name__}.initialize() must set self.model")
+        self.model = set_weights(self.model, weights)
+
+    # -- running --------------------------------------------------------------------------------
+    def compose(self) -> Composable:
+        raise NotImplementedError
+
+    def done(self) -> bool:
+        return self.finished
+
+    @property
+    def wait_timeout(self) -> float:
+        """How long a task waits for its upstream before it gives up (never forever)."""
+        return self.config.job.max_run_time
+
+    def result(self) -> RoleResult:
+        weights = self.weights if self.model is not None else {}
+        return RoleResult(
+            task_id=self.config.task_id,
+            role=self.config.role,
+            is_top=self.topology.is_top,
+            weights=weights,
+            history=list(self.history),
+            tracking=self.tracking_result,
+        )
+
+    async def run(self) -> RoleResult:
+        self.log.info("task.started", topology=self.topology)
+        try:
+            await self.compose().run()
+        except FlameError as exc:
+            self.log.error("task.failed", error=str(exc), kind=type(exc).__name__)
+            await self.on_failure(exc)
+            raise
+        self.log.info("task.finished", rounds=self.round)
+        return self.result()
+
+    async def on_failure(self, exc: FlameError) -> None:
+        """Tell the tasks that wait on this one that the job is over (best effort)."""
+
+    async def notify_abort(self, channel: str | None, exc: FlameError) -> None:
+        if channel is None:
+            return
+        code = "quorum-lost" if isinstance(exc, QuorumLost) else "failed"
+        msg = Message(kind=ABORT, round=self.round, meta={"reason": str(exc), "code": code})
+        chan = self.channels[channel]
+        for peer in chan.peers():
+            try:
+                await chan.send(peer, msg)
+            except FlameError as err:
+                self.log.debug("abort.not_sent", peer=peer, error=str(err))
+
+    async def recv_from(self, channel: str, peer: str, what: str) -> Message:
+        """The next message from ``peer``; an ABORT raises, silence past the timeout raises."""
+        try:
+            msg = await self.channels[channel].recv(peer, timeout=self.wait_timeout)
+        except PeerTimeout as exc:
+            raise FlameError(
+                f"no {what} from {peer} on {channel} within {self.wait_timeout:.0f}s"
+            ) from exc
+        if msg.kind == ABORT:
+            raise_abort(msg)
+        return msg

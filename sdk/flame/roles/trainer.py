@@ -1,0 +1,230 @@
+"""The data-consumer role: fetch the global model, train locally, send the update back.
+
+One chain serves every topology; each tasklet does nothing where the topology has no use for it:
+
+    init >> Loop(until=done)(fetch >> share >> step >> reduce >> upload)
+
+* central / hierarchical / async: ``fetch`` from the aggregator, ``step`` trains, ``upload``.
+* coordinated: ``fetch`` first reads the coordinator's assignment (which aggregator to use).
+* hybrid: the group's leader (lowest task id) fetches and ``share``s the model with its group,
+  everyone trains, ``reduce`` ring-all-reduces the sample-weighted models inside the group, the
+  leader uploads the group's model.
+* distributed: no aggregator; ``fetch`` just counts rounds, ``reduce`` averages over all trainers.
+
+Each round the trainer first evaluates the model it received (its local test split) and sends
+those metrics with its update, so the metrics of round r belong to the global model after r - 1
+aggregations; a final ``done`` message makes every trainer evaluate the final model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from flame.composer import Composable, Loop, tasklet
+from flame.errors import FlameError
+from flame.messages import Message
+from flame.roles.base import ASSIGN, DONE, EVAL, UPDATE, WEIGHTS, Role, pack, unpack
+from flame.roles.collectives import allreduce_sum
+from flame.tensors import Weights
+
+
+class Trainer(Role):
+    """Subclass it: ``initialize`` builds ``self.model``, ``load_data`` sets
+    ``self.dataset_size`` (train samples; weights the update) and optionally
+    ``self.eval_size`` (test samples; weights the metrics), ``train`` trains ``self.model``,
+    ``evaluate`` returns metrics on the local test split.
+
+    During ``train``: ``self.global_weights`` is the model received this round (e.g. for a
+    FedProx term), ``self.extras`` what the aggregator's strategy sent along (e.g. SCAFFOLD's
+    control variate), ``self.round`` the round; put tensors the strategy expects back (e.g. the
+    SCAFFOLD control delta) in ``self.update_extras``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.dataset_size = 0
+        self.eval_size: int | None = None
+        self.global_weights: Weights = {}
+        self.extras: Weights = {}
+        self.update_extras: Weights = {}
+        self.final = False
+        self.metrics: dict[str, float] = {}
+        self.upstream_peer: str | None = None
+        self._incoming: Message | None = None
+        self._out: Weights = {}
+        self._out_samples = 0.0
+        self._out_eval = 0.0
+        self._out_trainers = 1
+        self._started = 0.0
+        topo = self.topology
+        self.group: list[str] = []
+        self.is_leader = True
+        if topo.peer is not None:
+            self.group = sorted([self.config.task_id, *self.config.peers(topo.peer)])
+            self.is_leader = self.config.task_id == self.group[0]
+        if topo.upstream is not None:
+            ups = self.config.peers(topo.upstream)
+            if len(ups) == 1:
+                self.upstream_peer = ups[0]
+            elif topo.coordinator is None:
+                raise FlameError(
+                    f"trainer {self.config.task_id} has {len(ups)} aggregators on "
+                    f"{topo.upstream!r} and no coordinator to choose one"
+                )
+
+    @property
+    def syncs_upstream(self) -> bool:
+        return self.topology.upstream is not None and self.is_leader
+
+    def compose(self) -> Composable:
+        return (
+            self.init
+            >> Loop(until=self.done)(
+                self.fetch >> self.share >> self.step >> self.reduce >> self.upload
+            )
+            >> self.finish
+        )
+
+    # -- tasklets -------------------------------------------------------------------------------
+    @tasklet
+    def init(self) -> None:
+        self.initialize()
+        self.load_data()
+        if self.dataset_size <= 0:
+            self.log.warning("trainer.no_dataset_size", hint="set self.dataset_size in load_data")
+
+    @tasklet
+    async def fetch(self) -> None:
+        topo = self.topology
+        self._incoming = None
+        if topo.coordinator is not None and self.syncs_upstream:
+            coord = self.config.peers(topo.coordinator)[0]
+            assign = await self.recv_from(topo.coordinator, coord, "assignment")
+            if assign.kind != ASSIGN:
+                raise FlameError(f"expected an assignment from {coord}, got {assign.kind!r}")
+            self.upstream_peer = str(assign.meta["aggregator"])
+        if self.syncs_upstream:
+            assert topo.upstream is not None and self.upstream_peer is not None
+            self._incoming = await self.recv_from(topo.upstream, self.upstream_peer, "model")
+            self._accept(self._incoming)
+        elif topo.upstream is None:  # distributed: rounds are counted locally
+            self.round += 1
+            self.final = self.round > self.config.job.rounds
+            self._started = self.clock()
+            if self.round == 1 and self.model is not None:
+                self.global_weights = self.weights
+
+    def _accept(self, msg: Message) -> None:
+        if msg.kind not in (WEIGHTS, DONE):
+            raise FlameError(f"unexpected {msg.kind!r} message from {msg.sender}")
+        self._started = self.clock()
+        self.round = msg.round
+        self.final = msg.kind == DONE
+        self.global_weights, self.extras = unpack(msg.weights)
+
+    @tasklet
+    async def share(self) -> None:
+        topo = self.topology
+        if topo.peer is None or topo.upstream is None:
+            return
+        chan = self.channels[topo.peer]
+        if self.is_leader:
+            assert self._incoming is not None
+            await chan.broadcast(
+                Message(
+                    kind=self._incoming.kind,
+                    round=self._incoming.round,
+                    weights=self._incoming.weights,
+                )
+            )
+        else:
+            self._accept(await self.recv_from(topo.peer, self.group[0], "model from the leader"))
+
+    @tasklet
+    def step(self) -> None:
+        if self.global_weights:
+            self.load_weights(self.global_weights)
+        self.metrics = {k: float(v) for k, v in self.evaluate().items()}
+        if self.final:
+            return
+        self.update_extras = {}
+        self.train()
+        self._out = pack(self.weights, self.update_extras)
+        self._out_samples = float(self.dataset_size)
+
+    @tasklet
+    async def reduce(self) -> None:
+        eval_size = float(self.eval_size if self.eval_size is not None else self.dataset_size)
+        self._out_eval = eval_size
+        self._out_trainers = 1
+        topo = self.topology
+        if topo.peer is None or len(self.group) <= 1:
+            return
+        names = sorted(self._out) if not self.final else []
+        metric_names = sorted(self.metrics)
+        parts: list[np.ndarray] = []
+        n = self._out_samples
+        for name in names:
+            parts.append(self._out[name].astype(np.float64).ravel() * n)
+        parts.append(np.array([n]))
+        parts.append(np.array([self.metrics[m] * eval_size for m in metric_names] + [eval_size]))
+        total = await allreduce_sum(
+            self.channels[topo.peer],
+            self.config.task_id,
+            self.group,
+            np.concatenate(parts),
+            self.round,
+            self.config.job.round_timeout,
+        )
+        offset = 0
+        n_total = float(total[sum(p.size for p in parts[:-2])])
+        reduced: Weights = {}
+        for name in names:
+            ref = self._out[name]
+            chunk = total[offset : offset + ref.size]
+            reduced[name] = (
+                (chunk / n_total if n_total > 0 else chunk).reshape(ref.shape).astype(ref.dtype)
+            )
+            offset += ref.size
+        tail = total[-(len(metric_names) + 1) :]
+        m_total = float(tail[-1])
+        if m_total > 0:
+            self.metrics = {m: float(tail[j] / m_total) for j, m in enumerate(metric_names)}
+        self._out = reduced
+        self._out_samples, self._out_eval, self._out_trainers = n_total, m_total, len(self.group)
+        if topo.upstream is None and not self.final:
+            self.global_weights, _ = unpack(reduced)  # distributed: next round starts here
+
+    @tasklet
+    async def upload(self) -> None:
+        topo = self.topology
+        if self.syncs_upstream:
+            assert topo.upstream is not None and self.upstream_peer is not None
+            meta: dict[str, Any] = {
+                "num_samples": self._out_samples,
+                "eval_samples": self._out_eval,
+                "metrics": self.metrics,
+                "trainers": self._out_trainers,
+                "base_round": self.round,
+                "duration": self.clock() - self._started,
+            }
+            msg = Message(
+                kind=EVAL if self.final else UPDATE,
+                round=self.round,
+                meta=meta,
+                weights=None if self.final else self._out,
+            )
+            await self.channels[topo.upstream].send(self.upstream_peer, msg)
+        elif topo.upstream is None:
+            entry: dict[str, Any] = {"round": self.round - 1, **self.metrics}
+            self.history.append(entry)
+            if self.final and self.global_weights:
+                self.load_weights(self.global_weights)
+        if self.final:
+            self.finished = True
+
+    @tasklet
+    def finish(self) -> None:
+        self.log.info("trainer.finished", round=self.round, metrics=self.metrics)

@@ -1,0 +1,395 @@
+"""Run a whole job on this machine: every task in one event loop (inproc, or grpc / mqtt over
+loopback), or every task as its own process (``python -m flame.launch config.json``).
+
+    result = flame.simulate("examples/central", datasets=None, backend="inproc")
+    result.weights        # final global model
+    result.history        # per-round metrics of the top aggregator (step = rounds aggregated)
+
+The same user code runs unchanged under the control plane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from flame.channels.discovery import Discovery, MemoryDiscovery
+from flame.channels.factory import ChannelSet, open_channels
+from flame.channels.inproc import InprocHub
+from flame.config import Backend, DesignSchema, DiscoverySettings, JobSpec, TaskConfig
+from flame.errors import ConfigError, FlameError
+from flame.jobdir import JobDir, load_job_dir
+from flame.plan import expand
+from flame.roles.base import Role, RoleResult
+from flame.roles.loader import load_role_class, make_role
+from flame.roles.topology import topology_of
+from flame.tensors import Weights, from_bytes
+from flame.tracking import NullTracker, Tracker, TrackingResult, make_tracker
+
+log = structlog.get_logger(__name__)
+
+RESULT_JSON = "result.json"
+RESULT_WEIGHTS = "result.safetensors"
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    weights: Weights  # final global model
+    history: list[dict[str, Any]]  # per-round metrics (step = aggregations done)
+    tracking: TrackingResult | None
+    tasks: dict[str, RoleResult] = field(default_factory=dict)
+    seconds: float = 0.0
+    workdir: str | None = None
+
+    @property
+    def final_metrics(self) -> dict[str, Any]:
+        return dict(self.history[-1]) if self.history else {}
+
+
+JobSource = (
+    str | Path | JobDir | tuple[DesignSchema | Mapping[str, Any], JobSpec | Mapping[str, Any]]
+)
+
+
+def _job_from(job: JobSource) -> tuple[DesignSchema, JobSpec, str, JobDir | None]:
+    if isinstance(job, JobDir):
+        return job.design, job.spec, job.name, job
+    if isinstance(job, str | Path):
+        jd = load_job_dir(job)
+        return jd.design, jd.spec, jd.name, jd
+    design, spec = job
+    d = design if isinstance(design, DesignSchema) else DesignSchema.model_validate(design)
+    s = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
+    return d, s, "simulation", None
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "job"
+
+
+def simulate(
+    job: JobSource,
+    roles: Mapping[str, type[Role]] | None = None,
+    datasets: Mapping[str, str] | None = None,
+    *,
+    backend: Backend = "inproc",
+    processes: bool = False,
+    workdir: str | Path | None = None,
+    track: bool = False,
+    checkpoint: bool = False,
+    job_id: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> SimulationResult:
+    """Run ``job`` (a job dir, or ``(design, spec)``) locally; see the module docstring.
+
+    ``roles`` maps role name -> class (default: each role's ``<job dir>/<role>/main.py``);
+    ``datasets`` maps dataset name -> uri (default: the job dir's ``datasets.json``, else the
+    name itself); ``track`` logs the top aggregator to MLflow (``<workdir>/mlflow.db`` unless the
+    job names a tracking uri); ``checkpoint`` writes/resumes checkpoints under
+    ``<workdir>/checkpoints``; ``overrides`` replaces job spec fields (e.g. ``{"rounds": 3}``).
+    """
+    return asyncio.run(
+        simulate_async(
+            job,
+            roles,
+            datasets,
+            backend=backend,
+            processes=processes,
+            workdir=workdir,
+            track=track,
+            checkpoint=checkpoint,
+            job_id=job_id,
+            overrides=overrides,
+        )
+    )
+
+
+async def simulate_async(
+    job: JobSource,
+    roles: Mapping[str, type[Role]] | None = None,
+    datasets: Mapping[str, str] | None = None,
+    *,
+    backend: Backend = "inproc",
+    processes: bool = False,
+    workdir: str | Path | None = None,
+    track: bool = False,
+    checkpoint: bool = False,
+    job_id: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> SimulationResult:
+    design, spec, name, jobdir = _job_from(job)
+    if overrides:
+        spec = JobSpec.model_validate({**spec.model_dump(by_alias=True), **dict(overrides)})
+    spec = spec.model_copy(update={"backend": backend})
+    job_name = _slug(name)
+    job_id = job_id or f"local-{job_name}"
+    ds = dict(jobdir.datasets if jobdir else {})
+    ds.update(datasets or {})
+    for names in spec.datasets.values():
+        for n in names:
+            ds.setdefault(n, n)
+    if workdir is None and (processes or track or checkpoint):
+        workdir = tempfile.mkdtemp(prefix=f"flame-{job_name}-")
+    wd = str(Path(workdir).resolve()) if workdir is not None else "."
+    discovery = None
+    if processes and backend == "grpc":
+        discovery = DiscoverySettings(kind="static", endpoints={})
+    configs = expand(
+        design,
+        spec,
+        ds,
+        job_id=job_id,
+        job_name=job_name,
+        design_name=job_name,
+        workdir=wd,
+        checkpoint_root=f"{wd}/checkpoints" if checkpoint else None,
+        discovery=discovery,
+    )
+    started = time.perf_counter()
+    if processes:
+        if jobdir is None:
+            raise ConfigError("processes=True needs a job directory (code is imported per task)")
+        if backend == "inproc":
+            raise ConfigError("processes=True needs the grpc or mqtt backend")
+        results = await _run_processes(configs, jobdir, Path(wd), backend, track)
+    else:
+        classes = _classes(design, roles, jobdir)
+        results = await run_tasks(configs, classes, backend=backend, track=track)
+    seconds = time.perf_counter() - started
+    top = _top_result(results)
+    return SimulationResult(
+        weights=top.weights,
+        history=top.history,
+        tracking=top.tracking,
+        tasks=results,
+        seconds=seconds,
+        workdir=wd if workdir is not None else None,
+    )
+
+
+def _classes(
+    design: DesignSchema, roles: Mapping[str, type[Role]] | None, jobdir: JobDir | None
+) -> dict[str, type[Role]]:
+    classes: dict[str, type[Role]] = {}
+    for role in design.roles:
+        if roles and role.name in roles:
+            classes[role.name] = roles[role.name]
+        elif jobdir is not None:
+            classes[role.name] = load_role_class(jobdir.role_code(role.name))
+        else:
+            raise ConfigError(f"no class for role {role.name!r}: pass roles={{...}} or a job dir")
+    return classes
+
+
+def _top_result(results: Mapping[str, RoleResult]) -> RoleResult:
+    tops = [r for r in results.values() if r.is_top]
+    if tops:
+        return tops[0]
+    trainers = sorted(r.task_id for r in results.values() if r.history)
+    if not trainers:
+        raise FlameError("no task reported a result")
+    return results[trainers[0]]
+
+
+def tracker_for(config: TaskConfig, track: bool) -> Tracker:
+    if track and topology_of(config).is_top:
+        return make_tracker(config)
+    return NullTracker()
+
+
+async def run_tasks(
+    configs: list[TaskConfig],
+    classes: Mapping[str, type[Role]],
+    *,
+    backend: Backend = "inproc",
+    track: bool = False,
+    hub: InprocHub | None = None,
+    discovery: Discovery | None = None,
+) -> dict[str, RoleResult]:
+    """Run every task of a job in this event loop; returns each finished task's result.
+
+    The job fails (the top aggregator's error is raised) only when the task that holds the
+    result fails; a trainer that dies is the aggregator's business (timeouts, quorum).
+    """
+    if not configs:
+        raise ConfigError("the job has no tasks")
+    hub = hub or InprocHub(configs[0].job_id)
+    if backend == "grpc" and discovery is None:
+        discovery = MemoryDiscovery()
+    channel_sets: dict[str, ChannelSet] = {}
+    try:
+        for cfg in configs:
+            channel_sets[cfg.task_id] = await open_channels(
+                cfg, hub=hub, backend=backend, discovery=discovery
+            )
+        role_objs = {
+            cfg.task_id: make_role(
+                classes[cfg.role], cfg, channel_sets[cfg.task_id], tracker=tracker_for(cfg, track)
+            )
+            for cfg in configs
+        }
+        key = _key_task(role_objs)
+
+        async def run_one(task_id: str, role: Role) -> RoleResult:
+            try:
+                return await role.run()
+            finally:
+                await channel_sets[task_id].close()
+
+        tasks = {
+            tid: asyncio.create_task(run_one(tid, r), name=tid) for tid, r in role_objs.items()
+        }
+        try:
+            await asyncio.wait([tasks[key]])
+            main_error = tasks[key].exception()
+            others = [t for tid, t in tasks.items() if tid != key]
+            if others:
+                grace = configs[0].job.round_timeout if main_error is None else 1.0
+                _, pending = await asyncio.wait(others, timeout=grace)
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        finally:
+            for t in tasks.values():
+                if not t.done():
+                    t.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+        if main_error is not None:
+            raise main_error
+        results: dict[str, RoleResult] = {}
+        for tid, t in tasks.items():
+            if t.cancelled():
+                continue
+            exc = t.exception()
+            if exc is None:
+                results[tid] = t.result()
+            else:
+                log.warning("task.failed", task_id=tid, error=str(exc))
+        return results
+    finally:
+        for cs in channel_sets.values():
+            await cs.close()
+
+
+def _key_task(roles: Mapping[str, Role]) -> str:
+    """The task whose result is the job's: the top aggregator, else the lowest trainer id."""
+    for tid, role in roles.items():
+        if role.topology.is_top:
+            return tid
+    return min(roles)
+
+
+# -- processes ------------------------------------------------------------------------------------
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+async def _run_processes(
+    configs: list[TaskConfig], jobdir: JobDir, root: Path, backend: Backend, track: bool
+) -> dict[str, RoleResult]:
+    if backend == "grpc":
+        ports = free_ports(len(configs))
+        endpoints = {c.task_id: f"127.0.0.1:{p}" for c, p in zip(configs, ports, strict=True)}
+        configs = [
+            c.model_copy(
+                update={"discovery": DiscoverySettings(kind="static", endpoints=endpoints)}
+            )
+            for c in configs
+        ]
+    procs: dict[str, asyncio.subprocess.Process] = {}
+    logs: dict[str, Path] = {}
+    key = min(c.task_id for c in configs)
+    for cfg in configs:
+        task_dir = root / "tasks" / cfg.task_id
+        code_dir = task_dir / "code" / cfg.role
+        code_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(jobdir.role_code(cfg.role), code_dir / "main.py")
+        cfg = cfg.model_copy(update={"workdir": str(task_dir)})
+        if topology_of(cfg).is_top:
+            key = cfg.task_id
+        (task_dir / "config.json").write_text(cfg.model_dump_json(by_alias=True, indent=1))
+        logs[cfg.task_id] = task_dir / "task.log"
+        args = [sys.executable, "-m", "flame.launch", str(task_dir / "config.json")]
+        if not track:
+            args.append("--no-track")
+        with logs[cfg.task_id].open("wb") as out:
+            procs[cfg.task_id] = await asyncio.create_subprocess_exec(
+                *args, stdout=out, stderr=asyncio.subprocess.STDOUT, cwd=str(task_dir)
+            )
+    deadline = configs[0].job.max_run_time
+    try:
+        await asyncio.wait_for(procs[key].wait(), timeout=deadline)
+        others = [p.wait() for tid, p in procs.items() if tid != key]
+        await asyncio.wait_for(asyncio.gather(*others), timeout=configs[0].job.round_timeout + 10)
+    except TimeoutError:
+        pass
+    finally:
+        for p in procs.values():
+            if p.returncode is None:
+                p.kill()
+                await p.wait()
+    if procs[key].returncode != 0:
+        tail = logs[key].read_text(errors="replace")[-3000:]
+        raise FlameError(f"task {key} exited with {procs[key].returncode}:\n{tail}")
+    results: dict[str, RoleResult] = {}
+    for cfg in configs:
+        res = read_result(root / "tasks" / cfg.task_id)
+        if res is not None:
+            results[cfg.task_id] = res
+    return results
+
+
+def write_result(workdir: str | Path, result: RoleResult) -> None:
+    """What ``flame.launch`` leaves in the task's workdir: final weights + history JSON."""
+    from flame.tensors import to_bytes
+
+    folder = Path(workdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RESULT_WEIGHTS).write_bytes(to_bytes(result.weights))
+    tracking = result.tracking.__dict__ if result.tracking is not None else None
+    body = {
+        "task_id": result.task_id,
+        "role": result.role,
+        "is_top": result.is_top,
+        "history": result.history,
+        "tracking": tracking,
+    }
+    (folder / RESULT_JSON).write_text(json.dumps(body, indent=1, default=str))
+
+
+def read_result(workdir: str | Path) -> RoleResult | None:
+    folder = Path(workdir)
+    if not (folder / RESULT_JSON).exists():
+        return None
+    body = json.loads((folder / RESULT_JSON).read_text())
+    weights = from_bytes((folder / RESULT_WEIGHTS).read_bytes())
+    tracking = TrackingResult(**body["tracking"]) if body.get("tracking") else None
+    return RoleResult(
+        task_id=body["task_id"],
+        role=body["role"],
+        is_top=body["is_top"],
+        weights=weights,
+        history=body["history"],
+        tracking=tracking,
+    )
