@@ -1,0 +1,1 @@
+"""flamelet: the Flame node agent (enrol, subscribe, fetch, verify, run, report)."""

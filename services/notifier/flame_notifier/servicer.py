@@ -45,7 +45,7 @@ class NotifierServicer(notifier_pb2_grpc.NotifierServicer):
 
     async def _authorise(self, node_id: str, context: grpc.aio.ServicerContext) -> None:
         """Abort unless the caller's bearer credential is the node credential of ``node_id``."""
-        token = bearer(context.invocation_metadata())
+        token = bearer(context.invocation_metadata())  # type: ignore[arg-type]
         try:
             if not node_id:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id is required")
@@ -67,6 +67,8 @@ class NotifierServicer(notifier_pb2_grpc.NotifierServicer):
         self, request: notifier_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[notifier_pb2.Event]:
         await self._authorise(request.node_id, context)
+        # Headers now, so the agent knows it is subscribed before the first event.
+        await context.send_initial_metadata(())
         log.info("agent.subscribed", node_id=request.node_id, after_seq=request.after_seq)
         try:
             async for event in self._queues.subscribe(request.node_id, request.after_seq):

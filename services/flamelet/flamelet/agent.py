@@ -1,0 +1,468 @@
+"""The node agent: reconcile assigned tasks, run them once, ship logs, report status.
+
+Plain asyncio logic over an injected REST client (:class:`flamelet.api.AgentApi`) and event
+source (:class:`flamelet.events.EventSource`). Level-triggered: every (re)connect to the
+notifier, every event and a periodic resync read the task list and take the next step; the
+ledger (written before each step) keeps a task attempt from ever running twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+
+from flame_service.archive import safe_extract
+from flame_service.errors import FlameServiceError
+from flamelet import runner
+from flamelet.api import AgentApi, LogLine, TaskInfo
+from flamelet.errors import (
+    AlreadyRunning,
+    ApiError,
+    BundleRejected,
+    FlameletError,
+    Unauthorized,
+    Unavailable,
+)
+from flamelet.events import CONNECTED, STOP, EventSource
+from flamelet.home import DatasetRegistry, Identity, write_private
+from flamelet.ledger import Entry, Ledger, Phase
+from flamelet.settings import FlameletSettings
+
+log = structlog.get_logger(__name__)
+
+ACTIVE_STATES = ("scheduled", "running")
+_SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
+_ROLE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")
+_READ_CHUNK = 1024 * 1024
+
+
+class Agent:
+    def __init__(
+        self,
+        identity: Identity,
+        api: AgentApi,
+        events: EventSource,
+        settings: FlameletSettings,
+    ) -> None:
+        self.identity = identity
+        self.settings = settings
+        self.home = settings.home
+        self.ledger = Ledger(self.home)
+        self.datasets = DatasetRegistry(self.home)
+        self._api = api
+        self._events = events
+        self._limits = runner.Limits(
+            settings.max_open_files, settings.cpu_seconds, settings.address_space_bytes
+        )
+        self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self._stop_notes: dict[str, str] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._kick = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._lock_file: IO[str] | None = None
+        self.reconciled = 0  # completed reconcile passes (observability, tests)
+
+    # ---- life cycle
+    def stop(self) -> None:
+        """Ask :meth:`run` to return; running tasks keep running and are re-adopted later."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`; raises Unauthorized when the credential is refused."""
+        self._lock()
+        structlog.contextvars.bind_contextvars(node_id=self.identity.node_id)
+        try:
+            self._recover()
+            loops = [
+                asyncio.create_task(self._event_loop(), name="events"),
+                asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+                asyncio.create_task(self._housekeeping_loop(), name="housekeeping"),
+            ]
+            stopping = asyncio.create_task(self._stopping.wait())
+            done, _ = await asyncio.wait([*loops, stopping], return_when=asyncio.FIRST_COMPLETED)
+            for t in [*loops, stopping, *self._background]:
+                t.cancel()
+            await asyncio.gather(*loops, stopping, *self._background, return_exceptions=True)
+            for t in done:
+                if t is not stopping and not t.cancelled() and t.exception() is not None:
+                    exc = t.exception()
+                    assert exc is not None
+                    raise exc
+        finally:
+            self._unlock()
+            log.info("agent.stopped")
+
+    def _lock(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        f = (self.home / "flamelet.lock").open("w")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            f.close()
+            raise AlreadyRunning(f"another flamelet is running with home {self.home}") from exc
+        self._lock_file = f
+
+    def _unlock(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _recover(self) -> None:
+        """After a restart: never restart a half-started attempt; re-adopt running ones."""
+        for e in self.ledger.entries():
+            if e.phase == Phase.STARTING:
+                self.ledger.put(
+                    e.with_(
+                        phase=Phase.DONE,
+                        outcome="failed",
+                        reason="the flamelet restarted while starting this task; not started again",
+                    )
+                )
+                log.warning("task.abandoned", task_id=e.task_id, attempt=e.attempt)
+            elif (
+                e.phase == Phase.RUNNING
+                and e.pid is not None
+                and runner.alive(e.pid, e.create_time)
+            ):
+                log.info("task.adopted", task_id=e.task_id, attempt=e.attempt, pid=e.pid)
+                if e.stop_requested:
+                    self._spawn_stop(e, "stop requested before the flamelet restarted")
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _pause(self, seconds: float, event: asyncio.Event | None = None) -> None:
+        """Wait ``seconds`` (backoff / poll period), returning early on ``event`` or stop."""
+        waiters = [asyncio.ensure_future(self._stopping.wait())]
+        if event is not None:
+            waiters.append(asyncio.ensure_future(event.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    # ---- notifier events
+    async def _event_loop(self) -> None:
+        backoff = self.settings.backoff_initial
+        while not self._stopping.is_set():
+            try:
+                async for ev in self._events.subscribe(self.ledger.event_seq):
+                    if ev.kind == CONNECTED:
+                        log.info("notifier.connected", after_seq=self.ledger.event_seq)
+                        backoff = self.settings.backoff_initial
+                        self._kick.set()
+                        continue
+                    await self._handle_event(ev.seq, ev.kind, ev.task_id)
+                log.info("notifier.stream_ended")
+            except Unauthorized as exc:
+                log.error("credential.refused", source="notifier", error=str(exc))
+                raise
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("notifier.unavailable", error=str(exc), retry_in=backoff)
+            await self._pause(backoff)
+            backoff = min(backoff * 2, self.settings.backoff_max)
+
+    async def _handle_event(self, seq: int, kind: str, task_id: str) -> None:
+        if seq > self.ledger.event_seq:
+            log.info("event.received", seq=seq, kind=kind, task_id=task_id)
+            if kind == STOP:
+                for e in self.ledger.for_task(task_id):
+                    if e.phase == Phase.RUNNING and not e.stop_requested:
+                        self._spawn_stop(e, "STOP_TASK from the control plane")
+            self._kick.set()  # START / UPDATE / STOP: reconcile against the task list
+            self.ledger.handled_event(seq)
+        try:
+            await self._events.ack(seq)
+        except Unauthorized:
+            raise
+        except Exception as exc:  # the event comes again; handling it twice is harmless
+            log.warning("event.ack_failed", seq=seq, error=str(exc))
+
+    # ---- reconciliation
+    async def _reconcile_loop(self) -> None:
+        backoff = self.settings.backoff_initial
+        while not self._stopping.is_set():
+            self._kick.clear()
+            try:
+                await self.reconcile()
+                backoff = self.settings.backoff_initial
+                wait = self.settings.resync_interval
+            except Unauthorized as exc:
+                log.error("credential.refused", source="apiserver", error=str(exc))
+                raise
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("reconcile.failed", error=str(exc), retry_in=backoff)
+                wait, backoff = backoff, min(backoff * 2, self.settings.backoff_max)
+            await self._pause(wait, self._kick)
+
+    async def reconcile(self) -> None:
+        """One level-triggered pass over the tasks assigned to this node."""
+        tasks = await self._api.list_tasks()
+        by_id = {t.id: t for t in tasks}
+        for t in tasks:
+            if t.node_id and t.node_id != self.identity.node_id:
+                log.warning("task.foreign", task_id=t.id, node=t.node_id)
+                continue
+            if t.state == "scheduled" and self.ledger.get(t.id, t.attempt) is None:
+                await self._start(t)
+        for e in self.ledger.entries():
+            if e.phase != Phase.RUNNING or e.stop_requested:
+                continue
+            cur = by_id.get(e.task_id)
+            if cur is None or cur.attempt != e.attempt or cur.state not in ACTIVE_STATES:
+                state = "gone" if cur is None else f"{cur.state} (attempt {cur.attempt})"
+                self._spawn_stop(e, f"the task is {state} on the control plane")
+        self.reconciled += 1
+
+    def _workdir(self, task: TaskInfo) -> Path:
+        return self.home / "tasks" / f"{_SAFE_ID.sub('_', task.id)}-{task.attempt}"
+
+    async def _start(self, task: TaskInfo) -> None:
+        bound = structlog.contextvars.bound_contextvars(task_id=task.id, job_id=task.job_id)
+        with bound:
+            workdir = self._workdir(task)
+            entry = self.ledger.put(
+                Entry(
+                    task_id=task.id, attempt=task.attempt, job_id=task.job_id, workdir=str(workdir)
+                )
+            )
+            try:
+                cmd, env = await self._prepare(task, workdir)
+            except (Unavailable, Unauthorized):
+                # Nothing started: forget the attempt so the next pass tries again.
+                self.ledger.remove(entry.key)
+                shutil.rmtree(workdir, ignore_errors=True)
+                raise
+            except (BundleRejected, ApiError, FlameletError) as exc:
+                await self._refuse(entry, str(exc))
+                return
+            try:
+                started = await runner.spawn(cmd, workdir, env, self._limits)
+            except OSError as exc:
+                await self._refuse(entry, f"cannot start the task process: {exc}")
+                return
+            self.ledger.put(
+                entry.with_(phase=Phase.RUNNING, pid=started.pid, create_time=started.create_time)
+            )
+            self._procs[entry.key] = started.process
+            self._spawn(self._await_exit(started.process))
+            log.info("task.started", attempt=task.attempt, pid=started.pid, cmd=cmd)
+            self._wake.set()
+
+    async def _refuse(self, entry: Entry, reason: str) -> None:
+        log.error("task.refused", task_id=entry.task_id, attempt=entry.attempt, reason=reason)
+        self.ledger.put(
+            entry.with_(phase=Phase.DONE, outcome="failed", reason=f"refused by the node: {reason}")
+        )
+        with contextlib.suppress(Exception):
+            line = LogLine(entry.task_id, "agent", f"task refused: {reason}", datetime.now(UTC))
+            await self._api.append_logs([line])
+        self._wake.set()
+
+    async def _prepare(self, task: TaskInfo, workdir: Path) -> tuple[list[str], dict[str, str]]:
+        """Fetch, verify and unpack the bundle; write config.json. Nothing runs on failure."""
+        meta = await self._api.get_task(task.id)
+        if meta.task.node_id and meta.task.node_id != self.identity.node_id:
+            raise BundleRejected(f"the task belongs to node {meta.task.node_id}")
+        role = meta.task.role or str(meta.config.get("role", ""))
+        if not _ROLE.match(role):
+            raise BundleRejected(f"invalid role name {role!r}")
+        code = await self._api.get_code(task.id)
+        if len(code) > self.settings.max_bundle_bytes:
+            raise BundleRejected(f"code bundle is {len(code)} bytes, above the node's limit")
+        digest = hashlib.sha256(code).hexdigest()
+        if not meta.code_sha256 or digest != meta.code_sha256.lower():
+            raise BundleRejected(
+                f"code sha256 mismatch: expected {meta.code_sha256 or '(none)'}, got {digest}"
+            )
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True, mode=0o700)
+        try:
+            safe_extract(code, workdir / "code", max_bytes=self.settings.max_bundle_bytes)
+        except FlameServiceError as exc:
+            shutil.rmtree(workdir / "code", ignore_errors=True)
+            raise BundleRejected(f"unsafe code bundle: {exc.message}") from exc
+        config = self._task_config(meta.config, workdir)
+        config_path = workdir / "config.json"
+        write_private(config_path, json.dumps(config, indent=1))
+        values = {
+            "python": self.settings.python,
+            "config": str(config_path),
+            "role": role,
+            "workdir": str(workdir),
+            "task_id": task.id,
+        }
+        cmd = [part.format(**values) for part in self.settings.command]
+        env = runner.clean_env(workdir, {"FLAME_TASK_CONFIG": str(config_path)})
+        return cmd, env
+
+    def _task_config(self, original: dict[str, Any], workdir: Path) -> dict[str, Any]:
+        config: dict[str, Any] = json.loads(json.dumps(original))
+        dataset = config.get("dataset")
+        if isinstance(dataset, dict):
+            wanted = str(dataset.get("name") or "")
+            local = self.datasets.get(wanted) or self.datasets.find(str(dataset.get("id") or ""))
+            if local is None:
+                raise BundleRejected(
+                    f"dataset {wanted!r} is not registered on this node (flamelet dataset add)"
+                )
+            dataset["uri"] = local.path
+        discovery = config.get("discovery")
+        if isinstance(discovery, dict):
+            discovery["token"] = self.identity.credential
+        config["workdir"] = str(workdir)
+        return config
+
+    # ---- stopping
+    def _spawn_stop(self, entry: Entry, why: str) -> None:
+        entry = self.ledger.put(entry.with_(stop_requested=True))
+        log.info("task.stopping", task_id=entry.task_id, attempt=entry.attempt, why=why)
+        self._spawn(self._stop(entry, why))
+
+    async def _stop(self, entry: Entry, why: str) -> None:
+        assert entry.pid is not None
+        note = await runner.stop_group(entry.pid, entry.create_time, self.settings.stop_grace)
+        self._stop_notes[entry.key] = f"{why}; {note}"
+        log.info("task.stopped", task_id=entry.task_id, attempt=entry.attempt, how=note)
+        self._wake.set()
+
+    async def _await_exit(self, proc: asyncio.subprocess.Process) -> None:
+        await proc.wait()
+        self._wake.set()
+
+    # ---- exits, logs, status
+    async def _housekeeping_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            for e in self.ledger.entries():
+                if e.settled:
+                    continue
+                try:
+                    await self._tend(e)
+                except Unauthorized as exc:
+                    log.error("credential.refused", source="apiserver", error=str(exc))
+                    raise
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("task.tend_failed", task_id=e.task_id, error=str(exc))
+            await self._pause(self.settings.poll_interval, self._wake)
+
+    async def _tend(self, e: Entry) -> None:
+        if e.phase == Phase.RUNNING:
+            e = self._check_exit(e)
+        if not e.logs_done:
+            e = await self._ship_logs(e)
+        if e.phase == Phase.RUNNING or (e.pid is not None and not e.reported):
+            want = "running"  # also before the outcome of a task that ended quickly
+        elif e.phase == Phase.DONE and e.logs_done:
+            want = e.outcome  # final status after the last log lines
+        else:
+            return
+        if e.reported == want:
+            return
+        reason = f"pid {e.pid} on node {self.identity.node_id}" if want == "running" else e.reason
+        try:
+            await self._api.report_status(e.task_id, want, reason, e.attempt)
+            log.info("status.reported", task_id=e.task_id, state=want, reason=reason)
+        except (Unavailable, Unauthorized):
+            raise
+        except ApiError as exc:
+            log.warning("status.rejected", task_id=e.task_id, state=want, error=str(exc))
+        e = self.ledger.put(e.with_(reported=want))
+        if e.phase == Phase.DONE and want == "running":
+            await self._tend(e)
+
+    def _check_exit(self, e: Entry) -> Entry:
+        proc = self._procs.get(e.key)
+        if proc is not None:
+            if proc.returncode is None:
+                return e
+        elif e.pid is not None and runner.alive(e.pid, e.create_time):
+            return e
+        self._procs.pop(e.key, None)
+        code = runner.read_exit_code(Path(e.workdir))
+        if e.stop_requested:
+            note = self._stop_notes.get(e.key, "stop requested")
+            outcome, reason = "failed", f"terminated: {note}"
+            if code is not None:
+                reason += f" ({runner.describe_exit(code)})"
+        elif code is None:
+            outcome, reason = "failed", "the task process ended without an exit status"
+        elif code == 0:
+            outcome, reason = "completed", "exit code 0"
+        else:
+            outcome, reason = "failed", runner.describe_exit(code)
+        log.info("task.exited", task_id=e.task_id, attempt=e.attempt, outcome=outcome, why=reason)
+        return self.ledger.put(e.with_(phase=Phase.DONE, outcome=outcome, reason=reason))
+
+    async def _ship_logs(self, e: Entry) -> Entry:
+        workdir = Path(e.workdir)
+        final = e.phase == Phase.DONE
+        for _ in range(100):  # bounded work per tick
+            lines: list[LogLine] = []
+            offsets = dict(e.log_offsets)
+            remaining = False
+            now = datetime.now(UTC)
+            for stream, name in (("stdout", runner.STDOUT_FILE), ("stderr", runner.STDERR_FILE)):
+                new_lines, offsets[stream], more = self._read_lines(
+                    workdir / name, offsets.get(stream, 0), final, len(lines)
+                )
+                lines += [LogLine(e.task_id, stream, text, now) for text in new_lines]
+                remaining = remaining or more
+            if lines:
+                await self._api.append_logs(lines)
+            e = self.ledger.put(e.with_(log_offsets=offsets)) if offsets != e.log_offsets else e
+            if not remaining:
+                break
+        else:
+            return e
+        if final and not remaining:
+            e = self.ledger.put(e.with_(logs_done=True))
+        return e
+
+    def _read_lines(
+        self, path: Path, offset: int, final: bool, already: int
+    ) -> tuple[list[str], int, bool]:
+        """Complete lines of ``path`` after ``offset`` (a trailing partial line only when
+        ``final``); returns the lines, the new offset and whether more is waiting."""
+        room = self.settings.log_batch_lines - already
+        try:
+            with path.open("rb") as f:
+                f.seek(offset)
+                data = f.read(_READ_CHUNK)
+                at_eof = not f.read(1)
+        except FileNotFoundError:
+            return [], offset, False
+        out: list[str] = []
+        consumed = 0
+        for raw in data.splitlines(keepends=True):
+            if len(out) >= room:
+                return out, offset + consumed, True
+            complete = raw.endswith(b"\n")
+            if not complete and not final and len(raw) < self.settings.log_line_max:
+                break
+            consumed += len(raw)
+            text = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+            out.append(text[: self.settings.log_line_max])
+        return out, offset + consumed, not at_eof

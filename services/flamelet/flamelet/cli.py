@@ -1,0 +1,162 @@
+"""``flamelet``: enrol this node, register datasets, run the agent."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import signal
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flame_service.logging import configure_logging
+from flamelet.agent import Agent
+from flamelet.api import RestClient
+from flamelet.errors import FlameletError, Unauthorized
+from flamelet.events import GrpcEventSource
+from flamelet.home import DatasetRegistry, Identity, LocalDataset, dataset_size
+from flamelet.settings import FlameletSettings
+
+app = typer.Typer(help="Flame node agent", no_args_is_help=True, add_completion=False)
+dataset_app = typer.Typer(help="Datasets held on this node (the data never leaves it)")
+app.add_typer(dataset_app, name="dataset")
+
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", help="state folder (default $FLAMELET_HOME or ~/.flamelet)"),
+]
+
+
+def _settings(home: Path | None) -> FlameletSettings:
+    settings = FlameletSettings()
+    if home is not None:
+        settings = settings.model_copy(update={"home": home.expanduser().resolve()})
+    return settings
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(1)
+
+
+@app.command()
+def login(
+    server: Annotated[str, typer.Option(help="apiserver URL, e.g. http://127.0.0.1:10100")],
+    token: Annotated[str, typer.Option(help="the node's one-time enrolment token")],
+    home: HomeOpt = None,
+) -> None:
+    """Enrol this node with an enrolment token and keep its credential (mode 0600)."""
+    settings = _settings(home)
+    facts = {
+        "hostname": socket.gethostname(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": str(os.cpu_count() or 0),
+    }
+
+    async def enroll() -> Identity:
+        client = RestClient(server, timeout=settings.http_timeout)
+        try:
+            got = await client.enroll(token, facts)
+        finally:
+            await client.close()
+        return Identity(
+            server=server.rstrip("/"),
+            node_id=got.node_id,
+            credential=got.credential,
+            notifier=got.notifier,
+        )
+
+    try:
+        identity = asyncio.run(enroll())
+    except FlameletError as exc:
+        raise _fail(f"enrolment failed: {exc}") from exc
+    identity.save(settings.home)
+    typer.echo(f"enrolled as node {identity.node_id}; state in {settings.home}")
+
+
+@dataset_app.command("add")
+def dataset_add(
+    name: str,
+    path: Path,
+    format: Annotated[str, typer.Option("--format", help="e.g. npz, csv, folder")] = "",
+    realm: Annotated[str, typer.Option("--realm", help="locality, e.g. eu/hospital-a")] = "",
+    description: Annotated[str, typer.Option("--description")] = "",
+    home: HomeOpt = None,
+) -> None:
+    """Register a dataset held on this node (its size is sent; its path is not)."""
+    settings = _settings(home)
+    local_path = path.expanduser().resolve()
+    if not local_path.exists():
+        raise _fail(f"{local_path} does not exist")
+    size = dataset_size(local_path)
+    fmt = format or ("folder" if local_path.is_dir() else local_path.suffix.lstrip("."))
+    try:
+        identity = Identity.load(settings.home)
+    except FlameletError as exc:
+        raise _fail(str(exc)) from exc
+
+    async def register() -> str:
+        client = RestClient(identity.server, identity.credential, settings.http_timeout)
+        try:
+            return (await client.register_dataset(name, realm, fmt, size, description)).id
+        finally:
+            await client.close()
+
+    try:
+        dataset_id = asyncio.run(register())
+    except FlameletError as exc:
+        raise _fail(f"cannot register dataset {name!r}: {exc}") from exc
+    DatasetRegistry(settings.home).add(
+        LocalDataset(
+            name=name, path=str(local_path), format=fmt, realm=realm, id=dataset_id, size_bytes=size
+        )
+    )
+    typer.echo(f"dataset {name} registered as {dataset_id} ({size} bytes)")
+
+
+@dataset_app.command("list")
+def dataset_list(home: HomeOpt = None) -> None:
+    """Datasets registered from this node, with their local paths."""
+    settings = _settings(home)
+    items = DatasetRegistry(settings.home).all()
+    if not items:
+        typer.echo("no datasets")
+        return
+    typer.echo(f"{'NAME':20} {'ID':26} {'FORMAT':8} {'SIZE':>12}  PATH")
+    for ds in items.values():
+        typer.echo(f"{ds.name:20} {ds.id:26} {ds.format:8} {ds.size_bytes:>12}  {ds.path}")
+
+
+@app.command()
+def run(home: HomeOpt = None) -> None:
+    """Run the agent: subscribe, reconcile, run tasks, ship logs and status until stopped."""
+    settings = _settings(home)
+    configure_logging("flamelet", settings.log_level, settings.log_json)
+    try:
+        identity = Identity.load(settings.home)
+    except FlameletError as exc:
+        raise _fail(str(exc)) from exc
+
+    async def main() -> None:
+        api = RestClient(identity.server, identity.credential, settings.http_timeout)
+        events = GrpcEventSource(identity.notifier, identity.node_id, identity.credential)
+        agent = Agent(identity, api, events, settings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, agent.stop)
+        try:
+            await agent.run()
+        finally:
+            await api.close()
+            await events.close()
+
+    try:
+        asyncio.run(main())
+    except Unauthorized as exc:
+        raise _fail(f"the node credential was refused ({exc}); enrol again") from exc
+    except FlameletError as exc:
+        raise _fail(str(exc)) from exc

@@ -1,0 +1,138 @@
+"""Child processes of tasks: spawn in their own session, check, and stop whole process groups."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+import flamelet
+
+EXIT_FILE = "exit_code"
+STDOUT_FILE = "stdout.log"
+STDERR_FILE = "stderr.log"
+ENV_PASSTHROUGH = ("PATH", "LANG", "LC_ALL")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_open_files: int = 1024
+    cpu_seconds: int | None = None
+    address_space_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Started:
+    pid: int
+    create_time: float
+    process: asyncio.subprocess.Process
+
+
+def clean_env(workdir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """PATH, LANG, HOME=workdir, TMPDIR in the work dir, and ``FLAME_*`` only."""
+    env = {k: os.environ[k] for k in ENV_PASSTHROUGH if k in os.environ}
+    env.update({k: v for k, v in os.environ.items() if k.startswith("FLAME_")})
+    tmp = workdir / "tmp"
+    tmp.mkdir(exist_ok=True)
+    env.update(HOME=str(workdir), TMPDIR=str(tmp))
+    env.update(extra or {})
+    return env
+
+
+async def spawn(cmd: list[str], workdir: Path, env: dict[str, str], limits: Limits) -> Started:
+    """Start ``cmd`` under ``flamelet.supervise`` in its own session, cwd = ``workdir``,
+    stdout/stderr appended to files in ``workdir``."""
+    sup = [
+        sys.executable,
+        "-m",
+        "flamelet.supervise",
+        str(workdir / EXIT_FILE),
+        str(limits.max_open_files),
+        str(limits.cpu_seconds or 0),
+        str(limits.address_space_bytes or 0),
+        "--",
+        *cmd,
+    ]
+    # The supervisor is the flamelet's own interpreter: make sure it can import flamelet even
+    # with the clean environment (the task command itself gets the env unchanged).
+    sup_env = dict(env)
+    pkg_root = str(Path(flamelet.__file__).resolve().parent.parent)
+    sup_env["PYTHONPATH"] = pkg_root
+    with (workdir / STDOUT_FILE).open("ab") as out, (workdir / STDERR_FILE).open("ab") as err:
+        proc = await asyncio.create_subprocess_exec(
+            *sup,
+            cwd=workdir,
+            env=sup_env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+    return Started(pid=proc.pid, create_time=psutil.Process(proc.pid).create_time(), process=proc)
+
+
+def alive(pid: int, create_time: float | None) -> bool:
+    """Is ``pid`` still the process we started (not a recycled pid, not a zombie)?"""
+    try:
+        proc = psutil.Process(pid)
+        if create_time is not None and abs(proc.create_time() - create_time) > 0.01:
+            return False
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def group_pids(pgid: int) -> list[int]:
+    out = []
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc.pid)
+    return out
+
+
+async def stop_group(pid: int, create_time: float | None, grace: float) -> str:
+    """SIGTERM the task's process group, SIGKILL what is left after ``grace`` seconds.
+
+    Returns what happened, for the status reason."""
+    if not alive(pid, create_time):
+        return "already exited"
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:  # poll: the group's members are not our children
+        if not group_pids(pid):
+            return "stopped with SIGTERM"
+        await asyncio.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:  # the kernel reaps SIGKILLed processes promptly
+        if not group_pids(pid):
+            break
+        await asyncio.sleep(0.05)
+    return f"killed with SIGKILL after {grace:g}s"
+
+
+def read_exit_code(workdir: Path) -> int | None:
+    try:
+        return int((workdir / EXIT_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        return f"killed by signal {name} (exit code {code})"
+    return f"exit code {code}"

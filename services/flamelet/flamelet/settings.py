@@ -1,0 +1,40 @@
+"""flamelet settings (env ``FLAME_FLAMELET_*``; the home folder also from ``FLAMELET_HOME``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_COMMAND = ["{python}", "-m", "flame.launch", "config.json"]
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("FLAMELET_HOME") or Path.home() / ".flamelet")
+
+
+class FlameletSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLAME_FLAMELET_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home)
+    python: str = sys.executable
+    # The task command, run in the task's work dir. Placeholders: {python}, {config} (absolute
+    # path of config.json), {role}, {workdir}, {task_id}.
+    command: list[str] = Field(default_factory=lambda: list(DEFAULT_COMMAND))
+    max_open_files: int = Field(default=1024, ge=16)
+    cpu_seconds: int | None = Field(default=None, ge=1)
+    address_space_bytes: int | None = Field(default=None, ge=64 * 1024 * 1024)
+    stop_grace: float = Field(default=5.0, gt=0, le=5.0)
+    poll_interval: float = Field(default=0.5, gt=0)  # exit checks of adopted tasks, log tailing
+    resync_interval: float = Field(default=30.0, gt=0)  # reconcile even without events
+    backoff_initial: float = Field(default=0.5, gt=0)
+    backoff_max: float = Field(default=30.0, gt=0)
+    log_batch_lines: int = Field(default=500, ge=1, le=10_000)
+    log_line_max: int = Field(default=16_384, ge=80)
+    http_timeout: float = Field(default=60.0, gt=0)
+    max_bundle_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    log_level: str = "info"
+    log_json: bool = True
