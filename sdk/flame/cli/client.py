@@ -1,0 +1,330 @@
+"""``FlameClient``: a typed httpx client for the apiserver's REST API (user-facing routes).
+
+Errors come back as :class:`ApiError` carrying the server's RFC 9457 problem ``detail``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from flame.cli.resources import (
+    CodeVersion,
+    Dataset,
+    Design,
+    Job,
+    Logs,
+    Metrics,
+    Node,
+    NodeCreated,
+    Project,
+    Task,
+    TokenSecret,
+    User,
+    WhoAmI,
+)
+from flame.errors import FlameError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ApiError(FlameError):
+    """The apiserver answered with an error (or could not be reached: ``status`` 0)."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"{detail} ({code}, HTTP {status})" if status else detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+class FlameClient:
+    """``FlameClient(base_url, token)``; use as a context manager or call :meth:`close`."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.base_url = base_url.rstrip("/")
+        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> FlameClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    # ---- plumbing
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            resp = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiError(0, "unavailable", f"cannot reach {self.base_url}: {exc}") from exc
+        if resp.status_code >= 400:
+            raise _error(resp)
+        return resp
+
+    def _get(self, model: type[M], path: str, **params: Any) -> M:
+        return model.model_validate(self.request("GET", path, params=params or None).json())
+
+    def _send(self, model: type[M], method: str, path: str, body: Any = None) -> M:
+        return model.model_validate(self.request(method, path, json=body).json())
+
+    def _items(self, model: type[M], path: str, **params: Any) -> list[M]:
+        return [
+            model.model_validate(x)
+            for x in self.request("GET", path, params=params).json()["items"]
+        ]
+
+    def _pages(self, model: type[M], path: str, project_id: str = "") -> Iterator[M]:
+        token = ""
+        while True:
+            params: dict[str, Any] = {"limit": 500, "page_token": token}
+            if project_id:
+                params["project_id"] = project_id
+            body = self.request("GET", path, params=params).json()
+            yield from (model.model_validate(x) for x in body["items"])
+            token = body.get("next_page_token", "")
+            if not token:
+                return
+
+    def _delete(self, path: str) -> None:
+        self.request("DELETE", path)
+
+    # ---- identity
+    def whoami(self) -> WhoAmI:
+        return self._get(WhoAmI, "/v1/whoami")
+
+    def create_user(self, name: str, email: str = "", admin: bool = False) -> User:
+        return self._send(User, "POST", "/v1/users", {"name": name, "email": email, "admin": admin})
+
+    def list_users(self) -> list[User]:
+        return list(self._pages(User, "/v1/users"))
+
+    def get_user(self, user_id: str) -> User:
+        return self._get(User, f"/v1/users/{user_id}")
+
+    def update_user(
+        self, user_id: str, email: str | None = None, admin: bool | None = None
+    ) -> User:
+        body = {k: v for k, v in {"email": email, "admin": admin}.items() if v is not None}
+        return self._send(User, "PATCH", f"/v1/users/{user_id}", body)
+
+    def delete_user(self, user_id: str) -> None:
+        self._delete(f"/v1/users/{user_id}")
+
+    def create_token(
+        self, user_id: str, description: str = "", ttl_seconds: int = 0
+    ) -> TokenSecret:
+        body = {"description": description, "ttl_seconds": ttl_seconds}
+        return self._send(TokenSecret, "POST", f"/v1/users/{user_id}/tokens", body)
+
+    def revoke_token(self, token_id: str) -> None:
+        self._delete(f"/v1/tokens/{token_id}")
+
+    # ---- projects
+    def create_project(self, name: str, description: str = "") -> Project:
+        body = {"name": name, "description": description}
+        return self._send(Project, "POST", "/v1/projects", body)
+
+    def list_projects(self) -> list[Project]:
+        return list(self._pages(Project, "/v1/projects"))
+
+    def get_project(self, project_id: str) -> Project:
+        return self._get(Project, f"/v1/projects/{project_id}")
+
+    def update_project(self, project_id: str, description: str) -> Project:
+        body = {"description": description}
+        return self._send(Project, "PATCH", f"/v1/projects/{project_id}", body)
+
+    def delete_project(self, project_id: str) -> None:
+        self._delete(f"/v1/projects/{project_id}")
+
+    def add_member(self, project_id: str, user_id: str) -> Project:
+        return self._send(Project, "PUT", f"/v1/projects/{project_id}/members/{user_id}")
+
+    def remove_member(self, project_id: str, user_id: str) -> Project:
+        return self._send(Project, "DELETE", f"/v1/projects/{project_id}/members/{user_id}")
+
+    # ---- nodes
+    def create_node(
+        self, name: str, project_id: str = "", labels: dict[str, str] | None = None
+    ) -> NodeCreated:
+        body = {"name": name, "project_id": project_id, "labels": labels or {}}
+        return self._send(NodeCreated, "POST", "/v1/nodes", body)
+
+    def list_nodes(self, project_id: str = "") -> list[Node]:
+        return list(self._pages(Node, "/v1/nodes", project_id))
+
+    def get_node(self, node_id: str) -> Node:
+        return self._get(Node, f"/v1/nodes/{node_id}")
+
+    def update_node(self, node_id: str, labels: dict[str, str], replace: bool = False) -> Node:
+        body = {"labels": labels, "replace_labels": replace}
+        return self._send(Node, "PATCH", f"/v1/nodes/{node_id}", body)
+
+    def delete_node(self, node_id: str) -> None:
+        self._delete(f"/v1/nodes/{node_id}")
+
+    def revoke_node(self, node_id: str) -> Node:
+        return self._send(Node, "POST", f"/v1/nodes/{node_id}/revoke")
+
+    # ---- datasets
+    def create_dataset(
+        self,
+        name: str,
+        node_id: str,
+        *,
+        project_id: str = "",
+        realm: str = "",
+        format: str = "",
+        size_bytes: int = 0,
+        uri: str = "",
+        description: str = "",
+    ) -> Dataset:
+        body = {
+            "name": name,
+            "node_id": node_id,
+            "project_id": project_id,
+            "realm": realm,
+            "format": format,
+            "size_bytes": size_bytes,
+            "uri": uri,
+            "description": description,
+        }
+        return self._send(Dataset, "POST", "/v1/datasets", body)
+
+    def list_datasets(self, project_id: str = "") -> list[Dataset]:
+        return list(self._pages(Dataset, "/v1/datasets", project_id))
+
+    def get_dataset(self, dataset_id: str) -> Dataset:
+        return self._get(Dataset, f"/v1/datasets/{dataset_id}")
+
+    def update_dataset(
+        self, dataset_id: str, description: str | None = None, realm: str | None = None
+    ) -> Dataset:
+        body = {
+            k: v for k, v in {"description": description, "realm": realm}.items() if v is not None
+        }
+        return self._send(Dataset, "PATCH", f"/v1/datasets/{dataset_id}", body)
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self._delete(f"/v1/datasets/{dataset_id}")
+
+    # ---- designs and code
+    def create_design(
+        self, name: str, schema: dict[str, Any], description: str = "", project_id: str = ""
+    ) -> Design:
+        body = {
+            "name": name,
+            "schema": schema,
+            "description": description,
+            "project_id": project_id,
+        }
+        return self._send(Design, "POST", "/v1/designs", body)
+
+    def list_designs(self, project_id: str = "") -> list[Design]:
+        return list(self._pages(Design, "/v1/designs", project_id))
+
+    def get_design(self, design_id: str) -> Design:
+        return self._get(Design, f"/v1/designs/{design_id}")
+
+    def update_design(
+        self, design_id: str, schema: dict[str, Any] | None = None, description: str | None = None
+    ) -> Design:
+        body = {
+            k: v for k, v in {"schema": schema, "description": description}.items() if v is not None
+        }
+        return self._send(Design, "PATCH", f"/v1/designs/{design_id}", body)
+
+    def delete_design(self, design_id: str) -> None:
+        self._delete(f"/v1/designs/{design_id}")
+
+    def push_code(self, design_id: str, zip_bytes: bytes) -> CodeVersion:
+        resp = self.request(
+            "POST",
+            f"/v1/designs/{design_id}/code",
+            content=zip_bytes,
+            headers={"Content-Type": "application/zip"},
+        )
+        return CodeVersion.model_validate(resp.json())
+
+    def list_code(self, design_id: str) -> list[CodeVersion]:
+        return self._items(CodeVersion, f"/v1/designs/{design_id}/code")
+
+    def get_code(self, design_id: str, version: int = 0) -> CodeVersion:
+        return self._get(CodeVersion, f"/v1/designs/{design_id}/code/{version}")
+
+    def fetch_code(self, design_id: str, version: int = 0) -> bytes:
+        return self.request("GET", f"/v1/designs/{design_id}/code/{version}/zip").content
+
+    def delete_code(self, design_id: str, version: int) -> None:
+        self._delete(f"/v1/designs/{design_id}/code/{version}")
+
+    # ---- jobs
+    def create_job(
+        self,
+        name: str,
+        design_id: str,
+        spec: dict[str, Any],
+        code_version: int = 0,
+        project_id: str = "",
+    ) -> Job:
+        body = {
+            "name": name,
+            "design_id": design_id,
+            "spec": spec,
+            "code_version": code_version,
+            "project_id": project_id,
+        }
+        return self._send(Job, "POST", "/v1/jobs", body)
+
+    def list_jobs(self, project_id: str = "") -> list[Job]:
+        return list(self._pages(Job, "/v1/jobs", project_id))
+
+    def get_job(self, job_id: str) -> Job:
+        return self._get(Job, f"/v1/jobs/{job_id}")
+
+    def update_job(
+        self, job_id: str, spec: dict[str, Any] | None = None, code_version: int | None = None
+    ) -> Job:
+        fields = {"spec": spec, "code_version": code_version}
+        body = {k: v for k, v in fields.items() if v is not None}
+        return self._send(Job, "PATCH", f"/v1/jobs/{job_id}", body)
+
+    def delete_job(self, job_id: str) -> None:
+        self._delete(f"/v1/jobs/{job_id}")
+
+    def start_job(self, job_id: str) -> Job:
+        return self._send(Job, "POST", f"/v1/jobs/{job_id}/start")
+
+    def stop_job(self, job_id: str) -> Job:
+        return self._send(Job, "POST", f"/v1/jobs/{job_id}/stop")
+
+    def list_tasks(self, job_id: str) -> list[Task]:
+        return self._items(Task, f"/v1/jobs/{job_id}/tasks")
+
+    def get_logs(self, job_id: str, task_id: str = "", after_seq: int = 0, limit: int = 0) -> Logs:
+        params: dict[str, Any] = {"after_seq": after_seq, "limit": limit}
+        if task_id:
+            params["task_id"] = task_id
+        return self._get(Logs, f"/v1/jobs/{job_id}/logs", **params)
+
+    def get_metrics(self, job_id: str) -> Metrics:
+        return self._get(Metrics, f"/v1/jobs/{job_id}/metrics")
+
+
+def _error(resp: httpx.Response) -> ApiError:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "detail" in body:
+        detail = body["detail"]
+        if not isinstance(detail, str):  # a framework error body, not a problem document
+            detail = str(detail)
+        return ApiError(resp.status_code, str(body.get("code", "error")), detail)
+    return ApiError(resp.status_code, "error", resp.text.strip() or resp.reason_phrase)

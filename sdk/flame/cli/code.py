@@ -1,0 +1,106 @@
+"""``flamectl code``: versioned code zips of a design."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flame.cli.common import group, resolve_design, session
+from flame.cli.output import Format, OutputOpt, render
+from flame.errors import ConfigError
+
+app = group("Code: push a folder or zip as the next version of a design.")
+COLUMNS = ("version", "sha256", "size_bytes", "roles", "created_at")
+SKIP_DIRS = frozenset({"__pycache__", ".git", ".venv", ".mypy_cache", ".pytest_cache"})
+MAX_ZIP_BYTES = 64 * 1024 * 1024
+
+
+def zip_folder(folder: Path) -> bytes:
+    """A deterministic zip of the regular files under ``folder`` (no symlinks, no caches)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder)
+            if any(part in SKIP_DIRS for part in rel.parts) or path.suffix == ".pyc":
+                continue
+            if path.is_symlink() or not path.is_file():
+                continue
+            info = zipfile.ZipInfo(rel.as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, path.read_bytes())
+    return buf.getvalue()
+
+
+def load_code(source: Path) -> bytes:
+    if source.is_dir():
+        data = zip_folder(source)
+    elif zipfile.is_zipfile(source):
+        data = source.read_bytes()
+    else:
+        raise ConfigError(f"{source} is neither a folder nor a zip file")
+    if len(data) > MAX_ZIP_BYTES:
+        raise ConfigError(f"code is {len(data)} bytes; the limit is {MAX_ZIP_BYTES}")
+    return data
+
+
+@app.command("push")
+def push(
+    design: str,
+    source: Annotated[Path, typer.Argument(exists=True, help="a folder (zipped for you) or a zip")],
+    output: OutputOpt = Format.table,
+) -> None:
+    """Upload code as the design's next version."""
+    data = load_code(source)
+    with session() as client:
+        found = resolve_design(client, design)
+        render(client.push_code(found.id, data), output)
+
+
+@app.command("list")
+def list_(design: str, output: OutputOpt = Format.table) -> None:
+    """List a design's code versions."""
+    with session() as client:
+        found = resolve_design(client, design)
+        render(client.list_code(found.id), output, COLUMNS)
+
+
+@app.command("get")
+def get(
+    design: str,
+    version: Annotated[int, typer.Argument(min=0, help="0 = latest")] = 0,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Show one code version."""
+    with session() as client:
+        found = resolve_design(client, design)
+        render(client.get_code(found.id, version), output)
+
+
+@app.command("pull")
+def pull(
+    design: str,
+    version: Annotated[int, typer.Argument(min=0, help="0 = latest")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-O", help="where to write the zip")] = Path(
+        "code.zip"
+    ),
+) -> None:
+    """Download a code version as a zip."""
+    with session() as client:
+        found = resolve_design(client, design)
+        data = client.fetch_code(found.id, version)
+    out.write_bytes(data)
+    typer.echo(f"wrote {len(data)} bytes to {out}")
+
+
+@app.command("delete")
+def delete(design: str, version: Annotated[int, typer.Argument(min=1)]) -> None:
+    """Delete one code version."""
+    with session() as client:
+        found = resolve_design(client, design)
+        client.delete_code(found.id, version)
+    typer.echo(f"deleted code version {version} of design {found.id}")
