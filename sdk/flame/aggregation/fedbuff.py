@@ -76,29 +76,35 @@ class FedBuff:
         for old in [r for r in self.history if r < oldest]:
             del self.history[old]
 
-    def add(self, update: Update, global_weights: Weights, current_round: int) -> bool:
-        """Buffer one update; True once ``k`` or more are buffered (call :meth:`flush`).
-
-        Raises :class:`RejectedUpdate` for an update from the future or staler than
-        ``max_staleness``, :class:`AggregationError` if its tensors do not match the model.
-        """
+    def _validate(self, update: Update, global_weights: Weights, current_round: int) -> None:
         check_compatible(global_weights, [update])
         if update.num_samples < 0:
             raise AggregationError(f"update from {update.sender!r} has negative num_samples")
-        self._remember(current_round, global_weights)
         staleness = current_round - update.base_round
         if staleness < 0:
             raise RejectedUpdate(
                 f"base round {update.base_round} is ahead of the current round {current_round}",
                 update.sender,
             )
-        base = self.history.get(update.base_round)
-        if base is None:
+        known = update.base_round == current_round or update.base_round in self.history
+        if staleness > self.params.max_staleness or not known:
             raise RejectedUpdate(
                 f"stale: started from round {update.base_round}, now {current_round} "
                 f"(max_staleness={self.params.max_staleness})",
                 update.sender,
             )
+
+    def add(self, update: Update, global_weights: Weights, current_round: int) -> bool:
+        """Buffer one update; True once ``k`` or more are buffered (call :meth:`flush`).
+
+        Raises :class:`RejectedUpdate` for an update from the future or staler than
+        ``max_staleness``, :class:`AggregationError` if its tensors do not match the model;
+        either way nothing changes.
+        """
+        self._validate(update, global_weights, current_round)
+        self._remember(current_round, global_weights)
+        staleness = current_round - update.base_round
+        base = self.history[update.base_round]
         scale = staleness_weight(staleness)
         for name, y in update.weights.items():
             dt = compute_dtype(global_weights[name].dtype)
@@ -139,7 +145,10 @@ class FedBuff:
         otherwise return ``global_weights`` itself (``result is global_weights``)."""
         if not updates:
             raise AggregationError("no updates to aggregate")
-        for update in sorted(updates, key=lambda u: (u.sender, u.base_round)):
+        ordered = sorted(updates, key=lambda u: (u.sender, u.base_round))
+        for update in ordered:  # all or nothing: validate the batch before buffering any
+            self._validate(update, global_weights, rnd)
+        for update in ordered:
             self.add(update, global_weights, rnd)
         if self.ready:
             return self.flush(global_weights, rnd)

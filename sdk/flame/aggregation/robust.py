@@ -80,17 +80,21 @@ def median(global_weights: Weights, updates: Sequence[Update]) -> Weights:
 def pairwise_sq_distances(models: Sequence[Weights]) -> np.ndarray:
     """``(n, n)`` squared L2 distances between whole models (float64).
 
-    Computed from Gram matrices of the centred updates, block by block (BLAS, no per-pair
-    pass over the data); centring keeps the ``|a|² + |b|² - 2ab`` form accurate."""
+    Computed in float64 from Gram matrices, block by block (BLAS, no per-pair pass over the
+    data). Each block is first centred on its coordinate-wise median, which lies among the
+    honest values, so honest-to-honest distances keep full precision in the
+    ``|a|² + |b|² - 2ab`` form however far the outliers are. Overflowing distances are inf."""
     n = len(models)
     gram = np.zeros((n, n), dtype=np.float64)
-    for name, ref in models[0].items():
-        dt = compute_dtype(ref.dtype)
-        for _, block in column_blocks([m[name] for m in models], dt):
-            block = block - block.mean(axis=0, dtype=dt)
-            gram += (block @ block.T).astype(np.float64)
+    for name in models[0]:
+        for _, block in column_blocks([m[name] for m in models], np.dtype(np.float64)):
+            block -= np.median(block, axis=0)
+            with np.errstate(over="ignore", invalid="ignore"):
+                gram += block @ block.T
     sq = np.diag(gram)
-    dist = sq[:, None] + sq[None, :] - 2.0 * gram
+    with np.errstate(over="ignore", invalid="ignore"):
+        dist = sq[:, None] + sq[None, :] - 2.0 * gram
+    dist = np.nan_to_num(dist, nan=np.inf, posinf=np.inf)
     np.maximum(dist, 0.0, out=dist)
     np.fill_diagonal(dist, 0.0)
     return dist
