@@ -67,7 +67,7 @@ class Payload:
         for name in sorted(weights):
             arr = np.asarray(weights[name])
             code = _code_of(arr)
-            arr = np.ascontiguousarray(arr, dtype=_DTYPES[code])  # copies only if needed
+            arr = np.asarray(arr, dtype=_DTYPES[code], order="C")  # copies only if needed
             arrays.append((name, arr))
         header: dict[str, object] = {}
         offset = 0

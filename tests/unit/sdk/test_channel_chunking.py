@@ -1,0 +1,144 @@
+import hashlib
+import json
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from flame.channels.chunking import Payload, Reassembly, chunks_of, parse_safetensors
+from flame.errors import ChannelError
+from flame.messages import Message
+from flame.tensors import from_bytes, to_bytes
+
+DTYPES = [np.float32, np.float64, np.float16, np.int64, np.int32, np.int8, np.uint8, np.bool_]
+
+names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=8)
+arrays = st.sampled_from(DTYPES).flatmap(
+    lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5))
+)
+weights_st = st.dictionaries(names, arrays, min_size=1, max_size=5)
+
+
+def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        assert a[k].tobytes() == b[k].tobytes(), k
+
+
+def _joined(payload: Payload) -> bytes:
+    return b"".join(bytes(p) for p in payload.parts)
+
+
+@settings(max_examples=60, deadline=None)
+@given(weights_st)
+def test_our_payload_is_safetensors_and_theirs_parses_here(w: dict[str, np.ndarray]) -> None:
+    ours = _joined(Payload.of(w))
+    assert len(ours) == Payload.of(w).total_bytes
+    _same(from_bytes(ours), w)  # the safetensors library reads what we stream
+    # and we read what it writes (tensors.to_bytes turns 0-d arrays into 1-d ones)
+    if all(v.ndim for v in w.values()):
+        _same(parse_safetensors(bytearray(to_bytes(w))), w)
+
+
+@settings(max_examples=40, deadline=None)
+@given(weights_st, st.integers(1, 64))
+def test_chunks_reassemble_to_the_same_message(w: dict[str, np.ndarray], size: int) -> None:
+    msg = Message("update", 3, {"n": 5}, w, sender="t1", job_id="j", channel="c")
+    chunks = list(chunks_of(msg, "agg", size))
+    assert all(len(c.data) <= size for c in chunks)
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    whole = Reassembly(chunks[0], 1 << 30)
+    for c in chunks[1:]:
+        whole.add(c)
+    back = whole.message()
+    assert (back.kind, back.round, back.meta, back.sender, back.message_id) == (
+        "update",
+        3,
+        {"n": 5},
+        "t1",
+        msg.message_id,
+    )
+    assert back.weights is not None
+    _same(back.weights, w)
+
+
+def test_a_message_without_weights_is_one_chunk() -> None:
+    chunks = list(chunks_of(Message("done"), "agg", 1024))
+    assert len(chunks) == 1 and chunks[0].total_bytes == 0
+    assert Reassembly(chunks[0], 10).message().weights is None
+
+
+def test_sending_does_not_copy_contiguous_tensors() -> None:
+    big = np.ones(1_000_000, np.float32)
+    payload = Payload.of({"big": big})
+    view = payload.parts[1]
+    big[0] = 2.0  # the payload is a view of the array's memory, not a copy
+    assert np.frombuffer(view, np.float32)[0] == 2.0
+
+
+def test_non_contiguous_and_big_endian_tensors_are_sent_correctly() -> None:
+    base = np.arange(24, dtype=np.float64).reshape(4, 6)
+    w = {"t": base.T, "be": np.arange(5, dtype=">i4")}
+    back = from_bytes(_joined(Payload.of(w)))
+    np.testing.assert_array_equal(back["t"], base.T)
+    np.testing.assert_array_equal(back["be"], np.arange(5))
+
+
+def test_received_tensors_are_writable_views() -> None:
+    w = parse_safetensors(bytearray(to_bytes({"a": np.zeros(3, np.float32)})))
+    w["a"] += 1
+    np.testing.assert_array_equal(w["a"], np.ones(3, np.float32))
+
+
+def _raw(header: dict[str, object], data: bytes) -> bytearray:
+    head = json.dumps(header).encode()
+    return bytearray(struct.pack("<Q", len(head)) + head + data)
+
+
+@pytest.mark.parametrize(
+    "buf",
+    [
+        bytearray(b"\x01\x02"),
+        bytearray(struct.pack("<Q", 1 << 40) + b"{}"),
+        _raw({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4),
+        _raw({"a": {"dtype": "X9", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
+        _raw({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 8]}}, b"\0" * 4),
+        _raw({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8),
+        _raw({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 8),
+        _raw(
+            {
+                "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]},
+            },
+            b"\0" * 8,
+        ),
+        bytearray(struct.pack("<Q", 2) + b"[]"),
+        bytearray(struct.pack("<Q", 3) + b"{x}"),
+    ],
+)
+def test_malformed_payloads_are_refused(buf: bytearray) -> None:
+    with pytest.raises(ChannelError):
+        parse_safetensors(buf)
+
+
+def test_reassembly_refuses_out_of_order_oversized_and_short_streams() -> None:
+    w = {"w": np.arange(100, dtype=np.float32)}
+    chunks = list(chunks_of(Message("update", weights=w), "agg", 100))
+    with pytest.raises(ChannelError):
+        Reassembly(chunks[1], 1 << 20)  # no header
+    with pytest.raises(ChannelError):
+        Reassembly(chunks[0], 10)  # over the size limit
+    whole = Reassembly(chunks[0], 1 << 20)
+    with pytest.raises(ChannelError):
+        whole.add(chunks[2])  # skipped a chunk
+    whole.add(chunks[1])
+    with pytest.raises(ChannelError):
+        whole.message()  # incomplete
+    for c in chunks[2:]:
+        whole.add(c)
+    digest = hashlib.sha256(whole.message().weights["w"].tobytes()).digest()  # type: ignore[index]
+    assert digest == hashlib.sha256(w["w"].tobytes()).digest()
