@@ -1,0 +1,42 @@
+"""``flame-controller``: run the controller until SIGTERM / SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+
+from flame_service.logging import configure_logging
+
+from .server import serve
+from .settings import ControllerSettings
+
+log = structlog.get_logger(__name__)
+
+
+async def run(settings: ControllerSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    running = await serve(settings)
+    print(
+        f"flame-controller listening on {settings.listen.rsplit(':', 1)[0]}:{running.port}",
+        flush=True,
+    )
+    try:
+        await stop.wait()
+    finally:
+        log.info("controller.stopping")
+        await running.stop()
+
+
+def main() -> None:
+    settings = ControllerSettings()
+    configure_logging("controller", settings.log_level, settings.log_json)
+    asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Controller settings (env ``FLAME_CONTROLLER_*``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import model_validator
+from pydantic_settings import SettingsConfigDict
+
+from flame_service.settings import ServiceSettings
+
+
+class ControllerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="FLAME_CONTROLLER_", extra="ignore")
+
+    data_dir: Path = Path("~/.local/share/flame")
+    store_uri: str = ""  # default: sqlite:///<data_dir>/flame.db
+    listen: str = "127.0.0.1:10102"
+    notifier_address: str = "127.0.0.1:10101"
+    apiserver_url: str = "http://127.0.0.1:10100"  # written into task configs for discovery
+    admin_token: str | None = None  # bootstrap admin token; generated and printed when unset
+    run_reconciler: bool = True  # off in tests that drive the domain only
+
+    @model_validator(mode="after")
+    def _defaults(self) -> ControllerSettings:
+        self.data_dir = self.data_dir.expanduser()
+        if not self.store_uri:
+            self.store_uri = f"sqlite:///{self.data_dir / 'flame.db'}"
+        return self
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"

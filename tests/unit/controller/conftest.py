@@ -1,0 +1,104 @@
+"""Fixtures for the controller's domain and servicer tests (real store, real gRPC server)."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from flame_controller.server import RunningController, serve
+from flame_controller.settings import ControllerSettings
+from flame_proto.v1 import control_pb2_grpc
+from flame_service.auth import Caller
+from flame_service.grpc_server import insecure_channel
+
+ADMIN_TOKEN = "flm_user_test-admin-token"
+
+CENTRAL_DESIGN: dict[str, Any] = {
+    "roles": [
+        {
+            "name": "trainer",
+            "isDataConsumer": True,
+            "groupAssociation": [{"param-channel": "default"}],
+        },
+        {"name": "aggregator", "groupAssociation": [{"param-channel": "default"}]},
+    ],
+    "channels": [
+        {
+            "name": "param-channel",
+            "pair": ["trainer", "aggregator"],
+            "groupBy": {"type": "tag", "value": ["default"]},
+            "funcTags": {
+                "trainer": ["fetch", "upload"],
+                "aggregator": ["distribute", "aggregate"],
+            },
+        }
+    ],
+}
+
+
+def make_zip(files: dict[str, bytes | str]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def central_code() -> bytes:
+    return make_zip(
+        {
+            "trainer/main.py": "print('trainer')\n",
+            "aggregator/main.py": "print('aggregator')\n",
+            "requirements.txt": "",
+        }
+    )
+
+
+def design_json() -> str:
+    return json.dumps(CENTRAL_DESIGN)
+
+
+@pytest.fixture
+async def controller(tmp_path: Path) -> AsyncIterator[RunningController]:
+    settings = ControllerSettings(
+        data_dir=tmp_path / "data",
+        store_uri="sqlite://:memory:",
+        listen="127.0.0.1:0",
+        admin_token=ADMIN_TOKEN,
+        apiserver_url="http://127.0.0.1:10100",
+        run_reconciler=False,
+    )
+    running = await serve(settings, workers=[])
+    try:
+        yield running
+    finally:
+        await running.stop(grace=0)
+
+
+@pytest.fixture
+async def stub(
+    controller: RunningController,
+) -> AsyncIterator[control_pb2_grpc.ControlPlaneAsyncStub]:
+    async with insecure_channel(controller.address) as channel:
+        yield control_pb2_grpc.ControlPlaneStub(channel)  # type: ignore[misc]
+
+
+def md(caller: Caller) -> tuple[tuple[str, str], ...]:
+    return caller.metadata()
+
+
+async def status_of(call: Any) -> tuple[grpc.StatusCode, str, str]:
+    """Await a call expected to fail; return (status, details, x-flame-error-code)."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        trailing = dict(err.trailing_metadata() or ())
+        return err.code(), err.details() or "", str(trailing.get("x-flame-error-code", ""))
+    raise AssertionError("the call succeeded but was expected to fail")
