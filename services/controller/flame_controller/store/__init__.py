@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flame_controller.store.base import Page, Store
+from flame_controller.store.factory import open_store
 from flame_controller.store.records import (
     JOB_TERMINAL_STATES,
     TASK_TERMINAL_STATES,
@@ -40,5 +41,6 @@ __all__ = [
     "TransitionRecord",
     "UserRecord",
     "new_id",
+    "open_store",
     "utcnow",
 ]

@@ -1,0 +1,56 @@
+"""``open_store(uri)``: pick and open a backend by URI scheme."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flame_controller.store.base import Store
+from flame_controller.store.blobs import BlobStore, FileBlobStore, MemoryBlobStore
+from flame_service.errors import InvalidArgument
+
+MEMORY_URI = "sqlite://:memory:"
+DEFAULT_MONGO_DATABASE = "flame"
+
+
+async def open_store(uri: str, blob_dir: str | None = None, *, client: Any = None) -> Store:
+    """Open the store at ``uri``.
+
+    * ``sqlite:///abs/path.db`` — SQLite file; blobs in ``blob_dir`` (default
+      ``/abs/path.db.blobs``).
+    * ``sqlite://:memory:`` — SQLite in memory (tests); blobs in memory unless ``blob_dir``.
+    * ``mongodb://host/db`` or ``mongodb+srv://…`` — MongoDB through motor (database from the
+      URI path, default ``flame``); ``blob_dir`` is required.  ``client`` injects a ready client
+      (e.g. mongomock-motor's ``AsyncMongoMockClient``), which ``close()`` then leaves open.
+    """
+    if uri == MEMORY_URI or uri == "sqlite:///:memory:":
+        from flame_controller.store.sqlite import SqliteStore
+
+        blobs: BlobStore = FileBlobStore(blob_dir) if blob_dir else MemoryBlobStore()
+        return await SqliteStore.open(":memory:", blobs)
+    if uri.startswith("sqlite:///"):
+        from flame_controller.store.sqlite import SqliteStore
+
+        path = Path(uri.removeprefix("sqlite://"))  # keeps the leading "/": always absolute
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blobs = FileBlobStore(blob_dir or f"{path}.blobs")
+        return await SqliteStore.open(str(path), blobs)
+    if uri.startswith(("mongodb://", "mongodb+srv://")):
+        from pymongo.uri_parser import parse_uri
+
+        from flame_controller.store.mongo import MongoStore
+
+        if not blob_dir:
+            raise InvalidArgument("a MongoDB store needs blob_dir for code zips")
+        database = parse_uri(uri).get("database") or DEFAULT_MONGO_DATABASE
+        owns_client = client is None
+        if client is None:
+            from motor.motor_asyncio import AsyncIOMotorClient
+
+            client = AsyncIOMotorClient(uri, tz_aware=True)
+        return await MongoStore.open(
+            client, database, FileBlobStore(blob_dir), owns_client=owns_client
+        )
+    raise InvalidArgument(
+        f"unsupported store URI {uri!r} (want sqlite:///path, {MEMORY_URI} or mongodb://…)"
+    )
