@@ -117,12 +117,18 @@ async def open_channels(
     """Create and open every channel ``config`` lists for this task.
 
     ``hub`` is needed for inproc channels; ``discovery`` replaces the one the config names
-    (grpc only); ``settings`` defaults to ``ChannelSettings()`` (env ``FLAME_CHANNEL_*``).
+    (grpc only); ``settings`` defaults to ``ChannelSettings()`` (env ``FLAME_CHANNEL_*``), with
+    the send timeout capped by the job's ``round_timeout`` unless set in the environment.
     """
     from flame.channels.grpc import GrpcChannel
     from flame.channels.mqtt import MqttChannel, MqttTransport
 
-    settings = settings or ChannelSettings()
+    if settings is None:
+        settings = ChannelSettings()
+        if "send_timeout" not in settings.model_fields_set:
+            # a send that outlives the round is of no use to anyone: fail it with the round
+            bounded = min(settings.send_timeout, config.job.round_timeout)
+            settings = settings.model_copy(update={"send_timeout": bounded})
     channels: dict[str, Channel] = {}
     closers: list[Closer] = []
     chosen = {name: backend_of(config, name, backend) for name in config.channels}
