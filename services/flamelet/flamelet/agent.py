@@ -67,6 +67,7 @@ class Agent:
         )
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._stop_notes: dict[str, str] = {}
+        self._stops_in_flight: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._kick = asyncio.Event()
         self._wake = asyncio.Event()
@@ -337,12 +338,17 @@ class Agent:
     def _spawn_stop(self, entry: Entry, why: str) -> None:
         entry = self.ledger.put(entry.with_(stop_requested=True))
         log.info("task.stopping", task_id=entry.task_id, attempt=entry.attempt, why=why)
+        self._stop_notes[entry.key] = why
+        self._stops_in_flight.add(entry.key)
         self._spawn(self._stop(entry, why))
 
     async def _stop(self, entry: Entry, why: str) -> None:
         assert entry.pid is not None
-        note = await runner.stop_group(entry.pid, entry.create_time, self.settings.stop_grace)
-        self._stop_notes[entry.key] = f"{why}; {note}"
+        try:
+            note = await runner.stop_group(entry.pid, entry.create_time, self.settings.stop_grace)
+            self._stop_notes[entry.key] = f"{why}; {note}"
+        finally:
+            self._stops_in_flight.discard(entry.key)
         log.info("task.stopped", task_id=entry.task_id, attempt=entry.attempt, how=note)
         self._wake.set()
 
@@ -394,6 +400,8 @@ class Agent:
             await self._tend(e)
 
     def _check_exit(self, e: Entry) -> Entry:
+        if e.key in self._stops_in_flight:
+            return e  # the outcome is decided when the stop has finished
         proc = self._procs.get(e.key)
         if proc is not None:
             if proc.returncode is None:

@@ -1,0 +1,218 @@
+"""The flamelet agent against an in-test apiserver: run once, logs, status, stop, refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+from pathlib import Path
+
+import psutil
+import pytest
+
+from flamelet.errors import Unauthorized
+from flamelet.events import STOP, NodeEvent
+from flamelet.ledger import Ledger, Phase
+
+from .conftest import CRED, FakeEvents, Node, Running, eventually
+
+# The "role" of a task: reads the config the flamelet wrote, leaves a trace in the dataset folder.
+TRACE = """
+import json, os, sys
+cfg = json.load(open("config.json"))
+data = cfg["dataset"]["uri"]
+with open(os.path.join(data, "runs.txt"), "a") as f:
+    f.write(cfg["task_id"] + "\\n")
+json.dump({"token": cfg["discovery"]["token"], "home": os.environ.get("HOME"),
+           "cwd": os.getcwd(), "env": sorted(os.environ),
+           "task_config": os.environ.get("FLAME_TASK_CONFIG")},
+          open(os.path.join(data, "seen.json"), "w"))
+for i in range(3):
+    print("hello", i)
+print("oops", file=sys.stderr)
+sys.exit(int(os.environ.get("EXIT", "0")) or cfg["job"].get("rounds", 1) - 1)
+"""
+
+# Runs until <data>/release exists; starts a grandchild in the same process group.
+LONG = """
+import json, os, subprocess, sys, time
+cfg = json.load(open("config.json"))
+data = cfg["dataset"]["uri"]
+with open(os.path.join(data, "runs.txt"), "a") as f:
+    f.write(cfg["task_id"] + "\\n")
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+with open(os.path.join(data, "pids.tmp"), "w") as f:
+    json.dump([os.getpid(), child.pid], f)
+os.replace(os.path.join(data, "pids.tmp"), os.path.join(data, "pids.json"))
+print("waiting", flush=True)
+while not os.path.exists(os.path.join(data, "release")):
+    time.sleep(0.02)
+child.kill()
+print("released", flush=True)
+"""
+
+
+def runs(node: Node) -> list[str]:
+    p = node.data / "runs.txt"
+    return p.read_text().split() if p.exists() else []
+
+
+async def test_runs_task_once_ships_logs_and_reports(node: Node) -> None:
+    fake = node.fake
+    fake.keep_scheduled = True  # the control plane keeps offering the task: it must not rerun
+    fake.add_task("t1", {"trainer/main.py": TRACE})
+    agent, api = node.agent()
+    async with Running(agent, api):
+        await eventually(lambda: "completed" in fake.states("t1"), what="completed")
+        await eventually(lambda: agent.reconciled >= 3, what="more reconcile passes")
+    assert fake.states("t1") == ["running", "completed"]
+    assert fake.statuses[-1][2] == "exit code 0"
+    assert fake.log_lines("t1", "stdout") == ["hello 0", "hello 1", "hello 2"]
+    assert fake.log_lines("t1", "stderr") == ["oops"]
+    seen = json.loads((node.data / "seen.json").read_text())
+    workdir = Path(seen["cwd"])
+    assert seen["token"] == CRED and seen["home"] == str(workdir)
+    assert seen["task_config"] == str(workdir / "config.json")
+    assert all(
+        k in {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR"} or k.startswith("FLAME_")
+        for k in seen["env"]
+        if k not in ("PWD", "SHLVL", "_", "LC_CTYPE")
+    )
+    assert stat.S_IMODE((workdir / "config.json").stat().st_mode) == 0o600
+    assert workdir.is_relative_to(node.home)
+
+    # A restarted flamelet (same home) sees the task still "scheduled" and leaves it alone.
+    agent2, api2 = node.agent()
+    async with Running(agent2, api2):
+        await eventually(lambda: agent2.reconciled >= 3, what="reconcile after restart")
+    assert runs(node) == ["t1"]
+    assert fake.fetches["t1"] == 1
+    assert fake.states("t1") == ["running", "completed"]
+
+
+async def test_failure_reports_exit_code(node: Node) -> None:
+    node.fake.add_task("t2", {"trainer/main.py": TRACE})
+    node.fake.bundles["t2"]["config"]["job"]["rounds"] = 4  # the script exits rounds - 1
+    agent, api = node.agent()
+    async with Running(agent, api):
+        await eventually(lambda: "failed" in node.fake.states("t2"))
+    assert node.fake.statuses[-1][1:3] == ("failed", "exit code 3")
+
+
+async def test_restart_readopts_running_task(node: Node) -> None:
+    fake = node.fake
+    fake.add_task("t3", {"trainer/main.py": LONG})
+    agent, api = node.agent()
+    async with Running(agent, api):
+        await eventually(lambda: (node.data / "pids.json").exists(), what="task started")
+        await eventually(lambda: fake.states("t3") == ["running"])
+        await eventually(lambda: fake.log_lines("t3") == ["waiting"])
+    pid, _ = json.loads((node.data / "pids.json").read_text())
+    assert psutil.pid_exists(pid)  # the task outlives its flamelet
+
+    agent2, api2 = node.agent()
+    async with Running(agent2, api2):
+        await eventually(lambda: agent2.reconciled >= 2)
+        (node.data / "release").write_text("go")
+        await eventually(lambda: "completed" in fake.states("t3"), what="completed")
+    assert runs(node) == ["t3"]
+    assert fake.states("t3") == ["running", "completed"]
+    assert fake.statuses[-1][2] == "exit code 0"
+    assert fake.log_lines("t3") == ["waiting", "released"]
+
+
+async def test_stop_event_kills_the_process_group(node: Node) -> None:
+    fake = node.fake
+    fake.add_task("t4", {"trainer/main.py": LONG})
+    events = FakeEvents()
+    agent, api = node.agent(events)
+    async with Running(agent, api):
+        await eventually(lambda: (node.data / "pids.json").exists())
+        pids = json.loads((node.data / "pids.json").read_text())
+        assert all(psutil.pid_exists(p) for p in pids)
+        await events.queue.put(NodeEvent(seq=10, kind=STOP, job_id="job-1", task_id="t4"))
+        await eventually(lambda: "failed" in fake.states("t4"), what="stop reported")
+        assert events.acked == [10]
+    gone = [
+        p
+        for p in pids
+        if not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE
+    ]
+    assert gone == pids
+    reason = fake.statuses[-1][2]
+    assert reason.startswith("terminated: STOP_TASK") and "SIGTERM" in reason
+    assert Ledger(node.home).event_seq == 10
+    assert runs(node) == ["t4"]
+
+
+async def test_task_no_longer_active_is_stopped(node: Node) -> None:
+    fake = node.fake
+    fake.add_task("t5", {"trainer/main.py": LONG})
+    agent, api = node.agent()
+    async with Running(agent, api):
+        await eventually(lambda: (node.data / "pids.json").exists())
+        pids = json.loads((node.data / "pids.json").read_text())
+        fake.tasks["t5"]["state"] = "terminated"  # the STOP event was lost; the list tells
+        await eventually(lambda: "failed" in fake.states("t5"), what="stop reported")
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids)
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("sha-mismatch", "sha256 mismatch"),
+        ("path-escape", "escapes the archive root"),
+        ("no-dataset", "not registered on this node"),
+        ("foreign", None),
+    ],
+)
+async def test_bad_bundles_are_refused(node: Node, case: str, reason: str | None) -> None:
+    fake = node.fake
+    files = {"trainer/main.py": TRACE}
+    if case == "sha-mismatch":
+        fake.add_task("bad", files, sha256="0" * 64)
+    elif case == "path-escape":
+        fake.add_task("bad", {**files, "../../../escape.py": "print('x')"})
+    elif case == "no-dataset":
+        fake.add_task("bad", files, dataset="unknown")
+        fake.bundles["bad"]["config"]["dataset"]["id"] = "ds-9"
+    else:
+        fake.add_task("bad", files)
+        fake.hidden.add("bad")  # listed by mistake; fetching it answers 404 (another node's)
+    agent, api = node.agent()
+    async with Running(agent, api):
+        entry = await eventually(
+            lambda: next((e for e in Ledger(node.home).entries() if e.settled), None),
+            what="refusal settled",
+        )
+    assert entry.phase == Phase.DONE and entry.outcome == "failed" and entry.pid is None
+    assert runs(node) == []
+    assert not list(node.home.rglob("escape.py")) and not (node.home.parent / "escape.py").exists()
+    if reason is None:
+        assert fake.statuses == []  # 404: nothing to report to
+    else:
+        assert fake.states("bad") == ["failed"]
+        assert reason in fake.statuses[0][2]
+        assert any("task refused" in ln for ln in fake.log_lines("bad", "agent"))
+
+
+async def test_revoked_credential_stops_the_agent(node: Node) -> None:
+    node.fake.add_task("t6", {"trainer/main.py": TRACE})
+    node.fake.revoked = True
+    agent, api = node.agent()
+    with pytest.raises(Unauthorized):
+        await asyncio.wait_for(agent.run(), 10)
+    await api.close()
+    assert runs(node) == [] and node.fake.fetches["t6"] == 0
+
+
+async def test_only_one_agent_per_home(node: Node) -> None:
+    from flamelet.errors import AlreadyRunning
+
+    agent, api = node.agent()
+    async with Running(agent, api):
+        await eventually(lambda: agent.reconciled >= 1)
+        other, api2 = node.agent()
+        with pytest.raises(AlreadyRunning):
+            await other.run()
+        await api2.close()
