@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from flame_apiserver.controller import Controller
 from flame_apiserver.middleware import BodyLimit, MetricsMiddleware, RequestMetrics
@@ -41,8 +42,13 @@ def create_app(settings: ApiserverSettings | None = None) -> FastAPI:
     app.state.controller = controller
     app.state.metrics = RequestMetrics()
     install_handlers(app)
+    route_methods = []
     for module in (health, identity, projects, nodes, datasets, designs, jobs, agent):
         app.include_router(module.router)
+        for route in module.router.routes:
+            if isinstance(route, APIRoute):
+                route_methods.append((route.path_regex, set(route.methods or ())))
+    app.state.route_methods = route_methods  # for the Allow header of 405 answers
     app.add_middleware(
         BodyLimit, max_body=settings.max_body_bytes, max_code=settings.max_code_bytes
     )

@@ -90,8 +90,9 @@ _STATUS_CODES = {
 def from_rpc_error(exc: grpc.aio.AioRpcError) -> ApiProblem:
     status, code = _GRPC_TO_HTTP.get(exc.code(), (500, "internal"))
     for key, value in exc.trailing_metadata() or ():
-        if key == ERROR_CODE_KEY:
-            code = value.decode() if isinstance(value, bytes) else str(value)
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        if key == ERROR_CODE_KEY and text:
+            code = text
     detail = exc.details() or HTTPStatus(status).phrase
     if status == 500:
         detail = "internal error"  # never leak controller internals
@@ -117,15 +118,29 @@ def install_handlers(app: Any) -> None:
         assert isinstance(exc, RequestValidationError)
         return problem_response(422, "invalid_argument", _validation_detail(exc))
 
-    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if isinstance(exc.__cause__, ApiProblem):  # e.g. the body limit hit while parsing JSON
+            return exc.__cause__.response()
         status = exc.status_code
         code = _STATUS_CODES.get(status, "internal")
-        return problem_response(status, code, str(exc.detail), dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if status == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return problem_response(status, code, str(exc.detail), headers)
 
     app.add_exception_handler(ApiProblem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method of every route on this path (Starlette only names the first route's)."""
+    methods: set[str] = set()
+    for pattern, route_methods in request.app.state.route_methods:
+        if pattern.match(request.url.path):
+            methods |= route_methods
+    return sorted(methods)
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
