@@ -383,8 +383,17 @@ async def test_pagination_loses_and_repeats_nothing(store: Store) -> None:
     assert seen == [*expected, "zz-late"]
     assert len(seen) == len(set(seen))
 
-    items, next_cursor = await store.list_jobs(limit=100)
-    assert len(items) == 23 and next_cursor is None
+    expected = [*expected[1:], "zz-late"]
+    for size in (1, 2, 3, 11, 23, 24, 1000):
+        walked: list[str] = []
+        cursor = None
+        while True:
+            items, cursor = await store.list_jobs(limit=size, after=cursor)
+            assert len(items) <= size
+            walked.extend(j.id for j in items)
+            if cursor is None:
+                break
+        assert walked == expected, size
     with pytest.raises(InvalidArgument):
         await store.list_jobs(after="%%% not a cursor")
 
@@ -539,6 +548,14 @@ async def test_put_tasks_is_idempotent(store: Store) -> None:
     assert [t.id for t in again] == [t.id for t in planned]
     assert len(await store.list_tasks(job_id="j1")) == 4
     assert await store.get_task("j1-trainer-1") == running
+
+
+async def test_put_tasks_many_at_once(store: Store) -> None:
+    planned = [task("big", "trainer", i) for i in range(1203)]
+    assert await store.put_tasks(planned) == planned
+    assert await store.put_tasks(planned[::-1]) == planned[::-1]
+    assert len(await store.list_tasks(job_id="big")) == 1203
+    assert await store.put_tasks([]) == []
 
 
 async def test_list_tasks_filters(store: Store) -> None:
@@ -709,3 +726,5 @@ async def test_open_store_refuses_bad_uris(uri: str, blob_dir: str | None) -> No
 
 async def test_ping(store: Store) -> None:
     await store.ping()
+    await store.close()
+    await store.close()  # closing twice is harmless (the fixture closes it again)

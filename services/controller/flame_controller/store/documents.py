@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from pydantic import ValidationError
 
@@ -37,7 +37,6 @@ from flame_controller.store.query import (
     Gt,
     In,
     Lte,
-    NotIn,
     Or,
     all_of,
     visibility,
@@ -48,6 +47,7 @@ from flame_controller.store.records import (
     DatasetRecord,
     DesignRecord,
     JobRecord,
+    JobState,
     LogLineRecord,
     MetricRecord,
     NodeRecord,
@@ -64,6 +64,8 @@ R = TypeVar("R", bound=Record)
 Doc = dict[str, Any]
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_ID_CHUNK = 500  # ids per IN (...) query
+_JOB_ACTIVE_STATES = tuple(s for s in get_args(JobState) if s not in JOB_TERMINAL_STATES)
 
 
 def format_time(value: datetime) -> str:
@@ -503,7 +505,7 @@ class DocumentStore(ABC):
 
     async def jobs_to_reconcile(self, now: datetime, *, due_only: bool = False) -> list[JobRecord]:
         due = Lte("next_check_at", now)
-        cond: Cond = due if due_only else Or((NotIn("state", tuple(JOB_TERMINAL_STATES)), due))
+        cond: Cond = due if due_only else Or((In("state", _JOB_ACTIVE_STATES), due))
         rows = await self._find(K.JOBS, cond, ("created_at", "id"))
         jobs = [self._decode(K.JOBS, JobRecord, doc) for _, doc in rows]
         never = datetime.max.replace(tzinfo=UTC)
@@ -518,8 +520,12 @@ class DocumentStore(ABC):
         for task in tasks:
             items.setdefault(task.id, self._doc(task))
         await self._insert_missing(K.TASKS, list(items.items()))
-        rows = await self._find(K.TASKS, In("id", tuple(items)), ("id",))
-        stored = {key: self._decode(K.TASKS, TaskRecord, doc) for key, doc in rows}
+        keys = list(items)
+        stored: dict[str, TaskRecord] = {}
+        for start in range(0, len(keys), _ID_CHUNK):
+            chunk = tuple(keys[start : start + _ID_CHUNK])
+            for key, doc in await self._find(K.TASKS, In("id", chunk), ("id",)):
+                stored[key] = self._decode(K.TASKS, TaskRecord, doc)
         missing = [key for key in items if key not in stored]
         if missing:  # deleted concurrently (its job was deleted)
             raise NotFound(f"tasks {missing!r} vanished while being stored")

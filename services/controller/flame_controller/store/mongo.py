@@ -80,6 +80,7 @@ class MongoStore(DocumentStore):
         self._client = client
         self._db = client[database]
         self._owns_client = owns_client
+        self._closed = False
 
     @classmethod
     async def open(
@@ -98,7 +99,8 @@ class MongoStore(DocumentStore):
                 await coll.create_index([(f, ASCENDING) for f in group])
 
     async def close(self) -> None:
-        if self._owns_client:
+        if self._owns_client and not self._closed:
+            self._closed = True
             self._client.close()
 
     async def ping(self) -> None:

@@ -111,6 +111,7 @@ class SqliteStore(DocumentStore):
         super().__init__(blobs)
         self._conn = conn
         self._lock = asyncio.Lock()
+        self._closed = False
 
     @classmethod
     async def open(cls, path: str, blobs: BlobStore) -> SqliteStore:
@@ -168,7 +169,9 @@ class SqliteStore(DocumentStore):
 
     async def close(self) -> None:
         async with self._lock:
-            await self._conn.close()
+            if not self._closed:
+                self._closed = True
+                await self._conn.close()
 
     async def ping(self) -> None:
         try:
