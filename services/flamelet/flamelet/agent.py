@@ -336,7 +336,7 @@ class Agent:
 
     # ---- stopping
     def _spawn_stop(self, entry: Entry, why: str) -> None:
-        entry = self.ledger.put(entry.with_(stop_requested=True))
+        entry = self.ledger.update(entry.key, stop_requested=True)
         log.info("task.stopping", task_id=entry.task_id, attempt=entry.attempt, why=why)
         self._stop_notes[entry.key] = why
         self._stops_in_flight.add(entry.key)
@@ -375,6 +375,7 @@ class Agent:
             await self._pause(self.settings.poll_interval, self._wake)
 
     async def _tend(self, e: Entry) -> None:
+        e = self.ledger.get(e.task_id, e.attempt) or e
         if e.phase == Phase.RUNNING:
             e = self._check_exit(e)
         if not e.logs_done:
@@ -395,11 +396,12 @@ class Agent:
             raise
         except ApiError as exc:
             log.warning("status.rejected", task_id=e.task_id, state=want, error=str(exc))
-        e = self.ledger.put(e.with_(reported=want))
+        e = self.ledger.update(e.key, reported=want)
         if e.phase == Phase.DONE and want == "running":
             await self._tend(e)
 
     def _check_exit(self, e: Entry) -> Entry:
+        e = self.ledger.get(e.task_id, e.attempt) or e
         if e.key in self._stops_in_flight:
             return e  # the outcome is decided when the stop has finished
         proc = self._procs.get(e.key)
@@ -422,7 +424,7 @@ class Agent:
         else:
             outcome, reason = "failed", runner.describe_exit(code)
         log.info("task.exited", task_id=e.task_id, attempt=e.attempt, outcome=outcome, why=reason)
-        return self.ledger.put(e.with_(phase=Phase.DONE, outcome=outcome, reason=reason))
+        return self.ledger.update(e.key, phase=Phase.DONE, outcome=outcome, reason=reason)
 
     async def _ship_logs(self, e: Entry) -> Entry:
         workdir = Path(e.workdir)
@@ -440,13 +442,14 @@ class Agent:
                 remaining = remaining or more
             if lines:
                 await self._api.append_logs(lines)
-            e = self.ledger.put(e.with_(log_offsets=offsets)) if offsets != e.log_offsets else e
+            if offsets != e.log_offsets:
+                e = self.ledger.update(e.key, log_offsets=offsets)
             if not remaining:
                 break
         else:
             return e
         if final and not remaining:
-            e = self.ledger.put(e.with_(logs_done=True))
+            e = self.ledger.update(e.key, logs_done=True)
         return e
 
     def _read_lines(

@@ -135,11 +135,11 @@ def dataset_list(home: HomeOpt = None) -> None:
 def run(home: HomeOpt = None) -> None:
     """Run the agent: subscribe, reconcile, run tasks, ship logs and status until stopped."""
     settings = _settings(home)
-    configure_logging("flamelet", settings.log_level, settings.log_json)
     try:
         identity = Identity.load(settings.home)
     except FlameletError as exc:
         raise _fail(str(exc)) from exc
+    configure_logging("flamelet", settings.log_level, settings.log_json)
 
     async def main() -> None:
         api = RestClient(identity.server, identity.credential, settings.http_timeout)

@@ -96,6 +96,10 @@ class Ledger:
         self._save()
         return entry
 
+    def update(self, key: str, **changes: Any) -> Entry:
+        """Apply ``changes`` to the current entry (never to a stale copy)."""
+        return self.put(self._state.entries[key].with_(**changes))
+
     def remove(self, key: str) -> None:
         if self._state.entries.pop(key, None) is not None:
             self._save()
