@@ -68,6 +68,7 @@ class MqttTransport:
         self._ready: asyncio.Event | None = None
         self._client: mqtt.Client | None = None
         self._sub_mid: int | None = None
+        self._connect_error: str | None = None
         self._start_lock = asyncio.Lock()
         self._closed = False
 
@@ -121,6 +122,14 @@ class MqttTransport:
                 )
                 client.loop_start()
                 await asyncio.wait_for(self._ready.wait(), self.settings.connect_timeout)
+                if self._connect_error is not None:
+                    raise ChannelError(
+                        f"{self.task_id}: MQTT broker {s.host}:{s.port} refused the connection: "
+                        f"{self._connect_error}"
+                    )
+            except ChannelError:
+                await self.close()
+                raise
             except TimeoutError:
                 await self.close()
                 raise ChannelError(
@@ -162,6 +171,7 @@ class MqttTransport:
     ) -> None:
         if reason.is_failure:
             log.warning("mqtt.connect_failed", task_id=self.task_id, reason=str(reason))
+            self._call(self._refused, str(reason))
             return
         _, mid = client.subscribe(
             [(f"{self._base}/+/{self.task_id}", 1), (f"{self._base}/{PRESENCE}/+", 1)]
@@ -187,6 +197,19 @@ class MqttTransport:
     ) -> None:
         if not self._closed:
             log.warning("mqtt.disconnected", task_id=self.task_id, reason=str(reason))
+            self._call(self._lost)
+
+    def _refused(self, reason: str) -> None:
+        """The broker refused us (bad credentials, ...): fail a pending ``start`` at once."""
+        if self._ready is not None and not self._ready.is_set():
+            self._connect_error = reason
+            self._ready.set()
+
+    def _lost(self) -> None:
+        """Disconnected: peers count as absent until the broker tells us again (retained
+        presence), so new sends wait for the receiver to be subscribed after the reconnect."""
+        for event in self._present.values():
+            event.clear()
 
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
