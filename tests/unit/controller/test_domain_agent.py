@@ -1,0 +1,339 @@
+"""Node-facing domain operations against a real SQLite store: task status, logs, metrics,
+endpoints, task credentials, presence."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import pytest
+
+from flame_controller.domain import agent, code, datasets, designs, jobs, nodes, tokens, users
+from flame_controller.domain.context import Ctx
+from flame_controller.domain.results import NewLogLine, NewMetric
+from flame_controller.jobs.states import task_transition
+from flame_controller.store import open_store
+from flame_controller.store.base import Store
+from flame_controller.store.records import JobRecord, TaskRecord, utcnow
+from flame_service.auth import Caller
+from flame_service.errors import (
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+
+from .conftest import central_code, design_json
+
+ADMIN = Caller("admin", "root")
+
+
+@dataclass
+class Kicks:
+    jobs: list[str] = field(default_factory=list)
+
+    def __call__(self, job_id: str) -> None:
+        self.jobs.append(job_id)
+
+
+@dataclass
+class World:
+    ctx: Ctx
+    kicks: Kicks
+    alice: Caller
+    node: Caller
+    other_node: Caller
+    job: JobRecord
+    trainers: list[TaskRecord]
+    aggregator: TaskRecord
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[Store]:
+    s = await open_store("sqlite://:memory:")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def _enrolled(ctx: Ctx, owner: Caller, name: str) -> Caller:
+    created = await nodes.create_node(ctx, owner, name=name, project_id="", labels={})
+    enrolled = await nodes.enroll_node(ctx, enrolment_token=created.secret, facts={"os": "linux"})
+    return await tokens.authenticate(ctx, enrolled.secret)
+
+
+@pytest.fixture
+async def world(store: Store) -> World:
+    kicks = Kicks()
+    ctx = Ctx(store=store, apiserver_url="http://api:10100", kick=kicks)
+    alice_rec = await users.create_user(ctx, ADMIN, name="alice", email="", admin=False)
+    alice = Caller("user", alice_rec.id)
+    node = await _enrolled(ctx, alice, "silo-a")
+    other = await _enrolled(ctx, alice, "silo-b")
+    for i, n in enumerate([node, node]):
+        await datasets.create_dataset(
+            ctx,
+            n,
+            name=f"d{i}",
+            project_id="",
+            node_id="",
+            realm="",
+            format="npz",
+            size_bytes=1,
+            uri="",
+            description="",
+        )
+    design = await designs.create_design(
+        ctx, alice, name="central", project_id="", description="", schema_json=design_json()
+    )
+    await code.push_code(ctx, alice, design_id=design.id, data=central_code())
+    job = await jobs.create_job(
+        ctx,
+        alice,
+        name="j",
+        project_id="",
+        design_id=design.id,
+        code_version=0,
+        spec_json=json.dumps({"datasets": {"default": ["d0", "d1"]}}),
+    )
+    tasks = await store.list_tasks(job_id=job.id)
+    trainers = [t for t in tasks if t.role == "trainer"]
+    aggregator = next(t for t in tasks if t.role == "aggregator")
+    return World(ctx, kicks, alice, node, other, job, trainers, aggregator)
+
+
+async def _schedule(store: Store, task: TaskRecord) -> TaskRecord:
+    change = task_transition(task, "scheduled", "test")
+    return await store.cas_task(task.id, task.version, change.changes, change.record)
+
+
+async def test_a_node_reports_the_life_of_its_task_and_wakes_the_reconciler(world: World) -> None:
+    ctx, task = world.ctx, world.trainers[0]
+    with pytest.raises(FailedPrecondition, match="cannot go from 'pending' to 'running'"):
+        await agent.report_task_status(
+            ctx, world.node, task_id=task.id, state="running", reason="", attempt=0
+        )
+    await _schedule(ctx.store, task)
+    running = await agent.report_task_status(
+        ctx, world.node, task_id=task.id, state="running", reason="pid 42", attempt=0
+    )
+    assert running.state == "running" and running.transitions[-1].reason == "pid 42"
+    again = await agent.report_task_status(
+        ctx, world.node, task_id=task.id, state="running", reason="", attempt=0
+    )
+    assert again.version == running.version, "a repeated report changes nothing"
+    done = await agent.report_task_status(
+        ctx, world.node, task_id=task.id, state="completed", reason="", attempt=0
+    )
+    assert [(t.from_state, t.to_state) for t in done.transitions] == [
+        ("pending", "scheduled"),
+        ("scheduled", "running"),
+        ("running", "completed"),
+    ]
+    assert world.kicks.jobs == [world.job.id, world.job.id]
+    with pytest.raises(FailedPrecondition):
+        await agent.report_task_status(
+            ctx, world.node, task_id=task.id, state="failed", reason="", attempt=0
+        )
+    with pytest.raises(InvalidArgument, match="state must be one of"):
+        await agent.report_task_status(
+            ctx, world.node, task_id=task.id, state="terminated", reason="", attempt=0
+        )
+
+
+async def test_status_reports_check_the_node_and_the_attempt(world: World) -> None:
+    ctx, task = world.ctx, await _schedule(world.ctx.store, world.trainers[1])
+    with pytest.raises(NotFound):
+        await agent.report_task_status(
+            ctx, world.other_node, task_id=task.id, state="running", reason="", attempt=0
+        )
+    with pytest.raises(NotFound):
+        await agent.report_task_status(
+            ctx, world.node, task_id=world.aggregator.id, state="running", reason="", attempt=0
+        )
+    await ctx.store.update_task(task.id, {"attempt": 2})
+    with pytest.raises(Conflict, match="stale"):
+        await agent.report_task_status(
+            ctx, world.node, task_id=task.id, state="running", reason="", attempt=1
+        )
+    with pytest.raises(InvalidArgument, match="has not been started"):
+        await agent.report_task_status(
+            ctx, world.node, task_id=task.id, state="running", reason="", attempt=3
+        )
+    assert (await ctx.store.get_task(task.id)).state == "scheduled"
+    with pytest.raises(PermissionDenied):
+        await agent.report_task_status(
+            ctx, world.alice, task_id=task.id, state="running", reason="", attempt=2
+        )
+
+
+async def test_nodes_only_see_and_fetch_their_own_tasks(world: World) -> None:
+    ctx = world.ctx
+    mine = await agent.list_assigned_tasks(ctx, world.node)
+    assert sorted(t.id for t in mine) == sorted(t.id for t in world.trainers)
+    assert await agent.list_assigned_tasks(ctx, world.other_node) == []
+    bundle = await agent.fetch_task(ctx, world.node, world.trainers[0].id)
+    assert bundle.config["dataset"]["name"] in {"d0", "d1"} and bundle.code_zip == central_code()
+    for task in world.trainers:
+        with pytest.raises(NotFound):
+            await agent.fetch_task(ctx, world.other_node, task.id)
+
+
+async def test_task_credential_reaches_only_the_jobs_deployer_run_tasks(world: World) -> None:
+    ctx = world.ctx
+    secret = await tokens.issue_task_credential(ctx, world.job.id)
+    caller = await tokens.authenticate(ctx, secret)
+    assert caller == Caller("node", f"job:{world.job.id}")
+    assert [t.id for t in await agent.list_assigned_tasks(ctx, caller)] == [world.aggregator.id]
+    bundle = await agent.fetch_task(ctx, caller, world.aggregator.id)
+    assert bundle.task.role == "aggregator"
+    with pytest.raises(NotFound):
+        await agent.fetch_task(ctx, caller, world.trainers[0].id)
+    with pytest.raises(PermissionDenied):
+        await datasets.create_dataset(
+            ctx,
+            caller,
+            name="x",
+            project_id="",
+            node_id="",
+            realm="",
+            format="",
+            size_bytes=0,
+            uri="",
+            description="",
+        )
+    # Deleting the job revokes its task credentials.
+    await jobs.delete_job(ctx, world.alice, world.job.id)
+    with pytest.raises(Unauthenticated):
+        await tokens.authenticate(ctx, secret)
+
+
+async def test_logs_are_appended_by_the_node_and_read_by_the_owner(world: World) -> None:
+    ctx, t0, t1 = world.ctx, world.trainers[0], world.trainers[1]
+    last = await agent.append_logs(
+        ctx,
+        world.node,
+        [
+            NewLogLine(t0.id, "stdout", "epoch 1"),
+            NewLogLine(t1.id, "stderr", "warn"),
+            NewLogLine(t0.id, "stdout", "epoch 2"),
+        ],
+    )
+    assert last == 3
+    page = await agent.get_logs(
+        ctx, world.alice, job_id=world.job.id, task_id="", after_seq=0, limit=0
+    )
+    assert [(x.task_id, x.line, x.seq) for x in page.lines] == [
+        (t0.id, "epoch 1", 1),
+        (t1.id, "warn", 2),
+        (t0.id, "epoch 2", 3),
+    ]
+    follow = await agent.get_logs(
+        ctx, world.alice, job_id=world.job.id, task_id=t0.id, after_seq=1, limit=10
+    )
+    assert [x.line for x in follow.lines] == ["epoch 2"] and follow.last_seq == 3
+    empty = await agent.get_logs(
+        ctx, world.alice, job_id=world.job.id, task_id="", after_seq=3, limit=10
+    )
+    assert empty.lines == [] and empty.last_seq == 3
+    with pytest.raises(NotFound):
+        await agent.append_logs(ctx, world.other_node, [NewLogLine(t0.id, "stdout", "spoof")])
+    with pytest.raises(InvalidArgument, match="stream"):
+        await agent.append_logs(ctx, world.node, [NewLogLine(t0.id, "stdin", "x")])
+    assert (
+        len(
+            (
+                await agent.get_logs(
+                    ctx, world.alice, job_id=world.job.id, task_id="", after_seq=0, limit=0
+                )
+            ).lines
+        )
+        == 3
+    )
+    mine = await agent.get_logs(ctx, world.node, job_id="", task_id=t1.id, after_seq=0, limit=0)
+    assert [x.line for x in mine.lines] == ["warn"]
+
+
+async def test_metrics_and_run_links(world: World) -> None:
+    ctx = world.ctx
+    secret = await tokens.issue_task_credential(ctx, world.job.id)
+    aggregator = await tokens.authenticate(ctx, secret)
+    await agent.report_metrics(
+        ctx,
+        aggregator,
+        task_id=world.aggregator.id,
+        metrics=[NewMetric("accuracy", 0.5, 1), NewMetric("accuracy", 0.75, 2)],
+        run_uri="http://mlflow/#/runs/1",
+        model_uri="models:/j@best",
+    )
+    view = await agent.get_metrics(ctx, world.alice, world.job.id)
+    assert [(m.key, m.value, m.step) for m in view.metrics] == [
+        ("accuracy", 0.5, 1),
+        ("accuracy", 0.75, 2),
+    ]
+    assert view.run_uri == "http://mlflow/#/runs/1" and view.model_uri == "models:/j@best"
+    with pytest.raises(InvalidArgument, match="finite"):
+        await agent.report_metrics(
+            ctx,
+            aggregator,
+            task_id=world.aggregator.id,
+            metrics=[NewMetric("loss", float("nan"), 3)],
+            run_uri="",
+            model_uri="",
+        )
+    assert len((await agent.get_metrics(ctx, world.alice, world.job.id)).metrics) == 2
+
+
+async def test_endpoints_for_grpc_discovery(world: World) -> None:
+    ctx, t0 = world.ctx, world.trainers[0]
+    secret = await tokens.issue_task_credential(ctx, world.job.id)
+    aggregator = await tokens.authenticate(ctx, secret)
+    await agent.register_endpoint(
+        ctx, aggregator, task_id=world.aggregator.id, endpoint="127.0.0.1:5001"
+    )
+    await agent.register_endpoint(ctx, world.node, task_id=t0.id, endpoint="silo-a.local:5002")
+    with pytest.raises(InvalidArgument, match="host:port"):
+        await agent.register_endpoint(ctx, world.node, task_id=t0.id, endpoint="no-port")
+    with pytest.raises(NotFound):
+        await agent.register_endpoint(ctx, world.other_node, task_id=t0.id, endpoint="evil:1")
+    expected = {
+        (world.aggregator.id, "aggregator", "127.0.0.1:5001"),
+        (t0.id, "trainer", "silo-a.local:5002"),
+    }
+    for caller, ident in [
+        (world.node, world.job.id),
+        (aggregator, world.job.id),
+        (world.node, t0.id),
+        (world.alice, world.job.id),
+    ]:
+        got = await agent.list_endpoints(ctx, caller, ident)
+        assert {(e.task_id, e.role, e.endpoint) for e in got} == expected
+    with pytest.raises(NotFound):
+        await agent.list_endpoints(ctx, world.other_node, world.job.id)
+
+
+async def test_presence_reports(world: World) -> None:
+    ctx, node_id = world.ctx, world.node.subject
+    now = utcnow()
+    await nodes.report_presence(ctx, None, node_id=node_id, presence="online", at=now)
+    rec = await nodes.get_node(ctx, world.alice, node_id)
+    assert rec.presence == "online" and rec.last_seen == now
+    await nodes.report_presence(
+        ctx, None, node_id=node_id, presence="offline", at=now - timedelta(seconds=5)
+    )
+    assert (await nodes.get_node(ctx, world.alice, node_id)).presence == "online", (
+        "late report ignored"
+    )
+    await nodes.report_presence(ctx, world.node, node_id=node_id, presence="offline", at=None)
+    assert (await nodes.get_node(ctx, world.alice, node_id)).presence == "offline"
+    with pytest.raises(PermissionDenied):
+        await nodes.report_presence(
+            ctx, world.other_node, node_id=node_id, presence="online", at=None
+        )
+    with pytest.raises(NotFound):
+        await nodes.report_presence(ctx, None, node_id="ghost", presence="online", at=None)
