@@ -16,6 +16,7 @@ Contract, so that a task never runs twice:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -67,6 +68,11 @@ class Deployer(Protocol):
 
     async def adopt(self, task: TaskRecord) -> bool:
         """After a controller restart: re-attach to the task if it still runs (True)."""
+        ...
+
+    def set_listener(self, listener: Callable[[str], None] | None) -> None:
+        """Have ``listener(task_id)`` called (from any thread) when a task's process ends, so
+        the reconciler reacts at once instead of on its fallback timer."""
         ...
 
     async def close(self) -> None:

@@ -31,6 +31,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +85,40 @@ class LocalDeployer:
         self.settings = settings or LocalDeployerSettings()
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._listener: Callable[[str], None] | None = None
+        self._watched: set[str] = set()
+        self._guard = threading.Lock()
+
+    # -- exit notifications ------------------------------------------------------------------
+    def set_listener(self, listener: Callable[[str], None] | None) -> None:
+        """``listener(task_id)`` is called (from a watcher thread) when a task's process ends."""
+        self._listener = listener
+
+    def _watch(self, task_id: str, wait: Callable[[], object]) -> None:
+        """One daemon thread per running process, blocked in ``wait`` until it ends."""
+        with self._guard:
+            if task_id in self._watched:
+                return
+            self._watched.add(task_id)
+
+        def run() -> None:
+            try:
+                wait()
+            except Exception:  # a vanished process counts as ended
+                log.debug("deployer.watch_ended", task_id=task_id)
+            finally:
+                with self._guard:
+                    self._watched.discard(task_id)
+                listener = self._listener
+                if listener is not None:
+                    with contextlib.suppress(RuntimeError):  # its event loop may be gone
+                        listener(task_id)
+
+        threading.Thread(target=run, name=f"watch-{task_id}", daemon=True).start()
+
+    def _watch_adopted(self, task_id: str, proc: psutil.Process) -> None:
+        if task_id not in self._children:
+            self._watch(task_id, proc.wait)
 
     # -- paths and identity ----------------------------------------------------------------
     def workdir(self, task: TaskRecord) -> Path:
@@ -121,8 +158,10 @@ class LocalDeployer:
     ) -> Deployment:
         async with self._lock(task.id):
             ident = self._identity(task)
-            if ident is not None and self._process(ident) is not None:
+            proc = self._process(ident) if ident is not None else None
+            if ident is not None and proc is not None:
                 log.info("deployer.adopted", task_id=task.id, pid=ident.pid)
+                self._watch_adopted(task.id, proc)
                 return self._deployment(task, ident)
             ident = await asyncio.to_thread(self._start_sync, task, config, code, credential)
             log.info("deployer.started", job_id=task.job_id, task_id=task.id, pid=ident.pid)
@@ -200,6 +239,7 @@ class LocalDeployer:
         except psutil.NoSuchProcess:  # exited at once (and reaped by nobody yet: unlikely)
             create_time = 0.0
         self._children[task.id] = child
+        self._watch(task.id, child.wait)
         ident = _Identity(child.pid, create_time)
         _write_atomic(
             workdir / "process.json",
@@ -234,6 +274,10 @@ class LocalDeployer:
         return (await self.observe(task)).state == "running"
 
     async def adopt(self, task: TaskRecord) -> bool:
+        ident = self._identity(task)
+        proc = self._process(ident) if ident is not None else None
+        if proc is not None:
+            self._watch_adopted(task.id, proc)
         running = await self.is_running(task)
         log.info("deployer.adopt", task_id=task.id, running=running)
         return running
@@ -261,14 +305,14 @@ class LocalDeployer:
         except psutil.NoSuchProcess:
             procs = [leader]
         _killpg(ident.pid, signal.SIGTERM)
-        _, alive = psutil.wait_procs(procs, timeout=self.settings.stop_grace_seconds)
+        alive = _wait_gone(procs, self.settings.stop_grace_seconds)
         if alive:
             log.warning("deployer.kill", task_id=task.id, pids=[p.pid for p in alive])
             _killpg(ident.pid, signal.SIGKILL)
             for proc in alive:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     proc.kill()
-            psutil.wait_procs(alive, timeout=5)
+            _wait_gone(alive, 5.0)
         if child is not None:
             child.poll()
         log.info("deployer.stopped", task_id=task.id, pid=ident.pid)
@@ -277,6 +321,28 @@ class LocalDeployer:
         for child in self._children.values():
             child.poll()  # reap what has ended; running tasks keep running
         self._children.clear()
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every process has ended; return those still alive after ``timeout``.
+
+    A zombie counts as ended: orphans are reaped by whatever is pid 1, which in a container
+    may take its time (``psutil.wait_procs`` would wait for the reaping)."""
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        alive = [p for p in procs if _is_alive(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, 0.05)
+
+
+def _is_alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _killpg(pgid: int, sig: signal.Signals) -> None:

@@ -1,0 +1,456 @@
+"""The job reconciler: drives every job from its stored state towards its desired state.
+
+Level-triggered and idempotent (STYLE §3): a pass reads each job and its tasks from the store,
+takes the next step, writes it with compare-and-set (a lost race just means "look again"), and
+says when it wants to look again.  Nothing is trusted from memory, so a restarted controller
+simply runs another pass: deadlines are stored (``deadline``, ``next_check_at``), deployer-run
+processes are found again by their recorded pid, and a task is never started twice.
+
+Steps, per job:
+
+* desired ``running``: ``ready → starting`` (stamps ``started_at`` and the ``deadline`` =
+  ``spec.max_run_time`` later) ``→ deploying`` (the code version must exist) — then every task:
+  data-consumer tasks ``pending → scheduled`` on their dataset's node followed by a
+  ``START_TASK`` event through the notifier (retried on later passes until the notifier takes
+  it; the flamelet also reconciles from ``ListAssignedTasks``, so events are only hints); other
+  tasks ``pending → scheduled → running`` through the deployer, whose processes are then
+  observed (exit 0 → ``completed``, otherwise ``failed``).  ``deploying → running`` once no task
+  waits to be started.
+* ``running → completed`` when every role has a completed task and none is live.
+* ``→ failed`` when a deployer-run task fails, when the live data-consumer tasks drop below
+  ``spec.min_trainers``, when every task ended without each role completing, or on a permanent
+  error (e.g. the code version is gone); the reason is stored.  Live tasks are then stopped.
+* desired ``stopped`` (or the deadline passed): ``→ stopping`` → ``STOP_TASK`` to the nodes and
+  ``deployer.stop`` for the rest, tasks ``terminated`` → job ``terminated`` (a job stopped
+  before it started goes straight to ``terminated``).
+
+Wake-ups are event-driven: the domain layer calls :meth:`Reconciler.kick` after a start, a stop
+or a task status report; a fallback timer (``interval``, 1 s) covers deadlines and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from flame_service.errors import Conflict, FlameServiceError, NotFound
+
+from ..deployers.base import Deployer
+from ..store.base import Store
+from ..store.records import (
+    JOB_TERMINAL_STATES,
+    JobRecord,
+    JobState,
+    TaskRecord,
+    TaskState,
+    utcnow,
+)
+from .notifier_client import GrpcNotifier, Notifier, NotifierUnavailable
+from .states import LIVE_TASK_STATES, job_transition, task_transition
+
+log = structlog.get_logger(__name__)
+
+CredentialIssuer = Callable[[str], Awaitable[str]]
+MAX_STEPS_PER_JOB = 100
+
+
+class TemporaryError(Exception):
+    """Retrying later may help (the notifier is down, a deployer hiccup)."""
+
+    def __init__(self, message: str, delay: float = 1.0) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class PermanentError(Exception):
+    """Retrying cannot help: the job fails with this reason."""
+
+
+class Reconciler:
+    """Drives jobs; start with ``task = asyncio.create_task(r.run())``, end with ``r.stop()``.
+
+    ``notifier`` is an address (``host:port``), a :class:`Notifier`, or None (no node events:
+    nodes then learn of their tasks only from ``ListAssignedTasks``).  ``issue_credential``
+    makes the per-job credential handed to deployer-run tasks (default: the domain's
+    ``issue_task_credential``).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        deployer: Deployer | None,
+        notifier_address: str | Notifier | None,
+        *,
+        interval: float = 1.0,
+        retry_delay: float = 1.0,
+        concurrency: int = 8,
+        issue_credential: CredentialIssuer | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.deployer = deployer
+        if isinstance(notifier_address, str):
+            self.notifier: Notifier | None = GrpcNotifier(notifier_address)
+        else:
+            self.notifier = notifier_address
+        self.interval = interval
+        self.retry_delay = retry_delay
+        self.clock = clock
+        self._issue_credential = issue_credential or self._domain_credential
+        self._sem = asyncio.Semaphore(concurrency)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.passes = 0
+
+    # -- life cycle ------------------------------------------------------------------------
+    def kick(self, job_id: str | None = None) -> None:
+        """Wake the loop now (after a start, a stop or a task status report)."""
+        del job_id  # every pass looks at every job that needs it
+        self._wake.set()
+
+    async def run(self) -> None:
+        self._task = asyncio.current_task()
+        self._stopping = False
+        self._loop = asyncio.get_running_loop()
+        if self.deployer is not None:
+            self.deployer.set_listener(self._process_ended)
+        log.info("reconciler.started", deployer=getattr(self.deployer, "name", None))
+        try:
+            await self._adopt_running()
+        except Exception:
+            log.exception("reconciler.adopt_failed")
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                delay = await self.reconcile_once()
+            except Exception:
+                log.exception("reconciler.pass_failed")
+                delay = self.interval
+            if self._stopping:
+                break
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+        log.info("reconciler.stopped")
+
+    def _process_ended(self, task_id: str) -> None:
+        """A deployer-run process ended (called from a watcher thread): look now."""
+        del task_id
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def stop(self) -> None:
+        """End the loop (running tasks keep running) and close the notifier channel."""
+        self._stopping = True
+        self._wake.set()
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task():
+            with contextlib.suppress(asyncio.CancelledError):
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), timeout=10)
+                except TimeoutError:
+                    task.cancel()
+                    await task
+        if self.notifier is not None:
+            await self.notifier.close()
+        if self.deployer is not None:
+            self.deployer.set_listener(None)
+            await self.deployer.close()
+
+    async def _adopt_running(self) -> None:
+        if self.deployer is None:
+            return
+        for job in await self.store.jobs_to_reconcile(self.clock()):
+            for task in await self.store.list_tasks(job_id=job.id, states=["running"]):
+                if not task.data_consumer:
+                    await self.deployer.adopt(task)
+
+    # -- passes ----------------------------------------------------------------------------
+    async def reconcile_once(self) -> float:
+        """One pass over every job that needs attention; returns seconds until the next one."""
+        now = self.clock()
+        jobs = await self.store.jobs_to_reconcile(now)
+        self.passes += 1
+        delays = await asyncio.gather(*(self._guarded(job.id) for job in jobs))
+        delay = min([self.interval, *delays])
+        # wake for the earliest stored deadline or check time
+        for job in jobs:
+            for at in (job.next_check_at, job.deadline):
+                if at is not None and not job.terminal:
+                    delay = min(delay, max(0.0, (at - now).total_seconds()))
+        return delay
+
+    async def _guarded(self, job_id: str) -> float:
+        async with self._sem:
+            try:
+                return await self.reconcile_job(job_id)
+            except Exception:
+                log.exception("reconciler.job_failed", job_id=job_id)
+                return self.retry_delay
+
+    async def reconcile_job(self, job_id: str) -> float:
+        """Take steps on one job until it needs to wait; returns the requeue delay."""
+        with structlog.contextvars.bound_contextvars(job_id=job_id):
+            for _ in range(MAX_STEPS_PER_JOB):
+                try:
+                    job = await self.store.get_job(job_id)
+                except NotFound:
+                    return self.interval  # deleted meanwhile
+                tasks = await self.store.list_tasks(job_id=job_id)
+                try:
+                    progressed = await self._step(job, tasks)
+                except Conflict:
+                    continue  # someone else wrote first: re-read and look again
+                except TemporaryError as exc:
+                    log.warning("reconciler.retry_later", reason=str(exc), delay=exc.delay)
+                    return exc.delay
+                except PermanentError as exc:
+                    await self._fail(job, str(exc))
+                    continue
+                if not progressed:
+                    return self.interval
+            return 0.0
+
+    # -- one step ----------------------------------------------------------------------------
+    async def _step(self, job: JobRecord, tasks: list[TaskRecord]) -> bool:
+        """Take the next step for ``job``; True when something was written."""
+        now = self.clock()
+        if job.terminal:
+            return await self._cleanup(job, tasks)
+        if job.state == "stopping":
+            await self._halt(tasks, "job stopped")
+            await self._set_job(job, "terminated", job.reason or "stopped")
+            return True
+        if job.desired_state == "stopped":
+            if job.state == "ready":
+                await self._halt(tasks, "job stopped before it started")
+                await self._set_job(job, "terminated", job.reason or "stopped before it started")
+            else:
+                await self._set_job(job, "stopping", job.reason or "stop requested")
+            return True
+        if job.desired_state != "running":
+            return False  # created, not started
+        if job.state == "ready":
+            await self._set_job(job, "starting", "start requested", now=now)
+            return True
+        if job.deadline is not None and now >= job.deadline:
+            limit = job.spec.get("max_run_time", "?")
+            await self._set_job(job, "stopping", f"max_run_time of {limit}s exceeded")
+            return True
+        if job.state == "starting":
+            await self._code(job)  # fail early when the code version is gone
+            await self._set_job(job, "deploying", f"deploying {len(tasks)} tasks")
+            return True
+        # deploying or running
+        if await self._drive_tasks(job, tasks):
+            return True
+        verdict = self._judge(job, tasks)
+        if verdict is not None:
+            state, reason = verdict
+            if state == "failed":
+                await self._fail(job, reason)
+            else:
+                await self._set_job(job, state, reason)
+            return True
+        return False
+
+    def _judge(self, job: JobRecord, tasks: Sequence[TaskRecord]) -> tuple[JobState, str] | None:
+        """The job's next state from its tasks' states, if it changes."""
+        for t in tasks:
+            if not t.data_consumer and t.state == "failed":
+                return "failed", f"task {t.id} ({t.role}) failed: {t.reason or 'no reason'}"
+        consumers = [t for t in tasks if t.data_consumer]
+        alive = sum(1 for t in consumers if t.state not in ("failed", "terminated"))
+        min_trainers = int(job.spec.get("min_trainers", 1))
+        if consumers and alive < min_trainers:
+            role = consumers[0].role
+            return "failed", (
+                f"only {alive} of {len(consumers)} {role} tasks are left; "
+                f"min_trainers is {min_trainers}"
+            )
+        live = [t for t in tasks if t.state in LIVE_TASK_STATES]
+        if job.state == "deploying" and not any(t.state in ("pending", "scheduled") for t in tasks):
+            return "running", "every task is running"
+        if job.state == "running" and not live:
+            roles = {t.role for t in tasks}
+            done = {t.role for t in tasks if t.state == "completed"}
+            if roles <= done:
+                return "completed", "every role completed"
+            missing = ", ".join(sorted(roles - done))
+            return "failed", f"every task ended but no {missing} task completed"
+        return None
+
+    async def _drive_tasks(self, job: JobRecord, tasks: Sequence[TaskRecord]) -> bool:
+        """Start what is pending, tell nodes, observe deployer-run processes.  A temporary
+        failure on one task does not hold up the others; it is raised after them."""
+        progressed = False
+        delayed: TemporaryError | None = None
+        for task in tasks:
+            try:
+                if task.data_consumer:
+                    progressed |= await self._drive_node_task(job, task)
+                else:
+                    progressed |= await self._drive_deployer_task(job, task)
+            except TemporaryError as exc:
+                delayed = delayed or exc
+        if delayed is not None and not progressed:
+            raise delayed
+        return progressed
+
+    async def _drive_node_task(self, job: JobRecord, task: TaskRecord) -> bool:
+        if task.state == "pending":
+            if not task.node_id:
+                raise PermanentError(f"task {task.id} consumes data but has no node")
+            await self._set_task(
+                task,
+                "scheduled",
+                f"assigned to node {task.node_id}",
+                info={**task.info, "notified": False},
+                attempt=task.attempt + 1,
+            )
+            return True
+        if task.state == "scheduled" and not task.info.get("notified"):
+            await self._notify(task, "start", f"start task {task.id}")
+            await self.store.cas_task(
+                task.id, task.version, {"info": {**task.info, "notified": True}}
+            )
+            return True
+        return False
+
+    async def _drive_deployer_task(self, job: JobRecord, task: TaskRecord) -> bool:
+        if task.state == "pending":
+            if self.deployer is None:
+                raise PermanentError(f"no deployer configured to run role {task.role!r}")
+            await self._set_task(
+                task, "scheduled", f"deploying with {self.deployer.name}", attempt=task.attempt + 1
+            )
+            return True
+        if self.deployer is None:
+            return False
+        if task.state == "scheduled":
+            code = await self._code(job)
+            credential = await self._issue_credential(job.id)
+            try:
+                dep = await self.deployer.start(task, dict(task.config), code, credential)
+            except FlameServiceError as exc:
+                raise PermanentError(f"cannot start task {task.id}: {exc.message}") from exc
+            except OSError as exc:
+                raise TemporaryError(f"cannot start task {task.id}: {exc}") from exc
+            await self._set_task(
+                task,
+                "running",
+                f"started by {self.deployer.name} (pid {dep.pid})",
+                pid=dep.pid,
+                info={**task.info, "deployer": dep.info},
+            )
+            return True
+        if task.state == "running":
+            seen = await self.deployer.observe(task)
+            if seen.state == "running":
+                return False
+            if seen.state == "exited" and seen.exit_code == 0:
+                await self._set_task(task, "completed", "exit code 0")
+            else:
+                await self._set_task(task, "failed", seen.detail or "process ended")
+            return True
+        return False
+
+    # -- stopping ----------------------------------------------------------------------------
+    async def _halt(self, tasks: Sequence[TaskRecord], reason: str) -> None:
+        """Stop every live task and mark it terminated.  A task whose stop cannot be sent now
+        stays live (the error is raised after the others were handled) and is retried."""
+        delayed: TemporaryError | None = None
+        for task in tasks:
+            if task.state not in LIVE_TASK_STATES:
+                continue
+            try:
+                if task.data_consumer:
+                    if task.state != "pending":  # a pending task was never announced
+                        await self._notify(task, "stop", reason)
+                elif self.deployer is not None and task.state != "pending":
+                    await self.deployer.stop(task)
+            except TemporaryError as exc:
+                delayed = delayed or exc
+                continue
+            await self._set_task(task, "terminated", reason)
+        if delayed is not None:
+            raise delayed
+
+    async def _cleanup(self, job: JobRecord, tasks: Sequence[TaskRecord]) -> bool:
+        """A terminal job: stop leftovers, then stop asking to be looked at."""
+        live = [t for t in tasks if t.state in LIVE_TASK_STATES]
+        if live:
+            await self._halt(live, f"job {job.state}")
+            return True
+        if job.next_check_at is not None:
+            await self.store.cas_job(job.id, job.version, {"next_check_at": None})
+            return True
+        return False
+
+    async def _fail(self, job: JobRecord, reason: str) -> None:
+        """Fail the job; its live tasks are stopped by the following cleanup steps."""
+        if job.terminal:
+            return
+        await self._set_job(job, "failed", reason)
+        log.warning("job.failed", job_id=job.id, reason=reason)
+
+    # -- writes and collaborators ------------------------------------------------------------
+    async def _set_job(
+        self, job: JobRecord, to: JobState, reason: str, *, now: datetime | None = None
+    ) -> JobRecord:
+        now = now or self.clock()
+        transition = job_transition(job, to, reason, now=now)
+        changes = dict(transition.changes)
+        if to == "starting":
+            changes["next_check_at"] = changes["deadline"]
+        if to in JOB_TERMINAL_STATES:
+            # look again soon to stop what is still live; cleared once nothing is
+            changes["next_check_at"] = now
+        updated = await self.store.cas_job(job.id, job.version, changes, transition.record)
+        log.info("job.transition", job_id=job.id, to=to, reason=reason)
+        return updated
+
+    async def _set_task(
+        self, task: TaskRecord, to: TaskState, reason: str, **extra: Any
+    ) -> TaskRecord:
+        transition = task_transition(task, to, reason, now=self.clock())
+        changes = {**transition.changes, **extra}
+        updated = await self.store.cas_task(task.id, task.version, changes, transition.record)
+        log.info("task.transition", job_id=task.job_id, task_id=task.id, to=to, reason=reason)
+        return updated
+
+    async def _notify(self, task: TaskRecord, kind: str, reason: str) -> None:
+        if self.notifier is None or not task.node_id:
+            return
+        try:
+            await self.notifier.notify(
+                task.node_id,
+                "start" if kind == "start" else "stop",
+                job_id=task.job_id,
+                task_id=task.id,
+                payload={"reason": reason, "role": task.role, "attempt": task.attempt},
+            )
+        except NotifierUnavailable as exc:
+            raise TemporaryError(str(exc), delay=self.retry_delay) from exc
+
+    async def _code(self, job: JobRecord) -> bytes:
+        try:
+            code = await self.store.get_code(job.design_id, job.code_version)
+            return await self.store.get_blob(code.blob_key)
+        except NotFound as exc:
+            raise PermanentError(
+                f"code version {job.code_version} of design {job.design_id} is gone: {exc}"
+            ) from exc
+
+    async def _domain_credential(self, job_id: str) -> str:
+        from ..domain.context import Ctx
+        from ..domain.tokens import issue_task_credential
+
+        return await issue_task_credential(Ctx(store=self.store), job_id)

@@ -1,0 +1,460 @@
+"""The reconciler drives real jobs: sqlite store, local deployer processes, a gRPC notifier."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import json
+import sys
+import time
+import zipfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+import pytest
+
+from flame_controller.deployers.local import LocalDeployer, LocalDeployerSettings
+from flame_controller.jobs.builder import DatasetInfo, build_tasks
+from flame_controller.jobs.design import (
+    design_to_dict,
+    job_spec_to_dict,
+    parse_design,
+    parse_job_spec,
+)
+from flame_controller.jobs.reconciler import Reconciler
+from flame_controller.jobs.states import task_transition
+from flame_controller.store.base import Store
+from flame_controller.store.factory import open_store
+from flame_controller.store.records import CodeRecord, DesignRecord, JobRecord, TaskRecord
+from flame_proto.v1 import notifier_pb2, notifier_pb2_grpc
+from flame_service.errors import Conflict
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "designs"
+
+# The aggregator: exits with the code in release (0 by default) once "release" appears.
+ROLE = r"""
+import os, sys, time
+from pathlib import Path
+with open("starts.log", "a") as f:
+    f.write(f"{os.getpid()}\n")
+while not Path("release").exists():
+    time.sleep(0.02)
+sys.exit(int(Path("release").read_text() or 0))
+"""
+
+
+# -- a real gRPC notifier that records what the controller sends --------------------------------
+@dataclass
+class RecordingNotifier(notifier_pb2_grpc.NotifierServicer):
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (node, type, task)
+    fail_next: int = 0
+
+    async def Notify(
+        self, request: notifier_pb2.NotifyRequest, context: grpc.aio.ServicerContext
+    ) -> notifier_pb2.NotifyResponse:
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "notifier restarting")
+        kind = notifier_pb2.EventType.Name(request.event.type).removeprefix("EVENT_TYPE_")
+        self.events.append((request.node_id, kind, request.event.task_id))
+        return notifier_pb2.NotifyResponse(seq=len(self.events), delivered=True)
+
+    def of(self, kind: str) -> list[tuple[str, str]]:
+        return [(n, t) for n, k, t in self.events if k == kind]
+
+
+@pytest.fixture
+async def notifier() -> AsyncIterator[tuple[RecordingNotifier, str]]:
+    servicer = RecordingNotifier()
+    server = grpc.aio.server()
+    notifier_pb2_grpc.add_NotifierServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield servicer, f"127.0.0.1:{port}"
+    await server.stop(0)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await open_store(f"sqlite:///{tmp_path / 'flame.db'}")
+    yield s
+    await s.close()
+
+
+def code_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("aggregator/main.py", ROLE)
+        zf.writestr("trainer/main.py", "print('trainers run on nodes')\n")
+    return buf.getvalue()
+
+
+async def create_job(store: Store, **spec_overrides: Any) -> JobRecord:
+    fx = json.loads((FIXTURES / "central.json").read_text())
+    design = parse_design(fx["design"])
+    spec = parse_job_spec({**fx["job"], **spec_overrides})
+    await store.create_design(
+        DesignRecord(id="des-1", name="central", owner="u1", schema=design_to_dict(design))
+    )
+    blob = code_zip()
+    key = await store.put_blob(blob)
+    await store.create_code(
+        CodeRecord(
+            design_id="des-1",
+            version=1,
+            sha256=hashlib.sha256(blob).hexdigest(),
+            size_bytes=len(blob),
+            roles=["aggregator", "trainer"],
+            blob_key=key,
+        )
+    )
+    job = await store.create_job(
+        JobRecord(
+            id="job-1",
+            name="demo",
+            owner="u1",
+            design_id="des-1",
+            code_version=1,
+            spec=job_spec_to_dict(spec),
+        )
+    )
+    planned = build_tasks(
+        job_id=job.id,
+        job_name=job.name,
+        owner="u1",
+        design_name="central",
+        design=design,
+        spec=spec,
+        datasets={d["id"]: DatasetInfo(**d) for d in fx["datasets"]},
+        apiserver_url="http://127.0.0.1:1",
+    )
+    await store.put_tasks(
+        [
+            TaskRecord(
+                id=p.id,
+                job_id=job.id,
+                role=p.role,
+                index=p.index,
+                node_id=p.node_id,
+                dataset_id=p.dataset_id,
+                groups=p.groups,
+                data_consumer=p.data_consumer,
+                config=p.config,
+            )
+            for p in planned
+        ]
+    )
+    return job
+
+
+def make_deployer(tmp_path: Path) -> LocalDeployer:
+    return LocalDeployer(
+        tmp_path / "data",
+        LocalDeployerSettings(
+            python=sys.executable, launch_args=["code/aggregator/main.py"], stop_grace_seconds=2
+        ),
+    )
+
+
+async def eventually(
+    pred: Callable[[], Awaitable[bool] | bool], timeout: float = 20.0, what: str = ""
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if not isinstance(got, bool):
+            got = await got
+        if got:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached before the deadline: {what}")
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running(r: Reconciler) -> AsyncIterator[Reconciler]:
+    task = asyncio.create_task(r.run())
+    try:
+        yield r
+    finally:
+        await r.stop()
+        await task
+
+
+async def set_desired(store: Store, r: Reconciler | None, desired: str) -> None:
+    while True:
+        job = await store.get_job("job-1")
+        try:
+            await store.cas_job(job.id, job.version, {"desired_state": desired})
+            break
+        except Conflict:
+            continue
+    if r is not None:
+        r.kick("job-1")
+
+
+async def report(store: Store, r: Reconciler, task_id: str, state: str, reason: str = "") -> None:
+    """What the domain layer does on a flamelet status report."""
+    while True:
+        task = await store.get_task(task_id)
+        t = task_transition(task, state, reason)  # type: ignore[arg-type]
+        try:
+            await store.cas_task(task.id, task.version, t.changes, t.record)
+            break
+        except Conflict:
+            continue
+    r.kick(task.job_id)
+
+
+async def job_state(store: Store) -> str:
+    return (await store.get_job("job-1")).state
+
+
+async def tasks_by_role(store: Store) -> dict[str, list[TaskRecord]]:
+    out: dict[str, list[TaskRecord]] = {}
+    for t in await store.list_tasks(job_id="job-1"):
+        out.setdefault(t.role, []).append(t)
+    return out
+
+
+async def aggregator(store: Store) -> TaskRecord:
+    return (await tasks_by_role(store))["aggregator"][0]
+
+
+def alive(pid: int | None) -> bool:
+    try:
+        return pid is not None and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def bring_to_running(store: Store, r: Reconciler, rec: RecordingNotifier) -> None:
+    await set_desired(store, r, "running")
+    await eventually(lambda: len(rec.of("START_TASK")) == 3, what="3 START_TASK events")
+    await eventually(lambda: _state_is(aggregator(store), "running"), what="aggregator deployed")
+    assert await job_state(store) == "deploying"  # trainers have not reported yet
+    for t in (await tasks_by_role(store))["trainer"]:
+        await report(store, r, t.id, "running")
+    await eventually(lambda: _job_is(store, "running"), what="job running")
+
+
+async def _state_is(task: Awaitable[TaskRecord], state: str) -> bool:
+    return (await task).state == state
+
+
+async def _job_is(store: Store, state: str) -> bool:
+    return await job_state(store) == state
+
+
+# -- tests ------------------------------------------------------------------------------------
+async def test_job_runs_to_completion(tmp_path: Path, store: Store, notifier: Any) -> None:
+    rec, address = notifier
+    await create_job(store)
+    r = Reconciler(store, make_deployer(tmp_path), address, interval=5.0)
+    async with running(r):
+        await bring_to_running(store, r, rec)
+        tasks = await tasks_by_role(store)
+        assert sorted(rec.of("START_TASK")) == sorted((t.node_id, t.id) for t in tasks["trainer"])
+        assert {t.state for t in tasks["trainer"]} == {"running"}
+        agg = tasks["aggregator"][0]
+        assert alive(agg.pid)
+        workdir = Path(agg.info["deployer"]["workdir"])
+        cfg = json.loads((workdir / "config.json").read_text())
+        assert cfg["discovery"]["token"].startswith("flm_task_")  # a real per-job credential
+
+        for t in tasks["trainer"]:
+            await report(store, r, t.id, "completed")
+        assert await job_state(store) == "running"  # the aggregator has not finished
+        (workdir / "release").write_text("0")
+        await eventually(lambda: _job_is(store, "completed"), what="job completed")
+
+    job = await store.get_job("job-1")
+    assert [(x.from_state, x.to_state) for x in job.transitions] == [
+        ("ready", "starting"),
+        ("starting", "deploying"),
+        ("deploying", "running"),
+        ("running", "completed"),
+    ]
+    assert job.reason == "every role completed"
+    assert (await aggregator(store)).state == "completed"
+    assert rec.of("STOP_TASK") == []
+    # level-triggered: another pass over a finished job changes nothing
+    r2 = Reconciler(store, make_deployer(tmp_path), address)
+    await r2.reconcile_once()
+    assert (await store.get_job("job-1")).version == job.version
+
+
+async def test_restarted_reconciler_resumes_without_restarting_tasks(
+    tmp_path: Path, store: Store, notifier: Any
+) -> None:
+    rec, address = notifier
+    await create_job(store)
+    r1 = Reconciler(store, make_deployer(tmp_path), address, interval=5.0)
+    async with running(r1):
+        await bring_to_running(store, r1, rec)
+    agg = await aggregator(store)
+    assert alive(agg.pid)  # the controller went away; the aggregator did not
+
+    r2 = Reconciler(store, make_deployer(tmp_path), address, interval=5.0)
+    async with running(r2):
+        await r2.reconcile_once()
+        again = await aggregator(store)
+        assert (again.pid, again.state, again.attempt) == (agg.pid, "running", 1)
+        workdir = Path(agg.info["deployer"]["workdir"])
+        await eventually(lambda: (workdir / "starts.log").exists(), what="role started")
+        assert len((workdir / "starts.log").read_text().split()) == 1
+        assert len(rec.of("START_TASK")) == 3  # nodes are not told again
+        for t in (await tasks_by_role(store))["trainer"]:
+            await report(store, r2, t.id, "completed")
+        (workdir / "release").write_text("0")
+        await eventually(lambda: _job_is(store, "completed"), what="job completed after restart")
+
+
+async def test_losing_trainers_below_min_trainers_fails_the_job(
+    tmp_path: Path, store: Store, notifier: Any
+) -> None:
+    rec, address = notifier
+    await create_job(store, min_trainers=3)
+    r = Reconciler(store, make_deployer(tmp_path), address, interval=5.0)
+    async with running(r):
+        await bring_to_running(store, r, rec)
+        trainers = (await tasks_by_role(store))["trainer"]
+        agg = await aggregator(store)
+        await report(store, r, trainers[0].id, "failed", "exit code 1")
+        await eventually(lambda: _job_is(store, "failed"), what="job failed")
+        job = await store.get_job("job-1")
+        assert "only 2 of 3 trainer tasks are left; min_trainers is 3" in job.reason
+        await eventually(lambda: _all_ended(store), what="live tasks stopped after the failure")
+        assert not alive(agg.pid)
+    stops = rec.of("STOP_TASK")
+    assert sorted(t for _, t in stops) == sorted(t.id for t in trainers[1:])
+    states = {t.id: t.state for t in await store.list_tasks(job_id="job-1")}
+    assert states[trainers[0].id] == "failed"
+    assert states[agg.id] == "terminated"
+
+
+async def _all_ended(store: Store) -> bool:
+    tasks = await store.list_tasks(job_id="job-1")
+    return all(t.state in ("completed", "failed", "terminated") for t in tasks)
+
+
+async def test_a_failing_aggregator_fails_the_job(
+    tmp_path: Path, store: Store, notifier: Any
+) -> None:
+    rec, address = notifier
+    await create_job(store)
+    r = Reconciler(store, make_deployer(tmp_path), address, interval=5.0)
+    async with running(r):
+        await bring_to_running(store, r, rec)
+        agg = await aggregator(store)
+        (Path(agg.info["deployer"]["workdir"]) / "release").write_text("7")
+        await eventually(lambda: _job_is(store, "failed"), what="job failed")
+        await eventually(lambda: _all_ended(store), what="trainers stopped")
+    job = await store.get_job("job-1")
+    assert f"task {agg.id} (aggregator) failed: exit code 7" == job.reason
+    assert len(rec.of("STOP_TASK")) == 3
+
+
+async def test_max_run_time_terminates_the_job(tmp_path: Path, store: Store, notifier: Any) -> None:
+    rec, address = notifier
+    await create_job(store, max_run_time=1.0)
+    r = Reconciler(store, make_deployer(tmp_path), address, interval=30.0)
+    async with running(r):
+        await bring_to_running(store, r, rec)
+        agg = await aggregator(store)
+        job = await store.get_job("job-1")
+        assert job.started_at is not None and job.deadline is not None
+        assert (job.deadline - job.started_at).total_seconds() == pytest.approx(1.0)
+        assert job.next_check_at == job.deadline  # stored, so a restart honours it
+        # no kick: the stored deadline alone wakes the reconciler (its timer is 30 s)
+        await eventually(lambda: _job_is(store, "terminated"), what="terminated at deadline")
+    job = await store.get_job("job-1")
+    assert "max_run_time of 1.0s exceeded" in job.reason
+    assert [x.to_state for x in job.transitions][-2:] == ["stopping", "terminated"]
+    assert not alive(agg.pid)
+    assert len(rec.of("STOP_TASK")) == 3
+    assert {t.state for t in await store.list_tasks(job_id="job-1")} == {"terminated"}
+
+
+async def test_stop_terminates_everything(tmp_path: Path, store: Store, notifier: Any) -> None:
+    rec, address = notifier
+    await create_job(store)
+    r = Reconciler(store, make_deployer(tmp_path), address, interval=5.0)
+    async with running(r):
+        await bring_to_running(store, r, rec)
+        agg = await aggregator(store)
+        await set_desired(store, r, "stopped")
+        await eventually(lambda: _job_is(store, "terminated"), what="terminated")
+    assert not alive(agg.pid)
+    trainers = (await tasks_by_role(store))["trainer"]
+    assert sorted(rec.of("STOP_TASK")) == sorted((t.node_id, t.id) for t in trainers)
+    assert {t.state for t in await store.list_tasks(job_id="job-1")} == {"terminated"}
+    job = await store.get_job("job-1")
+    assert [x.to_state for x in job.transitions][-2:] == ["stopping", "terminated"]
+
+
+async def test_stopping_a_job_that_never_started(
+    tmp_path: Path, store: Store, notifier: Any
+) -> None:
+    rec, address = notifier
+    await create_job(store)
+    r = Reconciler(store, make_deployer(tmp_path), address)
+    await r.reconcile_once()
+    assert await job_state(store) == "ready"  # not started: left alone
+    await set_desired(store, None, "stopped")
+    await r.reconcile_once()
+    assert await job_state(store) == "terminated"
+    assert {t.state for t in await store.list_tasks(job_id="job-1")} == {"terminated"}
+    assert rec.events == []
+    assert not (tmp_path / "data" / "tasks").exists()  # nothing was deployed
+
+
+async def test_notifier_outage_is_retried(tmp_path: Path, store: Store, notifier: Any) -> None:
+    rec, address = notifier
+    rec.fail_next = 2
+    await create_job(store)
+    r = Reconciler(store, make_deployer(tmp_path), address, interval=0.05, retry_delay=0.05)
+    async with running(r):
+        await set_desired(store, r, "running")
+        await eventually(lambda: len(rec.of("START_TASK")) == 3, what="events after outage")
+        trainers = (await tasks_by_role(store))["trainer"]
+        assert all(t.state == "scheduled" and t.info["notified"] for t in trainers)
+    assert rec.fail_next == 0
+
+
+async def test_unreachable_notifier_leaves_tasks_scheduled_for_polling(
+    tmp_path: Path, store: Store
+) -> None:
+    await create_job(store)
+    r = Reconciler(store, make_deployer(tmp_path), "127.0.0.1:9", retry_delay=0.05)
+    async with running(r):
+        await set_desired(store, r, "running")
+        await eventually(
+            lambda: _all_trainers(store, "scheduled"), what="trainers scheduled without notifier"
+        )
+        await eventually(lambda: _state_is(aggregator(store), "running"), what="aggregator")
+        trainers = (await tasks_by_role(store))["trainer"]
+        assert not any(t.info.get("notified") for t in trainers)
+        await set_desired(store, r, "stopped")
+        await eventually(lambda: _job_is(store, "stopping"), what="stopping")
+        agg = await aggregator(store)
+        # the aggregator is stopped; the STOP events cannot be sent: the job waits, retrying
+        await eventually(lambda: _state_is(aggregator(store), "terminated"), what="agg stopped")
+        assert not alive(agg.pid)
+        assert await job_state(store) == "stopping"
+        assert await _all_trainers(store, "scheduled")
+    # a reconciler without a notifier (nodes poll ListAssignedTasks) finishes the stop
+    r2 = Reconciler(store, make_deployer(tmp_path), None)
+    await r2.reconcile_job("job-1")
+    assert await job_state(store) == "terminated"
+    assert await _all_trainers(store, "terminated")
+
+
+async def _all_trainers(store: Store, state: str) -> bool:
+    return all(t.state == state for t in (await tasks_by_role(store))["trainer"])
