@@ -64,6 +64,8 @@ class FakeApiServer:
     revoked: bool = False
     keep_scheduled: bool = False  # ignore status reports in the task list (rerun attempts)
     enrolment_token: str = "enrol-1"
+    unavailable: int = 0  # answer this many requests with 503 (an apiserver outage)
+    requests: int = 0
     hidden: set[str] = field(default_factory=set)  # listed, but 404 on fetch (another node)
 
     def add_task(
@@ -123,6 +125,14 @@ class FakeApiServer:
 
     def app(self) -> FastAPI:
         api = FastAPI()
+
+        @api.middleware("http")
+        async def outage(request: Request, call_next: Any) -> Any:
+            self.requests += 1
+            if self.unavailable > 0:
+                self.unavailable -= 1
+                return problem(503, "unavailable", "controller unreachable")
+            return await call_next(request)
 
         def authorised(request: Request) -> bool:
             return request.headers.get("authorization") == f"Bearer {CRED}" and not self.revoked

@@ -18,14 +18,15 @@ from .conftest import CRED, FakeEvents, Node, Running, eventually
 
 # The "role" of a task: reads the config the flamelet wrote, leaves a trace in the dataset folder.
 TRACE = """
-import json, os, sys
+import json, os, resource, sys
 cfg = json.load(open("config.json"))
 data = cfg["dataset"]["uri"]
 with open(os.path.join(data, "runs.txt"), "a") as f:
     f.write(cfg["task_id"] + "\\n")
 json.dump({"token": cfg["discovery"]["token"], "home": os.environ.get("HOME"),
            "cwd": os.getcwd(), "env": sorted(os.environ),
-           "task_config": os.environ.get("FLAME_TASK_CONFIG")},
+           "task_config": os.environ.get("FLAME_TASK_CONFIG"),
+           "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0]},
           open(os.path.join(data, "seen.json"), "w"))
 for i in range(3):
     print("hello", i)
@@ -61,7 +62,7 @@ async def test_runs_task_once_ships_logs_and_reports(node: Node) -> None:
     fake = node.fake
     fake.keep_scheduled = True  # the control plane keeps offering the task: it must not rerun
     fake.add_task("t1", {"trainer/main.py": TRACE})
-    agent, api = node.agent()
+    agent, api = node.agent(max_open_files=200)
     async with Running(agent, api):
         await eventually(lambda: "completed" in fake.states("t1"), what="completed")
         await eventually(lambda: agent.reconciled >= 3, what="more reconcile passes")
@@ -73,6 +74,7 @@ async def test_runs_task_once_ships_logs_and_reports(node: Node) -> None:
     workdir = Path(seen["cwd"])
     assert seen["token"] == CRED and seen["home"] == str(workdir)
     assert seen["task_config"] == str(workdir / "config.json")
+    assert seen["nofile"] == 200
     assert all(
         k in {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR"} or k.startswith("FLAME_")
         for k in seen["env"]
@@ -216,3 +218,19 @@ async def test_only_one_agent_per_home(node: Node) -> None:
         with pytest.raises(AlreadyRunning):
             await other.run()
         await api2.close()
+
+
+async def test_survives_apiserver_outage_and_missing_notifier(node: Node) -> None:
+    from flamelet.events import GrpcEventSource
+
+    node.fake.unavailable = 6  # the first requests fail with 503
+    node.fake.add_task("t7", {"trainer/main.py": TRACE})
+    events = GrpcEventSource("127.0.0.1:1", "node-1", CRED)  # nothing listens there
+    agent, api = node.agent(events)
+    try:
+        async with Running(agent, api):
+            await eventually(lambda: "completed" in node.fake.states("t7"), what="completed")
+    finally:
+        await events.close()
+    assert runs(node) == ["t7"]
+    assert node.fake.unavailable == 0
