@@ -148,8 +148,10 @@ class DocumentStore(ABC):
         """Delete every matching document; the number deleted."""
 
     @abstractmethod
-    async def _next_seq(self, counter: str, count: int) -> int:
-        """Atomically add ``count`` to a named counter (starting at 0); the new value."""
+    async def _insert_numbered(self, kind: Kind, counter: str, field: str, docs: list[Doc]) -> int:
+        """Take the next ``len(docs)`` numbers of a named counter (which starts at 0 and never
+        goes back), write them into ``field`` of the documents in order and insert them.
+        Returns the last number taken."""
 
     @abstractmethod
     async def close(self) -> None: ...
@@ -579,11 +581,8 @@ class DocumentStore(ABC):
         (job_id,) = job_ids
         # One writer at a time, so a reader polling with after_seq never sees seq n+1 before n.
         async with self._append_lock:
-            last = await self._next_seq(f"logs:{job_id}", len(lines))
-            first = last - len(lines) + 1
-            docs = [self._doc(line) | {"seq": first + i} for i, line in enumerate(lines)]
-            await self._insert_missing(K.LOGS, [(K.LOGS.key(d), d) for d in docs])
-        return last
+            docs = [self._doc(line) for line in lines]
+            return await self._insert_numbered(K.LOGS, f"logs:{job_id}", "seq", docs)
 
     async def read_logs(
         self,
@@ -607,10 +606,8 @@ class DocumentStore(ABC):
             by_job[metric.job_id].append(metric)
         async with self._append_lock:
             for job_id, batch in by_job.items():
-                last = await self._next_seq(f"metrics:{job_id}", len(batch))
-                first = last - len(batch) + 1
-                docs = [self._doc(m) | {"n": first + i} for i, m in enumerate(batch)]
-                await self._insert_missing(K.METRICS, [(K.METRICS.key(d), d) for d in docs])
+                docs = [self._doc(m) for m in batch]
+                await self._insert_numbered(K.METRICS, f"metrics:{job_id}", "n", docs)
 
     async def read_metrics(
         self, job_id: str, *, task_id: str | None = None, key: str | None = None

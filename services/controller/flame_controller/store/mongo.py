@@ -196,11 +196,19 @@ class MongoStore(DocumentStore):
         result = await self._db[kind.name].delete_many(_filter(cond))
         return int(result.deleted_count)
 
-    async def _next_seq(self, counter: str, count: int) -> int:
+    async def _insert_numbered(self, kind: Kind, counter: str, field: str, docs: list[Doc]) -> int:
+        # Two single-document-atomic steps: a crash in between leaves a gap in the numbers,
+        # never a duplicate or a step backwards.
         raw = await self._db["counters"].find_one_and_update(
             {"_id": counter},
-            {"$inc": {"n": count}},
+            {"$inc": {"n": len(docs)}},
             upsert=True,
             return_document=ReturnDocument.AFTER,
         )
-        return int(raw["n"])
+        last = int(raw["n"])
+        first = last - len(docs) + 1
+        numbered = [doc | {field: first + i} for i, doc in enumerate(docs)]
+        await self._db[kind.name].insert_many(
+            [{"_id": kind.key(doc), **doc} for doc in numbered], ordered=True
+        )
+        return last

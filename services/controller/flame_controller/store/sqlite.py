@@ -293,15 +293,22 @@ class SqliteStore(DocumentStore):
 
         return await self._tx(delete)
 
-    async def _next_seq(self, counter: str, count: int) -> int:
-        async def bump(conn: aiosqlite.Connection) -> int:
+    async def _insert_numbered(self, kind: Kind, counter: str, field: str, docs: list[Doc]) -> int:
+        async def insert(conn: aiosqlite.Connection) -> int:
             async with conn.execute(
                 "INSERT INTO counters (name, n) VALUES (?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET n = n + excluded.n RETURNING n",
-                (counter, count),
+                (counter, len(docs)),
             ) as cursor:
                 row = await cursor.fetchone()
             assert row is not None
-            return int(row[0])
+            last = int(row[0])
+            first = last - len(docs) + 1
+            numbered = [doc | {field: first + i} for i, doc in enumerate(docs)]
+            await conn.executemany(
+                f"INSERT INTO {kind.name} ({KEY}, doc) VALUES (?, ?)",  # noqa: S608
+                [(kind.key(doc), _encode(doc)) for doc in numbered],
+            )
+            return last
 
-        return await self._tx(bump)
+        return await self._tx(insert)
