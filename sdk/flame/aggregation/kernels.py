@@ -14,7 +14,10 @@ import numpy as np
 from flame.tensors import Weights
 
 #: Columns per block: n x BLOCK values of the stack stay in cache while BLAS reduces them.
-BLOCK = 131_072
+#: Small enough that OpenBLAS runs each matrix-vector product on one thread: its threaded
+#: gemv (used from ~64K columns up) collapses when the cores are busy with other work
+#: (measured 30x slower on a loaded 2-core machine; 32K columns stays within 2x of idle).
+BLOCK = 32_768
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
