@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -78,9 +77,6 @@ class RunningController:
 def default_workers(settings: ControllerSettings) -> list[WorkerFactory]:
     """The reconciler (with the local deployer) unless ``run_reconciler`` is off."""
     if not settings.run_reconciler:
-        return []
-    if importlib.util.find_spec("flame_controller.jobs.reconciler") is None:
-        log.warning("controller.no_reconciler", reason="flame_controller.jobs.reconciler missing")
         return []
     from .workers import reconciler_factory
 

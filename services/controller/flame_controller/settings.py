@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import model_validator
 from pydantic_settings import SettingsConfigDict
@@ -20,6 +21,7 @@ class ControllerSettings(ServiceSettings):
     apiserver_url: str = "http://127.0.0.1:10100"  # written into task configs for discovery
     admin_token: str | None = None  # bootstrap admin token; generated and printed when unset
     run_reconciler: bool = True  # off in tests that drive the domain only
+    deployer: Literal["local", "none"] = "local"  # who runs the roles that own no data
 
     @model_validator(mode="after")
     def _defaults(self) -> ControllerSettings:
