@@ -160,3 +160,7 @@ def run(home: HomeOpt = None) -> None:
         raise _fail(f"the node credential was refused ({exc}); enrol again") from exc
     except FlameletError as exc:
         raise _fail(str(exc)) from exc
+
+
+if __name__ == "__main__":
+    app()
