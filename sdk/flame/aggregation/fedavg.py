@@ -21,7 +21,9 @@ def fedavg(global_weights: Weights, updates: Sequence[Update]) -> Weights:
     """The sample-weighted mean of the updates' weights: ``sum_i n_i w_i / sum_i n_i``."""
     ordered = canonical(updates)
     check_compatible(global_weights, ordered)
-    return weighted_mean([u.weights for u in ordered], sample_fractions(ordered))
+    return weighted_mean(
+        [u.weights for u in ordered], sample_fractions(ordered), like=global_weights
+    )
 
 
 class FedAvg:

@@ -34,20 +34,22 @@ def cast_back(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return values.astype(dtype)
 
 
-def weighted_sum(arrays: Sequence[np.ndarray], coeffs: np.ndarray) -> np.ndarray:
-    """``sum_i coeffs[i] * arrays[i]`` with the shape of ``arrays[0]`` and its dtype (float64 for
-    non-float inputs, see :func:`cast_back`)."""
+def weighted_sum(
+    arrays: Sequence[np.ndarray], coeffs: np.ndarray, dtype: np.dtype | None = None
+) -> np.ndarray:
+    """``sum_i coeffs[i] * arrays[i]`` with the shape of ``arrays[0]``, computed in ``dtype``
+    (default: the compute dtype of ``arrays[0]``, see :func:`compute_dtype`)."""
     first = arrays[0]
-    dtype = compute_dtype(first.dtype)
+    dt = compute_dtype(first.dtype if dtype is None else np.dtype(dtype))
     n = len(arrays)
-    flats = [np.ascontiguousarray(a, dtype=dtype).reshape(-1) for a in arrays]
-    w = np.asarray(coeffs, dtype=dtype)
+    flats = [np.ascontiguousarray(a, dtype=dt).reshape(-1) for a in arrays]
+    w = np.asarray(coeffs, dtype=dt)
     size = first.size
-    out = np.empty(size, dtype=dtype)
+    out = np.empty(size, dtype=dt)
     if size <= BLOCK:
         np.dot(w, np.stack(flats), out=out)
         return out.reshape(first.shape)
-    buf = np.empty((n, BLOCK), dtype=dtype)
+    buf = np.empty((n, BLOCK), dtype=dt)
     for start in range(0, size, BLOCK):
         stop = min(start + BLOCK, size)
         width = stop - start
@@ -57,21 +59,16 @@ def weighted_sum(arrays: Sequence[np.ndarray], coeffs: np.ndarray) -> np.ndarray
     return out.reshape(first.shape)
 
 
-def weighted_mean(models: Sequence[Mapping[str, np.ndarray]], coeffs: np.ndarray) -> Weights:
-    """Per-tensor ``sum_i coeffs[i] * models[i][name]``, in each tensor's own dtype."""
+def weighted_mean(
+    models: Sequence[Mapping[str, np.ndarray]],
+    coeffs: np.ndarray,
+    like: Mapping[str, np.ndarray] | None = None,
+) -> Weights:
+    """Per-tensor ``sum_i coeffs[i] * models[i][name]``; each result has the dtype of the same
+    tensor in ``like`` (the global model; default: the first model)."""
+    like = models[0] if like is None else like
     result: Weights = {}
-    for name, ref in models[0].items():
-        total = weighted_sum([m[name] for m in models], coeffs)
+    for name, ref in like.items():
+        total = weighted_sum([m[name] for m in models], coeffs, ref.dtype)
         result[name] = cast_back(total, ref.dtype)
     return result
-
-
-def subtract(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> Weights:
-    """``a - b`` per tensor, in the compute dtype."""
-    return {k: np.subtract(a[k], b[k], dtype=compute_dtype(a[k].dtype)) for k in a}
-
-
-def stacked(arrays: Sequence[np.ndarray]) -> np.ndarray:
-    """``(n, size)`` matrix of flattened arrays in their compute dtype."""
-    dtype = compute_dtype(arrays[0].dtype)
-    return np.stack([np.asarray(a, dtype=dtype).reshape(-1) for a in arrays])

@@ -42,10 +42,10 @@ def column_blocks(
         yield cols, np.stack([f[cols] for f in flats]).astype(dtype, copy=False)
 
 
-def coordinatewise(updates: Sequence[Update], reduce: Reducer) -> Weights:
+def coordinatewise(like: Weights, updates: Sequence[Update], reduce: Reducer) -> Weights:
     """Apply ``reduce`` to every coordinate's ``n`` values, tensor by tensor."""
     result: Weights = {}
-    for name, ref in updates[0].weights.items():
+    for name, ref in like.items():
         dt = compute_dtype(ref.dtype)
         out = np.empty(ref.size, dtype=dt)
         for cols, block in column_blocks([u.weights[name] for u in updates], dt):
@@ -68,13 +68,13 @@ def trimmed_mean(global_weights: Weights, updates: Sequence[Update], beta: float
             block = block[cut : n - cut]
         return block.mean(axis=0, dtype=block.dtype)
 
-    return coordinatewise(ordered, reduce)
+    return coordinatewise(global_weights, ordered, reduce)
 
 
 def median(global_weights: Weights, updates: Sequence[Update]) -> Weights:
     ordered = canonical(updates)
     check_compatible(global_weights, ordered)
-    return coordinatewise(ordered, lambda block: np.median(block, axis=0))
+    return coordinatewise(global_weights, ordered, lambda block: np.median(block, axis=0))
 
 
 def pairwise_sq_distances(models: Sequence[Weights]) -> np.ndarray:
@@ -123,7 +123,9 @@ def multi_krum(
     count = min(m or n - f, n - f)
     chosen = sorted(np.argsort(scores, kind="stable")[:count].tolist())
     picked = [models[i] for i in chosen]
-    return weighted_mean(picked, np.full(count, 1.0 / count)), [ordered[i].sender for i in chosen]
+    return weighted_mean(picked, np.full(count, 1.0 / count), like=global_weights), [
+        ordered[i].sender for i in chosen
+    ]
 
 
 class _Stateless:

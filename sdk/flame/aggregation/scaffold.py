@@ -70,8 +70,8 @@ class Scaffold:
         seen = sorted(set(self.seen) | {u.sender for u in ordered})
         total = self.params.num_clients or len(seen)
         uniform = np.full(n, 1.0 / n)
-        mean_y = weighted_mean([u.weights for u in ordered], uniform)
-        mean_dc = weighted_mean([u.extras for u in ordered], uniform)
+        mean_y = weighted_mean([u.weights for u in ordered], uniform, like=global_weights)
+        mean_dc = weighted_mean([u.extras for u in ordered], uniform, like=global_weights)
         result: Weights = {}
         for name, x in global_weights.items():
             dt = compute_dtype(x.dtype)

@@ -505,6 +505,17 @@ def test_integer_tensors_are_averaged_and_rounded() -> None:
     assert out["steps"].dtype == np.int64 and int(out["steps"]) == 12
 
 
+@pytest.mark.parametrize("name", ["fedavg", "scaffold", "median", "trimmed_mean", "multi_krum"])
+def test_results_keep_the_global_models_dtype(name: str) -> None:
+    g = {"w": np.zeros(3, np.float32)}
+    ups = [
+        Update(f"t{i}", {"w": np.full(3, i, np.float64)}, 1, extras={"w": np.zeros(3)})
+        for i in range(5)
+    ]
+    out = make_strategy(OptimizerSpec(name=name)).aggregate(g, ups, 0)
+    assert out["w"].dtype == np.float32
+
+
 def test_blocked_kernels_match_numpy_on_large_tensors() -> None:
     rng = np.random.default_rng(1)
     size = 2 * BLOCK + 17
