@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -728,3 +728,18 @@ async def test_ping(store: Store) -> None:
     await store.ping()
     await store.close()
     await store.close()  # closing twice is harmless (the fixture closes it again)
+
+
+async def test_timestamps_are_utc_milliseconds_everywhere(store: Store) -> None:
+    paris = timezone(timedelta(hours=2))
+    local = datetime(2026, 6, 1, 14, 30, 0, 987654, tzinfo=paris)
+    rec = job("j1", created_at=local, deadline=local + timedelta(hours=1))
+    assert rec.created_at == datetime(2026, 6, 1, 12, 30, 0, 987000, tzinfo=UTC)
+    assert rec.created_at.utcoffset() == timedelta(0)
+    await store.create_job(rec)
+    stored = await store.get_job("j1")
+    assert stored == rec
+    assert stored.deadline is not None and stored.deadline.tzinfo is not None
+    assert stored.deadline.utcoffset() == timedelta(0)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        job("j2", created_at=datetime(2026, 6, 1, 12, 0))

@@ -10,6 +10,7 @@ have none).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -101,7 +102,9 @@ class MongoStore(DocumentStore):
     async def close(self) -> None:
         if self._owns_client and not self._closed:
             self._closed = True
-            self._client.close()
+            closing = self._client.close()  # motor: plain call; AsyncMongoClient: a coroutine
+            if inspect.isawaitable(closing):
+                await closing
 
     async def ping(self) -> None:
         try:
