@@ -75,7 +75,11 @@ async def spawn(cmd: list[str], workdir: Path, env: dict[str, str], limits: Limi
             stderr=err,
             start_new_session=True,
         )
-    return Started(pid=proc.pid, create_time=psutil.Process(proc.pid).create_time(), process=proc)
+    try:
+        create_time = psutil.Process(proc.pid).create_time()
+    except psutil.NoSuchProcess:  # already exited and reaped: the exit file tells the outcome
+        create_time = time.time()
+    return Started(pid=proc.pid, create_time=create_time, process=proc)
 
 
 def alive(pid: int, create_time: float | None) -> bool:

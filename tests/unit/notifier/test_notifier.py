@@ -194,3 +194,14 @@ async def test_newer_subscription_replaces_older() -> None:
         await anext(first)
     await second.aclose()
     assert reports == [("n", True), ("n", False)]
+
+
+async def test_queue_cap_drops_oldest_and_ack_bounds() -> None:
+    q = EventQueues(max_pending=3)
+    seqs = [q.push("n", 1, task_id=f"t{i}")[0] for i in range(5)]
+    assert [e.task_id for e in q.pending("n")] == ["t2", "t3", "t4"]
+    assert q.ack("n", seqs[3]) == 2
+    assert [e.task_id for e in q.pending("n")] == ["t4"]
+    q.ack("n", seqs[-1] + 1000)  # acking beyond what was sent does not move acked past last
+    (info,) = q.agents()
+    assert (info.acked_seq, info.last_seq, info.connected) == (seqs[-1], seqs[-1], False)
