@@ -44,14 +44,22 @@ def rpc(
 
     @functools.wraps(fn)
     async def handler(self: S, request: Req, context: Context) -> Resp:
-        try:
-            return await fn(self, request, context)
-        except FlameServiceError as err:
-            error = err
-        except pydantic.ValidationError as exc:
-            detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            error = InvalidArgument(f"invalid value: {detail}")
-        log.info("rpc.failed", rpc=fn.__name__, code=error.code, message=error.message)
+        with structlog.contextvars.bound_contextvars(rpc=fn.__name__):
+            try:
+                return await fn(self, request, context)
+            except FlameServiceError as err:
+                error = err
+                log.info("rpc.failed", code=error.code, message=error.message)
+            except pydantic.ValidationError as exc:
+                detail = "; ".join(
+                    f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+                )
+                error = InvalidArgument(f"invalid value: {detail}")
+                log.info("rpc.failed", code=error.code, message=error.message)
+            except Exception:
+                # A bug, not the caller's fault: keep the details in the log, not on the wire.
+                log.exception("rpc.crashed")
+                error = FlameServiceError("internal error in the controller")
         context.set_trailing_metadata(((ERROR_CODE_KEY, error.code),))
         await context.abort(error.status, error.message)
         raise AssertionError("unreachable: abort raises")  # pragma: no cover

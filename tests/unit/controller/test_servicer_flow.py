@@ -174,3 +174,18 @@ async def test_node_credentials_cannot_use_user_operations(stub) -> None:  # typ
         stub.CreateUser(pb.CreateUserRequest(name="mallory"), metadata=md(node))
     )
     assert code == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_bug_answers_internal_without_leaking_details(stub, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from flame_controller.domain import users
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("secret stack detail")
+
+    monkeypatch.setattr(users, "get_user", broken)
+    admin = await login(stub, ADMIN_TOKEN)
+    code, detail, err = await status_of(
+        stub.GetUser(pb.GetRequest(id=admin.subject), metadata=md(admin))
+    )
+    assert code == grpc.StatusCode.INTERNAL and err == "internal"
+    assert "secret" not in detail
