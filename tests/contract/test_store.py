@@ -503,6 +503,43 @@ async def test_concurrent_cas_exactly_one_wins(store: Store) -> None:
     assert (await store.get_task("j1-trainer-0")).attempt == task_results.index(True) + 1
 
 
+async def test_cas_is_atomic_when_every_contender_read_the_same_version(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Force the worst interleaving: all contenders read version 0 before any of them writes,
+    so only the store's atomic version check can stop the losers."""
+    await store.create_job(job("j1"))
+    contenders = 6
+    reads = 0
+    all_read = asyncio.Event()
+    real_get = store._get  # type: ignore[attr-defined]
+
+    async def get_then_wait(kind: Any, key: str) -> Any:
+        nonlocal reads
+        doc = await real_get(kind, key)
+        if kind.name == "jobs" and not all_read.is_set():
+            reads += 1
+            if reads == contenders:
+                all_read.set()
+            await all_read.wait()
+        return doc
+
+    monkeypatch.setattr(store, "_get", get_then_wait)
+
+    async def attempt(n: int) -> bool:
+        try:
+            await store.cas_job("j1", 0, {"reason": f"contender {n}"})
+        except Conflict:
+            return False
+        return True
+
+    results = await asyncio.gather(*(attempt(n) for n in range(contenders)))
+    assert results.count(True) == 1
+    monkeypatch.undo()
+    stored = await store.get_job("j1")
+    assert stored.version == 1 and stored.reason == f"contender {results.index(True)}"
+
+
 async def test_concurrent_cas_across_two_sqlite_connections(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'shared.db'}"
     first, second = await open_store(uri), await open_store(uri)
