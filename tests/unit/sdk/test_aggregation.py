@@ -250,6 +250,16 @@ def test_krum_needs_2f_plus_3_updates() -> None:
         make_strategy(OptimizerSpec(name="krum", kwargs={"f": 1})).aggregate(g, ups, 0)
 
 
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 9))
+def test_median_is_numpys_coordinate_median(seed: int, n: int) -> None:
+    rng = np.random.default_rng(seed)
+    models = [model(rng) for _ in range(n)]
+    out = make_strategy(OptimizerSpec(name="median")).aggregate(model(rng), updates_from(models), 0)
+    for k in SHAPES:
+        np.testing.assert_allclose(out[k], np.median([m[k] for m in models], axis=0), rtol=1e-6)
+
+
 def test_trimmed_mean_drops_the_extremes_per_coordinate() -> None:
     g = {"w": np.zeros(2, np.float32)}
     vals = [[1, 100], [2, -100], [3, 5], [4, 6], [1000, 7]]
