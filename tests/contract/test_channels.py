@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from flame.channels import ChannelSet, InprocHub, open_channels
+from flame.channels import BroadcastError, ChannelSet, InprocHub, open_channels
 from flame.channels.base import Channel
 from flame.channels.discovery import MemoryDiscovery
 from flame.channels.settings import ChannelSettings
@@ -228,6 +228,14 @@ async def test_sending_to_a_dead_peer_fails(job: Job) -> None:
     await job.sets[0].close()  # the aggregator is gone
     with pytest.raises(ChannelError):
         await job.t1.send("agg", Message("update"))
+
+
+async def test_a_broadcast_that_misses_a_dead_peer_says_which(job: Job) -> None:
+    await job.sets[2].close()  # t2 is gone
+    with pytest.raises(BroadcastError) as info:
+        await job.agg.broadcast(Message("weights", round=1))
+    assert info.value.reached == ["t1"] and list(info.value.failed) == ["t2"]
+    assert (await job.t1.recv("agg", timeout=5)).round == 1
 
 
 @pytest.mark.slow

@@ -17,6 +17,18 @@ from flame.errors import ChannelError
 from flame.messages import Message
 
 
+class BroadcastError(ChannelError):
+    """A broadcast reached only some peers: ``reached`` got it, ``failed`` maps the rest to
+    their error (a :class:`PeerTimeout` for a dead or unreachable peer)."""
+
+    def __init__(self, reached: list[str], failed: dict[str, ChannelError]) -> None:
+        super().__init__(
+            "broadcast failed for " + ", ".join(f"{p} ({e})" for p, e in failed.items())
+        )
+        self.reached = reached
+        self.failed = failed
+
+
 class ChannelBase:
     """One task's end of one named channel; the transport is left to subclasses."""
 
@@ -62,7 +74,8 @@ class ChannelBase:
     async def broadcast(self, msg: Message, peers: Iterable[str] | None = None) -> None:
         """Send ``msg`` to every peer concurrently; one message id, so each peer dedups alike.
 
-        If some sends fail the others still complete; the first failure is raised afterwards.
+        If some sends fail the others still complete; then :class:`BroadcastError` says which
+        peers were reached and why the others were not.
         """
         targets = self.peers() if peers is None else list(peers)
         for p in targets:
@@ -71,9 +84,14 @@ class ChannelBase:
         results = await asyncio.gather(
             *(self.send(p, stamped) for p in targets), return_exceptions=True
         )
-        for r in results:
-            if isinstance(r, BaseException):
+        failed: dict[str, ChannelError] = {}
+        for peer, r in zip(targets, results, strict=True):
+            if isinstance(r, ChannelError):
+                failed[peer] = r
+            elif isinstance(r, BaseException):
                 raise r
+        if failed:
+            raise BroadcastError([p for p in targets if p not in failed], failed)
 
     # -- receiving ---------------------------------------------------------------------------
     def _accept(self, msg: Message) -> bool:

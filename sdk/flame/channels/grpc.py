@@ -11,6 +11,7 @@ with capped backoff until the send timeout; the receiver drops the duplicates th
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 import grpc
@@ -100,7 +101,7 @@ class GrpcTransport:
         self.settings = settings or ChannelSettings()
         self._discovery = discovery
         self._bind = f"{bind_host}:{bind_port}"
-        self._advertise_host = advertise_host or bind_host
+        self._advertise_host = advertise_host or _reachable(bind_host)
         self._channels: dict[tuple[str, str], GrpcChannel] = {}
         self._server: grpc.aio.Server | None = None
         self._peers: dict[str, grpc.aio.Channel] = {}
@@ -207,6 +208,16 @@ class GrpcTransport:
         if self._server is not None:
             await self._server.stop(grace=0.5)
         await self._discovery.close()
+
+
+def _reachable(bind_host: str) -> str:
+    """A host peers can dial when none is advertised: a wildcard bind is not one."""
+    if bind_host in ("", "0.0.0.0", "::", "[::]"):
+        try:
+            return socket.gethostbyname(socket.gethostname())
+        except OSError:
+            return "127.0.0.1"
+    return bind_host
 
 
 async def _stream(chunks: Iterator[data_pb2.Chunk]) -> AsyncIterator[data_pb2.Chunk]:
