@@ -294,3 +294,28 @@ async def test_lists_page_through_every_item_once(ctx: Ctx) -> None:
             break
         after = page.next_page_token
     assert sorted(seen) == [f"d{i}" for i in range(7)]
+
+
+async def test_nodes_and_datasets_feeding_unfinished_tasks_cannot_be_deleted(ctx: Ctx) -> None:
+    alice = await _user(ctx, "alice")
+    design_id, ds = await _job_setup(ctx, alice)
+    job = await jobs.create_job(
+        ctx,
+        alice,
+        name="j",
+        project_id="",
+        design_id=design_id,
+        code_version=0,
+        spec_json=json.dumps({"datasets": {"default": ds[:2]}}),
+    )
+    node_id = (await datasets.get_dataset(ctx, alice, ds[0])).node_id
+    with pytest.raises(FailedPrecondition, match="unfinished tasks"):
+        await nodes.delete_node(ctx, alice, node_id)
+    with pytest.raises(FailedPrecondition, match="unfinished task"):
+        await datasets.delete_dataset(ctx, alice, ds[0])
+    await datasets.delete_dataset(ctx, alice, ds[2])  # not used by the job
+    await jobs.delete_job(ctx, alice, job.id)
+    await datasets.delete_dataset(ctx, alice, ds[0])
+    await nodes.delete_node(ctx, alice, node_id)
+    with pytest.raises(NotFound):
+        await nodes.get_node(ctx, alice, node_id)

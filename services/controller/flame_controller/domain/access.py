@@ -147,3 +147,15 @@ async def fetch(getter: Awaitable[T], what: str, ident: str) -> T:
         return await getter
     except NotFound:
         raise not_found(what, ident) from None
+
+
+async def unfinished_task_of(
+    ctx: Ctx, *, node_id: str, dataset_id: str | None = None
+) -> str | None:
+    """The job id of an unfinished task on ``node_id`` (optionally using ``dataset_id``)."""
+    for task in await ctx.store.list_tasks(
+        node_id=node_id, states=["pending", "scheduled", "running"]
+    ):
+        if dataset_id is None or task.dataset_id == dataset_id:
+            return task.job_id
+    return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import structlog
 
 from flame_service.auth import Caller
-from flame_service.errors import InvalidArgument, PermissionDenied
+from flame_service.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 
 from ..store.records import DatasetRecord, new_id
 from .access import (
@@ -21,6 +21,7 @@ from .access import (
     narrow,
     page_limit,
     require_user,
+    unfinished_task_of,
     visibility,
 )
 from .context import Ctx
@@ -131,5 +132,11 @@ async def update_dataset(
 async def delete_dataset(ctx: Ctx, caller: Caller, dataset_id: str) -> None:
     dataset = await get_dataset(ctx, caller, dataset_id)
     await ensure_owner(ctx, caller, dataset, "dataset")
+    job_id = await unfinished_task_of(ctx, node_id=dataset.node_id, dataset_id=dataset_id)
+    if job_id is not None:
+        raise FailedPrecondition(
+            f"dataset {dataset_id!r} feeds an unfinished task of job {job_id!r}; "
+            "stop or delete that job first"
+        )
     await ctx.store.delete_dataset(dataset_id)
     log.info("dataset.deleted", dataset_id=dataset_id, by=caller.subject)

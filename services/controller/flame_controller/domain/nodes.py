@@ -9,7 +9,13 @@ from datetime import datetime
 import structlog
 
 from flame_service.auth import Caller, hash_token
-from flame_service.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from flame_service.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 
 from ..store.records import NodeRecord, new_id, utcnow
 from .access import (
@@ -21,6 +27,7 @@ from .access import (
     narrow,
     page_limit,
     require_user,
+    unfinished_task_of,
     visibility,
 )
 from .context import Ctx
@@ -89,6 +96,11 @@ async def update_node(
 async def delete_node(ctx: Ctx, caller: Caller, node_id: str) -> None:
     node = await get_node(ctx, caller, node_id)
     await ensure_owner(ctx, caller, node, "node")
+    job_id = await unfinished_task_of(ctx, node_id=node_id)
+    if job_id is not None:
+        raise FailedPrecondition(
+            f"node {node_id!r} has unfinished tasks of job {job_id!r}; stop or delete it first"
+        )
     await revoke_all(ctx, subject=node_id, kind="node")
     await revoke_all(ctx, subject=node_id, kind="enrolment")
     await ctx.store.delete_node(node_id)
