@@ -137,7 +137,7 @@ class TrackingSpec(_Model):
     experiment: str | None = None  # default: the job name
     selection_metric: str = "accuracy"
     mode: Literal["max", "min"] = "max"
-    register: bool = True
+    register_model: bool = Field(default=True, alias="register")
 
 
 class JobSpec(_Model):

@@ -310,7 +310,7 @@ def make_tracker(config: TaskConfig, *, predict_source: str | None = None) -> Tr
         run_name=f"{config.job_name}-{config.job_id[:8]}",
         selection_metric=spec.selection_metric,
         mode=spec.mode,
-        register_as=config.job_name if spec.register else None,
+        register_as=config.job_name if spec.register_model else None,
         predict_source=predict_source,
     )
     disc = config.discovery
