@@ -83,10 +83,13 @@ async def spawn(cmd: list[str], workdir: Path, env: dict[str, str], limits: Limi
 
 
 def alive(pid: int, create_time: float | None) -> bool:
-    """Is ``pid`` still the process we started (not a recycled pid, not a zombie)?"""
+    """Is ``pid`` still the process we started (not a recycled pid, not a zombie)?
+
+    The start times are compared with 1 s of slack: psutil derives them from the boot time,
+    which moves when the wall clock is adjusted."""
     try:
         proc = psutil.Process(pid)
-        if create_time is not None and abs(proc.create_time() - create_time) > 0.01:
+        if create_time is not None and abs(proc.create_time() - create_time) > 1.0:
             return False
         return proc.status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.AccessDenied):

@@ -234,3 +234,29 @@ async def test_survives_apiserver_outage_and_missing_notifier(node: Node) -> Non
         await events.close()
     assert runs(node) == ["t7"]
     assert node.fake.unavailable == 0
+
+
+STUBBORN = """
+import json, os, signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+cfg = json.load(open("config.json"))
+data = cfg["dataset"]["uri"]
+with open(os.path.join(data, "pids.tmp"), "w") as f:
+    json.dump([os.getpid()], f)
+os.replace(os.path.join(data, "pids.tmp"), os.path.join(data, "pids.json"))
+while True:
+    time.sleep(0.05)
+"""
+
+
+async def test_stop_escalates_to_sigkill(node: Node) -> None:
+    node.fake.add_task("t8", {"trainer/main.py": STUBBORN})
+    events = FakeEvents()
+    agent, api = node.agent(events, stop_grace=0.3)
+    async with Running(agent, api):
+        await eventually(lambda: (node.data / "pids.json").exists())
+        (pid,) = json.loads((node.data / "pids.json").read_text())
+        await events.queue.put(NodeEvent(seq=11, kind=STOP, job_id="job-1", task_id="t8"))
+        await eventually(lambda: "failed" in node.fake.states("t8"), what="stop reported")
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert "SIGKILL" in node.fake.statuses[-1][2]
