@@ -7,6 +7,7 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import cast
 
 import structlog
 
@@ -14,7 +15,14 @@ from flame_service.auth import Caller
 from flame_service.errors import Conflict, InvalidArgument, NotFound, PermissionDenied
 
 from ..jobs.states import task_transition
-from ..store.records import JobRecord, LogLineRecord, MetricRecord, TaskRecord, utcnow
+from ..store.records import (
+    JobRecord,
+    LogLineRecord,
+    MetricRecord,
+    TaskRecord,
+    TaskState,
+    utcnow,
+)
 from .access import can_see, job_of_task_credential, not_found, require_node
 from .context import Ctx
 from .results import EndpointView, LogPage, MetricsView, NewLogLine, NewMetric, TaskBundle
@@ -85,7 +93,9 @@ async def report_task_status(
             raise Conflict(f"attempt {attempt} of task {task_id!r} is stale (now {task.attempt})")
         if task.state == state:
             return task  # a repeated report changes nothing
-        change = task_transition(task, state, reason or f"reported by {caller.subject}")  # type: ignore[arg-type]
+        change = task_transition(
+            task, cast(TaskState, state), reason or f"reported by {caller.subject}"
+        )
         try:
             updated = await ctx.store.cas_task(task_id, task.version, change.changes, change.record)
         except Conflict:
