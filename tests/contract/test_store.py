@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -30,7 +31,13 @@ from flame_controller.store import (
     open_store,
 )
 from flame_controller.store.records import Record
-from flame_service.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
+from flame_service.errors import (
+    AlreadyExists,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, 123000, tzinfo=UTC)
 
@@ -746,6 +753,17 @@ async def test_sqlite_file_keeps_everything_across_reopen(tmp_path: Path) -> Non
     finally:
         await reopened.close()
     assert (tmp_path / "data" / "flame.db.blobs").is_dir()
+
+
+async def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
+    db = tmp_path / "flame.db"
+    store = await open_store(f"sqlite:///{db}")
+    await store.create_user(UserRecord(id="u1", name="alice"))
+    await store.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA user_version=99")
+    with pytest.raises(FailedPrecondition, match="newer"):
+        await open_store(f"sqlite:///{db}")
 
 
 @pytest.mark.parametrize(

@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from flame_controller.store.base import Store
 from flame_controller.store.blobs import BlobStore, FileBlobStore, MemoryBlobStore
 from flame_service.errors import InvalidArgument
+
+log = structlog.get_logger(__name__)
 
 MEMORY_URI = "sqlite://:memory:"
 DEFAULT_MONGO_DATABASE = "flame"
@@ -27,14 +31,18 @@ async def open_store(uri: str, blob_dir: str | None = None, *, client: Any = Non
         from flame_controller.store.sqlite import SqliteStore
 
         blobs: BlobStore = FileBlobStore(blob_dir) if blob_dir else MemoryBlobStore()
-        return await SqliteStore.open(":memory:", blobs)
+        store: Store = await SqliteStore.open(":memory:", blobs)
+        log.info("store.opened", backend="sqlite", path=":memory:", blob_dir=blob_dir)
+        return store
     if uri.startswith("sqlite:///"):
         from flame_controller.store.sqlite import SqliteStore
 
         path = Path(uri.removeprefix("sqlite://"))  # keeps the leading "/": always absolute
         path.parent.mkdir(parents=True, exist_ok=True)
-        blobs = FileBlobStore(blob_dir or f"{path}.blobs")
-        return await SqliteStore.open(str(path), blobs)
+        blob_dir = blob_dir or f"{path}.blobs"
+        store = await SqliteStore.open(str(path), FileBlobStore(blob_dir))
+        log.info("store.opened", backend="sqlite", path=str(path), blob_dir=blob_dir)
+        return store
     if uri.startswith(("mongodb://", "mongodb+srv://")):
         from pymongo.uri_parser import parse_uri
 
@@ -48,9 +56,12 @@ async def open_store(uri: str, blob_dir: str | None = None, *, client: Any = Non
             from motor.motor_asyncio import AsyncIOMotorClient
 
             client = AsyncIOMotorClient(uri, tz_aware=True)
-        return await MongoStore.open(
+        store = await MongoStore.open(
             client, database, FileBlobStore(blob_dir), owns_client=owns_client
         )
+        # never log the URI: it may carry credentials
+        log.info("store.opened", backend="mongodb", database=database, blob_dir=blob_dir)
+        return store
     raise InvalidArgument(
         f"unsupported store URI {uri!r} (want sqlite:///path, {MEMORY_URI} or mongodb://…)"
     )

@@ -2,8 +2,10 @@
 
 ``journal_mode=WAL`` and ``synchronous=FULL``: a write returns only after its transaction is
 committed and fsynced, so an acknowledged write survives a crash of the process or the host.
-One connection per store; an asyncio lock serialises its use, so each primitive runs as one
+Writes go through one connection, serialised by an asyncio lock, so each primitive runs as one
 transaction (``BEGIN IMMEDIATE`` also keeps other processes out while it reads and writes).
+A file database gets a second connection for reads: under WAL a reader sees only committed data
+and never waits for a writer's fsync.  ``PRAGMA user_version`` records the schema version.
 SQL is built from table and column names that are constants of :mod:`.kinds` (hence the
 ``noqa: S608``); every value goes through a ``?`` parameter.
 """
@@ -24,10 +26,11 @@ from flame_controller.store.blobs import BlobStore
 from flame_controller.store.documents import Doc, DocumentStore, format_time
 from flame_controller.store.kinds import ALL_KINDS, Kind
 from flame_controller.store.query import And, Cond, Contains, Eq, Gt, In, Lte, NotIn, Or
-from flame_service.errors import AlreadyExists, Unavailable
+from flame_service.errors import AlreadyExists, FailedPrecondition, Unavailable
 
 T = TypeVar("T")
 KEY = "doc_key"
+SCHEMA_VERSION = 1
 
 
 def _plain(value: Any) -> Any:
@@ -106,29 +109,59 @@ def _duplicate(kind: Kind, exc: sqlite3.IntegrityError) -> AlreadyExists:
     return AlreadyExists(f"{kind.name}: a record with this {fields} already exists")
 
 
+async def _connect(path: str) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA synchronous=FULL")
+        await conn.execute("PRAGMA busy_timeout=10000")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
 class SqliteStore(DocumentStore):
-    def __init__(self, conn: aiosqlite.Connection, blobs: BlobStore) -> None:
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        blobs: BlobStore,
+        reader: aiosqlite.Connection | None = None,
+    ) -> None:
         super().__init__(blobs)
         self._conn = conn
+        self._reader = reader
         self._lock = asyncio.Lock()
         self._closed = False
 
     @classmethod
     async def open(cls, path: str, blobs: BlobStore) -> SqliteStore:
-        conn = await aiosqlite.connect(path, isolation_level=None)
+        """Open (creating if needed) the database at ``path`` (``":memory:"`` for a private
+        in-memory one)."""
+        conn = await _connect(path)
+        reader: aiosqlite.Connection | None = None
         try:
-            await conn.execute("PRAGMA journal_mode=WAL")
-            await conn.execute("PRAGMA synchronous=FULL")
-            await conn.execute("PRAGMA busy_timeout=10000")
             store = cls(conn, blobs)
             await store._create_schema()
+            if path != ":memory:":
+                reader = await _connect(path)
+                store._reader = reader
         except BaseException:
             await conn.close()
+            if reader is not None:
+                await reader.close()
             raise
         return store
 
     async def _create_schema(self) -> None:
         async def create(conn: aiosqlite.Connection) -> None:
+            async with conn.execute("PRAGMA user_version") as cursor:
+                row = await cursor.fetchone()
+            found = int(row[0]) if row else 0
+            if found > SCHEMA_VERSION:
+                raise FailedPrecondition(
+                    f"the store was written by a newer Flame (schema {found} > {SCHEMA_VERSION})"
+                )
             for kind in ALL_KINDS:
                 columns = "".join(
                     f", \"{c}\" GENERATED ALWAYS AS (json_extract(doc, '$.{c}')) VIRTUAL"
@@ -149,6 +182,7 @@ class SqliteStore(DocumentStore):
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, n INTEGER NOT NULL)"
             )
+            await conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
         await self._tx(create)
 
@@ -164,6 +198,9 @@ class SqliteStore(DocumentStore):
             return result
 
     async def _read(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
+        if self._reader is not None:
+            async with self._reader.execute(sql, params) as cursor:
+                return list(await cursor.fetchall())
         async with self._lock, self._conn.execute(sql, params) as cursor:
             return list(await cursor.fetchall())
 
@@ -171,6 +208,8 @@ class SqliteStore(DocumentStore):
         async with self._lock:
             if not self._closed:
                 self._closed = True
+                if self._reader is not None:
+                    await self._reader.close()
                 await self._conn.close()
 
     async def ping(self) -> None:
