@@ -35,7 +35,8 @@ class FlameWeightsModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined
             spec.loader.exec_module(module)
             self._predict = module.predict
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    # No type hints on the inputs: MLflow would otherwise derive a list[...] input schema from them.
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         if self._predict is None:
             raise NotImplementedError(
                 "this Flame model was logged without a predict(weights, inputs) function; "
