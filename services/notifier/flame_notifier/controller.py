@@ -49,9 +49,12 @@ class ControllerClient:
             presence=control_pb2.PRESENCE_ONLINE if online else control_pb2.PRESENCE_OFFLINE,
         )
         report.at.FromDatetime(datetime.now(UTC))
-        await self._stub.ReportPresence(
-            report, metadata=NOTIFIER_CALLER.metadata(), timeout=self._timeout
-        )
+        try:
+            await self._stub.ReportPresence(
+                report, metadata=NOTIFIER_CALLER.metadata(), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise ControllerUnavailable(f"{exc.code().name}: {exc.details()}") from exc
 
     async def close(self) -> None:
         await self._channel.close()
