@@ -362,7 +362,7 @@ def _quick_ack(client: mqtt.Client) -> None:
     in a request/reply exchange. Setting ``TCP_QUICKACK`` flushes the pending ACK now.
     """
     quickack = getattr(socket, "TCP_QUICKACK", None)
-    sock = client.socket()
+    sock: Any = client.socket()
     if quickack is None or sock is None:
         return
     with contextlib.suppress(OSError, AttributeError):
