@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,25 @@ async def close_backend(store: Store) -> None:
 @pytest.fixture(params=STORE_BACKENDS)
 def store_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+StoreOpener = Callable[[Path], AbstractAsyncContextManager[Store]]
+
+
+@pytest.fixture
+def fresh_store(store_backend: str) -> StoreOpener:
+    """``async with fresh_store(workdir) as store:`` — a new empty store on this backend (for
+    tests that need several, e.g. one per hypothesis example)."""
+
+    @asynccontextmanager
+    async def opener(workdir: Path) -> AsyncIterator[Store]:
+        opened = await open_backend(store_backend, workdir)
+        try:
+            yield opened
+        finally:
+            await close_backend(opened)
+
+    return opener
 
 
 @pytest.fixture
