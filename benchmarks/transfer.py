@@ -1,7 +1,8 @@
 """Moving one 200 MB model between two tasks over the grpc and mqtt channels.
 
 Sender and receiver are separate processes (as in a real job), so each one's peak RSS is its
-own. Reported per backend: end-to-end throughput (send start to the receiver holding the whole
+own. Reported per backend: the median time of a small request/reply (digits-sized weights,
+one process), end-to-end throughput (send start to the receiver holding the whole
 model, sha256 checked), and each side's peak RSS, absolute and as a multiple of the model size
 (target: ≤ 3x), with its RSS before the transfer for reference. MQTT goes through the broker at
 127.0.0.1:1883. Usage: python -m benchmarks.transfer [--mb 200] [--repeat 2]
@@ -25,7 +26,8 @@ from typing import Any
 import numpy as np
 import psutil
 
-from flame.channels import open_channels
+from flame.channels import InprocHub, open_channels
+from flame.channels.discovery import MemoryDiscovery
 from flame.channels.settings import ChannelSettings
 from flame.config import (
     ChannelMembership,
@@ -176,8 +178,43 @@ def run_once(backend: str, mb: int) -> dict[str, Any]:
     }
 
 
+async def _round_trips(backend: str, n: int = 200) -> float:
+    """Median ms for a small weights message there and a reply back, within one process."""
+    job = f"bench-{uuid.uuid4().hex[:10]}"
+    hub = InprocHub(job)
+    discovery = MemoryDiscovery()
+    settings = ChannelSettings(send_timeout=30)
+    sets = [
+        await open_channels(
+            _config(job, me, peer, backend, 0),
+            hub=hub,
+            backend=backend,  # type: ignore[arg-type]  # a Backend name
+            discovery=discovery,
+            settings=settings,
+        )
+        for me, peer in (("agg", "t1"), ("t1", "agg"))
+    ]
+    agg, t1 = sets[0]["param"], sets[1]["param"]
+    w = {"w": np.ones(650, np.float32)}  # the digits model: 64x10 + 10
+    times = []
+    try:
+        for i in range(n):
+            started = time.perf_counter()
+            await agg.send("t1", Message("weights", i, weights=w))
+            got = await t1.recv("agg", timeout=10)
+            await t1.send("agg", Message("update", i, weights=got.weights))
+            await agg.recv("t1", timeout=10)
+            times.append(time.perf_counter() - started)
+    finally:
+        for s in sets:
+            await s.close()
+    return round(float(np.median(times)) * 1000, 3)
+
+
 def main(mb: int = 200, repeat: int = 2) -> dict[str, object]:
-    results: dict[str, object] = {}
+    results: dict[str, object] = {
+        "small_round_trip_ms": {b: asyncio.run(_round_trips(b)) for b in ("inproc", "grpc", "mqtt")}
+    }
     for backend in ("grpc", "mqtt"):
         runs = [run_once(backend, mb) for _ in range(repeat)]
         best = max(runs, key=lambda r: float(r["mib_per_s"]))

@@ -203,3 +203,59 @@ async def test_a_refused_send_raises_channel_error_at_once() -> None:
     finally:
         await t1.close()
         await agg.close()
+
+
+async def test_all_grpc_channels_of_a_task_share_one_server() -> None:
+    design = DesignSchema.model_validate(
+        {
+            "roles": [
+                {"name": "trainer", "isDataConsumer": True},
+                {"name": "middle"},
+                {"name": "top"},
+            ],
+            "channels": [
+                {"name": "down", "pair": ["trainer", "middle"]},
+                {"name": "up", "pair": ["middle", "top"]},
+            ],
+        }
+    )
+
+    def cfg(task: str, role: str, chans: dict[str, dict[str, str]]) -> TaskConfig:
+        return TaskConfig(
+            job_id="j",
+            job_name="h",
+            task_id=task,
+            role=role,
+            design=design,
+            job=JobSpec(),
+            channels={
+                name: ChannelMembership(
+                    name=name,
+                    group="default",
+                    backend="grpc",
+                    peers=[PeerRef(task_id=t, role=r) for t, r in peers.items()],
+                )
+                for name, peers in chans.items()
+            },
+        )
+
+    discovery = MemoryDiscovery()
+    with capture_logs() as logs:
+        mid = await open_channels(
+            cfg("mid", "middle", {"down": {"t1": "trainer"}, "up": {"top": "top"}}),
+            discovery=discovery,
+            settings=SETTINGS,
+        )
+    top = await open_channels(cfg("top", "top", {"up": {"mid": "middle"}}), discovery=discovery)
+    t1 = await open_channels(cfg("t1", "trainer", {"down": {"mid": "middle"}}), discovery=discovery)
+    try:
+        assert sum(e["event"] == "grpc.serving" for e in logs) == 1
+        await t1["down"].send("mid", Message("update", round=1))
+        await top["up"].send("mid", Message("weights", round=2))
+        assert (await mid["up"].recv("top", timeout=5)).round == 2
+        assert (await mid["down"].recv("t1", timeout=5)).round == 1
+        with pytest.raises(PeerTimeout):
+            await mid["up"].recv_any(timeout=0.1)
+    finally:
+        for s in (t1, top, mid):
+            await s.close()
