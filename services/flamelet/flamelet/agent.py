@@ -441,7 +441,13 @@ class Agent:
                 lines += [LogLine(e.task_id, stream, text, now) for text in new_lines]
                 remaining = remaining or more
             if lines:
-                await self._api.append_logs(lines)
+                try:
+                    await self._api.append_logs(lines)
+                except Unauthorized:
+                    raise
+                except ApiError as exc:  # e.g. the task no longer exists: retrying is pointless
+                    log.warning("logs.rejected", task_id=e.task_id, error=str(exc))
+                    return self.ledger.update(e.key, logs_done=True)
             if offsets != e.log_offsets:
                 e = self.ledger.update(e.key, log_offsets=offsets)
             if not remaining:

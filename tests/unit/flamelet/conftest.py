@@ -66,6 +66,7 @@ class FakeApiServer:
     enrolment_token: str = "enrol-1"
     unavailable: int = 0  # answer this many requests with 503 (an apiserver outage)
     requests: int = 0
+    reject_logs: bool = False  # answer log uploads with 404 (the task was deleted meanwhile)
     hidden: set[str] = field(default_factory=set)  # listed, but 404 on fetch (another node)
 
     def add_task(
@@ -209,6 +210,8 @@ class FakeApiServer:
         async def logs(body: dict[str, Any], request: Request) -> Any:
             if not authorised(request):
                 return problem(401, "unauthenticated", "bad credential")
+            if self.reject_logs:
+                return problem(404, "not_found", "no such task")
             self.logs.extend(body["lines"])
             return Response(status_code=204)
 

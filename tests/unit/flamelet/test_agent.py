@@ -260,3 +260,13 @@ async def test_stop_escalates_to_sigkill(node: Node) -> None:
         await eventually(lambda: "failed" in node.fake.states("t8"), what="stop reported")
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert "SIGKILL" in node.fake.statuses[-1][2]
+
+
+async def test_rejected_logs_do_not_block_the_final_status(node: Node) -> None:
+    node.fake.reject_logs = True
+    node.fake.add_task("t9", {"trainer/main.py": TRACE})
+    agent, api = node.agent()
+    async with Running(agent, api):
+        await eventually(lambda: "completed" in node.fake.states("t9"), what="completed")
+    (entry,) = Ledger(node.home).entries()
+    assert entry.settled and node.fake.logs == []
