@@ -1,0 +1,85 @@
+"""Helpers for end-to-end job tests: a real embedded stack (controller, notifier, apiserver,
+flamelets as processes), digits shards registered on the flamelets, job submission and waiting."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flame.cli.client import FlameClient
+from flame.cli.code import zip_folder
+from flame.cli.stack import Stack, StackState, _script
+from flame.datasets import write_digits_shards
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+TERMINAL = {"completed", "failed", "terminated"}
+
+
+@dataclass
+class Cluster:
+    stack: Stack
+    state: StackState
+    client: FlameClient
+    datasets: list[str]  # names, registered round-robin on the nodes
+
+    def submit(
+        self, example: str, name: str, datasets: dict[str, list[str]], **spec_overrides: Any
+    ) -> str:
+        folder = EXAMPLES / example
+        design = self.client.create_design(
+            f"{name}-design", schema=json.loads((folder / "design.json").read_text())
+        )
+        code = self.client.push_code(design.id, zip_folder(folder))
+        spec = json.loads((folder / "job.json").read_text())
+        spec.update(datasets=datasets, **spec_overrides)
+        job = self.client.create_job(name, design.id, spec, code_version=code.version)
+        self.client.start_job(job.id)
+        return job.id
+
+    def wait(self, job_id: str, timeout: float = 240.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.client.get_job(job_id)
+            if job.state in TERMINAL:
+                return job.state
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} still {job.state} after {timeout}s")
+            time.sleep(0.25)
+
+    def final_metric(self, job_id: str, key: str = "accuracy") -> float:
+        metrics = [m for m in self.client.get_metrics(job_id).metrics if m.key == key]
+        assert metrics, f"job {job_id} reported no {key}"
+        return max(metrics, key=lambda m: m.step).value
+
+    def reason(self, job_id: str) -> str:
+        return self.client.get_job(job_id).reason
+
+
+def start_cluster(home: Path, nodes: int, shards: int) -> Cluster:
+    stack = Stack(home)
+    state = stack.up(nodes=nodes, timeout=180, mlflow=False)
+    paths = write_digits_shards(home / "shards", n=shards, seed=0)
+    names = []
+    node_homes = [state.nodes[k] for k in sorted(state.nodes)]
+    for i, path in enumerate(paths):
+        name = f"digits-{i}"
+        subprocess.run(
+            [
+                _script("flamelet"),
+                "dataset",
+                "add",
+                name,
+                str(path),
+                "--home",
+                node_homes[i % nodes],
+            ],
+            check=True,
+            capture_output=True,
+        )
+        names.append(name)
+    client = FlameClient(state.api_url, state.admin_token)
+    return Cluster(stack=stack, state=state, client=client, datasets=names)
