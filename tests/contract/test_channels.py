@@ -217,6 +217,13 @@ async def test_close_is_idempotent_and_final(job: Job) -> None:
         await s.close()
 
 
+async def test_tensors_the_wire_cannot_carry_are_refused(job: Job) -> None:
+    with pytest.raises(ChannelError):
+        await job.t1.send("agg", Message("update", weights={"z": np.ones(2, np.complex64)}))
+    with pytest.raises(PeerTimeout):
+        await job.agg.recv("t1", timeout=0.1)
+
+
 async def test_unknown_peers_are_refused(job: Job) -> None:
     with pytest.raises(ChannelError):
         await job.t1.send("t2", Message("update"))

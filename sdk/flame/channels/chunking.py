@@ -52,6 +52,12 @@ def _code_of(arr: np.ndarray) -> str:
     return code
 
 
+def check_sendable(weights: Mapping[str, np.ndarray] | None) -> None:
+    """Raise :class:`ChannelError` unless every tensor has a dtype the wire format carries."""
+    for arr in (weights or {}).values():
+        _code_of(np.asarray(arr))
+
+
 @dataclass(frozen=True)
 class Payload:
     """A message's safetensors payload as a list of buffers, concatenated on the wire."""
@@ -121,9 +127,16 @@ def header_of(msg: Message, receiver: str) -> data_pb2.Envelope:
     )
 
 
-def chunks_of(msg: Message, receiver: str, chunk_bytes: int) -> Iterator[data_pb2.Chunk]:
-    """``msg`` for ``receiver`` as chunks of at most ``chunk_bytes`` payload bytes each."""
-    payload = Payload.of(msg.weights)
+def chunks_of(
+    msg: Message, receiver: str, chunk_bytes: int, payload: Payload | None = None
+) -> Iterator[data_pb2.Chunk]:
+    """``msg`` for ``receiver`` as chunks of at most ``chunk_bytes`` payload bytes each.
+
+    ``payload`` is ``Payload.of(msg.weights)`` when the caller has built it already (building
+    it first also surfaces an unsendable dtype before anything goes on the wire).
+    """
+    if payload is None:
+        payload = Payload.of(msg.weights)
     count = max(1, math.ceil(payload.total_bytes / chunk_bytes))
     header = header_of(msg, receiver)
     pieces = payload.pieces(chunk_bytes)

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 from collections.abc import Iterable, Sequence
 
+from flame.channels.chunking import check_sendable
 from flame.channels.inbox import Inbox
 from flame.config import PeerRef
 from flame.errors import ChannelError
@@ -69,6 +70,7 @@ class ChannelBase:
         if self._closed:
             raise ChannelError(f"channel {self.name} of {self.me} is closed")
         self._check_peer(peer)
+        check_sendable(msg.weights)  # every backend refuses what the wire cannot carry
         await self._transmit(peer, self._stamp(msg))
 
     async def broadcast(self, msg: Message, peers: Iterable[str] | None = None) -> None:

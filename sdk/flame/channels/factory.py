@@ -92,6 +92,7 @@ def _grpc_transport(
 
     d = config.discovery
     bind_port = 0
+    owned = discovery is None
     if discovery is None:
         discovery = discovery_from(d, config.task_id)
         if isinstance(discovery, StaticDiscovery):
@@ -103,6 +104,7 @@ def _grpc_transport(
         bind_port=bind_port,
         advertise_host=d.advertise_host,
         settings=settings,
+        owns_discovery=owned,
     )
 
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 import grpc
 import structlog
 
-from flame.channels.chunking import Reassembly, chunks_of
+from flame.channels.chunking import Payload, Reassembly, chunks_of
 from flame.channels.common import ChannelBase
 from flame.channels.discovery import Discovery
 from flame.channels.settings import ChannelSettings
@@ -96,8 +96,10 @@ class GrpcTransport:
         bind_port: int = 0,
         advertise_host: str | None = None,
         settings: ChannelSettings | None = None,
+        owns_discovery: bool = False,
     ) -> None:
         self.task_id = task_id
+        self._owns_discovery = owns_discovery
         self.settings = settings or ChannelSettings()
         self._discovery = discovery
         self._bind = f"{bind_host}:{bind_port}"
@@ -166,6 +168,7 @@ class GrpcTransport:
         deadline = loop.time() + s.send_timeout
         delay = s.retry_initial
         attempt = 0
+        payload = Payload.of(msg.weights)  # no copy; raises here on an unsendable tensor
         while True:
             attempt += 1
             remaining = deadline - loop.time()
@@ -178,7 +181,7 @@ class GrpcTransport:
                 conn = await self._connection(peer, remaining)
                 stub = data_pb2_grpc.DataChannelStub(conn)
                 await stub.Send(
-                    _stream(chunks_of(msg, peer, s.grpc_chunk_bytes)),
+                    _stream(chunks_of(msg, peer, s.grpc_chunk_bytes, payload)),
                     timeout=deadline - loop.time(),
                 )
                 return
@@ -207,7 +210,8 @@ class GrpcTransport:
             await self._forget(peer)
         if self._server is not None:
             await self._server.stop(grace=0.5)
-        await self._discovery.close()
+        if self._owns_discovery:
+            await self._discovery.close()
 
 
 def _reachable(bind_host: str) -> str:
