@@ -14,6 +14,8 @@ import pytest
 
 from flame_controller.server import RunningController, serve
 from flame_controller.settings import ControllerSettings
+from flame_controller.store import open_store
+from flame_controller.store.base import Store
 from flame_proto.v1 import control_pb2_grpc
 from flame_service.auth import Caller
 from flame_service.grpc_server import insecure_channel
@@ -102,3 +104,22 @@ async def status_of(call: Any) -> tuple[grpc.StatusCode, str, str]:
         trailing = dict(err.trailing_metadata() or ())
         return err.code(), err.details() or "", str(trailing.get("x-flame-error-code", ""))
     raise AssertionError("the call succeeded but was expected to fail")
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A fresh store for domain tests: SQLite in memory, and MongoDB through mongomock-motor."""
+    if request.param == "sqlite":
+        s = await open_store("sqlite://:memory:")
+    else:
+        from mongomock_motor import AsyncMongoMockClient
+
+        s = await open_store(
+            "mongodb://localhost/flame_domain",
+            str(tmp_path / "blobs"),
+            client=AsyncMongoMockClient(),
+        )
+    try:
+        yield s
+    finally:
+        await s.close()

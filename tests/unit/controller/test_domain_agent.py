@@ -4,7 +4,6 @@ endpoints, task credentials, presence."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -14,7 +13,6 @@ from flame_controller.domain import agent, code, datasets, designs, jobs, nodes,
 from flame_controller.domain.context import Ctx
 from flame_controller.domain.results import NewLogLine, NewMetric
 from flame_controller.jobs.states import task_transition
-from flame_controller.store import open_store
 from flame_controller.store.base import Store
 from flame_controller.store.records import JobRecord, TaskRecord, utcnow
 from flame_service.auth import Caller
@@ -50,15 +48,6 @@ class World:
     job: JobRecord
     trainers: list[TaskRecord]
     aggregator: TaskRecord
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[Store]:
-    s = await open_store("sqlite://:memory:")
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def _enrolled(ctx: Ctx, owner: Caller, name: str) -> Caller:

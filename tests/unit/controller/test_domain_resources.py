@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -12,7 +11,6 @@ import pytest
 from flame_controller.bootstrap import bootstrap_admin
 from flame_controller.domain import code, datasets, designs, jobs, nodes, tokens, users
 from flame_controller.domain.context import Ctx
-from flame_controller.store import open_store
 from flame_controller.store.base import Store
 from flame_service.auth import Caller, hash_token
 from flame_service.errors import (
@@ -26,15 +24,6 @@ from flame_service.errors import (
 from .conftest import central_code, design_json, make_zip
 
 ADMIN = Caller("admin", "root")
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[Store]:
-    s = await open_store("sqlite://:memory:")
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 @pytest.fixture
