@@ -189,3 +189,15 @@ async def test_a_bug_answers_internal_without_leaking_details(stub, monkeypatch)
     )
     assert code == grpc.StatusCode.INTERNAL and err == "internal"
     assert "secret" not in detail
+
+
+def test_every_rpc_of_control_proto_is_implemented() -> None:
+    from flame_controller.servicer import ControlPlaneServicer
+    from flame_proto.v1 import control_pb2_grpc
+
+    service = control_pb2.DESCRIPTOR.services_by_name["ControlPlane"]
+    rpcs = {m.name for m in service.methods}
+    assert len(rpcs) == 55
+    base = control_pb2_grpc.ControlPlaneServicer
+    missing = [n for n in rpcs if getattr(ControlPlaneServicer, n) is getattr(base, n)]
+    assert missing == []
