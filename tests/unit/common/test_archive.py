@@ -3,10 +3,13 @@ from __future__ import annotations
 import io
 import stat
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from flame_service.archive import inspect_zip, safe_extract
 from flame_service.errors import InvalidArgument, TooLarge
@@ -136,3 +139,39 @@ def test_extract_never_follows_an_existing_symlink(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="outside"):
         safe_extract(data, dest)
     assert not (outside / "main.py").exists()
+
+
+_segments = st.sampled_from(["a", "b", "..", ".", "", "C:", "x\\y", "main.py", "~", "..."])
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    names=st.lists(
+        st.tuples(st.booleans(), st.lists(_segments, min_size=1, max_size=4)),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_whatever_the_names_nothing_is_written_outside_dest(
+    tmp_path_factory: pytest.TempPathFactory, names: list[tuple[bool, list[str]]]
+) -> None:
+    root = tmp_path_factory.mktemp("prop")
+    dest = root / "dest"
+    members = [("/" if absolute else "") + "/".join(parts) for absolute, parts in names]
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about duplicate names
+        with zipfile.ZipFile(buf, "w") as zf:
+            for name in members:
+                if zipfile.ZipInfo(name).filename:  # zipfile itself cannot write an empty name
+                    zf.writestr(name, b"x")
+    try:
+        extracted = safe_extract(buf.getvalue(), dest)
+    except InvalidArgument:
+        extracted = []
+    for path in root.rglob("*"):
+        assert path == dest or dest in path.parents, f"{path} escaped {dest}"
+    for name in extracted:
+        assert ".." not in name.split("/") and not name.startswith("/")
