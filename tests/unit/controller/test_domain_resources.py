@@ -308,3 +308,29 @@ async def test_nodes_and_datasets_feeding_unfinished_tasks_cannot_be_deleted(ctx
     await nodes.delete_node(ctx, alice, node_id)
     with pytest.raises(NotFound):
         await nodes.get_node(ctx, alice, node_id)
+
+
+async def test_node_labels_revocation_and_enrolment(ctx: Ctx) -> None:
+    alice = await _user(ctx, "alice")
+    created = await nodes.create_node(ctx, alice, name="n", project_id="", labels={"gpu": "1"})
+    merged = await nodes.update_node(
+        ctx, alice, created.node.id, labels={"zone": "eu"}, replace=False
+    )
+    assert merged.labels == {"gpu": "1", "zone": "eu"}
+    replaced = await nodes.update_node(ctx, alice, created.node.id, labels={"a": "b"}, replace=True)
+    assert replaced.labels == {"a": "b"}
+    with pytest.raises(InvalidArgument, match="label"):
+        await nodes.update_node(ctx, alice, created.node.id, labels={"": "x"}, replace=False)
+    with pytest.raises(InvalidArgument, match="facts"):
+        await nodes.enroll_node(ctx, enrolment_token=created.secret, facts={"k": "v" * 2000})
+    enrolled = await nodes.enroll_node(ctx, enrolment_token=created.secret, facts={"cpus": "2"})
+    assert enrolled.node.enrolled and enrolled.node.facts == {"cpus": "2"}
+    revoked = await nodes.revoke_node_token(ctx, alice, created.node.id)
+    assert revoked.revoked
+    with pytest.raises(Unauthenticated, match="revoked"):
+        await tokens.authenticate(ctx, enrolled.secret)
+    # A fresh node's enrolment token is useless once that node is revoked.
+    fresh = await nodes.create_node(ctx, alice, name="m", project_id="", labels={})
+    await nodes.revoke_node_token(ctx, alice, fresh.node.id)
+    with pytest.raises(Unauthenticated):
+        await nodes.enroll_node(ctx, enrolment_token=fresh.secret, facts={})
