@@ -104,7 +104,8 @@ async def test_full_flow_from_user_to_job(stub, controller: RunningController) -
         metadata=md(alice),
     )
     assert job.state == "ready" and job.desired_state == "ready" and job.code_version == 1
-    assert json.loads(job.spec_json)["rounds"] == 2
+    stored_spec = json.loads(job.spec_json)
+    assert stored_spec["rounds"] == 2 and stored_spec["tracking"]["register"] is True
     tasks = (await stub.ListTasks(pb.GetRequest(id=job.id), metadata=md(alice))).items
     assert sorted((t.role, t.index, t.node_id, t.state) for t in tasks) == [
         ("aggregator", 0, "", "pending"),

@@ -18,7 +18,7 @@ from flame_service.errors import (
 )
 
 from ..jobs.builder import DatasetInfo, PlannedTask, build_tasks
-from ..jobs.design import parse_design, parse_job_spec
+from ..jobs.design import job_spec_to_dict, parse_design, parse_job_spec
 from ..jobs.states import ACTIVE_JOB_STATES
 from ..store.records import CodeRecord, DesignRecord, JobRecord, TaskRecord, new_id
 from .access import (
@@ -132,7 +132,7 @@ async def _plan(
         )
         for t in planned
     ]
-    return spec.model_dump(mode="json"), tasks
+    return job_spec_to_dict(spec), tasks
 
 
 async def create_job(
