@@ -93,6 +93,10 @@ class Agent:
             ]
             stopping = asyncio.create_task(self._stopping.wait())
             done, _ = await asyncio.wait([*loops, stopping], return_when=asyncio.FIRST_COMPLETED)
+            loops[0].cancel()  # the event stream only ends when cancelled
+            if stopping in done:
+                # Let a pass that is under way finish (a status report in flight gets recorded).
+                await asyncio.wait(loops[1:], timeout=5.0)
             for t in [*loops, stopping, *self._background]:
                 t.cancel()
             await asyncio.gather(*loops, stopping, *self._background, return_exceptions=True)

@@ -269,4 +269,4 @@ async def test_rejected_logs_do_not_block_the_final_status(node: Node) -> None:
     async with Running(agent, api):
         await eventually(lambda: "completed" in node.fake.states("t9"), what="completed")
     (entry,) = Ledger(node.home).entries()
-    assert entry.settled and node.fake.logs == []
+    assert entry.settled and entry.logs_done and node.fake.logs == []
