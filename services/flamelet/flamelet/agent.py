@@ -172,6 +172,8 @@ class Agent:
                         log.info("notifier.connected", after_seq=self.ledger.event_seq)
                         backoff = self.settings.backoff_initial
                         self._kick.set()
+                        if self.ledger.event_seq:  # clears what an earlier failed ack left queued
+                            await self._ack(self.ledger.event_seq)
                         continue
                     await self._handle_event(ev.seq, ev.kind, ev.task_id)
                 log.info("notifier.stream_ended")
@@ -194,6 +196,9 @@ class Agent:
                         self._spawn_stop(e, "STOP_TASK from the control plane")
             self._kick.set()  # START / UPDATE / STOP: reconcile against the task list
             self.ledger.handled_event(seq)
+        await self._ack(seq)
+
+    async def _ack(self, seq: int) -> None:
         try:
             await self._events.ack(seq)
         except Unauthorized:
