@@ -14,8 +14,6 @@ plane (``python -m flame.launch config.json``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from flame.composer import Loop, Tasklet, tasklet
 from flame.config import DesignSchema, JobSpec, TaskConfig
 from flame.errors import (
@@ -26,10 +24,11 @@ from flame.errors import (
     QuorumLost,
     RejectedUpdate,
 )
+from flame.roles import Aggregator, Coordinator, Role, Trainer
 
-if TYPE_CHECKING:
-    from flame.roles import Aggregator, Coordinator, Role, Trainer
-    from flame.simulate import SimulationResult, simulate
+# ``flame.simulate`` is the function (imported last: the submodule of the same name would
+# otherwise shadow it as a package attribute).
+from flame.simulate import SimulationResult, simulate
 
 __all__ = [
     "Aggregator",
@@ -51,22 +50,3 @@ __all__ = [
     "simulate",
     "tasklet",
 ]
-
-_LAZY = {
-    "Aggregator": "flame.roles",
-    "Coordinator": "flame.roles",
-    "Role": "flame.roles",
-    "Trainer": "flame.roles",
-    "SimulationResult": "flame.simulate",
-    "simulate": "flame.simulate",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """Roles and simulation load on first use, so ``import flame`` stays light."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'flame' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)

@@ -8,6 +8,8 @@ from torch import nn
 from flame import Trainer
 from flame.datasets import load_shard
 
+torch.set_num_threads(1)  # tiny model, many trainers per process: threads only contend
+
 
 def build_model(hidden: int) -> nn.Module:
     torch.manual_seed(0)
