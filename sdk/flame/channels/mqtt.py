@@ -310,6 +310,8 @@ class MqttTransport:
         s = self.settings
         loop = asyncio.get_running_loop()
         deadline = loop.time() + s.send_timeout
+        if not self._client.is_connected():
+            self._lost()  # the disconnect callback may still be on its way to the loop
         try:
             await asyncio.wait_for(self._presence(peer).wait(), s.send_timeout)
         except TimeoutError:
