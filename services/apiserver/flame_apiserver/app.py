@@ -47,7 +47,9 @@ def create_app(settings: ApiserverSettings | None = None) -> FastAPI:
         app.include_router(module.router)
         for route in module.router.routes:
             if isinstance(route, APIRoute):
-                route_methods.append((route.path_regex, set(route.methods or ())))
+                route_methods.append(
+                    (route.path_regex, set(route.methods or ()), "{" in route.path)
+                )
     app.state.route_methods = route_methods  # for the Allow header of 405 answers
     app.add_middleware(
         BodyLimit, max_body=settings.max_body_bytes, max_code=settings.max_code_bytes

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from google.protobuf.message import Message
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from flame_proto.v1 import common_pb2, control_pb2
 
@@ -20,8 +20,32 @@ _PRESENCE: dict[int, Presence] = {
     control_pb2.PRESENCE_ONLINE: "online",
     control_pb2.PRESENCE_OFFLINE: "offline",
 }
-INT64 = 2**63 - 1
+INT64 = 2**53 - 1  # the largest integer every JSON parser reads exactly
 INT32 = 2**31 - 1
+MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 3.0 as an integer; strict mode would not, so convert it first."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+
+# Field rules the controller enforces, published in the OpenAPI document so clients (and
+# schemathesis) know them; the controller stays the authority and checks them again.
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", max_length=64)]
+Ref = Annotated[str, Field(max_length=256)]  # an id (or empty)
+Email = Annotated[str, Field(pattern=r"^([^@\s]+@[^@\s]+)?$", max_length=254)]
+Description = Annotated[str, Field(max_length=2000)]
+LabelKey = Annotated[str, Field(min_length=1, max_length=63)]
+Labels = Annotated[dict[LabelKey, Annotated[str, Field(max_length=253)]], Field(max_length=64)]
+Facts = Annotated[
+    dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=1024)]],
+    Field(max_length=64),
+]
 
 
 def _ts(msg: Message, field: str) -> datetime | None:
@@ -78,19 +102,19 @@ class User(BaseModel):
 
 
 class CreateUser(Request):
-    name: str
-    email: str = ""
+    name: Name
+    email: Email = ""
     admin: bool = False
 
 
 class UpdateUser(Request):
-    email: str | None = None
+    email: Email | None = None
     admin: bool | None = None
 
 
 class CreateToken(Request):
-    description: str = ""
-    ttl_seconds: int = Field(0, ge=0, le=INT64)
+    description: Annotated[str, Field(max_length=500)] = ""
+    ttl_seconds: JsonInt = Field(0, ge=0, le=MAX_TTL_SECONDS, description="0 = no expiry")
 
 
 class TokenSecret(BaseModel):
@@ -121,12 +145,12 @@ class Project(BaseModel):
 
 
 class CreateProject(Request):
-    name: str
-    description: str = ""
+    name: Name
+    description: Description = ""
 
 
 class UpdateProject(Request):
-    description: str | None = None
+    description: Description | None = None
 
 
 # ---- nodes
@@ -159,13 +183,13 @@ class Node(BaseModel):
 
 
 class CreateNode(Request):
-    name: str
-    project_id: str = ""
-    labels: dict[str, str] = Field(default_factory=dict)
+    name: Name
+    project_id: Ref = ""
+    labels: Labels = Field(default_factory=dict)
 
 
 class UpdateNode(Request):
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)
     replace_labels: bool = False
 
 
@@ -175,8 +199,8 @@ class NodeCreated(BaseModel):
 
 
 class Enroll(Request):
-    enrolment_token: str
-    facts: dict[str, str] = Field(default_factory=dict)
+    enrolment_token: Annotated[str, Field(max_length=512)]
+    facts: Facts = Field(default_factory=dict)
 
 
 class Enrolled(BaseModel):
@@ -216,28 +240,32 @@ class Dataset(BaseModel):
         )
 
 
+Realm = Annotated[str, Field(max_length=256)]
+Format = Annotated[str, Field(max_length=64)]
+
+
 class CreateDataset(Request):
-    name: str
-    project_id: str = ""
-    node_id: str
-    realm: str = ""
-    format: str = ""
-    size_bytes: int = Field(0, ge=0, le=INT64)
-    uri: str = ""
-    description: str = ""
+    name: Name
+    project_id: Ref = ""
+    node_id: Annotated[str, Field(min_length=1, max_length=256)]
+    realm: Realm = ""
+    format: Format = ""
+    size_bytes: JsonInt = Field(0, ge=0, le=INT64)
+    uri: Annotated[str, Field(max_length=2048)] = ""
+    description: Description = ""
 
 
 class AgentDataset(Request):
-    name: str
-    realm: str = ""
-    format: str = ""
-    size_bytes: int = Field(0, ge=0, le=INT64)
-    description: str = ""
+    name: Name
+    realm: Realm = ""
+    format: Format = ""
+    size_bytes: JsonInt = Field(0, ge=0, le=INT64)
+    description: Description = ""
 
 
 class UpdateDataset(Request):
-    description: str | None = None
-    realm: str | None = None
+    description: Description | None = None
+    realm: Realm | None = None
 
 
 # ---- designs and code
@@ -268,14 +296,14 @@ class Design(BaseModel):
 
 
 class CreateDesign(Request):
-    name: str
-    project_id: str = ""
-    description: str = ""
+    name: Name
+    project_id: Ref = ""
+    description: Description = ""
     schema_: dict[str, Any] = Field(alias="schema")
 
 
 class UpdateDesign(Request):
-    description: str | None = None
+    description: Description | None = None
     schema_: dict[str, Any] | None = Field(None, alias="schema")
 
 
@@ -348,16 +376,16 @@ class Job(BaseModel):
 
 
 class CreateJob(Request):
-    name: str
-    project_id: str = ""
-    design_id: str
-    code_version: int = Field(0, ge=0, le=INT32)
+    name: Name
+    project_id: Ref = ""
+    design_id: Annotated[str, Field(min_length=1, max_length=256)]
+    code_version: JsonInt = Field(0, ge=0, le=INT32)
     spec: dict[str, Any]
 
 
 class UpdateJob(Request):
     spec: dict[str, Any] | None = None
-    code_version: int | None = Field(None, ge=0, le=INT32)
+    code_version: JsonInt | None = Field(None, ge=0, le=INT32)
 
 
 class Task(BaseModel):
@@ -402,8 +430,8 @@ class TaskBundle(BaseModel):
 
 class TaskStatus(Request):
     state: Literal["running", "completed", "failed"]
-    reason: str = ""
-    attempt: int = Field(0, ge=0, le=INT32)
+    reason: Annotated[str, Field(max_length=4096)] = ""
+    attempt: JsonInt = Field(0, ge=0, le=INT32)
 
 
 # ---- logs, metrics, endpoints
@@ -425,14 +453,14 @@ class Logs(BaseModel):
 
 
 class NewLogLine(Request):
-    task_id: str
+    task_id: Annotated[str, Field(min_length=1, max_length=256)]
     stream: Literal["stdout", "stderr", "agent"] = "stdout"
-    line: str
+    line: Annotated[str, Field(max_length=16 * 1024)]
     at: datetime | None = Field(None, strict=False)
 
 
 class AppendLogs(Request):
-    lines: list[NewLogLine] = Field(max_length=10_000)
+    lines: list[NewLogLine] = Field(max_length=5000)
 
 
 class Metric(BaseModel):
@@ -453,19 +481,26 @@ class Metrics(BaseModel):
 
 
 class NewMetric(Request):
-    key: str
+    key: Annotated[str, Field(min_length=1, max_length=250)]
     value: float = Field(allow_inf_nan=False)
-    step: int = Field(0, ge=0, le=INT64)
+    step: JsonInt = Field(0, ge=0, le=INT64)
 
 
 class ReportMetrics(Request):
     metrics: list[NewMetric] = Field(max_length=10_000)
-    run_uri: str = ""
-    model_uri: str = ""
+    run_uri: Annotated[str, Field(max_length=2048)] = ""
+    model_uri: Annotated[str, Field(max_length=2048)] = ""
 
 
 class RegisterEndpoint(Request):
-    endpoint: str
+    endpoint: Annotated[
+        str,
+        Field(
+            pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$",
+            max_length=300,
+            description="host:port of the task's data-plane gRPC server",
+        ),
+    ]
 
 
 class Endpoint(BaseModel):

@@ -136,11 +136,13 @@ def install_handlers(app: Any) -> None:
 
 def _allowed_methods(request: Request) -> list[str]:
     """Every method of every route on this path (Starlette only names the first route's)."""
-    methods: set[str] = set()
-    for pattern, route_methods in request.app.state.route_methods:
+    exact: set[str] = set()
+    templated: set[str] = set()
+    for pattern, route_methods, has_params in request.app.state.route_methods:
         if pattern.match(request.url.path):
-            methods |= route_methods
-    return sorted(methods)
+            (templated if has_params else exact).update(route_methods)
+    # A literal path (/v1/nodes/enroll) wins over a template that also matches it.
+    return sorted(exact or templated)
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+import secrets
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import httpx
 import pytest
+import uvicorn
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from flame_apiserver import ApiserverSettings, create_app
@@ -163,3 +169,61 @@ async def api() -> AsyncIterator[Api]:
         yield Api(client, fake, settings)
     await app.state.controller.close()
     await server.stop(None)
+
+
+# ---- a live stack: the REAL controller (SQLite, API only) + the apiserver under uvicorn
+
+
+@dataclass(frozen=True)
+class Live:
+    url: str
+    admin_token: str
+
+
+def _wait(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def live(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Live]:
+    """A module may fix the admin token in advance with ``LIVE_ADMIN_TOKEN``."""
+    from flame_controller.server import serve
+    from flame_controller.settings import ControllerSettings
+
+    token = (
+        getattr(request.module, "LIVE_ADMIN_TOKEN", None) or f"flm_user_{secrets.token_urlsafe(32)}"
+    )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    settings = ControllerSettings(
+        data_dir=tmp_path_factory.mktemp("live"),
+        listen="127.0.0.1:0",
+        apiserver_url=url,
+        admin_token=token,
+        run_reconciler=False,
+    )
+    controller = asyncio.run_coroutine_threadsafe(serve(settings, workers=[]), loop).result(30)
+    app = create_app(ApiserverSettings(controller_address=f"127.0.0.1:{controller.port}"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    serving = asyncio.run_coroutine_threadsafe(server.serve(sockets=[sock]), loop)
+    _wait(lambda: server.started or serving.done(), 30, "uvicorn")
+    try:
+        yield Live(url, token)
+    finally:
+        server.should_exit = True
+        serving.result(30)
+        asyncio.run_coroutine_threadsafe(controller.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        sock.close()

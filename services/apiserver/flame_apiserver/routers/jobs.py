@@ -88,8 +88,8 @@ async def get_logs(
     caller: UserCaller,
     ctl: Ctl,
     task_id: Annotated[str, Query(max_length=256)] = "",
-    after_seq: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
-    limit: Annotated[int, Query(ge=0, le=10_000, description="0 = server default")] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=2**53 - 1)] = 0,
+    limit: Annotated[int, Query(ge=0, le=5000, description="0 = server default")] = 0,
 ) -> Logs:
     req = control_pb2.GetLogsRequest(job_id=id, task_id=task_id, after_seq=after_seq, limit=limit)
     resp = await ctl.call(ctl.stub.GetLogs, req, caller)
