@@ -35,7 +35,8 @@ mode = cfg["job"]["hyperparameters"]["mode"]
 if mode == "exit":
     sys.exit(cfg["job"]["hyperparameters"]["code"])
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-Path("grandchild.pid").write_text(str(child.pid))
+Path("grandchild.tmp").write_text(str(child.pid))
+Path("grandchild.tmp").rename("grandchild.pid")
 while not Path("release").exists():
     time.sleep(0.02)
 """
@@ -173,7 +174,7 @@ async def test_restarted_controller_adopts_instead_of_starting_twice(tmp_path: P
     task = make_task()
     dep = await first.start(task, config(), code_zip(), "t")
     workdir = first.workdir(task)
-    await wait_for(lambda: (workdir / "starts.log").exists())
+    await wait_for(lambda: (workdir / "grandchild.pid").exists())  # started, past starts.log
     await first.close()  # the controller goes away; the task keeps running
 
     second = deployer(tmp_path)
@@ -222,3 +223,26 @@ async def test_unsafe_code_zip_is_refused_and_nothing_runs(tmp_path: Path) -> No
     assert not (workdir / "process.json").exists()
     assert not (tmp_path / "tasks" / "job-1" / "evil.py").exists()
     assert (await d.observe(task)).state == "missing"
+
+
+async def test_output_is_read_once_in_complete_lines(tmp_path: Path) -> None:
+    d = deployer(tmp_path)
+    task = make_task()
+    task = recorded(task, await d.start(task, config("exit", 0), code_zip(), "t"))
+    await wait_for(lambda: _exited(d, task))
+    workdir = d.workdir(task)
+    (workdir / "stdout.log").write_bytes(b"one\ntwo\npart")
+    (workdir / "stderr.log").write_bytes(b"caf\xc3\xa9 \xff\n")  # one invalid byte
+    out = await d.read_output(task)
+    assert out.lines == [("stdout", "one"), ("stdout", "two"), ("stderr", "café \ufffd")]
+    assert await d.read_output(task) == out  # nothing acknowledged yet: same again
+    await d.ack_output(task, out)
+    assert (await d.read_output(task)).lines == []  # "part" has no newline yet
+    final = await d.read_output(task, final=True)
+    assert final.lines == [("stdout", "part")]
+    await d.ack_output(task, final)
+    # a restarted controller does not resend what was shipped
+    with (workdir / "stdout.log").open("ab") as f:
+        f.write(b"\nthree\n")
+    again = await deployer(tmp_path).read_output(task)
+    assert again.lines == [("stdout", ""), ("stdout", "three")]

@@ -43,6 +43,8 @@ import os, sys, time
 from pathlib import Path
 with open("starts.log", "a") as f:
     f.write(f"{os.getpid()}\n")
+print("aggregator up", flush=True)
+print("warming", file=sys.stderr, flush=True)
 while not Path("release").exists():
     time.sleep(0.02)
 sys.exit(int(Path("release").read_text() or 0))
@@ -282,7 +284,17 @@ async def test_job_runs_to_completion(tmp_path: Path, store: Store, notifier: An
         ("running", "completed"),
     ]
     assert job.reason == "every role completed"
-    assert (await aggregator(store)).state == "completed"
+    agg = await aggregator(store)
+    assert agg.state == "completed"
+    # the aggregator's output is in the store, for `flamectl job logs`
+    lines = await store.read_logs("job-1", task_id=agg.id)
+    assert {(x.stream, x.line) for x in lines} == {
+        ("stdout", "aggregator up"),
+        ("stderr", "warming"),
+    }
+    # the job is over: its task credentials no longer open anything
+    tokens, _ = await store.list_tokens(subject="job-1", kind="task")
+    assert tokens and all(t.revoked for t in tokens)
     assert rec.of("STOP_TASK") == []
     # level-triggered: another pass over a finished job changes nothing
     r2 = Reconciler(store, make_deployer(tmp_path), address)
@@ -307,7 +319,8 @@ async def test_restarted_reconciler_resumes_without_restarting_tasks(
         again = await aggregator(store)
         assert (again.pid, again.state, again.attempt) == (agg.pid, "running", 1)
         workdir = Path(agg.info["deployer"]["workdir"])
-        await eventually(lambda: (workdir / "starts.log").exists(), what="role started")
+        starts = workdir / "starts.log"
+        await eventually(lambda: starts.exists() and starts.read_text() != "", what="started")
         assert len((workdir / "starts.log").read_text().split()) == 1
         assert len(rec.of("START_TASK")) == 3  # nodes are not told again
         for t in (await tasks_by_role(store))["trainer"]:
@@ -366,7 +379,8 @@ async def test_max_run_time_terminates_the_job(tmp_path: Path, store: Store, not
     await create_job(store, max_run_time=1.0)
     r = Reconciler(store, make_deployer(tmp_path), address, interval=30.0)
     async with running(r):
-        await bring_to_running(store, r, rec)
+        await set_desired(store, r, "running")
+        await eventually(lambda: _state_is(aggregator(store), "running"), what="deployed")
         agg = await aggregator(store)
         job = await store.get_job("job-1")
         assert job.started_at is not None and job.deadline is not None
@@ -423,8 +437,9 @@ async def test_notifier_outage_is_retried(tmp_path: Path, store: Store, notifier
     async with running(r):
         await set_desired(store, r, "running")
         await eventually(lambda: len(rec.of("START_TASK")) == 3, what="events after outage")
+        await eventually(lambda: _all_notified(store), what="notifications recorded")
         trainers = (await tasks_by_role(store))["trainer"]
-        assert all(t.state == "scheduled" and t.info["notified"] for t in trainers)
+        assert all(t.state == "scheduled" for t in trainers)
     assert rec.fail_next == 0
 
 
@@ -458,3 +473,21 @@ async def test_unreachable_notifier_leaves_tasks_scheduled_for_polling(
 
 async def _all_trainers(store: Store, state: str) -> bool:
     return all(t.state == state for t in (await tasks_by_role(store))["trainer"])
+
+
+async def test_missing_code_fails_the_job(tmp_path: Path, store: Store, notifier: Any) -> None:
+    rec, address = notifier
+    await create_job(store)
+    await store.delete_code("des-1", 1)
+    r = Reconciler(store, make_deployer(tmp_path), address)
+    await set_desired(store, None, "running")
+    await r.reconcile_job("job-1")
+    job = await store.get_job("job-1")
+    assert job.state == "failed"
+    assert "code version 1 of design des-1 is gone" in job.reason
+    assert {t.state for t in await store.list_tasks(job_id="job-1")} == {"terminated"}
+    assert rec.events == []
+
+
+async def _all_notified(store: Store) -> bool:
+    return all(t.info.get("notified") for t in (await tasks_by_role(store))["trainer"])

@@ -45,6 +45,14 @@ class Observed:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class Output:
+    """New complete output lines of a task, and the read position after them."""
+
+    lines: list[tuple[str, str]]  # (stream "stdout" | "stderr", line without newline)
+    position: dict[str, int] = field(default_factory=dict)
+
+
 @runtime_checkable
 class Deployer(Protocol):
     name: str
@@ -68,6 +76,14 @@ class Deployer(Protocol):
 
     async def adopt(self, task: TaskRecord) -> bool:
         """After a controller restart: re-attach to the task if it still runs (True)."""
+        ...
+
+    async def read_output(self, task: TaskRecord, *, final: bool = False) -> Output:
+        """Output lines not yet acknowledged (``final``: include an unterminated last line)."""
+        ...
+
+    async def ack_output(self, task: TaskRecord, output: Output) -> None:
+        """Mark ``output`` as shipped (persisted, so a restarted controller does not resend)."""
         ...
 
     def set_listener(self, listener: Callable[[str], None] | None) -> None:

@@ -46,7 +46,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from flame_service.archive import safe_extract
 
 from ..store.records import TaskRecord
-from .base import Deployment, Observed
+from .base import Deployment, Observed, Output
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +55,7 @@ _WRAPPER = (
     'rc=0; "$@" || rc=$?; '
     'printf "%s" "$rc" > exit_code.tmp && mv exit_code.tmp exit_code; exit "$rc"'
 )
+STREAMS = ("stdout", "stderr")
 _CREATE_TIME_TOLERANCE = 0.05  # seconds; create_time is derived from boot time + ticks
 
 
@@ -67,6 +68,8 @@ class LocalDeployerSettings(BaseSettings):
     launch_args: list[str] = Field(default_factory=lambda: ["-m", "flame.launch"])
     stop_grace_seconds: float = Field(default=5.0, ge=0)
     env: dict[str, str] = Field(default_factory=dict)  # extra FLAME_* variables for every task
+    max_output_chunk: int = Field(default=256 * 1024, ge=1024)  # bytes read per stream per pass
+    max_line_chars: int = Field(default=8192, ge=80)
 
 
 @dataclass(frozen=True)
@@ -316,6 +319,48 @@ class LocalDeployer:
         if child is not None:
             child.poll()
         log.info("deployer.stopped", task_id=task.id, pid=ident.pid)
+
+    # -- output ------------------------------------------------------------------------------
+    async def read_output(self, task: TaskRecord, *, final: bool = False) -> Output:
+        return await asyncio.to_thread(self._read_output_sync, task, final)
+
+    def _read_output_sync(self, task: TaskRecord, final: bool) -> Output:
+        workdir = self.workdir(task)
+        position = self._shipped(workdir)
+        lines: list[tuple[str, str]] = []
+        for stream in STREAMS:
+            path = workdir / f"{stream}.log"
+            start = position.get(stream, 0)
+            try:
+                with path.open("rb") as f:
+                    f.seek(start)
+                    data = f.read(self.settings.max_output_chunk)
+            except OSError:
+                continue
+            if not final or len(data) == self.settings.max_output_chunk:
+                cut = data.rfind(b"\n") + 1  # complete lines only
+                if cut == 0 and len(data) == self.settings.max_output_chunk:
+                    cut = len(data)  # one overlong line: ship it in pieces
+                data = data[:cut]
+            if not data:
+                continue
+            position[stream] = start + len(data)
+            for raw in data.splitlines():
+                text = raw.decode("utf-8", errors="replace")[: self.settings.max_line_chars]
+                lines.append((stream, text))
+        return Output(lines=lines, position=position)
+
+    async def ack_output(self, task: TaskRecord, output: Output) -> None:
+        data = json.dumps(output.position).encode()
+        await asyncio.to_thread(_write_atomic, self.workdir(task) / "shipped.json", data)
+
+    @staticmethod
+    def _shipped(workdir: Path) -> dict[str, int]:
+        try:
+            raw = json.loads((workdir / "shipped.json").read_text())
+            return {k: int(v) for k, v in raw.items() if k in STREAMS}
+        except (OSError, ValueError, AttributeError):
+            return {}
 
     async def close(self) -> None:
         for child in self._children.values():

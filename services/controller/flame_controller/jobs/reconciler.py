@@ -46,6 +46,7 @@ from ..store.records import (
     JOB_TERMINAL_STATES,
     JobRecord,
     JobState,
+    LogLineRecord,
     TaskRecord,
     TaskState,
     utcnow,
@@ -55,7 +56,8 @@ from .states import LIVE_TASK_STATES, job_transition, task_transition
 
 log = structlog.get_logger(__name__)
 
-CredentialIssuer = Callable[[str], Awaitable[str]]
+CredentialIssuer = Callable[[str], Awaitable[str]]  # job id -> secret for its deployed tasks
+CredentialRevoker = Callable[[str], Awaitable[int]]  # job id -> how many were revoked
 MAX_STEPS_PER_JOB = 100
 
 
@@ -90,6 +92,7 @@ class Reconciler:
         retry_delay: float = 1.0,
         concurrency: int = 8,
         issue_credential: CredentialIssuer | None = None,
+        revoke_credentials: CredentialRevoker | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
@@ -102,6 +105,7 @@ class Reconciler:
         self.retry_delay = retry_delay
         self.clock = clock
         self._issue_credential = issue_credential or self._domain_credential
+        self._revoke_credentials = revoke_credentials or self._domain_revoke
         self._sem = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
         self._stopping = False
@@ -179,11 +183,15 @@ class Reconciler:
         jobs = await self.store.jobs_to_reconcile(now)
         self.passes += 1
         delays = await asyncio.gather(*(self._guarded(job.id) for job in jobs))
-        delay = min([self.interval, *delays])
-        # wake for the earliest stored deadline or check time
-        for job in jobs:
+        return min([self.interval, *delays])
+
+    def _until_due(self, job: JobRecord) -> float:
+        """Seconds until the job's stored deadline or check time (at most ``interval``)."""
+        delay = self.interval
+        if not job.terminal:
+            now = self.clock()
             for at in (job.next_check_at, job.deadline):
-                if at is not None and not job.terminal:
+                if at is not None:
                     delay = min(delay, max(0.0, (at - now).total_seconds()))
         return delay
 
@@ -210,12 +218,12 @@ class Reconciler:
                     continue  # someone else wrote first: re-read and look again
                 except TemporaryError as exc:
                     log.warning("reconciler.retry_later", reason=str(exc), delay=exc.delay)
-                    return exc.delay
+                    return min(exc.delay, self._until_due(job))
                 except PermanentError as exc:
                     await self._fail(job, str(exc))
                     continue
                 if not progressed:
-                    return self.interval
+                    return self._until_due(job)
             return 0.0
 
     # -- one step ----------------------------------------------------------------------------
@@ -353,6 +361,7 @@ class Reconciler:
             return True
         if task.state == "running":
             seen = await self.deployer.observe(task)
+            await self._ship_output(task, final=seen.state != "running")
             if seen.state == "running":
                 return False
             if seen.state == "exited" and seen.exit_code == 0:
@@ -376,6 +385,7 @@ class Reconciler:
                         await self._notify(task, "stop", reason)
                 elif self.deployer is not None and task.state != "pending":
                     await self.deployer.stop(task)
+                    await self._ship_output(task, final=True)
             except TemporaryError as exc:
                 delayed = delayed or exc
                 continue
@@ -390,7 +400,10 @@ class Reconciler:
             await self._halt(live, f"job {job.state}")
             return True
         if job.next_check_at is not None:
+            # the job's tasks are gone: their control-plane credentials go too
+            revoked = await self._revoke_credentials(job.id)
             await self.store.cas_job(job.id, job.version, {"next_check_at": None})
+            log.info("job.finished", job_id=job.id, state=job.state, credentials_revoked=revoked)
             return True
         return False
 
@@ -440,6 +453,26 @@ class Reconciler:
         except NotifierUnavailable as exc:
             raise TemporaryError(str(exc), delay=self.retry_delay) from exc
 
+    async def _ship_output(self, task: TaskRecord, *, final: bool) -> None:
+        """Copy new output lines of a deployer-run task into the store (at least once: a crash
+        between the append and the ack resends those lines).  Never holds up the job."""
+        if self.deployer is None:
+            return
+        try:
+            for _ in range(64):
+                out = await self.deployer.read_output(task, final=final)
+                if not out.lines:
+                    return
+                await self.store.append_logs(
+                    [
+                        LogLineRecord(job_id=task.job_id, task_id=task.id, stream=s, line=text)
+                        for s, text in out.lines
+                    ]
+                )
+                await self.deployer.ack_output(task, out)
+        except Exception as exc:
+            log.warning("task.output_not_shipped", task_id=task.id, error=str(exc))
+
     async def _code(self, job: JobRecord) -> bytes:
         try:
             code = await self.store.get_code(job.design_id, job.code_version)
@@ -454,3 +487,9 @@ class Reconciler:
         from ..domain.tokens import issue_task_credential
 
         return await issue_task_credential(Ctx(store=self.store), job_id)
+
+    async def _domain_revoke(self, job_id: str) -> int:
+        from ..domain.context import Ctx
+        from ..domain.tokens import revoke_all
+
+        return await revoke_all(Ctx(store=self.store), subject=job_id, kind="task")
