@@ -485,7 +485,7 @@ class Agent:
         for raw in data.splitlines(keepends=True):
             if len(out) >= room:
                 return out, offset + consumed, True
-            complete = raw.endswith(b"\n")
+            complete = raw.endswith((b"\n", b"\r"))  # progress bars end lines with \r
             if not complete and not final and len(raw) < self.settings.log_line_max:
                 break
             consumed += len(raw)

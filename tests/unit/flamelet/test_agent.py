@@ -270,3 +270,16 @@ async def test_rejected_logs_do_not_block_the_final_status(node: Node) -> None:
         await eventually(lambda: "completed" in node.fake.states("t9"), what="completed")
     (entry,) = Ledger(node.home).entries()
     assert entry.settled and entry.logs_done and node.fake.logs == []
+
+
+async def test_log_tailing_waits_for_complete_lines(node: Node, tmp_path: Path) -> None:
+    agent, api = node.agent(log_batch_lines=3)
+    await api.close()
+    f = tmp_path / "out.log"
+    f.write_bytes(b"one\nprogress 10%\rprogress 20%\rtwo\nhalf")
+    lines, offset, more = agent._read_lines(f, 0, final=False, already=0)
+    assert lines == ["one", "progress 10%", "progress 20%"] and more
+    lines, offset, more = agent._read_lines(f, offset, final=False, already=0)
+    assert lines == ["two"] and offset == f.stat().st_size - 4 and not more
+    lines, offset, _ = agent._read_lines(f, offset, final=True, already=0)
+    assert lines == ["half"] and offset == f.stat().st_size
