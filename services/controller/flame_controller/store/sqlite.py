@@ -132,6 +132,9 @@ class SqliteStore(DocumentStore):
         self._conn = conn
         self._reader = reader
         self._lock = asyncio.Lock()
+        # One statement at a time on the reader: while any statement is active, SQLite keeps the
+        # connection's WAL snapshot, so interleaved reads would never see newer commits.
+        self._read_lock = asyncio.Lock()
         self._closed = False
 
     @classmethod
@@ -199,7 +202,7 @@ class SqliteStore(DocumentStore):
 
     async def _read(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
         if self._reader is not None:
-            async with self._reader.execute(sql, params) as cursor:
+            async with self._read_lock, self._reader.execute(sql, params) as cursor:
                 return list(await cursor.fetchall())
         async with self._lock, self._conn.execute(sql, params) as cursor:
             return list(await cursor.fetchall())
