@@ -83,3 +83,45 @@ def start_cluster(home: Path, nodes: int, shards: int) -> Cluster:
         names.append(name)
     client = FlameClient(state.api_url, state.admin_token)
     return Cluster(stack=stack, state=state, client=client, datasets=names)
+
+
+def aggregator_result(cluster: Cluster, job_id: str) -> dict[str, Any]:
+    """The final global weights the (deployer-run) aggregator of ``job_id`` left in its workdir."""
+    from flame.tensors import from_bytes
+
+    folder = Path(cluster.state.home) / "data" / "tasks" / job_id
+    results = list(folder.glob("aggregator-*/result.safetensors"))
+    assert len(results) == 1, f"expected one aggregator result under {folder}, found {results}"
+    return from_bytes(results[0].read_bytes())
+
+
+def task_starts(cluster: Cluster, job_id: str) -> dict[str, int]:
+    """How many times each task's process started, from the `task.started` events the task
+    processes log: flamelet tasks' stdout is shipped to the control plane, the deployer's
+    aggregator appends to its own stdout.log."""
+    counts: dict[str, int] = {t.id: 0 for t in cluster.client.list_tasks(job_id)}
+    after = 0
+    while True:
+        page = cluster.client.get_logs(job_id, after_seq=after, limit=1000)
+        for line in page.lines:
+            if "task.started" in line.line:
+                counts[line.task_id] = counts.get(line.task_id, 0) + 1
+        if not page.lines or page.last_seq <= after:
+            break
+        after = page.last_seq
+    folder = Path(cluster.state.home) / "data" / "tasks" / job_id
+    for log in folder.glob("*/stdout.log"):
+        counts[log.parent.name] = log.read_text(errors="replace").count("task.started")
+    return counts
+
+
+def wait_for_round(cluster: Cluster, job_id: str, step: int, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        metrics = cluster.client.get_metrics(job_id).metrics
+        if any(m.step >= step for m in metrics):
+            return
+        state = cluster.client.get_job(job_id).state
+        assert state not in TERMINAL, f"job ended ({state}) before round {step}"
+        assert time.monotonic() < deadline, f"no round {step} within {timeout}s"
+        time.sleep(0.1)

@@ -40,6 +40,8 @@ class Proc:
     name: str
     pid: int
     log: str
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # only what the stack sets
 
 
 @dataclass
@@ -149,7 +151,7 @@ class Stack:
                 start_new_session=True,  # survives the shell that ran `flamectl up`
             )
         log.info("stack.started", process=name, pid=proc.pid, log=str(log_path))
-        return Proc(name=name, pid=proc.pid, log=str(log_path))
+        return Proc(name=name, pid=proc.pid, log=str(log_path), argv=argv, env=env)
 
     def up(self, nodes: int = 0, timeout: float = 90.0, mlflow: bool = True) -> StackState:
         existing = StackState.load(self.home)
@@ -264,6 +266,33 @@ class Stack:
             self.down(state)
             raise
         return state
+
+    def kill(self, state: StackState, name: str, sig: int = signal.SIGKILL) -> int:
+        """Signal one process of the stack (chaos tests); returns its pid."""
+        proc = self._proc(state, name)
+        _signal(proc.pid, sig)
+        deadline = time.monotonic() + 10
+        while _alive(proc.pid) and time.monotonic() < deadline:
+            _reap(proc.pid)
+            time.sleep(0.02)
+        return proc.pid
+
+    def respawn(self, state: StackState, name: str) -> Proc:
+        """Start a stopped process of the stack again with the same command and settings."""
+        old = self._proc(state, name)
+        if _alive(old.pid):
+            raise StackError(f"{name} (pid {old.pid}) is still running")
+        new = self._spawn(name, old.argv, old.env)
+        state.procs[state.procs.index(old)] = new
+        state.save()
+        return new
+
+    @staticmethod
+    def _proc(state: StackState, name: str) -> Proc:
+        for p in state.procs:
+            if p.name == name:
+                return p
+        raise StackError(f"no process named {name} in this stack")
 
     def _add_node(self, state: StackState, name: str, headers: dict[str, str]) -> None:
         resp = httpx.post(
