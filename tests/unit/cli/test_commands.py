@@ -1,0 +1,116 @@
+"""flamectl commands: watch, logs, status, errors, login, output formats."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import yaml
+
+from flame.cli.config import load_login
+
+
+def test_watch_follows_the_job_to_completion_and_exits_0(cli) -> None:
+    result = cli("job", "watch", "j-1", "--interval", "0.1")
+    assert result.exit_code == 0, result.output
+    assert "job j-1 completed" in result.stdout
+    assert "models:/digits@best" in result.stdout
+    assert "3/3" in result.output  # the progress bar reached the last round
+    assert cli.api.gets == 4  # polled until the terminal state, no further
+
+
+def test_watch_exits_1_when_the_job_fails_and_says_why(cli) -> None:
+    cli.api.states = ["running", "failed"]
+    cli.api.reason = "trainer group default lost quorum"
+    result = cli("job", "watch", "j-1", "--interval", "0.1")
+    assert result.exit_code == 1
+    assert "failed: trainer group default lost quorum" in result.stdout
+
+
+def test_watch_json_output_is_machine_readable(cli) -> None:
+    result = cli("job", "watch", "j-1", "--interval", "0.1", "-o", "json")
+    assert result.exit_code == 0
+    body = json.loads(result.stdout)
+    assert body["job"]["state"] == "completed"
+    assert [m["step"] for m in body["metrics"]["metrics"]] == [1, 2, 3]
+
+
+def test_logs_follow_prints_every_line_once_until_the_job_ends(cli) -> None:
+    cli.api.log_lines = [f"line {i}" for i in range(7)]
+    result = cli("logs", "j-1", "--follow", "--interval", "0.1")
+    assert result.exit_code == 0, result.output
+    printed = [ln.split(": ", 1)[1] for ln in result.stdout.splitlines()]
+    assert printed == cli.api.log_lines
+
+
+def test_logs_without_follow_prints_what_is_there_and_returns(cli) -> None:
+    cli.api.log_lines = list("abcdefg")
+    result = cli("logs", "j-1")
+    assert result.exit_code == 0
+    # what the server holds so far (4 lines after one poll of the job), then it returns
+    assert [ln.split(": ", 1)[1] for ln in result.stdout.splitlines()] == list("abcd")
+    assert cli.api.gets == 1  # only resolving the job
+
+
+def test_status_shows_state_transitions_and_tasks(cli) -> None:
+    result = cli("job", "status", "j-1")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "transitions" in out and "tasks" in out
+    assert "trainer" in out and "n-1" in out
+    structured = yaml.safe_load(cli("job", "status", "j-1", "-o", "yaml").stdout)
+    assert structured["tasks"][0]["role"] == "trainer"
+
+
+def test_jobs_resolve_by_name(cli) -> None:
+    result = cli("job", "get", "digits", "-o", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["id"] == "j-1"
+
+
+def test_api_errors_exit_1_with_the_problem_detail(cli, tmp_path) -> None:
+    missing = cli("job", "get", "j-404")
+    assert missing.exit_code == 1
+    assert "error: job 'j-404' not found (not_found, HTTP 404)" in missing.stderr
+    schema = tmp_path / "design.json"
+    schema.write_text(json.dumps({"roles": [], "channels": []}))
+    bad = cli("design", "create", "empty", "--schema", str(schema))
+    assert bad.exit_code == 1
+    assert "invalid design: roles" in bad.stderr
+    not_json = tmp_path / "nope.json"
+    not_json.write_text("{")
+    local = cli("design", "create", "x", "--schema", str(not_json))
+    assert local.exit_code == 1 and "is not valid JSON" in local.stderr
+
+
+def test_login_verifies_the_token_and_saves_it_private(cli) -> None:
+    cli.config.unlink()
+    result = cli("login", "--server", "http://flame.test/", "--token", "flm_user_test")
+    assert result.exit_code == 0, result.output
+    assert "u-1" in result.stdout
+    assert stat.S_IMODE(cli.config.stat().st_mode) == 0o600
+    assert load_login(cli.config).server == "http://flame.test"
+    wrong = cli("login", "--server", "http://flame.test", "--token", "flm_user_bad")
+    assert wrong.exit_code == 1 and "unknown token" in wrong.stderr
+    assert load_login(cli.config).token == "flm_user_test"  # the good login was kept
+
+
+def test_not_logged_in_is_a_clear_error(cli) -> None:
+    cli.config.unlink()
+    result = cli("job", "list")
+    assert result.exit_code == 1
+    assert "not logged in" in result.stderr and "flamectl login" in result.stderr
+
+
+def test_unreachable_server_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from flame.cli.config import Login, save_login
+    from flame.cli.main import app
+
+    config = tmp_path / "c.yaml"
+    save_login(Login(server="http://127.0.0.1:1", token="t"), config)
+    monkeypatch.setenv("FLAME_CONFIG", str(config))
+    result = CliRunner().invoke(app, ["job", "list"])
+    assert result.exit_code == 1
+    assert "cannot reach http://127.0.0.1:1" in result.stderr
