@@ -266,6 +266,10 @@ class Agent:
             except (BundleRejected, ApiError, FlameletError) as exc:
                 await self._refuse(entry, str(exc))
                 return
+            except Exception as exc:  # malformed answers, disk errors: never leave it half-done
+                log.exception("task.prepare_failed", task_id=task.id)
+                await self._refuse(entry, f"{type(exc).__name__}: {exc}")
+                return
             try:
                 started = await runner.spawn(cmd, workdir, env, self._limits)
             except OSError as exc:
