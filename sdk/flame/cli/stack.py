@@ -267,15 +267,21 @@ class Stack:
             raise
         return state
 
-    def kill(self, state: StackState, name: str, sig: int = signal.SIGKILL) -> int:
-        """Signal one process of the stack (chaos tests); returns its pid."""
+    def kill(
+        self, state: StackState, name: str, sig: int = signal.SIGKILL, tree: bool = False
+    ) -> list[int]:
+        """Signal one process of the stack (chaos tests), with its descendants when ``tree``
+        (a node dying takes its tasks with it); returns the pids signalled."""
         proc = self._proc(state, name)
-        _signal(proc.pid, sig)
+        pids = _tree(proc.pid) if tree else [proc.pid]
+        for pid in pids:
+            _signal(pid, sig)
         deadline = time.monotonic() + 10
-        while _alive(proc.pid) and time.monotonic() < deadline:
-            _reap(proc.pid)
-            time.sleep(0.02)
-        return proc.pid
+        for pid in pids:
+            while _alive(pid) and time.monotonic() < deadline:
+                _reap(pid)
+                time.sleep(0.02)
+        return pids
 
     def respawn(self, state: StackState, name: str) -> Proc:
         """Start a stopped process of the stack again with the same command and settings."""
