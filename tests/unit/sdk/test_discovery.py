@@ -153,3 +153,49 @@ def test_discovery_from_settings() -> None:
     assert isinstance(cp, ControlPlaneDiscovery)
     with pytest.raises(ConfigError):
         discovery_from(DiscoverySettings(kind="control-plane"), "t1")
+
+
+async def test_grpc_tasks_find_each_other_through_the_control_plane(
+    apiserver: FakeApiserver,
+) -> None:
+    from flame.channels import open_channels
+    from flame.config import ChannelMembership, DesignSchema, JobSpec, PeerRef, TaskConfig
+    from flame.messages import Message
+
+    design = DesignSchema.model_validate(
+        {
+            "roles": [{"name": "trainer", "isDataConsumer": True}, {"name": "aggregator"}],
+            "channels": [{"name": "param", "pair": ["trainer", "aggregator"]}],
+        }
+    )
+
+    def cfg(task: str, peer: str, role: str) -> TaskConfig:
+        return TaskConfig(
+            job_id="j",
+            job_name="cp",
+            task_id=task,
+            role="aggregator" if task == "agg" else "trainer",
+            design=design,
+            job=JobSpec(),
+            channels={
+                "param": ChannelMembership(
+                    name="param",
+                    group="default",
+                    backend="grpc",
+                    peers=[PeerRef(task_id=peer, role=role)],
+                )
+            },
+            discovery=DiscoverySettings(kind="control-plane", url=apiserver.url, token=TOKEN),
+        )
+
+    t1 = await open_channels(cfg("t1", "agg", "aggregator"))
+    agg = await open_channels(cfg("agg", "t1", "trainer"))
+    try:
+        assert set(apiserver.endpoints) == {"t1", "agg"}
+        await t1["param"].send("agg", Message("update", round=4))
+        assert (await agg["param"].recv("t1", timeout=5)).round == 4
+        await agg["param"].send("t1", Message("weights", round=5))
+        assert (await t1["param"].recv("agg", timeout=5)).round == 5
+    finally:
+        await t1.close()
+        await agg.close()
