@@ -264,8 +264,8 @@ class OortSelector(_Base):
         self, sender: str, *, utility: float | None = None, duration: float | None = None
     ) -> None:
         if utility is not None:
-            if not math.isfinite(utility) or utility < 0:
-                raise ConfigError(f"oort: utility of {sender!r} must be finite and >= 0")
+            if not math.isfinite(utility):  # any finite value: scores are min-max normalised
+                raise ConfigError(f"oort: utility of {sender!r} must be finite")
             self.utility[sender] = float(utility)
         if duration is not None:
             if not math.isfinite(duration) or duration < 0:

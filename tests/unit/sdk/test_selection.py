@@ -182,6 +182,10 @@ def test_oort_rejects_nonsense_feedback() -> None:
         sel.report("a", utility=float("nan"))
     with pytest.raises(ConfigError, match="duration"):
         sel.report("a", duration=-1.0)
+    sel.report("a", utility=-3.0)  # e.g. a negative log-likelihood: ranked below higher ones
+    sel.report("b", utility=2.0)
+    assert sel.select(["a", "b"], 0) == ["a", "b"]  # k=2 takes both
+    assert sel.state()["utility"] == {"a": -3.0, "b": 2.0}
 
 
 @pytest.mark.parametrize(
