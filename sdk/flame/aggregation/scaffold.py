@@ -63,6 +63,10 @@ class Scaffold:
                         f"scaffold: update from {u.sender!r}: extras {name} has shape "
                         f"{u.extras[name].shape}, the model {ref.shape}"
                     )
+                if not np.all(np.isfinite(u.extras[name])):  # c would be poisoned for good
+                    raise AggregationError(
+                        f"scaffold: update from {u.sender!r}: extras {name} is not finite"
+                    )
         if self.c and set(self.c) != set(global_weights):
             raise ConfigError("scaffold: the model's tensors changed since c was created")
         self.init(global_weights)

@@ -429,6 +429,10 @@ def test_scaffold_requires_control_deltas() -> None:
     g = {"w": np.zeros(2, np.float32)}
     with pytest.raises(AggregationError, match="extras"):
         sc.aggregate(g, [Update("a", {"w": np.ones(2, np.float32)}, 1)], 0)
+    nan = {"w": np.array([np.nan, 0], np.float32)}
+    with pytest.raises(AggregationError, match="not finite"):
+        sc.aggregate(g, [Update("a", {"w": np.ones(2, np.float32)}, 1, extras=nan)], 0)
+    assert sc.to_trainers() == {}  # nothing changed
 
 
 def test_extras_pack_and_split_round_trip() -> None:
