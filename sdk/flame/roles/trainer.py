@@ -218,7 +218,11 @@ class Trainer(Role):
             )
             await self.channels[topo.upstream].send(self.upstream_peer, msg)
         elif topo.upstream is None:
-            entry: dict[str, Any] = {"round": self.round - 1, **self.metrics}
+            entry: dict[str, Any] = {
+                "round": self.round - 1,
+                **self.metrics,
+                "trainers": float(self._out_trainers),
+            }
             self.history.append(entry)
             if self.final and self.global_weights:
                 self.load_weights(self.global_weights)

@@ -89,8 +89,11 @@ def test_restarted_aggregator_ends_with_the_undisturbed_model(tmp_path: Path) ->
     clean = flame.simulate(JOB, overrides=_spec())
     with pytest.raises(FlameError, match="simulated crash"):
         flame.simulate(
-            JOB, roles={"aggregator": CrashingAggregator}, overrides=_spec(),
-            workdir=tmp_path, checkpoint=True,
+            JOB,
+            roles={"aggregator": CrashingAggregator},
+            overrides=_spec(),
+            workdir=tmp_path,
+            checkpoint=True,
         )
     ckpt_dirs = list((tmp_path / "checkpoints").iterdir())
     assert len(ckpt_dirs) == 1

@@ -51,7 +51,14 @@ async def test_chain_runs_like_the_algorithm_reads() -> None:
     r = Recorder(rounds=2)
     await r.compose().run()
     assert r.events == [
-        "init", "fetch1", "train1", "upload1", "fetch2", "train2", "upload2", "finish",
+        "init",
+        "fetch1",
+        "train1",
+        "upload1",
+        "fetch2",
+        "train2",
+        "upload2",
+        "finish",
     ]
 
 

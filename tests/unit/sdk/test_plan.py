@@ -56,7 +56,8 @@ def test_hierarchical_groups_pair_trainers_with_their_middle_aggregator() -> Non
     for m in middles:
         group = m.channels["param-channel"].group
         expected = {
-            c.task_id for c in configs
+            c.task_id
+            for c in configs
             if c.role == "trainer" and c.channels["param-channel"].group == group
         }
         assert set(m.peers("param-channel")) == expected and len(expected) == 5

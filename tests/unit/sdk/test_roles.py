@@ -1,0 +1,204 @@
+"""Roles end to end in one process (inproc): accuracy per topology, robust aggregation against
+attackers, rejected updates, dead trainers, quorum loss. NumPy softmax regression with
+full-batch gradient descent keeps every run fast and deterministic."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from structlog.testing import capture_logs
+
+import flame
+from flame.datasets import digits_split
+from flame.errors import QuorumLost
+from flame.roles import Aggregator, Coordinator, Role, load_role_class
+
+EXAMPLES = Path(__file__).parents[3] / "examples"
+JOB = EXAMPLES / "central-numpy"
+NumpyTrainer: Any = load_role_class(JOB / "trainer" / "main.py")
+NumpyAggregator: Any = load_role_class(JOB / "aggregator" / "main.py")
+ROLES: dict[str, type[Role]] = {
+    "trainer": NumpyTrainer,
+    "aggregator": NumpyAggregator,
+    "top-aggregator": NumpyAggregator,
+    "middle-aggregator": Aggregator,
+    "coordinator": Coordinator,
+}
+HP = {"hyperparameters": {"lr": 1.0, "local_steps": 5}}
+DIRICHLET = {f"digits-{i}": f"digits://dirichlet-0.3/10/{i}" for i in range(10)}
+
+
+def accuracy(weights: dict[str, np.ndarray]) -> float:
+    d = digits_split()
+    return float(((d.x_test @ weights["w"] + weights["b"]).argmax(1) == d.y_test).mean())
+
+
+def centralized_accuracy(lr: float = 1.0, steps: int = 100) -> float:
+    """The same model and optimizer on the pooled training data (20 rounds x 5 steps)."""
+    d = digits_split()
+    x, onehot = d.x_train.astype(np.float64), np.eye(10)[d.y_train]
+    w, b = np.zeros((64, 10)), np.zeros(10)
+    for _ in range(steps):
+        z = x @ w + b
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        g = (p - onehot) / len(x)
+        w -= lr * x.T @ g
+        b -= lr * g.sum(0)
+    return accuracy({"w": w, "b": b})
+
+
+def run(job: str = "central-numpy", **kwargs: Any) -> flame.SimulationResult:
+    overrides = {**HP, **kwargs.pop("overrides", {})}
+    return flame.simulate(EXAMPLES / job, roles=ROLES, overrides=overrides, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def central() -> flame.SimulationResult:
+    return run()
+
+
+def test_fedavg_on_iid_digits_matches_centralized_training(central: flame.SimulationResult) -> None:
+    fed = accuracy(central.weights)
+    assert fed >= centralized_accuracy() - 0.01
+    assert fed > 0.9
+    assert [h["round"] for h in central.history] == list(range(21))
+    assert all(h["trainers"] == 10 for h in central.history)
+    # the reported (sample-weighted, local test splits) metric tracks the real test accuracy
+    assert central.history[-1]["accuracy"] == pytest.approx(fed, abs=0.03)
+
+
+@pytest.mark.parametrize("job", ["hierarchical", "hybrid", "coordinated", "distributed"])
+def test_topologies_reach_the_central_accuracy(job: str, central: flame.SimulationResult) -> None:
+    result = run(job)
+    assert accuracy(result.weights) >= accuracy(central.weights) - 0.01
+    assert len(result.history) == 21
+    assert result.history[-1]["trainers"] == 10
+
+
+def test_async_fedbuff_learns(central: flame.SimulationResult) -> None:
+    result = run("async", overrides={"rounds": 20})
+    assert len(result.history) == 21
+    assert accuracy(result.weights) >= accuracy(central.weights) - 0.02
+
+
+def _rounds_to(history: list[dict[str, Any]], target: float) -> int | None:
+    return next((h["round"] for h in history if h["accuracy"] >= target), None)
+
+
+def test_adaptive_server_optimizers_beat_fedavg_on_label_skew() -> None:
+    base = run(datasets=DIRICHLET)
+    target = base.history[-1]["accuracy"]
+    assert _rounds_to(base.history, target) == 20 or target <= base.history[-2]["accuracy"]
+    for name in ("fedadam", "fedyogi"):
+        res = run(
+            datasets=DIRICHLET, overrides={"optimizer": {"name": name, "kwargs": {"eta": 0.1}}}
+        )
+        reached = _rounds_to(res.history, target)
+        assert reached is not None and reached < 20, (name, reached)
+
+
+def attacker(factor: float) -> type[Role]:
+    """Trainers 0 and 1 send ``global + factor * (their step)``: factor 10 is a scaled update,
+    -10 a sign-flipped and scaled one."""
+
+    class Attacker(NumpyTrainer):  # type: ignore[misc, valid-type]
+        def train(self) -> None:
+            super().train()
+            if self.config.index in (0, 1):
+                g = self.global_weights
+                self.model = {
+                    k: (g[k] + factor * (v - g[k])).astype(np.float32)
+                    for k, v in self.model.items()
+                }
+
+    return Attacker
+
+
+def attacked_accuracy(factor: float, rule: str, kwargs: dict[str, Any]) -> float:
+    res = flame.simulate(
+        JOB,
+        roles={**ROLES, "trainer": attacker(factor)},
+        overrides={**HP, "optimizer": {"name": rule, "kwargs": kwargs}},
+    )
+    return accuracy(res.weights)
+
+
+def test_two_scaled_attackers_robust_rules_hold_fedavg_falls(
+    central: flame.SimulationResult,
+) -> None:
+    clean = accuracy(central.weights)
+    assert attacked_accuracy(10.0, "trimmed_mean", {"beta": 0.2}) >= clean - 0.02
+    assert attacked_accuracy(10.0, "multi_krum", {"f": 2}) >= clean - 0.02
+    assert attacked_accuracy(10.0, "fedavg", {}) < clean - 0.05
+
+
+def test_two_sign_flipping_attackers_multi_krum_holds_fedavg_collapses(
+    central: flame.SimulationResult,
+) -> None:
+    clean = accuracy(central.weights)
+    assert attacked_accuracy(-10.0, "multi_krum", {"f": 2}) >= clean - 0.02
+    # trimming 2 per side also drops 2 honest updates each round: slower, measured -2.8 points
+    assert attacked_accuracy(-10.0, "trimmed_mean", {"beta": 0.2}) >= clean - 0.04
+    assert attacked_accuracy(-10.0, "fedavg", {}) < 0.5
+
+
+class BadSender(NumpyTrainer):  # type: ignore[misc]
+    def train(self) -> None:
+        super().train()
+        if self.config.index == 0 and self.round == 2:
+            self.model["w"][0, 0] = np.nan
+        if self.config.index == 1 and self.round == 3:
+            self.model["w"] = self.model["w"][:, :9].copy()
+
+
+def test_nan_and_wrong_shape_updates_are_rejected_with_a_reason() -> None:
+    with capture_logs() as logs:
+        res = flame.simulate(
+            JOB, roles={**ROLES, "trainer": BadSender}, overrides={**HP, "rounds": 4}
+        )
+    rejected = [e for e in logs if e["event"] == "update.rejected"]
+    assert {(e["round"], e["sender"].split("-")[1]) for e in rejected} == {(2, "0"), (3, "1")}
+    reasons = " ".join(e["reason"] for e in rejected)
+    assert "non-finite" in reasons and "shape" in reasons
+    trainers = {h["round"]: h["trainers"] for h in res.history}
+    assert trainers == {0: 10, 1: 9, 2: 9, 3: 10, 4: 10}  # a rejected update counts for nothing
+    assert accuracy(res.weights) > 0.85
+
+
+class DiesInRound3(NumpyTrainer):  # type: ignore[misc]
+    def train(self) -> None:
+        if self.config.index == 3 and self.round == 3:
+            raise RuntimeError("trainer process killed")
+        super().train()
+
+
+def test_a_dead_trainer_costs_one_timeout_then_the_job_goes_on() -> None:
+    started = time.monotonic()
+    with capture_logs() as logs:
+        res = flame.simulate(
+            JOB,
+            roles={**ROLES, "trainer": DiesInRound3},
+            overrides={**HP, "rounds": 6, "round_timeout": 1.0, "min_trainers": 5},
+        )
+    assert time.monotonic() - started < 30
+    timeouts = [e for e in logs if e["event"] == "round.timeout"]
+    assert len(timeouts) == 1 and timeouts[0]["round"] == 3
+    assert timeouts[0]["missing"][0].startswith("trainer-3-")
+    assert [h["trainers"] for h in res.history][3:] == [9, 9, 9, 9]
+    assert accuracy(res.weights) > 0.85
+
+
+def test_below_min_trainers_the_job_fails_with_a_clear_error() -> None:
+    started = time.monotonic()
+    with pytest.raises(QuorumLost, match="min_trainers is 10"):
+        flame.simulate(
+            JOB,
+            roles={**ROLES, "trainer": DiesInRound3},
+            overrides={**HP, "rounds": 6, "round_timeout": 1.0, "min_trainers": 10},
+        )
+    assert time.monotonic() - started < 30
