@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -49,9 +52,41 @@ def _delegate(name: str, target: str, help_text: str) -> None:
             raise typer.Exit(code)
 
 
-_delegate(
-    "run", "flame.cli.run_local:run_local_command", "Run a job locally: flamectl run --local DIR"
-)
+class Backend(StrEnum):
+    inproc = "inproc"
+    grpc = "grpc"
+    mqtt = "mqtt"
+
+
+@app.command("run")
+def run(
+    local: Annotated[
+        Path,
+        typer.Option(
+            "--local", exists=True, file_okay=False, help="job folder: design, spec and code"
+        ),
+    ],
+    backend: Annotated[Backend, typer.Option(help="channel backend of the simulation")] = (
+        Backend.inproc
+    ),
+    processes: Annotated[bool, typer.Option(help="one process per role instance")] = False,
+    rounds: Annotated[int | None, typer.Option(min=1, help="override the spec's rounds")] = None,
+    track: Annotated[bool, typer.Option(help="log to MLflow")] = True,
+    workdir: Annotated[Path | None, typer.Option(help="where tasks write their files")] = None,
+) -> None:
+    """Run a job locally in simulation, unchanged from how the control plane runs it."""
+    from flame.cli.run_local import run_local_command  # imports the simulator only when used
+
+    run_local_command(
+        local,
+        backend.value,
+        processes,
+        workdir=workdir,
+        track=track,
+        rounds=rounds,
+    )
+
+
 _delegate("up", "flame.cli.up:up_command", "Start the embedded control plane on this machine.")
 _delegate("down", "flame.cli.up:down_command", "Stop what `flamectl up` started.")
 

@@ -114,3 +114,19 @@ def test_unreachable_server_is_a_clear_error(tmp_path, monkeypatch) -> None:
     result = CliRunner().invoke(app, ["job", "list"])
     assert result.exit_code == 1
     assert "cannot reach http://127.0.0.1:1" in result.stderr
+
+
+def test_up_and_down_are_delegated_with_their_own_options(cli, tmp_path) -> None:
+    helped = cli("up", "--help")
+    assert helped.exit_code == 0 and "--nodes" in helped.stdout
+    down = cli("down", "--home", str(tmp_path / "stack"))
+    assert down.exit_code == 0, down.output
+    assert "nothing was running" in down.stdout
+    bad = cli("up", "--nodes", "-1", "--home", str(tmp_path / "stack"))
+    assert bad.exit_code != 0  # option validation of the delegated command still applies
+
+
+def test_run_local_needs_an_existing_folder(cli, tmp_path) -> None:
+    result = cli("run", "--local", str(tmp_path / "missing"))
+    assert result.exit_code == 2
+    assert "does not exist" in result.output
