@@ -430,7 +430,7 @@ class TaskBundle(BaseModel):
 
 class TaskStatus(Request):
     state: Literal["running", "completed", "failed"]
-    reason: Annotated[str, Field(max_length=4096)] = ""
+    reason: str = ""  # the controller keeps the first 4096 characters
     attempt: JsonInt = Field(0, ge=0, le=INT32)
 
 
@@ -455,7 +455,7 @@ class Logs(BaseModel):
 class NewLogLine(Request):
     task_id: Annotated[str, Field(min_length=1, max_length=256)]
     stream: Literal["stdout", "stderr", "agent"] = "stdout"
-    line: Annotated[str, Field(max_length=16 * 1024)]
+    line: str  # the controller keeps the first 16 KiB of a longer line
     at: datetime | None = Field(None, strict=False)
 
 
