@@ -122,3 +122,13 @@ async def test_open_channels_builds_a_set_by_name() -> None:
 async def test_open_channels_needs_a_hub_for_inproc() -> None:
     with pytest.raises(ConfigError):
         await open_channels(_config("agg", "aggregator", []), backend="inproc")
+
+
+def test_backend_precedence_override_then_job_then_design() -> None:
+    from flame.channels.factory import backend_of
+
+    cfg = _config("agg", "aggregator", [])
+    assert backend_of(cfg, "param") == "grpc"  # the design's channel backend
+    job_mqtt = cfg.model_copy(update={"job": JobSpec(backend="mqtt")})
+    assert backend_of(job_mqtt, "param") == "mqtt"  # the job overrides the design
+    assert backend_of(job_mqtt, "param", "inproc") == "inproc"  # simulate overrides both
