@@ -149,9 +149,10 @@ def add_node(cluster: Cluster, name: str, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
-def flamelet_events(cluster: Cluster, node: str) -> list[dict[str, Any]]:
-    """The structlog JSON events a flamelet of the stack wrote to its log file."""
-    log = Path(cluster.state.home) / "logs" / f"flamelet-{node}.log"
+def log_events(cluster: Cluster, process: str) -> list[dict[str, Any]]:
+    """The structlog JSON events a process of the stack (``controller``, ``apiserver``,
+    ``flamelet-node-0``, ...) wrote to its log file."""
+    log = Path(cluster.state.home) / "logs" / f"{process}.log"
     events = []
     for line in log.read_text(errors="replace").splitlines():
         try:
@@ -161,6 +162,10 @@ def flamelet_events(cluster: Cluster, node: str) -> list[dict[str, Any]]:
         if isinstance(ev, dict):
             events.append(ev)
     return events
+
+
+def flamelet_events(cluster: Cluster, node: str) -> list[dict[str, Any]]:
+    return log_events(cluster, f"flamelet-{node}")
 
 
 def wait_terminal(client: FlameClient, job_id: str, timeout: float = 60.0) -> str:
