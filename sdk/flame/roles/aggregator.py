@@ -141,8 +141,8 @@ class Aggregator(Role):
 
     # -- init / finish --------------------------------------------------------------------------
     @tasklet
-    def init(self) -> None:
-        self.initialize()
+    async def init(self) -> None:
+        await self.call_user(self.initialize)
         if not self.is_top:
             return
         self.global_weights = self.weights

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from flame.aggregation.base import pack_extras, split_extras
-from flame.channels.factory import ChannelSet
+from flame.channels.factory import ChannelSet, backend_of
 from flame.composer import Composable
 from flame.config import TaskConfig
 from flame.errors import FlameError, PeerTimeout, QuorumLost
@@ -21,6 +22,7 @@ from flame.tensors import Weights
 from flame.tracking import NullTracker, Tracker, TrackingResult
 
 Clock = Callable[[], float]
+T = TypeVar("T")
 
 # Message kinds of the data plane protocol.
 WEIGHTS = "weights"  # global model (+ extras) for round r
@@ -100,6 +102,10 @@ class Role:
         self.finished = False
         self.history: list[dict[str, Any]] = []
         self.tracking_result: TrackingResult | None = None
+        # Over a network backend, user code (initialize, load_data, train, evaluate) runs in a
+        # worker thread so the transport keeps answering peers meanwhile; in-process it runs
+        # inline (nothing else to serve, and no thread hop per call).
+        self.offload = any(backend_of(config, name) != "inproc" for name in config.channels)
 
     # -- user hooks ----------------------------------------------------------------------------
     @property
@@ -118,6 +124,12 @@ class Role:
     def evaluate(self) -> dict[str, float]:
         """Metrics of ``self.model`` on local test data (empty: nothing to report)."""
         return {}
+
+    async def call_user(self, fn: Callable[[], T]) -> T:
+        """Run a (blocking) user hook without stalling the event loop's transports."""
+        if self.offload:
+            return await asyncio.to_thread(fn)
+        return fn()
 
     # -- model <-> weights ----------------------------------------------------------------------
     @property

@@ -89,9 +89,9 @@ class Trainer(Role):
 
     # -- tasklets -------------------------------------------------------------------------------
     @tasklet
-    def init(self) -> None:
-        self.initialize()
-        self.load_data()
+    async def init(self) -> None:
+        await self.call_user(self.initialize)
+        await self.call_user(self.load_data)
         if self.dataset_size <= 0:
             self.log.warning("trainer.no_dataset_size", hint="set self.dataset_size in load_data")
 
@@ -143,7 +143,10 @@ class Trainer(Role):
             self._accept(await self.recv_from(topo.peer, self.group[0], "model from the leader"))
 
     @tasklet
-    def step(self) -> None:
+    async def step(self) -> None:
+        await self.call_user(self._step)
+
+    def _step(self) -> None:
         if self.global_weights:
             self.load_weights(self.global_weights)
         self.metrics = {k: float(v) for k, v in self.evaluate().items()}
