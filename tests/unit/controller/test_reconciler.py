@@ -1,4 +1,8 @@
-"""The reconciler drives real jobs: sqlite store, local deployer processes, a gRPC notifier."""
+"""The reconciler drives real jobs: sqlite store, local deployer processes, a gRPC notifier.
+
+Most reconcilers here have a 60 s fallback timer, longer than any wait in these tests: every
+wake-up they rely on is a kick, a process exit seen by the deployer, or a stored deadline.
+"""
 
 from __future__ import annotations
 
@@ -258,7 +262,7 @@ async def _job_is(store: Store, state: str) -> bool:
 async def test_job_runs_to_completion(tmp_path: Path, store: Store, notifier: Any) -> None:
     rec, address = notifier
     await create_job(store)
-    r = Reconciler(store, make_deployer(tmp_path), address, interval=5.0)
+    r = Reconciler(store, make_deployer(tmp_path), address, interval=60.0)
     async with running(r):
         await bring_to_running(store, r, rec)
         tasks = await tasks_by_role(store)
@@ -307,13 +311,13 @@ async def test_restarted_reconciler_resumes_without_restarting_tasks(
 ) -> None:
     rec, address = notifier
     await create_job(store)
-    r1 = Reconciler(store, make_deployer(tmp_path), address, interval=5.0)
+    r1 = Reconciler(store, make_deployer(tmp_path), address, interval=60.0)
     async with running(r1):
         await bring_to_running(store, r1, rec)
     agg = await aggregator(store)
     assert alive(agg.pid)  # the controller went away; the aggregator did not
 
-    r2 = Reconciler(store, make_deployer(tmp_path), address, interval=5.0)
+    r2 = Reconciler(store, make_deployer(tmp_path), address, interval=60.0)
     async with running(r2):
         await r2.reconcile_once()
         again = await aggregator(store)
@@ -334,7 +338,7 @@ async def test_losing_trainers_below_min_trainers_fails_the_job(
 ) -> None:
     rec, address = notifier
     await create_job(store, min_trainers=3)
-    r = Reconciler(store, make_deployer(tmp_path), address, interval=5.0)
+    r = Reconciler(store, make_deployer(tmp_path), address, interval=60.0)
     async with running(r):
         await bring_to_running(store, r, rec)
         trainers = (await tasks_by_role(store))["trainer"]
@@ -362,7 +366,7 @@ async def test_a_failing_aggregator_fails_the_job(
 ) -> None:
     rec, address = notifier
     await create_job(store)
-    r = Reconciler(store, make_deployer(tmp_path), address, interval=5.0)
+    r = Reconciler(store, make_deployer(tmp_path), address, interval=60.0)
     async with running(r):
         await bring_to_running(store, r, rec)
         agg = await aggregator(store)
@@ -399,7 +403,7 @@ async def test_max_run_time_terminates_the_job(tmp_path: Path, store: Store, not
 async def test_stop_terminates_everything(tmp_path: Path, store: Store, notifier: Any) -> None:
     rec, address = notifier
     await create_job(store)
-    r = Reconciler(store, make_deployer(tmp_path), address, interval=5.0)
+    r = Reconciler(store, make_deployer(tmp_path), address, interval=60.0)
     async with running(r):
         await bring_to_running(store, r, rec)
         agg = await aggregator(store)

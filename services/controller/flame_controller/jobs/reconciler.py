@@ -182,7 +182,9 @@ class Reconciler:
         now = self.clock()
         jobs = await self.store.jobs_to_reconcile(now)
         self.passes += 1
-        delays = await asyncio.gather(*(self._guarded(job.id) for job in jobs))
+        # a job created but never started needs nothing (its start or stop kicks us)
+        todo = [j for j in jobs if not (j.state == "ready" and j.desired_state == "ready")]
+        delays = await asyncio.gather(*(self._guarded(job.id) for job in todo))
         return min([self.interval, *delays])
 
     def _until_due(self, job: JobRecord) -> float:
