@@ -90,3 +90,27 @@ def test_same_backend_override(backend: str) -> None:
     fx = json.loads((FIXTURES / "hierarchical.json").read_text())
     fx["job"]["backend"] = backend
     assert graph(controller_configs(fx, "j")) == graph(sdk_configs(fx, "j"))
+
+
+def _schema(model: Any) -> Any:
+    """A model's JSON schema minus titles and descriptions; our class names as the SDK's."""
+    text = json.dumps(model.model_json_schema(by_alias=True), sort_keys=True)
+    text = text.replace("DesignSpec", "DesignSchema").replace("JobSpecModel", "JobSpec")
+
+    def strip(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k not in ("title", "description")}
+        if isinstance(x, list):
+            return [strip(v) for v in x]
+        return x
+
+    return strip(json.loads(text))
+
+
+def test_controller_schema_copy_matches_the_sdk() -> None:
+    """Services cannot import the SDK, so the controller re-states the design and job-spec
+    schema; a field added on one side only would make valid jobs fail on the other."""
+    from flame_controller.jobs.design import DesignSpec, JobSpecModel
+
+    assert _schema(DesignSpec) == _schema(DesignSchema)
+    assert _schema(JobSpecModel) == _schema(JobSpec)
