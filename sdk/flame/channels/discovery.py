@@ -119,17 +119,28 @@ class ControlPlaneDiscovery:
         self._retry_max = retry_max
         self._known: dict[str, str] = {}
 
-    async def register(self, task_id: str, endpoint: str) -> None:
-        try:
-            resp = await self._client.post(
-                f"/v1/agent/tasks/{task_id}/endpoint", json={"endpoint": endpoint}
-            )
-        except httpx.HTTPError as exc:
-            raise ChannelError(f"cannot register endpoint of {task_id}: {exc}") from exc
-        if resp.status_code >= 400:
-            raise ChannelError(
-                f"cannot register endpoint of {task_id}: HTTP {resp.status_code} {resp.text[:200]}"
-            )
+    async def register(self, task_id: str, endpoint: str, timeout: float = 300.0) -> None:
+        """Publish this task's endpoint. A control plane that is restarting (transport errors,
+        502/503/504) is retried with capped backoff until ``timeout``; a refusal (4xx) is final."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delay = self._retry_initial
+        while True:
+            try:
+                resp = await self._client.post(
+                    f"/v1/agent/tasks/{task_id}/endpoint", json={"endpoint": endpoint}
+                )
+                problem = f"HTTP {resp.status_code} {resp.text[:200]}"
+                retry = resp.status_code in (502, 503, 504)
+                if resp.status_code < 400:
+                    break
+            except httpx.TransportError as exc:
+                problem, retry = str(exc), True
+            if not retry or loop.time() + delay > deadline:
+                raise ChannelError(f"cannot register endpoint of {task_id}: {problem}")
+            log.info("discovery.register_retry", task_id=task_id, error=problem)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._retry_max)
         log.info("discovery.registered", task_id=task_id, endpoint=endpoint)
 
     async def _fetch(self) -> None:

@@ -41,7 +41,6 @@ log = structlog.get_logger(__name__)
 
 PRESENCE = "_presence"  # never a channel name: those cannot start with "_"
 SESSION_EXPIRY = 60  # seconds the broker keeps our subscriptions and queue across a blip
-KEEPALIVE = 15  # seconds; a dead task's will fires after 1.5x this
 WINDOW_BYTES = 32 << 20  # unacknowledged bytes per send: bounds memory, keeps the pipe full
 
 
@@ -119,7 +118,7 @@ class MqttTransport:
                 client.connect_async(
                     s.host,
                     s.port,
-                    keepalive=KEEPALIVE,
+                    keepalive=self.settings.mqtt_keepalive,
                     clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
                     properties=props,
                 )

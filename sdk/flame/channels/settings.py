@@ -17,6 +17,7 @@ class ChannelSettings(BaseSettings):
     # MQTT caps a packet at 256 MiB; a broker forwards a chunk only once it has all of it, so
     # smaller chunks pipeline better (2 MiB: ~1.5x the throughput of 8 MiB through Mosquitto)
     mqtt_chunk_bytes: int = Field(default=2 * MiB, ge=1024, le=255 * MiB)
+    mqtt_keepalive: int = Field(default=15, ge=1, le=3600)  # a dead task's will fires after 1.5x
     max_message_bytes: int = Field(default=4 << 30, ge=1)  # larger incoming messages are refused
     retry_initial: float = Field(default=0.05, gt=0)  # first backoff after UNAVAILABLE
     retry_max: float = Field(default=1.0, gt=0)  # backoff cap

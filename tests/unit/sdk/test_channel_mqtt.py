@@ -7,6 +7,7 @@ import asyncio
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -215,3 +216,56 @@ async def test_a_peer_that_left_is_not_waited_for_forever(broker: Broker) -> Non
             await t1["param"].send("agg", Message("update"))
     finally:
         await t1.close()
+
+
+CHILD = """
+import asyncio, sys
+from flame.channels import open_channels
+from flame.channels.settings import ChannelSettings
+from flame.config import TaskConfig
+
+async def main() -> None:
+    chans = await open_channels(
+        TaskConfig.model_validate_json(sys.argv[1]),
+        settings=ChannelSettings(mqtt_keepalive=1, connect_timeout=5),
+    )
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_peer_that_dies_is_detected_by_its_will(broker: Broker) -> None:
+    job = uuid.uuid4().hex[:12]
+    settings = MqttSettings(port=broker.port)
+    agg = await open_channels(
+        _config(job, "agg", {"t1": "trainer"}, settings),
+        settings=ChannelSettings(send_timeout=2, connect_timeout=5),
+    )
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            _config(job, "t1", {"agg": "aggregator"}, settings).model_dump_json(),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:  # log lines, then "ready"
+            if line.strip() == "ready":
+                break
+        await agg["param"].send("t1", Message("weights"))  # t1 is there
+        child.kill()  # no clean close: only the broker's will tells the others
+        child.wait(10)
+        with pytest.raises(PeerTimeout, match="not connected"):
+            deadline = asyncio.get_running_loop().time() + 10
+            while asyncio.get_running_loop().time() < deadline:
+                await agg["param"].send("t1", Message("weights"))  # accepted until the will fires
+    finally:
+        if child.poll() is None:
+            child.kill()
+        await agg.close()
