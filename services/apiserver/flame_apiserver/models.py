@@ -32,7 +32,10 @@ def _integral(value: Any) -> Any:
     return value
 
 
-JsonInt = Annotated[int, BeforeValidator(_integral)]
+# Non-negative integers (constraints before the validator, so OpenAPI gets minimum/maximum).
+Int32 = Annotated[int, Field(ge=0, le=INT32), BeforeValidator(_integral)]
+Int53 = Annotated[int, Field(ge=0, le=INT64), BeforeValidator(_integral)]
+TtlSeconds = Annotated[int, Field(ge=0, le=MAX_TTL_SECONDS), BeforeValidator(_integral)]
 
 # Field rules the controller enforces, published in the OpenAPI document so clients (and
 # schemathesis) know them; the controller stays the authority and checks them again.
@@ -114,7 +117,7 @@ class UpdateUser(Request):
 
 class CreateToken(Request):
     description: Annotated[str, Field(max_length=500)] = ""
-    ttl_seconds: JsonInt = Field(0, ge=0, le=MAX_TTL_SECONDS, description="0 = no expiry")
+    ttl_seconds: TtlSeconds = Field(0, description="0 = no expiry")
 
 
 class TokenSecret(BaseModel):
@@ -250,7 +253,7 @@ class CreateDataset(Request):
     node_id: Annotated[str, Field(min_length=1, max_length=256)]
     realm: Realm = ""
     format: Format = ""
-    size_bytes: JsonInt = Field(0, ge=0, le=INT64)
+    size_bytes: Int53 = 0
     uri: Annotated[str, Field(max_length=2048)] = ""
     description: Description = ""
 
@@ -259,7 +262,7 @@ class AgentDataset(Request):
     name: Name
     realm: Realm = ""
     format: Format = ""
-    size_bytes: JsonInt = Field(0, ge=0, le=INT64)
+    size_bytes: Int53 = 0
     description: Description = ""
 
 
@@ -379,13 +382,13 @@ class CreateJob(Request):
     name: Name
     project_id: Ref = ""
     design_id: Annotated[str, Field(min_length=1, max_length=256)]
-    code_version: JsonInt = Field(0, ge=0, le=INT32)
+    code_version: Int32 = Field(0, description="0 = latest")
     spec: dict[str, Any]
 
 
 class UpdateJob(Request):
     spec: dict[str, Any] | None = None
-    code_version: JsonInt | None = Field(None, ge=0, le=INT32)
+    code_version: Int32 | None = None
 
 
 class Task(BaseModel):
@@ -431,7 +434,7 @@ class TaskBundle(BaseModel):
 class TaskStatus(Request):
     state: Literal["running", "completed", "failed"]
     reason: str = ""  # the controller keeps the first 4096 characters
-    attempt: JsonInt = Field(0, ge=0, le=INT32)
+    attempt: Int32 = 0
 
 
 # ---- logs, metrics, endpoints
@@ -483,7 +486,7 @@ class Metrics(BaseModel):
 class NewMetric(Request):
     key: Annotated[str, Field(min_length=1, max_length=250)]
     value: float = Field(allow_inf_nan=False)
-    step: JsonInt = Field(0, ge=0, le=INT64)
+    step: Int53 = 0
 
 
 class ReportMetrics(Request):

@@ -269,6 +269,11 @@ def test_openapi_documents_problem_responses_and_security() -> None:
         assert "application/problem+json" in op["responses"][status]["content"]
     assert spec["paths"]["/v1/nodes/enroll"]["post"]["security"] == []
     assert "HTTPValidationError" not in spec["components"]["schemas"]
+    text = json.dumps(spec)
+    for keyword in ('"ge"', '"le"', '"min_length"', '"max_length"'):  # pydantic names leaking
+        assert keyword not in text
+    size = spec["components"]["schemas"]["CreateDataset"]["properties"]["size_bytes"]
+    assert (size["minimum"], size["maximum"]) == (0, 2**53 - 1)
     assert set(control_pb2.Job.DESCRIPTOR.fields_by_name) - {"spec_json"} <= set(
         spec["components"]["schemas"]["Job"]["properties"]
     )
