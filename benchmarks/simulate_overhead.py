@@ -1,0 +1,91 @@
+"""flame.simulate round overhead vs a plain loop doing the same compute (DESIGN §6).
+
+The digits job (10 IID shards, 20 rounds): the plain loop calls each trainer's own
+``load_weights / evaluate / train / weights`` and the same FedAvg strategy, with no channels,
+messages or validation; ``flame.simulate`` (inproc) runs the real roles. Per-round times are
+the median over rounds 2..20 (round 1 includes warm-up). Target: simulate <= 2x plain.
+Run both the torch example (logistic regression, minibatch SGD) and the NumPy one.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+import flame
+from flame.aggregation import Update, make_strategy
+from flame.channels.factory import ChannelSet
+from flame.jobdir import load_job_dir
+from flame.plan import expand
+from flame.roles import Trainer, load_role_class
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+
+
+def plain_loop(job: Path, rounds: int) -> list[float]:
+    jd = load_job_dir(job)
+    spec = jd.spec.model_copy(update={"rounds": rounds})
+    configs = expand(jd.design, spec, jd.datasets, job_id="bench", job_name="bench")
+    trainer_cls = load_role_class(jd.role_code("trainer"))
+    agg_cls = load_role_class(jd.role_code("aggregator"))
+    trainers: list[Any] = []
+    for cfg in configs:
+        if cfg.role == "trainer":
+            t = trainer_cls(cfg, ChannelSet({}))
+            assert isinstance(t, Trainer)
+            t.initialize()
+            t.load_data()
+            trainers.append(t)
+    agg: Any = agg_cls(next(c for c in configs if c.role == "aggregator"), ChannelSet({}))
+    agg.initialize()
+    global_w = agg.weights
+    strategy = make_strategy(spec.optimizer)
+    times = []
+    for rnd in range(1, rounds + 1):
+        started = time.perf_counter()
+        updates = []
+        for t in trainers:
+            t.round = rnd
+            t.global_weights = global_w
+            t.load_weights(global_w)
+            t.evaluate()
+            t.train()
+            updates.append(Update(t.config.task_id, t.weights, t.dataset_size, rnd))
+        global_w = strategy.aggregate(global_w, updates, rnd)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def simulated(job: Path, rounds: int) -> list[float]:
+    result = flame.simulate(job, overrides={"rounds": rounds})
+    return [float(h["round_time"]) for h in result.history[:-1]]  # the last is the final eval
+
+
+def compare(job: Path, rounds: int = 20, repeats: int = 3) -> dict[str, float]:
+    plain = min(statistics.median(plain_loop(job, rounds)[1:]) for _ in range(repeats))
+    sim = min(statistics.median(simulated(job, rounds)[1:]) for _ in range(repeats))
+    return {
+        "plain_ms_per_round": round(plain * 1000, 3),
+        "simulate_ms_per_round": round(sim * 1000, 3),
+        "ratio": round(sim / plain, 3),
+        "overhead_ms_per_round": round((sim - plain) * 1000, 3),
+    }
+
+
+def main() -> dict[str, Any]:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    out: dict[str, Any] = {"target_ratio": 2.0}
+    for name in ("central", "central-numpy"):
+        out[name] = compare(EXAMPLES / name)
+    return out
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(main(), indent=2))
