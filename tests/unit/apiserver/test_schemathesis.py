@@ -49,7 +49,7 @@ schema = schemathesis.openapi.from_dict(create_app(ApiserverSettings()).openapi(
 
 
 @schema.parametrize()
-@settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
 def test_every_operation_conforms(case, live) -> None:
     assert live.admin_token == LIVE_ADMIN_TOKEN
     case.call_and_validate(base_url=live.url)
