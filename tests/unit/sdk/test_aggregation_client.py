@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flame.aggregation import Scaffold, Update, make_strategy
+from flame.aggregation import FedBuff, Scaffold, Update, make_strategy, staleness_weight
 from flame.aggregation.client import (
     fedprox_mu,
     proximal_grad,
@@ -135,3 +135,31 @@ def test_server_optimizers_reach_the_optimum_without_local_drift(rule: str, kwar
     # fixed point of every adaptive rule (a sign error would run away from it).
     x = _federated(rule, rounds=400, steps=1, lr=0.05, **kwargs)
     assert abs(x - OPTIMUM) < 1e-3, x
+
+
+def test_fedbuff_converges_to_the_staleness_weighted_optimum() -> None:
+    # Four always-busy trainers finish in turn 0, 1, 2, 3, 0, ...; K = 4. Trainers 0-2 restart
+    # before the flush that trainer 3's update triggers, so their updates are always one model
+    # late (staleness 1) while trainer 3's are fresh. At the fixed point every trainer steps
+    # from x*, weighted 1/sqrt(1 + staleness): x* = sum(s_i a_i b_i) / sum(s_i a_i).
+    buff = make_strategy(OptimizerSpec(name="fedbuff", kwargs={"k": 4, "max_staleness": 2}))
+    assert isinstance(buff, FedBuff)
+    x = {"w": np.zeros(1, np.float64)}
+    rnd = 0
+    started = {i: (0, x["w"].copy()) for i in range(len(A))}  # trainer -> (base round, model)
+    seen: dict[int, set[int]] = {i: set() for i in range(len(A))}
+    for event in range(4000):
+        i = event % len(A)
+        base, start = started[i]
+        y = start - 0.05 * A[i] * (start - B[i])  # one local gradient step
+        if event >= len(A):
+            seen[i].add(rnd - base)
+        if buff.add(Update(f"t{i}", {"w": y}, 1, base_round=base), x, rnd):
+            x = buff.flush(x, rnd)
+            rnd += 1
+        started[i] = (rnd, x["w"].copy())
+    assert seen == {0: {1}, 1: {1}, 2: {1}, 3: {0}}
+    s = np.array([staleness_weight(1)] * 3 + [staleness_weight(0)])
+    expected = float((s * A) @ B / (s * A).sum())
+    assert abs(float(x["w"][0]) - expected) < 1e-6
+    assert abs(expected - OPTIMUM) > 1e-2  # the discount visibly matters
