@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import structlog
 import uvicorn
 
 from flame_apiserver.app import create_app
@@ -12,6 +13,12 @@ from flame_service.logging import configure_logging
 def main() -> None:
     settings = ApiserverSettings()
     configure_logging("apiserver", settings.log_level, settings.log_json)
+    structlog.get_logger(__name__).info(
+        "apiserver.starting",
+        listen=f"{settings.listen_host}:{settings.port}",
+        controller=settings.controller_address,
+        tls=bool(settings.tls_cert),
+    )
     uvicorn.run(
         create_app(settings),
         host=settings.listen_host,

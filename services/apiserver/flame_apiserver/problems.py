@@ -6,6 +6,7 @@ from http import HTTPStatus
 from typing import Any
 
 import grpc
+import structlog
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -14,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flame_service.errors import ERROR_CODE_KEY
 
+log = structlog.get_logger(__name__)
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_BASE = "https://flame.dev/errors/"
 
@@ -94,6 +96,8 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> ApiProblem:
         if key == ERROR_CODE_KEY and text:
             code = text
     detail = exc.details() or HTTPStatus(status).phrase
+    if status >= 500:
+        log.warning("controller.call_failed", grpc_status=exc.code().name, code=code, detail=detail)
     if status == 500:
         detail = "internal error"  # never leak controller internals
     if status == 503:
@@ -129,6 +133,11 @@ def install_handlers(app: Any) -> None:
             headers["Allow"] = ", ".join(_allowed_methods(request))
         return problem_response(status, code, str(exc.detail), headers)
 
+    async def on_crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request.crashed", method=request.method, path=request.url.path)
+        return problem_response(500, "internal", "internal error")
+
+    app.add_exception_handler(Exception, on_crash)
     app.add_exception_handler(ApiProblem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

@@ -84,6 +84,8 @@ class FakeControlPlane(control_pb2_grpc.ControlPlaneServicer):
 
     async def GetDesign(self, request, context):
         self._record("GetDesign", request, context)
+        if request.id == "d-garbage":  # a controller bug: schema_json that is not JSON
+            return control_pb2.Design(id="d-garbage", name="g", schema_json="{not json")
         if request.id not in self.designs:
             await self._fail(context, "NOT_FOUND", "not_found")
         return self.designs[request.id]
@@ -164,7 +166,7 @@ async def api() -> AsyncIterator[Api]:
         max_code_bytes=64 * 1024,
     )
     app = create_app(settings)
-    transport = httpx.ASGITransport(app=app)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
         yield Api(client, fake, settings)
     await app.state.controller.close()

@@ -85,6 +85,11 @@ async def test_grpc_errors_map_to_problem_json(api, status, code, http, expected
         assert status.lower() in body["detail"]
 
 
+async def test_an_unexpected_failure_is_a_500_problem_without_internals(api) -> None:
+    body = assert_problem(await api.call("GET", "/v1/designs/d-garbage"), 500, "internal")
+    assert body["detail"] == "internal error"
+
+
 async def test_missing_resource_is_404_problem(api) -> None:
     assert_problem(await api.call("GET", "/v1/designs/d-missing"), 404, "not_found")
 
