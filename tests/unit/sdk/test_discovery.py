@@ -2,6 +2,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI, Header, HTTPException
@@ -121,7 +122,28 @@ async def test_control_plane_discovery_retries_while_the_apiserver_is_down() -> 
         with pytest.raises(PeerTimeout):
             await d.resolve("t1", timeout=0.3)
         with pytest.raises(ChannelError):
+            await d.register("agg", "127.0.0.1:1", timeout=0.3)
+    finally:
+        await d.close()
+
+
+async def test_registration_rides_out_a_restarting_control_plane_but_not_a_refusal() -> None:
+    answers = iter([503, 503, 502, 200, 404])
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(next(answers), json={"detail": "controller unavailable"})
+
+    d = ControlPlaneDiscovery(
+        "http://cp", TOKEN, "agg", retry_initial=0.01, transport=httpx.MockTransport(handler)
+    )
+    try:
+        await d.register("agg", "127.0.0.1:1")
+        assert len(calls) == 4
+        with pytest.raises(ChannelError, match="404"):
             await d.register("agg", "127.0.0.1:1")
+        assert len(calls) == 5
     finally:
         await d.close()
 
