@@ -171,3 +171,28 @@ def test_cross_user_access_is_always_404_and_changes_nothing(stack) -> None:
     assert [p["endpoint"] for p in peers] == ["127.0.0.1:5"]
     for client in (alice, bob, alice_node, bob_node):
         client.close()
+
+
+def test_sharing_through_a_project_opens_exactly_what_it_shares(stack) -> None:
+    with stack.client() as admin:
+        _, carol = _user(admin, stack, "carol-iso")
+        dave_id, dave = _user(admin, stack, "dave-iso")
+    schema = json.loads((FIXTURES / "central.json").read_text())["design"]
+    project = _ok(carol.post("/v1/projects", json={"name": "shared-proj"}))
+    shared = _ok(
+        carol.post(
+            "/v1/designs", json={"name": "shared", "project_id": project["id"], "schema": schema}
+        )
+    )
+    private = _ok(carol.post("/v1/designs", json={"name": "private", "schema": schema}))
+    assert dave.get(f"/v1/designs/{shared['id']}").status_code == 404
+
+    _ok(carol.put(f"/v1/projects/{project['id']}/members/{dave_id}"))
+    assert _ok(dave.get(f"/v1/designs/{shared['id']}"))["name"] == "shared"
+    assert dave.get(f"/v1/designs/{private['id']}").status_code == 404
+    assert [d["id"] for d in _ok(dave.get("/v1/designs"))["items"]] == [shared["id"]]
+
+    _ok(carol.delete(f"/v1/projects/{project['id']}/members/{dave_id}"))
+    assert dave.get(f"/v1/designs/{shared['id']}").status_code == 404
+    for client in (carol, dave):
+        client.close()

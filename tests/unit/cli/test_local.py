@@ -91,3 +91,24 @@ def test_render_formats(capsys) -> None:
     render(nodes, Format.table, ("id", "name", "labels", "enrolled", "last_seen"))
     out = capsys.readouterr().out
     assert "ID" in out and "silo" in out and "site=a" in out and "yes" in out
+
+
+def test_client_lists_follow_every_page_and_pass_the_token() -> None:
+    import httpx
+
+    from flame.cli.client import FlameClient
+
+    seen: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        token = request.url.params.get("page_token", "")
+        seen.append(token)
+        start = int(token or 0)
+        items = [{"id": f"d-{i}", "name": f"n{i}"} for i in range(start, min(start + 2, 5))]
+        more = str(start + 2) if start + 2 < 5 else ""
+        return httpx.Response(200, json={"items": items, "next_page_token": more})
+
+    with FlameClient("http://x", "t", transport=httpx.MockTransport(handle)) as client:
+        designs = client.list_designs()
+    assert [d.id for d in designs] == [f"d-{i}" for i in range(5)]
+    assert seen == ["", "2", "4"]
