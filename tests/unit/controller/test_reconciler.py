@@ -35,7 +35,14 @@ from flame_controller.jobs.reconciler import Reconciler
 from flame_controller.jobs.states import task_transition
 from flame_controller.store.base import Store
 from flame_controller.store.factory import open_store
-from flame_controller.store.records import CodeRecord, DesignRecord, JobRecord, TaskRecord
+from flame_controller.store.records import (
+    CodeRecord,
+    DesignRecord,
+    JobRecord,
+    NodeRecord,
+    TaskRecord,
+    utcnow,
+)
 from flame_proto.v1 import notifier_pb2, notifier_pb2_grpc
 from flame_service.errors import Conflict
 
@@ -105,6 +112,10 @@ async def create_job(store: Store, **spec_overrides: Any) -> JobRecord:
     fx = json.loads((FIXTURES / "central.json").read_text())
     design = parse_design(fx["design"])
     spec = parse_job_spec({**fx["job"], **spec_overrides})
+    for d in fx["datasets"]:
+        await store.create_node(
+            NodeRecord(id=d["node_id"], name=d["node_id"], owner="u1", presence="online")
+        )
     await store.create_design(
         DesignRecord(id="des-1", name="central", owner="u1", schema=design_to_dict(design))
     )
@@ -495,3 +506,44 @@ async def test_missing_code_fails_the_job(tmp_path: Path, store: Store, notifier
 
 async def _all_notified(store: Store) -> bool:
     return all(t.info.get("notified") for t in (await tasks_by_role(store))["trainer"])
+
+
+async def test_a_lost_node_fails_its_task_after_the_grace_period(
+    tmp_path: Path, store: Store, notifier: Any
+) -> None:
+    rec, address = notifier
+    await create_job(store)  # min_trainers 2 of 3
+    r = Reconciler(store, make_deployer(tmp_path), address, interval=60.0, node_grace=0.3)
+    async with running(r):
+        await bring_to_running(store, r, rec)
+        trainers = (await tasks_by_role(store))["trainer"]
+        lost = trainers[1]
+        assert lost.node_id is not None
+        # the notifier reports the node's agent gone; the domain layer kicks; the reconciler
+        # waits out the grace period on its own timer
+        await store.update_node(lost.node_id, {"presence": "offline", "last_seen": utcnow()})
+        r.kick()
+        await eventually(lambda: _state_is(store.get_task(lost.id), "failed"), what="lost")
+        assert (await store.get_task(lost.id)).reason.startswith(f"node {lost.node_id} offline")
+        assert await job_state(store) == "running"  # 2 trainers left: quorum holds
+        for t in (trainers[0], trainers[2]):
+            await report(store, r, t.id, "completed")
+        agg = await aggregator(store)
+        (Path(agg.info["deployer"]["workdir"]) / "release").write_text("0")
+        await eventually(lambda: _job_is(store, "completed"), what="completed without the node")
+
+
+async def test_a_short_absence_is_waited_out(tmp_path: Path, store: Store, notifier: Any) -> None:
+    rec, address = notifier
+    await create_job(store)
+    r = Reconciler(store, make_deployer(tmp_path), address, interval=60.0, node_grace=60.0)
+    async with running(r):
+        await bring_to_running(store, r, rec)
+        trainer = (await tasks_by_role(store))["trainer"][0]
+        assert trainer.node_id is not None
+        await store.update_node(trainer.node_id, {"presence": "offline", "last_seen": utcnow()})
+        delay = await r.reconcile_job("job-1")
+        assert 0 < delay <= 60.0
+        assert (await store.get_task(trainer.id)).state == "running"
+        await set_desired(store, r, "stopped")
+        await eventually(lambda: _job_is(store, "terminated"), what="stopped")

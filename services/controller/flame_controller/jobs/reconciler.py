@@ -16,6 +16,9 @@ Steps, per job:
   tasks ``pending → scheduled → running`` through the deployer, whose processes are then
   observed (exit 0 → ``completed``, otherwise ``failed``).  ``deploying → running`` once no task
   waits to be started.
+* A data-consumer task whose node is deleted, revoked, or offline (presence reported by the
+  notifier) for longer than ``node_grace`` fails with that reason; a shorter absence (a
+  flamelet restart) is waited out.
 * ``running → completed`` when every role has a completed task and none is live.
 * ``→ failed`` when a deployer-run task fails, when the live data-consumer tasks drop below
   ``spec.min_trainers``, when every task ended without each role completing, or on a permanent
@@ -47,6 +50,7 @@ from ..store.records import (
     JobRecord,
     JobState,
     LogLineRecord,
+    NodeRecord,
     TaskRecord,
     TaskState,
     utcnow,
@@ -91,6 +95,7 @@ class Reconciler:
         interval: float = 1.0,
         retry_delay: float = 1.0,
         concurrency: int = 8,
+        node_grace: float = 10.0,
         issue_credential: CredentialIssuer | None = None,
         revoke_credentials: CredentialRevoker | None = None,
         clock: Callable[[], datetime] = utcnow,
@@ -103,6 +108,8 @@ class Reconciler:
             self.notifier = notifier_address
         self.interval = interval
         self.retry_delay = retry_delay
+        self.node_grace = node_grace
+        self._hints: dict[str, float] = {}  # job id -> look again within (this pass only)
         self.clock = clock
         self._issue_credential = issue_credential or self._domain_credential
         self._revoke_credentials = revoke_credentials or self._domain_revoke
@@ -209,6 +216,7 @@ class Reconciler:
         """Take steps on one job until it needs to wait; returns the requeue delay."""
         with structlog.contextvars.bound_contextvars(job_id=job_id):
             for _ in range(MAX_STEPS_PER_JOB):
+                self._hints.pop(job_id, None)
                 try:
                     job = await self.store.get_job(job_id)
                 except NotFound:
@@ -220,12 +228,13 @@ class Reconciler:
                     continue  # someone else wrote first: re-read and look again
                 except TemporaryError as exc:
                     log.warning("reconciler.retry_later", reason=str(exc), delay=exc.delay)
-                    return min(exc.delay, self._until_due(job))
+                    hint = self._hints.pop(job_id, exc.delay)
+                    return min(exc.delay, self._until_due(job), hint)
                 except PermanentError as exc:
                     await self._fail(job, str(exc))
                     continue
                 if not progressed:
-                    return self._until_due(job)
+                    return min(self._until_due(job), self._hints.pop(job_id, self.interval))
             return 0.0
 
     # -- one step ----------------------------------------------------------------------------
@@ -302,10 +311,11 @@ class Reconciler:
         failure on one task does not hold up the others; it is raised after them."""
         progressed = False
         delayed: TemporaryError | None = None
+        nodes: dict[str, NodeRecord | None] = {}  # read once per step
         for task in tasks:
             try:
                 if task.data_consumer:
-                    progressed |= await self._drive_node_task(job, task)
+                    progressed |= await self._drive_node_task(job, task, nodes)
                 else:
                     progressed |= await self._drive_deployer_task(job, task)
             except TemporaryError as exc:
@@ -314,7 +324,9 @@ class Reconciler:
             raise delayed
         return progressed
 
-    async def _drive_node_task(self, job: JobRecord, task: TaskRecord) -> bool:
+    async def _drive_node_task(
+        self, job: JobRecord, task: TaskRecord, nodes: dict[str, NodeRecord | None]
+    ) -> bool:
         if task.state == "pending":
             if not task.node_id:
                 raise PermanentError(f"task {task.id} consumes data but has no node")
@@ -326,6 +338,11 @@ class Reconciler:
                 attempt=task.attempt + 1,
             )
             return True
+        if task.state in ("scheduled", "running") and task.node_id:
+            lost = await self._node_lost(job, task.node_id, nodes)
+            if lost:
+                await self._set_task(task, "failed", lost)
+                return True
         if task.state == "scheduled" and not task.info.get("notified"):
             await self._notify(task, "start", f"start task {task.id}")
             await self.store.cas_task(
@@ -333,6 +350,33 @@ class Reconciler:
             )
             return True
         return False
+
+    async def _node_lost(
+        self, job: JobRecord, node_id: str, nodes: dict[str, NodeRecord | None]
+    ) -> str | None:
+        """Why the tasks on ``node_id`` are lost (deleted, revoked, offline past the grace
+        period), or None.  A node that went offline less than ``node_grace`` ago (a flamelet
+        restart) is given time: the job is looked at again when the grace ends."""
+        if node_id not in nodes:
+            try:
+                nodes[node_id] = await self.store.get_node(node_id)
+            except NotFound:
+                nodes[node_id] = None
+        node = nodes[node_id]
+        if node is None:
+            return f"node {node_id} no longer exists"
+        if node.revoked:
+            return f"node {node_id} was revoked"
+        if node.presence != "offline":
+            return None
+        if node.last_seen is None:
+            return f"node {node_id} is offline"
+        gone_for = (self.clock() - node.last_seen).total_seconds()
+        if gone_for >= self.node_grace:
+            return f"node {node_id} offline since {node.last_seen.isoformat()}"
+        wait = self.node_grace - gone_for
+        self._hints[job.id] = min(self._hints.get(job.id, wait), wait)
+        return None
 
     async def _drive_deployer_task(self, job: JobRecord, task: TaskRecord) -> bool:
         if task.state == "pending":
