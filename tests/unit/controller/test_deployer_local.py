@@ -118,6 +118,9 @@ async def test_runs_the_role_with_clean_env_and_config(tmp_path: Path) -> None:
     assert cfg["workdir"] == str(workdir)
     assert cfg["checkpoint_dir"] == str(workdir / "checkpoints")
     assert stat.S_IMODE((workdir / "config.json").stat().st_mode) == 0o600
+    # one process shows the task command line: the wrapper script does not repeat it
+    assert psutil.Process(dep.pid).cmdline() == ["/bin/sh", "run.sh"]
+    assert seen["argv"] == ["code/aggregator/main.py", "config.json"]
     # its own session: a controller crash does not take it down
     assert os.getsid(dep.pid) == dep.pid != os.getsid(0)
     assert await d.is_running(task)

@@ -7,10 +7,10 @@ Per task a work dir ``<data_dir>/tasks/<job id>/<task id>/`` holds::
     checkpoints/     kept across restarts of the task, so an aggregator can resume
     stdout.log stderr.log
     process.json     {"pid", "create_time"} of the running process
-    exit_code        written by the wrapper when the process ends
+    run.sh           runs the task command and writes exit_code when it ends
 
 The process is ``[python, *launch_args, "config.json"]`` (default ``python -m flame.launch``)
-run through a tiny ``/bin/sh`` wrapper that records the exit code in ``exit_code`` (so a
+run through a tiny ``/bin/sh`` script (``run.sh``) that records the exit code in ``exit_code`` (so a
 restarted controller, which cannot ``wait()`` for a child it did not start, still learns how the
 task ended).  It gets a clean environment (PATH, HOME = work dir, LANG, TMPDIR, ``FLAME_*``) and
 its own session (``start_new_session=True``), so a controller crash does not kill it.  ``stop``
@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -50,11 +51,16 @@ from .base import Deployment, Observed, Output
 
 log = structlog.get_logger(__name__)
 
-# "$@" is the task command; its exit status goes to exit_code (atomically) and is passed on.
-_WRAPPER = (
-    'rc=0; "$@" || rc=$?; '
-    'printf "%s" "$rc" > exit_code.tmp && mv exit_code.tmp exit_code; exit "$rc"'
-)
+# run.sh: runs the task command, records its exit status in exit_code (atomically), passes it
+# on.  A script file rather than ``sh -c``, so that only the task process itself shows the
+# task command line (process listings count one process per task).
+_RUN_SH = """#!/bin/sh
+# written by the flame local deployer
+rc=0
+{command} || rc=$?
+printf '%s' "$rc" > exit_code.tmp && mv exit_code.tmp exit_code
+exit "$rc"
+"""
 STREAMS = ("stdout", "stderr")
 _CREATE_TIME_TOLERANCE = 0.05  # seconds; create_time is derived from boot time + ticks
 
@@ -189,7 +195,7 @@ class LocalDeployer:
         workdir.mkdir(parents=True, exist_ok=True)
         for stale in ("code", "code.new", "tmp"):
             shutil.rmtree(workdir / stale, ignore_errors=True)
-        for stale_file in ("exit_code", "exit_code.tmp", "process.json"):
+        for stale_file in ("exit_code", "exit_code.tmp", "process.json", "run.sh"):
             (workdir / stale_file).unlink(missing_ok=True)
         # unpack into a fresh folder, then move it in place: a failed unpack leaves no code/
         staging = workdir / "code.new"
@@ -223,12 +229,13 @@ class LocalDeployer:
             "FLAME_TASK_ID": task.id,
         }
         argv = [self.settings.python, *self.settings.launch_args, "config.json"]
+        _write_atomic(workdir / "run.sh", _RUN_SH.format(command=shlex.join(argv)).encode())
         with (
             (workdir / "stdout.log").open("ab") as out,
             (workdir / "stderr.log").open("ab") as err,
         ):
             child = subprocess.Popen(
-                ["/bin/sh", "-c", _WRAPPER, "flame-task", *argv],
+                ["/bin/sh", "run.sh"],
                 cwd=workdir,
                 env=env,
                 stdin=subprocess.DEVNULL,
