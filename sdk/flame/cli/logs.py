@@ -8,6 +8,12 @@ from typing import Annotated
 import typer
 
 from flame.cli.common import resolve_job, session
+from flame.cli.resources import LogLine
+
+
+def _echo(line: LogLine) -> None:
+    stamp = line.at.strftime("%H:%M:%S") if line.at else "--:--:--"
+    typer.echo(f"{stamp} {line.task_id[:12]} {line.stream}: {line.line}")
 
 
 def logs(
@@ -22,18 +28,17 @@ def logs(
     with session() as client:
         job_id = resolve_job(client, job).id
         after = 0
+        ended = False
         while True:
             page = client.get_logs(job_id, task_id=task, after_seq=after)
             for line in page.lines:
-                stamp = line.at.strftime("%H:%M:%S") if line.at else "--:--:--"
-                typer.echo(f"{stamp} {line.task_id[:12]} {line.stream}: {line.line}")
+                _echo(line)
             after = max(after, page.last_seq)
             if page.lines:
-                continue  # drain before deciding to stop or wait
-            if not follow or client.get_job(job_id).terminal:
-                # one last read: lines shipped just before the terminal state
-                if follow:
-                    for line in client.get_logs(job_id, task_id=task, after_seq=after).lines:
-                        typer.echo(f"{line.task_id[:12]} {line.stream}: {line.line}")
+                continue  # drain what is there before deciding to stop or wait
+            if not follow or ended:
                 return
-            time.sleep(interval)
+            # Once the job has ended, read once more: lines shipped just before the end.
+            ended = client.get_job(job_id).terminal
+            if not ended:
+                time.sleep(interval)
