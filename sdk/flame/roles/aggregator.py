@@ -240,6 +240,7 @@ class Aggregator(Role):
             self.round += 1
             self.final = self.round > self.config.job.rounds
             assert self.selector is not None
+            await self._readmit()
             alive = [c for c in self.candidates if c not in self.silent]
             if self.final:
                 self.participants = list(self.candidates)
@@ -264,6 +265,19 @@ class Aggregator(Role):
         self.global_weights, self.extras = unpack(msg.weights)
         pool = self.assigned if self.assigned is not None else self.candidates
         self.participants = [p for p in pool if self.final or p not in self.silent]
+
+    async def _readmit(self) -> None:
+        """A silent peer that has sent anything since (a late update) is alive again."""
+        if not self.silent or self.topology.downstream is None:
+            return
+        chan = self.channels[self.topology.downstream]
+        while self.silent:
+            try:
+                peer, msg = await chan.recv_any(sorted(self.silent), timeout=0)
+            except PeerTimeout:
+                return
+            self.silent.discard(peer)
+            self.log.info("peer.back", peer=peer, late_kind=msg.kind, late_round=msg.round)
 
     @tasklet
     async def distribute(self) -> None:
