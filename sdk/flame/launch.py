@@ -6,6 +6,8 @@
    ``<cwd>/<role>/main.py`` (a job directory). The file must define exactly one
    Trainer/Aggregator/Coordinator subclass.
 3. Open the task's channels, make the tracker (MLflow for the top aggregator only), run.
+   Checkpoints go to ``config.checkpoint_dir``, by default ``<dir of config.json>/checkpoints``
+   (kept by the deployers across restarts, so a restarted top aggregator resumes).
 4. Exit 0 on success (the final weights and per-round metrics are left in the task's workdir as
    ``result.safetensors`` / ``result.json``); exit 2 on a configuration error, 3 when the job
    lost its quorum, 1 on any other failure, each with a one-line reason on stderr.
@@ -62,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = TaskConfig.load(args.config)
+        if config.checkpoint_dir is None:  # the deployers keep <task dir>/checkpoints/
+            ckpt = str(args.config.resolve().parent / "checkpoints")
+            config = config.model_copy(update={"checkpoint_dir": ckpt})
         structlog.contextvars.bind_contextvars(
             job_id=config.job_id, task_id=config.task_id, role=config.role
         )
