@@ -307,7 +307,7 @@ def test_job_needing_a_revoked_node_fails_and_says_so(cluster: Cluster, revoked:
         except ApiError as refused:  # refusing the start outright is as good
             assert "revoked" in refused.detail, refused
         else:
-            state = wait_terminal(cluster.client, job_id, timeout=20)
+            state = wait_terminal(cluster.client, job_id, timeout=15)
             reasons = _reasons(cluster, job_id)
             assert state == "failed", reasons
             assert any("revoked" in r for r in reasons), reasons
