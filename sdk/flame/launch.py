@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     except FlameError as exc:
         print(f"flame.launch: task failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except Exception as exc:  # user code raised: still one clear line, and exit 1
+        print(f"flame.launch: task failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("flame.launch: interrupted", file=sys.stderr)
         return 130

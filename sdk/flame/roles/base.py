@@ -170,9 +170,14 @@ class Role:
         self.log.info("task.started", topology=self.topology)
         try:
             await self.compose().run()
-        except FlameError as exc:
+        except Exception as exc:
             self.log.error("task.failed", error=str(exc), kind=type(exc).__name__)
-            await self.on_failure(exc)
+            reason = (
+                exc
+                if isinstance(exc, FlameError)
+                else FlameError(f"{self.config.task_id} failed: {type(exc).__name__}: {exc}")
+            )
+            await self.on_failure(reason)
             raise
         self.log.info("task.finished", rounds=self.round)
         return self.result()

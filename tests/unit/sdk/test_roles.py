@@ -263,3 +263,21 @@ def test_scaffold_control_variates_travel_with_the_model() -> None:
     )
     assert all(h["trainers"] == 10 for h in res.history)  # no update rejected
     assert res.history[-1]["accuracy"] >= base.history[-1]["accuracy"] - 0.01
+
+
+class BrokenEvaluation(NumpyAggregator):  # type: ignore[misc]
+    def evaluate(self) -> dict[str, float]:
+        if self.round == 2:
+            raise ValueError("server test set is missing")
+        return {}
+
+
+def test_a_crash_in_aggregator_code_stops_every_task_promptly() -> None:
+    started = time.monotonic()
+    with capture_logs() as logs, pytest.raises(ValueError, match="test set is missing"):
+        flame.simulate(
+            JOB, roles={**ROLES, "aggregator": BrokenEvaluation}, overrides={**HP, "rounds": 4}
+        )
+    assert time.monotonic() - started < 30
+    failed = [e for e in logs if e["event"] == "task.failed" and "trainer" in e["task_id"]]
+    assert len(failed) == 10 and "ValueError" in failed[0]["error"]
