@@ -65,7 +65,7 @@ class Job:
     sets: list[ChannelSet]
 
 
-SETTINGS = ChannelSettings(send_timeout=1.0, connect_timeout=5.0)
+SETTINGS = ChannelSettings(send_timeout=60.0, connect_timeout=5.0)
 
 
 async def _open_job(backend: str, settings: ChannelSettings = SETTINGS) -> Job:
@@ -93,8 +93,22 @@ async def _open_job(backend: str, settings: ChannelSettings = SETTINGS) -> Job:
 
 
 @pytest.fixture(params=BACKENDS)
-async def job(request: pytest.FixtureRequest) -> AsyncIterator[Job]:
-    j = await _open_job(request.param)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def job(backend: str) -> AsyncIterator[Job]:
+    j = await _open_job(backend)
+    yield j
+    for s in j.sets:
+        await s.close()
+
+
+@pytest.fixture
+async def impatient_job(backend: str) -> AsyncIterator[Job]:
+    """A job whose sends give up after 1 s, for the dead-peer cases."""
+    j = await _open_job(backend, ChannelSettings(send_timeout=1.0, connect_timeout=5.0))
     yield j
     for s in j.sets:
         await s.close()
@@ -231,13 +245,15 @@ async def test_unknown_peers_are_refused(job: Job) -> None:
         await job.agg.recv("nobody", timeout=0.1)
 
 
-async def test_sending_to_a_dead_peer_fails(job: Job) -> None:
+async def test_sending_to_a_dead_peer_fails(impatient_job: Job) -> None:
+    job = impatient_job
     await job.sets[0].close()  # the aggregator is gone
     with pytest.raises(ChannelError):
         await job.t1.send("agg", Message("update"))
 
 
-async def test_a_broadcast_that_misses_a_dead_peer_says_which(job: Job) -> None:
+async def test_a_broadcast_that_misses_a_dead_peer_says_which(impatient_job: Job) -> None:
+    job = impatient_job
     await job.sets[2].close()  # t2 is gone
     with pytest.raises(BroadcastError) as info:
         await job.agg.broadcast(Message("weights", round=1))
