@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from http import HTTPStatus
 from typing import Any
 
@@ -134,7 +135,13 @@ def install_handlers(app: Any) -> None:
         return problem_response(status, code, str(exc.detail), headers)
 
     async def on_crash(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("request.crashed", method=request.method, path=request.url.path)
+        log.error(
+            "request.crashed",
+            method=request.method,
+            path=request.url.path,
+            error=f"{type(exc).__name__}: {exc}",
+            traceback="".join(traceback.format_exception(exc)),  # plain text: cheap to render
+        )
         return problem_response(500, "internal", "internal error")
 
     app.add_exception_handler(Exception, on_crash)
