@@ -23,7 +23,8 @@ def to_bytes(weights: Mapping[str, np.ndarray]) -> bytes:
     """Serialise named arrays as safetensors (contiguous copies only where needed)."""
     if not weights:
         return b""
-    return st_save({k: np.ascontiguousarray(v) for k, v in weights.items()})
+    # np.asarray(order="C"), not ascontiguousarray: the latter turns 0-d tensors into 1-d.
+    return st_save({k: np.asarray(v, order="C") for k, v in weights.items()})
 
 
 def from_bytes(data: bytes) -> Weights:

@@ -46,3 +46,9 @@ def test_bad_updates_are_rejected_with_a_reason(update: dict, reason: str) -> No
 def test_good_update_passes_and_survives_bytes() -> None:
     ref = {"w": np.zeros((2, 2), np.float32)}
     check_update(from_bytes(to_bytes({"w": np.ones((2, 2), np.float32)})), ref)
+
+
+def test_zero_dimensional_tensors_keep_their_shape() -> None:
+    back = from_bytes(to_bytes({"step": np.array(3.0, np.float32), "w": np.ones((2, 3)).T}))
+    assert back["step"].shape == () and float(back["step"]) == 3.0
+    np.testing.assert_array_equal(back["w"], np.ones((3, 2)))
