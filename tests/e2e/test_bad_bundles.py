@@ -106,11 +106,10 @@ def _plant_escape(cluster: Cluster, job: Prepared, example: str) -> None:
 
 
 def _escaped_files(cluster: Cluster) -> list[Path]:
-    roots = [Path(cluster.state.home), Path(cluster.state.home) / "data"]
-    for home in cluster.state.nodes.values():
-        roots += [Path(home), Path(home) / "tasks"]
-    found = [p for root in roots for p in root.glob("*/escaped.txt")]
-    return found + [p for root in roots for p in root.glob("escaped.txt")]
+    """Any file a ``../`` member may have produced, anywhere in the stack's folder (the
+    flamelets' homes and the deployer's task folders are inside it) or next to it."""
+    home = Path(cluster.state.home)
+    return [*home.rglob("escaped.txt"), *home.parent.glob("escaped.txt")]
 
 
 # ---- sha256 mismatch -----------------------------------------------------------------------
