@@ -183,7 +183,7 @@ def test_a_dead_trainer_costs_one_timeout_then_the_job_goes_on() -> None:
         res = flame.simulate(
             JOB,
             roles={**ROLES, "trainer": DiesInRound3},
-            overrides={**HP, "rounds": 6, "round_timeout": 1.0, "min_trainers": 5},
+            overrides={**HP, "rounds": 6, "round_timeout": 2.0, "min_trainers": 5},
         )
     assert time.monotonic() - started < 30
     timeouts = [e for e in logs if e["event"] == "round.timeout"]
@@ -199,7 +199,7 @@ def test_below_min_trainers_the_job_fails_with_a_clear_error() -> None:
         flame.simulate(
             JOB,
             roles={**ROLES, "trainer": DiesInRound3},
-            overrides={**HP, "rounds": 6, "round_timeout": 1.0, "min_trainers": 10},
+            overrides={**HP, "rounds": 6, "round_timeout": 2.0, "min_trainers": 10},
         )
     assert time.monotonic() - started < 30
 
@@ -210,9 +210,9 @@ class SlowInRound2(NumpyTrainer):  # type: ignore[misc]
 
     async def upload(self) -> None:  # type: ignore[override]
         if self.config.index == 4 and self.round == 2:
-            await asyncio.sleep(1.2)  # longer than round_timeout: round 2 goes on without it
+            await asyncio.sleep(2.4)  # longer than round_timeout: round 2 goes on without it
         elif self.config.index == 0 and self.round >= 3:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(1.0)
         await super().upload.run()
 
 
@@ -221,7 +221,7 @@ def test_a_late_trainer_is_readmitted_after_its_late_update_arrives() -> None:
         res = flame.simulate(
             JOB,
             roles={**ROLES, "trainer": SlowInRound2},
-            overrides={**HP, "rounds": 6, "round_timeout": 1.0},
+            overrides={**HP, "rounds": 6, "round_timeout": 2.0},
         )
     events = [e["event"] for e in logs]
     assert events.count("round.timeout") == 1 and "peer.back" in events
