@@ -101,8 +101,9 @@ def test_flamectl_job_stop_leaves_no_process_behind(cluster: Cluster, tmp_path: 
         "central", "to-stop", {"default": cluster.datasets}, rounds=10_000, min_trainers=3
     )
     wait_for_round(cluster, job, 1)
-    procs = _job_processes(cluster, job)
-    assert len(procs) == 4, [p.pid for p in procs]  # 3 trainers + the aggregator
+    procs = _job_processes(cluster, job)  # task processes and the supervisors around them
+    tasks = [p for p in procs if p.cmdline()[1:3] == ["-m", "flame.launch"]]
+    assert len(tasks) == 4, [p.cmdline() for p in procs]  # 3 trainers + the aggregator
     env = {**os.environ, "FLAME_CONFIG": str(tmp_path / "flamectl.yaml")}
     flamectl = [str(Path(sys.executable).parent / "flamectl")]
     subprocess.run(
