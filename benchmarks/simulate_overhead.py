@@ -77,11 +77,35 @@ def compare(job: Path, rounds: int = 20, repeats: int = 3) -> dict[str, float]:
     }
 
 
+def pure_overhead(rounds: int = 50) -> dict[str, float]:
+    """Rounds whose training does nothing: what a round costs in messages, validation and
+    aggregation alone (10 trainers, the 64x10 digits model)."""
+    job = EXAMPLES / "central-numpy"
+    trainer: Any = load_role_class(job / "trainer" / "main.py")
+
+    class Idle(trainer):  # type: ignore[misc, valid-type]
+        def train(self) -> None:
+            self.model = {k: v + 0.001 for k, v in self.model.items()}
+
+        def evaluate(self) -> dict[str, float]:
+            return {"accuracy": 0.0}
+
+    times = [
+        float(h["round_time"])
+        for h in flame.simulate(job, roles={"trainer": Idle}, overrides={"rounds": rounds}).history
+    ][1:-1]
+    return {
+        "median_ms": round(statistics.median(times) * 1000, 3),
+        "p90_ms": round(sorted(times)[int(0.9 * len(times))] * 1000, 3),
+    }
+
+
 def main() -> dict[str, Any]:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     out: dict[str, Any] = {"target_ratio": 2.0}
     for name in ("central", "central-numpy"):
         out[name] = compare(EXAMPLES / name)
+    out["idle_round_overhead"] = pure_overhead()
     return out
 
 
