@@ -1,6 +1,6 @@
 """Bad input on the real embedded stack is refused, logged and recorded, and nothing runs.
 
-One stack (controller on SQLite, notifier, apiserver, 3 flamelets) serves the module. Each
+One stack (controller on SQLite, notifier, apiserver, 2 flamelets) serves the module. Each
 case tampers with what a node or the deployer would run — the stored code blob (sha256
 mismatch), a zip with a path escape behind a "fixed" sha256 in the store, a node credential
 used for another node's task, a revoked node — and checks the user-visible outcome: the job
@@ -52,7 +52,7 @@ ESCAPES = ("../escaped.txt", "../../escaped.txt", "../../../escaped.txt")
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     home: Path = tmp_path_factory.mktemp("badinput")
-    c = start_cluster(home, nodes=3, shards=3)
+    c = start_cluster(home, nodes=2, shards=2)
     try:
         yield c
     finally:
