@@ -263,6 +263,7 @@ class Aggregator(Role):
         self.round = msg.round
         self.final = msg.kind == DONE
         self.global_weights, self.extras = unpack(msg.weights)
+        await self._readmit()
         pool = self.assigned if self.assigned is not None else self.candidates
         self.participants = [p for p in pool if self.final or p not in self.silent]
 
