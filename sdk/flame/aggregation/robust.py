@@ -74,16 +74,21 @@ def trimmed_mean(global_weights: Weights, updates: Sequence[Update], beta: float
 def median(global_weights: Weights, updates: Sequence[Update]) -> Weights:
     ordered = canonical(updates)
     check_compatible(global_weights, ordered)
-    n = len(ordered)
 
     def reduce(block: np.ndarray) -> np.ndarray:
-        # A full sort along the short axis is ~2.5x faster than np.median's partition here.
         block.sort(axis=0)
-        if n % 2:
-            return block[n // 2]
-        return (block[n // 2 - 1] + block[n // 2]) / block.dtype.type(2)
+        return _middle(block)
 
     return coordinatewise(global_weights, ordered, reduce)
+
+
+def _middle(sorted_block: np.ndarray) -> np.ndarray:
+    """The median row of a block sorted along axis 0 (sorting the short axis is ~2.5x faster
+    than ``np.median``'s partition for the few updates of a round)."""
+    n = sorted_block.shape[0]
+    if n % 2:
+        return sorted_block[n // 2]
+    return (sorted_block[n // 2 - 1] + sorted_block[n // 2]) / sorted_block.dtype.type(2)
 
 
 def pairwise_sq_distances(models: Sequence[Weights]) -> np.ndarray:
@@ -97,7 +102,7 @@ def pairwise_sq_distances(models: Sequence[Weights]) -> np.ndarray:
     gram = np.zeros((n, n), dtype=np.float64)
     for name in models[0]:
         for _, block in column_blocks([m[name] for m in models], np.dtype(np.float64)):
-            block -= np.median(block, axis=0)
+            block -= _middle(np.sort(block, axis=0))
             with np.errstate(over="ignore", invalid="ignore"):
                 gram += block @ block.T
     sq = np.diag(gram)
