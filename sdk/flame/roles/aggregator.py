@@ -27,7 +27,7 @@ from typing import Any
 from flame.aggregation import Strategy, StrategyState, Update, make_strategy
 from flame.checkpoint import AggregatorCheckpoint, load_checkpoint, save_checkpoint
 from flame.composer import Composable, Loop, tasklet
-from flame.errors import ChannelError, FlameError, PeerTimeout, QuorumLost, RejectedUpdate
+from flame.errors import FlameError, PeerTimeout, QuorumLost, RejectedUpdate
 from flame.messages import Message
 from flame.roles.base import (
     ABORT,
@@ -283,20 +283,13 @@ class Aggregator(Role):
     @tasklet
     async def distribute(self) -> None:
         assert self.topology.downstream is not None
-        chan = self.channels[self.topology.downstream]
         msg = Message(
             kind=DONE if self.final else WEIGHTS,
             round=self.round,
             weights=pack(self.global_weights, self.extras),
         )
-        reached: list[str] = []
-        for peer in self.participants:
-            try:
-                await chan.send(peer, msg)
-                reached.append(peer)
-            except ChannelError as exc:
-                self.log.warning("peer.unreachable", peer=peer, error=str(exc))
-                self.silent.add(peer)
+        reached = await self.send_all(self.topology.downstream, self.participants, msg)
+        self.silent.update(p for p in self.participants if p not in reached)
         self.participants = reached
 
     @tasklet

@@ -20,7 +20,7 @@ from flame.aggregation import Update
 from flame.aggregation.fedbuff import FedBuff
 from flame.composer import Composable, Loop, tasklet
 from flame.config import TaskConfig
-from flame.errors import ChannelError, FlameError, PeerTimeout, QuorumLost, RejectedUpdate
+from flame.errors import FlameError, PeerTimeout, QuorumLost, RejectedUpdate
 from flame.messages import Message
 from flame.roles.aggregator import Aggregator, Received
 from flame.roles.base import ABORT, UPDATE, WEIGHTS, pack, weighted_metrics
@@ -62,17 +62,13 @@ class AsyncAggregator(Aggregator):
         if len(self.in_flight) >= len(alive):
             return
         chosen = [c for c in self.selector.select(alive, self.round) if c not in self.in_flight]
-        chan = self.channels[self.topology.downstream]
         msg = Message(
             kind=WEIGHTS, round=self.round, weights=pack(self.global_weights, self.extras)
         )
-        for peer in sorted(chosen):
-            try:
-                await chan.send(peer, msg)
-            except ChannelError as exc:
-                self.log.warning("peer.unreachable", peer=peer, error=str(exc))
-                self.silent.add(peer)
-                continue
+        chosen = sorted(chosen)
+        reached = await self.send_all(self.topology.downstream, chosen, msg)
+        self.silent.update(p for p in chosen if p not in reached)
+        for peer in reached:
             self.in_flight[peer] = self.round
 
     def _check_quorum(self) -> None:

@@ -190,12 +190,28 @@ class Role:
             return
         code = "quorum-lost" if isinstance(exc, QuorumLost) else "failed"
         msg = Message(kind=ABORT, round=self.round, meta={"reason": str(exc), "code": code})
+        await self.send_all(channel, self.channels[channel].peers(), msg, quiet=True)
+
+    async def send_all(
+        self, channel: str, peers: list[str], msg: Message, *, quiet: bool = False
+    ) -> list[str]:
+        """Send ``msg`` to every peer concurrently; returns those it reached (the others are
+        logged: a dead or unreachable peer costs one send timeout, not one per peer)."""
         chan = self.channels[channel]
-        for peer in chan.peers():
+
+        async def one(peer: str) -> bool:
             try:
                 await chan.send(peer, msg)
             except FlameError as err:
-                self.log.debug("abort.not_sent", peer=peer, error=str(err))
+                if quiet:
+                    self.log.debug("send.failed", peer=peer, kind=msg.kind, error=str(err))
+                else:
+                    self.log.warning("peer.unreachable", peer=peer, error=str(err))
+                return False
+            return True
+
+        reached = await asyncio.gather(*(one(p) for p in peers))
+        return [p for p, ok in zip(peers, reached, strict=True) if ok]
 
     async def recv_from(self, channel: str, peer: str, what: str) -> Message:
         """The next message from ``peer``; an ABORT raises, silence past the timeout raises."""

@@ -11,6 +11,7 @@ middle aggregator gets at least one trainer whenever there are enough trainers. 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
@@ -69,10 +70,11 @@ class Coordinator(Role):
     async def assign(self) -> None:
         self.round += 1
         plan = self.plan_round(self.round)
+        sends = []
         for middle, trainers in plan.items():
-            await self._send(middle, {"trainers": sorted(trainers)})
-            for trainer in trainers:
-                await self._send(trainer, {"aggregator": middle})
+            sends.append(self._send(middle, {"trainers": sorted(trainers)}))
+            sends.extend(self._send(trainer, {"aggregator": middle}) for trainer in trainers)
+        await asyncio.gather(*sends)
         self.log.info("round.assigned", round=self.round, plan=plan)
 
     async def _send(self, peer: str, meta: dict[str, Any]) -> None:
