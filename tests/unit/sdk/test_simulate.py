@@ -76,3 +76,18 @@ def test_run_local_prints_rounds_and_tracks_to_mlflow(
     assert summary["run_id"] and summary["model_uri"] == "models:/central-numpy@best"
     assert result.tracking is not None and result.tracking.best_round is not None
     assert (tmp_path / "mlflow.db").exists()
+
+
+def test_the_torch_example_learns_through_the_adapter() -> None:
+    result = flame.simulate(
+        EXAMPLES / "central",
+        overrides={
+            "rounds": 3,
+            "datasets": {"default": ["digits-0", "digits-1", "digits-2"]},
+            "min_trainers": 3,
+        },
+    )
+    assert set(result.weights) == {"weight", "bias"}
+    assert result.weights["weight"].shape == (10, 64)
+    accuracy = [h["accuracy"] for h in result.history]
+    assert accuracy[-1] > 0.8 > accuracy[0]
