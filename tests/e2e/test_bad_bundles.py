@@ -135,12 +135,6 @@ def test_tampered_bundle_is_refused_by_the_nodes(cluster: Cluster) -> None:
     assert evidence_of_runs(cluster, job.job_id) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the reconciler hands the stored blob to the local deployer without checking it "
-    "against the code record's sha256, so the aggregator runs tampered code "
-    "(fix: verify in Reconciler._code, see the bad-input report)",
-)
 def test_tampered_bundle_is_not_run_by_the_deployer(cluster: Cluster) -> None:
     job = prepare_job(
         cluster, "central", "bad-sha-deployer", _two_trainers(cluster),
@@ -292,12 +286,6 @@ def test_revoked_node_credential_is_refused(cluster: Cluster, revoked: Revoked) 
     assert "revoked" in refused.value.detail and revoked.node_id in refused.value.detail
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a job created before its node was revoked is still deployed to it: the task "
-    "waits on a node whose flamelet was refused until max_run_time "
-    "(fix: refuse revoked nodes in the reconciler, see the bad-input report)",
-)
 def test_job_needing_a_revoked_node_fails_and_says_so(cluster: Cluster, revoked: Revoked) -> None:
     job_id = revoked.job.job_id
     try:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -264,7 +265,8 @@ class Reconciler:
             await self._set_job(job, "stopping", f"max_run_time of {limit}s exceeded")
             return True
         if job.state == "starting":
-            await self._code(job)  # fail early when the code version is gone
+            await self._code(job)  # fail early when the code version is gone or tampered with
+            await self._check_nodes(tasks)
             await self._set_job(job, "deploying", f"deploying {len(tasks)} tasks")
             return True
         # deploying or running
@@ -290,9 +292,14 @@ class Reconciler:
         min_trainers = int(job.spec.get("min_trainers", 1))
         if consumers and alive < min_trainers:
             role = consumers[0].role
+            lost = "; ".join(
+                f"{t.id}: {t.reason or t.state}"
+                for t in consumers
+                if t.state in ("failed", "terminated")
+            )
             return "failed", (
                 f"only {alive} of {len(consumers)} {role} tasks are left; "
-                f"min_trainers is {min_trainers}"
+                f"min_trainers is {min_trainers} ({lost[:500]})"
             )
         live = [t for t in tasks if t.state in LIVE_TASK_STATES]
         if job.state == "deploying" and not any(t.state in ("pending", "scheduled") for t in tasks):
@@ -520,13 +527,39 @@ class Reconciler:
             log.warning("task.output_not_shipped", task_id=task.id, error=str(exc))
 
     async def _code(self, job: JobRecord) -> bytes:
+        """The job's code zip, checked against the sha256 recorded when it was pushed."""
         try:
             code = await self.store.get_code(job.design_id, job.code_version)
-            return await self.store.get_blob(code.blob_key)
+            blob = await self.store.get_blob(code.blob_key)
         except NotFound as exc:
             raise PermanentError(
                 f"code version {job.code_version} of design {job.design_id} is gone: {exc}"
             ) from exc
+        digest = hashlib.sha256(blob).hexdigest()
+        if digest != code.sha256.lower():
+            raise PermanentError(
+                f"code version {job.code_version} of design {job.design_id} fails its sha256 "
+                f"check: recorded {code.sha256}, stored bytes hash to {digest}"
+            )
+        return blob
+
+    async def _check_nodes(self, tasks: Sequence[TaskRecord]) -> None:
+        """Every node the job's data-consumer tasks need must still exist and not be revoked."""
+        for task in tasks:
+            if not task.node_id:
+                continue
+            try:
+                node = await self.store.get_node(task.node_id)
+            except NotFound:
+                raise PermanentError(
+                    f"task {task.id} needs node {task.node_id} (dataset {task.dataset_id}), "
+                    "which no longer exists"
+                ) from None
+            if node.revoked:
+                raise PermanentError(
+                    f"task {task.id} needs node {task.node_id} (dataset {task.dataset_id}), "
+                    "whose credential is revoked"
+                )
 
     async def _domain_credential(self, job_id: str) -> str:
         from ..domain.context import Ctx
