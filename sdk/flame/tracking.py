@@ -13,8 +13,11 @@ MLflow state, so several simulated jobs can share one process.
 from __future__ import annotations
 
 import math
+import queue
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -296,6 +299,42 @@ class CompositeTracker:
         return result
 
 
+class BackgroundTracker:
+    """Runs another tracker's calls on one worker thread, in order, so tracking I/O (an MLflow
+    ``log_batch``, the metrics POST) never sits on the training round's path. ``finish`` drains
+    the queue and returns the inner result. A failing call is logged and the job goes on:
+    losing a metric must not lose the training run."""
+
+    def __init__(self, inner: Tracker) -> None:
+        self.inner = inner
+        self._calls: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._worker = threading.Thread(target=self._drain, name="flame-tracking", daemon=True)
+        self._worker.start()
+
+    def _drain(self) -> None:
+        while (call := self._calls.get()) is not None:
+            try:
+                call()
+            except Exception as exc:
+                log.warning("tracking.call_failed", error=repr(exc))
+
+    def start(self, params: dict[str, Any], tags: dict[str, str]) -> None:
+        self._calls.put(lambda: self.inner.start(params, tags))
+
+    def log_round(self, rnd: int, metrics: dict[str, float]) -> None:
+        values = dict(metrics)
+        self._calls.put(lambda: self.inner.log_round(rnd, values))
+
+    def offer_model(self, rnd: int, weights: Weights, metrics: dict[str, float]) -> None:
+        snapshot, values = copy_weights(weights), dict(metrics)  # the caller goes on mutating
+        self._calls.put(lambda: self.inner.offer_model(rnd, snapshot, values))
+
+    def finish(self, status: str = "FINISHED") -> TrackingResult:
+        self._calls.put(None)
+        self._worker.join()
+        return self.inner.finish(status)
+
+
 def default_tracking_uri(workdir: str | Path) -> str:
     return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
 
@@ -317,7 +356,7 @@ def make_tracker(config: TaskConfig, *, predict_source: str | None = None) -> Tr
     reporter = None
     if disc.kind == "control-plane" and disc.url and disc.token:
         reporter = ControlPlaneReporter(disc.url, disc.token, config.task_id)
-    return CompositeTracker(mlflow_tracker, reporter)
+    return BackgroundTracker(CompositeTracker(mlflow_tracker, reporter))
 
 
 def tracking_tags(config: TaskConfig) -> dict[str, str]:

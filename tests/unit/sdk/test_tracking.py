@@ -128,3 +128,51 @@ def test_null_tracker_tracks_nothing() -> None:
     t.start({}, {})
     t.log_round(1, {"accuracy": 1.0})
     assert t.finish().run_id is None
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.thread: set[str] = set()
+
+    def start(self, params: dict, tags: dict) -> None:
+        import threading
+
+        self.thread.add(threading.current_thread().name)
+        self.calls.append(("start",))
+
+    def log_round(self, rnd: int, metrics: dict) -> None:
+        if rnd == 2:
+            raise RuntimeError("tracking server went away")
+        self.calls.append(("round", rnd, metrics["accuracy"]))
+
+    def offer_model(self, rnd: int, weights: dict, metrics: dict) -> None:
+        self.calls.append(("offer", rnd, float(weights["w"][0])))
+
+    def finish(self, status: str = "FINISHED") -> object:
+        self.calls.append(("finish", status))
+        return "result"
+
+
+def test_background_tracker_keeps_order_off_the_caller_thread_and_survives_failures() -> None:
+    from flame.tracking import BackgroundTracker
+
+    inner = _Recorder()
+    tracker = BackgroundTracker(inner)
+    tracker.start({}, {})
+    weights = {"w": np.zeros(1, np.float32)}
+    for rnd in (1, 2, 3):
+        tracker.log_round(rnd, {"accuracy": rnd / 10})
+        weights["w"][0] = rnd
+        tracker.offer_model(rnd, weights, {})  # the caller mutates its weights right after
+    assert tracker.finish() == "result"
+    assert inner.thread == {"flame-tracking"}
+    assert inner.calls == [
+        ("start",),
+        ("round", 1, 0.1),
+        ("offer", 1, 1.0),
+        ("offer", 2, 2.0),
+        ("round", 3, 0.3),
+        ("offer", 3, 3.0),
+        ("finish", "FINISHED"),
+    ]
