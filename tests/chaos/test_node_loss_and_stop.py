@@ -56,7 +56,12 @@ def _lose_node(cluster: Cluster, node: str) -> None:
 
 
 def _revive_node(cluster: Cluster, node: str) -> None:
+    """Restart the node's agent and wait until the control plane sees it online again."""
     cluster.stack.respawn(cluster.state, f"flamelet-{node}")
+    deadline = time.monotonic() + 60
+    while not any(n.name == node and n.presence == "online" for n in cluster.client.list_nodes()):
+        assert time.monotonic() < deadline, f"{node} did not come back online"
+        time.sleep(0.1)
 
 
 def test_job_completes_when_a_trainer_node_dies_and_quorum_remains(cluster: Cluster) -> None:

@@ -48,3 +48,17 @@ def test_central_job_over_mqtt_completes_against_mosquitto(cluster: Cluster) -> 
     )
     assert cluster.wait(job) == "completed", cluster.reason(job)
     assert cluster.final_metric(job) > 0.8
+
+
+@pytest.mark.parametrize("example", ["hierarchical", "hybrid"])
+def test_two_group_jobs_complete(cluster: Cluster, example: str) -> None:
+    g1, g2 = cluster.datasets[:2], cluster.datasets[2:4]
+    job = cluster.submit(example, f"e2e-{example}", {"g1": g1, "g2": g2}, rounds=4, min_trainers=4)
+    assert cluster.wait(job) == "completed", cluster.reason(job)
+    assert cluster.final_metric(job) > 0.8
+    roles = sorted({t.role for t in cluster.client.list_tasks(job)})
+    expected = {
+        "hierarchical": ["middle-aggregator", "top-aggregator", "trainer"],
+        "hybrid": ["aggregator", "trainer"],
+    }
+    assert roles == expected[example]
