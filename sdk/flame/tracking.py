@@ -182,6 +182,10 @@ class MlflowTracker:
         if self._monitor is not None:
             try:
                 self._monitor.finish()
+                # MLflow's sampler drops what it collected since its last publish when it is
+                # stopped; a job shorter than one interval would have no system metrics at all.
+                self._monitor.collect_metrics()
+                self._log_system_sample(self._monitor.aggregate_metrics())
             except Exception as exc:
                 log.warning("tracking.system_metrics_finish_failed", error=str(exc))
         model_uri = None
@@ -200,6 +204,16 @@ class MlflowTracker:
             "tracking.finished", run_id=self.run_id, model_uri=model_uri, best_round=self.best.round
         )
         return result
+
+    def _log_system_sample(self, sample: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        assert self.run_id is not None
+        now = int(time.time() * 1000)
+        step = getattr(self._monitor, "_logging_step", 0)
+        batch = [Metric(f"system/{k}", float(v), now, step) for k, v in sample.items()]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
 
     def _log_best_model(self) -> str | None:
         import mlflow.pyfunc
