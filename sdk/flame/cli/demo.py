@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     stack = Stack(args.home)
     stack.down()  # a previous demo that was interrupted
+    shutil.rmtree(stack.home, ignore_errors=True)  # every demo starts from an empty store
     started = time.monotonic()
     console.print(f"[bold]starting the embedded stack[/] in {stack.home} with {NODES} flamelets")
     try:

@@ -158,8 +158,7 @@ class Stack:
         if existing and any(_alive(p.pid) for p in existing.procs):
             raise StackError(f"a stack is already running from {self.home}; run `flamectl down`")
         self.home.mkdir(parents=True, exist_ok=True)
-        ports = {k: free_port() for k in ("controller", "notifier", "api", "mlflow")}
-        token = f"flm_user_{secrets.token_urlsafe(32)}"
+        ports, token = self._identity()
         api_url = f"http://127.0.0.1:{ports['api']}"
         state = StackState(
             home=str(self.home),
@@ -300,16 +299,47 @@ class Stack:
                 return p
         raise StackError(f"no process named {name} in this stack")
 
+    def _identity(self) -> tuple[dict[str, int], str]:
+        """Ports and admin token of this home: made on the first `up`, reused by later ones, so
+        the store's admin and every enrolled flamelet (which keeps the apiserver URL) stay valid."""
+        path = self.home / "identity.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            ports, token = {k: int(v) for k, v in saved["ports"].items()}, str(saved["admin_token"])
+            for name, port in ports.items():
+                with socket.socket() as sock:
+                    try:
+                        sock.bind(("127.0.0.1", port))
+                    except OSError as exc:
+                        raise StackError(
+                            f"port {port} ({name}) of the stack in {self.home} is taken; "
+                            "stop what uses it or start with a fresh --home"
+                        ) from exc
+            return ports, token
+        ports = {k: free_port() for k in ("controller", "notifier", "api", "mlflow")}
+        token = f"flm_user_{secrets.token_urlsafe(32)}"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"ports": ports, "admin_token": token}))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+        return ports, token
+
     def _add_node(self, state: StackState, name: str, headers: dict[str, str]) -> None:
+        node_home = self.home / "nodes" / name
+        flamelet = _script("flamelet")
+        if (node_home / "identity.json").exists():  # enrolled by an earlier `up`
+            state.procs.append(
+                self._spawn(f"flamelet-{name}", [flamelet, "run", "--home", str(node_home)], {})
+            )
+            state.nodes[name] = str(node_home)
+            return
         resp = httpx.post(
             f"{state.api_url}/v1/nodes", json={"name": name}, headers=headers, timeout=10
         )
         if resp.status_code != 201 and resp.status_code != 200:
             raise StackError(f"cannot create node {name}: {resp.status_code} {resp.text}")
         enrolment = resp.json()["enrolment_token"]
-        node_home = self.home / "nodes" / name
         node_home.mkdir(parents=True, exist_ok=True)
-        flamelet = _script("flamelet")
         login = subprocess.run(
             [
                 flamelet,
