@@ -308,6 +308,8 @@ class Stack:
             ports, token = {k: int(v) for k, v in saved["ports"].items()}, str(saved["admin_token"])
             for name, port in ports.items():
                 with socket.socket() as sock:
+                    # as the servers do: connections of the last run in TIME_WAIT are no conflict
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     try:
                         sock.bind(("127.0.0.1", port))
                     except OSError as exc:
