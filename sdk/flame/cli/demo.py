@@ -84,19 +84,15 @@ def main(argv: list[str] | None = None) -> int:
             metrics = client.get_metrics(job.id)
         accuracy = [m for m in metrics.metrics if m.key == "accuracy"]
         console.print(f"[bold]job {final.state}[/]{': ' + final.reason if final.reason else ''}")
-        if accuracy:
-            last = max(accuracy, key=lambda m: m.step)
+        last = max(accuracy, key=lambda m: m.step) if accuracy else None
+        if last is not None:
             console.print(f"final accuracy: [bold]{last.value:.4f}[/] (round {last.step})")
         console.print(f"MLflow run:   {metrics.run_uri or '-'}")
         console.print(
             f"MLflow model: {metrics.model_uri or '-'} (tracking server {state.mlflow_url})"
         )
         console.print(f"total {time.monotonic() - started:.1f}s")
-        ok = (
-            final.state == "completed"
-            and bool(accuracy)
-            and max(accuracy, key=lambda m: m.step).value >= 0.90
-        )
+        ok = final.state == "completed" and last is not None and last.value >= 0.90
         if final.state != "completed":
             console.print(f"logs: {stack.home / 'logs'}; `flamectl logs {job.id}` while it runs")
         return 0 if ok else 1

@@ -56,11 +56,7 @@ class StackState:
     nodes: dict[str, str] = field(default_factory=dict)  # node name -> flamelet home
 
     def save(self) -> None:
-        path = Path(self.home) / "stack.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        _write_private(Path(self.home) / "stack.json", json.dumps(asdict(self), indent=2))
 
     @classmethod
     def load(cls, home: Path) -> StackState | None:
@@ -70,6 +66,14 @@ class StackState:
         raw = json.loads(path.read_text())
         raw["procs"] = [Proc(**p) for p in raw.get("procs", [])]
         return cls(**raw)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace ``path`` atomically with ``text``, readable by the owner only (holds a token)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o600)
+    tmp.replace(path)
 
 
 def default_home() -> Path:
@@ -320,21 +324,23 @@ class Stack:
             return ports, token
         ports = {k: free_port() for k in ("controller", "notifier", "api", "mlflow")}
         token = f"flm_user_{secrets.token_urlsafe(32)}"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"ports": ports, "admin_token": token}))
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        _write_private(path, json.dumps({"ports": ports, "admin_token": token}))
         return ports, token
 
     def _add_node(self, state: StackState, name: str, headers: dict[str, str]) -> None:
         node_home = self.home / "nodes" / name
         flamelet = _script("flamelet")
-        if (node_home / "identity.json").exists():  # enrolled by an earlier `up`
-            state.procs.append(
-                self._spawn(f"flamelet-{name}", [flamelet, "run", "--home", str(node_home)], {})
-            )
-            state.nodes[name] = str(node_home)
-            return
+        if not (node_home / "identity.json").exists():  # not enrolled by an earlier `up`
+            self._enroll(state, name, node_home, flamelet, headers)
+        state.procs.append(
+            self._spawn(f"flamelet-{name}", [flamelet, "run", "--home", str(node_home)], {})
+        )
+        state.nodes[name] = str(node_home)
+
+    @staticmethod
+    def _enroll(
+        state: StackState, name: str, node_home: Path, flamelet: str, headers: dict[str, str]
+    ) -> None:
         resp = httpx.post(
             f"{state.api_url}/v1/nodes", json={"name": name}, headers=headers, timeout=10
         )
@@ -359,10 +365,6 @@ class Stack:
         )
         if login.returncode != 0:
             raise StackError(f"flamelet login for {name} failed: {login.stderr or login.stdout}")
-        state.procs.append(
-            self._spawn(f"flamelet-{name}", [flamelet, "run", "--home", str(node_home)], {})
-        )
-        state.nodes[name] = str(node_home)
 
     def _online(self, state: StackState, headers: dict[str, str]) -> int:
         resp = httpx.get(

@@ -42,7 +42,6 @@ def _run_job(uri: str, tmp_path: Path, name: str) -> tuple[MlflowTracker, dict]:
         models[rnd] = weights
         tracker.log_round(rnd, {"accuracy": acc, "loss": 1.0 - acc})
         tracker.offer_model(rnd, weights, {"accuracy": acc})
-    time.sleep(0.5)  # let the system-metrics sampler take a sample (it samples on its own clock)
     return tracker, models
 
 

@@ -545,9 +545,12 @@ class Reconciler:
 
     async def _check_nodes(self, tasks: Sequence[TaskRecord]) -> None:
         """Every node the job's data-consumer tasks need must still exist and not be revoked."""
-        for task in tasks:
-            if not task.node_id:
-                continue
+        first_task_on: dict[str, TaskRecord] = {}
+        for t in tasks:
+            if t.node_id:
+                first_task_on.setdefault(t.node_id, t)
+        for task in first_task_on.values():
+            assert task.node_id is not None
             try:
                 node = await self.store.get_node(task.node_id)
             except NotFound:
