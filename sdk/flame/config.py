@@ -119,7 +119,7 @@ class DesignSchema(_Model):
 
 class OptimizerSpec(_Model):
     """Server-side aggregation rule: fedavg, fedprox, fedadam, fedyogi, fedadagrad, fedbuff,
-    scaffold, trimmed_mean, median, krum, multi_krum."""
+    scaffold, trimmed_mean, phocas, median, krum, multi_krum."""
 
     name: str = "fedavg"
     kwargs: dict[str, Any] = Field(default_factory=dict)

@@ -4,8 +4,8 @@
     new_global = strategy.aggregate(global_weights, updates, rnd)
     checkpoint(strategy.state())                      # tensors + JSON; load_state() resumes
 
-Rules: fedavg, fedprox, fedadam, fedyogi, fedadagrad, fedbuff, scaffold, trimmed_mean, median,
-krum, multi_krum.
+Rules: fedavg, fedprox, fedadam, fedyogi, fedadagrad, fedbuff, scaffold, trimmed_mean, phocas,
+median, krum, multi_krum.
 """
 
 from flame.aggregation.adaptive import FedAdagrad, FedAdam, FedYogi
@@ -20,7 +20,7 @@ from flame.aggregation.base import (
 from flame.aggregation.fedavg import FedAvg, FedProx, fedavg
 from flame.aggregation.fedbuff import FedBuff, staleness_weight
 from flame.aggregation.registry import make_strategy, strategy_names
-from flame.aggregation.robust import Krum, Median, MultiKrum, TrimmedMean
+from flame.aggregation.robust import Krum, Median, MultiKrum, Phocas, TrimmedMean
 from flame.aggregation.scaffold import Scaffold
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "Krum",
     "Median",
     "MultiKrum",
+    "Phocas",
     "Scaffold",
     "Strategy",
     "StrategyState",

@@ -44,6 +44,8 @@ class ScaffoldParams(Params):
 
 
 class TrimmedMeanParams(Params):
+    """Also phocas's: it averages the ``n - floor(beta * n)`` values nearest the trimmed mean."""
+
     beta: float = Field(default=0.1, ge=0, lt=0.5)  # fraction cut from each end per coordinate
 
 

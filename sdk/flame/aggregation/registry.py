@@ -24,7 +24,7 @@ from flame.aggregation.params import (
     ScaffoldParams,
     TrimmedMeanParams,
 )
-from flame.aggregation.robust import Krum, Median, MultiKrum, TrimmedMean
+from flame.aggregation.robust import Krum, Median, MultiKrum, Phocas, TrimmedMean
 from flame.aggregation.scaffold import Scaffold
 from flame.config import OptimizerSpec
 from flame.errors import ConfigError
@@ -38,6 +38,7 @@ _RULES: dict[str, tuple[type[Params], Callable[[Any], Strategy]]] = {
     "fedbuff": (FedBuffParams, FedBuff),
     "scaffold": (ScaffoldParams, Scaffold),
     "trimmed_mean": (TrimmedMeanParams, TrimmedMean),
+    "phocas": (TrimmedMeanParams, Phocas),
     "median": (MedianParams, Median),
     "krum": (KrumParams, Krum),
     "multi_krum": (MultiKrumParams, MultiKrum),

@@ -5,7 +5,13 @@ every update counts once. All are stateless and permutation invariant.
 
 - ``trimmed_mean(beta)`` (Yin et al. 2018): per coordinate, drop the ``floor(beta * n)``
   smallest and largest values and average the rest. With at most that many outliers the result
-  stays within the range of the honest values.
+  stays within the range of the honest values. When the outliers all sit on one side (a
+  sign-flipping attack) it also drops that many honest values from the other side, which biases
+  every step towards the attackers.
+- ``phocas(beta)`` (Xie, Koyejo and Gupta 2018): per coordinate, the mean of the
+  ``n - floor(beta * n)`` values nearest the trimmed mean. Outliers far from the honest values are
+  the ones dropped, from whichever side they sit, so the one-sided bias goes away; with at most
+  ``floor(beta * n)`` outliers the result stays within the honest range widened by its width.
 - ``median``: the coordinate-wise median; robust to fewer than ``n / 2`` outliers.
 - ``krum(f)`` (Blanchard et al. 2017): the update whose ``n - f - 2`` nearest neighbours are
   closest (sum of squared L2 distances); needs ``n >= 2f + 3``.
@@ -65,10 +71,48 @@ def trimmed_mean(global_weights: Weights, updates: Sequence[Update], beta: float
     def reduce(block: np.ndarray) -> np.ndarray:
         if cut:
             block.sort(axis=0)
-            block = block[cut : n - cut]
-        return block.mean(axis=0, dtype=block.dtype)
+        return _trimmed(block, cut)
 
     return coordinatewise(global_weights, ordered, reduce)
+
+
+def phocas(global_weights: Weights, updates: Sequence[Update], beta: float) -> Weights:
+    ordered = canonical(updates)
+    check_compatible(global_weights, ordered)
+    n = len(ordered)
+    cut = math.floor(beta * n)
+    if n - 2 * cut < 1:
+        raise AggregationError(f"phocas: beta={beta} trims all {n} updates")
+
+    def reduce(block: np.ndarray) -> np.ndarray:
+        block.sort(axis=0)
+        return _nearest_mean(block, _trimmed(block, cut), n - cut)
+
+    return coordinatewise(global_weights, ordered, reduce)
+
+
+def _nearest_mean(sorted_block: np.ndarray, centre: np.ndarray, k: int) -> np.ndarray:
+    """Per column, the mean of the ``k`` values nearest ``centre``. In a sorted column they are a
+    window of ``k`` consecutive rows: the one whose farther end is nearest (the lowest on a tie,
+    so the result depends only on the values)."""
+    n = sorted_block.shape[0]
+    reach = np.stack(
+        [
+            np.maximum(centre - sorted_block[i], sorted_block[i + k - 1] - centre)
+            for i in range(n - k + 1)
+        ]
+    )
+    start = reach.argmin(axis=0)
+    rows = np.arange(n)[:, None]
+    window = (rows >= start) & (rows < start + k)
+    return np.where(window, sorted_block, 0).sum(axis=0, dtype=sorted_block.dtype) / k
+
+
+def _trimmed(sorted_block: np.ndarray, cut: int) -> np.ndarray:
+    """The mean of each column of a column-sorted block without its ``cut`` smallest and largest
+    values."""
+    kept = sorted_block[cut : sorted_block.shape[0] - cut]
+    return kept.mean(axis=0, dtype=kept.dtype)
 
 
 def median(global_weights: Weights, updates: Sequence[Update]) -> Weights:
@@ -169,6 +213,13 @@ class TrimmedMean(_Stateless):
 
     def aggregate(self, global_weights: Weights, updates: Sequence[Update], rnd: int) -> Weights:
         return trimmed_mean(global_weights, updates, self.params.beta)
+
+
+class Phocas(TrimmedMean):
+    name = "phocas"
+
+    def aggregate(self, global_weights: Weights, updates: Sequence[Update], rnd: int) -> Weights:
+        return phocas(global_weights, updates, self.params.beta)
 
 
 class Median(_Stateless):

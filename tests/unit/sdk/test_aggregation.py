@@ -31,6 +31,7 @@ ALL_RULES = [
     "fedbuff",
     "scaffold",
     "trimmed_mean",
+    "phocas",
     "median",
     "krum",
     "multi_krum",
@@ -209,6 +210,44 @@ def test_trimmed_mean_stays_within_the_honest_range(
     g = model(np.random.default_rng(seed + 1))
     spec = OptimizerSpec(name="trimmed_mean", kwargs={"beta": beta})
     _assert_within(make_strategy(spec).aggregate(g, ups, 0), bounds)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    honest=st.integers(1, 8),
+    f=st.integers(0, 4),
+    magnitude=st.sampled_from([1.5, 1e3, 1e30]),
+)
+def test_phocas_stays_near_the_honest_values_and_drops_far_outliers_exactly(
+    seed: int, honest: int, f: int, magnitude: float
+) -> None:
+    n = honest + f
+    beta = min(0.49, (f + 0.5) / n)
+    cut = int(beta * n)
+    if n - 2 * cut < 1 or cut < f:
+        return
+    ups, _, _, bounds = _with_outliers(np.random.default_rng(seed), honest, f, magnitude)
+    g = model(np.random.default_rng(seed + 1))
+    out = make_strategy(OptimizerSpec(name="phocas", kwargs={"beta": beta})).aggregate(g, ups, 0)
+    _assert_within(out, {k: (lo - (hi - lo), hi + (hi - lo)) for k, (lo, hi) in bounds.items()})
+    if cut == f and magnitude >= 1e3:  # far outliers are exactly the values dropped
+        honest_mean = {k: np.mean([u.weights[k] for u in ups[:honest]], axis=0) for k in SHAPES}
+        for k in SHAPES:
+            np.testing.assert_allclose(out[k], honest_mean[k], rtol=1e-5, atol=1e-6)
+
+
+def test_phocas_drops_one_sided_outliers_where_trimmed_mean_drops_honest_values_too() -> None:
+    g = {"w": np.zeros(1, np.float32)}
+    vals = [-100, -90, 1, 2, 3, 4, 5, 6, 7, 8]  # two attackers below eight honest values
+    ups = [Update(f"t{i}", {"w": np.array([v], np.float32)}, 1) for i, v in enumerate(vals)]
+
+    def agg(name: str) -> float:
+        spec = OptimizerSpec(name=name, kwargs={"beta": 0.2})
+        return float(make_strategy(spec).aggregate(g, ups, 0)["w"][0])
+
+    assert agg("trimmed_mean") == pytest.approx(3.5)  # 1..6: the honest 7 and 8 are cut as well
+    assert agg("phocas") == pytest.approx(4.5)  # 1..8: the honest mean
 
 
 @pytest.mark.parametrize("name", ["krum", "multi_krum"])

@@ -49,6 +49,7 @@ STATEFUL = [
     ("scaffold", {"global_lr": 0.7}),
     ("fedprox", {"mu": 0.1}),
     ("trimmed_mean", {"beta": 0.2}),
+    ("phocas", {"beta": 0.2}),
 ]
 
 
