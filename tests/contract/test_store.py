@@ -598,6 +598,23 @@ async def test_put_tasks_is_idempotent(store: Store) -> None:
     assert await store.get_task("j1-trainer-1") == running
 
 
+async def test_replace_tasks_swaps_one_jobs_task_set(store: Store) -> None:
+    await store.create_job(job("j1"))
+    await store.put_tasks([task("j1", "trainer", i) for i in range(3)] + [task("j2", "trainer", 0)])
+    await store.cas_task("j1-trainer-0", 0, {"state": "running"})
+    new = [task("j1", "trainer", 0, config={"lr": 0.5}), task("j1", "aggregator", 0)]
+    assert await store.replace_tasks("j1", new) == new
+    assert await store.list_tasks(job_id="j1") == sorted(new, key=lambda t: (t.role, t.index))
+    assert (await store.get_task("j1-trainer-0")).state == "pending"  # stored state dropped
+    assert [t.id for t in await store.list_tasks(job_id="j2")] == ["j2-trainer-0"]
+    assert await store.replace_tasks("j1", new) == new  # a rerun changes nothing
+    with pytest.raises(InvalidArgument, match="j2"):
+        await store.replace_tasks("j1", [task("j2", "trainer", 1)])
+    assert [t.id for t in await store.list_tasks(job_id="j1")] == [t.id for t in new[::-1]]
+    assert await store.replace_tasks("j1", []) == []
+    assert await store.list_tasks(job_id="j1") == []
+
+
 async def test_put_tasks_many_at_once(store: Store) -> None:
     planned = [task("big", "trainer", i) for i in range(620)]
     assert await store.put_tasks(planned) == planned

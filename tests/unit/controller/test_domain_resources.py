@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -188,6 +189,103 @@ async def test_update_job_rebuilds_its_tasks_while_ready(ctx: Ctx) -> None:
     await jobs.start_job(ctx, alice, job.id)
     with pytest.raises(FailedPrecondition, match="only a job that is ready"):
         await jobs.update_job(ctx, alice, job.id, spec_json="{}", code_version=None)
+
+
+async def test_an_update_cut_short_loses_nothing_and_start_finishes_it(
+    ctx: Ctx, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = await _user(ctx, "alice")
+    design_id, ds = await _job_setup(ctx, alice)
+    job = await jobs.create_job(
+        ctx,
+        alice,
+        name="j",
+        project_id="",
+        design_id=design_id,
+        code_version=0,
+        spec_json=json.dumps({"datasets": {"default": ds}}),
+    )
+    store = ctx.store
+    replace = store.replace_tasks
+
+    async def crash_half_way(job_id: str, tasks: Any) -> Any:
+        await replace(job_id, tasks[:1])  # the old tasks are gone, the new ones half stored
+        raise RuntimeError("controller killed")
+
+    monkeypatch.setattr(store, "replace_tasks", crash_half_way)
+    new_spec = json.dumps({"datasets": {"default": ds[:2]}, "rounds": 3})
+    with pytest.raises(RuntimeError):
+        await jobs.update_job(ctx, alice, job.id, spec_json=new_spec, code_version=None)
+    monkeypatch.setattr(store, "replace_tasks", replace)
+
+    kept = await jobs.get_job(ctx, alice, job.id)  # the job survived, with the update's spec
+    assert kept.created_at == job.created_at and kept.spec["rounds"] == 3
+    assert kept.replan is not None and len(kept.replan) == 3
+    assert len(await jobs.list_tasks(ctx, alice, job.id)) == 1
+
+    started = await jobs.start_job(ctx, alice, job.id)
+    assert started.desired_state == "running" and started.replan is None
+    tasks = await jobs.list_tasks(ctx, alice, job.id)
+    assert {t.id for t in tasks} == {t.id for t in kept.replan}
+    assert sorted(t.dataset_id for t in tasks if t.role == "trainer") == sorted(ds[:2])
+
+
+async def test_an_update_racing_a_start_either_lands_before_it_or_is_refused(ctx: Ctx) -> None:
+    alice = await _user(ctx, "alice")
+    design_id, ds = await _job_setup(ctx, alice)
+    for attempt in range(6):
+        spec = json.dumps({"datasets": {"default": ds}})
+        job = await jobs.create_job(
+            ctx,
+            alice,
+            name=f"race-{attempt}",
+            project_id="",
+            design_id=design_id,
+            code_version=0,
+            spec_json=spec,
+        )
+        smaller = json.dumps({"datasets": {"default": ds[:1]}})
+        update = jobs.update_job(ctx, alice, job.id, spec_json=smaller, code_version=None)
+        start = jobs.start_job(ctx, alice, job.id)
+        pair = (update, start) if attempt % 2 else (start, update)
+        outcomes = await asyncio.gather(*pair, return_exceptions=True)
+        final = await jobs.get_job(ctx, alice, job.id)
+        tasks = await jobs.list_tasks(ctx, alice, job.id)
+        assert final.desired_state == "running" and final.replan is None
+        refused = [o for o in outcomes if isinstance(o, Exception)]
+        if refused:  # the start came first: the update changed nothing
+            assert len(refused) == 1 and isinstance(refused[0], FailedPrecondition)
+            assert len(tasks) == 4 and final.spec["datasets"]["default"] == ds
+        else:  # the update came first: the job starts with the new task set
+            assert len(tasks) == 2 and final.spec["datasets"]["default"] == ds[:1]
+
+
+async def test_a_repeated_update_finishes_one_cut_short(
+    ctx: Ctx, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = await _user(ctx, "alice")
+    design_id, ds = await _job_setup(ctx, alice)
+    spec = json.dumps({"datasets": {"default": ds}})
+    job = await jobs.create_job(
+        ctx, alice, name="j", project_id="", design_id=design_id, code_version=0, spec_json=spec
+    )
+
+    async def crash(job_id: str, tasks: Any) -> Any:
+        raise RuntimeError("controller killed")
+
+    monkeypatch.setattr(ctx.store, "replace_tasks", crash)
+    with pytest.raises(RuntimeError):
+        await jobs.update_job(
+            ctx,
+            alice,
+            job.id,
+            spec_json=json.dumps({"datasets": {"default": ds[:1]}}),
+            code_version=None,
+        )
+    monkeypatch.undo()
+    done = await jobs.update_job(ctx, alice, job.id, spec_json=None, code_version=None)
+    assert done.replan is None
+    assert len(await jobs.list_tasks(ctx, alice, job.id)) == 2  # aggregator + 1 trainer
 
 
 async def test_start_and_stop_follow_the_job_state(ctx: Ctx) -> None:

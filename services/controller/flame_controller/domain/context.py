@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flame_controller.store.base import Store
 
@@ -12,11 +14,26 @@ def _no_kick(job_id: str) -> None:
     del job_id
 
 
+class KeyedLocks:
+    """One :class:`asyncio.Lock` per key, forgotten once nobody holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def __call__(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+
 @dataclass(frozen=True)
 class Ctx:
     """``kick(job_id)`` wakes the reconciler after a change it must act on (start, stop, a task
-    status report); ``apiserver_url`` goes into task configs for control-plane discovery."""
+    status report); ``apiserver_url`` goes into task configs for control-plane discovery;
+    ``job_lock(job_id)`` serializes the requests that rewrite or start one job."""
 
     store: Store
     apiserver_url: str | None = None
     kick: Callable[[str], None] = _no_kick
+    job_lock: KeyedLocks = field(default_factory=KeyedLocks)

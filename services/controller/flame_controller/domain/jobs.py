@@ -221,38 +221,47 @@ async def update_job(
     spec_json: str | None,
     code_version: int | None,
 ) -> JobRecord:
-    job = await get_job(ctx, caller, job_id)
-    await ensure_owner(ctx, caller, job, "job")
-    _editable(job)
-    if spec_json is None and code_version is None:
+    async with ctx.job_lock(job_id):
+        job = await get_job(ctx, caller, job_id)
+        await ensure_owner(ctx, caller, job, "job")
+        _editable(job)
+        if spec_json is None and code_version is None:
+            return await _finish_update(ctx, job)
+        design = await fetch(ctx.store.get_design(job.design_id), "design", job.design_id)
+        version = job.code_version if code_version is None else code_version
+        code = await _code_for(ctx, design, version)
+        spec, tasks = await _plan(
+            ctx,
+            caller,
+            job_id=job.id,
+            job_name=job.name,
+            owner=job.owner,
+            design=design,
+            code=code,
+            spec_raw=job.spec if spec_json is None else parse_spec_json(spec_json),
+        )
+        # One atomic write holds the whole update (the spec and the new task set), so a crash
+        # before the tasks are replaced loses nothing: the next update or start finishes it.
+        try:
+            pending = await ctx.store.cas_job(
+                job_id,
+                job.version,
+                {"spec": spec, "code_version": code.version, "reason": "updated", "replan": tasks},
+            )
+        except Conflict:
+            raise Conflict(f"job {job_id!r} changed while it was being updated; retry") from None
+        return await _finish_update(ctx, pending)
+
+
+async def _finish_update(ctx: Ctx, job: JobRecord) -> JobRecord:
+    """Store the task set an update wrote into ``job.replan``, then clear it (under the job's
+    lock; the job is ready and not started, so no task has run and nothing is lost)."""
+    if job.replan is None:
         return job
-    design = await fetch(ctx.store.get_design(job.design_id), "design", job.design_id)
-    code = await _code_for(ctx, design, job.code_version if code_version is None else code_version)
-    spec, tasks = await _plan(
-        ctx,
-        caller,
-        job_id=job.id,
-        job_name=job.name,
-        owner=job.owner,
-        design=design,
-        code=code,
-        spec_raw=job.spec if spec_json is None else parse_spec_json(spec_json),
-    )
-    fresh = await ctx.store.get_job(job_id)
-    _editable(fresh)
-    if fresh.version != job.version:
-        raise Conflict(f"job {job_id!r} changed while it was being updated; retry")
-    # The task set may change shape, and the store deletes tasks only with their job: replace
-    # the job record (same id and creation time) and its tasks.  Safe while the job is ready
-    # and not started: no task has run, so there are no logs or metrics to lose.
-    await ctx.store.delete_job(job_id)
-    replaced = fresh.model_copy(
-        update={"spec": spec, "code_version": code.version, "version": 0, "reason": "updated"}
-    )
-    created = await ctx.store.create_job(replaced)
-    await ctx.store.put_tasks(tasks)
-    log.info("job.updated", job_id=job_id, tasks=len(tasks), by=caller.subject)
-    return created
+    await ctx.store.replace_tasks(job.id, job.replan)
+    done = await ctx.store.cas_job(job.id, job.version, {"replan": None})
+    log.info("job.updated", job_id=job.id, tasks=len(job.replan))
+    return done
 
 
 async def _may_run(ctx: Ctx, caller: Caller, job: JobRecord) -> None:
@@ -263,26 +272,31 @@ async def _may_run(ctx: Ctx, caller: Caller, job: JobRecord) -> None:
 
 
 async def _set_desired(ctx: Ctx, caller: Caller, job_id: str, desired: str, verb: str) -> JobRecord:
-    for _ in range(CAS_RETRIES):
-        job = await get_job(ctx, caller, job_id)
-        await _may_run(ctx, caller, job)
-        if job.desired_state == desired:
-            return job
-        if desired == "running" and job.state != "ready":
-            raise FailedPrecondition(f"job {job_id!r} is {job.state}; only a ready job can start")
-        if desired == "stopped" and job.terminal:
-            raise FailedPrecondition(f"job {job_id!r} already ended ({job.state})")
-        try:
-            updated = await ctx.store.cas_job(
-                job_id,
-                job.version,
-                {"desired_state": desired, "reason": f"{verb} requested by {caller.subject}"},
-            )
-        except Conflict:
-            continue
-        log.info(f"job.{verb}_requested", job_id=job_id, by=caller.subject)
-        ctx.kick(job_id)
-        return updated
+    async with ctx.job_lock(job_id):
+        for _ in range(CAS_RETRIES):
+            job = await get_job(ctx, caller, job_id)
+            await _may_run(ctx, caller, job)
+            if job.desired_state == desired:
+                return job
+            if desired == "running" and job.state != "ready":
+                raise FailedPrecondition(
+                    f"job {job_id!r} is {job.state}; only a ready job can start"
+                )
+            if desired == "stopped" and job.terminal:
+                raise FailedPrecondition(f"job {job_id!r} already ended ({job.state})")
+            if desired == "running":
+                job = await _finish_update(ctx, job)
+            try:
+                updated = await ctx.store.cas_job(
+                    job_id,
+                    job.version,
+                    {"desired_state": desired, "reason": f"{verb} requested by {caller.subject}"},
+                )
+            except Conflict:
+                continue
+            log.info(f"job.{verb}_requested", job_id=job_id, by=caller.subject)
+            ctx.kick(job_id)
+            return updated
     raise Conflict(f"job {job_id!r} keeps changing; retry")
 
 
@@ -295,10 +309,12 @@ async def stop_job(ctx: Ctx, caller: Caller, job_id: str) -> JobRecord:
 
 
 async def delete_job(ctx: Ctx, caller: Caller, job_id: str) -> None:
-    job = await get_job(ctx, caller, job_id)
-    await ensure_owner(ctx, caller, job, "job")
-    if job.state in ACTIVE_JOB_STATES or (job.desired_state == "running" and not job.terminal):
-        raise FailedPrecondition(f"job {job_id!r} is {job.state}; stop it before deleting it")
-    await revoke_all(ctx, subject=job_id, kind="task")
-    await ctx.store.delete_job(job_id)
+    async with ctx.job_lock(job_id):
+        job = await get_job(ctx, caller, job_id)
+        await ensure_owner(ctx, caller, job, "job")
+        active = job.state in ACTIVE_JOB_STATES
+        if active or (job.desired_state == "running" and not job.terminal):
+            raise FailedPrecondition(f"job {job_id!r} is {job.state}; stop it before deleting it")
+        await revoke_all(ctx, subject=job_id, kind="task")
+        await ctx.store.delete_job(job_id)
     log.info("job.deleted", job_id=job_id, by=caller.subject)

@@ -231,6 +231,11 @@ class Store(Protocol):
         Returns the stored record for every given id, in the given order (idempotent)."""
         ...
 
+    async def replace_tasks(self, job_id: str, tasks: Sequence[TaskRecord]) -> list[TaskRecord]:
+        """Make ``tasks`` the job's whole task set: its other tasks and any stored state of these
+        are dropped. Not atomic; running it again finishes an interrupted call."""
+        ...
+
     async def get_task(self, task_id: str) -> TaskRecord: ...
     async def list_tasks(
         self,

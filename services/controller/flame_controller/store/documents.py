@@ -533,6 +533,13 @@ class DocumentStore(ABC):
             raise NotFound(f"tasks {missing!r} vanished while being stored")
         return [stored[task.id] for task in tasks]
 
+    async def replace_tasks(self, job_id: str, tasks: Sequence[TaskRecord]) -> list[TaskRecord]:
+        strays = sorted({t.job_id for t in tasks} - {job_id})
+        if strays:
+            raise InvalidArgument(f"replace_tasks of job {job_id!r} got tasks of {strays!r}")
+        await self._delete(K.TASKS, Eq("job_id", job_id))
+        return await self.put_tasks(tasks)
+
     async def get_task(self, task_id: str) -> TaskRecord:
         return await self._fetch(K.TASKS, TaskRecord, task_id, "task")
 

@@ -175,6 +175,9 @@ class JobRecord(Record):
     started_at: UtcDatetime | None = None
     deadline: UtcDatetime | None = None
     next_check_at: UtcDatetime | None = None
+    # An update's new task set, written together with its spec in one step and cleared once the
+    # tasks are stored; an update cut short is finished by the next update or start.
+    replan: list[TaskRecord] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -204,6 +207,9 @@ class TaskRecord(Record):
     @property
     def terminal(self) -> bool:
         return self.state in TASK_TERMINAL_STATES
+
+
+JobRecord.model_rebuild()  # ``replan`` refers to TaskRecord, defined after it
 
 
 class LogLineRecord(Record):
