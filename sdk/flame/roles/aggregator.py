@@ -438,8 +438,9 @@ class Aggregator(Role):
         metrics["round_time"] = self.clock() - self._round_started
         self.history.append({"round": step, **metrics})
         self.tracker.log_round(step, metrics)
-        self.best.offer(step, self.prev_weights, metrics)
-        self.tracker.offer_model(step, self.prev_weights, metrics)
+        if self.best.offer(step, self.prev_weights, metrics) and self.best.weights is not None:
+            # the tracker keeps its best by the same rule: it only needs the improvements
+            self.tracker.offer_model(step, self.best.weights, metrics)
         self.log.info("round.finished", round=self.round, step=step, metrics=metrics)
         if not self.final:
             self.save()

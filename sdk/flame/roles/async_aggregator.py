@@ -150,8 +150,9 @@ class AsyncAggregator(Aggregator):
         self._round_started = self.clock()
         self.history.append({"round": step, **metrics})
         self.tracker.log_round(step, metrics)
-        self.best.offer(step, self.prev_weights, metrics)
-        self.tracker.offer_model(step, self.prev_weights, metrics)
+        if self.best.offer(step, self.prev_weights, metrics) and self.best.weights is not None:
+            # the tracker keeps its best by the same rule: it only needs the improvements
+            self.tracker.offer_model(step, self.best.weights, metrics)
         self.log.info("round.finished", round=self.round, metrics=metrics)
         self.save()
         if self.round >= self.config.job.rounds:

@@ -105,7 +105,7 @@ def test_mlflow_tracker_against_a_real_tracking_server(tmp_path: Path) -> None:
     )
     try:
         uri = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a loaded 2-core machine: ~10 s idle
         while True:
             try:
                 if httpx.get(f"{uri}/health", timeout=1).status_code == 200:
