@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import zipfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 import pytest
 
 from flame_controller.server import RunningController, serve
@@ -21,6 +23,26 @@ from flame_service.auth import Caller
 from flame_service.grpc_server import insecure_channel
 
 ADMIN_TOKEN = "flm_user_test-admin-token"
+
+
+@pytest.fixture(autouse=True)
+def reap_processes_left_in_tmp_path(tmp_path: Path) -> Iterator[None]:
+    """Task processes a test's local deployer started outlive a test that does not stop its
+    job: kill whatever still runs in the test's folder."""
+    yield
+    root = str(tmp_path)
+    left = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.cwd().startswith(root):
+                left.append(proc)
+        except psutil.Error:
+            continue
+    for proc in left:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(left, timeout=10)
+
 
 CENTRAL_DESIGN: dict[str, Any] = {
     "roles": [
