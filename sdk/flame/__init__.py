@@ -14,8 +14,9 @@ plane (``python -m flame.launch config.json``).
 
 from __future__ import annotations
 
-from flame.composer import Loop, Tasklet, tasklet
-from flame.config import DesignSchema, JobSpec, TaskConfig
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from flame.errors import (
     ChannelError,
     ConfigError,
@@ -24,11 +25,43 @@ from flame.errors import (
     QuorumLost,
     RejectedUpdate,
 )
-from flame.roles import Aggregator, Coordinator, Role, Trainer
 
-# ``flame.simulate`` is the function (imported last: the submodule of the same name would
-# otherwise shadow it as a package attribute).
-from flame.simulate import SimulationResult, simulate
+if TYPE_CHECKING:
+    from flame.composer import Loop, Tasklet, tasklet
+    from flame.config import DesignSchema, JobSpec, TaskConfig
+    from flame.roles import Aggregator, Coordinator, Role, Trainer
+    from flame.simulation import SimulationResult, simulate
+
+# Imported on first use, so ``flamectl`` and other light users do not load the roles, numpy
+# and the channels (PEP 562).
+_LAZY = {
+    "Loop": "flame.composer",
+    "Tasklet": "flame.composer",
+    "tasklet": "flame.composer",
+    "DesignSchema": "flame.config",
+    "JobSpec": "flame.config",
+    "TaskConfig": "flame.config",
+    "Aggregator": "flame.roles",
+    "Coordinator": "flame.roles",
+    "Role": "flame.roles",
+    "Trainer": "flame.roles",
+    "SimulationResult": "flame.simulation",
+    "simulate": "flame.simulation",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'flame' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Aggregator",

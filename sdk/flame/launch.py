@@ -27,7 +27,7 @@ from flame.config import TaskConfig
 from flame.errors import ConfigError, FlameError, QuorumLost
 from flame.roles.base import Role, RoleResult
 from flame.roles.loader import load_role_class, make_role
-from flame.simulate import tracker_for, write_result
+from flame.simulation import tracker_for, write_result
 
 log = structlog.get_logger(__name__)
 

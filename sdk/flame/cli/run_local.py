@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from flame.config import Backend
-from flame.simulate import SimulationResult, simulate
+from flame.simulation import SimulationResult, simulate
 
 
 def run_local_command(
