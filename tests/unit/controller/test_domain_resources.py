@@ -153,6 +153,24 @@ async def _job_setup(ctx: Ctx, alice: Caller) -> tuple[str, list[str]]:
     return design.id, ids
 
 
+async def test_a_user_with_a_job_in_progress_cannot_be_deleted(ctx: Ctx) -> None:
+    alice = await _user(ctx, "alice")
+    design_id, ds = await _job_setup(ctx, alice)
+    spec = json.dumps({"datasets": {"default": ds}})
+    job = await jobs.create_job(
+        ctx, alice, name="j", project_id="", design_id=design_id, code_version=0, spec_json=spec
+    )
+    await jobs.start_job(ctx, alice, job.id)
+    with pytest.raises(FailedPrecondition, match=f"1 job.*{job.id}.*stop them"):
+        await users.delete_user(ctx, ADMIN, alice.subject)
+    assert (await users.get_user(ctx, ADMIN, alice.subject)).name == "alice"  # nothing changed
+    assert (await jobs.get_job(ctx, alice, job.id)).desired_state == "running"
+    await jobs.stop_job(ctx, alice, job.id)  # never started: stopping it ends the request
+    await users.delete_user(ctx, ADMIN, alice.subject)
+    with pytest.raises(NotFound):
+        await users.get_user(ctx, ADMIN, alice.subject)
+
+
 async def test_update_job_rebuilds_its_tasks_while_ready(ctx: Ctx) -> None:
     alice = await _user(ctx, "alice")
     design_id, ds = await _job_setup(ctx, alice)

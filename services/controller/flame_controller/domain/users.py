@@ -9,7 +9,8 @@ import structlog
 from flame_service.auth import Caller
 from flame_service.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 
-from ..store.records import UserRecord, new_id
+from ..jobs.states import ACTIVE_JOB_STATES
+from ..store.records import JobRecord, UserRecord, new_id
 from .access import check_name, fetch, not_found, page_limit, require_admin, require_user
 from .context import Ctx
 from .results import Listing
@@ -61,6 +62,20 @@ async def _other_admins(ctx: Ctx, user_id: str) -> int:
             return count
 
 
+async def _jobs_in_progress(ctx: Ctx, user_id: str) -> list[JobRecord]:
+    """The user's jobs that run or were asked to (a stopped or finished job may be orphaned)."""
+    found: list[JobRecord] = []
+    states = sorted(ACTIVE_JOB_STATES | {"ready"})
+    after = None
+    while True:
+        items, after = await ctx.store.list_jobs(
+            owners=[user_id], states=states, limit=1000, after=after
+        )
+        found += [j for j in items if j.state != "ready" or j.desired_state == "running"]
+        if after is None:
+            return found
+
+
 async def update_user(
     ctx: Ctx, caller: Caller, user_id: str, *, email: str | None, admin: bool | None
 ) -> UserRecord:
@@ -86,6 +101,13 @@ async def delete_user(ctx: Ctx, caller: Caller, user_id: str) -> None:
     require_admin(caller)
     if user.admin and await _other_admins(ctx, user_id) == 0:
         raise FailedPrecondition("cannot delete the last admin")
+    busy = await _jobs_in_progress(ctx, user_id)
+    if busy:
+        ids = ", ".join(repr(j.id) for j in busy[:5]) + (" ..." if len(busy) > 5 else "")
+        raise FailedPrecondition(
+            f"user {user_id!r} still has {len(busy)} job(s) in progress ({ids}); "
+            "stop them before deleting the user"
+        )
     await revoke_all(ctx, subject=user_id, kind="api")
     await ctx.store.delete_user(user_id)
     log.info("user.deleted", user_id=user_id, by=caller.subject)
