@@ -385,7 +385,22 @@ class Agent:
                     raise
                 except Exception as exc:
                     log.warning("task.tend_failed", task_id=e.task_id, error=str(exc))
+            self._prune()
             await self._pause(self.settings.poll_interval, self._wake)
+
+    def _prune(self) -> None:
+        """Remove the work dirs, then the ledger entries, of the finished tasks beyond
+        ``keep_finished_tasks`` (a crash in between only leaves an entry to prune again)."""
+        old = self.ledger.beyond(self.settings.keep_finished_tasks)
+        if not old:
+            return
+        tasks_dir = (self.home / "tasks").resolve()
+        for e in old:
+            workdir = Path(e.workdir).resolve() if e.workdir else None
+            if workdir is not None and workdir.is_relative_to(tasks_dir):
+                shutil.rmtree(workdir, ignore_errors=True)
+        self.ledger.forget([e.key for e in old])
+        log.info("tasks.pruned", count=len(old), kept=self.settings.keep_finished_tasks)
 
     async def _tend(self, e: Entry) -> None:
         e = self.ledger.get(e.task_id, e.attempt) or e

@@ -104,6 +104,18 @@ class Ledger:
         if self._state.entries.pop(key, None) is not None:
             self._save()
 
+    def beyond(self, keep: int) -> list[Entry]:
+        """The settled entries older than the newest ``keep`` settled ones (oldest first).
+        Forgetting them is safe: the control plane has accepted their final state, so it never
+        offers those attempts again."""
+        settled = [e for e in self._state.entries.values() if e.settled]
+        return settled[: max(0, len(settled) - keep)]
+
+    def forget(self, keys: list[str]) -> None:
+        dropped = [self._state.entries.pop(k, None) for k in keys]
+        if any(d is not None for d in dropped):
+            self._save()
+
     @property
     def event_seq(self) -> int:
         return self._state.event_seq

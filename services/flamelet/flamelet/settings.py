@@ -36,5 +36,8 @@ class FlameletSettings(BaseSettings):
     log_line_max: int = Field(default=16_384, ge=80)
     http_timeout: float = Field(default=60.0, gt=0)
     max_bundle_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # Finished tasks whose work dir (code, logs, checkpoints) and ledger entry are kept; older
+    # ones are removed once the control plane has their final state and logs.
+    keep_finished_tasks: int = Field(default=100, ge=0)
     log_level: str = "info"
     log_json: bool = True

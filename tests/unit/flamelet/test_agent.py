@@ -283,3 +283,23 @@ async def test_log_tailing_waits_for_complete_lines(node: Node, tmp_path: Path) 
     assert lines == ["two"] and offset == f.stat().st_size - 4 and not more
     lines, offset, _ = agent._read_lines(f, offset, final=True, already=0)
     assert lines == ["half"] and offset == f.stat().st_size
+
+
+async def test_only_the_newest_finished_tasks_keep_their_work_dirs(node: Node) -> None:
+    fake = node.fake
+    ids = [f"p{i}" for i in range(5)]
+    agent, api = node.agent(keep_finished_tasks=2)
+    async with Running(agent, api):
+        for task_id in ids:  # one after another, so they finish in this order
+            fake.add_task(task_id, {"trainer/main.py": TRACE})
+            await eventually(lambda t=task_id: "completed" in fake.states(t), what=task_id)
+        ledger_keys = lambda: sorted(e.task_id for e in Ledger(node.home).entries())  # noqa: E731
+        await eventually(lambda: ledger_keys() == ["p3", "p4"], what="older tasks pruned")
+    workdirs = sorted(p.name.rsplit("-", 1)[0] for p in (node.home / "tasks").iterdir())
+    assert workdirs == ["p3", "p4"]
+    assert fake.log_lines("p0", "stdout") == ["hello 0", "hello 1", "hello 2"]  # shipped first
+
+    agent2, api2 = node.agent(keep_finished_tasks=2)  # pruned tasks are not run again
+    async with Running(agent2, api2):
+        await eventually(lambda: agent2.reconciled >= 3, what="reconcile after restart")
+    assert runs(node) == ids
