@@ -13,6 +13,7 @@ from flame_controller.bootstrap import bootstrap_admin
 from flame_controller.domain import code, datasets, designs, jobs, nodes, tokens, users
 from flame_controller.domain.context import Ctx
 from flame_controller.store.base import Store
+from flame_controller.store.records import JobRecord
 from flame_service.auth import Caller, hash_token
 from flame_service.errors import (
     FailedPrecondition,
@@ -153,13 +154,31 @@ async def _job_setup(ctx: Ctx, alice: Caller) -> tuple[str, list[str]]:
     return design.id, ids
 
 
+async def _new_job(
+    ctx: Ctx,
+    alice: Caller,
+    design_id: str,
+    ds: list[str],
+    *,
+    name: str = "j",
+    code_version: int = 0,
+) -> JobRecord:
+    spec = json.dumps({"datasets": {"default": ds}})
+    return await jobs.create_job(
+        ctx,
+        alice,
+        name=name,
+        project_id="",
+        design_id=design_id,
+        code_version=code_version,
+        spec_json=spec,
+    )
+
+
 async def test_a_user_with_a_job_in_progress_cannot_be_deleted(ctx: Ctx) -> None:
     alice = await _user(ctx, "alice")
     design_id, ds = await _job_setup(ctx, alice)
-    spec = json.dumps({"datasets": {"default": ds}})
-    job = await jobs.create_job(
-        ctx, alice, name="j", project_id="", design_id=design_id, code_version=0, spec_json=spec
-    )
+    job = await _new_job(ctx, alice, design_id, ds)
     await jobs.start_job(ctx, alice, job.id)
     with pytest.raises(FailedPrecondition, match=f"1 job.*{job.id}.*stop them"):
         await users.delete_user(ctx, ADMIN, alice.subject)
@@ -174,15 +193,7 @@ async def test_a_user_with_a_job_in_progress_cannot_be_deleted(ctx: Ctx) -> None
 async def test_update_job_rebuilds_its_tasks_while_ready(ctx: Ctx) -> None:
     alice = await _user(ctx, "alice")
     design_id, ds = await _job_setup(ctx, alice)
-    job = await jobs.create_job(
-        ctx,
-        alice,
-        name="j",
-        project_id="",
-        design_id=design_id,
-        code_version=0,
-        spec_json=json.dumps({"datasets": {"default": ds}}),
-    )
+    job = await _new_job(ctx, alice, design_id, ds)
     assert len(await jobs.list_tasks(ctx, alice, job.id)) == 4
     updated = await jobs.update_job(
         ctx,
@@ -214,15 +225,7 @@ async def test_an_update_cut_short_loses_nothing_and_start_finishes_it(
 ) -> None:
     alice = await _user(ctx, "alice")
     design_id, ds = await _job_setup(ctx, alice)
-    job = await jobs.create_job(
-        ctx,
-        alice,
-        name="j",
-        project_id="",
-        design_id=design_id,
-        code_version=0,
-        spec_json=json.dumps({"datasets": {"default": ds}}),
-    )
+    job = await _new_job(ctx, alice, design_id, ds)
     store = ctx.store
     replace = store.replace_tasks
 
@@ -252,16 +255,7 @@ async def test_an_update_racing_a_start_either_lands_before_it_or_is_refused(ctx
     alice = await _user(ctx, "alice")
     design_id, ds = await _job_setup(ctx, alice)
     for attempt in range(6):
-        spec = json.dumps({"datasets": {"default": ds}})
-        job = await jobs.create_job(
-            ctx,
-            alice,
-            name=f"race-{attempt}",
-            project_id="",
-            design_id=design_id,
-            code_version=0,
-            spec_json=spec,
-        )
+        job = await _new_job(ctx, alice, design_id, ds, name=f"race-{attempt}")
         smaller = json.dumps({"datasets": {"default": ds[:1]}})
         update = jobs.update_job(ctx, alice, job.id, spec_json=smaller, code_version=None)
         start = jobs.start_job(ctx, alice, job.id)
@@ -283,10 +277,7 @@ async def test_a_repeated_update_finishes_one_cut_short(
 ) -> None:
     alice = await _user(ctx, "alice")
     design_id, ds = await _job_setup(ctx, alice)
-    spec = json.dumps({"datasets": {"default": ds}})
-    job = await jobs.create_job(
-        ctx, alice, name="j", project_id="", design_id=design_id, code_version=0, spec_json=spec
-    )
+    job = await _new_job(ctx, alice, design_id, ds)
 
     async def crash(job_id: str, tasks: Any) -> Any:
         raise RuntimeError("controller killed")
@@ -311,15 +302,7 @@ async def test_start_and_stop_follow_the_job_state(ctx: Ctx) -> None:
     ctx = Ctx(store=ctx.store, kick=kicked.append)
     alice = await _user(ctx, "alice")
     design_id, ds = await _job_setup(ctx, alice)
-    job = await jobs.create_job(
-        ctx,
-        alice,
-        name="j",
-        project_id="",
-        design_id=design_id,
-        code_version=0,
-        spec_json=json.dumps({"datasets": {"default": ds}}),
-    )
+    job = await _new_job(ctx, alice, design_id, ds)
     started = await jobs.start_job(ctx, alice, job.id)
     assert started.desired_state == "running" and "start requested" in started.reason
     assert (await jobs.start_job(ctx, alice, job.id)).version == started.version
@@ -339,15 +322,7 @@ async def test_code_and_designs_in_use_cannot_be_deleted(ctx: Ctx) -> None:
         design_id=design_id,
         data=make_zip({"trainer/main.py": "v2", "aggregator/main.py": "v2"}),
     )
-    job = await jobs.create_job(
-        ctx,
-        alice,
-        name="j",
-        project_id="",
-        design_id=design_id,
-        code_version=1,
-        spec_json=json.dumps({"datasets": {"default": ds}}),
-    )
+    job = await _new_job(ctx, alice, design_id, ds, code_version=1)
     with pytest.raises(FailedPrecondition, match="used by job"):
         await code.delete_code(ctx, alice, design_id=design_id, version=1)
     with pytest.raises(FailedPrecondition, match="used by job"):
@@ -372,15 +347,7 @@ async def test_schema_update_bumps_the_design_version_and_jobs_check_code_roles(
     )
     assert updated.version == 2
     with pytest.raises(InvalidArgument, match="no folder for role"):
-        await jobs.create_job(
-            ctx,
-            alice,
-            name="j",
-            project_id="",
-            design_id=design_id,
-            code_version=0,
-            spec_json=json.dumps({"datasets": {"default": ds}}),
-        )
+        await _new_job(ctx, alice, design_id, ds)
 
 
 async def test_lists_page_through_every_item_once(ctx: Ctx) -> None:
@@ -404,15 +371,7 @@ async def test_lists_page_through_every_item_once(ctx: Ctx) -> None:
 async def test_nodes_and_datasets_feeding_unfinished_tasks_cannot_be_deleted(ctx: Ctx) -> None:
     alice = await _user(ctx, "alice")
     design_id, ds = await _job_setup(ctx, alice)
-    job = await jobs.create_job(
-        ctx,
-        alice,
-        name="j",
-        project_id="",
-        design_id=design_id,
-        code_version=0,
-        spec_json=json.dumps({"datasets": {"default": ds[:2]}}),
-    )
+    job = await _new_job(ctx, alice, design_id, ds[:2])
     node_id = (await datasets.get_dataset(ctx, alice, ds[0])).node_id
     with pytest.raises(FailedPrecondition, match="unfinished tasks"):
         await nodes.delete_node(ctx, alice, node_id)
