@@ -14,7 +14,6 @@ import asyncio
 import json
 import re
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ from flame.config import Backend, DesignSchema, DiscoverySettings, JobSpec, Task
 from flame.errors import ConfigError, FlameError
 from flame.jobdir import JobDir, load_job_dir
 from flame.plan import expand
+from flame.ports import free_ports
 from flame.roles.base import Role, RoleResult
 from flame.roles.loader import load_role_class, make_role
 from flame.roles.topology import topology_of
@@ -292,19 +292,6 @@ def _key_task(roles: Mapping[str, Role]) -> str:
 
 
 # -- processes ------------------------------------------------------------------------------------
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 async def _run_processes(
     configs: list[TaskConfig], jobdir: JobDir, root: Path, backend: Backend, track: bool
 ) -> dict[str, RoleResult]:

@@ -27,6 +27,7 @@ import psutil
 import structlog
 
 from flame.errors import FlameError
+from flame.ports import free_ports
 
 log = structlog.get_logger(__name__)
 
@@ -78,12 +79,6 @@ def _write_private(path: Path, text: str) -> None:
 
 def default_home() -> Path:
     return Path(os.environ.get("FLAME_HOME", Path.home() / ".flame")) / "stack"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _script(name: str) -> str:
@@ -307,8 +302,10 @@ class Stack:
         """Ports and admin token of this home: made on the first `up`, reused by later ones, so
         the store's admin and every enrolled flamelet (which keeps the apiserver URL) stay valid."""
         path = self.home / "identity.json"
-        if path.exists():
-            saved = json.loads(path.read_text())
+        saved = json.loads(path.read_text()) if path.exists() else None
+        # Earlier versions could pick one port twice; such a stack never started, so nothing
+        # (no flamelet) can depend on its ports: choose new ones.
+        if saved is not None and len(set(saved["ports"].values())) == len(saved["ports"]):
             ports, token = {k: int(v) for k, v in saved["ports"].items()}, str(saved["admin_token"])
             for name, port in ports.items():
                 with socket.socket() as sock:
@@ -322,8 +319,9 @@ class Stack:
                             "stop what uses it or start with a fresh --home"
                         ) from exc
             return ports, token
-        ports = {k: free_port() for k in ("controller", "notifier", "api", "mlflow")}
-        token = f"flm_user_{secrets.token_urlsafe(32)}"
+        names = ("controller", "notifier", "api", "mlflow")
+        ports = dict(zip(names, free_ports(len(names)), strict=True))
+        token = str(saved["admin_token"]) if saved else f"flm_user_{secrets.token_urlsafe(32)}"
         _write_private(path, json.dumps({"ports": ports, "admin_token": token}))
         return ports, token
 
