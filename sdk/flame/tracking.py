@@ -115,10 +115,8 @@ class MlflowTracker:
         predict_source: str | None = None,
         system_metrics_interval: float = 1.0,
     ) -> None:
-        from mlflow import MlflowClient
-
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._client: Any = None
         self.experiment = experiment
         self.run_name = run_name
         self.best = BestModel(selection_metric, mode)
@@ -127,6 +125,17 @@ class MlflowTracker:
         self.system_metrics_interval = system_metrics_interval
         self.run_id: str | None = None
         self._monitor: Any = None
+
+    @property
+    def client(self) -> Any:
+        """The MLflow client, made on first use: importing mlflow takes seconds of CPU, which
+        :class:`BackgroundTracker` spends on its own thread rather than before the first round."""
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            uri = self.tracking_uri
+            self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        return self._client
 
     def start(self, params: dict[str, Any], tags: dict[str, str]) -> None:
         from mlflow.entities import Param
