@@ -297,28 +297,32 @@ class ControlPlaneReporter:
 
 
 class CompositeTracker:
-    """MLflow first (its result is the job's), then the control-plane reporter."""
+    """MLflow (its result is the job's) and the control-plane reporter, each on its own
+    :class:`BackgroundTracker` worker: a slow or failing MLflow never delays or drops the curve
+    ``flamectl job watch`` shows."""
 
     def __init__(self, primary: Tracker, reporter: ControlPlaneReporter | None) -> None:
-        self.primary = primary
+        self.primary = BackgroundTracker(primary)
         self.reporter = reporter
+        self._reports = BackgroundTracker(reporter) if reporter is not None else None
 
     def start(self, params: dict[str, Any], tags: dict[str, str]) -> None:
         self.primary.start(params, tags)
 
     def log_round(self, rnd: int, metrics: dict[str, float]) -> None:
         self.primary.log_round(rnd, metrics)
-        if self.reporter:
-            self.reporter.log_round(rnd, metrics)
+        if self._reports is not None:
+            self._reports.log_round(rnd, metrics)
 
     def offer_model(self, rnd: int, weights: Weights, metrics: dict[str, float]) -> None:
         self.primary.offer_model(rnd, weights, metrics)
 
     def finish(self, status: str = "FINISHED") -> TrackingResult:
         result = self.primary.finish(status)
-        if self.reporter:
-            self.reporter.report_result(result)
-            self.reporter.finish(status)
+        if self._reports is not None and self.reporter is not None:
+            reporter = self.reporter
+            self._reports.call(lambda: reporter.report_result(result))
+            self._reports.finish(status)
         return result
 
 
@@ -340,6 +344,10 @@ class BackgroundTracker:
                 call()
             except Exception as exc:
                 log.warning("tracking.call_failed", error=repr(exc))
+
+    def call(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the worker, after everything queued before it."""
+        self._calls.put(fn)
 
     def start(self, params: dict[str, Any], tags: dict[str, str]) -> None:
         self._calls.put(lambda: self.inner.start(params, tags))
@@ -379,7 +387,7 @@ def make_tracker(config: TaskConfig, *, predict_source: str | None = None) -> Tr
     reporter = None
     if disc.kind == "control-plane" and disc.url and disc.token:
         reporter = ControlPlaneReporter(disc.url, disc.token, config.task_id)
-    return BackgroundTracker(CompositeTracker(mlflow_tracker, reporter))
+    return CompositeTracker(mlflow_tracker, reporter)
 
 
 def tracking_tags(config: TaskConfig) -> dict[str, str]:

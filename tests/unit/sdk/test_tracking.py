@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -175,3 +176,45 @@ def test_background_tracker_keeps_order_off_the_caller_thread_and_survives_failu
         ("offer", 3, 3.0),
         ("finish", "FINISHED"),
     ]
+
+
+def test_control_plane_metrics_do_not_wait_for_a_slow_mlflow() -> None:
+    from flame.tracking import CompositeTracker, ControlPlaneReporter, TrackingResult
+
+    class SlowMlflow(_Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = threading.Event()
+
+        def start(self, params: dict, tags: dict) -> None:
+            assert self.release.wait(30)  # importing mlflow, creating the run ...
+            super().start(params, tags)
+
+        def finish(self, status: str = "FINISHED") -> object:
+            super().finish(status)
+            return TrackingResult(run_uri="http://mlflow/run", model_uri="models:/j@best")
+
+    posted: list[dict] = []
+
+    class Reporter(ControlPlaneReporter):
+        def _post(self, body: dict) -> None:
+            posted.append(body)
+
+    mlflow = SlowMlflow()
+    tracker = CompositeTracker(mlflow, Reporter("http://api", "token", "agg-0"))
+    tracker.start({}, {})
+    tracker.log_round(0, {"accuracy": 0.5})
+    deadline = time.monotonic() + 10
+    while not posted and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert posted == [{"metrics": [{"key": "accuracy", "value": 0.5, "step": 0}]}]
+    assert mlflow.calls == []  # MLflow is still starting
+    mlflow.release.set()
+    result = tracker.finish()
+    assert result.model_uri == "models:/j@best"
+    assert mlflow.calls == [("start",), ("round", 0, 0.5), ("finish", "FINISHED")]
+    assert posted[-1] == {
+        "metrics": [],
+        "run_uri": "http://mlflow/run",
+        "model_uri": "models:/j@best",
+    }
