@@ -19,6 +19,12 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TERMINAL = {"completed", "failed", "terminated"}
 
 
+def example_spec(example: str, datasets: dict[str, list[str]], **overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = json.loads((EXAMPLES / example / "job.json").read_text())
+    spec.update(datasets=datasets, **overrides)
+    return spec
+
+
 @dataclass
 class Cluster:
     stack: Stack
@@ -29,16 +35,22 @@ class Cluster:
     def submit(
         self, example: str, name: str, datasets: dict[str, list[str]], **spec_overrides: Any
     ) -> str:
+        job_id = self.create(example, name, datasets, **spec_overrides)
+        self.client.start_job(job_id)
+        return job_id
+
+    def create(
+        self, example: str, name: str, datasets: dict[str, list[str]], **spec_overrides: Any
+    ) -> str:
+        """Create (not start) a job of an example folder."""
         folder = EXAMPLES / example
         design = self.client.create_design(
             f"{name}-design", schema=json.loads((folder / "design.json").read_text())
         )
         code = self.client.push_code(design.id, zip_folder(folder))
-        spec = json.loads((folder / "job.json").read_text())
-        spec.update(datasets=datasets, **spec_overrides)
-        job = self.client.create_job(name, design.id, spec, code_version=code.version)
-        self.client.start_job(job.id)
-        return job.id
+        return self.client.create_job(
+            name, design.id, example_spec(example, datasets, **spec_overrides), code.version
+        ).id
 
     def wait(self, job_id: str, timeout: float = 240.0) -> str:
         deadline = time.monotonic() + timeout

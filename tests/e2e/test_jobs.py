@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.jobs_harness import Cluster, start_cluster
+from tests.e2e.jobs_harness import Cluster, example_spec, start_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -62,3 +62,22 @@ def test_two_group_jobs_complete(cluster: Cluster, example: str) -> None:
         "hybrid": ["aggregator", "trainer"],
     }
     assert roles == expected[example]
+
+
+def test_an_updated_job_runs_with_its_new_spec_and_task_set(cluster: Cluster) -> None:
+    job = cluster.create(
+        "central", "e2e-update", {"default": cluster.datasets[:3]}, rounds=6, min_trainers=3
+    )
+    assert len(cluster.client.list_tasks(job)) == 4
+    two = cluster.datasets[:2]
+    updated = cluster.client.update_job(
+        job, spec=example_spec("central", {"default": two}, rounds=3, min_trainers=2)
+    )
+    assert updated.id == job
+    tasks = cluster.client.list_tasks(job)
+    assert sorted(t.role for t in tasks) == ["aggregator", "trainer", "trainer"]
+    cluster.client.start_job(job)
+    assert cluster.wait(job) == "completed", cluster.reason(job)
+    steps = {m.step for m in cluster.client.get_metrics(job).metrics if m.key == "accuracy"}
+    assert max(steps) == 3
+    assert all(t.state == "completed" for t in cluster.client.list_tasks(job))
