@@ -22,10 +22,8 @@ Reported per job, from the control plane's stored timestamps:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -45,6 +43,7 @@ from benchmarks.job_start import (
     stack,
     wait_terminal,
 )
+from benchmarks.run import save
 from flame.datasets import split_digits
 from tests.e2e.jobs_harness import Cluster
 
@@ -200,7 +199,6 @@ if __name__ == "__main__":
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--nodes", type=int, default=TRAINERS)
     args = parser.parse_args()
+    started = time.perf_counter()
     result = main(args.reps, args.nodes)
-    out = Path(__file__).parent / "results" / "control_plane_round.json"
-    out.write_text(json.dumps({"benchmark": "control_plane_round", **result}, indent=2))
-    json.dump(result, sys.stdout, indent=2)
+    save("control_plane_round", result, time.perf_counter() - started)

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.run import save
 from flame.cli.client import FlameClient, Task
 from flame.cli.code import zip_folder
 from tests.e2e.jobs_harness import EXAMPLES, TERMINAL, Cluster, start_cluster
@@ -158,7 +158,6 @@ if __name__ == "__main__":
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--nodes", type=int, default=TRAINERS)
     args = parser.parse_args()
+    started = time.perf_counter()
     result = main(args.reps, args.nodes)
-    out = Path(__file__).parent / "results" / "job_start.json"
-    out.write_text(json.dumps({"benchmark": "job_start", **result}, indent=2))
-    json.dump(result, sys.stdout, indent=2)
+    save("job_start", result, time.perf_counter() - started)

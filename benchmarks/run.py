@@ -37,10 +37,16 @@ def main(argv: list[str]) -> int:
             print(f"   failed: {exc!r}", flush=True)
             failed.append(name)
             continue
-        result = {"benchmark": name, "seconds": round(time.perf_counter() - started, 3), **result}
-        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
-        print(json.dumps(result, indent=2, default=str), flush=True)
+        save(name, result, time.perf_counter() - started)
     return 1 if failed else 0
+
+
+def save(name: str, result: dict[str, object], seconds: float) -> None:
+    """Write ``results/<name>.json`` and print it."""
+    result = {"benchmark": name, "seconds": round(seconds, 3), **result}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+    print(json.dumps(result, indent=2, default=str), flush=True)
 
 
 if __name__ == "__main__":

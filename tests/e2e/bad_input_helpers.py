@@ -8,7 +8,6 @@ import io
 import json
 import secrets
 import sqlite3
-import subprocess
 import time
 import zipfile
 from collections.abc import Iterator
@@ -21,8 +20,7 @@ import psutil
 
 from flame.cli.client import FlameClient
 from flame.cli.code import zip_folder
-from flame.cli.stack import _script
-from tests.e2e.jobs_harness import EXAMPLES, TERMINAL, Cluster, task_starts
+from tests.e2e.jobs_harness import EXAMPLES, TERMINAL, Cluster, register_dataset, task_starts
 
 
 def example_zip(example: str, extra: dict[str, bytes] | None = None) -> bytes:
@@ -122,19 +120,7 @@ def node_id(cluster: Cluster, node: str) -> str:
 
 
 def add_dataset(cluster: Cluster, node: str, name: str, path: Path) -> None:
-    subprocess.run(
-        [
-            _script("flamelet"),
-            "dataset",
-            "add",
-            name,
-            str(path),
-            "--home",
-            cluster.state.nodes[node],
-        ],
-        check=True,
-        capture_output=True,
-    )
+    register_dataset(cluster.state.nodes[node], name, path)
 
 
 def add_node(cluster: Cluster, name: str, timeout: float = 60.0) -> None:

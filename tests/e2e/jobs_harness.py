@@ -71,6 +71,15 @@ class Cluster:
         return self.client.get_job(job_id).reason
 
 
+def register_dataset(node_home: str, name: str, path: Path) -> None:
+    """``flamelet dataset add`` on one node of the stack."""
+    subprocess.run(
+        [_script("flamelet"), "dataset", "add", name, str(path), "--home", node_home],
+        check=True,
+        capture_output=True,
+    )
+
+
 def start_cluster(home: Path, nodes: int, shards: int) -> Cluster:
     stack = Stack(home)
     state = stack.up(nodes=nodes, timeout=180, mlflow=False)
@@ -79,19 +88,7 @@ def start_cluster(home: Path, nodes: int, shards: int) -> Cluster:
     node_homes = [state.nodes[k] for k in sorted(state.nodes)]
     for i, path in enumerate(paths):
         name = f"digits-{i}"
-        subprocess.run(
-            [
-                _script("flamelet"),
-                "dataset",
-                "add",
-                name,
-                str(path),
-                "--home",
-                node_homes[i % nodes],
-            ],
-            check=True,
-            capture_output=True,
-        )
+        register_dataset(node_homes[i % nodes], name, path)
         names.append(name)
     client = FlameClient(state.api_url, state.admin_token)
     return Cluster(stack=stack, state=state, client=client, datasets=names)

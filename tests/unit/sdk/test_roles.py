@@ -5,8 +5,10 @@ full-batch gradient descent keeps every run fast and deterministic."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -14,7 +16,6 @@ import pytest
 from structlog.testing import capture_logs
 
 import flame
-from flame.datasets import digits_split
 from flame.errors import QuorumLost
 from flame.roles import Aggregator, Coordinator, Role, load_role_class
 
@@ -33,24 +34,22 @@ HP = {"hyperparameters": {"lr": 1.0, "local_steps": 5}}
 DIRICHLET = {f"digits-{i}": f"digits://dirichlet-0.3/10/{i}" for i in range(10)}
 
 
-def accuracy(weights: dict[str, np.ndarray]) -> float:
-    d = digits_split()
-    return float(((d.x_test @ weights["w"] + weights["b"]).argmax(1) == d.y_test).mean())
+def load_script(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def centralized_accuracy(lr: float = 1.0, steps: int = 100) -> float:
+# The script that prints FedAvg against centralized training is the one under test.
+DIGITS: Any = load_script(EXAMPLES / "digits_central.py")
+accuracy = DIGITS.numpy_accuracy
+
+
+def centralized_accuracy() -> float:
     """The same model and optimizer on the pooled training data (20 rounds x 5 steps)."""
-    d = digits_split()
-    x, onehot = d.x_train.astype(np.float64), np.eye(10)[d.y_train]
-    w, b = np.zeros((64, 10)), np.zeros(10)
-    for _ in range(steps):
-        z = x @ w + b
-        p = np.exp(z - z.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        g = (p - onehot) / len(x)
-        w -= lr * x.T @ g
-        b -= lr * g.sum(0)
-    return accuracy({"w": w, "b": b})
+    return float(DIGITS.numpy_centralized(HP["hyperparameters"], 20))
 
 
 def run(job: str = "central-numpy", **kwargs: Any) -> flame.SimulationResult:
@@ -71,6 +70,12 @@ def test_fedavg_on_iid_digits_matches_centralized_training(central: flame.Simula
     assert all(h["trainers"] == 10 for h in central.history)
     # the reported (sample-weighted, local test splits) metric tracks the real test accuracy
     assert central.history[-1]["accuracy"] == pytest.approx(fed, abs=0.03)
+
+
+def test_fedavg_torch_mlp_on_iid_digits_matches_centralized_training() -> None:
+    fed, central = DIGITS.iid_comparison(DIGITS.TORCH_JOB, DIGITS.MLP)
+    assert fed >= central - 0.01, (fed, central)
+    assert fed > 0.95
 
 
 @pytest.mark.parametrize("job", ["hierarchical", "hybrid", "coordinated", "distributed"])
