@@ -1,0 +1,45 @@
+# syntax=docker/dockerfile:1
+# flame-apiserver: the public REST edge (uvicorn on :10100).
+# Build with deploy/docker/build.sh; the build context is a `git archive` of the repository.
+#
+# Base image: the official Python image at an exact patch release on Debian 12 (bookworm), the
+# Python minor version the test suite runs on. It is pinned by tag, not by digest: the machine
+# this file was written on has no access to an image registry, so no digest could be read and
+# none is made up here. When the images are first built, resolve the digest
+# (`docker buildx imagetools inspect python:3.11.13-slim-bookworm`) and append `@sha256:...`.
+
+FROM python:3.11.13-slim-bookworm AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY deploy/docker/constraints.txt ./constraints.txt
+# The wheel build backend lives in its own venv, so the runtime venv never contains it.
+RUN python -m venv /opt/build \
+ && /opt/build/bin/pip install --no-cache-dir --constraint constraints.txt hatchling==1.33.0
+COPY proto ./proto
+COPY services/common ./services/common
+COPY services/apiserver ./services/apiserver
+RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels \
+        ./proto ./services/common ./services/apiserver \
+ && python -m venv /opt/flame \
+ && /opt/flame/bin/pip install --no-cache-dir --constraint constraints.txt /wheels/*.whl
+
+FROM python:3.11.13-slim-bookworm
+LABEL org.opencontainers.image.title="flame-apiserver" \
+      org.opencontainers.image.description="Flame apiserver: the public REST edge"
+RUN groupadd --system --gid 10001 flame \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /home/flame --create-home \
+        --shell /usr/sbin/nologin flame
+COPY --from=build /opt/flame /opt/flame
+COPY deploy/docker/healthcheck.py /opt/flame/healthcheck.py
+ENV PATH=/opt/flame/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    FLAME_APISERVER_LISTEN_HOST=0.0.0.0 \
+    FLAME_APISERVER_PORT=10100
+USER 10001:10001
+EXPOSE 10100
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "/opt/flame/healthcheck.py", "apiserver"]
+ENTRYPOINT ["flame-apiserver"]

@@ -1,0 +1,41 @@
+# syntax=docker/dockerfile:1
+# flame-controller: store, job builder, reconciler, deployers (gRPC on :10102).
+# Build with deploy/docker/build.sh; the build context is a `git archive` of the repository.
+# Base image: python:3.11.13-slim-bookworm, pinned by exact tag and not by digest (no registry
+# was reachable where this was written, so no digest could be read); see apiserver.Dockerfile.
+
+FROM python:3.11.13-slim-bookworm AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY deploy/docker/constraints.txt ./constraints.txt
+RUN python -m venv /opt/build \
+ && /opt/build/bin/pip install --no-cache-dir --constraint constraints.txt hatchling==1.33.0
+COPY proto ./proto
+COPY services/common ./services/common
+COPY services/controller ./services/controller
+RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels \
+        ./proto ./services/common ./services/controller \
+ && python -m venv /opt/flame \
+ && /opt/flame/bin/pip install --no-cache-dir --constraint constraints.txt /wheels/*.whl
+
+FROM python:3.11.13-slim-bookworm
+LABEL org.opencontainers.image.title="flame-controller" \
+      org.opencontainers.image.description="Flame controller: store, job builder, reconciler, deployers"
+RUN groupadd --system --gid 10001 flame \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /home/flame --create-home \
+        --shell /usr/sbin/nologin flame
+RUN install -d -o 10001 -g 10001 -m 0750 /var/lib/flame
+COPY --from=build /opt/flame /opt/flame
+COPY deploy/docker/healthcheck.py /opt/flame/healthcheck.py
+ENV PATH=/opt/flame/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    FLAME_CONTROLLER_LISTEN=0.0.0.0:10102 \
+    FLAME_CONTROLLER_DATA_DIR=/var/lib/flame
+USER 10001:10001
+EXPOSE 10102
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "/opt/flame/healthcheck.py", "controller"]
+ENTRYPOINT ["flame-controller"]
