@@ -8,9 +8,10 @@
 # Images: [${REGISTRY}/]flame/{apiserver,controller,notifier,flamelet,task-runner,mlflow}:TAG, the
 # names the Helm chart expects (values image.registry + <component>.image.repository).
 #
-# The build context is `git archive HEAD` of the repository's proto/, services/, sdk/ and
-# deploy/docker/: only committed files go in, so nothing untracked (a venv, a local token, an
-# identity file) can end up in an image. Commit before building.
+# The build context is `git archive HEAD` of the repository's package folders (proto/, spec/,
+# services/, sdk/) and deploy/docker/: only committed files go in, so nothing untracked (a venv,
+# a local token, an identity file) can end up in an image. Commit before building. Do not point
+# `docker build` at the work tree itself: the Dockerfiles copy their whole context.
 #
 # NOT RUN HERE: this script was written on a machine with no container engine (no Docker, no
 # BuildKit, no registry access). It has been checked with `bash -n` and shellcheck-style review
@@ -37,7 +38,13 @@ fi
 
 context="$(mktemp -d)"
 trap 'rm -rf "$context"' EXIT
-git -C "$root" archive --format=tar HEAD proto services sdk deploy/docker | tar -x -C "$context"
+paths=()
+for path in proto spec services sdk deploy/docker; do
+  if git -C "$root" cat-file -e "HEAD:$path" 2>/dev/null; then
+    paths+=("$path")
+  fi
+done
+git -C "$root" archive --format=tar HEAD "${paths[@]}" | tar -x -C "$context"
 
 for image in apiserver controller notifier flamelet task-runner mlflow; do
   ref="${registry:+${registry}/}flame/${image}:${tag}"

@@ -12,11 +12,13 @@ WORKDIR /src
 COPY deploy/docker/constraints.txt ./constraints.txt
 RUN python -m venv /opt/build \
  && /opt/build/bin/pip install --no-cache-dir --constraint constraints.txt hatchling==1.33.0
-COPY proto ./proto
-COPY services/common ./services/common
-COPY services/notifier ./services/notifier
-RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels \
-        ./proto ./services/common ./services/notifier \
+# The context holds only the repository's package folders (see build.sh); localdeps.py picks the
+# ones this image needs from their pyproject.toml files, so every in-repo dependency is built here
+# and none is ever looked up on a package index.
+COPY . .
+RUN /opt/build/bin/python deploy/docker/localdeps.py . services/notifier > packages.txt \
+ && xargs -a packages.txt /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation \
+        --wheel-dir /wheels \
  && python -m venv /opt/flame \
  && /opt/flame/bin/pip install --no-cache-dir --constraint constraints.txt /wheels/*.whl
 

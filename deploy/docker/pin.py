@@ -18,22 +18,17 @@ from __future__ import annotations
 import re
 import sys
 from importlib import metadata
+from pathlib import Path
 
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
-ROOTS = [
-    "flame-proto",
-    "flame-service",
-    "flame-controller",
-    "flame-apiserver",
-    "flame-notifier",
-    "flamelet",
-    "flame-sdk",
-    "mlflow",
-    "torch",  # for its dependencies; torch itself is dropped below
-]
-LOCAL = set(ROOTS[:7])
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from localdeps import packages  # noqa: E402
+
+LOCAL = set(packages(HERE.parents[1]))  # every package of this repository
+ROOTS = [*sorted(LOCAL), "mlflow", "torch"]  # torch for its dependencies; torch is dropped below
 # Not in the project venv; resolved once with pip for these exact top-level pins.
 EXTRA = {
     "boto3": "1.44.18",
@@ -59,7 +54,11 @@ def closure(roots: list[str]) -> dict[str, str]:
     todo = [(canonical(r), frozenset[str]()) for r in roots]
     while todo:
         name, extras = todo.pop()
-        dist = metadata.distribution(name)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            print(f"warning: {name} is not installed; run make install first", file=sys.stderr)
+            continue
         key = canonical(dist.metadata["Name"])
         first = key not in seen
         seen[key] = dist.version

@@ -4,17 +4,21 @@ at the first build on a machine with a container engine)."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "deploy" / "docker"
+_spec = importlib.util.spec_from_file_location("flame_localdeps", DOCKER / "localdeps.py")
+localdeps = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(localdeps)
+
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
 # image -> the distributions it runs (their in-repo dependencies must be built into it too)
 IMAGES = {
@@ -33,25 +37,6 @@ def _hadolint() -> str | None:
         return found
     beside = Path(sys.executable).with_name("hadolint")
     return str(beside) if beside.exists() else None
-
-
-def _local_packages() -> dict[str, tuple[str, list[str]]]:
-    """distribution name -> (folder relative to the repo, its declared dependency names)."""
-    found = {}
-    for pyproject in ROOT.glob("*/pyproject.toml"):
-        found.update(_read(pyproject))
-    for pyproject in ROOT.glob("services/*/pyproject.toml"):
-        found.update(_read(pyproject))
-    return found
-
-
-def _read(pyproject: Path) -> dict[str, tuple[str, list[str]]]:
-    project = tomllib.loads(pyproject.read_text()).get("project")
-    if not project:
-        return {}
-    deps = [re.split(r"[\s<>=!~\[;]", d, maxsplit=1)[0].lower() for d in project["dependencies"]]
-    folder = pyproject.parent.relative_to(ROOT).as_posix()
-    return {project["name"].lower(): (folder, deps)}
 
 
 def test_every_image_has_a_dockerfile():
@@ -74,21 +59,22 @@ def test_hadolint_warning_level(dockerfile):
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
 def test_image_builds_every_local_dependency(image):
-    packages = _local_packages()
-    needed: set[str] = set()
-    todo = list(IMAGES[image])
-    while todo:
-        name = todo.pop()
-        if name in needed or name not in packages:
-            continue
-        needed.add(name)
-        todo.extend(packages[name][1])
+    """The Dockerfile asks localdeps.py for its packages' in-repo closure; that closure holds
+    every local dependency (spec/, proto/, services/common ...) and only existing folders."""
     text = (DOCKER / f"{image}.Dockerfile").read_text()
-    copied = set(re.findall(r"^COPY (\S+) \./\1$", text, flags=re.M))
-    for name in needed:
-        folder = packages[name][0]
-        assert folder in copied, f"{image}.Dockerfile does not COPY {folder} ({name})"
-        assert f"./{folder}" in text.split("pip wheel", 1)[1], f"{image} never builds {folder}"
+    if not IMAGES[image]:
+        assert "localdeps.py" not in text
+        return
+    packages = localdeps.packages(ROOT)
+    tops = [packages[name][0] for name in IMAGES[image]]
+    assert f"localdeps.py . {' '.join(tops)} >" in text
+    folders = localdeps.closure(ROOT, tops)
+    for name in IMAGES[image]:
+        for dep in packages[name][1]:
+            if dep in packages:
+                assert packages[dep][0] in folders, f"{image} misses {dep}"
+    for folder in folders:
+        assert (ROOT / folder / "pyproject.toml").is_file()
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
