@@ -314,6 +314,12 @@ affinity:
 {{- if and .Values.mlflow.enabled (eq .Values.mlflow.artifacts.type "s3") (not .Values.mlflow.artifacts.s3.bucket) }}
 {{- fail "mlflow.artifacts.type=s3 needs mlflow.artifacts.s3.bucket" }}
 {{- end }}
+{{- $own := .Values.tls.existingSecrets }}
+{{- if and .Values.tls.enabled (or $own.apiserver $own.controller $own.notifier $own.mqtt) }}
+{{- if not (and $own.apiserver $own.controller $own.notifier (or $own.mqtt (not .Values.mqtt.enabled))) }}
+{{- fail "tls.existingSecrets: name a Secret for every component (apiserver, controller, notifier, and mqtt when mqtt.enabled), or none" }}
+{{- end }}
+{{- end }}
 {{- if and .Values.flamelet.enabled (not .Values.flamelet.enrolmentSecret) }}
 {{- fail "flamelet.enabled needs flamelet.enrolmentSecret (keys token-0, token-1, ...: one enrolment token per replica from `flamectl node create`)" }}
 {{- end }}
