@@ -265,6 +265,22 @@ def cached_schemas():
 
 
 @pytest.mark.parametrize("kube", KUBE_VERSIONS)
+def test_an_unknown_api_version_is_an_error(kube, cached_schemas):
+    """The validator really refuses what it has no schema for (so the loop below can trust it)."""
+    retired = {"apiVersion": "extensions/v1beta1", "kind": "Ingress", "metadata": {"name": "x"}}
+    with pytest.raises(kv_utils.SchemaNotFoundError):
+        kv_utils.validate(retired, kube, strict=True)
+    wrong_field = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "x"},
+        "dta": {"a": "b"},
+    }
+    with pytest.raises(kv_utils.ValidationError):
+        kv_utils.validate(wrong_field, kube, strict=True)
+
+
+@pytest.mark.parametrize("kube", KUBE_VERSIONS)
 def test_every_manifest_validates_strictly(variant, kube, cached_schemas):
     _, _, docs = variant
     assert docs
