@@ -1,12 +1,15 @@
-"""Named float tensors: the one model representation the SDK moves and aggregates.
+"""Named tensors: the one model representation the SDK moves and aggregates.
 
-``Weights`` maps a parameter name to a NumPy array. On the wire they are safetensors bytes
-(never pickle). :func:`check_update` is the gate every received update passes.
+``Weights`` maps a parameter name to a NumPy array of any shape (0-d included) and one of the
+:data:`WIRE_DTYPES`: mostly float parameters, plus integer and bool state such as BatchNorm's
+``num_batches_tracked`` counter. On the wire they are safetensors bytes (never pickle).
+:func:`check_update` is the gate every received update passes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -15,8 +18,32 @@ from safetensors.numpy import save as st_save
 
 from flame.errors import RejectedUpdate
 
-Array = NDArray[np.floating]
+Array = NDArray[Any]
 Weights = dict[str, Array]
+
+#: The dtypes a tensor may have on the wire, by safetensors code (what
+#: :mod:`flame.channels.chunking` sends; bfloat16 has no NumPy dtype).
+WIRE_DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"),
+    "U32": np.dtype("<u4"),
+    "U16": np.dtype("<u2"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("bool"),
+}
+_WIRE_KINDS = {(dt.kind, dt.itemsize) for dt in WIRE_DTYPES.values()}
+
+
+def is_wire_dtype(dtype: np.dtype) -> bool:
+    """True for a dtype the wire carries (byte order aside: it is normalised on sending)."""
+    dt = np.dtype(dtype)
+    return (dt.kind, dt.itemsize) in _WIRE_KINDS
 
 
 def to_bytes(weights: Mapping[str, np.ndarray]) -> bytes:

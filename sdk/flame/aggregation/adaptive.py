@@ -10,7 +10,10 @@ Each round, with ``x`` the global model and ``Δ = fedavg(updates) - x`` (sample
     x = x + eta * m / (sqrt(v) + tau)
 
 ``m`` starts at 0 and ``v`` at ``tau²`` (the paper's ``v_{-1} >= tau²``); no bias correction, as
-in the paper. Both moments live in :meth:`state` and are created on the first round.
+in the paper. Both moments live in :meth:`state` and are created on the first round, for the
+float tensors only: an integer or bool tensor (a counter such as BatchNorm's
+``num_batches_tracked``) takes the sample-weighted mean, rounded, because an adaptive step of
+about ``eta`` per coordinate would round to no change and the counter would never move.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ import numpy as np
 from flame.aggregation.base import (
     StrategyState,
     Update,
+    canonical,
+    check_compatible,
     check_state_name,
+    sample_fractions,
 )
-from flame.aggregation.fedavg import fedavg
-from flame.aggregation.kernels import cast_back, compute_dtype
+from flame.aggregation.kernels import cast_back, compute_dtype, is_trained, weighted_sum
 from flame.aggregation.params import AdaptiveParams, FedAdagradParams, Params
 from flame.errors import ConfigError
 from flame.tensors import Weights, copy_weights
@@ -50,29 +55,34 @@ class _Adaptive:
         raise NotImplementedError
 
     def aggregate(self, global_weights: Weights, updates: Sequence[Update], rnd: int) -> Weights:
-        avg = fedavg(global_weights, updates)
+        ordered = canonical(updates)
+        check_compatible(global_weights, ordered)
+        fractions = sample_fractions(ordered)
+        trained = {k: x for k, x in global_weights.items() if is_trained(x.dtype)}
         if not self.m:
-            self.m = {
-                k: np.zeros(x.shape, compute_dtype(x.dtype)) for k, x in global_weights.items()
-            }
+            self.m = {k: np.zeros(x.shape, compute_dtype(x.dtype)) for k, x in trained.items()}
             self.v = {
-                k: np.full(x.shape, self.tau**2, compute_dtype(x.dtype))
-                for k, x in global_weights.items()
+                k: np.full(x.shape, self.tau**2, compute_dtype(x.dtype)) for k, x in trained.items()
             }
-        elif set(self.m) != set(global_weights):
+        elif set(self.m) != set(trained):
             raise ConfigError(
                 f"{self.name}: the model's tensors changed since the moments were created"
             )
         result: Weights = {}
         for name, x in global_weights.items():
-            dt = compute_dtype(x.dtype)
-            delta = np.subtract(avg[name], x, dtype=dt)
+            # The sample-weighted mean, in the compute dtype (a fresh array, used as scratch).
+            avg = weighted_sum([u.weights[name] for u in ordered], fractions, x.dtype)
+            if name not in trained:  # integer/bool state: an adaptive step would round to 0
+                result[name] = cast_back(avg, x.dtype)
+                continue
+            dt = avg.dtype
+            delta = np.subtract(avg, x, out=avg)  # Δ
             m, v = self.m[name], self.v[name]
             m *= dt.type(self.beta1)
             m += dt.type(1 - self.beta1) * delta
             np.square(delta, out=delta)  # delta now holds Δ²
             self._second_moment(v, delta)
-            step = np.sqrt(v)
+            step = np.sqrt(v, out=delta)
             step += dt.type(self.tau)
             np.divide(m, step, out=step)
             step *= dt.type(self.eta)

@@ -8,6 +8,18 @@ calls :meth:`Strategy.load_state` continues bit-identically.
 
 Every rule first puts the updates in a canonical order (by sender, then base round), so the
 result does not depend on the order in which updates arrived over the network.
+
+Shapes and dtypes: every rule returns, for each tensor, an ndarray with exactly the global
+model's shape (0-d included) and dtype, for every dtype the wire carries
+(:data:`flame.tensors.WIRE_DTYPES`). float32 and float64 tensors are computed in their own
+precision, float16 in float32. Integer and bool tensors are state, not trained parameters (a
+BatchNorm ``num_batches_tracked`` counter, a mask): each rule combines them as it combines floats
+but in float64 (exact up to 2**53), and rounds the result to the nearest integer (half to even),
+clipped to the dtype's range, so a bool tensor becomes a majority vote (ties False). The
+adaptive rules give them the plain sample-weighted mean: their step of about ``eta`` would round
+to no change. Non-finite values: robust rules treat them as missing (see
+:mod:`flame.aggregation.robust`); the averaging rules propagate them (the aggregator rejects
+non-finite updates before a rule sees them).
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from flame.aggregation.kernels import compute_dtype
 from flame.config import OptimizerSpec
 from flame.errors import AggregationError
 from flame.tensors import Weights
@@ -53,7 +54,7 @@ def _check_names(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], what:
 def proximal_grad(local: Weights, global_: Weights, mu: float) -> Weights:
     """Gradient of ``mu/2 ||local - global_||²``: ``mu * (local - global_)`` per tensor."""
     _check_names(local, global_, "proximal_grad")
-    return {k: (mu * (local[k] - global_[k])).astype(local[k].dtype, copy=False) for k in local}
+    return {k: _like(mu * (local[k] - global_[k]), local[k]) for k in local}
 
 
 def proximal_term(local: Weights, global_: Weights, mu: float) -> float:
@@ -85,6 +86,11 @@ def torch_proximal_term(model: Any, global_state: Mapping[str, Any], mu: float) 
     return 0.5 * mu * term
 
 
+def _like(value: Any, ref: np.ndarray) -> np.ndarray:
+    """``value`` as an array with ``ref``'s dtype (a 0-d result stays an array, not a scalar)."""
+    return np.asarray(value).astype(ref.dtype, copy=False)
+
+
 def _zeros_like(weights: Mapping[str, np.ndarray]) -> Weights:
     return {k: np.zeros_like(v) for k, v in weights.items()}
 
@@ -95,7 +101,7 @@ def scaffold_correction(grads: Weights, c: Weights, c_i: Weights) -> Weights:
     c_i = c_i or _zeros_like(grads)
     _check_names(grads, c, "scaffold_correction (c)")
     _check_names(grads, c_i, "scaffold_correction (c_i)")
-    return {k: (grads[k] + c[k] - c_i[k]).astype(grads[k].dtype, copy=False) for k in grads}
+    return {k: _like(grads[k] + c[k] - c_i[k], grads[k]) for k in grads}
 
 
 def scaffold_control_update(
@@ -104,7 +110,9 @@ def scaffold_control_update(
     """Option II of the paper: ``c_i+ = c_i - c + (x - y_i) / (K * lr)``.
 
     Returns ``(c_i+, delta)``: keep ``c_i+`` for the next round and send ``delta = c_i+ - c_i``
-    as ``Update.extras``. ``steps`` (K) is the number of local optimizer steps taken."""
+    as ``Update.extras``. ``steps`` (K) is the number of local optimizer steps taken. Both are in
+    the dtype the server keeps ``c`` in (:func:`~flame.aggregation.kernels.compute_dtype`: the
+    tensor's own for float32/float64, float32 for float16, float64 for integer and bool)."""
     if steps < 1 or lr <= 0:
         raise AggregationError(
             f"scaffold_control_update needs steps >= 1 and lr > 0 (got {steps}, {lr})"
@@ -117,9 +125,10 @@ def scaffold_control_update(
     new_c_i: Weights = {}
     delta: Weights = {}
     for k, x in global_.items():
-        d = (np.subtract(x, local[k], dtype=np.float64) * scale - c[k]).astype(x.dtype)
+        dt = compute_dtype(x.dtype)  # the dtype the server keeps c in (float64 for counters)
+        d = np.asarray(np.subtract(x, local[k], dtype=np.float64) * scale - c[k]).astype(dt)
         delta[k] = d
-        new_c_i[k] = (c_i[k] + d).astype(x.dtype, copy=False)
+        new_c_i[k] = np.asarray(c_i[k] + d).astype(dt, copy=False)
     return new_c_i, delta
 
 

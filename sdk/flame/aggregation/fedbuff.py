@@ -108,7 +108,9 @@ class FedBuff:
         scale = staleness_weight(staleness)
         for name, y in update.weights.items():
             dt = compute_dtype(global_weights[name].dtype)
-            delta = np.subtract(y, base[name], dtype=dt)
+            # out= keeps a 0-d delta an array (a bare subtract returns a NumPy scalar, and
+            # ``acc += scalar`` would rebind a local name instead of adding into the buffer).
+            delta = np.subtract(y, base[name], out=np.empty(np.shape(y), dt), dtype=dt)
             delta *= dt.type(scale)
             acc = self.buffer.get(name)
             if acc is None:

@@ -21,17 +21,46 @@ BLOCK = 32_768
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
-    """Float tensors are combined in their own precision, anything else in float64."""
-    return dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
+    """The precision a rule computes a tensor (and keeps its state, e.g. FedAdam moments) in:
+    float32 and float64 their own, float16 float32 (NumPy has no fast float16 arithmetic and
+    float16 moments underflow), integer and bool tensors float64."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return dtype if dtype.itemsize >= 4 else np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
+def is_trained(dtype: np.dtype) -> bool:
+    """Float tensors are trained parameters; integer and bool tensors are state (counters such
+    as BatchNorm's ``num_batches_tracked``, masks) that rules average but do not optimise."""
+    return np.dtype(dtype).kind == "f"
+
+
+def _int_bounds(dtype: np.dtype) -> tuple[float, float]:
+    """The float64 range that converts into ``dtype`` without overflow."""
+    if dtype.kind == "b":
+        return 0.0, 1.0
+    info = np.iinfo(dtype)
+    lo, hi = float(info.min), float(info.max)
+    if int(hi) > info.max:  # 2**63 - 1 and 2**64 - 1 round up to a power of two in float64
+        hi = float(np.nextafter(hi, -np.inf))
+    return lo, hi
 
 
 def cast_back(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Return ``values`` in ``dtype``; integer tensors (e.g. BatchNorm counters) are rounded."""
-    if values.dtype == dtype:
-        return values
-    if np.issubdtype(dtype, np.integer):
-        return np.rint(values).astype(dtype)
-    return values.astype(dtype)
+    """``values`` as an ndarray of ``dtype`` with its shape (a 0-d result stays a 0-d array, never
+    a NumPy scalar). Integer and bool results are rounded to the nearest integer (half to even)
+    and clipped to the dtype's range, so a bool tensor becomes a majority vote (ties False)."""
+    dtype = np.dtype(dtype)
+    arr = np.asarray(values)
+    if arr.dtype == dtype:
+        return arr
+    if dtype.kind in "iub":
+        rounded = np.asarray(np.rint(arr))
+        lo, hi = _int_bounds(dtype)
+        np.clip(rounded, lo, hi, out=rounded)
+        return rounded.astype(dtype)
+    return arr.astype(dtype)
 
 
 def weighted_sum(

@@ -17,6 +17,16 @@ every update counts once. All are stateless and permutation invariant.
   closest (sum of squared L2 distances); needs ``n >= 2f + 3``.
 - ``multi_krum(f, m)``: the unweighted mean of the ``m`` best-scored updates (``m`` defaults to,
   and is capped at, ``n - f`` so only as many updates as are surely honest are averaged).
+
+Non-finite values (NaN, +-inf) are missing values, never part of a result. The coordinate-wise
+rules aggregate each coordinate over its ``m`` finite values only (trimming ``floor(beta * m)``
+from each end, so ``k`` NaN attackers leave at least ``floor(beta * n) - k`` trims for the rest);
+a coordinate without a finite value keeps the global model's value. Krum and multi-Krum put a
+model with a non-finite value infinitely far from every other, so it ranks after every finite
+model; if one is still chosen (fewer than ``m`` finite models), its non-finite values are missing
+from the mean. The aggregator rejects non-finite updates before any rule sees them
+(:func:`flame.tensors.check_update`); this is the rules' own guarantee as pure functions.
+Integer and bool tensors are reduced in float64 and rounded (see :mod:`flame.aggregation.base`).
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ from flame.aggregation.params import KrumParams, MedianParams, MultiKrumParams, 
 from flame.errors import AggregationError
 from flame.tensors import Weights
 
-Reducer = Callable[[np.ndarray], np.ndarray]  # (n, width) block -> (width,) values
+Reducer = Callable[[np.ndarray], np.ndarray]  # (m, width) block -> (width,) values
 
 
 def column_blocks(
@@ -49,26 +59,57 @@ def column_blocks(
 
 
 def coordinatewise(like: Weights, updates: Sequence[Update], reduce: Reducer) -> Weights:
-    """Apply ``reduce`` to every coordinate's ``n`` values, tensor by tensor."""
+    """Apply ``reduce`` to every coordinate's ``n`` values, tensor by tensor.
+
+    ``reduce`` gets an ``(m, width)`` block it may sort in place and works out what it needs
+    (e.g. its trim count) from ``m``. A non-finite value is missing: a coordinate that has one is
+    reduced over its finite values only, and a coordinate with none keeps ``like``'s value.
+    Finding such coordinates costs nothing on sorted blocks (NaN sorts last, -inf first) and a
+    check of the result on unsorted ones (a non-finite input makes a mean non-finite).
+    """
     result: Weights = {}
     for name, ref in like.items():
         dt = compute_dtype(ref.dtype)
         out = np.empty(ref.size, dtype=dt)
         for cols, block in column_blocks([u.weights[name] for u in updates], dt):
-            out[cols] = reduce(block)
+            with np.errstate(invalid="ignore"):  # NaN in, NaN out: replaced just below
+                values = reduce(block)
+            out[cols] = values
+            missing = ~np.isfinite(values)
+            missing |= ~np.isfinite(block[0])
+            missing |= ~np.isfinite(block[-1])
+            if missing.any():
+                at = cols.start + np.flatnonzero(missing)
+                fallback = np.asarray(ref).reshape(-1)[at]
+                out[at] = _over_finite(block[:, missing], reduce, fallback)
         result[name] = cast_back(out.reshape(ref.shape), ref.dtype)
     return result
+
+
+def _over_finite(columns: np.ndarray, reduce: Reducer, fallback: np.ndarray) -> np.ndarray:
+    """``reduce`` of each column's finite values (``fallback`` where a column has none); columns
+    with the same number of finite values are reduced together."""
+    values = np.where(np.isfinite(columns), columns, np.nan)
+    values.sort(axis=0)  # the finite values first, in order; NaN last
+    counts = np.count_nonzero(~np.isnan(values), axis=0)
+    out = fallback.astype(values.dtype)
+    for m in np.unique(counts):
+        if m == 0:
+            continue
+        same = counts == m
+        out[same] = reduce(values[:m, same])  # boolean indexing copies: reduce may sort it
+    return out
 
 
 def trimmed_mean(global_weights: Weights, updates: Sequence[Update], beta: float) -> Weights:
     ordered = canonical(updates)
     check_compatible(global_weights, ordered)
     n = len(ordered)
-    cut = math.floor(beta * n)
-    if n - 2 * cut < 1:  # only reachable with beta >= 0.5, which params reject; kept as a guard
+    if n - 2 * math.floor(beta * n) < 1:  # only reachable with beta >= 0.5, which params reject
         raise AggregationError(f"trimmed_mean: beta={beta} trims all {n} updates")
 
     def reduce(block: np.ndarray) -> np.ndarray:
+        cut = math.floor(beta * block.shape[0])
         if cut:
             block.sort(axis=0)
         return _trimmed(block, cut)
@@ -80,29 +121,28 @@ def phocas(global_weights: Weights, updates: Sequence[Update], beta: float) -> W
     ordered = canonical(updates)
     check_compatible(global_weights, ordered)
     n = len(ordered)
-    cut = math.floor(beta * n)
-    if n - 2 * cut < 1:
+    if n - 2 * math.floor(beta * n) < 1:
         raise AggregationError(f"phocas: beta={beta} trims all {n} updates")
 
     def reduce(block: np.ndarray) -> np.ndarray:
+        m = block.shape[0]
+        cut = math.floor(beta * m)
         block.sort(axis=0)
-        return _nearest_mean(block, _trimmed(block, cut), n - cut)
+        return _nearest_mean(block, _trimmed(block, cut), m - cut)
 
     return coordinatewise(global_weights, ordered, reduce)
 
 
 def _nearest_mean(sorted_block: np.ndarray, centre: np.ndarray, k: int) -> np.ndarray:
     """Per column, the mean of the ``k`` values nearest ``centre``. In a sorted column they are a
-    window of ``k`` consecutive rows: the one whose farther end is nearest (the lowest on a tie,
-    so the result depends only on the values)."""
+    window of ``k`` consecutive rows. Sliding a window up one row swaps its lowest value for the
+    next one above it, which brings a nearer value in exactly while row ``i + k`` is nearer than
+    row ``i``; that holds for a prefix of the rows, so the window starts at the count of such
+    ``i``. A tie does not slide (the lower window), so the result depends only on the values."""
     n = sorted_block.shape[0]
-    reach = np.stack(
-        [
-            np.maximum(centre - sorted_block[i], sorted_block[i + k - 1] - centre)
-            for i in range(n - k + 1)
-        ]
-    )
-    start = reach.argmin(axis=0)
+    start = np.zeros(sorted_block.shape[1:], dtype=np.intp)
+    for i in range(n - k):
+        start += (sorted_block[i + k] - centre) < (centre - sorted_block[i])
     rows = np.arange(n)[:, None]
     window = (rows >= start) & (rows < start + k)
     return np.where(window, sorted_block, 0).sum(axis=0, dtype=sorted_block.dtype) / k
@@ -136,7 +176,14 @@ def _middle(sorted_block: np.ndarray) -> np.ndarray:
 
 
 def pairwise_sq_distances(models: Sequence[Weights]) -> np.ndarray:
-    """``(n, n)`` squared L2 distances between whole models (float64).
+    """``(n, n)`` squared L2 distances between whole models (float64); a model with a non-finite
+    value is infinitely far from every other (see :func:`_distances`)."""
+    return _distances(models)[0]
+
+
+def _distances(models: Sequence[Weights]) -> tuple[np.ndarray, np.ndarray]:
+    """``(distances, broken)``: the squared L2 distances between whole models and which models
+    have a non-finite value (infinitely far from every other model).
 
     Computed in float64 from Gram matrices, block by block (BLAS, no per-pair pass over the
     data). Each block is first centred on its coordinate-wise median, which lies among the
@@ -144,9 +191,20 @@ def pairwise_sq_distances(models: Sequence[Weights]) -> np.ndarray:
     ``|a|² + |b|² - 2ab`` form however far the outliers are. Overflowing distances are inf."""
     n = len(models)
     gram = np.zeros((n, n), dtype=np.float64)
+    broken = np.zeros(n, dtype=bool)
     for name in models[0]:
         for _, block in column_blocks([m[name] for m in models], np.dtype(np.float64)):
-            block -= _middle(np.sort(block, axis=0))
+            ordered = np.sort(block, axis=0)
+            if np.isfinite(ordered[0]).all() and np.isfinite(ordered[-1]).all():
+                block -= _middle(ordered)
+            else:  # centre on the median of the finite values; broken rows count as 0
+                finite = np.isfinite(block)
+                broken |= ~finite.all(axis=1)
+                ordered = np.sort(np.where(finite, block, np.nan), axis=0)
+                counts = np.count_nonzero(finite, axis=0)
+                centre = ordered[np.maximum(counts - 1, 0) // 2, np.arange(block.shape[1])]
+                centre[counts == 0] = 0.0
+                block = np.where(finite, block - centre, 0.0)
             with np.errstate(over="ignore", invalid="ignore"):
                 gram += block @ block.T
     sq = np.diag(gram)
@@ -154,36 +212,55 @@ def pairwise_sq_distances(models: Sequence[Weights]) -> np.ndarray:
         dist = sq[:, None] + sq[None, :] - 2.0 * gram
     dist = np.nan_to_num(dist, nan=np.inf, posinf=np.inf)
     np.maximum(dist, 0.0, out=dist)
+    dist[broken, :] = np.inf
+    dist[:, broken] = np.inf
     np.fill_diagonal(dist, 0.0)
-    return dist
+    return dist, broken
 
 
 def krum_scores(models: Sequence[Weights], f: int) -> np.ndarray:
     """Each model's Krum score: the sum of squared distances to its ``n - f - 2`` nearest."""
+    return _krum_scores(models, f)[0]
+
+
+def _krum_scores(models: Sequence[Weights], f: int) -> tuple[np.ndarray, np.ndarray]:
     n = len(models)
     if n < 2 * f + 3:
         raise AggregationError(f"krum needs at least 2f + 3 = {2 * f + 3} updates, got {n}")
-    dist = pairwise_sq_distances(models)
+    dist, broken = _distances(models)
     neighbours = n - f - 2
     others = np.sort(dist + np.diag(np.full(n, np.inf)), axis=1)[:, :neighbours]
-    return np.asarray(others.sum(axis=1))
+    return np.asarray(others.sum(axis=1)), broken
 
 
 def multi_krum(
     global_weights: Weights, updates: Sequence[Update], f: int, m: int | None
 ) -> tuple[Weights, list[str]]:
-    """The unweighted mean of the ``m`` best-scored updates and the senders chosen."""
+    """The unweighted mean of the ``m`` best-scored updates and the senders chosen. Models with a
+    non-finite value rank after every finite one; if some are still chosen, their non-finite
+    values are missing from the mean."""
     ordered = canonical(updates)
     check_compatible(global_weights, ordered)
     models = [u.weights for u in ordered]
-    scores = krum_scores(models, f)
+    scores, broken = _krum_scores(models, f)
     n = len(ordered)
     count = min(m or n - f, n - f)
-    chosen = sorted(np.argsort(scores, kind="stable")[:count].tolist())
+    chosen = sorted(np.lexsort((scores, broken))[:count].tolist())  # stable: ties by sender
     picked = [models[i] for i in chosen]
-    return weighted_mean(picked, np.full(count, 1.0 / count), like=global_weights), [
-        ordered[i].sender for i in chosen
-    ]
+    senders = [ordered[i].sender for i in chosen]
+    if broken[chosen].any():
+        return _mean_over_finite(picked, global_weights), senders
+    return weighted_mean(picked, np.full(count, 1.0 / count), like=global_weights), senders
+
+
+def _mean_over_finite(models: Sequence[Weights], like: Weights) -> Weights:
+    """Per coordinate, the mean of the models' finite values (``like``'s value where none is)."""
+
+    def reduce(block: np.ndarray) -> np.ndarray:
+        return block.mean(axis=0, dtype=block.dtype)
+
+    updates = [Update(str(i), w, 1) for i, w in enumerate(models)]
+    return coordinatewise(like, updates, reduce)
 
 
 class _Stateless:

@@ -26,7 +26,7 @@ from flame.aggregation.base import (
     check_compatible,
     check_state_name,
 )
-from flame.aggregation.kernels import cast_back, compute_dtype, weighted_mean
+from flame.aggregation.kernels import cast_back, compute_dtype, weighted_sum
 from flame.aggregation.params import ScaffoldParams
 from flame.errors import AggregationError, ConfigError
 from flame.tensors import Weights, copy_weights
@@ -74,17 +74,19 @@ class Scaffold:
         seen = sorted(set(self.seen) | {u.sender for u in ordered})
         total = self.params.num_clients or len(seen)
         uniform = np.full(n, 1.0 / n)
-        mean_y = weighted_mean([u.weights for u in ordered], uniform, like=global_weights)
-        mean_dc = weighted_mean([u.extras for u in ordered], uniform, like=global_weights)
         result: Weights = {}
         for name, x in global_weights.items():
             dt = compute_dtype(x.dtype)
-            step = np.subtract(mean_y[name], x, dtype=dt)
+            # Means in the compute dtype (fresh arrays, updated in place): rounding an integer
+            # tensor's mean before the step would round it twice.
+            step = weighted_sum([u.weights[name] for u in ordered], uniform, x.dtype)
+            step -= x
             step *= dt.type(self.params.global_lr)
             step += x
             result[name] = cast_back(step, x.dtype)
-            dc = np.asarray(mean_dc[name], dtype=dt)
-            self.c[name] += dt.type(min(1.0, n / total)) * dc
+            dc = weighted_sum([u.extras[name] for u in ordered], uniform, x.dtype)
+            dc *= dt.type(min(1.0, n / total))
+            self.c[name] += dc
         self.seen = seen
         return result
 

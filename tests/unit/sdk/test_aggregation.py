@@ -19,7 +19,8 @@ from flame.aggregation import (
 )
 from flame.aggregation.kernels import BLOCK, weighted_sum
 from flame.config import OptimizerSpec
-from flame.errors import AggregationError, ConfigError, RejectedUpdate
+from flame.errors import AggregationError, RejectedUpdate
+from flame_spec import SpecError, parse_job_spec
 
 SHAPES = {"layer.weight": (3, 2), "layer.bias": (2,)}
 ALL_RULES = [
@@ -373,7 +374,7 @@ def test_fedyogi_and_fedadam_differ() -> None:
 
 
 def test_fedadagrad_rejects_beta2() -> None:
-    with pytest.raises(ConfigError, match="beta2"):
+    with pytest.raises(ValueError, match="beta2"):
         make_strategy(OptimizerSpec(name="fedadagrad", kwargs={"beta2": 0.9}))
 
 
@@ -538,14 +539,27 @@ def test_duplicate_senders_and_bad_sample_counts_are_errors() -> None:
         ("scaffold", {"global_lr": "fast"}, "global_lr"),
     ],
 )
-def test_bad_kwargs_are_config_errors_naming_the_field(name: str, kwargs: dict, field: str) -> None:
-    with pytest.raises(ConfigError, match=field):
-        make_strategy(OptimizerSpec(name=name, kwargs=kwargs))
+def test_bad_kwargs_are_refused_by_the_job_spec_naming_the_field(
+    name: str, kwargs: dict, field: str
+) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_job_spec({"optimizer": {"name": name, "kwargs": kwargs}})
+    assert info.value.fields == [f"optimizer.kwargs.{field}"]
 
 
 def test_unknown_rule_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="fedavg"):
-        make_strategy(OptimizerSpec(name="fedsgd-magic"))
+    with pytest.raises(SpecError, match="fedavg"):
+        parse_job_spec({"optimizer": {"name": "fedsgd-magic"}})
+
+
+def test_every_rule_the_spec_accepts_is_implemented() -> None:
+    from flame.aggregation.registry import IMPLEMENTATIONS
+    from flame.selection import IMPLEMENTATIONS as SELECTORS
+    from flame_spec.rules import RULES
+    from flame_spec.rules import SELECTORS as SPEC_SELECTORS
+
+    assert set(IMPLEMENTATIONS) == set(RULES)
+    assert set(SELECTORS) == set(SPEC_SELECTORS)
 
 
 def test_integer_tensors_are_averaged_and_rounded() -> None:
@@ -580,3 +594,70 @@ def test_blocked_kernels_match_numpy_on_large_tensors() -> None:
     ups = [Update(f"t{i}", {"w": a}, 1) for i, a in enumerate(arrays)]
     med = make_strategy(OptimizerSpec(name="median")).aggregate(g, ups, 0)
     np.testing.assert_array_equal(med["w"], np.median(np.stack(arrays), axis=0))
+
+
+# --- 0-d tensors and non-finite values (issue 17) ------------------------------------------------
+
+
+def _scalar(value: float) -> np.ndarray:
+    return np.array(value, np.float32)
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedadagrad"])
+def test_adaptive_rules_step_a_0d_tensor(name: str) -> None:
+    g = {"s": _scalar(0.0), "w": np.zeros(2, np.float32)}
+    ups = [
+        Update(f"t{i}", {"s": _scalar(v), "w": np.full(2, v, np.float32)}, 1)
+        for i, v in enumerate([1.0, 3.0])
+    ]
+    out = make_strategy(OptimizerSpec(name=name)).aggregate(g, ups, 0)
+    assert (
+        isinstance(out["s"], np.ndarray) and out["s"].shape == () and out["s"].dtype == np.float32
+    )
+    assert float(out["s"]) == pytest.approx(
+        float(out["w"][0])
+    )  # a scalar moves like any coordinate
+    assert float(out["s"]) > 0
+
+
+def test_fedbuff_sums_every_buffered_delta_of_a_0d_tensor() -> None:
+    g = {"s": _scalar(0.0)}
+    ups = [Update("a", {"s": _scalar(1.0)}, 1), Update("b", {"s": _scalar(3.0)}, 1)]
+    out = make_strategy(OptimizerSpec(name="fedbuff", kwargs={"k": 2})).aggregate(g, ups, 0)
+    assert float(out["s"]) == 2.0  # not 0.5: the second delta was dropped
+    assert isinstance(out["s"], np.ndarray) and out["s"].shape == ()
+
+
+def test_scaffold_returns_a_0d_ndarray_for_a_0d_tensor() -> None:
+    g = {"s": _scalar(0.0)}
+    ups = [
+        Update(s, {"s": _scalar(v)}, 1, extras={"s": _scalar(0.0)})
+        for s, v in (("a", 1.0), ("b", 3.0))
+    ]
+    out = make_strategy(OptimizerSpec(name="scaffold")).aggregate(g, ups, 0)
+    assert type(out["s"]) is np.ndarray and out["s"].shape == () and out["s"].dtype == np.float32
+    assert float(out["s"]) == 2.0
+
+
+@pytest.mark.parametrize("name", ["trimmed_mean", "phocas", "median"])
+def test_robust_rules_treat_a_nan_as_missing(name: str) -> None:
+    # One NaN among five values: every coordinate-wise robust rule aggregates the four finite
+    # ones (phocas used to return NaN here while trimmed mean dropped it).
+    g = {"w": np.zeros(1, np.float32)}
+    vals = [1.0, 2.0, np.nan, 3.0, 4.0]
+    ups = [Update(f"t{i}", {"w": np.array([v], np.float32)}, 1) for i, v in enumerate(vals)]
+    spec = OptimizerSpec(name=name, kwargs={} if name == "median" else {"beta": 0.2})
+    out = make_strategy(spec).aggregate(g, ups, 0)
+    assert float(out["w"][0]) == pytest.approx(2.5)  # every rule: the middle of 1, 2, 3, 4
+
+
+def test_phocas_averages_the_nearest_values_when_two_windows_reach_equally_far() -> None:
+    # Found by the shape suite. Sorted values with trimmed mean -1/3 (beta=0.3 cuts 2 per end):
+    # the 5 nearest are -3, -2, 0, 1, 2 (mean -0.4). The windows [-3, -3, -2, 0, 1] and
+    # [-3, -2, 0, 1, 2] both reach 8/3 from the centre, and taking the lower one averaged a -3
+    # (8/3 away) instead of the 2 (7/3 away): -1.4.
+    g = {"w": np.zeros(1, np.float32)}
+    vals = [-3, -3, -2, 0, 1, 2, 3]
+    ups = [Update(f"t{i}", {"w": np.array([v], np.float32)}, 1) for i, v in enumerate(vals)]
+    out = make_strategy(OptimizerSpec(name="phocas", kwargs={"beta": 0.3})).aggregate(g, ups, 0)
+    assert float(out["w"][0]) == pytest.approx(-0.4)

@@ -18,6 +18,7 @@ from flame.aggregation.client import (
 )
 from flame.config import OptimizerSpec
 from flame.errors import AggregationError
+from flame.tensors import check_update
 
 
 def test_proximal_grad_is_the_gradient_of_the_proximal_term() -> None:
@@ -163,3 +164,30 @@ def test_fedbuff_converges_to_the_staleness_weighted_optimum() -> None:
     expected = float((s * A) @ B / (s * A).sum())
     assert abs(float(x["w"][0]) - expected) < 1e-6
     assert abs(expected - OPTIMUM) > 1e-2  # the discount visibly matters
+
+
+def test_scaffold_control_deltas_have_the_dtype_of_the_servers_c_for_every_tensor() -> None:
+    # The aggregator checks each update's extras against the c it sent (names, shapes, dtypes):
+    # a trainer's deltas must come back in c's dtype, also for float16 and integer tensors.
+    g = {
+        "w": np.ones((2, 3), np.float16),
+        "scale": np.array(0.5, np.float32),
+        "bn.num_batches_tracked": np.array(4, np.int64),
+    }
+    server = make_strategy(OptimizerSpec(name="scaffold"))
+    assert isinstance(server, Scaffold)
+    server.init(g)
+    c = server.to_trainers()
+    updates = []
+    for i in range(3):
+        local = {k: (v + i).astype(v.dtype) for k, v in g.items()}
+        c_i, delta = scaffold_control_update({}, c, g, local, steps=2, lr=0.1)
+        check_update(delta, c, f"t{i}")
+        check_update(c_i, c, f"t{i}")
+        updates.append(Update(f"t{i}", local, 10, extras=delta))
+    out = server.aggregate(g, updates, 0)
+    assert {k: (v.shape, v.dtype) for k, v in out.items()} == {
+        k: (v.shape, v.dtype) for k, v in g.items()
+    }
+    assert int(out["bn.num_batches_tracked"]) == 5  # 4 + mean(0, 1, 2)
+    check_update(server.to_trainers(), c, "server")  # c keeps its dtypes round after round
