@@ -57,7 +57,8 @@ def save_checkpoint(directory: str | Path, ckpt: AggregatorCheckpoint) -> Path:
         ("best/", ckpt.best_weights or {}),
     ):
         for name, value in group.items():
-            tensors[prefix + name] = np.ascontiguousarray(value)
+            # np.asarray(order="C"), not ascontiguousarray: the latter turns 0-d tensors 1-d.
+            tensors[prefix + name] = np.asarray(value, order="C")
     state = {
         "version": FORMAT_VERSION,
         "round": ckpt.round,

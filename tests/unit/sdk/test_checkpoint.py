@@ -3,10 +3,14 @@ undisturbed one does."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import array_shapes
 
 import flame
 from flame.checkpoint import (
@@ -17,6 +21,7 @@ from flame.checkpoint import (
 )
 from flame.errors import ConfigError, FlameError
 from flame.roles import Aggregator, load_role_class
+from flame.tensors import WIRE_DTYPES, Weights, check_update
 
 JOB = Path(__file__).parents[3] / "examples" / "central-numpy"
 
@@ -106,3 +111,67 @@ def test_restarted_aggregator_ends_with_the_undisturbed_model(tmp_path: Path) ->
     assert [h["accuracy"] for h in resumed.history] == pytest.approx(
         [h["accuracy"] for h in clean.history]
     )
+
+
+def test_a_0d_tensor_stays_0d_and_passes_the_resume_check(tmp_path: Path) -> None:
+    weights = {"w": np.ones((2, 2), np.float32), "bn.num_batches_tracked": np.array(7, np.int64)}
+    save_checkpoint(tmp_path, AggregatorCheckpoint(round=1, weights=weights))
+    got = load_checkpoint(tmp_path)
+    assert got is not None
+    assert got.weights["bn.num_batches_tracked"].shape == ()
+    assert int(got.weights["bn.num_batches_tracked"]) == 7
+    check_update(got.weights, weights, "checkpoint")  # what a resuming aggregator checks
+
+
+def _tensors(rng: np.random.Generator, specs: list[tuple[np.dtype, tuple[int, ...]]]) -> Weights:
+    out: Weights = {}
+    for i, (dt, shape) in enumerate(specs):
+        if dt.kind == "b":
+            value = rng.integers(0, 2, shape).astype(bool)
+        elif dt.kind in "iu":
+            info = np.iinfo(dt)
+            value = rng.integers(info.min, info.max, shape, endpoint=True, dtype=dt)
+        else:
+            value = rng.standard_normal(shape).astype(dt)
+        out[f"t{i}"] = np.asarray(value)
+    return out
+
+
+SPECS = st.lists(
+    st.tuples(
+        st.sampled_from(list(WIRE_DTYPES.values())),
+        array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=3),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(specs=SPECS, seed=st.integers(0, 2**32 - 1))
+def test_every_shape_and_dtype_survives_a_checkpoint_exactly(
+    specs: list[tuple[np.dtype, tuple[int, ...]]], seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    weights = _tensors(rng, specs)
+    moments = {f"m/{k}": v.astype(np.float64) for k, v in weights.items()}
+    best = _tensors(rng, specs)
+    with tempfile.TemporaryDirectory() as folder:
+        save_checkpoint(
+            folder,
+            AggregatorCheckpoint(
+                round=2, weights=weights, strategy_tensors=moments, best_weights=best
+            ),
+        )
+        got = load_checkpoint(folder)
+    assert got is not None and got.best_weights is not None
+    for want, have in (
+        (weights, got.weights),
+        (moments, got.strategy_tensors),
+        (best, got.best_weights),
+    ):
+        assert have.keys() == want.keys()
+        for name, value in want.items():
+            assert have[name].shape == value.shape and have[name].dtype == value.dtype, name
+            np.testing.assert_array_equal(have[name], value)
+    check_update(got.weights, weights, "checkpoint")  # a resuming aggregator accepts it
