@@ -1,8 +1,10 @@
 """Convert user models to and from :data:`flame.tensors.Weights` (named NumPy arrays).
 
-Supported models: a ``dict`` of NumPy arrays (used as is) and a ``torch.nn.Module`` (its
-floating-point ``state_dict`` entries; integer buffers such as BatchNorm's
-``num_batches_tracked`` stay local). No pickle is involved anywhere: tensors cross as raw arrays.
+Supported models: a ``dict`` of NumPy arrays (used as is) and a ``torch.nn.Module`` (every
+``state_dict`` entry, integer and bool buffers such as BatchNorm's ``num_batches_tracked``
+included; bfloat16 travels as float32). Tensors of any shape (0-d included) and of every dtype
+the wire carries (:data:`flame.tensors.WIRE_DTYPES`) survive ``get_weights`` -> ``set_weights``
+exactly. No pickle is involved anywhere: tensors cross as raw arrays.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ def _is_torch_module(model: Any) -> bool:
 
 
 def get_weights(model: Any) -> Weights:
-    """The model's parameters as named float arrays (copies, safe to keep)."""
+    """The model's tensors as named arrays (copies, safe to keep)."""
     if isinstance(model, dict):
         return np_adapter.get_weights(model)
     if _is_torch_module(model):

@@ -1,8 +1,12 @@
 """Adapter for ``torch.nn.Module`` models: state_dict <-> NumPy, without pickle.
 
-Only floating-point entries travel (parameters and float buffers such as BatchNorm running
-statistics); integer buffers stay local. Tensors are moved to CPU for export and copied back to
-each parameter's own device and dtype on import.
+Every state_dict entry travels, any shape (0-d included): parameters and buffers, float ones
+(BatchNorm running statistics) and integer or bool ones (BatchNorm's ``num_batches_tracked``),
+in their own dtype. bfloat16, which the wire does not carry, travels as float32 (exactly) and
+is converted back on import. Other dtypes (complex, float8, quantized) are a
+:class:`~flame.errors.ConfigError`. Tensors are moved to CPU for export and copied back to each
+entry's own device and dtype on import. An integer or bool entry missing from the weights (sent
+by an older peer) keeps its local value.
 """
 
 from __future__ import annotations
@@ -13,35 +17,51 @@ import numpy as np
 import torch
 
 from flame.errors import ConfigError
-from flame.tensors import Weights
+from flame.tensors import Weights, is_wire_dtype
+
+
+def _export(name: str, tensor: torch.Tensor) -> np.ndarray:
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.to(torch.float32)
+    try:
+        arr = tensor.detach().to("cpu").numpy()
+    except TypeError as exc:  # a dtype NumPy has no counterpart for
+        raise ConfigError(f"model tensor {name!r} is {tensor.dtype}, which cannot be sent") from exc
+    if not is_wire_dtype(arr.dtype):
+        raise ConfigError(f"model tensor {name!r} is {tensor.dtype}, which cannot be sent")
+    return arr.copy()
 
 
 def get_weights(model: torch.nn.Module) -> Weights:
-    out: Weights = {}
     with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if not torch.is_floating_point(tensor):
-                continue
-            out[name] = tensor.detach().to("cpu").numpy().copy()
-    return out
+        return {name: _export(name, t) for name, t in model.state_dict().items()}
 
 
 def set_weights(model: torch.nn.Module, weights: Weights) -> torch.nn.Module:
     state = model.state_dict()
-    missing = [k for k, t in state.items() if torch.is_floating_point(t) and k not in weights]
+    missing = [k for k, t in state.items() if t.is_floating_point() and k not in weights]
     if missing:
         raise ConfigError(f"weights lack tensors {missing}")
     with torch.no_grad():
         for name, target in state.items():
             if name not in weights:
                 continue
-            src = torch.from_numpy(np.ascontiguousarray(weights[name]))
+            src = _as_tensor(weights[name])
             if tuple(src.shape) != tuple(target.shape):
                 raise ConfigError(f"{name}: shape {tuple(src.shape)} != {tuple(target.shape)}")
             target.copy_(src.to(dtype=target.dtype, device=target.device))
     return model
 
 
+def _as_tensor(value: np.ndarray) -> torch.Tensor:
+    # np.asarray(order="C"), not ascontiguousarray: the latter turns 0-d arrays into 1-d.
+    # A read-only array (a view into received bytes) is copied: torch wants writable memory.
+    arr = np.asarray(value, order="C")
+    if not arr.flags.writeable:
+        arr = arr.copy()
+    return torch.from_numpy(arr)
+
+
 def to_tensors(weights: Weights, device: Any = "cpu") -> dict[str, torch.Tensor]:
     """Weights as torch tensors (e.g. the global model for a FedProx proximal term)."""
-    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in weights.items()}
+    return {k: _as_tensor(v).to(device) for k, v in weights.items()}
