@@ -33,7 +33,7 @@ ROBUST = ["trimmed_mean", "phocas", "median", "krum", "multi_krum"]
 AVERAGING = ["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedbuff", "scaffold"]
 #: Relative precision a float result is checked to (float16 results are rounded to float16).
 TOLERANCE = {np.dtype(np.float16): 4e-3, np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-9}
-FAST = settings(max_examples=25, deadline=None)
+FAST = settings(max_examples=40, deadline=None)
 
 
 # --- generated rounds --------------------------------------------------------------------------
