@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes
 
-from flame.aggregation import Scaffold, Strategy, Update, make_strategy
+from flame.aggregation import Scaffold, Strategy, Update, make_strategy, strategy_names
 from flame.aggregation.kernels import compute_dtype
 from flame.config import OptimizerSpec
 from flame.tensors import WIRE_DTYPES
@@ -29,8 +29,11 @@ from flame.tensors import WIRE_DTYPES
 Model = dict[str, np.ndarray]
 DTYPES = sorted(WIRE_DTYPES.values(), key=str)
 FLOATS = [dt for dt in DTYPES if dt.kind == "f"]
-ROBUST = ["trimmed_mean", "phocas", "median", "krum", "multi_krum"]
-AVERAGING = ["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedbuff", "scaffold"]
+#: The rules this suite checks (a new rule fails test_every_rule_has_a_reference_here).
+COVERED = [
+    "fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedbuff", "scaffold",
+    "trimmed_mean", "phocas", "median", "krum", "multi_krum",
+]  # fmt: skip
 #: Relative precision a float result is checked to (float16 results are rounded to float16).
 TOLERANCE = {np.dtype(np.float16): 4e-3, np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-9}
 FAST = settings(max_examples=40, deadline=None)
@@ -302,6 +305,10 @@ def assert_krum(strat: Strategy, out: Model, r: Round, f: int, m: int | None) ->
 
 
 # --- the properties ----------------------------------------------------------------------------
+
+
+def test_every_rule_has_a_reference_here() -> None:
+    assert sorted(COVERED) == strategy_names()
 
 
 def run(rule: str, r: Round, kwargs: dict[str, object], updates: list[Update] | None = None):
