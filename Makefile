@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PACKAGES := proto services/common services/controller services/apiserver services/notifier services/flamelet sdk
+PACKAGES := proto spec services/common services/controller services/apiserver services/notifier services/flamelet sdk
 STAMP := $(VENV)/.installed
 MANIFESTS := $(foreach p,$(PACKAGES),$(p)/pyproject.toml) requirements-dev.txt
 

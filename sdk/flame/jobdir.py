@@ -15,6 +15,7 @@ from pathlib import Path
 
 from flame.config import DesignSchema, JobSpec
 from flame.errors import ConfigError
+from flame_spec import SpecError, parse_design, parse_job_spec
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,10 @@ def load_job_dir(path: str | Path) -> JobDir:
     if not root.is_dir():
         raise ConfigError(f"job directory {root} does not exist")
     try:
-        design = DesignSchema.model_validate(_read_json(root / "design.json"))
-        spec = JobSpec.model_validate(_read_json(root / "job.json"))
-    except ValueError as exc:
-        raise ConfigError(f"invalid job in {root}: {exc}") from exc
+        design = parse_design(_read_json(root / "design.json"))
+        spec = parse_job_spec(_read_json(root / "job.json"))
+    except SpecError as exc:
+        raise ConfigError(f"{root}: {exc}") from None
     datasets: dict[str, str] = {}
     ds_file = root / "datasets.json"
     if ds_file.exists():

@@ -23,7 +23,7 @@ from pathlib import Path
 import structlog
 
 from flame.channels.factory import open_channels
-from flame.config import TaskConfig
+from flame.config import TaskConfig, load_task_config
 from flame.errors import ConfigError, FlameError, QuorumLost
 from flame.roles.base import Role, RoleResult
 from flame.roles.loader import load_role_class, make_role
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     args = parser.parse_args(argv)
     try:
-        config = TaskConfig.load(args.config)
+        config = load_task_config(args.config)
         if config.checkpoint_dir is None:  # the deployers keep <task dir>/checkpoints/
             ckpt = str(args.config.resolve().parent / "checkpoints")
             config = config.model_copy(update={"checkpoint_dir": ckpt})

@@ -30,7 +30,8 @@ class Message:
     channel: str = ""
     message_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
-    def to_envelope(self, receiver: str = "") -> data_pb2.Envelope:
+    def header(self, receiver: str = "") -> data_pb2.Envelope:
+        """The envelope of this message without its tensors (chunk 0 of a stream carries it)."""
         return data_pb2.Envelope(
             message_id=self.message_id,
             job_id=self.job_id,
@@ -40,11 +41,17 @@ class Message:
             kind=self.kind,
             round=self.round,
             meta_json=json.dumps(self.meta, separators=(",", ":")),
-            payload=to_bytes(self.weights) if self.weights is not None else b"",
         )
 
+    def to_envelope(self, receiver: str = "") -> data_pb2.Envelope:
+        env = self.header(receiver)
+        if self.weights is not None:
+            env.payload = to_bytes(self.weights)
+        return env
+
     @classmethod
-    def from_envelope(cls, env: data_pb2.Envelope) -> Message:
+    def from_header(cls, env: data_pb2.Envelope, weights: Weights | None) -> Message:
+        """The message an envelope header announces, with its tensors already parsed."""
         try:
             meta = json.loads(env.meta_json) if env.meta_json else {}
         except json.JSONDecodeError as exc:
@@ -55,12 +62,16 @@ class Message:
             kind=env.kind,
             round=env.round,
             meta=meta,
-            weights=from_bytes(env.payload) if env.payload else None,
+            weights=weights,
             sender=env.sender,
             job_id=env.job_id,
             channel=env.channel,
             message_id=env.message_id,
         )
+
+    @classmethod
+    def from_envelope(cls, env: data_pb2.Envelope) -> Message:
+        return cls.from_header(env, from_bytes(env.payload) if env.payload else None)
 
     def encode(self, receiver: str = "") -> bytes:
         return self.to_envelope(receiver).SerializeToString()

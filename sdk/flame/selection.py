@@ -35,10 +35,17 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flame.config import SelectorSpec
 from flame.errors import ConfigError
+from flame_spec.rules import (
+    AllParams,
+    FedBuffSelectorParams,
+    FractionParams,
+    OortParams,
+    Params,
+    RandomParams,
+)
 
 
 @runtime_checkable
@@ -94,13 +101,9 @@ def _unique_sorted(candidates: Sequence[str]) -> list[str]:
     return sorted(set(candidates))
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
 class _Base:
     name = ""
-    params: _Params
+    params: Params
 
     def __init__(self, seed: int) -> None:
         self.rng = np.random.Generator(np.random.PCG64(seed))
@@ -144,10 +147,6 @@ class _Base:
 # --- all / random / fraction ------------------------------------------------------------------
 
 
-class AllParams(_Params):
-    pass
-
-
 class AllSelector(_Base):
     name = "all"
 
@@ -157,10 +156,6 @@ class AllSelector(_Base):
 
     def select(self, candidates: Sequence[str], rnd: int) -> list[str]:
         return _unique_sorted(candidates)
-
-
-class RandomParams(_Params):
-    k: int = Field(ge=1)
 
 
 class RandomSelector(_Base):
@@ -173,10 +168,6 @@ class RandomSelector(_Base):
 
     def select(self, candidates: Sequence[str], rnd: int) -> list[str]:
         return self._pick(_unique_sorted(candidates), self.k)
-
-
-class FractionParams(_Params):
-    f: float = Field(gt=0, le=1)
 
 
 class FractionSelector(_Base):
@@ -198,14 +189,10 @@ class FractionSelector(_Base):
 # --- fedbuff ----------------------------------------------------------------------------------
 
 
-class FedBuffParams(_Params):
-    c: int = Field(ge=1)  # concurrency: trainers training at the same time
-
-
 class FedBuffSelector(_Base):
     name = "fedbuff"
 
-    def __init__(self, params: FedBuffParams, seed: int) -> None:
+    def __init__(self, params: FedBuffSelectorParams, seed: int) -> None:
         super().__init__(seed)
         self.concurrency = params.c
         self.params = params
@@ -234,18 +221,6 @@ class FedBuffSelector(_Base):
 
 
 # --- oort -------------------------------------------------------------------------------------
-
-
-class OortParams(_Params):
-    k: int = Field(ge=1)
-    epsilon: float = Field(default=0.9, ge=0, le=1)  # initial exploration share
-    epsilon_decay: float = Field(default=0.98, gt=0, le=1)  # per select()
-    epsilon_min: float = Field(default=0.2, ge=0, le=1)
-    alpha: float = Field(default=2.0, ge=0)  # duration penalty exponent
-    preferred_duration: float | None = Field(default=None, gt=0)  # T; default: a percentile
-    duration_percentile: float = Field(default=80.0, gt=0, le=100)  # T when not given
-    cutoff: float = Field(default=0.95, gt=0, le=1)  # exploit among scores >= cutoff * k-th
-    staleness_bonus: float = Field(default=0.1, ge=0)  # weight of sqrt(log(rnd) / last_round)
 
 
 class OortSelector(_Base):
@@ -348,34 +323,22 @@ class OortSelector(_Base):
             raise ConfigError(f"oort: invalid selector state: {exc}") from exc
 
 
-_SELECTORS: dict[str, tuple[type[_Params], Callable[[Any, int], Selector]]] = {
-    "all": (AllParams, AllSelector),
-    "random": (RandomParams, RandomSelector),
-    "fraction": (FractionParams, FractionSelector),
-    "fedbuff": (FedBuffParams, FedBuffSelector),
-    "oort": (OortParams, OortSelector),
+IMPLEMENTATIONS: dict[str, Callable[[Any, int], Selector]] = {
+    "all": AllSelector,
+    "random": RandomSelector,
+    "fraction": FractionSelector,
+    "fedbuff": FedBuffSelector,
+    "oort": OortSelector,
 }
 
 
 def selector_names() -> list[str]:
-    return sorted(_SELECTORS)
+    return sorted(IMPLEMENTATIONS)
 
 
 def make_selector(spec: SelectorSpec, seed: int) -> Selector:
-    """Build selector ``spec.name`` with ``spec.kwargs``; :class:`ConfigError` on an unknown
-    name or bad kwargs."""
-    entry = _SELECTORS.get(spec.name.lower())
-    if entry is None:
-        raise ConfigError(
-            f"unknown selector {spec.name!r}; choose one of {', '.join(selector_names())}"
-        )
-    params_type, factory = entry
-    try:
-        params = params_type.model_validate(spec.kwargs)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'kwargs'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"selector {spec.name!r}: bad kwargs ({problems})") from exc
-    return factory(params, seed)
+    """Build selector ``spec.name`` with its (already validated) ``spec.kwargs``."""
+    factory = IMPLEMENTATIONS.get(spec.name)
+    if factory is None:  # flame_spec knows a selector this SDK does not implement
+        raise ConfigError(f"selector {spec.name!r} is not implemented by this SDK")
+    return factory(spec.params(), seed)

@@ -37,6 +37,7 @@ from flame.roles.loader import load_role_class, make_role
 from flame.roles.topology import topology_of
 from flame.tensors import Weights, from_bytes
 from flame.tracking import NullTracker, Tracker, TrackingResult, make_tracker
+from flame_spec import SpecError, dump, parse_design, parse_job_spec
 
 log = structlog.get_logger(__name__)
 
@@ -70,9 +71,10 @@ def _job_from(job: JobSource) -> tuple[DesignSchema, JobSpec, str, JobDir | None
         jd = load_job_dir(job)
         return jd.design, jd.spec, jd.name, jd
     design, spec = job
-    d = design if isinstance(design, DesignSchema) else DesignSchema.model_validate(design)
-    s = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
-    return d, s, "simulation", None
+    try:
+        return parse_design(design), parse_job_spec(spec), "simulation", None
+    except SpecError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _slug(name: str) -> str:
@@ -131,7 +133,10 @@ async def simulate_async(
 ) -> SimulationResult:
     design, spec, name, jobdir = _job_from(job)
     if overrides:
-        spec = JobSpec.model_validate({**spec.model_dump(by_alias=True), **dict(overrides)})
+        try:
+            spec = parse_job_spec({**dump(spec), **dict(overrides)})
+        except SpecError as exc:
+            raise ConfigError(str(exc)) from None
     spec = spec.model_copy(update={"backend": backend})
     job_name = _slug(name)
     job_id = job_id or f"local-{job_name}"

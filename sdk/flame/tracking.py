@@ -26,6 +26,7 @@ import httpx
 import structlog
 
 from flame.config import TaskConfig, TrackingSpec
+from flame.connect import PLAINTEXT, Security, sync_http_client
 from flame.tensors import Weights, copy_weights
 from flame.tensors import to_bytes as weights_to_bytes
 
@@ -260,10 +261,15 @@ class ControlPlaneReporter:
     """Sends round metrics (and at the end the run/model URIs) to the apiserver so that
     ``flamectl job watch`` shows the curve. Failures are logged, never fatal to training."""
 
-    def __init__(self, url: str, token: str, task_id: str, timeout: float = 5.0) -> None:
-        self.http = httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
-        )
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        task_id: str,
+        timeout: float = 5.0,
+        security: Security = PLAINTEXT,
+    ) -> None:
+        self.http = sync_http_client(url, security, token=token, timeout=timeout)
         self.path = f"/v1/agent/tasks/{task_id}/metrics"
 
     def _post(self, body: dict[str, Any]) -> None:
@@ -375,7 +381,7 @@ def make_tracker(config: TaskConfig, *, predict_source: str | None = None) -> Tr
     nothing for everyone else. The caller decides whether this task is the top aggregator."""
     spec: TrackingSpec = config.job.tracking
     mlflow_tracker = MlflowTracker(
-        tracking_uri=spec.uri or default_tracking_uri(config.workdir),
+        tracking_uri=config.tracking_uri or default_tracking_uri(config.workdir),
         experiment=spec.experiment or config.job_name,
         run_name=f"{config.job_name}-{config.job_id[:8]}",
         selection_metric=spec.selection_metric,
@@ -386,7 +392,9 @@ def make_tracker(config: TaskConfig, *, predict_source: str | None = None) -> Tr
     disc = config.discovery
     reporter = None
     if disc.kind == "control-plane" and disc.url and disc.token:
-        reporter = ControlPlaneReporter(disc.url, disc.token, config.task_id)
+        reporter = ControlPlaneReporter(
+            disc.url, disc.token, config.task_id, security=Security.of(config)
+        )
     return CompositeTracker(mlflow_tracker, reporter)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from flame.channels import BroadcastError, ChannelSet, InprocHub, open_channels
-from flame.channels.base import Channel
+from flame.channels.channel import Channel
 from flame.channels.discovery import MemoryDiscovery
 from flame.channels.settings import ChannelSettings
 from flame.config import ChannelMembership, DesignSchema, JobSpec, PeerRef, TaskConfig

@@ -587,7 +587,7 @@ async def test_put_tasks_is_idempotent(store: Store) -> None:
     running = await store.cas_task(
         "j1-trainer-1",
         0,
-        {"state": "running", "pid": 4242, "info": {"run_uri": "runs:/abc"}},
+        {"state": "running", "handle": "pid-4242", "info": {"run_uri": "runs:/abc"}},
         TransitionRecord(from_state="pending", to_state="running"),
     )
     # the builder runs again (e.g. after a controller restart): nothing new, nothing reset

@@ -125,9 +125,7 @@ def add_dataset(cluster: Cluster, node: str, name: str, path: Path) -> None:
 
 def add_node(cluster: Cluster, name: str, timeout: float = 60.0) -> None:
     """Enrol one more flamelet in the running stack (it is stopped with the stack)."""
-    headers = {"Authorization": f"Bearer {cluster.state.admin_token}"}
-    cluster.stack._add_node(cluster.state, name, headers)
-    cluster.state.save()
+    cluster.stack.add_node(cluster.state, name)
     nid = node_id(cluster, name)
     deadline = time.monotonic() + timeout
     while cluster.client.get_node(nid).presence not in ("online", "PRESENCE_ONLINE"):

@@ -80,9 +80,9 @@ def register_dataset(node_home: str, name: str, path: Path) -> None:
     )
 
 
-def start_cluster(home: Path, nodes: int, shards: int) -> Cluster:
+def start_cluster(home: Path, nodes: int, shards: int, *, mlflow: bool = False) -> Cluster:
     stack = Stack(home)
-    state = stack.up(nodes=nodes, timeout=180, mlflow=False)
+    state = stack.up(nodes=nodes, timeout=180, mlflow=mlflow)
     paths = write_digits_shards(home / "shards", n=shards, seed=0)
     names = []
     node_homes = [state.nodes[k] for k in sorted(state.nodes)]

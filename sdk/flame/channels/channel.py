@@ -1,8 +1,19 @@
-"""What every backend's channel shares: its peers, stamping outgoing messages, the inbox.
+"""A channel: one task's end of one named channel of the design, over a :class:`Transport`.
 
-A backend subclasses :class:`ChannelBase` and implements ``_transmit`` (and ``open``/``close``
-as needed); ``send``, ``broadcast``, ``recv``, ``recv_any`` and ``peers`` come from here, so the
-semantics of :class:`flame.channels.base.Channel` are written once.
+The channel logic is written once, here (STYLE §9, httpx's client over its transports): peers,
+stamping outgoing messages, refusing what the wire cannot carry, concurrent broadcast, the
+receiving checks (job, receiver, sender, duplicates), the inbox, ``recv`` / ``recv_any`` with
+timeouts. A transport (:mod:`flame.channels.transport`) only moves messages between tasks.
+
+Semantics every backend honours (``tests/contract/test_channels.py`` runs them over all three):
+
+* ``send(peer, msg)`` returns once the transport delivered the message (gRPC: the receiver
+  acknowledged it; MQTT: the broker did). Messages from one sender to one receiver arrive in
+  order, exactly once (duplicates from redelivery are dropped by ``message_id``).
+* ``recv(peer, timeout)`` returns the next message from that peer, or raises ``PeerTimeout``.
+* ``recv_any(peers, timeout)`` returns ``(peer, message)`` for whichever arrives first.
+* ``broadcast(msg, peers)`` sends to every peer (default: all peers) concurrently.
+* ``close()`` releases the channel; it is idempotent. Everything is asyncio and event-driven.
 """
 
 from __future__ import annotations
@@ -10,12 +21,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import structlog
 
 from flame.channels.chunking import check_sendable
 from flame.channels.inbox import Inbox
 from flame.config import PeerRef
 from flame.errors import ChannelError
 from flame.messages import Message
+
+if TYPE_CHECKING:
+    from flame.channels.transport import Transport
+
+log = structlog.get_logger(__name__)
 
 
 class BroadcastError(ChannelError):
@@ -30,31 +49,39 @@ class BroadcastError(ChannelError):
         self.failed = failed
 
 
-class ChannelBase:
-    """One task's end of one named channel; the transport is left to subclasses."""
+class Channel:
+    """One task's end of one named channel; ``transport`` moves its messages."""
 
     def __init__(
         self,
         name: str,
         me: str,
         peers: Sequence[PeerRef],
+        transport: Transport,
         job_id: str = "",
-        inbox: Inbox | None = None,
     ) -> None:
         self.name = name
         self.me = me
         self.job_id = job_id
+        self.transport = transport
         self._peers: dict[str, PeerRef] = {p.task_id: p for p in peers}
-        self._inbox = inbox if inbox is not None else Inbox(name, me)
+        self._inbox: Inbox = transport.attach(self)
         self._closed = False
 
     # -- peers -------------------------------------------------------------------------------
     def peers(self, role: str | None = None) -> list[str]:
         return [p.task_id for p in self._peers.values() if role is None or p.role == role]
 
+    def is_peer(self, task_id: str) -> bool:
+        return task_id in self._peers
+
     def _check_peer(self, peer: str) -> None:
         if peer not in self._peers:
             raise ChannelError(f"{peer!r} is not a peer of {self.me} on channel {self.name}")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     # -- sending -----------------------------------------------------------------------------
     def _stamp(self, msg: Message) -> Message:
@@ -63,15 +90,12 @@ class ChannelBase:
             return msg
         return dataclasses.replace(msg, sender=self.me, channel=self.name, job_id=self.job_id)
 
-    async def _transmit(self, peer: str, msg: Message) -> None:
-        raise NotImplementedError
-
     async def send(self, peer: str, msg: Message) -> None:
         if self._closed:
             raise ChannelError(f"channel {self.name} of {self.me} is closed")
         self._check_peer(peer)
         check_sendable(msg.weights)  # every backend refuses what the wire cannot carry
-        await self._transmit(peer, self._stamp(msg))
+        await self.transport.send(self.name, peer, self._stamp(msg))
 
     async def broadcast(self, msg: Message, peers: Iterable[str] | None = None) -> None:
         """Send ``msg`` to every peer concurrently; one message id, so each peer dedups alike.
@@ -95,9 +119,32 @@ class ChannelBase:
         if failed:
             raise BroadcastError([p for p in targets if p not in failed], failed)
 
-    # -- receiving ---------------------------------------------------------------------------
-    def _accept(self, msg: Message) -> bool:
-        """Queue a message that arrived for me; False if it was a duplicate or not for me."""
+    # -- receiving (called by the transport, on the event loop) -------------------------------
+    def seen(self, message_id: str) -> bool:
+        return self._inbox.seen(message_id)
+
+    def admit(self, sender: str, receiver: str, job_id: str, message_id: str) -> bool:
+        """May a message with this header be delivered? False: it is a duplicate (already
+        here; acknowledge it without reading it again). :class:`ChannelError`: it is refused."""
+        if receiver != self.me:
+            raise ChannelError(f"addressed to {receiver!r}, not {self.me!r}")
+        if self.job_id and job_id != self.job_id:
+            raise ChannelError(f"message of job {job_id!r}, not this job")
+        if not self.is_peer(sender):
+            raise ChannelError(f"{sender!r} is not a peer of {self.me!r} on {self.name!r}")
+        if self.seen(message_id):
+            log.info(
+                "message.duplicate_dropped",
+                channel=self.name,
+                me=self.me,
+                sender=sender,
+                message_id=message_id,
+            )
+            return False
+        return True
+
+    def deliver(self, msg: Message) -> bool:
+        """Queue a complete message for ``recv``; False if it was dropped (duplicate, closed)."""
         return self._inbox.put(msg)
 
     async def recv(self, peer: str, timeout: float | None = None) -> Message:
@@ -115,7 +162,7 @@ class ChannelBase:
         return await self._inbox.get_any(wanted, timeout)
 
     async def open(self) -> None:
-        return None
+        await self.transport.start()
 
     async def close(self) -> None:
         self._closed = True

@@ -24,23 +24,10 @@ import numpy as np
 
 from flame.errors import ChannelError
 from flame.messages import Message
-from flame.tensors import Weights
+from flame.tensors import WIRE_DTYPES, Weights
 from flame_proto.v1 import data_pb2
 
-_DTYPES: dict[str, np.dtype] = {
-    "F64": np.dtype("<f8"),
-    "F32": np.dtype("<f4"),
-    "F16": np.dtype("<f2"),
-    "I64": np.dtype("<i8"),
-    "I32": np.dtype("<i4"),
-    "I16": np.dtype("<i2"),
-    "I8": np.dtype("i1"),
-    "U64": np.dtype("<u8"),
-    "U32": np.dtype("<u4"),
-    "U16": np.dtype("<u2"),
-    "U8": np.dtype("u1"),
-    "BOOL": np.dtype("bool"),
-}
+_DTYPES = WIRE_DTYPES
 _CODES = {(dt.kind, dt.itemsize): code for code, dt in _DTYPES.items()}
 MAX_HEADER_BYTES = 100_000_000  # the limit safetensors itself enforces
 
@@ -113,20 +100,6 @@ def _bytes_of(arr: np.ndarray) -> memoryview:
     return memoryview(arr.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
-def header_of(msg: Message, receiver: str) -> data_pb2.Envelope:
-    """The envelope of ``msg`` without its payload."""
-    return data_pb2.Envelope(
-        message_id=msg.message_id,
-        job_id=msg.job_id,
-        channel=msg.channel,
-        sender=msg.sender,
-        receiver=receiver,
-        kind=msg.kind,
-        round=msg.round,
-        meta_json=json.dumps(msg.meta, separators=(",", ":")),
-    )
-
-
 def chunks_of(
     msg: Message, receiver: str, chunk_bytes: int, payload: Payload | None = None
 ) -> Iterator[data_pb2.Chunk]:
@@ -138,7 +111,7 @@ def chunks_of(
     if payload is None:
         payload = Payload.of(msg.weights)
     count = max(1, math.ceil(payload.total_bytes / chunk_bytes))
-    header = header_of(msg, receiver)
+    header = msg.header(receiver)
     pieces = payload.pieces(chunk_bytes)
     for index in range(count):
         yield data_pb2.Chunk(
@@ -196,23 +169,8 @@ class Reassembly:
     def message(self) -> Message:
         if not self.complete:
             raise ChannelError(f"message {self.message_id} is incomplete")
-        h = self.header
-        try:
-            meta = json.loads(h.meta_json) if h.meta_json else {}
-        except json.JSONDecodeError as exc:
-            raise ChannelError(f"message {h.message_id}: meta is not JSON") from exc
-        if not isinstance(meta, dict):
-            raise ChannelError(f"message {h.message_id}: meta is not a JSON object")
-        return Message(
-            kind=h.kind,
-            round=h.round,
-            meta=meta,
-            weights=parse_safetensors(self.buffer) if self.total_bytes else None,
-            sender=h.sender,
-            job_id=h.job_id,
-            channel=h.channel,
-            message_id=h.message_id,
-        )
+        weights = parse_safetensors(self.buffer) if self.total_bytes else None
+        return Message.from_header(self.header, weights)
 
 
 def parse_safetensors(buf: bytearray) -> Weights:

@@ -9,13 +9,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import httpx
 import structlog
+import tenacity
 
 from flame.config import DiscoverySettings
+from flame.connect import PLAINTEXT, Security, http_client
 from flame.errors import ChannelError, ConfigError, PeerTimeout
+from flame.retry import retrying
 
 log = structlog.get_logger(__name__)
 
@@ -94,6 +98,14 @@ class MemoryDiscovery:
         return None
 
 
+class _Restarting(Exception):
+    """The control plane is not answering right now (restarting): try again."""
+
+
+class _NotYet(Exception):
+    """The peer has not registered its endpoint yet: ask again."""
+
+
 class ControlPlaneDiscovery:
     """Endpoints through the apiserver (``/v1/agent/tasks/{id}/endpoint`` and ``/peers``).
 
@@ -109,11 +121,9 @@ class ControlPlaneDiscovery:
         retry_initial: float = 0.05,
         retry_max: float = 1.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        security: Security = PLAINTEXT,
     ) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.AsyncClient(
-            base_url=url.rstrip("/"), headers=headers, timeout=10.0, transport=transport
-        )
+        self._client = http_client(url, security, token=token, transport=transport)
         self._task_id = task_id
         self._retry_initial = retry_initial
         self._retry_max = retry_max
@@ -121,27 +131,42 @@ class ControlPlaneDiscovery:
 
     async def register(self, task_id: str, endpoint: str, timeout: float = 300.0) -> None:
         """Publish this task's endpoint. A control plane that is restarting (transport errors,
-        502/503/504) is retried with capped backoff until ``timeout``; a refusal (4xx) is final."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        delay = self._retry_initial
-        while True:
-            try:
-                resp = await self._client.post(
-                    f"/v1/agent/tasks/{task_id}/endpoint", json={"endpoint": endpoint}
-                )
-                problem = f"HTTP {resp.status_code} {resp.text[:200]}"
-                retry = resp.status_code in (502, 503, 504)
-                if resp.status_code < 400:
-                    break
-            except httpx.TransportError as exc:
-                problem, retry = str(exc), True
-            if not retry or loop.time() + delay > deadline:
-                raise ChannelError(f"cannot register endpoint of {task_id}: {problem}")
-            log.info("discovery.register_retry", task_id=task_id, error=problem)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._retry_max)
+        502/503/504) is retried with backoff until ``timeout``; a refusal (4xx) is final."""
+
+        def on_retry(exc: BaseException, delay: float) -> None:
+            log.info("discovery.register_retry", task_id=task_id, error=str(exc), delay=delay)
+
+        try:
+            async for attempt in self._retrying(timeout, _Restarting, on_retry):
+                with attempt:
+                    try:
+                        resp = await self._client.post(
+                            f"/v1/agent/tasks/{task_id}/endpoint", json={"endpoint": endpoint}
+                        )
+                    except httpx.TransportError as exc:
+                        raise _Restarting(str(exc)) from exc
+                    problem = f"HTTP {resp.status_code} {resp.text[:200]}"
+                    if resp.status_code in (502, 503, 504):
+                        raise _Restarting(problem)
+                    if resp.status_code >= 400:
+                        raise ChannelError(f"cannot register endpoint of {task_id}: {problem}")
+        except _Restarting as exc:
+            raise ChannelError(f"cannot register endpoint of {task_id}: {exc}") from exc
         log.info("discovery.registered", task_id=task_id, endpoint=endpoint)
+
+    def _retrying(
+        self,
+        timeout: float | None,
+        transient: type[BaseException],
+        on_retry: Callable[[BaseException, float], None],
+    ) -> tenacity.AsyncRetrying:
+        return retrying(
+            initial=self._retry_initial,
+            maximum=self._retry_max,
+            deadline=timeout,
+            retry=lambda exc: isinstance(exc, transient),
+            on_retry=on_retry,
+        )
 
     async def _fetch(self) -> None:
         resp = await self._client.get(f"/v1/agent/tasks/{self._task_id}/peers")
@@ -155,31 +180,35 @@ class ControlPlaneDiscovery:
                 self._known[str(item["task_id"])] = str(item["endpoint"])
 
     async def resolve(self, task_id: str, timeout: float | None = None) -> str:
-        """The peer's endpoint, asking again with capped backoff until it appears."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        delay = self._retry_initial
+        """The peer's endpoint, asking again with backoff until it appears."""
         self._known.pop(task_id, None)  # asked again: the cached one may be stale
-        while True:
-            try:
-                await self._fetch()
-            except (httpx.HTTPError, ValueError) as exc:
-                log.info("discovery.retry", peer=task_id, error=str(exc))
-            if task_id in self._known:
-                return self._known[task_id]
-            if deadline is not None and loop.time() + delay > deadline:
-                raise PeerTimeout(f"no endpoint for task {task_id} within {timeout}s")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._retry_max)
+
+        def on_retry(exc: BaseException, delay: float) -> None:
+            log.info("discovery.retry", peer=task_id, error=str(exc), delay=delay)
+
+        try:
+            async for attempt in self._retrying(timeout, _NotYet, on_retry):
+                with attempt:
+                    try:
+                        await self._fetch()
+                    except (httpx.HTTPError, ValueError) as exc:
+                        raise _NotYet(str(exc)) from exc
+                    if task_id not in self._known:
+                        raise _NotYet(f"{task_id} has no endpoint yet")
+        except _NotYet:
+            raise PeerTimeout(f"no endpoint for task {task_id} within {timeout}s") from None
+        return self._known[task_id]
 
     async def close(self) -> None:
         await self._client.aclose()
 
 
-def discovery_from(settings: DiscoverySettings, task_id: str) -> Discovery:
+def discovery_from(
+    settings: DiscoverySettings, task_id: str, security: Security = PLAINTEXT
+) -> Discovery:
     """The discovery a task config asks for."""
     if settings.kind == "control-plane":
         if not settings.url:
             raise ConfigError("control-plane discovery needs discovery.url")
-        return ControlPlaneDiscovery(settings.url, settings.token, task_id)
+        return ControlPlaneDiscovery(settings.url, settings.token, task_id, security=security)
     return StaticDiscovery(settings.endpoints)

@@ -1,8 +1,8 @@
 """Open every channel of one task from its :class:`TaskConfig`.
 
-All grpc channels of a task share one gRPC server and one client per peer; all mqtt channels
-share one MQTT client. :func:`open_channels` builds them and :class:`ChannelSet` hands them out
-by name and closes them (and the shared transports) together.
+All channels of a task on one backend share one transport (grpc: one server and one client per
+peer; mqtt: one client). :func:`open_channels` builds them and :class:`ChannelSet` hands them
+out by name and closes them (and the shared transports) together.
 """
 
 from __future__ import annotations
@@ -13,16 +13,15 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from flame.channels.base import Channel
-from flame.channels.discovery import Discovery, StaticDiscovery, discovery_from
-from flame.channels.inproc import InprocChannel, InprocHub
+from flame.channels.channel import Channel
 from flame.channels.settings import ChannelSettings
+from flame.channels.transport import Transport, TransportContext, make_transport
 from flame.config import Backend, TaskConfig
 from flame.errors import ConfigError
 
 if TYPE_CHECKING:
-    from flame.channels.grpc import GrpcTransport
-    from flame.channels.mqtt import MqttTransport
+    from flame.channels.discovery import Discovery
+    from flame.channels.inproc import InprocHub
 
 log = structlog.get_logger(__name__)
 
@@ -85,27 +84,15 @@ def backend_of(config: TaskConfig, channel: str, override: Backend | None = None
     return config.channels[channel].backend
 
 
-def _grpc_transport(
-    config: TaskConfig, discovery: Discovery | None, settings: ChannelSettings
-) -> GrpcTransport:
-    from flame.channels.grpc import GrpcTransport  # grpc is only imported when used
-
-    d = config.discovery
-    bind_port = 0
-    owned = discovery is None
-    if discovery is None:
-        discovery = discovery_from(d, config.task_id)
-        if isinstance(discovery, StaticDiscovery):
-            bind_port = discovery.bind_port(config.task_id)
-    return GrpcTransport(
-        config.task_id,
-        discovery,
-        bind_host=d.bind_host,
-        bind_port=bind_port,
-        advertise_host=d.advertise_host,
-        settings=settings,
-        owns_discovery=owned,
-    )
+def _settings_for(config: TaskConfig) -> ChannelSettings:
+    """``ChannelSettings()`` (env ``FLAME_CHANNEL_*``), the send timeout capped by the job's
+    ``round_timeout`` unless set in the environment: a send that outlives the round is of no
+    use to anyone."""
+    settings = ChannelSettings()
+    if "send_timeout" not in settings.model_fields_set:
+        bounded = min(settings.send_timeout, config.job.round_timeout)
+        settings = settings.model_copy(update={"send_timeout": bounded})
+    return settings
 
 
 async def open_channels(
@@ -116,48 +103,34 @@ async def open_channels(
     discovery: Discovery | None = None,
     settings: ChannelSettings | None = None,
 ) -> ChannelSet:
-    """Create and open every channel ``config`` lists for this task.
+    """Create and open every channel ``config`` lists for this task: one transport per
+    backend (chosen by name from :mod:`flame.channels.transport`'s registry), one
+    :class:`Channel` per channel over it.
 
     ``hub`` is needed for inproc channels; ``discovery`` replaces the one the config names
-    (grpc only); ``settings`` defaults to ``ChannelSettings()`` (env ``FLAME_CHANNEL_*``), with
-    the send timeout capped by the job's ``round_timeout`` unless set in the environment.
+    (grpc only); ``settings`` defaults to :func:`_settings_for` the config.
     """
-    from flame.channels.grpc import GrpcChannel
-    from flame.channels.mqtt import MqttChannel, MqttTransport
-
-    if settings is None:
-        settings = ChannelSettings()
-        if "send_timeout" not in settings.model_fields_set:
-            # a send that outlives the round is of no use to anyone: fail it with the round
-            bounded = min(settings.send_timeout, config.job.round_timeout)
-            settings = settings.model_copy(update={"send_timeout": bounded})
-    channels: dict[str, Channel] = {}
-    closers: list[Closer] = []
+    ctx = TransportContext(
+        config=config,
+        settings=settings or _settings_for(config),
+        hub=hub,
+        discovery=discovery,
+    )
     chosen = {name: backend_of(config, name, backend) for name in config.channels}
-    grpc_transport: GrpcTransport | None = None
-    mqtt_transport: MqttTransport | None = None
-    me, job = config.task_id, config.job_id
+    transports: dict[str, Transport] = {}
+    channels: dict[str, Channel] = {}
     try:
         for name, membership in config.channels.items():
-            peers = membership.peers
-            if chosen[name] == "inproc":
-                if hub is None:
-                    raise ConfigError(f"channel {name!r} uses the inproc backend but no hub given")
-                channels[name] = InprocChannel(name, me, peers, hub, job_id=job)
-            elif chosen[name] == "grpc":
-                if grpc_transport is None:
-                    grpc_transport = _grpc_transport(config, discovery, settings)
-                    closers.append(grpc_transport.close)
-                channels[name] = GrpcChannel(name, me, peers, grpc_transport, job_id=job)
-            else:
-                if mqtt_transport is None:
-                    mqtt_transport = MqttTransport(config.mqtt, job, me, settings=settings)
-                    closers.append(mqtt_transport.close)
-                channels[name] = MqttChannel(name, me, peers, mqtt_transport, job_id=job)
+            kind = chosen[name]
+            if kind not in transports:
+                transports[kind] = make_transport(kind, ctx)
+            channels[name] = Channel(
+                name, config.task_id, membership.peers, transports[kind], job_id=config.job_id
+            )
         for chan in channels.values():
             await chan.open()
     except BaseException:
-        await ChannelSet(channels, closers).close()
+        await ChannelSet(channels, [t.close for t in transports.values()]).close()
         raise
     log.debug("channels.opened", task_id=config.task_id, backends=chosen)
-    return ChannelSet(channels, closers)
+    return ChannelSet(channels, [t.close for t in transports.values()])

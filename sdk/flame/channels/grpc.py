@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import structlog
 
+from flame.channels.channel import Channel
 from flame.channels.chunking import Payload, Reassembly, chunks_of
-from flame.channels.common import ChannelBase
-from flame.channels.discovery import Discovery
+from flame.channels.discovery import Discovery, StaticDiscovery, discovery_from
+from flame.channels.inbox import Inbox
 from flame.channels.settings import ChannelSettings
-from flame.config import PeerRef
+from flame.channels.transport import TransportContext
+from flame.connect import PLAINTEXT, Security, grpc_channel, grpc_listen
 from flame.errors import ChannelError, PeerTimeout
 from flame.messages import Message
+from flame.retry import retrying
 from flame_proto.v1 import data_pb2, data_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -36,6 +39,10 @@ _CLIENT_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.keepalive_time_ms", 30_000),
 ]
+
+
+class _Unavailable(Exception):
+    """The peer's server is not reachable right now (not up yet, restarting): retry."""
 
 
 class _Servicer(data_pb2_grpc.DataChannelServicer):
@@ -59,18 +66,13 @@ class _Servicer(data_pb2_grpc.DataChannelServicer):
                 grpc.StatusCode.NOT_FOUND,
                 f"task {env.receiver!r} has no grpc channel {env.channel!r} here",
             )
-        if chan.job_id and env.job_id != chan.job_id:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, f"message of job {env.job_id!r}, not this job"
-            )
-        if not chan.is_peer(env.sender):
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"{env.sender!r} is not a peer of {env.receiver!r} on {env.channel!r}",
-            )
-        if chan.seen(first.message_id):
+        try:
+            fresh = chan.admit(env.sender, env.receiver, env.job_id, first.message_id)
+        except ChannelError as exc:
+            log.warning("message.rejected", channel=env.channel, sender=env.sender, reason=str(exc))
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        if not fresh:
             # a retry of a message we already have: acknowledge without reading it again
-            chan.drop_duplicate(env.sender, first.message_id)
             return data_pb2.Receipt(message_id=first.message_id, bytes_received=0)
         try:
             whole = Reassembly(first, self._transport.settings.max_message_bytes)
@@ -87,6 +89,8 @@ class _Servicer(data_pb2_grpc.DataChannelServicer):
 class GrpcTransport:
     """The gRPC server and peer connections of one task, shared by its grpc channels."""
 
+    name = "grpc"
+
     def __init__(
         self,
         task_id: str,
@@ -97,28 +101,35 @@ class GrpcTransport:
         advertise_host: str | None = None,
         settings: ChannelSettings | None = None,
         owns_discovery: bool = False,
+        security: Security = PLAINTEXT,
     ) -> None:
         self.task_id = task_id
+        self.security = security
         self._owns_discovery = owns_discovery
         self.settings = settings or ChannelSettings()
         self._discovery = discovery
         self._bind = f"{bind_host}:{bind_port}"
         self._advertise_host = advertise_host or _reachable(bind_host)
-        self._channels: dict[tuple[str, str], GrpcChannel] = {}
+        self._channels: dict[tuple[str, str], Channel] = {}
         self._server: grpc.aio.Server | None = None
         self._peers: dict[str, grpc.aio.Channel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.endpoint = ""
         self._closed = False
 
-    def attach(self, chan: GrpcChannel) -> None:
+    def attach(self, chan: Channel) -> Inbox:
         self._channels[(chan.name, chan.me)] = chan
+        return Inbox(chan.name, chan.me)
 
-    def channel_for(self, name: str, receiver: str) -> GrpcChannel | None:
+    def channel_for(self, name: str, receiver: str) -> Channel | None:
         chan = self._channels.get((name, receiver))
         return None if chan is None or chan.closed else chan
 
-    async def start(self) -> str:
+    async def start(self) -> None:
+        """Serve and register this task's endpoint with discovery. Idempotent."""
+        await self.serve()
+
+    async def serve(self) -> str:
         """Serve, register with discovery and return this task's endpoint. Idempotent."""
         if self._server is not None:
             return self.endpoint
@@ -129,7 +140,7 @@ class GrpcTransport:
             ]
         )
         data_pb2_grpc.add_DataChannelServicer_to_server(_Servicer(self), server)
-        port = server.add_insecure_port(self._bind)
+        port = grpc_listen(server, self._bind, self.security)
         if port == 0:
             raise ChannelError(f"{self.task_id}: cannot listen on {self._bind}")
         await server.start()
@@ -143,7 +154,7 @@ class GrpcTransport:
         conn = self._peers.get(peer)
         if conn is None:
             endpoint = await self._discovery.resolve(peer, timeout)
-            conn = self._peers[peer] = grpc.aio.insecure_channel(endpoint, options=_CLIENT_OPTIONS)
+            conn = self._peers[peer] = grpc_channel(endpoint, self.security, _CLIENT_OPTIONS)
         return conn
 
     async def _forget(self, peer: str) -> None:
@@ -151,7 +162,7 @@ class GrpcTransport:
         if conn is not None:
             await conn.close()
 
-    async def send(self, peer: str, msg: Message) -> None:
+    async def send(self, channel: str, peer: str, msg: Message) -> None:
         """Deliver ``msg`` to ``peer``'s inbox; retry on UNAVAILABLE until the send timeout.
 
         Sends to one peer go one at a time, in call order, so they arrive in order.
@@ -166,41 +177,41 @@ class GrpcTransport:
         s = self.settings
         loop = asyncio.get_running_loop()
         deadline = loop.time() + s.send_timeout
-        delay = s.retry_initial
-        attempt = 0
         payload = Payload.of(msg.weights)  # no copy; raises here on an unsendable tensor
-        while True:
-            attempt += 1
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise PeerTimeout(
-                    f"{self.task_id} -> {peer}: not delivered within {s.send_timeout:g}s "
-                    f"({attempt - 1} attempts)"
-                )
-            try:
-                conn = await self._connection(peer, remaining)
-                stub = data_pb2_grpc.DataChannelStub(conn)
-                await stub.Send(
-                    _stream(chunks_of(msg, peer, s.grpc_chunk_bytes, payload)),
-                    timeout=deadline - loop.time(),
-                )
-                return
-            except PeerTimeout:
-                raise
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code()
-                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise PeerTimeout(
-                        f"{self.task_id} -> {peer}: not delivered within {s.send_timeout:g}s"
-                    ) from exc
-                if code != grpc.StatusCode.UNAVAILABLE:
-                    raise ChannelError(
-                        f"{self.task_id} -> {peer}: {code.name}: {exc.details()}"
-                    ) from exc
-                log.info("grpc.retry", peer=peer, attempt=attempt, details=exc.details())
-                await self._forget(peer)  # the peer may come back elsewhere: resolve again
-            await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
-            delay = min(delay * 2, s.retry_max)
+        late = f"{self.task_id} -> {peer}: not delivered within {s.send_timeout:g}s"
+
+        def on_retry(exc: BaseException, delay: float) -> None:
+            log.info("grpc.retry", peer=peer, details=str(exc), delay=delay)
+
+        try:
+            async for attempt in retrying(
+                initial=s.retry_initial,
+                maximum=s.retry_max,
+                deadline=s.send_timeout,
+                retry=lambda exc: isinstance(exc, _Unavailable),
+                on_retry=on_retry,
+            ):
+                with attempt:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        raise PeerTimeout(late)
+                    conn = await self._connection(peer, remaining)
+                    try:
+                        await data_pb2_grpc.DataChannelStub(conn).Send(
+                            _stream(chunks_of(msg, peer, s.grpc_chunk_bytes, payload)),
+                            timeout=deadline - loop.time(),
+                        )
+                    except grpc.aio.AioRpcError as exc:
+                        code = exc.code()
+                        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                            raise PeerTimeout(late) from exc
+                        if code != grpc.StatusCode.UNAVAILABLE:
+                            detail = f"{code.name}: {exc.details()}"
+                            raise ChannelError(f"{self.task_id} -> {peer}: {detail}") from exc
+                        await self._forget(peer)  # it may come back elsewhere: resolve again
+                        raise _Unavailable(exc.details() or "unavailable") from exc
+        except _Unavailable as exc:
+            raise PeerTimeout(f"{late} (last: {exc})") from exc
 
     async def close(self) -> None:
         if self._closed:
@@ -230,45 +241,23 @@ async def _stream(chunks: Iterator[data_pb2.Chunk]) -> AsyncIterator[data_pb2.Ch
         yield chunk
 
 
-class GrpcChannel(ChannelBase):
-    """One grpc channel end of a task; its messages travel through the task's transport."""
-
-    def __init__(
-        self,
-        name: str,
-        me: str,
-        peers: Sequence[PeerRef],
-        transport: GrpcTransport,
-        job_id: str = "",
-    ) -> None:
-        super().__init__(name, me, peers, job_id)
-        self._transport = transport
-        transport.attach(self)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def seen(self, message_id: str) -> bool:
-        return self._inbox.seen(message_id)
-
-    def drop_duplicate(self, sender: str, message_id: str) -> None:
-        log.info(
-            "message.duplicate_dropped",
-            channel=self.name,
-            me=self.me,
-            sender=sender,
-            message_id=message_id,
-        )
-
-    def is_peer(self, task_id: str) -> bool:
-        return task_id in self._peers
-
-    def deliver(self, msg: Message) -> None:
-        self._accept(msg)
-
-    async def open(self) -> None:
-        await self._transport.start()
-
-    async def _transmit(self, peer: str, msg: Message) -> None:
-        await self._transport.send(peer, msg)
+def transport(ctx: TransportContext) -> GrpcTransport:
+    """The grpc transport of a task: its discovery (given, or the one its config names) and,
+    with a static table, the port the table assigns it."""
+    d = ctx.config.discovery
+    security = Security.of(ctx.config)
+    discovery, bind_port, owned = ctx.discovery, 0, False
+    if discovery is None:
+        discovery, owned = discovery_from(d, ctx.config.task_id, security), True
+        if isinstance(discovery, StaticDiscovery):
+            bind_port = discovery.bind_port(ctx.config.task_id)
+    return GrpcTransport(
+        ctx.config.task_id,
+        discovery,
+        bind_host=d.bind_host,
+        bind_port=bind_port,
+        advertise_host=d.advertise_host,
+        settings=ctx.settings,
+        owns_discovery=owned,
+        security=security,
+    )

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from flame.channels.common import ChannelBase
 from flame.channels.inbox import Inbox
 from flame.config import PeerRef
-from flame.errors import ChannelError
+from flame.errors import ChannelError, ConfigError
 from flame.messages import Message
 from flame.tensors import copy_weights
+
+if TYPE_CHECKING:
+    from flame.channels.channel import Channel
+    from flame.channels.transport import TransportContext
 
 
 class InprocHub:
@@ -55,25 +59,37 @@ class InprocHub:
         box.put(msg)
 
 
-class InprocChannel(ChannelBase):
+class InprocTransport:
+    """A task's end of the hub: sends are deliveries into the receiver's inbox."""
+
+    name = "inproc"
+
+    def __init__(self, hub: InprocHub) -> None:
+        self.hub = hub
+
+    def attach(self, channel: Channel) -> Inbox:
+        return self.hub.open_inbox(channel.name, channel.me)
+
+    async def start(self) -> None:
+        return None
+
+    async def send(self, channel: str, peer: str, msg: Message) -> None:
+        self.hub.deliver(peer, msg)
+
+    async def close(self) -> None:
+        return None
+
+
+def transport(ctx: TransportContext) -> InprocTransport:
+    if ctx.hub is None:
+        raise ConfigError("the inproc backend needs a hub (only flame.simulate runs it)")
+    return InprocTransport(ctx.hub)
+
+
+def InprocChannel(
+    name: str, me: str, peers: Sequence[PeerRef], hub: InprocHub, job_id: str | None = None
+) -> Channel:
     """A channel end whose peers live in the same process, connected through ``hub``."""
+    from flame.channels.channel import Channel
 
-    def __init__(
-        self,
-        name: str,
-        me: str,
-        peers: Sequence[PeerRef],
-        hub: InprocHub,
-        job_id: str | None = None,
-    ) -> None:
-        super().__init__(
-            name,
-            me,
-            peers,
-            hub.job_id if job_id is None else job_id,
-            inbox=hub.open_inbox(name, me),
-        )
-        self._hub = hub
-
-    async def _transmit(self, peer: str, msg: Message) -> None:
-        self._hub.deliver(peer, msg)
+    return Channel(name, me, peers, InprocTransport(hub), hub.job_id if job_id is None else job_id)

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import socket
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -29,10 +28,13 @@ import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from flame.channels.channel import Channel
 from flame.channels.chunking import Reassembly, chunks_of
-from flame.channels.common import ChannelBase
+from flame.channels.inbox import Inbox
 from flame.channels.settings import ChannelSettings
-from flame.config import MqttSettings, PeerRef
+from flame.channels.transport import TransportContext
+from flame.config import MqttSettings
+from flame.connect import PLAINTEXT, Security, mqtt_client
 from flame.errors import ChannelError, PeerTimeout
 from flame.messages import Message
 from flame_proto.v1 import data_pb2
@@ -47,6 +49,8 @@ WINDOW_BYTES = 32 << 20  # unacknowledged bytes per send: bounds memory, keeps t
 class MqttTransport:
     """One paho client of one task, shared by the task's mqtt channels."""
 
+    name = "mqtt"
+
     def __init__(
         self,
         mqtt_settings: MqttSettings,
@@ -54,13 +58,15 @@ class MqttTransport:
         task_id: str,
         *,
         settings: ChannelSettings | None = None,
+        security: Security = PLAINTEXT,
     ) -> None:
         self.mqtt = mqtt_settings
+        self.security = security
         self.job_id = job_id
         self.task_id = task_id
         self.settings = settings or ChannelSettings()
         self._base = f"{mqtt_settings.topic_prefix}/{job_id}"
-        self._channels: dict[str, MqttChannel] = {}
+        self._channels: dict[str, Channel] = {}
         self._partial: dict[tuple[str, str], Reassembly] = {}
         self._present: dict[str, asyncio.Event] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -80,8 +86,9 @@ class MqttTransport:
     def _presence_topic(self, task_id: str) -> str:
         return f"{self._base}/{PRESENCE}/{task_id}"
 
-    def attach(self, chan: MqttChannel) -> None:
+    def attach(self, chan: Channel) -> Inbox:
         self._channels[chan.name] = chan
+        return Inbox(chan.name, chan.me)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -93,16 +100,9 @@ class MqttTransport:
                 raise ChannelError(f"{self.task_id}: mqtt transport is closed")
             self._loop = asyncio.get_running_loop()
             self._ready = asyncio.Event()
-            client = mqtt.Client(
-                mqtt.CallbackAPIVersion.VERSION2,
-                client_id=f"flame-{self.job_id}-{self.task_id}-{uuid.uuid4().hex[:8]}",
-                protocol=mqtt.MQTTv5,
-            )
+            client_id = f"flame-{self.job_id}-{self.task_id}-{uuid.uuid4().hex[:8]}"
+            client = mqtt_client(self.mqtt, self.security, client_id)
             s = self.mqtt
-            if s.username is not None:
-                client.username_pw_set(s.username, s.password)
-            if s.tls:
-                client.tls_set(ca_certs=s.ca_file)
             client.will_set(self._presence_topic(self.task_id), b"", qos=1, retain=True)
             client.reconnect_delay_set(1, 10)
             client.on_connect = self._on_connect
@@ -247,18 +247,16 @@ class MqttTransport:
             return
         self._chunk(chan, chunk)
 
-    def _chunk(self, chan: MqttChannel, chunk: data_pb2.Chunk) -> None:
-        if chan.seen(chunk.message_id):
-            if chunk.index == 0:
-                chan.drop_duplicate(chunk.header.sender, chunk.message_id)
+    def _chunk(self, chan: Channel, chunk: data_pb2.Chunk) -> None:
+        if chunk.index > 0 and chan.seen(chunk.message_id):
             return
         try:
             if chunk.index == 0:
                 env = chunk.header
-                if env.job_id != self.job_id or env.receiver != self.task_id:
-                    raise ChannelError("addressed to another job or task")
-                if not chan.is_peer(env.sender):
-                    raise ChannelError(f"{env.sender!r} is not a peer")
+                if env.job_id != self.job_id:  # the topic's job, whatever the channel knows
+                    raise ChannelError(f"message of job {env.job_id!r}, not this job")
+                if not chan.admit(env.sender, env.receiver, env.job_id, chunk.message_id):
+                    return
                 key = (chan.name, env.sender)
                 old = self._partial.pop(key, None)
                 if old is not None and old.message_id != chunk.message_id:
@@ -371,45 +369,8 @@ def _quick_ack(client: mqtt.Client) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
 
 
-class MqttChannel(ChannelBase):
-    """One mqtt channel end of a task; its messages travel through the task's transport."""
-
-    def __init__(
-        self,
-        name: str,
-        me: str,
-        peers: Sequence[PeerRef],
-        transport: MqttTransport,
-        job_id: str = "",
-    ) -> None:
-        super().__init__(name, me, peers, job_id)
-        self._transport = transport
-        transport.attach(self)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def seen(self, message_id: str) -> bool:
-        return self._inbox.seen(message_id)
-
-    def is_peer(self, task_id: str) -> bool:
-        return task_id in self._peers
-
-    def drop_duplicate(self, sender: str, message_id: str) -> None:
-        log.info(
-            "message.duplicate_dropped",
-            channel=self.name,
-            me=self.me,
-            sender=sender,
-            message_id=message_id,
-        )
-
-    def deliver(self, msg: Message) -> None:
-        self._accept(msg)
-
-    async def open(self) -> None:
-        await self._transport.start()
-
-    async def _transmit(self, peer: str, msg: Message) -> None:
-        await self._transport.send(self.name, peer, msg)
+def transport(ctx: TransportContext) -> MqttTransport:
+    cfg = ctx.config
+    return MqttTransport(
+        cfg.mqtt, cfg.job_id, cfg.task_id, settings=ctx.settings, security=Security.of(cfg)
+    )

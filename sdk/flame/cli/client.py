@@ -25,6 +25,7 @@ from flame.cli.resources import (
     User,
     WhoAmI,
 )
+from flame.connect import PLAINTEXT, Security, sync_http_client
 from flame.errors import FlameError
 
 M = TypeVar("M", bound=BaseModel)
@@ -49,11 +50,11 @@ class FlameClient:
         token: str | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        security: Security = PLAINTEXT,
     ) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
-        self.http = httpx.Client(
-            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+        self.http = sync_http_client(
+            self.base_url, security, token=token, timeout=timeout, transport=transport
         )
 
     def __enter__(self) -> FlameClient:

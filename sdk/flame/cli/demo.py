@@ -72,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
                 rounds=args.rounds,
                 datasets={"default": [f"digits-{i}" for i in range(NODES)]},
                 min_trainers=NODES,
-                tracking={"uri": state.mlflow_url, "selection_metric": "accuracy"},
             )
             job = client.create_job("digits-demo", design.id, spec, code_version=code.version)
             console.print(

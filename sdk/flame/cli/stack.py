@@ -26,10 +26,15 @@ import httpx
 import psutil
 import structlog
 
+from flame.connect import sync_http_client
 from flame.errors import FlameError
 from flame.ports import free_ports
+from flame.retry import Backoff
 
 log = structlog.get_logger(__name__)
+
+
+Env = dict[str, str]
 
 
 class StackError(FlameError):
@@ -104,7 +109,7 @@ def _alive(pid: int) -> bool:
 
 def _wait(what: str, check: Callable[[], bool], procs: list[Proc], timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    delay = 0.05
+    backoff = Backoff(0.05, 0.5)
     while True:
         for p in procs:
             if not _alive(p.pid):
@@ -117,8 +122,7 @@ def _wait(what: str, check: Callable[[], bool], procs: list[Proc], timeout: floa
             pass
         if time.monotonic() > deadline:
             raise StackError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
+        time.sleep(backoff.next())
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -158,112 +162,95 @@ class Stack:
             raise StackError(f"a stack is already running from {self.home}; run `flamectl down`")
         self.home.mkdir(parents=True, exist_ok=True)
         ports, token = self._identity()
-        api_url = f"http://127.0.0.1:{ports['api']}"
         state = StackState(
             home=str(self.home),
-            api_url=api_url,
+            api_url=f"http://127.0.0.1:{ports['api']}",
             admin_token=token,
-            mlflow_url=f"http://127.0.0.1:{ports['mlflow']}",
+            mlflow_url=f"http://127.0.0.1:{ports['mlflow']}" if mlflow else "",
             controller=f"127.0.0.1:{ports['controller']}",
             notifier=f"127.0.0.1:{ports['notifier']}",
         )
-        data = self.home / "data"
-        data.mkdir(exist_ok=True)
-        common = {"FLAME_LOG_JSON": "true"}
         try:
-            state.procs.append(
-                self._spawn(
-                    "controller",
-                    [_script("flame-controller")],
-                    {
-                        **common,
-                        "FLAME_CONTROLLER_STORE_URI": f"sqlite:///{data / 'flame.db'}",
-                        "FLAME_CONTROLLER_DATA_DIR": str(data),
-                        "FLAME_CONTROLLER_LISTEN": state.controller,
-                        "FLAME_CONTROLLER_NOTIFIER_ADDRESS": state.notifier,
-                        "FLAME_CONTROLLER_APISERVER_URL": api_url,
-                        "FLAME_CONTROLLER_ADMIN_TOKEN": token,
-                    },
-                )
-            )
-            state.procs.append(
-                self._spawn(
-                    "notifier",
-                    [_script("flame-notifier")],
-                    {
-                        **common,
-                        "FLAME_NOTIFIER_LISTEN": state.notifier,
-                        "FLAME_NOTIFIER_CONTROLLER_ADDRESS": state.controller,
-                    },
-                )
-            )
-            state.procs.append(
-                self._spawn(
-                    "apiserver",
-                    [_script("flame-apiserver")],
-                    {
-                        **common,
-                        "FLAME_APISERVER_CONTROLLER_ADDRESS": state.controller,
-                        "FLAME_APISERVER_NOTIFIER_ADDRESS": state.notifier,
-                        "FLAME_APISERVER_LISTEN_HOST": "127.0.0.1",
-                        "FLAME_APISERVER_PORT": str(ports["api"]),
-                    },
-                )
-            )
-            if mlflow:
-                state.procs.append(
-                    self._spawn(
-                        "mlflow",
-                        [
-                            sys.executable,
-                            "-m",
-                            "mlflow",
-                            "server",
-                            "--workers",
-                            "1",
-                            "--host",
-                            "127.0.0.1",
-                            "--port",
-                            str(ports["mlflow"]),
-                            "--backend-store-uri",
-                            f"sqlite:///{self.home / 'mlflow.db'}",
-                            "--artifacts-destination",
-                            str(self.home / "mlartifacts"),
-                        ],
-                        {},
-                    )
-                )
+            for name, argv, env in self._services(state, ports["api"]):
+                state.procs.append(self._spawn(name, argv, env))
             state.save()
-            headers = {"Authorization": f"Bearer {token}"}
-            _wait(
-                "the apiserver and controller",
-                lambda: httpx.get(f"{api_url}/readyz", timeout=2).status_code == 200,
-                state.procs,
-                timeout,
-            )
-            for i in range(nodes):
-                self._add_node(state, f"node-{i}", headers)
-            state.save()
-            if nodes:
+            with sync_http_client(state.api_url, token=token, timeout=5) as api:
                 _wait(
-                    f"{nodes} flamelet(s) online",
-                    lambda: self._online(state, headers) >= nodes,
+                    "the apiserver and controller",
+                    lambda: api.get("/readyz").status_code == 200,
                     state.procs,
                     timeout,
                 )
-            _wait(
-                "the MLflow server",
-                lambda: (
-                    not mlflow
-                    or httpx.get(f"{state.mlflow_url}/health", timeout=2).status_code == 200
-                ),
-                state.procs,
-                timeout,
-            )
+                for i in range(nodes):
+                    self._add_node(state, api, f"node-{i}")
+                state.save()
+                if nodes:
+                    _wait(
+                        f"{nodes} flamelet(s) online",
+                        lambda: _online(api) >= nodes,
+                        state.procs,
+                        timeout,
+                    )
+            if state.mlflow_url:
+                with sync_http_client(state.mlflow_url, timeout=2) as tracking:
+                    _wait(
+                        "the MLflow server",
+                        lambda: tracking.get("/health").status_code == 200,
+                        state.procs,
+                        timeout,
+                    )
         except BaseException:
             self.down(state)
             raise
         return state
+
+    def _services(self, state: StackState, api_port: int) -> list[tuple[str, list[str], Env]]:
+        """What runs the control plane: (name, argv, the environment the stack sets)."""
+        data = self.home / "data"
+        data.mkdir(exist_ok=True)
+        common = {"FLAME_LOG_JSON": "true"}
+        controller = {
+            **common,
+            "FLAME_CONTROLLER_STORE_URI": f"sqlite:///{data / 'flame.db'}",
+            "FLAME_CONTROLLER_DATA_DIR": str(data),
+            "FLAME_CONTROLLER_LISTEN": state.controller,
+            "FLAME_CONTROLLER_NOTIFIER_ADDRESS": state.notifier,
+            "FLAME_CONTROLLER_APISERVER_URL": state.api_url,
+            "FLAME_CONTROLLER_ADMIN_TOKEN": state.admin_token,
+        }
+        if state.mlflow_url:  # jobs log to the stack's MLflow unless their spec says otherwise
+            controller["FLAME_CONTROLLER_TRACKING_URI"] = state.mlflow_url
+        services: list[tuple[str, list[str], Env]] = [
+            ("controller", [_script("flame-controller")], controller),
+            (
+                "notifier",
+                [_script("flame-notifier")],
+                {
+                    **common,
+                    "FLAME_NOTIFIER_LISTEN": state.notifier,
+                    "FLAME_NOTIFIER_CONTROLLER_ADDRESS": state.controller,
+                },
+            ),
+            (
+                "apiserver",
+                [_script("flame-apiserver")],
+                {
+                    **common,
+                    "FLAME_APISERVER_CONTROLLER_ADDRESS": state.controller,
+                    "FLAME_APISERVER_NOTIFIER_ADDRESS": state.notifier,
+                    "FLAME_APISERVER_LISTEN_HOST": "127.0.0.1",
+                    "FLAME_APISERVER_PORT": str(api_port),
+                },
+            ),
+        ]
+        if state.mlflow_url:
+            host, port = state.mlflow_url.removeprefix("http://").rsplit(":", 1)
+            argv = [sys.executable, "-m", "mlflow", "server", "--workers", "1"]
+            argv += ["--host", host, "--port", port]
+            argv += ["--backend-store-uri", f"sqlite:///{self.home / 'mlflow.db'}"]
+            argv += ["--artifacts-destination", str(self.home / "mlartifacts")]
+            services.append(("mlflow", argv, {}))
+        return services
 
     def kill(
         self, state: StackState, name: str, sig: int = signal.SIGKILL, tree: bool = False
@@ -325,53 +312,21 @@ class Stack:
         _write_private(path, json.dumps({"ports": ports, "admin_token": token}))
         return ports, token
 
-    def _add_node(self, state: StackState, name: str, headers: dict[str, str]) -> None:
+    def add_node(self, state: StackState, name: str) -> None:
+        """Enrol and start one more flamelet in a running stack (stopped with the stack)."""
+        with sync_http_client(state.api_url, token=state.admin_token, timeout=5) as api:
+            self._add_node(state, api, name)
+        state.save()
+
+    def _add_node(self, state: StackState, api: httpx.Client, name: str) -> None:
         node_home = self.home / "nodes" / name
         flamelet = _script("flamelet")
         if not (node_home / "identity.json").exists():  # not enrolled by an earlier `up`
-            self._enroll(state, name, node_home, flamelet, headers)
+            _enroll(state, api, name, node_home, flamelet)
         state.procs.append(
             self._spawn(f"flamelet-{name}", [flamelet, "run", "--home", str(node_home)], {})
         )
         state.nodes[name] = str(node_home)
-
-    @staticmethod
-    def _enroll(
-        state: StackState, name: str, node_home: Path, flamelet: str, headers: dict[str, str]
-    ) -> None:
-        resp = httpx.post(
-            f"{state.api_url}/v1/nodes", json={"name": name}, headers=headers, timeout=10
-        )
-        if resp.status_code != 201 and resp.status_code != 200:
-            raise StackError(f"cannot create node {name}: {resp.status_code} {resp.text}")
-        enrolment = resp.json()["enrolment_token"]
-        node_home.mkdir(parents=True, exist_ok=True)
-        login = subprocess.run(
-            [
-                flamelet,
-                "login",
-                "--server",
-                state.api_url,
-                "--token",
-                enrolment,
-                "--home",
-                str(node_home),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if login.returncode != 0:
-            raise StackError(f"flamelet login for {name} failed: {login.stderr or login.stdout}")
-
-    def _online(self, state: StackState, headers: dict[str, str]) -> int:
-        resp = httpx.get(
-            f"{state.api_url}/v1/nodes", params={"limit": 500}, headers=headers, timeout=5
-        )
-        resp.raise_for_status()
-        return sum(
-            1 for n in resp.json()["items"] if n.get("presence") in ("online", "PRESENCE_ONLINE")
-        )
 
     def down(self, state: StackState | None = None, grace: float = 10.0) -> list[str]:
         state = state or StackState.load(self.home)
@@ -398,6 +353,30 @@ class Stack:
             _reap(pid)
         (Path(state.home) / "stack.json").unlink(missing_ok=True)
         return stopped
+
+
+def _enroll(
+    state: StackState, api: httpx.Client, name: str, node_home: Path, flamelet: str
+) -> None:
+    resp = api.post("/v1/nodes", json={"name": name}, timeout=10)
+    if resp.status_code not in (200, 201):
+        raise StackError(f"cannot create node {name}: {resp.status_code} {resp.text}")
+    enrolment = resp.json()["enrolment_token"]
+    node_home.mkdir(parents=True, exist_ok=True)
+    argv = [flamelet, "login", "--server", state.api_url, "--token", enrolment]
+    login = subprocess.run(
+        [*argv, "--home", str(node_home)], capture_output=True, text=True, timeout=60
+    )
+    if login.returncode != 0:
+        raise StackError(f"flamelet login for {name} failed: {login.stderr or login.stdout}")
+
+
+def _online(api: httpx.Client) -> int:
+    resp = api.get("/v1/nodes", params={"limit": 500})
+    resp.raise_for_status()
+    return sum(
+        1 for n in resp.json()["items"] if n.get("presence") in ("online", "PRESENCE_ONLINE")
+    )
 
 
 def _tree(pid: int) -> list[int]:

@@ -22,64 +22,85 @@ built from the same pieces.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from flame.aggregation import Strategy, StrategyState, Update, make_strategy
+import numpy as np
+
+from flame.aggregation import Strategy, StrategyState, make_strategy
+from flame.aggregation import Update as Contribution
+from flame.aggregation.kernels import weighted_mean
 from flame.checkpoint import AggregatorCheckpoint, load_checkpoint, save_checkpoint
 from flame.composer import Composable, Loop, tasklet
 from flame.errors import FlameError, PeerTimeout, QuorumLost, RejectedUpdate
 from flame.messages import Message
-from flame.roles.base import (
-    ABORT,
-    ASSIGN,
-    DONE,
-    EVAL,
-    ROUND_END,
-    SKIP,
-    UPDATE,
-    WEIGHTS,
-    Role,
-    RoleResult,
-    pack,
-    unpack,
-    weighted_metrics,
+from flame.protocol import (
+    Abort,
+    Assign,
+    Final,
+    FinalEval,
+    Model,
+    RoundEnd,
+    Skip,
+    Update,
 )
+from flame.roles.base import Role, RoleResult, pack, unpack, weighted_metrics
 from flame.roles.topology import group_leaders
 from flame.selection import Selector, make_selector
 from flame.tensors import Weights, check_update
 from flame.tracking import BestModel, tracking_tags
 
 
+@dataclass(frozen=True)
 class Received:
     """What one participant sent back this round (after validation)."""
 
-    def __init__(self, sender: str, msg: Message, weights: Weights, extras: Weights) -> None:
-        self.sender = sender
-        self.msg = msg
-        self.weights = weights
-        self.extras = extras
-        meta = msg.meta
-        self.num_samples = float(meta.get("num_samples", 0))
-        self.eval_samples = float(meta.get("eval_samples", self.num_samples))
-        self.metrics: dict[str, float] = dict(meta.get("metrics", {}))
-        self.trainers = int(meta.get("trainers", 1))
-        self.base_round = int(meta.get("base_round", msg.round))
-        self.duration = float(meta.get("duration", 0.0))
+    sender: str
+    update: Update  # its metadata (samples, metrics, ...); FinalEval in the final round
+    weights: Weights
+    extras: Weights
+
+    @property
+    def num_samples(self) -> float:
+        return self.update.num_samples
+
+    @property
+    def eval_samples(self) -> float:
+        return self.update.eval_samples
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.update.metrics
+
+    @property
+    def trainers(self) -> int:
+        return self.update.trainers
+
+    @property
+    def duration(self) -> float:
+        return self.update.duration
+
+    @property
+    def base_round(self) -> int:
+        return self.update.base_round
+
+    def contribution(self, base_round: int | None = None) -> Contribution:
+        """What the aggregation rule gets from this participant."""
+        return Contribution(
+            sender=self.sender,
+            weights=self.weights,
+            num_samples=round(self.num_samples),
+            base_round=self.base_round if base_round is None else base_round,
+            extras=self.extras,
+            meta={**self.metrics, "duration": self.duration},
+        )
 
 
-def _check_meta(msg: Message) -> None:
-    meta = msg.meta
-    n = meta.get("num_samples", 0)
-    if not isinstance(n, int | float) or not math.isfinite(n) or n < 0:
-        raise RejectedUpdate(f"num_samples {n!r} is not a non-negative number", msg.sender)
-    metrics = meta.get("metrics", {})
-    if not isinstance(metrics, dict) or not all(
-        isinstance(v, int | float) and math.isfinite(v) for v in metrics.values()
-    ):
-        raise RejectedUpdate("metrics must be a dict of finite numbers", msg.sender)
-    trainers = meta.get("trainers", 1)
-    if not isinstance(trainers, int) or trainers < 0:
-        raise RejectedUpdate(f"trainers {trainers!r} is not a count", msg.sender)
+_ANSWERS = (Update.KIND, FinalEval.KIND, Skip.KIND)
+
+
+def _fields(body: Update) -> dict[str, Any]:
+    return {f.name: getattr(body, f.name) for f in fields(body)}
 
 
 class Aggregator(Role):
@@ -251,17 +272,15 @@ class Aggregator(Role):
         topo = self.topology
         if topo.coordinator is not None:
             coord = self.config.peers(topo.coordinator)[0]
-            assign = await self.recv_from(topo.coordinator, coord, "assignment")
-            if assign.kind != ASSIGN:
-                raise FlameError(f"expected an assignment from {coord}, got {assign.kind!r}")
-            self.assigned = sorted(str(t) for t in assign.meta.get("trainers", []))
+            assign = Assign.expect(await self.recv_from(topo.coordinator, coord, "assignment"))
+            self.assigned = sorted(assign.trainers or [])
         assert topo.upstream is not None
         top = self.config.peers(topo.upstream)[0]
         msg = await self.recv_from(topo.upstream, top, "model")
-        if msg.kind not in (WEIGHTS, DONE):
+        if msg.kind not in (Model.KIND, Final.KIND):
             raise FlameError(f"unexpected {msg.kind!r} from {top}")
         self.round = msg.round
-        self.final = msg.kind == DONE
+        self.final = msg.kind == Final.KIND
         self.global_weights, self.extras = unpack(msg.weights)
         await self._readmit()
         pool = self.assigned if self.assigned is not None else self.candidates
@@ -283,11 +302,8 @@ class Aggregator(Role):
     @tasklet
     async def distribute(self) -> None:
         assert self.topology.downstream is not None
-        msg = Message(
-            kind=DONE if self.final else WEIGHTS,
-            round=self.round,
-            weights=pack(self.global_weights, self.extras),
-        )
+        kind = Final if self.final else Model
+        msg = kind(round=self.round, weights=pack(self.global_weights, self.extras)).message()
         reached = await self.send_all(self.topology.downstream, self.participants, msg)
         self.silent.update(p for p in self.participants if p not in reached)
         self.participants = reached
@@ -307,14 +323,14 @@ class Aggregator(Role):
                 peer, msg = await chan.recv_any(sorted(pending), timeout=remaining)
             except PeerTimeout:
                 break
-            if msg.round < self.round and msg.kind in (UPDATE, EVAL, SKIP):
+            if msg.round < self.round and msg.kind in _ANSWERS:
                 self.log.info("update.stale", sender=peer, round=msg.round, current=self.round)
                 continue
             pending.discard(peer)
-            if msg.kind == ABORT:
-                self.log.warning("peer.aborted", peer=peer, reason=msg.meta.get("reason"))
+            if msg.kind == Abort.KIND:
+                self.log.warning("peer.aborted", peer=peer, reason=Abort.read(msg).reason)
                 continue
-            if msg.kind == SKIP:
+            if msg.kind == Skip.KIND:
                 continue
             try:
                 self.received.append(self.validate(peer, msg))
@@ -331,9 +347,6 @@ class Aggregator(Role):
     def validate(self, peer: str, msg: Message, expected_round: int | None = None) -> Received:
         """Check one message against this job, round and the global model."""
         expected_round = self.round if expected_round is None else expected_round
-        expected = EVAL if self.final else UPDATE
-        if msg.kind != expected:
-            raise RejectedUpdate(f"expected {expected!r}, got {msg.kind!r}", peer)
         if msg.job_id and msg.job_id != self.config.job_id:
             raise RejectedUpdate(f"job {msg.job_id!r} is not this job", peer)
         if msg.sender and msg.sender != peer:
@@ -344,16 +357,16 @@ class Aggregator(Role):
             )
         if peer not in self.participants:
             raise RejectedUpdate("not selected for this round", peer)
-        _check_meta(msg)
+        update = (FinalEval if self.final else Update).read(msg)
         if self.final:
-            return Received(peer, msg, {}, {})
-        if msg.weights is None:
+            return Received(peer, update, {}, {})
+        if update.weights is None:
             raise RejectedUpdate("update carries no weights", peer)
-        weights, extras = unpack(msg.weights)
+        weights, extras = unpack(update.weights)
         check_update(weights, self.global_weights, peer)
         if self.extras:
             check_update(extras, self.extras, peer)
-        return Received(peer, msg, weights, extras)
+        return Received(peer, update, weights, extras)
 
     @tasklet
     def aggregate(self) -> None:
@@ -371,17 +384,7 @@ class Aggregator(Role):
                     f"min_trainers is {self.config.job.min_trainers}"
                 )
             assert self.strategy is not None and self.selector is not None
-            updates = [
-                Update(
-                    sender=r.sender,
-                    weights=r.weights,
-                    num_samples=round(r.num_samples),
-                    base_round=r.base_round,
-                    extras=r.extras,
-                    meta={**r.metrics, "duration": r.duration},
-                )
-                for r in self.received
-            ]
+            updates = [r.contribution() for r in self.received]
             self.global_weights = self.strategy.aggregate(self.global_weights, updates, self.round)
             for r in self.received:
                 loss = r.metrics.get("loss")
@@ -408,26 +411,23 @@ class Aggregator(Role):
         topo = self.topology
         assert topo.upstream is not None
         top = self.config.peers(topo.upstream)[0]
-        total = sum(r.num_samples for r in self.received)
-        meta = {
-            "num_samples": total,
-            "eval_samples": sum(r.eval_samples for r in self.received),
-            "metrics": {k: v for k, v in self.round_metrics.items() if k != "trainers"},
-            "trainers": sum(r.trainers for r in self.received),
-            "base_round": self.round,
-            "duration": self.clock() - self._round_started,
-        }
+        group = Update(
+            round=self.round,
+            num_samples=sum(r.num_samples for r in self.received),
+            eval_samples=sum(r.eval_samples for r in self.received),
+            metrics={k: v for k, v in self.round_metrics.items() if k != "trainers"},
+            trainers=sum(r.trainers for r in self.received),
+            base_round=self.round,
+            duration=self.clock() - self._round_started,
+        )
+        msg: Message
         if self.final:
-            msg = Message(kind=EVAL, round=self.round, meta=meta)
+            msg = FinalEval(**_fields(group)).message()
         elif not self.received:
-            msg = Message(kind=SKIP, round=self.round, meta={"trainers": 0})
+            msg = Skip(round=self.round).message()
         else:
-            msg = Message(
-                kind=UPDATE,
-                round=self.round,
-                meta=meta,
-                weights=pack(self.global_weights, self.extras),
-            )
+            weights = pack(self.global_weights, self.extras)
+            msg = replace(group, weights=weights).message()
         await self.channels[topo.upstream].send(top, msg)
 
     async def _report(self) -> None:
@@ -448,7 +448,7 @@ class Aggregator(Role):
         if topo.coordinator is not None:
             coord = self.config.peers(topo.coordinator)[0]
             await self.channels[topo.coordinator].send(
-                coord, Message(kind=ROUND_END, round=self.round, meta={"final": self.final})
+                coord, RoundEnd(round=self.round, final=self.final).message()
             )
 
     def _server_metrics(self, weights: Weights) -> dict[str, float]:
@@ -459,15 +459,10 @@ class Aggregator(Role):
 
 
 def _weighted_mean(received: list[Received], *, extras: bool = False) -> Weights:
+    """A middle aggregator's sample-weighted mean of its group (every dtype and shape kept)."""
     total = sum(r.num_samples for r in received)
-    shares = [(r.num_samples / total if total > 0 else 1.0 / len(received)) for r in received]
-    first = received[0].extras if extras else received[0].weights
-    out: Weights = {}
-    for name, ref in first.items():
-        acc = None
-        for r, share in zip(received, shares, strict=True):
-            value = (r.extras if extras else r.weights)[name].astype("float64") * share
-            acc = value if acc is None else acc + value
-        assert acc is not None
-        out[name] = acc.astype(ref.dtype)
-    return out
+    shares = np.array(
+        [(r.num_samples / total if total > 0 else 1.0 / len(received)) for r in received]
+    )
+    models = [r.extras if extras else r.weights for r in received]
+    return weighted_mean(models, shares)

@@ -16,14 +16,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from flame.aggregation import Update
 from flame.aggregation.fedbuff import FedBuff
 from flame.composer import Composable, Loop, tasklet
 from flame.config import TaskConfig
 from flame.errors import FlameError, PeerTimeout, QuorumLost, RejectedUpdate
-from flame.messages import Message
+from flame.protocol import Abort, Model, Update
 from flame.roles.aggregator import Aggregator, Received
-from flame.roles.base import ABORT, UPDATE, WEIGHTS, pack, weighted_metrics
+from flame.roles.base import pack, weighted_metrics
 
 
 def is_async_job(config: TaskConfig) -> bool:
@@ -62,9 +61,7 @@ class AsyncAggregator(Aggregator):
         if len(self.in_flight) >= len(alive):
             return
         chosen = [c for c in self.selector.select(alive, self.round) if c not in self.in_flight]
-        msg = Message(
-            kind=WEIGHTS, round=self.round, weights=pack(self.global_weights, self.extras)
-        )
+        msg = Model(round=self.round, weights=pack(self.global_weights, self.extras)).message()
         chosen = sorted(chosen)
         reached = await self.send_all(self.topology.downstream, chosen, msg)
         self.silent.update(p for p in chosen if p not in reached)
@@ -99,21 +96,14 @@ class AsyncAggregator(Aggregator):
             self._check_quorum()
             return
         base = self.in_flight.pop(peer)
-        if msg.kind == ABORT:
-            self.log.warning("peer.aborted", peer=peer, reason=msg.meta.get("reason"))
+        if msg.kind == Abort.KIND:
+            self.log.warning("peer.aborted", peer=peer, reason=Abort.read(msg).reason)
             return
         self.participants = [peer]
         try:
             received = self.validate(peer, msg, expected_round=base)
-            update = Update(
-                sender=peer,
-                weights=received.weights,
-                num_samples=round(received.num_samples),
-                base_round=base,
-                extras=received.extras,
-                meta={**received.metrics, "duration": received.duration},
-            )
-            ready = self.buffer.add(update, self.global_weights, self.round)
+            contribution = received.contribution(base_round=base)
+            ready = self.buffer.add(contribution, self.global_weights, self.round)
         except RejectedUpdate as exc:
             self.log.warning("update.rejected", sender=peer, reason=exc.reason, round=self.round)
             self._report_done(peer, None, 0.0)
@@ -171,7 +161,7 @@ class AsyncAggregator(Aggregator):
             except PeerTimeout:
                 break
             self.in_flight.pop(peer, None)
-            if msg.kind == UPDATE:
+            if msg.kind == Update.KIND:
                 self.log.info("update.after_last_round", sender=peer)
         self.round = self.config.job.rounds + 1
         self.participants = list(self.candidates)

@@ -17,22 +17,13 @@ from flame.config import TaskConfig
 from flame.errors import FlameError, PeerTimeout, QuorumLost
 from flame.frameworks import get_weights, set_weights
 from flame.messages import Message
+from flame.protocol import Abort
 from flame.roles.topology import Topology, topology_of
 from flame.tensors import Weights
 from flame.tracking import NullTracker, Tracker, TrackingResult
 
 Clock = Callable[[], float]
 T = TypeVar("T")
-
-# Message kinds of the data plane protocol.
-WEIGHTS = "weights"  # global model (+ extras) for round r
-UPDATE = "update"  # a trainer's (or middle aggregator's) result of round r
-SKIP = "skip"  # a middle aggregator had nothing to send this round
-DONE = "done"  # final model: evaluate it, answer with EVAL, stop
-EVAL = "eval"  # metrics of the final model
-ABORT = "abort"  # the job failed upstream; meta: reason, code
-ASSIGN = "assign"  # coordinator -> trainer / middle aggregator: this round's pairing
-ROUND_END = "round.end"  # top aggregator -> coordinator: round r is over
 
 
 @dataclass(frozen=True)
@@ -56,10 +47,10 @@ def unpack(payload: Weights | None) -> tuple[Weights, Weights]:
 
 
 def raise_abort(msg: Message) -> None:
-    reason = str(msg.meta.get("reason", "the job was aborted"))
-    if msg.meta.get("code") == "quorum-lost":
-        raise QuorumLost(reason)
-    raise FlameError(reason)
+    abort = Abort.read(msg)
+    if abort.code == "quorum-lost":
+        raise QuorumLost(abort.reason)
+    raise FlameError(abort.reason)
 
 
 def weighted_metrics(items: list[tuple[dict[str, float], float]]) -> dict[str, float]:
@@ -189,7 +180,7 @@ class Role:
         if channel is None:
             return
         code = "quorum-lost" if isinstance(exc, QuorumLost) else "failed"
-        msg = Message(kind=ABORT, round=self.round, meta={"reason": str(exc), "code": code})
+        msg = Abort(round=self.round, reason=str(exc), code=code).message()
         await self.send_all(channel, self.channels[channel].peers(), msg, quiet=True)
 
     async def send_all(
@@ -221,6 +212,6 @@ class Role:
             raise FlameError(
                 f"no {what} from {peer} on {channel} within {self.wait_timeout:.0f}s"
             ) from exc
-        if msg.kind == ABORT:
+        if msg.kind == Abort.KIND:
             raise_abort(msg)
         return msg

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from flame.channels.base import Channel
+from flame.channels.channel import Channel
 from flame.errors import FlameError, PeerTimeout
-from flame.messages import Message
-
-KIND = "allreduce"
+from flame.protocol import Reduce
 
 
 async def _exchange(
@@ -27,18 +25,23 @@ async def _exchange(
     step: int,
     timeout: float,
 ) -> np.ndarray:
-    await chan.send(
-        send_to, Message(kind=KIND, round=rnd, meta={"step": step}, weights={"v": payload})
-    )
+    await chan.send(send_to, Reduce(round=rnd, step=step, weights={"v": payload}).message())
+    got = await _receive(chan, recv_from, rnd, timeout)
+    if got.step != step:
+        raise FlameError(f"all-reduce: step {got.step} from {recv_from}, expected {step}")
+    assert got.weights is not None
+    return got.weights["v"]
+
+
+async def _receive(chan: Channel, peer: str, rnd: int, timeout: float) -> Reduce:
     try:
-        msg = await chan.recv(recv_from, timeout=timeout)
+        msg = await chan.recv(peer, timeout=timeout)
     except PeerTimeout as exc:
-        raise FlameError(f"all-reduce: no data from {recv_from} within {timeout:.0f}s") from exc
-    if msg.kind != KIND or msg.round != rnd or msg.meta.get("step") != step or msg.weights is None:
-        raise FlameError(
-            f"all-reduce: unexpected {msg.kind!r} (round {msg.round}) from {recv_from}"
-        )
-    return msg.weights["v"]
+        raise FlameError(f"all-reduce: no data from {peer} within {timeout:.0f}s") from exc
+    got = Reduce.expect(msg)
+    if got.round != rnd or got.weights is None or "v" not in got.weights:
+        raise FlameError(f"all-reduce: unexpected {msg.kind!r} (round {msg.round}) from {peer}")
+    return got
 
 
 async def allreduce_sum(
@@ -51,7 +54,7 @@ async def allreduce_sum(
     i = members.index(me)
     vec = np.asarray(vector, dtype=np.float64)
     if vec.size < n:
-        msg = Message(kind=KIND, round=rnd, meta={"step": -1}, weights={"v": vec})
+        msg = Reduce(round=rnd, step=-1, weights={"v": vec}).message()
         for peer in members:
             if peer != me:
                 await chan.send(peer, msg)
@@ -59,12 +62,8 @@ async def allreduce_sum(
         for peer in members:
             if peer == me:
                 continue
-            try:
-                got = await chan.recv(peer, timeout=timeout)
-            except PeerTimeout as exc:
-                raise FlameError(f"all-reduce: no data from {peer} within {timeout:.0f}s") from exc
-            if got.kind != KIND or got.round != rnd or got.weights is None:
-                raise FlameError(f"all-reduce: unexpected {got.kind!r} from {peer}")
+            got = await _receive(chan, peer, rnd, timeout)
+            assert got.weights is not None
             parts[peer] = got.weights["v"]
         total = np.zeros_like(vec)
         for peer in members:

@@ -18,8 +18,8 @@ import numpy as np
 
 from flame.composer import Composable, Loop, tasklet
 from flame.errors import FlameError
-from flame.messages import Message
-from flame.roles.base import ASSIGN, ROUND_END, Role
+from flame.protocol import Assign, RoundEnd
+from flame.roles.base import Role
 from flame.roles.topology import role_tiers
 
 
@@ -72,23 +72,24 @@ class Coordinator(Role):
         plan = self.plan_round(self.round)
         sends = []
         for middle, trainers in plan.items():
-            sends.append(self._send(middle, {"trainers": sorted(trainers)}))
-            sends.extend(self._send(trainer, {"aggregator": middle}) for trainer in trainers)
+            sends.append(self._send(middle, Assign(round=self.round, trainers=sorted(trainers))))
+            sends.extend(
+                self._send(trainer, Assign(round=self.round, aggregator=middle))
+                for trainer in trainers
+            )
         await asyncio.gather(*sends)
         self.log.info("round.assigned", round=self.round, plan=plan)
 
-    async def _send(self, peer: str, meta: dict[str, Any]) -> None:
-        chan = self.channels[self.channel_of[peer]]
-        await chan.send(peer, Message(kind=ASSIGN, round=self.round, meta=meta))
+    async def _send(self, peer: str, assign: Assign) -> None:
+        await self.channels[self.channel_of[peer]].send(peer, assign.message())
 
     @tasklet
     async def await_round_end(self) -> None:
         assert self.top is not None
         msg = await self.recv_from(self.channel_of[self.top], self.top, "end of round")
-        if msg.kind != ROUND_END:
-            raise FlameError(f"expected {ROUND_END!r} from the top aggregator, got {msg.kind!r}")
-        self.history.append({"round": msg.round, "final": bool(msg.meta.get("final"))})
-        if msg.meta.get("final"):
+        end = RoundEnd.expect(msg)
+        self.history.append({"round": end.round, "final": end.final})
+        if end.final:
             self.finished = True
 
     @tasklet

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from flame.config import DesignSchema, TaskConfig
 from flame.errors import ConfigError
-from flame.plan import plan_tasks
+from flame_spec import plan_tasks
 
 COORDINATOR_TAG = "coordinate"
 

@@ -25,7 +25,8 @@ import numpy as np
 from flame.composer import Composable, Loop, tasklet
 from flame.errors import FlameError
 from flame.messages import Message
-from flame.roles.base import ASSIGN, DONE, EVAL, UPDATE, WEIGHTS, Role, pack, unpack
+from flame.protocol import Assign, Final, FinalEval, Model, Update
+from flame.roles.base import Role, pack, unpack
 from flame.roles.collectives import allreduce_sum
 from flame.tensors import Weights
 
@@ -101,10 +102,10 @@ class Trainer(Role):
         self._incoming = None
         if topo.coordinator is not None and self.syncs_upstream:
             coord = self.config.peers(topo.coordinator)[0]
-            assign = await self.recv_from(topo.coordinator, coord, "assignment")
-            if assign.kind != ASSIGN:
-                raise FlameError(f"expected an assignment from {coord}, got {assign.kind!r}")
-            self.upstream_peer = str(assign.meta["aggregator"])
+            assign = Assign.expect(await self.recv_from(topo.coordinator, coord, "assignment"))
+            if assign.aggregator is None:
+                raise FlameError(f"the assignment from {coord} names no aggregator")
+            self.upstream_peer = assign.aggregator
         if self.syncs_upstream:
             assert topo.upstream is not None and self.upstream_peer is not None
             self._incoming = await self.recv_from(topo.upstream, self.upstream_peer, "model")
@@ -117,11 +118,11 @@ class Trainer(Role):
                 self.global_weights = self.weights
 
     def _accept(self, msg: Message) -> None:
-        if msg.kind not in (WEIGHTS, DONE):
+        if msg.kind not in (Model.KIND, Final.KIND):
             raise FlameError(f"unexpected {msg.kind!r} message from {msg.sender}")
         self._started = self.clock()
         self.round = msg.round
-        self.final = msg.kind == DONE
+        self.final = msg.kind == Final.KIND
         self.global_weights, self.extras = unpack(msg.weights)
 
     @tasklet
@@ -132,12 +133,9 @@ class Trainer(Role):
         chan = self.channels[topo.peer]
         if self.is_leader:
             assert self._incoming is not None
+            kind = Final if self.final else Model
             await chan.broadcast(
-                Message(
-                    kind=self._incoming.kind,
-                    round=self._incoming.round,
-                    weights=self._incoming.weights,
-                )
+                kind(round=self._incoming.round, weights=self._incoming.weights).message()
             )
         else:
             self._accept(await self.recv_from(topo.peer, self.group[0], "model from the leader"))
@@ -205,21 +203,18 @@ class Trainer(Role):
         topo = self.topology
         if self.syncs_upstream:
             assert topo.upstream is not None and self.upstream_peer is not None
-            meta: dict[str, Any] = {
-                "num_samples": self._out_samples,
-                "eval_samples": self._out_eval,
-                "metrics": self.metrics,
-                "trainers": self._out_trainers,
-                "base_round": self.round,
-                "duration": self.clock() - self._started,
-            }
-            msg = Message(
-                kind=EVAL if self.final else UPDATE,
+            kind = FinalEval if self.final else Update
+            update = kind(
                 round=self.round,
-                meta=meta,
                 weights=None if self.final else self._out,
+                num_samples=self._out_samples,
+                eval_samples=self._out_eval,
+                metrics=self.metrics,
+                trainers=self._out_trainers,
+                base_round=self.round,
+                duration=self.clock() - self._started,
             )
-            await self.channels[topo.upstream].send(self.upstream_peer, msg)
+            await self.channels[topo.upstream].send(self.upstream_peer, update.message())
         elif topo.upstream is None:
             entry: dict[str, Any] = {
                 "round": self.round - 1,

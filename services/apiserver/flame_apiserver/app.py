@@ -30,7 +30,9 @@ Errors are RFC 9457 `application/problem+json` documents with a stable `code`.""
 
 def create_app(settings: ApiserverSettings | None = None) -> FastAPI:
     settings = settings or ApiserverSettings()
-    controller = Controller(settings.controller_address, settings.rpc_timeout_seconds)
+    controller = Controller(
+        settings.controller_address, settings.rpc_timeout_seconds, settings.security()
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

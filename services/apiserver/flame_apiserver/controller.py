@@ -10,7 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from flame_apiserver.problems import ApiProblem, from_rpc_error
 from flame_proto.v1 import control_pb2_grpc
 from flame_service.auth import Caller
-from flame_service.grpc_server import insecure_channel
+from flame_service.connect import PLAINTEXT, Security, grpc_channel
 
 if TYPE_CHECKING:
     from flame_proto.v1.control_pb2_grpc import ControlPlaneAsyncStub
@@ -21,9 +21,10 @@ R = TypeVar("R")
 class Controller:
     """Forwards one call per request; maps gRPC errors to :class:`ApiProblem`."""
 
-    def __init__(self, address: str, timeout: float = 30.0) -> None:
+    def __init__(self, address: str, timeout: float = 30.0, security: Security = PLAINTEXT) -> None:
         self.address = address
         self.timeout = timeout
+        self.security = security
         self._channel: grpc.aio.Channel | None = None
         self._stub: ControlPlaneAsyncStub | None = None
 
@@ -31,7 +32,7 @@ class Controller:
     def stub(self) -> ControlPlaneAsyncStub:
         # Opened on first use so the channel belongs to the serving event loop.
         if self._stub is None:
-            self._channel = insecure_channel(self.address)
+            self._channel = grpc_channel(self.address, self.security)
             self._stub = control_pb2_grpc.ControlPlaneStub(self._channel)
         return self._stub
 

@@ -1,24 +1,16 @@
 """gRPC server bootstrap shared by the controller and the notifier: health, reflection,
-message-size limits, optional TLS."""
+message-size limits, and the port opened by :func:`flame_service.connect.grpc_listen`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-MAX_MESSAGE_BYTES = 128 * 1024 * 1024  # code bundles up to the 64 MiB cap fit with headroom
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-]
+from flame_service.connect import GRPC_OPTIONS, PLAINTEXT, Security, grpc_listen
 
 Registrar = Callable[[Any, grpc.aio.Server], None]
 
@@ -26,12 +18,12 @@ Registrar = Callable[[Any, grpc.aio.Server], None]
 async def start_server(
     address: str,
     services: Sequence[tuple[Registrar, Any, str]],
-    tls: tuple[str, str] | None = None,
+    security: Security = PLAINTEXT,
 ) -> tuple[grpc.aio.Server, int]:
     """Start a grpc.aio server with ``(add_XServicer_to_server, servicer, full_name)`` entries.
 
     Returns the server and the bound port (``address`` may end in ``:0``)."""
-    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    server = grpc.aio.server(options=GRPC_OPTIONS)
     names = []
     for register, servicer, full_name in services:
         register(servicer, server)
@@ -41,18 +33,10 @@ async def start_server(
     reflection.enable_server_reflection(
         [*names, reflection.SERVICE_NAME, "grpc.health.v1.Health"], server
     )
-    if tls:
-        cert, key = (Path(p).read_bytes() for p in tls)
-        port = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
-    else:
-        port = server.add_insecure_port(address)
+    port = grpc_listen(server, address, security)
     if port == 0:
         raise OSError(f"cannot bind gRPC server to {address}")
     await server.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, port
-
-
-def insecure_channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flame_service.connect import Security
+
 
 class ServiceSettings(BaseSettings):
     """Fields every service has. Subclass per service with its own ``env_prefix``."""
@@ -15,3 +17,7 @@ class ServiceSettings(BaseSettings):
     tls_cert: str | None = None  # PEM paths; the security-hardening issue turns TLS on by default
     tls_key: str | None = None
     tls_ca: str | None = None
+
+    def security(self) -> Security:
+        """How this service connects and listens (:mod:`flame_service.connect`)."""
+        return Security.from_files(self.tls_ca, self.tls_cert, self.tls_key)

@@ -99,11 +99,11 @@ async def serve(
     try:
         generated = await bootstrap_admin(store, settings.admin_token)
         kicker = Kicker()
-        ctx = Ctx(store=store, apiserver_url=settings.apiserver_url or None, kick=kicker)
-        tls = (
-            (settings.tls_cert, settings.tls_key)
-            if settings.tls_cert and settings.tls_key
-            else None
+        ctx = Ctx(
+            store=store,
+            apiserver_url=settings.apiserver_url or None,
+            tracking_uri=settings.tracking_uri or None,
+            kick=kicker,
         )
         server, port = await start_server(
             settings.listen,
@@ -114,7 +114,7 @@ async def serve(
                     SERVICE_NAME,
                 )
             ],
-            tls=tls,
+            settings.security(),
         )
     except BaseException:
         await store.close()

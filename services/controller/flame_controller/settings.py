@@ -19,6 +19,8 @@ class ControllerSettings(ServiceSettings):
     listen: str = "127.0.0.1:10102"
     notifier_address: str = "127.0.0.1:10101"
     apiserver_url: str = "http://127.0.0.1:10100"  # written into task configs for discovery
+    # The MLflow server jobs log to unless their spec names another (flamectl up: its own)
+    tracking_uri: str | None = None
     admin_token: str | None = None  # bootstrap admin token; generated and printed when unset
     run_reconciler: bool = True  # off in tests that drive the domain only
     deployer: Literal["local", "none"] = "local"  # who runs the roles that own no data

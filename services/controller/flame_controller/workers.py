@@ -5,7 +5,8 @@ from __future__ import annotations
 from .deployers.base import Deployer
 from .deployers.local import LocalDeployer
 from .domain.context import Ctx
-from .domain.tokens import issue_task_credential
+from .domain.tokens import TaskCredentials
+from .jobs.notifier_client import GrpcNotifier
 from .jobs.reconciler import Reconciler
 from .settings import ControllerSettings
 
@@ -19,13 +20,11 @@ def make_deployer(settings: ControllerSettings) -> Deployer | None:
 def reconciler_factory(ctx: Ctx, settings: ControllerSettings) -> Reconciler:
     """The reconciler over the controller's store, its deployer and the notifier; deployer-run
     tasks get per-job task credentials from the domain layer."""
-
-    async def issue(job_id: str) -> str:
-        return await issue_task_credential(ctx, job_id)
-
+    notifier = (
+        GrpcNotifier(settings.notifier_address, security=settings.security())
+        if settings.notifier_address
+        else None
+    )
     return Reconciler(
-        ctx.store,
-        make_deployer(settings),
-        settings.notifier_address or None,
-        issue_credential=issue,
+        ctx.store, make_deployer(settings), notifier, credentials=TaskCredentials(ctx)
     )

@@ -12,18 +12,20 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
-import json
 import re
 import shutil
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import structlog
+from pydantic import ValidationError
 
-from flame_service.archive import safe_extract
 from flame_service.errors import FlameServiceError
+from flame_service.retry import Backoff
+from flame_service.taskdir import prepare_task_dir
+from flame_spec import SpecError, TaskConfig
 from flamelet import runner
 from flamelet.api import AgentApi, LogLine, TaskInfo
 from flamelet.errors import (
@@ -35,7 +37,7 @@ from flamelet.errors import (
     Unavailable,
 )
 from flamelet.events import CONNECTED, STOP, EventSource
-from flamelet.home import DatasetRegistry, Identity, write_private
+from flamelet.home import DatasetRegistry, Identity
 from flamelet.ledger import Entry, Ledger, Phase
 from flamelet.settings import FlameletSettings
 
@@ -163,14 +165,17 @@ class Agent:
                 w.cancel()
 
     # ---- notifier events
+    def _backoff(self) -> Backoff:
+        return Backoff(self.settings.backoff_initial, self.settings.backoff_max)
+
     async def _event_loop(self) -> None:
-        backoff = self.settings.backoff_initial
+        backoff = self._backoff()
         while not self._stopping.is_set():
             try:
                 async for ev in self._events.subscribe(self.ledger.event_seq):
                     if ev.kind == CONNECTED:
                         log.info("notifier.connected", after_seq=self.ledger.event_seq)
-                        backoff = self.settings.backoff_initial
+                        backoff.reset()
                         self._kick.set()
                         if self.ledger.event_seq:  # clears what an earlier failed ack left queued
                             await self._ack(self.ledger.event_seq)
@@ -183,9 +188,8 @@ class Agent:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("notifier.unavailable", error=str(exc), retry_in=backoff)
-            await self._pause(backoff)
-            backoff = min(backoff * 2, self.settings.backoff_max)
+                log.warning("notifier.unavailable", error=str(exc))
+            await self._pause(backoff.next())
 
     async def _handle_event(self, seq: int, kind: str, task_id: str) -> None:
         if seq > self.ledger.event_seq:
@@ -208,12 +212,12 @@ class Agent:
 
     # ---- reconciliation
     async def _reconcile_loop(self) -> None:
-        backoff = self.settings.backoff_initial
+        backoff = self._backoff()
         while not self._stopping.is_set():
             self._kick.clear()
             try:
                 await self.reconcile()
-                backoff = self.settings.backoff_initial
+                backoff.reset()
                 wait = self.settings.resync_interval
             except Unauthorized as exc:
                 log.error("credential.refused", source="apiserver", error=str(exc))
@@ -221,8 +225,8 @@ class Agent:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("reconcile.failed", error=str(exc), retry_in=backoff)
-                wait, backoff = backoff, min(backoff * 2, self.settings.backoff_max)
+                wait = backoff.next()
+                log.warning("reconcile.failed", error=str(exc), retry_in=round(wait, 3))
             await self._pause(wait, self._kick)
 
     async def reconcile(self) -> None:
@@ -309,16 +313,25 @@ class Agent:
             raise BundleRejected(
                 f"code sha256 mismatch: expected {meta.code_sha256 or '(none)'}, got {digest}"
             )
-        shutil.rmtree(workdir, ignore_errors=True)
-        workdir.mkdir(parents=True, mode=0o700)
         try:
-            safe_extract(code, workdir / "code", max_bytes=self.settings.max_bundle_bytes)
+            config = TaskConfig.model_validate(meta.config, strict=False)
+        except ValidationError as exc:
+            raise BundleRejected(
+                f"invalid task config: {SpecError.of('task config', exc)}"
+            ) from None
+        dataset_uri = self._dataset_path(config)
+        shutil.rmtree(workdir, ignore_errors=True)  # a fresh folder for every attempt
+        try:
+            config_path = prepare_task_dir(
+                workdir,
+                code,
+                config,
+                token=self.identity.credential,
+                dataset_uri=dataset_uri,
+                max_bytes=self.settings.max_bundle_bytes,
+            )
         except FlameServiceError as exc:
-            shutil.rmtree(workdir / "code", ignore_errors=True)
             raise BundleRejected(f"unsafe code bundle: {exc.message}") from exc
-        config = self._task_config(meta.config, workdir)
-        config_path = workdir / "config.json"
-        write_private(config_path, json.dumps(config, indent=1))
         values = {
             "python": self.settings.python,
             "config": str(config_path),
@@ -330,22 +343,17 @@ class Agent:
         env = runner.clean_env(workdir, {"FLAME_TASK_CONFIG": str(config_path)})
         return cmd, env
 
-    def _task_config(self, original: dict[str, Any], workdir: Path) -> dict[str, Any]:
-        config: dict[str, Any] = json.loads(json.dumps(original))
-        dataset = config.get("dataset")
-        if isinstance(dataset, dict):
-            wanted = str(dataset.get("name") or "")
-            local = self.datasets.get(wanted) or self.datasets.find(str(dataset.get("id") or ""))
-            if local is None:
-                raise BundleRejected(
-                    f"dataset {wanted!r} is not registered on this node (flamelet dataset add)"
-                )
-            dataset["uri"] = local.path
-        discovery = config.get("discovery")
-        if isinstance(discovery, dict):
-            discovery["token"] = self.identity.credential
-        config["workdir"] = str(workdir)
-        return config
+    def _dataset_path(self, config: TaskConfig) -> str | None:
+        """Where the task's dataset is on this node (the path never leaves the node)."""
+        if config.dataset is None:
+            return None
+        wanted = config.dataset.name
+        local = self.datasets.get(wanted) or self.datasets.find(config.dataset.id)
+        if local is None:
+            raise BundleRejected(
+                f"dataset {wanted!r} is not registered on this node (flamelet dataset add)"
+            )
+        return local.path
 
     # ---- stopping
     def _spawn_stop(self, entry: Entry, why: str) -> None:

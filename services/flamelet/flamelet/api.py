@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from flame_service.connect import PLAINTEXT, Security, http_client
 from flamelet.errors import ApiError, NotFound, Unauthorized, Unavailable
 
 
@@ -94,11 +95,14 @@ def _raise_for(resp: httpx.Response) -> None:
 
 
 class RestClient:
-    def __init__(self, server: str, credential: str | None = None, timeout: float = 60.0) -> None:
-        headers = {"authorization": f"Bearer {credential}"} if credential else {}
-        self._http = httpx.AsyncClient(
-            base_url=server.rstrip("/"), headers=headers, timeout=timeout
-        )
+    def __init__(
+        self,
+        server: str,
+        credential: str | None = None,
+        timeout: float = 60.0,
+        security: Security = PLAINTEXT,
+    ) -> None:
+        self._http = http_client(server, security, token=credential, timeout=timeout)
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -9,7 +9,7 @@ from typing import Protocol
 import grpc
 
 from flame_proto.v1 import notifier_pb2, notifier_pb2_grpc
-from flame_service.grpc_server import insecure_channel
+from flame_service.connect import PLAINTEXT, Security, grpc_channel
 from flamelet.errors import Unauthorized, Unavailable
 
 CONNECTED = "connected"
@@ -43,15 +43,18 @@ class EventSource(Protocol):
 
 
 class GrpcEventSource:
-    def __init__(self, address: str, node_id: str, credential: str) -> None:
+    def __init__(
+        self, address: str, node_id: str, credential: str, security: Security = PLAINTEXT
+    ) -> None:
         self._address = address
+        self._security = security
         self._node_id = node_id
         self._metadata = (("authorization", f"Bearer {credential}"),)
         self._channel: grpc.aio.Channel | None = None
 
     def _stub(self) -> notifier_pb2_grpc.NotifierAsyncStub:
         if self._channel is None:
-            self._channel = insecure_channel(self._address)
+            self._channel = grpc_channel(self._address, self._security)
         return notifier_pb2_grpc.NotifierStub(self._channel)
 
     async def close(self) -> None:

@@ -8,27 +8,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from flame_service.files import write_private
 from flamelet.errors import FlameletError, NotEnrolled
 
 IDENTITY_FILE = "identity.json"
 DATASETS_FILE = "datasets.json"
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` atomically to ``path`` with mode 0600 (the parent is created 0700)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        tmp.chmod(0o600)
-        tmp.replace(path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class _Frozen(BaseModel):

@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from flame_service.files import write_private
 from flamelet.errors import FlameletError
-from flamelet.home import write_private
 
 LEDGER_FILE = "ledger.json"
 

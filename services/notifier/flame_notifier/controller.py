@@ -10,7 +10,7 @@ from flame_notifier.errors import ControllerUnavailable, Unauthenticated
 from flame_notifier.servicer import Identity
 from flame_proto.v1 import common_pb2, control_pb2, control_pb2_grpc
 from flame_service.auth import Caller
-from flame_service.grpc_server import insecure_channel
+from flame_service.connect import PLAINTEXT, Security, grpc_channel
 
 _SCOPES = {
     common_pb2.SCOPE_ADMIN: "admin",
@@ -22,8 +22,8 @@ NOTIFIER_CALLER = Caller(scope="admin", subject="notifier")
 
 
 class ControllerClient:
-    def __init__(self, address: str, timeout: float = 5.0) -> None:
-        self._channel = insecure_channel(address)
+    def __init__(self, address: str, security: Security = PLAINTEXT, timeout: float = 5.0) -> None:
+        self._channel = grpc_channel(address, security)
         self._stub = control_pb2_grpc.ControlPlaneStub(self._channel)
         self._timeout = timeout
 

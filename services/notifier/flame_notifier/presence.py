@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from flame_service.retry import Backoff
+
 log = structlog.get_logger(__name__)
 
 ReportFn = Callable[[str, bool], Awaitable[None]]
@@ -45,7 +47,7 @@ class PresenceReporter:
             self._task = None
 
     async def _run(self) -> None:
-        delay = 0.2
+        backoff = Backoff(0.2, self._retry_max)
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -63,8 +65,7 @@ class PresenceReporter:
                 log.info("presence.reported", node_id=node_id, online=online)
             if failed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
-                delay = min(delay * 2, self._retry_max)
+                    await asyncio.wait_for(self._wake.wait(), timeout=backoff.next())
                 self._wake.set()
             else:
-                delay = 0.2
+                backoff.reset()

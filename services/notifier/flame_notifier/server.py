@@ -38,15 +38,17 @@ class Running:
 
 async def serve(settings: NotifierSettings | None = None) -> Running:
     settings = settings or NotifierSettings()
-    controller = ControllerClient(settings.controller_address, settings.controller_timeout)
+    security = settings.security()
+    controller = ControllerClient(
+        settings.controller_address, security, settings.controller_timeout
+    )
     presence = PresenceReporter(controller.report_presence, retry_max=settings.presence_retry_max)
     queues = EventQueues(max_pending=settings.max_pending_per_node, on_presence=presence.set)
     servicer = NotifierServicer(queues, controller.authenticate)
-    tls = (settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
     server, port = await start_server(
         settings.listen,
         [(notifier_pb2_grpc.add_NotifierServicer_to_server, servicer, "flame.v1.Notifier")],
-        tls=tls,
+        security,
     )
     presence.start()
     log.info("notifier.started", port=port, controller=settings.controller_address)

@@ -20,7 +20,7 @@ from flame_controller.store import open_store
 from flame_controller.store.base import Store
 from flame_proto.v1 import control_pb2_grpc
 from flame_service.auth import Caller
-from flame_service.grpc_server import insecure_channel
+from flame_service.connect import grpc_channel as insecure_channel
 
 ADMIN_TOKEN = "flm_user_test-admin-token"
 

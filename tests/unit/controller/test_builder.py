@@ -12,9 +12,15 @@ from typing import Any
 import pytest
 
 from flame.config import TaskConfig
-from flame_controller.jobs.builder import DatasetInfo, PlannedTask, build_tasks
-from flame_controller.jobs.design import parse_design, parse_job_spec
+from flame_controller.jobs.builder import (
+    DatasetInfo,
+    PlannedTask,
+    build_tasks,
+    parse_design,
+    parse_job_spec,
+)
 from flame_service.errors import InvalidArgument
+from flame_spec import dump
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "designs"
 TOPOLOGIES = ["central", "hierarchical", "hybrid", "asynchronous", "distributed", "coordinated"]
@@ -175,7 +181,7 @@ def test_data_consumers_are_placed_on_their_dataset_node() -> None:
     (agg,) = [t for t in tasks if t.role == "aggregator"]
     assert agg.node_id is None and agg.dataset_id is None and not agg.data_consumer
     assert "dataset" not in agg.config
-    assert agg.config["discovery"] == {"kind": "static"}
+    assert agg.config["discovery"]["kind"] == "static"
 
 
 def test_job_backend_overrides_channel_backend() -> None:
@@ -207,7 +213,7 @@ def test_ids_are_stable_unique_and_dns_safe() -> None:
     assert first != [t.id for t in build(fx, job_id="job-2")]
     # another process (different hash seed) computes the same ids
     code = (
-        "import json,sys;from flame_controller.jobs.builder import task_id;"
+        "import json,sys;from flame_spec import task_id;"
         "print(json.dumps([task_id('job-1', r, int(i)) for r, i in json.loads(sys.argv[1])]))"
     )
     pairs = json.dumps([[t.role, t.index] for t in build(fx)])
@@ -305,7 +311,5 @@ def test_malformed_job_specs_are_rejected() -> None:
 
 
 def test_normalized_design_round_trips() -> None:
-    from flame_controller.jobs.design import design_to_dict
-
     design = parse_design(load("hybrid")["design"])
-    assert parse_design(design_to_dict(design)) == design
+    assert parse_design(dump(design)) == design

@@ -24,13 +24,9 @@ import psutil
 import pytest
 
 from flame_controller.deployers.local import LocalDeployer, LocalDeployerSettings
-from flame_controller.jobs.builder import DatasetInfo, build_tasks
-from flame_controller.jobs.design import (
-    design_to_dict,
-    job_spec_to_dict,
-    parse_design,
-    parse_job_spec,
-)
+from flame_controller.domain.context import Ctx
+from flame_controller.domain.tokens import TaskCredentials
+from flame_controller.jobs.builder import DatasetInfo, build_tasks, parse_design, parse_job_spec
 from flame_controller.jobs.reconciler import Reconciler
 from flame_controller.jobs.states import task_transition
 from flame_controller.store.base import Store
@@ -45,6 +41,7 @@ from flame_controller.store.records import (
 )
 from flame_proto.v1 import notifier_pb2, notifier_pb2_grpc
 from flame_service.errors import Conflict
+from flame_spec import dump
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "designs"
 
@@ -117,7 +114,7 @@ async def create_job(store: Store, **spec_overrides: Any) -> JobRecord:
             NodeRecord(id=d["node_id"], name=d["node_id"], owner="u1", presence="online")
         )
     await store.create_design(
-        DesignRecord(id="des-1", name="central", owner="u1", schema=design_to_dict(design))
+        DesignRecord(id="des-1", name="central", owner="u1", schema=dump(design))
     )
     blob = code_zip()
     key = await store.put_blob(blob)
@@ -138,7 +135,7 @@ async def create_job(store: Store, **spec_overrides: Any) -> JobRecord:
             owner="u1",
             design_id="des-1",
             code_version=1,
-            spec=job_spec_to_dict(spec),
+            spec=dump(spec),
         )
     )
     planned = build_tasks(
@@ -168,6 +165,23 @@ async def create_job(store: Store, **spec_overrides: Any) -> JobRecord:
         ]
     )
     return job
+
+
+def make_reconciler(
+    store: Store, deployer: LocalDeployer, notifier: str | None, **kwargs: Any
+) -> Reconciler:
+    return Reconciler(
+        store, deployer, notifier, credentials=TaskCredentials(Ctx(store=store)), **kwargs
+    )
+
+
+def pid_of(task: TaskRecord) -> int | None:
+    """The process a local deployer handle names."""
+    return json.loads(task.handle)["pid"] if task.handle else None
+
+
+def workdir_of(tmp_path: Path, task: TaskRecord) -> Path:
+    return tmp_path / "data" / "tasks" / task.job_id / task.id
 
 
 def make_deployer(tmp_path: Path) -> LocalDeployer:
@@ -273,15 +287,15 @@ async def _job_is(store: Store, state: str) -> bool:
 async def test_job_runs_to_completion(tmp_path: Path, store: Store, notifier: Any) -> None:
     rec, address = notifier
     await create_job(store)
-    r = Reconciler(store, make_deployer(tmp_path), address, interval=60.0)
+    r = make_reconciler(store, make_deployer(tmp_path), address, interval=60.0)
     async with running(r):
         await bring_to_running(store, r, rec)
         tasks = await tasks_by_role(store)
         assert sorted(rec.of("START_TASK")) == sorted((t.node_id, t.id) for t in tasks["trainer"])
         assert {t.state for t in tasks["trainer"]} == {"running"}
         agg = tasks["aggregator"][0]
-        assert alive(agg.pid)
-        workdir = Path(agg.info["deployer"]["workdir"])
+        assert alive(pid_of(agg))
+        workdir = workdir_of(tmp_path, agg)
         cfg = json.loads((workdir / "config.json").read_text())
         assert cfg["discovery"]["token"].startswith("flm_task_")  # a real per-job credential
 
@@ -312,7 +326,7 @@ async def test_job_runs_to_completion(tmp_path: Path, store: Store, notifier: An
     assert tokens and all(t.revoked for t in tokens)
     assert rec.of("STOP_TASK") == []
     # level-triggered: another pass over a finished job changes nothing
-    r2 = Reconciler(store, make_deployer(tmp_path), address)
+    r2 = make_reconciler(store, make_deployer(tmp_path), address)
     await r2.reconcile_once()
     assert (await store.get_job("job-1")).version == job.version
 
@@ -322,18 +336,18 @@ async def test_restarted_reconciler_resumes_without_restarting_tasks(
 ) -> None:
     rec, address = notifier
     await create_job(store)
-    r1 = Reconciler(store, make_deployer(tmp_path), address, interval=60.0)
+    r1 = make_reconciler(store, make_deployer(tmp_path), address, interval=60.0)
     async with running(r1):
         await bring_to_running(store, r1, rec)
     agg = await aggregator(store)
-    assert alive(agg.pid)  # the controller went away; the aggregator did not
+    assert alive(pid_of(agg))  # the controller went away; the aggregator did not
 
-    r2 = Reconciler(store, make_deployer(tmp_path), address, interval=60.0)
+    r2 = make_reconciler(store, make_deployer(tmp_path), address, interval=60.0)
     async with running(r2):
         await r2.reconcile_once()
         again = await aggregator(store)
-        assert (again.pid, again.state, again.attempt) == (agg.pid, "running", 1)
-        workdir = Path(agg.info["deployer"]["workdir"])
+        assert (pid_of(again), again.state, again.attempt) == (pid_of(agg), "running", 1)
+        workdir = workdir_of(tmp_path, agg)
         starts = workdir / "starts.log"
         await eventually(lambda: starts.exists() and starts.read_text() != "", what="started")
         assert len((workdir / "starts.log").read_text().split()) == 1
@@ -349,7 +363,7 @@ async def test_losing_trainers_below_min_trainers_fails_the_job(
 ) -> None:
     rec, address = notifier
     await create_job(store, min_trainers=3)
-    r = Reconciler(store, make_deployer(tmp_path), address, interval=60.0)
+    r = make_reconciler(store, make_deployer(tmp_path), address, interval=60.0)
     async with running(r):
         await bring_to_running(store, r, rec)
         trainers = (await tasks_by_role(store))["trainer"]
@@ -359,7 +373,7 @@ async def test_losing_trainers_below_min_trainers_fails_the_job(
         job = await store.get_job("job-1")
         assert "only 2 of 3 trainer tasks are left; min_trainers is 3" in job.reason
         await eventually(lambda: _all_ended(store), what="live tasks stopped after the failure")
-        assert not alive(agg.pid)
+        assert not alive(pid_of(agg))
     stops = rec.of("STOP_TASK")
     assert sorted(t for _, t in stops) == sorted(t.id for t in trainers[1:])
     states = {t.id: t.state for t in await store.list_tasks(job_id="job-1")}
@@ -377,11 +391,11 @@ async def test_a_failing_aggregator_fails_the_job(
 ) -> None:
     rec, address = notifier
     await create_job(store)
-    r = Reconciler(store, make_deployer(tmp_path), address, interval=60.0)
+    r = make_reconciler(store, make_deployer(tmp_path), address, interval=60.0)
     async with running(r):
         await bring_to_running(store, r, rec)
         agg = await aggregator(store)
-        (Path(agg.info["deployer"]["workdir"]) / "release").write_text("7")
+        (workdir_of(tmp_path, agg) / "release").write_text("7")
         await eventually(lambda: _job_is(store, "failed"), what="job failed")
         await eventually(lambda: _all_ended(store), what="trainers stopped")
     job = await store.get_job("job-1")
@@ -392,7 +406,7 @@ async def test_a_failing_aggregator_fails_the_job(
 async def test_max_run_time_terminates_the_job(tmp_path: Path, store: Store, notifier: Any) -> None:
     rec, address = notifier
     await create_job(store, max_run_time=1.0)
-    r = Reconciler(store, make_deployer(tmp_path), address, interval=30.0)
+    r = make_reconciler(store, make_deployer(tmp_path), address, interval=30.0)
     async with running(r):
         await set_desired(store, r, "running")
         await eventually(lambda: _state_is(aggregator(store), "running"), what="deployed")
@@ -406,7 +420,7 @@ async def test_max_run_time_terminates_the_job(tmp_path: Path, store: Store, not
     job = await store.get_job("job-1")
     assert "max_run_time of 1.0s exceeded" in job.reason
     assert [x.to_state for x in job.transitions][-2:] == ["stopping", "terminated"]
-    assert not alive(agg.pid)
+    assert not alive(pid_of(agg))
     assert len(rec.of("STOP_TASK")) == 3
     assert {t.state for t in await store.list_tasks(job_id="job-1")} == {"terminated"}
 
@@ -414,13 +428,13 @@ async def test_max_run_time_terminates_the_job(tmp_path: Path, store: Store, not
 async def test_stop_terminates_everything(tmp_path: Path, store: Store, notifier: Any) -> None:
     rec, address = notifier
     await create_job(store)
-    r = Reconciler(store, make_deployer(tmp_path), address, interval=60.0)
+    r = make_reconciler(store, make_deployer(tmp_path), address, interval=60.0)
     async with running(r):
         await bring_to_running(store, r, rec)
         agg = await aggregator(store)
         await set_desired(store, r, "stopped")
         await eventually(lambda: _job_is(store, "terminated"), what="terminated")
-    assert not alive(agg.pid)
+    assert not alive(pid_of(agg))
     trainers = (await tasks_by_role(store))["trainer"]
     assert sorted(rec.of("STOP_TASK")) == sorted((t.node_id, t.id) for t in trainers)
     assert {t.state for t in await store.list_tasks(job_id="job-1")} == {"terminated"}
@@ -433,7 +447,7 @@ async def test_stopping_a_job_that_never_started(
 ) -> None:
     rec, address = notifier
     await create_job(store)
-    r = Reconciler(store, make_deployer(tmp_path), address)
+    r = make_reconciler(store, make_deployer(tmp_path), address)
     await r.reconcile_once()
     assert await job_state(store) == "ready"  # not started: left alone
     await set_desired(store, None, "stopped")
@@ -448,7 +462,7 @@ async def test_notifier_outage_is_retried(tmp_path: Path, store: Store, notifier
     rec, address = notifier
     rec.fail_next = 2
     await create_job(store)
-    r = Reconciler(store, make_deployer(tmp_path), address, interval=0.05, retry_delay=0.05)
+    r = make_reconciler(store, make_deployer(tmp_path), address, interval=0.05, retry_delay=0.05)
     async with running(r):
         await set_desired(store, r, "running")
         await eventually(lambda: len(rec.of("START_TASK")) == 3, what="events after outage")
@@ -462,7 +476,7 @@ async def test_unreachable_notifier_leaves_tasks_scheduled_for_polling(
     tmp_path: Path, store: Store
 ) -> None:
     await create_job(store)
-    r = Reconciler(store, make_deployer(tmp_path), "127.0.0.1:9", retry_delay=0.05)
+    r = make_reconciler(store, make_deployer(tmp_path), "127.0.0.1:9", retry_delay=0.05)
     async with running(r):
         await set_desired(store, r, "running")
         await eventually(
@@ -476,11 +490,11 @@ async def test_unreachable_notifier_leaves_tasks_scheduled_for_polling(
         agg = await aggregator(store)
         # the aggregator is stopped; the STOP events cannot be sent: the job waits, retrying
         await eventually(lambda: _state_is(aggregator(store), "terminated"), what="agg stopped")
-        assert not alive(agg.pid)
+        assert not alive(pid_of(agg))
         assert await job_state(store) == "stopping"
         assert await _all_trainers(store, "scheduled")
     # a reconciler without a notifier (nodes poll ListAssignedTasks) finishes the stop
-    r2 = Reconciler(store, make_deployer(tmp_path), None)
+    r2 = make_reconciler(store, make_deployer(tmp_path), None)
     await r2.reconcile_job("job-1")
     assert await job_state(store) == "terminated"
     assert await _all_trainers(store, "terminated")
@@ -494,7 +508,7 @@ async def test_missing_code_fails_the_job(tmp_path: Path, store: Store, notifier
     rec, address = notifier
     await create_job(store)
     await store.delete_code("des-1", 1)
-    r = Reconciler(store, make_deployer(tmp_path), address)
+    r = make_reconciler(store, make_deployer(tmp_path), address)
     await set_desired(store, None, "running")
     await r.reconcile_job("job-1")
     job = await store.get_job("job-1")
@@ -513,7 +527,7 @@ async def test_a_lost_node_fails_its_task_after_the_grace_period(
 ) -> None:
     rec, address = notifier
     await create_job(store)  # min_trainers 2 of 3
-    r = Reconciler(store, make_deployer(tmp_path), address, interval=60.0, node_grace=0.3)
+    r = make_reconciler(store, make_deployer(tmp_path), address, interval=60.0, node_grace=0.3)
     async with running(r):
         await bring_to_running(store, r, rec)
         trainers = (await tasks_by_role(store))["trainer"]
@@ -529,14 +543,14 @@ async def test_a_lost_node_fails_its_task_after_the_grace_period(
         for t in (trainers[0], trainers[2]):
             await report(store, r, t.id, "completed")
         agg = await aggregator(store)
-        (Path(agg.info["deployer"]["workdir"]) / "release").write_text("0")
+        (workdir_of(tmp_path, agg) / "release").write_text("0")
         await eventually(lambda: _job_is(store, "completed"), what="completed without the node")
 
 
 async def test_a_short_absence_is_waited_out(tmp_path: Path, store: Store, notifier: Any) -> None:
     rec, address = notifier
     await create_job(store)
-    r = Reconciler(store, make_deployer(tmp_path), address, interval=60.0, node_grace=60.0)
+    r = make_reconciler(store, make_deployer(tmp_path), address, interval=60.0, node_grace=60.0)
     async with running(r):
         await bring_to_running(store, r, rec)
         trainer = (await tasks_by_role(store))["trainer"][0]

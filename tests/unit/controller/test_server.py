@@ -21,7 +21,7 @@ from flame_controller.settings import ControllerSettings
 from flame_proto.v1 import control_pb2 as pb
 from flame_proto.v1 import control_pb2_grpc
 from flame_service.auth import Caller
-from flame_service.grpc_server import insecure_channel
+from flame_service.connect import grpc_channel as insecure_channel
 
 from .conftest import ADMIN_TOKEN, central_code, design_json, md
 

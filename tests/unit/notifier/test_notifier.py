@@ -20,7 +20,8 @@ from flame_proto.v1 import (
     notifier_pb2,
     notifier_pb2_grpc,
 )
-from flame_service.grpc_server import insecure_channel, start_server
+from flame_service.connect import grpc_channel as insecure_channel
+from flame_service.grpc_server import start_server
 
 TOKENS = {"cred-a": "node-a", "cred-b": "node-b"}
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from flame.channels import InprocChannel, InprocHub, open_channels
-from flame.channels.base import Channel
+from flame.channels.channel import Channel
 from flame.config import ChannelMembership, DesignSchema, JobSpec, PeerRef, TaskConfig
 from flame.errors import ChannelError, ConfigError, PeerTimeout
 from flame.messages import Message

@@ -210,7 +210,7 @@ async def test_a_peer_that_left_is_not_waited_for_forever(broker: Broker) -> Non
     fast = ChannelSettings(send_timeout=0.3)
     await agg.close()
     try:
-        transport = t1["param"]._transport  # type: ignore[attr-defined]
+        transport = t1["param"].transport  # type: ignore[attr-defined]
         transport.settings = fast
         with pytest.raises(PeerTimeout, match="not connected"):
             await t1["param"].send("agg", Message("update"))

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from flame.config import SelectorSpec
 from flame.errors import ConfigError
 from flame.selection import Selector, make_selector, selector_names, statistical_utility
+from flame_spec import SpecError, parse_job_spec
 
 TRAINERS = [f"trainer-{i:02d}" for i in range(12)]
 SPECS = [
@@ -189,20 +190,24 @@ def test_oort_rejects_nonsense_feedback() -> None:
 
 
 @pytest.mark.parametrize(
-    ("spec", "match"),
+    ("selector", "field"),
     [
-        (SelectorSpec(name="random"), "k"),
-        (SelectorSpec(name="random", kwargs={"k": 0}), "k"),
-        (SelectorSpec(name="fraction", kwargs={"f": 1.5}), "f"),
-        (SelectorSpec(name="fedbuff", kwargs={"concurrency": 2}), "c"),
-        (SelectorSpec(name="oort", kwargs={"k": 2, "epsilon": 2}), "epsilon"),
-        (SelectorSpec(name="all", kwargs={"k": 2}), "k"),
-        (SelectorSpec(name="best-effort"), "unknown selector"),
+        ({"name": "random"}, "selector.kwargs.k"),
+        ({"name": "random", "kwargs": {"k": 0}}, "selector.kwargs.k"),
+        ({"name": "random", "kwargs": {"k": "2"}}, "selector.kwargs.k"),
+        ({"name": "fraction", "kwargs": {"f": 1.5}}, "selector.kwargs.f"),
+        ({"name": "fedbuff", "kwargs": {"concurrency": 2}}, "selector.kwargs.c"),
+        ({"name": "oort", "kwargs": {"k": 2, "epsilon": 2}}, "selector.kwargs.epsilon"),
+        ({"name": "all", "kwargs": {"k": 2}}, "selector.kwargs.k"),
+        ({"name": "best-effort"}, "selector.name"),
     ],
 )
-def test_bad_specs_are_config_errors(spec: SelectorSpec, match: str) -> None:
-    with pytest.raises(ConfigError, match=match):
-        make_selector(spec, 0)
+def test_bad_selectors_are_refused_by_the_job_spec_naming_the_field(
+    selector: dict[str, object], field: str
+) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_job_spec({"selector": selector})
+    assert field in info.value.fields
 
 
 def test_loading_another_selectors_state_is_a_config_error() -> None:

@@ -1,5 +1,5 @@
 """Deployers start the tasks of roles that own no data (aggregators, coordinators)."""
 
-from .base import Deployer, Deployment, Observed, Output
+from .base import Deployer, Launch, Observed, Output
 
-__all__ = ["Deployer", "Deployment", "Observed", "Output"]
+__all__ = ["Deployer", "Launch", "Observed", "Output"]

@@ -2,34 +2,42 @@
 
 Data-consumer tasks run on their dataset's node (the flamelet starts them); every other task
 (aggregators, coordinators) is run by a deployer: ``local`` (child processes on the control-plane
-host) or ``kubernetes`` (one Job per task).
+host) or ``kubernetes`` (one Job per task attempt).
 
-Contract, so that a task never runs twice:
+Contract (``tests/contract/test_deployers.py`` runs it against every deployer), so that a task
+never runs twice and a restarted controller takes over:
 
-* ``start`` is idempotent per task id: when the task's process already runs (e.g. the controller
-  crashed after starting it but before recording it), it returns that deployment instead of
+* ``start`` returns an opaque **handle** (a process identity on the local deployer, a Job name
+  on Kubernetes) that the reconciler stores on the task; ``observe``, ``stop``, ``adopt`` and the
+  output calls take only the handle, so a new controller process can carry on from the store.
+* ``start`` is idempotent per task attempt: when that attempt already runs (the controller
+  crashed after starting it, before storing the handle) it returns its handle instead of
   starting another one.
-* The store is the memory.  ``start`` returns a :class:`Deployment` whose ``pid`` and ``info``
-  the reconciler writes into the task record; ``observe`` / ``stop`` / ``adopt`` work from the
-  task record alone, so a new controller process can take over running tasks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
-from ..store.records import TaskRecord
+from flame_spec import TaskConfig
 
 
 @dataclass(frozen=True)
-class Deployment:
-    """Where a started task runs; ``info`` is stored in ``TaskRecord.info`` under ``deployer``."""
+class Launch:
+    """Everything a deployer needs to start one attempt of a task."""
 
+    job_id: str
     task_id: str
-    pid: int | None
-    info: dict[str, Any] = field(default_factory=dict)
+    role: str
+    attempt: int
+    config: TaskConfig  # as the job builder made it; the deployer localizes it where it runs
+    code: bytes  # the job's code zip (its sha256 was checked by the reconciler)
+    credential: str  # the task's credential for the control plane
+
+    def __repr__(self) -> str:  # never print the credential
+        return f"Launch(job_id={self.job_id!r}, task_id={self.task_id!r}, attempt={self.attempt})"
 
 
 @dataclass(frozen=True)
@@ -57,32 +65,32 @@ class Output:
 class Deployer(Protocol):
     name: str
 
-    async def start(
-        self, task: TaskRecord, config: dict[str, Any], code: bytes, credential: str
-    ) -> Deployment:
-        """Run ``task`` with its config (a ``flame.config.TaskConfig`` dict), the code zip of the
-        job's design and a credential for the control plane.  Idempotent per task id."""
+    async def start(self, launch: Launch) -> str:
+        """Run one attempt of a task; returns its handle. Idempotent per task attempt."""
         ...
 
-    async def observe(self, task: TaskRecord) -> Observed:
+    def handle_for(self, job_id: str, task_id: str, attempt: int) -> str:
+        """The handle an attempt gets, known before it starts: what a restarted controller
+        uses when it crashed between starting a task and storing its handle."""
+        ...
+
+    async def observe(self, handle: str) -> Observed:
         """The task's process as it is now."""
         ...
 
-    async def is_running(self, task: TaskRecord) -> bool: ...
-
-    async def stop(self, task: TaskRecord) -> None:
+    async def stop(self, handle: str) -> None:
         """Stop the task (graceful, then forced); no error when it is not running."""
         ...
 
-    async def adopt(self, task: TaskRecord) -> bool:
+    async def adopt(self, handle: str) -> bool:
         """After a controller restart: re-attach to the task if it still runs (True)."""
         ...
 
-    async def read_output(self, task: TaskRecord, *, final: bool = False) -> Output:
+    async def read_output(self, handle: str, *, final: bool = False) -> Output:
         """Output lines not yet acknowledged (``final``: include an unterminated last line)."""
         ...
 
-    async def ack_output(self, task: TaskRecord, output: Output) -> None:
+    async def ack_output(self, handle: str, output: Output) -> None:
         """Mark ``output`` as shipped (persisted, so a restarted controller does not resend)."""
         ...
 

@@ -1,13 +1,14 @@
 """Local deployer: each task is a child process on the control-plane host.
 
-Per task a work dir ``<data_dir>/tasks/<job id>/<task id>/`` holds::
+Per task a work dir ``<data_dir>/tasks/<job id>/<task id>/``, prepared by
+:func:`flame_service.taskdir.prepare_task_dir` (``code/``, ``config.json``, ``checkpoints/``,
+``tmp/``), also holds::
 
-    code/            the design's code zip, unpacked with flame_service.archive.safe_extract
-    config.json      the task config (mode 0600: it holds the task credential)
-    checkpoints/     kept across restarts of the task, so an aggregator can resume
     stdout.log stderr.log
     process.json     {"pid", "create_time"} of the running process
     run.sh           runs the task command and writes exit_code when it ends
+
+The handle it returns is a small JSON document: job id, task id, pid and process create time.
 
 The process is ``[python, *launch_args, "config.json"]`` (default ``python -m flame.launch``)
 run through a tiny ``/bin/sh`` script (``run.sh``) that records the exit code in ``exit_code`` (so a
@@ -28,7 +29,6 @@ import contextlib
 import json
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -44,10 +44,10 @@ import structlog
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from flame_service.archive import safe_extract
+from flame_service.files import write_atomic
+from flame_service.taskdir import prepare_task_dir
 
-from ..store.records import TaskRecord
-from .base import Deployment, Observed, Output
+from .base import Launch, Observed, Output
 
 log = structlog.get_logger(__name__)
 
@@ -82,6 +82,32 @@ class LocalDeployerSettings(BaseSettings):
 class _Identity:
     pid: int
     create_time: float
+
+
+@dataclass(frozen=True)
+class _Handle:
+    """What a local handle says: whose task, and which process (if it was started)."""
+
+    job_id: str
+    task_id: str
+    ident: _Identity | None
+
+    def encode(self) -> str:
+        body: dict[str, Any] = {"job": self.job_id, "task": self.task_id}
+        if self.ident is not None:
+            body.update(pid=self.ident.pid, ct=self.ident.create_time)
+        return json.dumps(body, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, handle: str) -> _Handle:
+        try:
+            body = json.loads(handle)
+            ident = None
+            if body.get("pid"):
+                ident = _Identity(int(body["pid"]), float(body["ct"]))
+            return cls(str(body["job"]), str(body["task"]), ident)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a local deployer handle: {handle!r}") from exc
 
 
 class LocalDeployer:
@@ -130,20 +156,25 @@ class LocalDeployer:
             self._watch(task_id, proc.wait)
 
     # -- paths and identity ----------------------------------------------------------------
-    def workdir(self, task: TaskRecord) -> Path:
-        return self.root / task.job_id / task.id
+    def workdir(self, job_id: str, task_id: str) -> Path:
+        return self.root / job_id / task_id
 
-    def _identity(self, task: TaskRecord) -> _Identity | None:
-        """The recorded process of ``task``: the task record first, else ``process.json``."""
-        info = task.info.get("deployer") if isinstance(task.info, dict) else None
-        if isinstance(info, dict) and info.get("pid") and info.get("create_time"):
-            return _Identity(int(info["pid"]), float(info["create_time"]))
-        marker = self.workdir(task) / "process.json"
+    def handle_for(self, job_id: str, task_id: str, attempt: int) -> str:
+        """Without a process identity: observe, stop and output read ``process.json``."""
+        del attempt  # one work dir per task; a new attempt replaces the previous process
+        return _Handle(job_id, task_id, None).encode()
+
+    def _recorded(self, job_id: str, task_id: str) -> _Identity | None:
+        """The process ``process.json`` names in the task's work dir."""
         try:
-            data = json.loads(marker.read_text())
+            data = json.loads((self.workdir(job_id, task_id) / "process.json").read_text())
             return _Identity(int(data["pid"]), float(data["create_time"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+    def _identity(self, h: _Handle) -> _Identity | None:
+        """The handle's process, else the one recorded in the work dir."""
+        return h.ident or self._recorded(h.job_id, h.task_id)
 
     @staticmethod
     def _process(ident: _Identity) -> psutil.Process | None:
@@ -162,61 +193,30 @@ class LocalDeployer:
         return self._locks.setdefault(task_id, asyncio.Lock())
 
     # -- Deployer --------------------------------------------------------------------------
-    async def start(
-        self, task: TaskRecord, config: dict[str, Any], code: bytes, credential: str
-    ) -> Deployment:
-        async with self._lock(task.id):
-            ident = self._identity(task)
+    async def start(self, launch: Launch) -> str:
+        async with self._lock(launch.task_id):
+            ident = self._recorded(launch.job_id, launch.task_id)
             proc = self._process(ident) if ident is not None else None
             if ident is not None and proc is not None:
-                log.info("deployer.adopted", task_id=task.id, pid=ident.pid)
-                self._watch_adopted(task.id, proc)
-                return self._deployment(task, ident)
-            ident = await asyncio.to_thread(self._start_sync, task, config, code, credential)
-            log.info("deployer.started", job_id=task.job_id, task_id=task.id, pid=ident.pid)
-            return self._deployment(task, ident)
+                log.info("deployer.adopted", task_id=launch.task_id, pid=ident.pid)
+                self._watch_adopted(launch.task_id, proc)
+            else:
+                ident = await asyncio.to_thread(self._start_sync, launch)
+                log.info(
+                    "deployer.started",
+                    job_id=launch.job_id,
+                    task_id=launch.task_id,
+                    attempt=launch.attempt,
+                    pid=ident.pid,
+                )
+            return _Handle(launch.job_id, launch.task_id, ident).encode()
 
-    def _deployment(self, task: TaskRecord, ident: _Identity) -> Deployment:
-        return Deployment(
-            task_id=task.id,
-            pid=ident.pid,
-            info={
-                "kind": self.name,
-                "pid": ident.pid,
-                "create_time": ident.create_time,
-                "workdir": str(self.workdir(task)),
-            },
-        )
-
-    def _start_sync(
-        self, task: TaskRecord, config: dict[str, Any], code: bytes, credential: str
-    ) -> _Identity:
-        workdir = self.workdir(task)
-        workdir.mkdir(parents=True, exist_ok=True)
-        for stale in ("code", "code.new", "tmp"):
-            shutil.rmtree(workdir / stale, ignore_errors=True)
+    def _start_sync(self, launch: Launch) -> _Identity:
+        workdir = self.workdir(launch.job_id, launch.task_id)
+        workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for stale_file in ("exit_code", "exit_code.tmp", "process.json", "run.sh"):
             (workdir / stale_file).unlink(missing_ok=True)
-        # unpack into a fresh folder, then move it in place: a failed unpack leaves no code/
-        staging = workdir / "code.new"
-        try:
-            safe_extract(code, staging)
-        except Exception:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        staging.rename(workdir / "code")
-        (workdir / "checkpoints").mkdir(exist_ok=True)
-        (workdir / "tmp").mkdir()
-
-        cfg = dict(config)
-        cfg["workdir"] = str(workdir)
-        cfg["checkpoint_dir"] = str(workdir / "checkpoints")
-        discovery = dict(cfg.get("discovery") or {})
-        discovery["token"] = credential
-        cfg["discovery"] = discovery
-        config_path = workdir / "config.json"
-        _write_private(config_path, json.dumps(cfg, indent=2).encode())
-
+        config_path = prepare_task_dir(workdir, launch.code, launch.config, token=launch.credential)
         env = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "HOME": str(workdir),
@@ -225,11 +225,11 @@ class LocalDeployer:
             "PYTHONUNBUFFERED": "1",
             **{k: v for k, v in self.settings.env.items() if k.startswith("FLAME_")},
             "FLAME_TASK_CONFIG": str(config_path),
-            "FLAME_JOB_ID": task.job_id,
-            "FLAME_TASK_ID": task.id,
+            "FLAME_JOB_ID": launch.job_id,
+            "FLAME_TASK_ID": launch.task_id,
         }
         argv = [self.settings.python, *self.settings.launch_args, "config.json"]
-        _write_atomic(workdir / "run.sh", _RUN_SH.format(command=shlex.join(argv)).encode())
+        write_atomic(workdir / "run.sh", _RUN_SH.format(command=shlex.join(argv)).encode())
         with (
             (workdir / "stdout.log").open("ab") as out,
             (workdir / "stderr.log").open("ab") as err,
@@ -248,57 +248,57 @@ class LocalDeployer:
             create_time = psutil.Process(child.pid).create_time()
         except psutil.NoSuchProcess:  # exited at once (and reaped by nobody yet: unlikely)
             create_time = 0.0
-        self._children[task.id] = child
-        self._watch(task.id, child.wait)
+        self._children[launch.task_id] = child
+        self._watch(launch.task_id, child.wait)
         ident = _Identity(child.pid, create_time)
-        _write_atomic(
+        write_atomic(
             workdir / "process.json",
             json.dumps({"pid": ident.pid, "create_time": ident.create_time}).encode(),
         )
         return ident
 
-    async def observe(self, task: TaskRecord) -> Observed:
-        child = self._children.get(task.id)
-        if child is not None:
+    async def observe(self, handle: str) -> Observed:
+        h = _Handle.decode(handle)
+        child = self._children.get(h.task_id)
+        ident = self._identity(h)
+        if child is not None and (ident is None or child.pid == ident.pid):
             code = child.poll()
             if code is None:
                 return Observed("running")
             return Observed("exited", exit_code=_signal_code(code), detail=_describe(code))
-        ident = self._identity(task)
         if ident is not None and self._process(ident) is not None:
             return Observed("running")
-        recorded = self._exit_code(task)
+        recorded = self._exit_code(h)
         if recorded is not None:
             return Observed("exited", exit_code=recorded, detail=_describe(recorded))
         if ident is None:
             return Observed("missing", detail="no process recorded for this task")
         return Observed("missing", detail=f"process {ident.pid} is gone without an exit status")
 
-    def _exit_code(self, task: TaskRecord) -> int | None:
+    def _exit_code(self, h: _Handle) -> int | None:
         try:
-            return int((self.workdir(task) / "exit_code").read_text().strip())
+            return int((self.workdir(h.job_id, h.task_id) / "exit_code").read_text().strip())
         except (OSError, ValueError):
             return None
 
-    async def is_running(self, task: TaskRecord) -> bool:
-        return (await self.observe(task)).state == "running"
-
-    async def adopt(self, task: TaskRecord) -> bool:
-        ident = self._identity(task)
+    async def adopt(self, handle: str) -> bool:
+        h = _Handle.decode(handle)
+        ident = self._identity(h)
         proc = self._process(ident) if ident is not None else None
         if proc is not None:
-            self._watch_adopted(task.id, proc)
-        running = await self.is_running(task)
-        log.info("deployer.adopt", task_id=task.id, running=running)
+            self._watch_adopted(h.task_id, proc)
+        running = (await self.observe(handle)).state == "running"
+        log.info("deployer.adopt", task_id=h.task_id, running=running)
         return running
 
-    async def stop(self, task: TaskRecord) -> None:
-        async with self._lock(task.id):
-            await asyncio.to_thread(self._stop_sync, task)
+    async def stop(self, handle: str) -> None:
+        h = _Handle.decode(handle)
+        async with self._lock(h.task_id):
+            await asyncio.to_thread(self._stop_sync, h)
 
-    def _stop_sync(self, task: TaskRecord) -> None:
-        ident = self._identity(task)
-        child = self._children.pop(task.id, None)
+    def _stop_sync(self, h: _Handle) -> None:
+        ident = self._identity(h)
+        child = self._children.pop(h.task_id, None)
         if ident is None:
             return
         leader = self._process(ident)
@@ -317,7 +317,7 @@ class LocalDeployer:
         _killpg(ident.pid, signal.SIGTERM)
         alive = _wait_gone(procs, self.settings.stop_grace_seconds)
         if alive:
-            log.warning("deployer.kill", task_id=task.id, pids=[p.pid for p in alive])
+            log.warning("deployer.kill", task_id=h.task_id, pids=[p.pid for p in alive])
             _killpg(ident.pid, signal.SIGKILL)
             for proc in alive:
                 with contextlib.suppress(psutil.NoSuchProcess):
@@ -325,14 +325,15 @@ class LocalDeployer:
             _wait_gone(alive, 5.0)
         if child is not None:
             child.poll()
-        log.info("deployer.stopped", task_id=task.id, pid=ident.pid)
+        log.info("deployer.stopped", task_id=h.task_id, pid=ident.pid)
 
     # -- output ------------------------------------------------------------------------------
-    async def read_output(self, task: TaskRecord, *, final: bool = False) -> Output:
-        return await asyncio.to_thread(self._read_output_sync, task, final)
+    async def read_output(self, handle: str, *, final: bool = False) -> Output:
+        h = _Handle.decode(handle)
+        return await asyncio.to_thread(self._read_output_sync, h, final)
 
-    def _read_output_sync(self, task: TaskRecord, final: bool) -> Output:
-        workdir = self.workdir(task)
+    def _read_output_sync(self, h: _Handle, final: bool) -> Output:
+        workdir = self.workdir(h.job_id, h.task_id)
         position = self._shipped(workdir)
         lines: list[tuple[str, str]] = []
         for stream in STREAMS:
@@ -357,9 +358,11 @@ class LocalDeployer:
                 lines.append((stream, text))
         return Output(lines=lines, position=position)
 
-    async def ack_output(self, task: TaskRecord, output: Output) -> None:
+    async def ack_output(self, handle: str, output: Output) -> None:
+        h = _Handle.decode(handle)
         data = json.dumps(output.position).encode()
-        await asyncio.to_thread(_write_atomic, self.workdir(task) / "shipped.json", data)
+        path = self.workdir(h.job_id, h.task_id) / "shipped.json"
+        await asyncio.to_thread(write_atomic, path, data)
 
     @staticmethod
     def _shipped(workdir: Path) -> dict[str, int]:
@@ -419,17 +422,3 @@ def _describe(code: int) -> str:
         except ValueError:
             pass
     return f"exit code {code}"
-
-
-def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    _write_atomic(path, data, mode=0o600)

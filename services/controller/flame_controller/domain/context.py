@@ -30,10 +30,12 @@ class KeyedLocks:
 @dataclass(frozen=True)
 class Ctx:
     """``kick(job_id)`` wakes the reconciler after a change it must act on (start, stop, a task
-    status report); ``apiserver_url`` goes into task configs for control-plane discovery;
-    ``job_lock(job_id)`` serializes the requests that rewrite or start one job."""
+    status report); ``apiserver_url`` goes into task configs for control-plane discovery and
+    ``tracking_uri`` as the MLflow server jobs log to; ``job_lock(job_id)`` serializes the
+    requests that rewrite or start one job."""
 
     store: Store
     apiserver_url: str | None = None
+    tracking_uri: str | None = None
     kick: Callable[[str], None] = _no_kick
     job_lock: KeyedLocks = field(default_factory=KeyedLocks)

@@ -9,8 +9,9 @@ import structlog
 
 from flame_service.auth import Caller
 from flame_service.errors import FailedPrecondition, InvalidArgument
+from flame_spec import dump
 
-from ..jobs.design import design_to_dict, parse_design
+from ..jobs.builder import parse_design
 from ..store.records import DesignRecord, new_id
 from .access import (
     check_name,
@@ -40,7 +41,7 @@ def parse_schema_json(text: str) -> dict[str, Any]:
         schema = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidArgument(f"schema_json is not valid JSON: {exc}") from None
-    return design_to_dict(parse_design(schema))
+    return dump(parse_design(schema))
 
 
 async def create_design(

@@ -16,9 +16,9 @@ from flame_service.errors import (
     NotFound,
     PermissionDenied,
 )
+from flame_spec import dump
 
-from ..jobs.builder import DatasetInfo, PlannedTask, build_tasks
-from ..jobs.design import job_spec_to_dict, parse_design, parse_job_spec
+from ..jobs.builder import DatasetInfo, PlannedTask, build_tasks, parse_design, parse_job_spec
 from ..jobs.states import ACTIVE_JOB_STATES
 from ..store.records import CodeRecord, DesignRecord, JobRecord, TaskRecord, new_id
 from .access import (
@@ -104,6 +104,7 @@ async def _plan(
         spec=spec,
         datasets=infos,
         apiserver_url=ctx.apiserver_url,
+        tracking_uri=ctx.tracking_uri,
     )
     for task in planned:
         if task.node_id is None:
@@ -132,7 +133,7 @@ async def _plan(
         )
         for t in planned
     ]
-    return job_spec_to_dict(spec), tasks
+    return dump(spec), tasks
 
 
 async def create_job(

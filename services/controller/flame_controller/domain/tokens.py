@@ -135,3 +135,16 @@ async def authenticate(ctx: Ctx, token: str) -> Caller:
     except NotFound:
         raise Unauthenticated("the token's subject no longer exists") from None
     raise Unauthenticated("an enrolment token can only be used to enrol a node")
+
+
+class TaskCredentials:
+    """The credentials of deployer-run tasks, as the reconciler asks for them."""
+
+    def __init__(self, ctx: Ctx) -> None:
+        self.ctx = ctx
+
+    async def issue(self, job_id: str) -> str:
+        return await issue_task_credential(self.ctx, job_id)
+
+    async def revoke(self, job_id: str) -> int:
+        return await revoke_all(self.ctx, subject=job_id, kind="task")

@@ -9,6 +9,7 @@ from typing import Any, Literal, Protocol, cast
 import grpc
 
 from flame_proto.v1 import notifier_pb2, notifier_pb2_grpc
+from flame_service.connect import PLAINTEXT, Security, grpc_channel
 
 EventKind = Literal["start", "stop", "update"]
 _TYPES = {
@@ -34,27 +35,20 @@ class Notifier(Protocol):
 
 
 class GrpcNotifier:
-    """``Notify`` over one lazily connected insecure or TLS channel."""
+    """``Notify`` over one lazily opened channel (:mod:`flame_service.connect`)."""
 
     def __init__(
-        self,
-        address: str,
-        *,
-        timeout: float = 2.0,
-        credentials: grpc.ChannelCredentials | None = None,
+        self, address: str, *, timeout: float = 2.0, security: Security = PLAINTEXT
     ) -> None:
         self.address = address
         self.timeout = timeout
-        self._credentials = credentials
+        self._security = security
         self._channel: grpc.aio.Channel | None = None
         self._stub: notifier_pb2_grpc.NotifierStub | None = None
 
     def _connect(self) -> notifier_pb2_grpc.NotifierStub:
         if self._stub is None:
-            if self._credentials is not None:
-                self._channel = grpc.aio.secure_channel(self.address, self._credentials)
-            else:
-                self._channel = grpc.aio.insecure_channel(self.address)
+            self._channel = grpc_channel(self.address, self._security)
             self._stub = notifier_pb2_grpc.NotifierStub(self._channel)
         return self._stub
 

@@ -12,7 +12,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 JobState = Literal[
     "ready",
@@ -200,9 +200,17 @@ class TaskRecord(Record):
     attempt: int = 0
     config: dict[str, Any] = Field(default_factory=dict)  # the task config JSON
     endpoint: str | None = None
-    pid: int | None = None
+    handle: str | None = None  # the deployer's handle of the running attempt (opaque)
     info: dict[str, Any] = Field(default_factory=dict)  # observed data: run/model URIs, ...
     created_at: UtcDatetime = Field(default_factory=utcnow)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        """Records written before deployer handles kept a ``pid``; it is not needed now."""
+        if isinstance(data, dict) and "pid" in data:
+            data = {k: v for k, v in data.items() if k != "pid"}
+        return data
 
     @property
     def terminal(self) -> bool:

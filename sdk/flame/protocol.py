@@ -1,0 +1,253 @@
+"""The data-plane protocol: one frozen type per message kind.
+
+Roles build and read these instead of untyped ``meta`` dicts. On the wire each is the same
+:class:`~flame.messages.Message` envelope as before (``kind``, ``round``, ``meta_json``, tensors as
+safetensors), so the bytes do not change (``tests/unit/sdk/test_protocol.py`` pins them):
+
+==================  ==========================  ===============================================
+type                kind                        meta
+==================  ==========================  ===============================================
+:class:`Model`      ``weights``                 (none) — the global model for round r
+:class:`Final`      ``done``                    (none) — the final model: evaluate it, stop
+:class:`Update`     ``update``                  samples, metrics, trainers, base round, duration
+:class:`FinalEval`  ``eval``                    as :class:`Update`, without tensors
+:class:`Skip`       ``skip``                    ``trainers`` (0): a middle aggregator had nobody
+:class:`Abort`      ``abort``                   ``reason``, ``code`` — the job failed upstream
+:class:`Assign`     ``assign``                  ``trainers`` (to a middle aggregator) or
+                                                ``aggregator`` (to a trainer)
+:class:`RoundEnd`   ``round.end``               ``final`` — top aggregator -> coordinator
+:class:`Reduce`     ``allreduce``               ``step`` — one hop of a ring all-reduce
+==================  ==========================  ===============================================
+
+``X.read(msg)`` checks the message is an ``X`` with well-formed fields and returns it; anything
+else raises :class:`~flame.errors.RejectedUpdate` with the reason (which the receiver logs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, TypeVar
+
+from flame.errors import FlameError, RejectedUpdate
+from flame.messages import Message
+from flame.tensors import Weights
+
+B = TypeVar("B", bound="Body")
+
+
+@dataclass(frozen=True)
+class Body:
+    """Base of every message type; ``round`` and ``weights`` travel in the envelope."""
+
+    KIND: ClassVar[str] = ""
+
+    round: int = 0
+    weights: Weights | None = field(default=None, compare=False, repr=False)
+
+    def meta(self) -> dict[str, Any]:
+        """The JSON fields of this kind, in declaration order (that order is on the wire)."""
+        skip = ("round", "weights")
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+
+    def message(self) -> Message:
+        return Message(kind=self.KIND, round=self.round, meta=self.meta(), weights=self.weights)
+
+    @classmethod
+    def read(cls: type[B], msg: Message) -> B:
+        """``msg`` as this type; :class:`RejectedUpdate` says why it is not one."""
+        if msg.kind != cls.KIND:
+            raise RejectedUpdate(f"expected {cls.KIND!r}, got {msg.kind!r}", msg.sender)
+        try:
+            values = cls._parse(msg.meta, msg.round)
+        except (TypeError, ValueError) as exc:
+            raise RejectedUpdate(f"malformed {cls.KIND!r}: {exc}", msg.sender) from None
+        return cls(round=msg.round, weights=msg.weights, **values)
+
+    @classmethod
+    def expect(cls: type[B], msg: Message) -> B:
+        """``msg`` as this type, where anything else is a protocol error that ends the task
+        (a message from upstream: the model, an assignment)."""
+        try:
+            return cls.read(msg)
+        except RejectedUpdate as exc:
+            raise FlameError(f"from {msg.sender or 'upstream'}: {exc.reason}") from None
+
+    @classmethod
+    def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
+        """The typed fields from the wire's JSON (``rnd``: the envelope's round)."""
+        return {}
+
+
+# -- checks of JSON values ----------------------------------------------------------------------
+
+
+def _count(meta: Mapping[str, Any], key: str, default: float) -> float:
+    v = meta.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+        raise ValueError(f"{key} {v!r} is not a non-negative number")
+    return float(v)
+
+
+def _int(meta: Mapping[str, Any], key: str, default: int, *, low: int | None = None) -> int:
+    v = meta.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or (low is not None and v < low):
+        raise ValueError(f"{key} {v!r} is not {'a count' if low == 0 else 'an integer'}")
+    return v
+
+
+def _metrics(meta: Mapping[str, Any]) -> dict[str, float]:
+    v = meta.get("metrics", {})
+    if not isinstance(v, dict) or not all(
+        isinstance(k, str)
+        and isinstance(x, int | float)
+        and not isinstance(x, bool)
+        and math.isfinite(x)
+        for k, x in v.items()
+    ):
+        raise ValueError("metrics must be a dict of finite numbers")
+    return {k: float(x) for k, x in v.items()}
+
+
+def _str(meta: Mapping[str, Any], key: str) -> str:
+    v = meta.get(key)
+    if not isinstance(v, str):
+        raise ValueError(f"{key} {v!r} is not a string")
+    return v
+
+
+# -- the kinds ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Model(Body):
+    """The global model of round ``round`` (plus the strategy's extras, packed)."""
+
+    KIND: ClassVar[str] = "weights"
+
+
+@dataclass(frozen=True)
+class Final(Body):
+    """The final model: evaluate it, answer with :class:`FinalEval`, stop."""
+
+    KIND: ClassVar[str] = "done"
+
+
+@dataclass(frozen=True)
+class Update(Body):
+    """A trainer's (or a middle aggregator's) result of a round.
+
+    ``num_samples`` weights the update, ``eval_samples`` the metrics (of the model it received),
+    ``trainers`` says how many trainers it stands for, ``base_round`` which global model it
+    started from (staleness), ``duration`` how long the round took it.
+    """
+
+    KIND: ClassVar[str] = "update"
+
+    num_samples: float = 0.0
+    eval_samples: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    trainers: int = 1
+    base_round: int = 0
+    duration: float = 0.0
+
+    @classmethod
+    def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
+        num_samples = _count(meta, "num_samples", 0.0)
+        return {
+            "num_samples": num_samples,
+            "eval_samples": _count(meta, "eval_samples", num_samples),
+            "metrics": _metrics(meta),
+            "trainers": _int(meta, "trainers", 1, low=0),
+            "base_round": _int(meta, "base_round", rnd),
+            "duration": _count(meta, "duration", 0.0),
+        }
+
+
+@dataclass(frozen=True)
+class FinalEval(Update):
+    """Metrics of the final model (no tensors)."""
+
+    KIND: ClassVar[str] = "eval"
+
+
+@dataclass(frozen=True)
+class Skip(Body):
+    """A middle aggregator heard from none of its trainers this round."""
+
+    KIND: ClassVar[str] = "skip"
+
+    trainers: int = 0
+
+    @classmethod
+    def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
+        return {"trainers": _int(meta, "trainers", 0, low=0)}
+
+
+@dataclass(frozen=True)
+class Abort(Body):
+    """The job failed upstream; ``code`` is ``quorum-lost`` or ``failed``."""
+
+    KIND: ClassVar[str] = "abort"
+
+    reason: str = "the job was aborted"
+    code: str = "failed"
+
+    @classmethod
+    def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
+        return {
+            "reason": str(meta.get("reason", "the job was aborted")),
+            "code": str(meta.get("code", "failed")),
+        }
+
+
+@dataclass(frozen=True)
+class Assign(Body):
+    """The coordinator's pairing for one round: to a middle aggregator, the ``trainers`` it
+    serves; to a trainer, the ``aggregator`` it uses. Exactly one is set."""
+
+    KIND: ClassVar[str] = "assign"
+
+    trainers: list[str] | None = None
+    aggregator: str | None = None
+
+    def meta(self) -> dict[str, Any]:
+        if self.trainers is not None:
+            return {"trainers": list(self.trainers)}
+        return {"aggregator": self.aggregator}
+
+    @classmethod
+    def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
+        if "trainers" in meta:
+            ids = meta["trainers"]
+            if not isinstance(ids, list) or not all(isinstance(t, str) for t in ids):
+                raise ValueError("trainers must be a list of task ids")
+            return {"trainers": sorted(ids)}
+        return {"aggregator": _str(meta, "aggregator")}
+
+
+@dataclass(frozen=True)
+class RoundEnd(Body):
+    """Top aggregator -> coordinator: round ``round`` is over (``final``: the job is)."""
+
+    KIND: ClassVar[str] = "round.end"
+
+    final: bool = False
+
+    @classmethod
+    def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
+        return {"final": bool(meta.get("final"))}
+
+
+@dataclass(frozen=True)
+class Reduce(Body):
+    """One hop of a ring all-reduce (``step`` -1: an all-gather of a short vector)."""
+
+    KIND: ClassVar[str] = "allreduce"
+
+    step: int = 0
+
+    @classmethod
+    def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
+        return {"step": _int(meta, "step", 0)}

@@ -1,0 +1,130 @@
+"""The one place a service decides how to connect (STYLE §10): every gRPC channel, gRPC
+listening port and HTTP client of the control plane is opened here, from one
+:class:`Security` that the process builds once from its settings.
+
+Plaintext is what a :class:`Security` without certificates gives; the security issue turns TLS on
+by default and hands every service its material, and no code outside this module chooses.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+
+MAX_MESSAGE_BYTES = 128 * 1024 * 1024  # code bundles up to the 64 MiB cap fit with headroom
+GRPC_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+@dataclass(frozen=True)
+class Security:
+    """This process's transport security: the CA it trusts and its own certificate (PEM).
+
+    ``ca`` set: clients verify servers against it (and servers ask clients for a certificate
+    signed by it); ``cert``/``key`` set: this process presents them (as a server, and as a
+    client where mutual TLS is wanted). Nothing set: plaintext.
+    """
+
+    ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+
+    @classmethod
+    def from_files(
+        cls,
+        ca: str | Path | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+    ) -> Security:
+        def read(p: str | Path | None) -> bytes | None:
+            return Path(p).read_bytes() if p else None
+
+        return cls(ca=read(ca), cert=read(cert), key=read(key))
+
+    @property
+    def tls(self) -> bool:
+        return self.ca is not None or self.cert is not None
+
+    def __repr__(self) -> str:  # never print key material
+        return f"Security(tls={self.tls}, client_cert={self.cert is not None})"
+
+
+PLAINTEXT = Security()
+
+
+def grpc_channel(
+    target: str, security: Security = PLAINTEXT, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.aio.Channel:
+    """A client channel to ``target`` (``host:port``)."""
+    opts = [*GRPC_OPTIONS, *options]
+    if not security.tls:
+        return grpc.aio.insecure_channel(target, options=opts)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=security.ca, private_key=security.key, certificate_chain=security.cert
+    )
+    return grpc.aio.secure_channel(target, creds, options=opts)
+
+
+def grpc_listen(server: grpc.aio.Server, address: str, security: Security = PLAINTEXT) -> int:
+    """Open ``address`` on ``server``; returns the bound port (0 when binding failed)."""
+    if security.cert is None or security.key is None:
+        return server.add_insecure_port(address)
+    creds = grpc.ssl_server_credentials(
+        [(security.key, security.cert)],
+        root_certificates=security.ca,
+        require_client_auth=security.ca is not None,
+    )
+    return server.add_secure_port(address, creds)
+
+
+def ssl_context(security: Security) -> ssl.SSLContext | bool:
+    """What httpx's ``verify`` takes: a context trusting ``security.ca`` (with this process's
+    certificate for mutual TLS), or True for the system's trust store."""
+    if security.ca is None:
+        return True
+    ctx = ssl.create_default_context(cadata=security.ca.decode())
+    if security.cert is not None and security.key is not None:
+        _load_pair(ctx, security.cert, security.key)
+    return ctx
+
+
+def _load_pair(ctx: ssl.SSLContext, cert: bytes, key: bytes) -> None:
+    import tempfile
+
+    # ssl only loads key pairs from files: write them to a private temp dir for the call
+    with tempfile.TemporaryDirectory() as tmp:
+        cert_path, key_path = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        cert_path.write_bytes(cert)
+        key_path.touch(mode=0o600)
+        key_path.write_bytes(key)
+        ctx.load_cert_chain(cert_path, key_path)
+
+
+def http_client(
+    base_url: str,
+    security: Security = PLAINTEXT,
+    *,
+    token: str | None = None,
+    timeout: float = 30.0,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """An async HTTP client for ``base_url`` (bearer ``token`` if given)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.AsyncClient(
+        base_url=base_url.rstrip("/"),
+        headers=headers,
+        timeout=timeout,
+        verify=ssl_context(security),
+        transport=transport,
+    )

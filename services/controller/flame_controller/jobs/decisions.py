@@ -1,0 +1,113 @@
+"""The reconciler's decisions: pure functions over stored state (no store, no I/O, no clock).
+
+Each answers "what is the next step?" from what the store holds (and, for deployer-run tasks,
+what the deployer observed); :mod:`flame_controller.jobs.reconciler` carries the step out
+through :mod:`flame_controller.jobs.effects`. Kept pure so every rule is testable with records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from ..deployers.base import Observed
+from ..store.records import JobRecord, JobState, NodeRecord, TaskRecord, TaskState
+from .states import LIVE_TASK_STATES
+
+JobAction = Literal[
+    "cleanup",  # terminal: stop leftovers, then stop asking to be looked at
+    "terminate",  # stopping, or stopped before it started: halt tasks, then terminated
+    "request_stop",  # desired stopped while active: -> stopping
+    "wait",  # created, not started: nothing to do until start or stop
+    "start",  # ready -> starting
+    "timeout",  # past max_run_time -> stopping
+    "deploy",  # starting -> deploying (after checking code and nodes)
+    "drive",  # deploying / running: drive the tasks, then judge the job
+]
+
+
+def job_action(job: JobRecord, now: datetime) -> JobAction:
+    """The next thing to do for ``job`` as a whole."""
+    if job.terminal:
+        return "cleanup"
+    if job.state == "stopping":
+        return "terminate"
+    if job.desired_state == "stopped":
+        return "terminate" if job.state == "ready" else "request_stop"
+    if job.desired_state != "running":
+        return "wait"
+    if job.state == "ready":
+        return "start"
+    if job.deadline is not None and now >= job.deadline:
+        return "timeout"
+    if job.state == "starting":
+        return "deploy"
+    return "drive"
+
+
+def judge(job: JobRecord, tasks: Sequence[TaskRecord]) -> tuple[JobState, str] | None:
+    """The job's next state from its tasks' states, if it changes."""
+    for t in tasks:
+        if not t.data_consumer and t.state == "failed":
+            return "failed", f"task {t.id} ({t.role}) failed: {t.reason or 'no reason'}"
+    consumers = [t for t in tasks if t.data_consumer]
+    alive = sum(1 for t in consumers if t.state not in ("failed", "terminated"))
+    min_trainers = int(job.spec.get("min_trainers", 1))
+    if consumers and alive < min_trainers:
+        role = consumers[0].role
+        lost = "; ".join(
+            f"{t.id}: {t.reason or t.state}"
+            for t in consumers
+            if t.state in ("failed", "terminated")
+        )
+        return "failed", (
+            f"only {alive} of {len(consumers)} {role} tasks are left; "
+            f"min_trainers is {min_trainers} ({lost[:500]})"
+        )
+    live = [t for t in tasks if t.state in LIVE_TASK_STATES]
+    if job.state == "deploying" and not any(t.state in ("pending", "scheduled") for t in tasks):
+        return "running", "every task is running"
+    if job.state == "running" and not live:
+        roles = {t.role for t in tasks}
+        done = {t.role for t in tasks if t.state == "completed"}
+        if roles <= done:
+            return "completed", "every role completed"
+        missing = ", ".join(sorted(roles - done))
+        return "failed", f"every task ended but no {missing} task completed"
+    return None
+
+
+@dataclass(frozen=True)
+class NodeVerdict:
+    """Whether the tasks on a node are lost, or when to look again (a short absence)."""
+
+    lost: str | None = None
+    look_again_in: float | None = None
+
+
+def node_verdict(node_id: str, node: NodeRecord | None, now: datetime, grace: float) -> NodeVerdict:
+    """A node that is deleted, revoked, or offline for longer than ``grace`` has lost its
+    tasks; one that went offline less than ``grace`` ago (a flamelet restart) is waited for."""
+    if node is None:
+        return NodeVerdict(lost=f"node {node_id} no longer exists")
+    if node.revoked:
+        return NodeVerdict(lost=f"node {node_id} was revoked")
+    if node.presence != "offline":
+        return NodeVerdict()
+    if node.last_seen is None:
+        return NodeVerdict(lost=f"node {node_id} is offline")
+    gone_for = (now - node.last_seen).total_seconds()
+    if gone_for >= grace:
+        return NodeVerdict(lost=f"node {node_id} offline since {node.last_seen.isoformat()}")
+    return NodeVerdict(look_again_in=grace - gone_for)
+
+
+def outcome(seen: Observed) -> tuple[TaskState, str] | None:
+    """A deployer-run task's final state from what the deployer sees (None: still running)."""
+    if seen.state == "running":
+        return None
+    if seen.state == "exited" and seen.exit_code == 0:
+        return "completed", "exit code 0"
+    return "failed", seen.detail or "process ended"
