@@ -31,6 +31,7 @@ import uvicorn
 from flame_apiserver import ApiserverSettings, create_app
 from flame_controller.server import serve
 from flame_controller.settings import ControllerSettings
+from tests.support import service_token_file
 
 T = TypeVar("T")
 FLAMECTL = str(Path(sys.executable).with_name("flamectl"))
@@ -78,6 +79,7 @@ def wait_until(check: Any, timeout: float = 30.0, what: str = "condition") -> No
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("stack")
     admin_token = f"flm_user_{secrets.token_urlsafe(32)}"
+    token_file = service_token_file(data_dir.parent / "secrets")
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     api_port = sock.getsockname()[1]
@@ -92,11 +94,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 admin_token=admin_token,
                 notifier_address="127.0.0.1:1",  # no notifier in these tests
                 run_reconciler=False,
+                service_token_file=token_file,
             ),
             workers=[],
         )
     )
-    settings = ApiserverSettings(controller_address=f"127.0.0.1:{controller.port}")
+    settings = ApiserverSettings(
+        controller_address=f"127.0.0.1:{controller.port}", service_token_file=token_file
+    )
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), log_level="warning", lifespan="on", access_log=False)
     )

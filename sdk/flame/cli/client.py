@@ -4,13 +4,14 @@ Errors come back as :class:`ApiError` carrying the server's RFC 9457 problem ``d
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
 from flame.cli.resources import (
+    AuditEntry,
     CodeVersion,
     Dataset,
     Design,
@@ -21,6 +22,7 @@ from flame.cli.resources import (
     NodeCreated,
     Project,
     Task,
+    TokenInfo,
     TokenSecret,
     User,
     WhoAmI,
@@ -126,10 +128,28 @@ class FlameClient:
         self._delete(f"/v1/users/{user_id}")
 
     def create_token(
-        self, user_id: str, description: str = "", ttl_seconds: int = 0
+        self,
+        user_id: str,
+        description: str = "",
+        ttl_seconds: int = 0,
+        scopes: Sequence[str] = ("read", "write"),
     ) -> TokenSecret:
-        body = {"description": description, "ttl_seconds": ttl_seconds}
+        body = {"description": description, "ttl_seconds": ttl_seconds, "scopes": list(scopes)}
         return self._send(TokenSecret, "POST", f"/v1/users/{user_id}/tokens", body)
+
+    def list_tokens(self, user_id: str) -> list[TokenInfo]:
+        return self._items(TokenInfo, f"/v1/users/{user_id}/tokens")
+
+    def audit(self, actor: str = "", action: str = "") -> Iterator[AuditEntry]:
+        """Every state-changing call, oldest first (admins)."""
+        token = ""
+        while True:
+            params = {"limit": 500, "page_token": token, "actor": actor, "action": action}
+            body = self.request("GET", "/v1/audit", params=params).json()
+            yield from (AuditEntry.model_validate(x) for x in body["items"])
+            token = body.get("next_page_token", "")
+            if not token:
+                return
 
     def revoke_token(self, token_id: str) -> None:
         self._delete(f"/v1/tokens/{token_id}")

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from flame.cli import code, dataset, design, job, node, project, user
+from flame.cli.audit import audit
 from flame.cli.common import FlameGroup
 from flame.cli.login import login, whoami
 from flame.cli.logs import logs
@@ -23,6 +24,7 @@ app = typer.Typer(
 app.command("login")(login)
 app.command("whoami")(whoami)
 app.command("logs")(logs)
+app.command("audit")(audit)
 for _name, _module in (
     ("user", user),
     ("project", project),

@@ -17,6 +17,7 @@ class Resource(BaseModel):
 class WhoAmI(Resource):
     scope: str
     subject: str
+    read_only: bool = False
 
 
 class User(Resource):
@@ -31,6 +32,29 @@ class TokenSecret(Resource):
     id: str
     token: str
     user_id: str
+    scopes: list[str] = Field(default_factory=list)
+    expires_at: datetime | None = None
+
+
+class TokenInfo(Resource):
+    id: str
+    user_id: str
+    description: str = ""
+    scopes: list[str] = Field(default_factory=list)
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    revoked: bool = False
+
+
+class AuditEntry(Resource):
+    id: str
+    at: datetime | None = None
+    actor_scope: str = ""
+    actor: str = ""
+    action: str = ""
+    target: str = ""
+    outcome: str = ""
+    detail: str = ""
 
 
 class Project(Resource):

@@ -75,10 +75,13 @@ class StackState:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Replace ``path`` atomically with ``text``, readable by the owner only (holds a token)."""
+    """Replace ``path`` atomically with ``text``, readable by the owner only from the first
+    byte (it holds a secret)."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.chmod(0o600)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
     tmp.replace(path)
 
 
@@ -208,7 +211,12 @@ class Stack:
         """What runs the control plane: (name, argv, the environment the stack sets)."""
         data = self.home / "data"
         data.mkdir(exist_ok=True)
-        common = {"FLAME_LOG_JSON": "true"}
+        secrets_dir = self._secrets(state)
+        # secrets travel as files only they can read, never in the environment or argv
+        common = {
+            "FLAME_LOG_JSON": "true",
+            "FLAME_SERVICE_TOKEN_FILE": str(secrets_dir / "service.token"),
+        }
         controller = {
             **common,
             "FLAME_CONTROLLER_STORE_URI": f"sqlite:///{data / 'flame.db'}",
@@ -216,7 +224,7 @@ class Stack:
             "FLAME_CONTROLLER_LISTEN": state.controller,
             "FLAME_CONTROLLER_NOTIFIER_ADDRESS": state.notifier,
             "FLAME_CONTROLLER_APISERVER_URL": state.api_url,
-            "FLAME_CONTROLLER_ADMIN_TOKEN": state.admin_token,
+            "FLAME_CONTROLLER_ADMIN_TOKEN_FILE": str(secrets_dir / "admin.token"),
         }
         if state.mlflow_url:  # jobs log to the stack's MLflow unless their spec says otherwise
             controller["FLAME_CONTROLLER_TRACKING_URI"] = state.mlflow_url
@@ -284,6 +292,18 @@ class Stack:
             if p.name == name:
                 return p
         raise StackError(f"no process named {name} in this stack")
+
+    def _secrets(self, state: StackState) -> Path:
+        """``<home>/secrets`` (0700): the admin's token and the service credential the three
+        services share, each a file only this user reads (kept across `up`s)."""
+        folder = self.home / "secrets"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        folder.chmod(0o700)
+        _write_private(folder / "admin.token", state.admin_token)
+        service = folder / "service.token"
+        if not service.exists():
+            _write_private(service, secrets.token_urlsafe(32))
+        return folder
 
     def _identity(self) -> tuple[dict[str, int], str]:
         """Ports and admin token of this home: made on the first `up`, reused by later ones, so

@@ -64,11 +64,24 @@ def token(
     user_id: str,
     description: Annotated[str, typer.Option(help="what the token is for")] = "",
     ttl: Annotated[int, typer.Option(min=0, help="lifetime in seconds; 0 = no expiry")] = 0,
+    read_only: Annotated[bool, typer.Option("--read-only", help="queries only")] = False,
     output: OutputOpt = Format.table,
 ) -> None:
     """Create an API token for a user (shown once)."""
+    scopes = ("read",) if read_only else ("read", "write")
     with session() as client:
-        render(client.create_token(user_id, description, ttl), output)
+        render(client.create_token(user_id, description, ttl, scopes), output)
+
+
+@app.command("tokens")
+def tokens(user_id: str, output: OutputOpt = Format.table) -> None:
+    """List a user's API tokens (never their secrets)."""
+    with session() as client:
+        render(
+            client.list_tokens(user_id),
+            output,
+            ("id", "description", "scopes", "created_at", "expires_at", "revoked"),
+        )
 
 
 @app.command("revoke-token")

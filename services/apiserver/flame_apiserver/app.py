@@ -31,7 +31,10 @@ Errors are RFC 9457 `application/problem+json` documents with a stable `code`.""
 def create_app(settings: ApiserverSettings | None = None) -> FastAPI:
     settings = settings or ApiserverSettings()
     controller = Controller(
-        settings.controller_address, settings.rpc_timeout_seconds, settings.security()
+        settings.controller_address,
+        settings.rpc_timeout_seconds,
+        settings.security(),
+        settings.service_token(),
     )
 
     @asynccontextmanager

@@ -48,7 +48,7 @@ async def authenticate(
     scope = _SCOPES.get(principal.scope)
     if scope is None or not principal.subject:
         raise ApiProblem(401, "unauthenticated", "unknown token", _CHALLENGE)
-    return Caller(scope=scope, subject=principal.subject)
+    return Caller(scope=scope, subject=principal.subject, read_only=principal.read_only)
 
 
 AnyCaller = Annotated[Caller, Depends(authenticate)]

@@ -21,10 +21,17 @@ R = TypeVar("R")
 class Controller:
     """Forwards one call per request; maps gRPC errors to :class:`ApiProblem`."""
 
-    def __init__(self, address: str, timeout: float = 30.0, security: Security = PLAINTEXT) -> None:
+    def __init__(
+        self,
+        address: str,
+        timeout: float = 30.0,
+        security: Security = PLAINTEXT,
+        service_token: str | None = None,
+    ) -> None:
         self.address = address
         self.timeout = timeout
         self.security = security
+        self._service_token = service_token
         self._channel: grpc.aio.Channel | None = None
         self._stub: ControlPlaneAsyncStub | None = None
 
@@ -32,7 +39,9 @@ class Controller:
     def stub(self) -> ControlPlaneAsyncStub:
         # Opened on first use so the channel belongs to the serving event loop.
         if self._stub is None:
-            self._channel = grpc_channel(self.address, self.security)
+            self._channel = grpc_channel(
+                self.address, self.security, service_token=self._service_token
+            )
             self._stub = control_pb2_grpc.ControlPlaneStub(self._channel)
         return self._stub
 

@@ -83,6 +83,7 @@ class Items(BaseModel, Generic[T]):
 class WhoAmI(BaseModel):
     scope: Literal["admin", "user", "node"]
     subject: str
+    read_only: bool = False
 
 
 class Health(BaseModel):
@@ -115,15 +116,89 @@ class UpdateUser(Request):
     admin: bool | None = None
 
 
+TokenScope = Literal["read", "write"]
+
+
+def _all_scopes() -> list[TokenScope]:
+    return ["read", "write"]
+
+
 class CreateToken(Request):
     description: Annotated[str, Field(max_length=500)] = ""
     ttl_seconds: TtlSeconds = Field(0, description="0 = no expiry")
+    scopes: list[TokenScope] = Field(
+        default_factory=_all_scopes,
+        max_length=2,
+        description='"read": queries only; "write": changes too',
+    )
 
 
 class TokenSecret(BaseModel):
     id: str
     token: str
     user_id: str
+    scopes: list[str]
+    expires_at: datetime | None
+
+    @classmethod
+    def from_pb(cls, m: control_pb2.TokenSecret) -> TokenSecret:
+        return cls(
+            id=m.id,
+            token=m.token,
+            user_id=m.user_id,
+            scopes=list(m.scopes),
+            expires_at=_ts(m, "expires_at"),
+        )
+
+
+class TokenInfo(BaseModel):
+    """An API token without its secret."""
+
+    id: str
+    user_id: str
+    description: str
+    scopes: list[str]
+    created_at: datetime | None
+    expires_at: datetime | None
+    revoked: bool
+
+    @classmethod
+    def from_pb(cls, m: control_pb2.TokenInfo) -> TokenInfo:
+        return cls(
+            id=m.id,
+            user_id=m.user_id,
+            description=m.description,
+            scopes=list(m.scopes),
+            created_at=_ts(m, "created_at"),
+            expires_at=_ts(m, "expires_at"),
+            revoked=m.revoked,
+        )
+
+
+class AuditEntry(BaseModel):
+    """One state-changing call: who, what, on which resource, when, how it ended."""
+
+    id: str
+    at: datetime | None
+    actor_scope: str
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    detail: str
+
+    @classmethod
+    def from_pb(cls, m: control_pb2.AuditEntry) -> AuditEntry:
+        return cls(
+            id=m.id,
+            at=_ts(m, "at"),
+            actor_scope=m.actor_scope,
+            actor=m.actor,
+            action=m.action,
+            target=m.target,
+            outcome=m.outcome,
+            detail=m.detail,
+        )
 
 
 # ---- projects

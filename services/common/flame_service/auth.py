@@ -12,6 +12,8 @@ from typing import Literal
 Scope = Literal["admin", "user", "node"]
 SCOPE_KEY = "x-flame-scope"
 SUBJECT_KEY = "x-flame-subject"
+ACCESS_KEY = "x-flame-access"  # "read": the caller's token may only query
+SERVICE_KEY = "x-flame-service"  # the service credential: this call comes from a Flame service
 
 
 def new_token(kind: str) -> str:
@@ -31,13 +33,15 @@ def token_matches(token: str, stored_hash: str) -> bool:
 class Caller:
     scope: Scope
     subject: str  # user id or node id
+    read_only: bool = False  # a token without the "write" scope
 
     @property
     def is_admin(self) -> bool:
         return self.scope == "admin"
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((SCOPE_KEY, self.scope), (SUBJECT_KEY, self.subject))
+        md = ((SCOPE_KEY, self.scope), (SUBJECT_KEY, self.subject))
+        return (*md, (ACCESS_KEY, "read")) if self.read_only else md
 
     @classmethod
     def from_metadata(cls, md: Sequence[tuple[str, str | bytes]] | None) -> Caller | None:
@@ -45,7 +49,17 @@ class Caller:
         scope, subject = values.get(SCOPE_KEY), values.get(SUBJECT_KEY)
         if scope not in ("admin", "user", "node") or not subject:
             return None
-        return cls(scope=scope, subject=subject)  # type: ignore[arg-type]
+        read_only = values.get(ACCESS_KEY) == "read"
+        return cls(scope=scope, subject=subject, read_only=read_only)  # type: ignore[arg-type]
+
+
+def from_service(md: Sequence[tuple[str, str | bytes]] | None, expected: str) -> bool:
+    """Whether the call carries the service credential (compared in constant time)."""
+    for k, v in md or ():
+        if k == SERVICE_KEY:
+            got = v.decode() if isinstance(v, bytes) else v
+            return bool(expected) and hmac.compare_digest(got.encode(), expected.encode())
+    return False
 
 
 def bearer(md: Sequence[tuple[str, str | bytes]] | None) -> str | None:

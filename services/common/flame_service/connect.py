@@ -17,6 +17,8 @@ from typing import Any
 import grpc
 import httpx
 
+from flame_service.auth import SERVICE_KEY
+
 MAX_MESSAGE_BYTES = 128 * 1024 * 1024  # code bundles up to the 64 MiB cap fit with headroom
 GRPC_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -64,16 +66,43 @@ PLAINTEXT = Security()
 
 
 def grpc_channel(
-    target: str, security: Security = PLAINTEXT, options: Sequence[tuple[str, Any]] = ()
+    target: str,
+    security: Security = PLAINTEXT,
+    options: Sequence[tuple[str, Any]] = (),
+    *,
+    service_token: str | None = None,
 ) -> grpc.aio.Channel:
-    """A client channel to ``target`` (``host:port``)."""
+    """A client channel to ``target`` (``host:port``); with ``service_token`` every call on it
+    carries the service credential (the apiserver and the notifier calling the controller, the
+    controller calling the notifier)."""
     opts = [*GRPC_OPTIONS, *options]
+    interceptors = [_ServiceCredential(service_token)] if service_token else None
     if not security.tls:
-        return grpc.aio.insecure_channel(target, options=opts)
+        return grpc.aio.insecure_channel(target, options=opts, interceptors=interceptors)
     creds = grpc.ssl_channel_credentials(
         root_certificates=security.ca, private_key=security.key, certificate_chain=security.cert
     )
-    return grpc.aio.secure_channel(target, creds, options=opts)
+    return grpc.aio.secure_channel(target, creds, options=opts, interceptors=interceptors)
+
+
+class _ServiceCredential(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+):
+    """Adds the service credential to the metadata of every call."""
+
+    def __init__(self, token: str) -> None:
+        self._entry = (SERVICE_KEY, token)
+
+    def _with_token(self, details: Any) -> Any:
+        metadata = [*(details.metadata or ()), self._entry]
+        return details._replace(metadata=metadata)
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with_token(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with_token(details), request)
 
 
 def grpc_listen(server: grpc.aio.Server, address: str, security: Security = PLAINTEXT) -> int:

@@ -20,8 +20,8 @@ ADMIN_NAME = "admin"
 
 async def bootstrap_admin(store: Store, admin_token: str | None) -> str | None:
     """With no users yet, create user ``admin`` (admin=True) and give it a token: ``admin_token``
-    when set (only its hash is stored), else a generated one, which is returned (and printed to
-    stdout once as ``FLAME_ADMIN_TOKEN=<token>``).
+    when set (only its hash is stored), else a generated one, which is returned (the server
+    writes it to a private file; it is never printed or logged).
 
     On later starts a configured ``admin_token`` that is not stored yet (a rotated secret) is
     added to the ``admin`` user.  Returns the generated token, or None."""
@@ -41,7 +41,6 @@ async def bootstrap_admin(store: Store, admin_token: str | None) -> str | None:
     issued = await issue(
         Ctx(store=store), kind="api", scope="user", subject=admin.id, description="bootstrap"
     )
-    print(f"FLAME_ADMIN_TOKEN={issued.secret}", flush=True)
     return issued.secret
 
 

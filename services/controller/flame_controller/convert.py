@@ -22,6 +22,7 @@ from .domain.results import (
     TaskBundle,
 )
 from .store.records import (
+    AuditRecord,
     CodeRecord,
     DatasetRecord,
     DesignRecord,
@@ -31,6 +32,7 @@ from .store.records import (
     NodeRecord,
     ProjectRecord,
     TaskRecord,
+    TokenRecord,
     TransitionRecord,
     UserRecord,
 )
@@ -67,7 +69,9 @@ def from_ts(value: Timestamp, present: bool) -> datetime | None:
 
 
 def principal(caller: Caller) -> common_pb2.Principal:
-    return common_pb2.Principal(scope=_SCOPE[caller.scope], subject=caller.subject)
+    return common_pb2.Principal(
+        scope=_SCOPE[caller.scope], subject=caller.subject, read_only=caller.read_only
+    )
 
 
 def presence_in(value: int) -> str:
@@ -81,8 +85,38 @@ def user(rec: UserRecord) -> control_pb2.User:
 
 
 def token(issued: IssuedToken) -> control_pb2.TokenSecret:
+    rec = issued.record
     return control_pb2.TokenSecret(
-        id=issued.record.id, token=issued.secret, user_id=issued.record.subject
+        id=rec.id,
+        token=issued.secret,
+        user_id=rec.subject,
+        scopes=rec.scopes,
+        expires_at=ts(rec.expires_at),
+    )
+
+
+def token_info(rec: TokenRecord) -> control_pb2.TokenInfo:
+    return control_pb2.TokenInfo(
+        id=rec.id,
+        user_id=rec.subject,
+        description=rec.description,
+        scopes=rec.scopes,
+        created_at=ts(rec.created_at),
+        expires_at=ts(rec.expires_at),
+        revoked=rec.revoked,
+    )
+
+
+def audit(rec: AuditRecord) -> control_pb2.AuditEntry:
+    return control_pb2.AuditEntry(
+        id=rec.id,
+        at=ts(rec.created_at),
+        actor_scope=rec.actor_scope,
+        actor=rec.actor,
+        action=rec.action,
+        target=rec.target,
+        outcome=rec.outcome,
+        detail=rec.detail,
     )
 
 
@@ -126,6 +160,7 @@ def dataset(rec: DatasetRecord) -> control_pb2.Dataset:
         realm=rec.realm,
         format=rec.format,
         size_bytes=rec.size_bytes,
+        num_samples=rec.num_samples,
         uri=rec.uri,
         description=rec.description,
         created_at=ts(rec.created_at),

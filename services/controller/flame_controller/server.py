@@ -12,6 +12,7 @@ import grpc
 import structlog
 
 from flame_proto.v1 import control_pb2_grpc
+from flame_service.files import write_private
 from flame_service.grpc_server import start_server
 
 from .bootstrap import bootstrap_admin
@@ -52,6 +53,7 @@ class RunningController:
     store: Store
     ctx: Ctx
     server: grpc.aio.Server
+    settings: ControllerSettings
     admin_token: str | None = None  # set when bootstrap generated one
     workers: list[Worker] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -92,12 +94,22 @@ async def serve(
     """Open the store, bootstrap the admin, start the gRPC server and the workers.
 
     ``workers`` defaults to :func:`default_workers`; pass ``[]`` to run the API only."""
+    service_token = settings.service_token()
+    if not service_token:
+        raise ValueError(
+            "the controller needs the service credential the apiserver and the notifier share: "
+            "set FLAME_SERVICE_TOKEN_FILE (flamectl up and the Helm chart make one)"
+        )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if store is None:
         blob_dir = None if settings.store_uri.startswith("sqlite:") else str(settings.blob_dir)
         store = await open_store(settings.store_uri, blob_dir)
     try:
-        generated = await bootstrap_admin(store, settings.admin_token)
+        generated = await bootstrap_admin(store, settings.bootstrap_token())
+        if generated is not None:
+            path = settings.data_dir / "admin.token"
+            write_private(path, generated + "\n")
+            print(f"flame-controller: the admin's token is in {path} (yours to read only)")
         kicker = Kicker()
         ctx = Ctx(
             store=store,
@@ -110,7 +122,7 @@ async def serve(
             [
                 (
                     control_pb2_grpc.add_ControlPlaneServicer_to_server,
-                    ControlPlaneServicer(ctx),
+                    ControlPlaneServicer(ctx, service_token),
                     SERVICE_NAME,
                 )
             ],
@@ -120,7 +132,7 @@ async def serve(
         await store.close()
         raise
     running = RunningController(
-        port=port, store=store, ctx=ctx, server=server, admin_token=generated
+        port=port, store=store, ctx=ctx, server=server, settings=settings, admin_token=generated
     )
     for factory in default_workers(settings) if workers is None else workers:
         worker = factory(ctx, settings)

@@ -16,16 +16,17 @@ import pydantic
 import structlog
 
 from flame_proto.v1 import common_pb2, control_pb2, control_pb2_grpc
-from flame_service.auth import Caller
+from flame_service.auth import Caller, from_service
 from flame_service.errors import (
     ERROR_CODE_KEY,
     FlameServiceError,
     InvalidArgument,
+    PermissionDenied,
     Unauthenticated,
 )
 
 from . import convert
-from .domain import agent, code, datasets, designs, jobs, nodes, projects, tokens, users
+from .domain import agent, audit, code, datasets, designs, jobs, nodes, projects, tokens, users
 from .domain.context import Ctx
 
 log = structlog.get_logger(__name__)
@@ -37,16 +38,76 @@ Resp = TypeVar("Resp")
 EMPTY = control_pb2.Empty()
 
 
+# Calls that change nothing: a read-only token may make them, and they are not audited.
+QUERIES = frozenset(
+    {
+        "Authenticate",
+        "GetUser",
+        "ListUsers",
+        "ListTokens",
+        "ListAudit",
+        "GetProject",
+        "ListProjects",
+        "GetNode",
+        "ListNodes",
+        "GetDataset",
+        "ListDatasets",
+        "GetDesign",
+        "ListDesigns",
+        "GetCode",
+        "ListCode",
+        "FetchCode",
+        "GetJob",
+        "ListJobs",
+        "ListTasks",
+        "ListAssignedTasks",
+        "FetchTask",
+        "GetLogs",
+        "GetMetrics",
+        "ListEndpoints",
+    }
+)
+# High-volume reports from tasks: state, but not worth an audit entry each.
+TELEMETRY = frozenset({"AppendLogs", "ReportMetrics"})
+_TARGET_FIELDS = ("id", "job_id", "design_id", "task_id", "node_id", "user_id", "name")
+
+
+def _target(request: Any) -> str:
+    for name in _TARGET_FIELDS:
+        value = getattr(request, name, "")
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
 def rpc(
     fn: Callable[[S, Req, Context], Awaitable[Resp]],
 ) -> Callable[[S, Req, Context], Coroutine[Any, Any, Resp]]:
-    """Map domain errors (and invalid records) to gRPC statuses with a stable error code."""
+    """Map domain errors (and invalid records) to gRPC statuses with a stable error code;
+    refuse changes to read-only callers; audit every state-changing call."""
+    action = fn.__name__
+    audited = action not in QUERIES and action not in TELEMETRY
 
     @functools.wraps(fn)
     async def handler(self: S, request: Req, context: Context) -> Resp:
-        with structlog.contextvars.bound_contextvars(rpc=fn.__name__):
+        with structlog.contextvars.bound_contextvars(rpc=action):
+            md = metadata_of(context)
+            if not from_service(md, getattr(self, "service_token", "")):
+                # Only the apiserver and the notifier may call: nobody else can claim a caller.
+                log.warning("rpc.unauthenticated", peer=context.peer())
+                context.set_trailing_metadata(((ERROR_CODE_KEY, Unauthenticated.code),))
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "the controller answers the apiserver and the notifier only",
+                )
+            caller = Caller.from_metadata(md)
             try:
-                return await fn(self, request, context)
+                if caller is not None and caller.read_only and action not in QUERIES:
+                    raise PermissionDenied("this token is read-only: it may only query")
+                result = await fn(self, request, context)
+                if audited:
+                    await _audit(self, caller, action, request, "ok")
+                return result
             except FlameServiceError as err:
                 error = err
                 log.info("rpc.failed", code=error.code, message=error.message)
@@ -60,11 +121,23 @@ def rpc(
                 # A bug, not the caller's fault: keep the details in the log, not on the wire.
                 log.exception("rpc.crashed")
                 error = FlameServiceError("internal error in the controller")
+        if audited:
+            await _audit(self, caller, action, request, error.code, error.message)
         context.set_trailing_metadata(((ERROR_CODE_KEY, error.code),))
         await context.abort(error.status, error.message)
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
     return handler
+
+
+async def _audit(
+    servicer: Any, caller: Caller | None, action: str, request: Any, outcome: str, detail: str = ""
+) -> None:
+    ctx = getattr(servicer, "ctx", None)
+    if ctx is not None:
+        await audit.record(
+            ctx, caller, action, target=_target(request), outcome=outcome, detail=detail
+        )
 
 
 def metadata_of(context: Context) -> list[tuple[str, str | bytes]]:
@@ -83,8 +156,12 @@ def optional(msg: Any, field: str) -> Any:
 
 
 class ControlPlaneServicer(control_pb2_grpc.ControlPlaneServicer):
-    def __init__(self, ctx: Ctx) -> None:
+    """``service_token`` is the credential every call must carry (flame_service.connect adds it
+    for the apiserver and the notifier)."""
+
+    def __init__(self, ctx: Ctx, service_token: str) -> None:
         self.ctx = ctx
+        self.service_token = service_token
 
     # ---- users and tokens ----------------------------------------------------------------
     @rpc
@@ -151,8 +228,32 @@ class ControlPlaneServicer(control_pb2_grpc.ControlPlaneServicer):
             user_id=request.user_id,
             description=request.description,
             ttl_seconds=request.ttl_seconds,
+            scopes=list(request.scopes),
         )
         return convert.token(issued)
+
+    @rpc
+    async def ListTokens(
+        self, request: control_pb2.ListTokensRequest, context: Context
+    ) -> control_pb2.ListTokensResponse:
+        got = await tokens.list_tokens(self.ctx, caller_of(context), request.user_id)
+        return control_pb2.ListTokensResponse(items=[convert.token_info(t) for t in got])
+
+    @rpc
+    async def ListAudit(
+        self, request: control_pb2.ListAuditRequest, context: Context
+    ) -> control_pb2.ListAuditResponse:
+        got = await audit.list_audit(
+            self.ctx,
+            caller_of(context),
+            actor=request.actor,
+            action=request.action,
+            limit=request.page.limit,
+            after=request.page.page_token,
+        )
+        return control_pb2.ListAuditResponse(
+            items=[convert.audit(a) for a in got.items], page=convert.page(got.next_page_token)
+        )
 
     @rpc
     async def RevokeToken(

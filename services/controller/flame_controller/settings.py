@@ -21,7 +21,10 @@ class ControllerSettings(ServiceSettings):
     apiserver_url: str = "http://127.0.0.1:10100"  # written into task configs for discovery
     # The MLflow server jobs log to unless their spec names another (flamectl up: its own)
     tracking_uri: str | None = None
-    admin_token: str | None = None  # bootstrap admin token; generated and printed when unset
+    # The bootstrap admin's token: from a file (never the environment, which tasks of the same
+    # user could read); generated into <data_dir>/admin.token (mode 0600) when neither is set.
+    admin_token_file: Path | None = None
+    admin_token: str | None = None  # programmatic (tests); prefer admin_token_file
     run_reconciler: bool = True  # off in tests that drive the domain only
     deployer: Literal["local", "none"] = "local"  # who runs the roles that own no data
 
@@ -31,6 +34,11 @@ class ControllerSettings(ServiceSettings):
         if not self.store_uri:
             self.store_uri = f"sqlite:///{self.data_dir / 'flame.db'}"
         return self
+
+    def bootstrap_token(self) -> str | None:
+        if self.admin_token_file is not None:
+            return self.admin_token_file.read_text().strip() or None
+        return self.admin_token
 
     @property
     def blob_dir(self) -> Path:

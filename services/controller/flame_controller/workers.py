@@ -21,7 +21,11 @@ def reconciler_factory(ctx: Ctx, settings: ControllerSettings) -> Reconciler:
     """The reconciler over the controller's store, its deployer and the notifier; deployer-run
     tasks get per-job task credentials from the domain layer."""
     notifier = (
-        GrpcNotifier(settings.notifier_address, security=settings.security())
+        GrpcNotifier(
+            settings.notifier_address,
+            security=settings.security(),
+            service_token=settings.service_token(),
+        )
         if settings.notifier_address
         else None
     )

@@ -22,8 +22,14 @@ NOTIFIER_CALLER = Caller(scope="admin", subject="notifier")
 
 
 class ControllerClient:
-    def __init__(self, address: str, security: Security = PLAINTEXT, timeout: float = 5.0) -> None:
-        self._channel = grpc_channel(address, security)
+    def __init__(
+        self,
+        address: str,
+        security: Security = PLAINTEXT,
+        timeout: float = 5.0,
+        service_token: str | None = None,
+    ) -> None:
+        self._channel = grpc_channel(address, security, service_token=service_token)
         self._stub = control_pb2_grpc.ControlPlaneStub(self._channel)
         self._timeout = timeout
 

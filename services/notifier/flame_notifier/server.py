@@ -39,12 +39,18 @@ class Running:
 async def serve(settings: NotifierSettings | None = None) -> Running:
     settings = settings or NotifierSettings()
     security = settings.security()
+    service_token = settings.service_token()
+    if not service_token:
+        raise ValueError(
+            "the notifier needs the service credential it shares with the controller: "
+            "set FLAME_SERVICE_TOKEN_FILE"
+        )
     controller = ControllerClient(
-        settings.controller_address, security, settings.controller_timeout
+        settings.controller_address, security, settings.controller_timeout, service_token
     )
     presence = PresenceReporter(controller.report_presence, retry_max=settings.presence_retry_max)
     queues = EventQueues(max_pending=settings.max_pending_per_node, on_presence=presence.set)
-    servicer = NotifierServicer(queues, controller.authenticate)
+    servicer = NotifierServicer(queues, controller.authenticate, service_token)
     server, port = await start_server(
         settings.listen,
         [(notifier_pb2_grpc.add_NotifierServicer_to_server, servicer, "flame.v1.Notifier")],

@@ -12,7 +12,7 @@ import structlog
 from flame_notifier.errors import ControllerUnavailable, Forbidden, Unauthenticated
 from flame_notifier.queues import Event, EventQueues
 from flame_proto.v1 import notifier_pb2, notifier_pb2_grpc
-from flame_service.auth import bearer
+from flame_service.auth import bearer, from_service
 
 log = structlog.get_logger(__name__)
 
@@ -39,9 +39,21 @@ def to_proto(event: Event) -> notifier_pb2.Event:
 
 
 class NotifierServicer(notifier_pb2_grpc.NotifierServicer):
-    def __init__(self, queues: EventQueues, authenticate: Authenticator) -> None:
+    def __init__(
+        self, queues: EventQueues, authenticate: Authenticator, service_token: str
+    ) -> None:
         self._queues = queues
         self._authenticate = authenticate
+        self._service_token = service_token
+
+    async def _only_services(self, context: grpc.aio.ServicerContext) -> None:
+        """Events and the agent list come from the controller only."""
+        md = context.invocation_metadata()
+        if not from_service(md, self._service_token):  # type: ignore[arg-type]
+            log.warning("notify.refused", peer=context.peer())
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, "only the controller may send events"
+            )
 
     async def _authorise(self, node_id: str, context: grpc.aio.ServicerContext) -> None:
         """Abort unless the caller's bearer credential is the node credential of ``node_id``."""
@@ -86,6 +98,7 @@ class NotifierServicer(notifier_pb2_grpc.NotifierServicer):
     async def Notify(
         self, request: notifier_pb2.NotifyRequest, context: grpc.aio.ServicerContext
     ) -> notifier_pb2.NotifyResponse:
+        await self._only_services(context)
         if not request.node_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id is required")
         ev = request.event
@@ -112,6 +125,7 @@ class NotifierServicer(notifier_pb2_grpc.NotifierServicer):
     async def ListAgents(
         self, request: notifier_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext
     ) -> notifier_pb2.ListAgentsResponse:
+        await self._only_services(context)
         return notifier_pb2.ListAgentsResponse(
             agents=[
                 notifier_pb2.Agent(

@@ -23,6 +23,7 @@ from flame_proto.v1 import common_pb2, control_pb2, control_pb2_grpc
 from flame_service.auth import Caller
 from flame_service.errors import ERROR_CODE_KEY
 from flame_service.grpc_server import start_server
+from tests.support import service_token_file
 
 USER_TOKEN = "flm_user_alice"
 ADMIN_TOKEN = "flm_user_root"
@@ -208,15 +209,22 @@ def live(
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
+    data = tmp_path_factory.mktemp("live")
+    token_file = service_token_file(data / "secrets")
     settings = ControllerSettings(
-        data_dir=tmp_path_factory.mktemp("live"),
+        data_dir=data,
         listen="127.0.0.1:0",
         apiserver_url=url,
         admin_token=token,
         run_reconciler=False,
+        service_token_file=token_file,
     )
     controller = asyncio.run_coroutine_threadsafe(serve(settings, workers=[]), loop).result(30)
-    app = create_app(ApiserverSettings(controller_address=f"127.0.0.1:{controller.port}"))
+    app = create_app(
+        ApiserverSettings(
+            controller_address=f"127.0.0.1:{controller.port}", service_token_file=token_file
+        )
+    )
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     serving = asyncio.run_coroutine_threadsafe(server.serve(sockets=[sock]), loop)
     _wait(lambda: server.started or serving.done(), 30, "uvicorn")

@@ -29,9 +29,9 @@ def assert_problem(resp: httpx.Response, status: int, code: str) -> dict:
 async def test_whoami_reports_the_principal_of_the_token(api) -> None:
     resp = await api.call("GET", "/v1/whoami")
     assert resp.status_code == 200
-    assert resp.json() == {"scope": "user", "subject": "u-alice"}
+    assert resp.json() == {"scope": "user", "subject": "u-alice", "read_only": False}
     node = await api.call("GET", "/v1/whoami", token="flm_node_n1")
-    assert node.json() == {"scope": "node", "subject": "n-1"}
+    assert node.json() == {"scope": "node", "subject": "n-1", "read_only": False}
 
 
 async def test_missing_or_unknown_token_is_401_with_a_bearer_challenge(api) -> None:

@@ -21,6 +21,7 @@ from flame_controller.store.base import Store
 from flame_proto.v1 import control_pb2_grpc
 from flame_service.auth import Caller
 from flame_service.connect import grpc_channel as insecure_channel
+from tests.support import service_token_file
 
 ADMIN_TOKEN = "flm_user_test-admin-token"
 
@@ -98,6 +99,7 @@ async def controller(tmp_path: Path) -> AsyncIterator[RunningController]:
         admin_token=ADMIN_TOKEN,
         apiserver_url="http://127.0.0.1:10100",
         run_reconciler=False,
+        service_token_file=service_token_file(tmp_path / "secrets"),
     )
     running = await serve(settings, workers=[])
     try:
@@ -110,7 +112,8 @@ async def controller(tmp_path: Path) -> AsyncIterator[RunningController]:
 async def stub(
     controller: RunningController,
 ) -> AsyncIterator[control_pb2_grpc.ControlPlaneAsyncStub]:
-    async with insecure_channel(controller.address) as channel:
+    token = controller.settings.service_token()
+    async with insecure_channel(controller.address, service_token=token) as channel:
         yield control_pb2_grpc.ControlPlaneStub(channel)  # type: ignore[misc]
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import selectors
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from flame_proto.v1 import control_pb2 as pb
 from flame_proto.v1 import control_pb2_grpc
 from flame_service.auth import Caller
 from flame_service.connect import grpc_channel as insecure_channel
+from tests.support import service_token_file
 
 from .conftest import ADMIN_TOKEN, central_code, design_json, md
 
@@ -49,6 +51,7 @@ def _start(data_dir: Path) -> subprocess.Popen[str]:
         "FLAME_CONTROLLER_DATA_DIR": str(data_dir),
         "FLAME_CONTROLLER_LISTEN": "127.0.0.1:0",
         "FLAME_CONTROLLER_NOTIFIER_ADDRESS": "",
+        "FLAME_SERVICE_TOKEN_FILE": str(_token_file(data_dir)),
     }
     env.pop("FLAME_CONTROLLER_ADMIN_TOKEN", None)
     return subprocess.Popen(
@@ -60,8 +63,14 @@ def _start(data_dir: Path) -> subprocess.Popen[str]:
     )
 
 
-async def _whoami(port: int, token: str) -> str:
-    async with insecure_channel(f"127.0.0.1:{port}") as channel:
+def _token_file(data_dir: Path) -> Path:
+    path = data_dir.parent / "secrets" / "service.token"
+    return path if path.exists() else service_token_file(path.parent)
+
+
+async def _whoami(port: int, token: str, data_dir: Path) -> str:
+    service = _token_file(data_dir).read_text()
+    async with insecure_channel(f"127.0.0.1:{port}", service_token=service) as channel:
         stub = control_pb2_grpc.ControlPlaneStub(channel)  # type: ignore[misc]
         principal = await stub.Authenticate(pb.AuthenticateRequest(token=token))
         return str(principal.subject)
@@ -73,9 +82,12 @@ async def test_entry_point_bootstraps_once_survives_restart_and_stops_on_sigterm
     proc = _start(tmp_path)
     try:
         deadline = time.monotonic() + DEADLINE
-        token = _read_until(proc, "FLAME_ADMIN_TOKEN=", deadline).split("=", 1)[1]
+        _read_until(proc, "flame-controller: the admin's token is in", deadline)
+        token_path = tmp_path / "admin.token"
+        assert stat.S_IMODE(token_path.stat().st_mode) == 0o600
+        token = token_path.read_text().strip()
         port = int(_read_until(proc, "flame-controller listening on", deadline).rsplit(":", 1)[1])
-        admin_id = await _whoami(port, token)
+        admin_id = await _whoami(port, token, tmp_path)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=DEADLINE) == 0
     finally:
@@ -87,11 +99,12 @@ async def test_entry_point_bootstraps_once_survives_restart_and_stops_on_sigterm
     try:
         line = _read_until(proc, "flame-controller listening on", time.monotonic() + DEADLINE)
         port = int(line.rsplit(":", 1)[1])
-        assert await _whoami(port, token) == admin_id, "the first token survives a restart"
+        assert await _whoami(port, token, tmp_path) == admin_id, "the token survives a restart"
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=DEADLINE)
         assert proc.returncode == 0
-        assert "FLAME_ADMIN_TOKEN" not in out, "the token is printed on the first start only"
+        assert "admin's token" not in out, "a token is made on the first start only"
+        assert token not in out, "a secret is never printed"
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -128,10 +141,12 @@ async def test_server_runs_the_reconciler_that_drives_a_job_to_completion(
         listen="127.0.0.1:0",
         admin_token=ADMIN_TOKEN,
         notifier_address="",
+        service_token_file=service_token_file(tmp_path / "secrets"),
     )
     running = await serve(settings)
+    service = settings.service_token()
     try:
-        async with insecure_channel(running.address) as channel:
+        async with insecure_channel(running.address, service_token=service) as channel:
             stub = control_pb2_grpc.ControlPlaneStub(channel)  # type: ignore[misc]
             principal = await stub.Authenticate(pb.AuthenticateRequest(token=ADMIN_TOKEN))
             admin = Caller("admin", principal.subject)
@@ -173,6 +188,6 @@ async def test_server_runs_the_reconciler_that_drives_a_job_to_completion(
     finally:
         await running.stop(grace=0)
     with pytest.raises(grpc.aio.AioRpcError):
-        async with insecure_channel(running.address) as channel:
+        async with insecure_channel(running.address, service_token=service) as channel:
             stub = control_pb2_grpc.ControlPlaneStub(channel)  # type: ignore[misc]
             await stub.Authenticate(pb.AuthenticateRequest(token=ADMIN_TOKEN), timeout=1)

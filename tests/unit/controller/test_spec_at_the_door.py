@@ -92,7 +92,12 @@ async def door(stub, controller: RunningController) -> AsyncIterator[Door]:  # t
     await stub.PushCode(
         pb.PushCodeRequest(design_id=design.id, zip=central_code()), metadata=md(alice)
     )
-    app = create_app(ApiserverSettings(controller_address=controller.address))
+    app = create_app(
+        ApiserverSettings(
+            controller_address=controller.address,
+            service_token_file=controller.settings.service_token_file,
+        )
+    )
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app),
         base_url="http://flame",

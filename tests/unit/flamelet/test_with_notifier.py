@@ -20,6 +20,7 @@ from flame_proto.v1 import (
 from flame_service.connect import grpc_channel as insecure_channel
 from flame_service.grpc_server import start_server
 from flamelet.events import GrpcEventSource
+from tests.support import service_token_file
 
 from .conftest import CRED, NODE, Node, Running, eventually
 from .test_agent import LONG
@@ -40,13 +41,18 @@ async def test_stop_through_the_notifier_after_its_restart(node: Node) -> None:
         "127.0.0.1:0",
         [(control_pb2_grpc.add_ControlPlaneServicer_to_server, ControlPlane(), "x")],
     )
-    settings = NotifierSettings(listen="127.0.0.1:0", controller_address=f"127.0.0.1:{cp_port}")
+    token_file = service_token_file(node.data / "secrets")
+    settings = NotifierSettings(
+        listen="127.0.0.1:0",
+        controller_address=f"127.0.0.1:{cp_port}",
+        service_token_file=token_file,
+    )
     notifier = await serve(settings)
     port = notifier.port
     events = GrpcEventSource(f"127.0.0.1:{port}", NODE, CRED)
     node.fake.add_task("t1", {"trainer/main.py": LONG})
     agent, api = node.agent(events)
-    channel = insecure_channel(f"127.0.0.1:{port}")
+    channel = insecure_channel(f"127.0.0.1:{port}", service_token=token_file.read_text())
     stub = notifier_pb2_grpc.NotifierStub(channel)
     try:
         async with Running(agent, api):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,6 +23,7 @@ from flame_proto.v1 import (
 )
 from flame_service.connect import grpc_channel as insecure_channel
 from flame_service.grpc_server import start_server
+from tests.support import service_token_file
 
 TOKENS = {"cred-a": "node-a", "cred-b": "node-b"}
 
@@ -55,7 +57,10 @@ async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 @pytest.fixture
-async def stack() -> AsyncIterator[tuple[Running, FakeControlPlane, Any, grpc.aio.Channel]]:
+async def stack(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[Running, FakeControlPlane, Any, grpc.aio.Channel]]:
+    token_file = service_token_file(tmp_path)
     cp = FakeControlPlane()
     cp_server, cp_port = await start_server(
         "127.0.0.1:0",
@@ -63,10 +68,14 @@ async def stack() -> AsyncIterator[tuple[Running, FakeControlPlane, Any, grpc.ai
     )
     running = await serve(
         NotifierSettings(
-            listen="127.0.0.1:0", controller_address=f"127.0.0.1:{cp_port}", presence_retry_max=0.2
+            listen="127.0.0.1:0",
+            controller_address=f"127.0.0.1:{cp_port}",
+            presence_retry_max=0.2,
+            service_token_file=token_file,
         )
     )
-    channel = insecure_channel(f"127.0.0.1:{running.port}")
+    # the test plays the controller (Notify) and the agents (Subscribe, Ack) on one channel
+    channel = insecure_channel(f"127.0.0.1:{running.port}", service_token=token_file.read_text())
     stub = notifier_pb2_grpc.NotifierStub(channel)
     yield running, cp, stub, channel
     await channel.close()
@@ -206,3 +215,21 @@ async def test_queue_cap_drops_oldest_and_ack_bounds() -> None:
     q.ack("n", seqs[-1] + 1000)  # acking beyond what was sent does not move acked past last
     (info,) = q.agents()
     assert (info.acked_seq, info.last_seq, info.connected) == (seqs[-1], seqs[-1], False)
+
+
+async def test_only_the_controller_may_send_events(stack) -> None:  # type: ignore[no-untyped-def]
+    running, _, _, _ = stack
+    async with insecure_channel(f"127.0.0.1:{running.port}") as stranger:
+        stub = notifier_pb2_grpc.NotifierStub(stranger)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Notify(
+                notifier_pb2.NotifyRequest(
+                    node_id="node-a",
+                    event=notifier_pb2.Event(type=notifier_pb2.EVENT_TYPE_STOP_TASK, task_id="t"),
+                )
+            )
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.ListAgents(notifier_pb2.ListAgentsRequest())
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert running.queues.agents() == [] or all(a.last_seq == 0 for a in running.queues.agents())

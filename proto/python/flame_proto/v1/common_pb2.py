@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66lame/v1/common.proto\x12\x08\x66lame.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"j\n\nTransition\x12\x12\n\nfrom_state\x18\x01 \x01(\t\x12\x10\n\x08to_state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"0\n\x0bPageRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\'\n\x0cPageResponse\x12\x17\n\x0fnext_page_token\x18\x01 \x01(\t\"<\n\tPrincipal\x12\x1e\n\x05scope\x18\x01 \x01(\x0e\x32\x0f.flame.v1.Scope\x12\x0f\n\x07subject\x18\x02 \x01(\t*O\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSCOPE_ADMIN\x10\x01\x12\x0e\n\nSCOPE_USER\x10\x02\x12\x0e\n\nSCOPE_NODE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66lame/v1/common.proto\x12\x08\x66lame.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"j\n\nTransition\x12\x12\n\nfrom_state\x18\x01 \x01(\t\x12\x10\n\x08to_state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"0\n\x0bPageRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\'\n\x0cPageResponse\x12\x17\n\x0fnext_page_token\x18\x01 \x01(\t\"O\n\tPrincipal\x12\x1e\n\x05scope\x18\x01 \x01(\x0e\x32\x0f.flame.v1.Scope\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x11\n\tread_only\x18\x03 \x01(\x08*O\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSCOPE_ADMIN\x10\x01\x12\x0e\n\nSCOPE_USER\x10\x02\x12\x0e\n\nSCOPE_NODE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flame_proto.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCOPE']._serialized_start=329
-  _globals['_SCOPE']._serialized_end=408
+  _globals['_SCOPE']._serialized_start=348
+  _globals['_SCOPE']._serialized_end=427
   _globals['_TRANSITION']._serialized_start=68
   _globals['_TRANSITION']._serialized_end=174
   _globals['_PAGEREQUEST']._serialized_start=176
@@ -41,5 +41,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAGERESPONSE']._serialized_start=226
   _globals['_PAGERESPONSE']._serialized_end=265
   _globals['_PRINCIPAL']._serialized_start=267
-  _globals['_PRINCIPAL']._serialized_end=327
+  _globals['_PRINCIPAL']._serialized_end=346
 # @@protoc_insertion_point(module_scope)

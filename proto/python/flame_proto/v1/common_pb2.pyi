@@ -121,18 +121,22 @@ class Principal(_message.Message):
 
     SCOPE_FIELD_NUMBER: _builtins.int
     SUBJECT_FIELD_NUMBER: _builtins.int
+    READ_ONLY_FIELD_NUMBER: _builtins.int
     scope: Global___Scope.ValueType
     subject: _builtins.str
     """user id for admin/user, node id for node"""
+    read_only: _builtins.bool
+    """an API token without the "write" scope: queries only"""
     def __init__(
         self,
         *,
         scope: Global___Scope.ValueType = ...,
         subject: _builtins.str = ...,
+        read_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["read_only", b"read_only", "scope", b"scope", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -79,10 +79,20 @@ class ControlPlaneStub:
                 request_serializer=flame_dot_v1_dot_control__pb2.CreateTokenRequest.SerializeToString,
                 response_deserializer=flame_dot_v1_dot_control__pb2.TokenSecret.FromString,
                 _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/flame.v1.ControlPlane/ListTokens',
+                request_serializer=flame_dot_v1_dot_control__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=flame_dot_v1_dot_control__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
         self.RevokeToken = channel.unary_unary(
                 '/flame.v1.ControlPlane/RevokeToken',
                 request_serializer=flame_dot_v1_dot_control__pb2.GetRequest.SerializeToString,
                 response_deserializer=flame_dot_v1_dot_control__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/flame.v1.ControlPlane/ListAudit',
+                request_serializer=flame_dot_v1_dot_control__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=flame_dot_v1_dot_control__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
         self.CreateProject = channel.unary_unary(
                 '/flame.v1.ControlPlane/CreateProject',
@@ -376,8 +386,21 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RevokeToken(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """audit: every state-changing call (admins only)
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -720,10 +743,20 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     request_deserializer=flame_dot_v1_dot_control__pb2.CreateTokenRequest.FromString,
                     response_serializer=flame_dot_v1_dot_control__pb2.TokenSecret.SerializeToString,
             ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=flame_dot_v1_dot_control__pb2.ListTokensRequest.FromString,
+                    response_serializer=flame_dot_v1_dot_control__pb2.ListTokensResponse.SerializeToString,
+            ),
             'RevokeToken': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeToken,
                     request_deserializer=flame_dot_v1_dot_control__pb2.GetRequest.FromString,
                     response_serializer=flame_dot_v1_dot_control__pb2.Empty.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=flame_dot_v1_dot_control__pb2.ListAuditRequest.FromString,
+                    response_serializer=flame_dot_v1_dot_control__pb2.ListAuditResponse.SerializeToString,
             ),
             'CreateProject': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateProject,
@@ -1170,6 +1203,33 @@ class ControlPlane:
             _registered_method=True)
 
     @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flame.v1.ControlPlane/ListTokens',
+            flame_dot_v1_dot_control__pb2.ListTokensRequest.SerializeToString,
+            flame_dot_v1_dot_control__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def RevokeToken(request,
             target,
             options=(),
@@ -1186,6 +1246,33 @@ class ControlPlane:
             '/flame.v1.ControlPlane/RevokeToken',
             flame_dot_v1_dot_control__pb2.GetRequest.SerializeToString,
             flame_dot_v1_dot_control__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flame.v1.ControlPlane/ListAudit',
+            flame_dot_v1_dot_control__pb2.ListAuditRequest.SerializeToString,
+            flame_dot_v1_dot_control__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

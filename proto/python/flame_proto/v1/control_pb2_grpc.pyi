@@ -51,7 +51,10 @@ class ControlPlaneStub:
     UpdateUser: _grpc.UnaryUnaryMultiCallable[_control_pb2.UpdateUserRequest, _control_pb2.User]
     DeleteUser: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.Empty]
     CreateToken: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateTokenRequest, _control_pb2.TokenSecret]
+    ListTokens: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListTokensRequest, _control_pb2.ListTokensResponse]
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.Empty]
+    ListAudit: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListAuditRequest, _control_pb2.ListAuditResponse]
+    """audit: every state-changing call (admins only)"""
     CreateProject: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateProjectRequest, _control_pb2.Project]
     """projects"""
     GetProject: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.Project]
@@ -141,7 +144,10 @@ class ControlPlaneAsyncStub(ControlPlaneStub):
     UpdateUser: _aio.UnaryUnaryMultiCallable[_control_pb2.UpdateUserRequest, _control_pb2.User]  # type: ignore[assignment]
     DeleteUser: _aio.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.Empty]  # type: ignore[assignment]
     CreateToken: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateTokenRequest, _control_pb2.TokenSecret]  # type: ignore[assignment]
+    ListTokens: _aio.UnaryUnaryMultiCallable[_control_pb2.ListTokensRequest, _control_pb2.ListTokensResponse]  # type: ignore[assignment]
     RevokeToken: _aio.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.Empty]  # type: ignore[assignment]
+    ListAudit: _aio.UnaryUnaryMultiCallable[_control_pb2.ListAuditRequest, _control_pb2.ListAuditResponse]  # type: ignore[assignment]
+    """audit: every state-changing call (admins only)"""
     CreateProject: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateProjectRequest, _control_pb2.Project]  # type: ignore[assignment]
     """projects"""
     GetProject: _aio.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.Project]  # type: ignore[assignment]
@@ -272,11 +278,26 @@ class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_control_pb2.TokenSecret, _abc.Awaitable[_control_pb2.TokenSecret]]: ...
 
     @_abc_1.abstractmethod
+    def ListTokens(
+        self,
+        request: _control_pb2.ListTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListTokensResponse, _abc.Awaitable[_control_pb2.ListTokensResponse]]: ...
+
+    @_abc_1.abstractmethod
     def RevokeToken(
         self,
         request: _control_pb2.GetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.Empty, _abc.Awaitable[_control_pb2.Empty]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAudit(
+        self,
+        request: _control_pb2.ListAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListAuditResponse, _abc.Awaitable[_control_pb2.ListAuditResponse]]:
+        """audit: every state-changing call (admins only)"""
 
     @_abc_1.abstractmethod
     def CreateProject(

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Path, Response
+from fastapi import Path, Query, Response
 
 from flame_apiserver.auth import AnyCaller, Ctl, UserCaller
 from flame_apiserver.models import (
+    AuditEntry,
     CreateToken,
     CreateUser,
+    Items,
     Page,
+    TokenInfo,
     TokenSecret,
     UpdateUser,
     User,
@@ -25,7 +28,7 @@ Id = Annotated[str, Path(min_length=1, max_length=256)]
 
 @router.get("/whoami", response_model=WhoAmI)
 async def whoami(caller: AnyCaller) -> WhoAmI:
-    return WhoAmI(scope=caller.scope, subject=caller.subject)
+    return WhoAmI(scope=caller.scope, subject=caller.subject, read_only=caller.read_only)
 
 
 @router.post("/users", status_code=201, response_model=User)
@@ -65,10 +68,32 @@ async def delete_user(id: Id, caller: UserCaller, ctl: Ctl) -> None:
 @router.post("/users/{id}/tokens", status_code=201, response_model=TokenSecret)
 async def create_token(id: Id, body: CreateToken, caller: UserCaller, ctl: Ctl) -> TokenSecret:
     req = control_pb2.CreateTokenRequest(
-        user_id=id, description=body.description, ttl_seconds=body.ttl_seconds
+        user_id=id, description=body.description, ttl_seconds=body.ttl_seconds, scopes=body.scopes
     )
-    resp = await ctl.call(ctl.stub.CreateToken, req, caller)
-    return TokenSecret(id=resp.id, token=resp.token, user_id=resp.user_id)
+    return TokenSecret.from_pb(await ctl.call(ctl.stub.CreateToken, req, caller))
+
+
+@router.get("/users/{id}/tokens", response_model=Items[TokenInfo])
+async def list_tokens(id: Id, caller: UserCaller, ctl: Ctl) -> Items[TokenInfo]:
+    resp = await ctl.call(ctl.stub.ListTokens, control_pb2.ListTokensRequest(user_id=id), caller)
+    return Items[TokenInfo](items=[TokenInfo.from_pb(t) for t in resp.items])
+
+
+@router.get("/audit", response_model=Page[AuditEntry])
+async def list_audit(
+    page: PageQuery,
+    caller: UserCaller,
+    ctl: Ctl,
+    actor: Annotated[str, Query(max_length=256)] = "",
+    action: Annotated[str, Query(max_length=64)] = "",
+) -> Page[AuditEntry]:
+    """Every state-changing call (admins only), oldest first."""
+    req = control_pb2.ListAuditRequest(page=page.page, actor=actor, action=action)
+    resp = await ctl.call(ctl.stub.ListAudit, req, caller)
+    return Page[AuditEntry](
+        items=[AuditEntry.from_pb(a) for a in resp.items],
+        next_page_token=resp.page.next_page_token,
+    )
 
 
 @router.delete("/tokens/{id}", status_code=204, response_class=Response)

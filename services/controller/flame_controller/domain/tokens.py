@@ -5,14 +5,21 @@ Only the sha256 of a secret is stored; the secret itself is returned once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 import structlog
 
 from flame_service.auth import Caller, hash_token, new_token
-from flame_service.errors import InvalidArgument, NotFound, Unauthenticated
+from flame_service.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 
-from ..store.records import TokenRecord, new_id, utcnow
+from ..store.records import ALL_PERMISSIONS, TokenRecord, new_id, utcnow
 from .access import JOB_PREFIX, not_found, require_user
 from .context import Ctx
 from .results import IssuedToken
@@ -29,6 +36,7 @@ async def issue(
     subject: str,
     description: str = "",
     ttl_seconds: int = 0,
+    scopes: Sequence[str] = ALL_PERMISSIONS,
 ) -> IssuedToken:
     """Create and store a new secret (hashed); the plain secret is in the result only."""
     prefix = {"api": "user", "enrolment": "enrol", "node": "node", "task": "task"}[kind]
@@ -42,15 +50,36 @@ async def issue(
             "token_hash": hash_token(secret),
             "description": description,
             "expires_at": utcnow() + timedelta(seconds=ttl_seconds) if ttl_seconds else None,
+            "scopes": list(scopes),
         }
     )
     return IssuedToken(record=await ctx.store.create_token(record), secret=secret)
 
 
+def _check_scopes(scopes: Sequence[str]) -> list[str]:
+    wanted = sorted(set(scopes)) or list(ALL_PERMISSIONS)
+    unknown = [s for s in wanted if s not in ALL_PERMISSIONS]
+    if unknown:
+        raise InvalidArgument(
+            f"unknown token scope(s) {', '.join(map(repr, unknown))}; "
+            f"choose from {', '.join(ALL_PERMISSIONS)}"
+        )
+    return wanted
+
+
 async def create_token(
-    ctx: Ctx, caller: Caller, *, user_id: str, description: str, ttl_seconds: int
+    ctx: Ctx,
+    caller: Caller,
+    *,
+    user_id: str,
+    description: str,
+    ttl_seconds: int,
+    scopes: Sequence[str] = (),
 ) -> IssuedToken:
     require_user(caller)
+    wanted = _check_scopes(scopes)
+    if caller.read_only:
+        raise PermissionDenied("a read-only token cannot create tokens")
     if not (caller.is_admin or caller.subject == user_id):
         raise not_found("user", user_id)
     try:
@@ -68,9 +97,58 @@ async def create_token(
         subject=user_id,
         description=description,
         ttl_seconds=ttl_seconds,
+        scopes=wanted,
     )
     log.info("token.created", token_id=issued.record.id, user_id=user_id, by=caller.subject)
     return issued
+
+
+async def list_tokens(ctx: Ctx, caller: Caller, user_id: str) -> list[TokenRecord]:
+    """A user's API tokens (never their secrets): the user themself or an admin."""
+    require_user(caller)
+    if not (caller.is_admin or caller.subject == user_id):
+        raise not_found("user", user_id)
+    try:
+        await ctx.store.get_user(user_id)
+    except NotFound:
+        raise not_found("user", user_id) from None
+    return await _api_tokens(ctx, user_id)
+
+
+async def _api_tokens(ctx: Ctx, user_id: str) -> list[TokenRecord]:
+    found: list[TokenRecord] = []
+    after = None
+    while True:
+        items, after = await ctx.store.list_tokens(
+            subject=user_id, kind="api", limit=500, after=after
+        )
+        found += items
+        if after is None:
+            return found
+
+
+def live(token: TokenRecord) -> bool:
+    """Usable now: not revoked, not expired, allowed to write."""
+    expired = token.expires_at is not None and token.expires_at <= utcnow()
+    return not token.revoked and not expired and "write" in token.scopes
+
+
+async def usable_admins(
+    ctx: Ctx, *, without_user: str | None = None, without_token: str | None = None
+) -> int:
+    """Admins who can still log in and act (an admin with a live write token), leaving out one
+    user (about to be demoted or deleted) or one token (about to be revoked)."""
+    count, after = 0, None
+    while True:
+        users, after = await ctx.store.list_users(limit=500, after=after)
+        for user in users:
+            if not user.admin or user.id == without_user:
+                continue
+            tokens = await _api_tokens(ctx, user.id)
+            if any(live(t) and t.id != without_token for t in tokens):
+                count += 1
+        if after is None:
+            return count
 
 
 async def revoke_token(ctx: Ctx, caller: Caller, token_id: str) -> None:
@@ -81,7 +159,13 @@ async def revoke_token(ctx: Ctx, caller: Caller, token_id: str) -> None:
         raise not_found("token", token_id) from None
     if token.kind != "api" or not (caller.is_admin or token.subject == caller.subject):
         raise not_found("token", token_id)
+    if caller.read_only:
+        raise PermissionDenied("a read-only token cannot revoke tokens")
     if not token.revoked:
+        if live(token) and await usable_admins(ctx, without_token=token_id) == 0:
+            raise FailedPrecondition(
+                "this is the last token of the last admin: create another admin token first"
+            )
         await ctx.store.update_token(token_id, {"revoked": True})
     log.info("token.revoked", token_id=token_id, by=caller.subject)
 
@@ -123,7 +207,8 @@ async def authenticate(ctx: Ctx, token: str) -> Caller:
     try:
         if record.kind == "api":
             user = await ctx.store.get_user(record.subject)
-            return Caller("admin" if user.admin else "user", user.id)
+            read_only = "write" not in record.scopes
+            return Caller("admin" if user.admin else "user", user.id, read_only=read_only)
         if record.kind == "node":
             node = await ctx.store.get_node(record.subject)
             if node.revoked:

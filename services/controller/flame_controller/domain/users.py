@@ -14,7 +14,7 @@ from ..store.records import JobRecord, UserRecord, new_id
 from .access import check_name, fetch, not_found, page_limit, require_admin, require_user
 from .context import Ctx
 from .results import Listing
-from .tokens import revoke_all
+from .tokens import revoke_all, usable_admins
 
 log = structlog.get_logger(__name__)
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
@@ -53,15 +53,6 @@ async def list_users(ctx: Ctx, caller: Caller, *, limit: int, after: str) -> Lis
     return Listing(items, cursor or "")
 
 
-async def _other_admins(ctx: Ctx, user_id: str) -> int:
-    count, after = 0, None
-    while True:
-        items, after = await ctx.store.list_users(limit=1000, after=after)
-        count += sum(1 for u in items if u.admin and u.id != user_id)
-        if after is None:
-            return count
-
-
 async def _jobs_in_progress(ctx: Ctx, user_id: str) -> list[JobRecord]:
     """The user's jobs that run or were asked to (a stopped or finished job may be orphaned)."""
     found: list[JobRecord] = []
@@ -86,8 +77,11 @@ async def update_user(
     if admin is not None and admin != user.admin:
         if not caller.is_admin:
             raise PermissionDenied("only an admin may change the admin flag")
-        if not admin and await _other_admins(ctx, user_id) == 0:
-            raise FailedPrecondition("cannot remove the admin flag from the last admin")
+        if not admin and await usable_admins(ctx, without_user=user_id) == 0:
+            raise FailedPrecondition(
+                "cannot remove the admin flag from the last admin who can log in; "
+                "make another user admin (with a token) first"
+            )
         changes["admin"] = admin
     if not changes:
         return user
@@ -99,8 +93,10 @@ async def update_user(
 async def delete_user(ctx: Ctx, caller: Caller, user_id: str) -> None:
     user = await get_user(ctx, caller, user_id)
     require_admin(caller)
-    if user.admin and await _other_admins(ctx, user_id) == 0:
-        raise FailedPrecondition("cannot delete the last admin")
+    if user.admin and await usable_admins(ctx, without_user=user_id) == 0:
+        raise FailedPrecondition(
+            "cannot delete the last admin who can log in; make another user admin first"
+        )
     busy = await _jobs_in_progress(ctx, user_id)
     if busy:
         ids = ", ".join(repr(j.id) for j in busy[:5]) + (" ..." if len(busy) > 5 else "")

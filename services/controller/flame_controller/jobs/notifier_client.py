@@ -38,17 +38,25 @@ class GrpcNotifier:
     """``Notify`` over one lazily opened channel (:mod:`flame_service.connect`)."""
 
     def __init__(
-        self, address: str, *, timeout: float = 2.0, security: Security = PLAINTEXT
+        self,
+        address: str,
+        *,
+        timeout: float = 2.0,
+        security: Security = PLAINTEXT,
+        service_token: str | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
         self._security = security
+        self._service_token = service_token
         self._channel: grpc.aio.Channel | None = None
         self._stub: notifier_pb2_grpc.NotifierStub | None = None
 
     def _connect(self) -> notifier_pb2_grpc.NotifierStub:
         if self._stub is None:
-            self._channel = grpc_channel(self.address, self._security)
+            self._channel = grpc_channel(
+                self.address, self._security, service_token=self._service_token
+            )
             self._stub = notifier_pb2_grpc.NotifierStub(self._channel)
         return self._stub
 

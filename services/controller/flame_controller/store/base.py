@@ -31,6 +31,7 @@ from datetime import datetime
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from flame_controller.store.records import (
+    AuditRecord,
     CodeRecord,
     DatasetRecord,
     DesignRecord,
@@ -287,6 +288,19 @@ class Store(Protocol):
         ...
 
     # -- blobs (code zips, up to 64 MiB) ---------------------------------------------------
+    # audit
+    async def append_audit(self, entry: AuditRecord) -> AuditRecord: ...
+    async def list_audit(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        after: str | None = None,
+    ) -> Page[AuditRecord]:
+        """Oldest first; filters by actor and action."""
+        ...
+
     async def put_blob(self, data: bytes) -> str:
         """Store bytes content-addressed; returns the key (sha256 hex).  Idempotent."""
         ...

@@ -43,6 +43,7 @@ from flame_controller.store.query import (
 )
 from flame_controller.store.records import (
     JOB_TERMINAL_STATES,
+    AuditRecord,
     CodeRecord,
     DatasetRecord,
     DesignRecord,
@@ -626,6 +627,24 @@ class DocumentStore(ABC):
         )
         rows = await self._find(K.METRICS, cond, ("n",))
         return [self._decode(K.METRICS, MetricRecord, doc) for _, doc in rows]
+
+    # ------------------------------------------------------------------ audit
+    async def append_audit(self, entry: AuditRecord) -> AuditRecord:
+        return await self._create(K.AUDIT, entry)
+
+    async def list_audit(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        after: str | None = None,
+    ) -> Page[AuditRecord]:
+        cond = all_of(
+            Eq("actor", actor) if actor else None,
+            Eq("action", action) if action else None,
+        )
+        return await self._page(K.AUDIT, AuditRecord, cond, limit, after)
 
     # ------------------------------------------------------------------ blobs
     async def put_blob(self, data: bytes) -> str:

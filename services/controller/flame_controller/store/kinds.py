@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flame_controller.store.records import (
+    AuditRecord,
     CodeRecord,
     DatasetRecord,
     DesignRecord,
@@ -117,6 +118,13 @@ METRICS = Kind(
     hidden=("n",),
 )
 
+AUDIT = Kind(
+    "audit",
+    AuditRecord,
+    ("actor", "action", "created_at"),
+    indexes=(("created_at",), ("actor",)),
+)
+
 ALL_KINDS: tuple[Kind, ...] = (
     USERS,
     TOKENS,
@@ -129,4 +137,5 @@ ALL_KINDS: tuple[Kind, ...] = (
     TASKS,
     LOGS,
     METRICS,
+    AUDIT,
 )

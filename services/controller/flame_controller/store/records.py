@@ -28,6 +28,8 @@ JobDesiredState = Literal["ready", "running", "stopped"]
 TaskState = Literal["pending", "scheduled", "running", "completed", "failed", "terminated"]
 Presence = Literal["unknown", "online", "offline"]
 TokenKind = Literal["api", "enrolment", "node", "task"]
+TokenPermission = Literal["read", "write"]
+ALL_PERMISSIONS: tuple[TokenPermission, ...] = ("read", "write")
 TokenScope = Literal["admin", "user", "node"]
 LogStream = Literal["stdout", "stderr", "agent"]
 
@@ -86,6 +88,8 @@ class TokenRecord(Record):
     description: str = ""
     expires_at: UtcDatetime | None = None
     revoked: bool = False
+    # what an API token may do: "read" (queries) and/or "write" (everything else)
+    scopes: list[TokenPermission] = Field(default_factory=lambda: list(ALL_PERMISSIONS))
     created_at: UtcDatetime = Field(default_factory=utcnow)
 
 
@@ -121,6 +125,7 @@ class DatasetRecord(Record):
     realm: str = ""
     format: str = ""
     size_bytes: int = 0
+    num_samples: int = Field(default=0, ge=0)  # as the data owner registered it (0: unknown)
     uri: str = ""
     description: str = ""
     created_at: UtcDatetime = Field(default_factory=utcnow)
@@ -238,3 +243,16 @@ class MetricRecord(Record):
     value: float
     step: int = 0
     at: UtcDatetime = Field(default_factory=utcnow)
+
+
+class AuditRecord(Record):
+    """One state-changing call: who, what, on which resource, when, and how it ended."""
+
+    id: str
+    actor_scope: str  # admin | user | node | service
+    actor: str
+    action: str  # the call, e.g. CreateJob
+    target: str = ""
+    outcome: str = "ok"  # or the error code
+    detail: str = ""
+    created_at: UtcDatetime = Field(default_factory=utcnow)
