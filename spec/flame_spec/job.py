@@ -24,10 +24,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from flame_spec.design import Backend
 from flame_spec.errors import FieldProblem
+from flame_spec.kinds import check_kind_parameters
 from flame_spec.rules import RULES, SELECTORS, Params
 from flame_spec.types import JsonObject, SpecModel
 
@@ -132,6 +133,11 @@ class JobSpec(SpecModel):
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 1e6:
                 raise FieldProblem("lr", f"must be a number above 0 and at most 1e6, not {v!r}")
         return value
+
+    @model_validator(mode="after")
+    def _kind_parameters(self) -> JobSpec:
+        check_kind_parameters(self.kind, self.hyperparameters)
+        return self
 
     def trainers_problem(self, trainers: int) -> str | None:
         """Why this spec cannot run with ``trainers`` data-consumer tasks, if it cannot."""

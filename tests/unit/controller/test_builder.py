@@ -374,3 +374,23 @@ def test_several_data_consumer_roles_are_for_vertical_jobs_only() -> None:
     fx["job"]["kind"] = "vertical"
     with pytest.raises(InvalidArgument, match="a vertical job needs two or more data-consumer"):
         build(fx)
+
+
+@pytest.mark.parametrize(
+    ("kind", "hyperparameters", "message"),
+    [
+        ("statistics", {"bins": 0}, "hyperparameters.bins: must be an integer from 1 to 10000"),
+        ("statistics", {"range": [1, 0]}, "hyperparameters.range: must be [lo, hi] with lo < hi"),
+        ("statistics", {"quantiles": [0.5, 2]}, "hyperparameters.quantiles"),
+        ("vertical", {"feature_widths": {"a": 0}}, "hyperparameters.feature_widths.a"),
+        ("vertical", {"test_fraction": 1.0}, "hyperparameters.test_fraction"),
+        ("cross-site-evaluation", {"min_samples": 0}, "hyperparameters.min_samples"),
+        ("federated-magic", {}, "kind"),
+    ],
+)
+def test_a_kinds_bad_hyperparameters_are_refused_at_the_door(
+    kind: str, hyperparameters: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
+        parse_job_spec({"kind": kind, "hyperparameters": hyperparameters})
+    parse_job_spec({"kind": "training", "hyperparameters": hyperparameters})  # not read there
