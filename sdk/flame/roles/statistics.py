@@ -222,7 +222,13 @@ class StatisticsServer(Role):
         names = {tuple(r.features) for r in self.replies.values()}
         if len(names) > 1:
             raise FlameError(f"the sites disagree on the features: {sorted(names)}")
-        self.contributors = sorted(p for p, r in self.replies.items() if not r.suppressed)
+        # combined in the order of the sites' names, which are the same wherever the job runs
+        # (task ids are not): the same floating-point result in a simulation and on the
+        # control plane
+        self.contributors = sorted(
+            (p for p, r in self.replies.items() if not r.suppressed),
+            key=lambda p: self.labels.get(p, p),
+        )
         suppressed = sorted(self.labels.get(p, p) for p, r in self.replies.items() if r.suppressed)
         need = self.config.job.min_trainers
         if len(self.contributors) < need:
