@@ -37,6 +37,7 @@ type                    kind                    meta (tensors)
                                                 ``done``) (``edges`` for histograms)
 :class:`StatsReport`    ``stats.report``        ``phase``, ``features``, ``suppressed``
                                                 (moments or ``histogram`` counts)
+:class:`SiteReady`      ``xsite.ready``         ``eval_samples`` — a site loaded its data
 :class:`LocalModel`     ``xsite.local``         a site's own last trained model
 :class:`EvalRequest`    ``xsite.request``       ``model``, ``last`` (the model to evaluate)
 :class:`EvalResult`     ``xsite.result``        ``model``, ``metrics``, ``eval_samples``
@@ -387,6 +388,19 @@ class StatsReport(Body):
 
 
 # -- cross-site evaluation ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SiteReady(Body):
+    """A site of a cross-site evaluation loaded its data and passed its checks."""
+
+    KIND: ClassVar[str] = "xsite.ready"
+
+    eval_samples: float = 0.0
+
+    @classmethod
+    def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
+        return {"eval_samples": _count(meta, "eval_samples", 0.0)}
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,16 @@ The job trains as a central FedAvg job would (the same Trainer and Aggregator co
 site's own model (its model after its last local training) and the final global model are
 evaluated on every site's local data:
 
-    trainer:    init >> Loop(until=done)(fetch >> share >> step >> reduce >> upload)
+    trainer:    init >> ready >> Loop(until=done)(fetch >> share >> step >> reduce >> upload)
                      >> submit_local >> Loop(until=evaluated)(evaluate_model) >> finish
-    aggregator: init >> Loop(until=done)(fetch >> distribute >> collect >> aggregate >> upload)
+    aggregator: init >> roll_call
+                     >> Loop(until=done)(fetch >> distribute >> collect >> every_site
+                                         >> aggregate >> upload)
                      >> gather_local >> cross_evaluate >> publish >> finish
+
+Every site's model is a row and its data a column, so every site is needed: ``roll_call``
+waits until each site has loaded its data and passed its checks (or fails the job with the
+reason a site gave, before anyone trains), and a site lost during training fails the job.
 
 :func:`flame.roles.loader.role_class_for` mixes these into the user's Trainer and Aggregator
 classes when the job's kind says so, so the central example's code runs unchanged. Sites and
@@ -26,7 +32,7 @@ from typing import Any
 
 from flame.composer import Composable, Loop, tasklet
 from flame.errors import ConfigError, FlameError, RejectedUpdate
-from flame.protocol import EvalRequest, EvalResult, LocalModel
+from flame.protocol import EvalRequest, EvalResult, LocalModel, SiteReady
 from flame.roles.aggregator import Aggregator
 from flame.roles.base import RoleResult
 from flame.roles.statistics import site_labels
@@ -56,6 +62,7 @@ class CrossSiteTrainer(Trainer):
     def compose(self) -> Composable:
         return (
             self.init
+            >> self.ready
             >> Loop(until=self.done)(
                 self.fetch >> self.share >> self.step >> self.reduce >> self.upload
             )
@@ -81,6 +88,13 @@ class CrossSiteTrainer(Trainer):
         super()._step()
         if not self.final:
             self.local_weights = copy_weights(self.weights)
+
+    @tasklet
+    async def ready(self) -> None:
+        assert self.topology.upstream is not None and self.upstream_peer is not None
+        eval_size = float(self.eval_size if self.eval_size is not None else self.dataset_size)
+        msg = SiteReady(eval_samples=eval_size).message()
+        await self.channels[self.topology.upstream].send(self.upstream_peer, msg)
 
     async def on_failure(self, exc: FlameError) -> None:
         await self.notify_abort(self.topology.upstream, exc)
@@ -128,6 +142,7 @@ class CrossSiteEvaluator(Aggregator):
     def compose(self) -> Composable:
         return (
             self.init
+            >> self.roll_call
             >> Loop(until=self.done)(
                 self.fetch
                 >> self.distribute
@@ -144,6 +159,19 @@ class CrossSiteEvaluator(Aggregator):
 
     def label(self, task_id: str) -> str:
         return self.labels.get(task_id, task_id)
+
+    @tasklet
+    async def roll_call(self) -> None:
+        """Wait for every site's ``ready``; a site that gave up fails the job, with its reason,
+        before anyone trains."""
+        assert self.topology.downstream is not None
+        for site in self.candidates:
+            try:
+                SiteReady.read(await self.recv_from(self.topology.downstream, site, "ready"))
+            except RejectedUpdate as exc:
+                raise FlameError(f"site {self.label(site)}: {exc.reason}") from None
+            except FlameError as exc:  # the site gave up (its reason) or never answered
+                raise FlameError(f"site {self.label(site)}: {exc}") from None
 
     @tasklet
     def every_site(self) -> None:

@@ -76,14 +76,20 @@ def test_every_model_is_scored_on_every_site_and_the_global_row_is_the_central_j
     assert logged["matrix"] == report["matrix"]
 
 
-def test_a_site_with_too_few_samples_fails_the_job_before_training() -> None:
-    hp = {**load_job_dir(JOB).spec.hyperparameters, "min_samples": 100}
-    with pytest.raises(
-        FlameError,
-        match=r"site digits-0: dataset 'digits-0' has 36 evaluation "
-        r"samples; the job needs at least min_samples=100",
-    ):
-        flame.simulate(JOB, overrides={"hyperparameters": hp})
+def test_a_site_with_too_few_samples_fails_the_job_before_anyone_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shard = load_shard("digits://iid/10/9")
+    small = tmp_path / "small.npz"
+    np.savez(small, x_train=shard.x_train, y_train=shard.y_train,
+             x_test=shard.x_test[:5], y_test=shard.y_test[:5])  # fmt: skip
+    trained: list[str] = []
+    trainer = load_role_class(JOB / "trainer" / "main.py")
+    monkeypatch.setattr(trainer, "train", lambda self: trained.append(self.config.task_id))
+    with pytest.raises(FlameError, match=r"site digits-9: dataset 'digits-9' has 5 evaluation "
+                       r"samples; the job needs at least min_samples=10"):  # fmt: skip
+        flame.simulate(JOB, roles={"trainer": trainer}, datasets={"digits-9": str(small)})
+    assert trained == []
 
 
 def test_a_training_class_in_a_statistics_job_is_refused_with_the_reason() -> None:
