@@ -192,3 +192,13 @@ def test_too_few_samples_fail_the_job_before_training(
     hp["min_samples"] = 5000
     with pytest.raises(FlameError, match=r"samples; the job needs at least min_samples=5000"):
         flame.simulate(EXAMPLES / "vertical-logistic", overrides={"hyperparameters": hp})
+
+
+@pytest.mark.parametrize("backend", ["grpc", "mqtt"])
+def test_a_vertical_job_gives_the_same_result_over_every_channel_backend(backend: str) -> None:
+    job = EXAMPLES / "vertical-logistic"
+    inproc = flame.simulate(job, overrides={"rounds": 2})
+    other = flame.simulate(job, backend=backend, overrides={"rounds": 2})  # type: ignore[arg-type]
+    assert other.history == inproc.history
+    for name, tensor in inproc.weights.items():
+        np.testing.assert_array_equal(other.weights[name], tensor)
