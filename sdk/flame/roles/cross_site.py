@@ -35,7 +35,7 @@ from flame.errors import ConfigError, FlameError, RejectedUpdate
 from flame.protocol import EvalRequest, EvalResult, LocalModel, SiteReady
 from flame.roles.aggregator import Aggregator
 from flame.roles.base import RoleResult
-from flame.roles.statistics import site_labels
+from flame.roles.sites import site_labels
 from flame.roles.trainer import Trainer
 from flame.tensors import Weights, check_update, copy_weights
 

@@ -56,7 +56,11 @@ async def intersect_as_hub(
     key = BlindingKey()
     order = _shuffled(ids)
     mine = await role.call_user(lambda: key.blind_ids(order))
-    await role.send_all(channel, list(spokes), PsiBlinded(weights={"points": mine}).message())
+    msg = PsiBlinded(weights={"points": mine}).message()
+    reached = await role.send_all(channel, list(spokes), msg)
+    if len(reached) != len(spokes):
+        lost = ", ".join(sorted(set(spokes) - set(reached)))
+        raise FlameError(f"private set intersection: cannot reach {lost}")
     theirs: dict[str, list[bytes]] = {}  # spoke -> its values blinded by both, its order
     back: dict[str, list[bytes]] = {}  # spoke -> my values blinded by both, my order
     for spoke in spokes:

@@ -29,6 +29,7 @@ from flame.composer import Composable, Loop, tasklet
 from flame.errors import ConfigError, FlameError, PeerTimeout, QuorumLost
 from flame.protocol import Abort, StatsReport, StatsRequest
 from flame.roles.base import Role, RoleResult
+from flame.roles.sites import site_labels
 from flame.statistics import (
     Moments,
     bin_edges,
@@ -39,7 +40,6 @@ from flame.statistics import (
     suppress,
 )
 from flame.tracking import tracking_tags
-from flame_spec import plan_tasks
 
 DEFAULTS: dict[str, Any] = {
     "bins": 10,
@@ -323,14 +323,3 @@ class StatisticsServer(Role):
     def result(self) -> RoleResult:
         res = super().result()
         return RoleResult(**{**res.__dict__, "report": self.report})
-
-
-def site_labels(config: Any) -> dict[str, str]:
-    """Each data-consumer task's name in reports: its dataset as the job spec names it (the
-    same in a simulation and on the control plane, where task ids differ; taken from the spec,
-    never from what a peer claims)."""
-    return {
-        t.id: t.dataset.name
-        for t in plan_tasks(config.design, config.job, config.job_id)
-        if t.dataset is not None
-    }

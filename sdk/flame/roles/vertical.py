@@ -41,8 +41,8 @@ from flame.protocol import Embedding, Gradient
 from flame.psi import canonical_ids
 from flame.roles.base import Role, RoleResult
 from flame.roles.intersection import intersect_as_hub, intersect_as_spoke
+from flame.roles.sites import party_order
 from flame.tracking import tracking_tags
-from flame_spec import plan_tasks
 
 
 def split_rows(n: int, seed: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -432,16 +432,6 @@ class LabelParty(VerticalParty):
         self.optimizer.step()
         grads = [p.grad.numpy() for p in parts]  # type: ignore[union-attr]
         return TopStep(float(loss.detach()), logits.detach().argmax(1).numpy(), grads)
-
-
-def party_order(config: Any, peers: list[str]) -> list[str]:
-    """Feature parties in design order, then task index: the same order wherever the job runs
-    (task ids differ between a simulation and the control plane; indexes do not)."""
-    rank = {r.name: i for i, r in enumerate(config.design.roles)}
-    where = {
-        t.id: (rank[t.role], t.index) for t in plan_tasks(config.design, config.job, config.job_id)
-    }
-    return sorted(peers, key=lambda p: where.get(p, (len(rank), 0)))
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
