@@ -164,3 +164,91 @@ def load_shard(uri: str) -> Shard:
             return Shard(data["x_train"], data["y_train"], data["x_test"], data["y_test"])
     except (OSError, KeyError, ValueError) as exc:
         raise ConfigError(f"cannot load dataset {uri}: {exc}") from exc
+
+
+# -- vertical (column-split) data ------------------------------------------------------------------
+
+#: The parts of the column-split digits: the left four pixel columns of the 8x8 image, the right
+#: four, and the labels.
+VERTICAL_PARTS = ("left", "right", "labels")
+
+
+@dataclass(frozen=True)
+class VerticalPart:
+    """One party's part of a vertically split data set: sample ids, its columns (``x``) or
+    the labels (``y``)."""
+
+    ids: np.ndarray
+    x: np.ndarray | None = None
+    y: np.ndarray | None = None
+
+
+def digits_ids() -> np.ndarray:
+    """The sample id of every digits image (its position in scikit-learn's data set)."""
+    n = len(_digits_full()[1])
+    return np.array([f"digit-{i:04d}" for i in range(n)])
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_full() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return (data.data / 16.0).astype(np.float32), data.target.astype(np.int64)
+
+
+def vertical_digits(part: str, keep: float = 0.85, seed: int = 0) -> VerticalPart:
+    """Digits split column-wise: ``part`` is ``left`` (pixel columns 0-3 of each row, 32
+    features), ``right`` (columns 4-7) or ``labels``. Each part keeps its own random ``keep``
+    share of the samples, in its own random row order, so the parts' ids only partly overlap
+    (about ``keep ** 3`` of the samples are in all three)."""
+    if part not in VERTICAL_PARTS:
+        raise ConfigError(f"unknown part {part!r}; choose one of {', '.join(VERTICAL_PARTS)}")
+    if not 0 < keep <= 1:
+        raise ConfigError("keep must be in (0, 1]")
+    x, y = _digits_full()
+    ids = digits_ids()
+    rng = np.random.default_rng([seed, VERTICAL_PARTS.index(part)])
+    chosen = rng.permutation(np.flatnonzero(rng.random(len(y)) < keep))
+    left = np.array([c for c in range(64) if c % 8 < 4])
+    if part == "labels":
+        return VerticalPart(ids[chosen], y=y[chosen])
+    cols = left if part == "left" else np.setdiff1d(np.arange(64), left)
+    return VerticalPart(ids[chosen], x=x[chosen][:, cols])
+
+
+def write_vertical_digits(out_dir: str | Path, keep: float = 0.85, seed: int = 0) -> list[Path]:
+    """The three parts as ``digits-<part>.npz`` (``ids`` and ``x`` or ``y``)."""
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for part in VERTICAL_PARTS:
+        p = vertical_digits(part, keep, seed)
+        arrays = {"ids": p.ids, **({"x": p.x} if p.x is not None else {"y": p.y})}
+        path = folder / f"digits-{part}.npz"
+        np.savez(path, **arrays)  # type: ignore[arg-type]
+        paths.append(path)
+    return paths
+
+
+def load_vertical(uri: str) -> VerticalPart:
+    """A party's part from an ``.npz`` file (``ids`` and ``x`` and/or ``y``) or from
+    ``digits-vertical://<part>/<keep>/<seed>`` (see :func:`vertical_digits`)."""
+    if uri.startswith("digits-vertical://"):
+        try:
+            part, keep, seed = uri.removeprefix("digits-vertical://").split("/")
+            return vertical_digits(part, float(keep), int(seed))
+        except ValueError as exc:
+            raise ConfigError(
+                f"dataset uri {uri!r} is not digits-vertical://<part>/<keep>/<seed>"
+            ) from exc
+    path = Path(uri.removeprefix("file://"))
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return VerticalPart(
+                ids=data["ids"],
+                x=data.get("x"),
+                y=data.get("y"),
+            )
+    except (OSError, KeyError, ValueError) as exc:
+        raise ConfigError(f"cannot load dataset {uri}: {exc}") from exc

@@ -19,6 +19,30 @@ type                kind                        meta
 :class:`Reduce`     ``allreduce``               ``step`` — one hop of a ring all-reduce
 ==================  ==========================  ===============================================
 
+Kinds of the jobs beyond averaging (vertical, statistics, cross-site evaluation):
+
+======================  ======================  ===============================================
+type                    kind                    meta (tensors)
+======================  ======================  ===============================================
+:class:`PsiBlinded`     ``psi.blinded``         (``points``: a party's own ids, blinded, shuffled)
+:class:`PsiReblinded`   ``psi.reblinded``       (``points``: the other party's values blinded
+                                                again, in the order received)
+:class:`PsiResult`      ``psi.result``          (``positions``: which of the receiver's own
+                                                blinded values are in the intersection)
+:class:`Embedding`      ``split.embedding``     ``step``, ``phase`` (``embedding``: a batch's
+                                                bottom-model output)
+:class:`Gradient`       ``split.gradient``      ``step``, ``loss`` (``gradient``: d loss /
+                                                d embedding)
+:class:`StatsRequest`   ``stats.request``       ``phase`` (``moments`` | ``histogram`` |
+                                                ``done``) (``edges`` for histograms)
+:class:`StatsReport`    ``stats.report``        ``phase``, ``features``, ``suppressed``
+                                                (moments or ``histogram`` counts)
+:class:`SiteReady`      ``xsite.ready``         ``eval_samples`` — a site loaded its data
+:class:`LocalModel`     ``xsite.local``         a site's own last trained model
+:class:`EvalRequest`    ``xsite.request``       ``model``, ``last`` (the model to evaluate)
+:class:`EvalResult`     ``xsite.result``        ``model``, ``metrics``, ``eval_samples``
+======================  ======================  ===============================================
+
 ``X.read(msg)`` checks the message is an ``X`` with well-formed fields and returns it; anything
 else raises :class:`~flame.errors.RejectedUpdate` with the reason (which the receiver logs).
 """
@@ -251,3 +275,172 @@ class Reduce(Body):
     @classmethod
     def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
         return {"step": _int(meta, "step", 0)}
+
+
+# -- vertical: private set intersection ---------------------------------------------------------
+
+
+def _choice(meta: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str:
+    v = meta.get(key)
+    if v not in allowed:
+        raise ValueError(f"{key} {v!r} is not one of {', '.join(allowed)}")
+    return str(v)
+
+
+@dataclass(frozen=True)
+class PsiBlinded(Body):
+    """A party's own ids, hashed to the group, blinded with its key and shuffled."""
+
+    KIND: ClassVar[str] = "psi.blinded"
+
+
+@dataclass(frozen=True)
+class PsiReblinded(Body):
+    """The values another party sent, blinded again with the receiver's key, same order."""
+
+    KIND: ClassVar[str] = "psi.reblinded"
+
+
+@dataclass(frozen=True)
+class PsiResult(Body):
+    """Which of the receiver's own blinded values (positions in the order it sent them) are
+    in the intersection of every party's ids."""
+
+    KIND: ClassVar[str] = "psi.result"
+
+
+# -- vertical: split learning -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Embedding(Body):
+    """A feature party's bottom-model output for batch ``step`` of round ``round``."""
+
+    KIND: ClassVar[str] = "split.embedding"
+
+    step: int = 0
+    phase: str = "train"  # "train": a gradient comes back; "eval": none does
+
+    @classmethod
+    def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
+        return {"step": _int(meta, "step", 0, low=0), "phase": _choice(meta, "phase", PHASES)}
+
+
+PHASES = ("train", "eval")
+
+
+@dataclass(frozen=True)
+class Gradient(Body):
+    """The label party's gradient of the loss with respect to one party's embedding."""
+
+    KIND: ClassVar[str] = "split.gradient"
+
+    step: int = 0
+    loss: float = 0.0
+
+    @classmethod
+    def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
+        return {"step": _int(meta, "step", 0, low=0), "loss": _count(meta, "loss", 0.0)}
+
+
+# -- federated statistics -----------------------------------------------------------------------
+
+STATS_PHASES = ("moments", "histogram", "done")
+
+
+@dataclass(frozen=True)
+class StatsRequest(Body):
+    """The statistics server asks the sites for one phase (``done``: the job is over)."""
+
+    KIND: ClassVar[str] = "stats.request"
+
+    phase: str = "moments"
+
+    @classmethod
+    def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
+        return {"phase": _choice(meta, "phase", STATS_PHASES)}
+
+
+@dataclass(frozen=True)
+class StatsReport(Body):
+    """A site's answer to one phase; ``suppressed``: it holds fewer rows than the job's
+    minimum count and sends no values."""
+
+    KIND: ClassVar[str] = "stats.report"
+
+    phase: str = "moments"
+    features: list[str] = field(default_factory=list)
+    suppressed: bool = False
+
+    @classmethod
+    def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
+        names = meta.get("features", [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("features must be a list of names")
+        suppressed = meta.get("suppressed", False)
+        if not isinstance(suppressed, bool):
+            raise ValueError("suppressed must be true or false")
+        return {
+            "phase": _choice(meta, "phase", STATS_PHASES[:2]),
+            "features": list(names),
+            "suppressed": suppressed,
+        }
+
+
+# -- cross-site evaluation ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SiteReady(Body):
+    """A site of a cross-site evaluation loaded its data and passed its checks."""
+
+    KIND: ClassVar[str] = "xsite.ready"
+
+    eval_samples: float = 0.0
+
+    @classmethod
+    def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
+        return {"eval_samples": _count(meta, "eval_samples", 0.0)}
+
+
+@dataclass(frozen=True)
+class LocalModel(Body):
+    """A site's own model after its last local training (cross-site evaluation)."""
+
+    KIND: ClassVar[str] = "xsite.local"
+
+
+@dataclass(frozen=True)
+class EvalRequest(Body):
+    """Evaluate this model (``model`` names it) on the local data; ``last``: no more follow."""
+
+    KIND: ClassVar[str] = "xsite.request"
+
+    model: str = ""
+    last: bool = False
+
+    @classmethod
+    def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
+        last = meta.get("last", False)
+        if not isinstance(last, bool):
+            raise ValueError("last must be true or false")
+        return {"model": _str(meta, "model"), "last": last}
+
+
+@dataclass(frozen=True)
+class EvalResult(Body):
+    """A site's metrics of one model on its local data."""
+
+    KIND: ClassVar[str] = "xsite.result"
+
+    model: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    eval_samples: float = 0.0
+
+    @classmethod
+    def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
+        return {
+            "model": _str(meta, "model"),
+            "metrics": _metrics(meta),
+            "eval_samples": _count(meta, "eval_samples", 0.0),
+        }

@@ -54,6 +54,8 @@ class SimulationResult:
     seconds: float = 0.0
     workdir: str | None = None
 
+    report: dict[str, Any] = field(default_factory=dict)  # the job kind's result, if any
+
     @property
     def final_metrics(self) -> dict[str, Any]:
         return dict(self.history[-1]) if self.history else {}
@@ -181,6 +183,7 @@ async def simulate_async(
         tasks=results,
         seconds=seconds,
         workdir=wd if workdir is not None else None,
+        report=top.report,
     )
 
 
@@ -366,6 +369,7 @@ def write_result(workdir: str | Path, result: RoleResult) -> None:
         "is_top": result.is_top,
         "history": result.history,
         "tracking": tracking,
+        "report": result.report,
     }
     (folder / RESULT_JSON).write_text(json.dumps(body, indent=1, default=str))
 
@@ -384,4 +388,5 @@ def read_result(workdir: str | Path) -> RoleResult | None:
         weights=weights,
         history=body["history"],
         tracking=tracking,
+        report=body.get("report") or {},
     )

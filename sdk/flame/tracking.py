@@ -51,6 +51,8 @@ class Tracker(Protocol):
 
     def offer_model(self, rnd: int, weights: Weights, metrics: dict[str, float]) -> None: ...
 
+    def log_json(self, name: str, data: dict[str, Any]) -> None: ...
+
     def finish(self, status: str = "FINISHED") -> TrackingResult: ...
 
 
@@ -64,6 +66,9 @@ class NullTracker:
         return None
 
     def offer_model(self, rnd: int, weights: Weights, metrics: dict[str, float]) -> None:
+        return None
+
+    def log_json(self, name: str, data: dict[str, Any]) -> None:
         return None
 
     def finish(self, status: str = "FINISHED") -> TrackingResult:
@@ -175,8 +180,14 @@ class MlflowTracker:
             raise RuntimeError("tracker not started")
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, rnd) for k, v in metrics.items() if math.isfinite(v)]
-        if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+        for i in range(0, len(batch), 1000):  # MLflow caps a batch at 1000 metrics
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+
+    def log_json(self, name: str, data: dict[str, Any]) -> None:
+        """A JSON artifact of the run (a job kind's result: statistics, a cross-site matrix)."""
+        if self.run_id is None:
+            raise RuntimeError("tracker not started")
+        self.client.log_dict(self.run_id, data, name)
 
     def offer_model(self, rnd: int, weights: Weights, metrics: dict[str, float]) -> None:
         if self.best.offer(rnd, weights, metrics):
@@ -292,6 +303,9 @@ class ControlPlaneReporter:
     def offer_model(self, rnd: int, weights: Weights, metrics: dict[str, float]) -> None:
         return None
 
+    def log_json(self, name: str, data: dict[str, Any]) -> None:
+        return None  # the control plane keeps metrics; the report is in MLflow
+
     def finish(self, status: str = "FINISHED") -> TrackingResult:
         self.http.close()
         return TrackingResult()
@@ -322,6 +336,9 @@ class CompositeTracker:
 
     def offer_model(self, rnd: int, weights: Weights, metrics: dict[str, float]) -> None:
         self.primary.offer_model(rnd, weights, metrics)
+
+    def log_json(self, name: str, data: dict[str, Any]) -> None:
+        self.primary.log_json(name, data)
 
     def finish(self, status: str = "FINISHED") -> TrackingResult:
         result = self.primary.finish(status)
@@ -365,6 +382,9 @@ class BackgroundTracker:
     def offer_model(self, rnd: int, weights: Weights, metrics: dict[str, float]) -> None:
         snapshot, values = copy_weights(weights), dict(metrics)  # the caller goes on mutating
         self._calls.put(lambda: self.inner.offer_model(rnd, snapshot, values))
+
+    def log_json(self, name: str, data: dict[str, Any]) -> None:
+        self._calls.put(lambda: self.inner.log_json(name, data))
 
     def finish(self, status: str = "FINISHED") -> TrackingResult:
         self._calls.put(None)

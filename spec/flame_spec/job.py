@@ -12,6 +12,8 @@ field                accepted values
 ``round_timeout``    seconds, > 0 and ≤ 86,400 (one day)
 ``max_run_time``     seconds, > 0 and ≤ 2,592,000 (30 days)
 ``seed``             0 … 2**63 - 1
+``kind``             ``training`` (default), ``vertical``, ``statistics``,
+                     ``cross-site-evaluation`` (:data:`JOB_KINDS`)
 ``hyperparameters``  a JSON object (≤ 16 levels, ≤ 10,000 values, finite numbers);
                      the well-known keys ``epochs`` and ``local_steps`` (1 … 100,000),
                      ``batch_size`` (1 … 10,000,000) and ``lr`` (> 0, ≤ 1e6) are checked
@@ -22,16 +24,25 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from flame_spec.design import Backend
 from flame_spec.errors import FieldProblem
+from flame_spec.kinds import check_kind_parameters
 from flame_spec.rules import RULES, SELECTORS, Params
 from flame_spec.types import JsonObject, SpecModel
 
 MAX_ROUNDS = 100_000
 MAX_ROUND_TIMEOUT = 86_400.0
 MAX_RUN_TIME = 30 * 86_400.0
+
+#: What a job does. ``training``: federated training (one data-consumer role); ``vertical``:
+#: private set intersection then split learning between parties that hold different columns
+#: of the same samples (several data-consumer roles); ``statistics``: federated statistics;
+#: ``cross-site-evaluation``: federated training, then every site's model and the global model
+#: evaluated on every site's data.
+JobKind = Literal["training", "vertical", "statistics", "cross-site-evaluation"]
+JOB_KINDS: tuple[str, ...] = ("training", "vertical", "statistics", "cross-site-evaluation")
 
 _INT_HYPERPARAMETERS = {"epochs": 100_000, "local_steps": 100_000, "batch_size": 10_000_000}
 
@@ -96,6 +107,7 @@ class TrackingSpec(SpecModel):
 class JobSpec(SpecModel):
     """What a user submits next to a design and a code version."""
 
+    kind: JobKind = "training"
     rounds: int = Field(default=10, ge=1, le=MAX_ROUNDS)
     datasets: dict[str, list[str]] = Field(default_factory=dict)  # group -> dataset ids/names
     hyperparameters: JsonObject = Field(default_factory=dict)
@@ -121,6 +133,11 @@ class JobSpec(SpecModel):
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 1e6:
                 raise FieldProblem("lr", f"must be a number above 0 and at most 1e6, not {v!r}")
         return value
+
+    @model_validator(mode="after")
+    def _kind_parameters(self) -> JobSpec:
+        check_kind_parameters(self.kind, self.hyperparameters)
+        return self
 
     def trainers_problem(self, trainers: int) -> str | None:
         """Why this spec cannot run with ``trainers`` data-consumer tasks, if it cannot."""

@@ -3,14 +3,18 @@
 The control plane and ``flame.simulate`` both expand a job here, so a job has the same task
 graph wherever it runs.
 
-1. The design has exactly one data-consumer role (``isDataConsumer: true``). ``spec.datasets``
-   maps a *group* to a list of dataset ids or names, resolved through the ``datasets`` mapping
-   (keyed by id; a name must match exactly one dataset; ``datasets=None`` takes every reference
-   as the name of a dataset). For every group ``g`` (spec order) and every dataset ``d`` (list
-   order) there is one task of the data-consumer role. Its ``groups`` is the role's
-   ``groupAssociation`` entry that has ``g`` among its values (no entry, or more than one, is an
-   error naming the group); its node is the dataset's node. A dataset feeds one task per job, and
-   the job needs at least ``spec.min_trainers`` data-consumer tasks (and as many as its rule needs).
+1. A ``training``, ``statistics`` or ``cross-site-evaluation`` job has exactly one
+   data-consumer role (``isDataConsumer: true``); a ``vertical`` job has two or more (its
+   parties). ``spec.datasets`` maps a *group* to a list of dataset ids or names, resolved
+   through the ``datasets`` mapping (keyed by id; a name must match exactly one dataset;
+   ``datasets=None`` takes every reference as the name of a dataset). With several
+   data-consumer roles a key is ``"<role>/<group>"``, or a bare group when exactly one
+   data-consumer role has it. For every key (spec order) and every dataset (list order) there
+   is one task of that key's role. Its ``groups`` is the role's ``groupAssociation`` entry that
+   has the group among its values (no entry, or more than one, is an error naming the group);
+   its node is the dataset's node. A dataset feeds one task per job, every data-consumer role
+   gets at least one, and the job needs at least ``spec.min_trainers`` data-consumer tasks in
+   all (and as many as its rule needs).
 2. Every other role gets, for each of its ``groupAssociation`` entries (in order), ``replica``
    tasks whose ``groups`` is that entry; a role without entries gets ``replica`` tasks with empty
    groups. These tasks have no node: a deployer runs them.
@@ -81,16 +85,23 @@ def _fail(field_name: str, message: str) -> SpecError:
     return SpecError("job", [(field_name, message)])
 
 
-def _data_consumer(design: DesignSchema) -> RoleSpec:
+def _data_consumers(design: DesignSchema, spec: JobSpec) -> list[RoleSpec]:
     consumers = design.data_consumers
-    if len(consumers) != 1:
-        names = ", ".join(repr(r.name) for r in consumers)
+    names = ", ".join(repr(r.name) for r in consumers)
+    if spec.kind == "vertical":
+        if len(consumers) < 2:
+            raise _fail(
+                "design.roles",
+                f"a vertical job needs two or more data-consumer roles (its parties); the design "
+                f"has {len(consumers)} ({names})",
+            )
+    elif len(consumers) != 1:
         raise _fail(
             "design.roles",
-            f"the design has {len(consumers)} data-consumer roles ({names}); "
-            "exactly one is supported",
+            f"the design has {len(consumers)} data-consumer roles ({names}); a {spec.kind} job "
+            "needs exactly one (several are for vertical jobs: set the job's kind to 'vertical')",
         )
-    return consumers[0]
+    return consumers
 
 
 def _resolve(ref: str, datasets: Mapping[str, DatasetInfo] | None) -> DatasetInfo:
@@ -125,32 +136,72 @@ def _association_for(role: RoleSpec, group: str) -> dict[str, str]:
     return dict(matches[0])
 
 
-def _consumer_slots(
-    role: RoleSpec, spec: JobSpec, datasets: Mapping[str, DatasetInfo] | None
-) -> list[tuple[dict[str, str], DatasetInfo]]:
-    if not spec.datasets:
+def _role_of_key(key: str, consumers: list[RoleSpec]) -> tuple[RoleSpec, str]:
+    """The data-consumer role a ``spec.datasets`` key names, and the group in it."""
+    if len(consumers) == 1:
+        return consumers[0], key
+    if "/" in key:
+        role_name, group = key.split("/", 1)
+        for role in consumers:
+            if role.name == role_name:
+                return role, group
+        known = ", ".join(repr(r.name) for r in consumers)
+        raise _fail(
+            f"datasets.{key}", f"{role_name!r} is not a data-consumer role (they are: {known})"
+        )
+    owners = [r for r in consumers if any(key in a.values() for a in r.group_association)]
+    if len(owners) == 1:
+        return owners[0], key
+    if not owners:
         raise _fail(
             "datasets",
-            f"the job spec lists no datasets: 'datasets' maps each group of role "
-            f"{role.name!r} to dataset ids or names",
+            f"group {key!r} in the job's datasets is a group of no data-consumer role; "
+            "name it '<role>/<group>'",
         )
-    slots: list[tuple[dict[str, str], DatasetInfo]] = []
+    names = ", ".join(repr(r.name) for r in owners)
+    raise _fail(
+        "datasets",
+        f"group {key!r} is a group of several data-consumer roles ({names}): name it "
+        f"'<role>/{key}', e.g. '{owners[0].name}/{key}'",
+    )
+
+
+def _consumer_slots(
+    consumers: list[RoleSpec], spec: JobSpec, datasets: Mapping[str, DatasetInfo] | None
+) -> dict[str, list[tuple[dict[str, str], DatasetInfo]]]:
+    """Per data-consumer role: the groups and dataset of each of its tasks, in order."""
+    if not spec.datasets:
+        roles = ", ".join(repr(r.name) for r in consumers)
+        raise _fail(
+            "datasets",
+            f"the job spec lists no datasets: 'datasets' maps each group of role(s) {roles} "
+            "to dataset ids or names",
+        )
+    slots: dict[str, list[tuple[dict[str, str], DatasetInfo]]] = {r.name: [] for r in consumers}
     seen: dict[str, str] = {}
-    for group, refs in spec.datasets.items():
+    for key, refs in spec.datasets.items():
+        role, group = _role_of_key(key, consumers)
         groups = _association_for(role, group)
         if not refs:
-            raise _fail(f"datasets.{group}", f"group {group!r} lists no dataset")
+            raise _fail(f"datasets.{key}", f"group {key!r} lists no dataset")
         for ref in refs:
             info = _resolve(ref, datasets)
             if info.id in seen:
                 raise _fail(
-                    f"datasets.{group}",
-                    f"dataset {ref!r} is used twice (groups {seen[info.id]!r} and {group!r}); "
+                    f"datasets.{key}",
+                    f"dataset {ref!r} is used twice (groups {seen[info.id]!r} and {key!r}); "
                     "each dataset feeds one task",
                 )
-            seen[info.id] = group
-            slots.append((groups, info))
-    problem = spec.trainers_problem(len(slots))
+            seen[info.id] = key
+            slots[role.name].append((groups, info))
+    empty = [name for name, items in slots.items() if not items]
+    if empty:
+        raise _fail(
+            "datasets",
+            f"data-consumer role {empty[0]!r} has no dataset: add '{empty[0]}/<group>' "
+            "with its dataset(s) to the job's datasets",
+        )
+    problem = spec.trainers_problem(sum(len(items) for items in slots.values()))
     if problem:
         raise _fail("min_trainers" if "min_trainers" in problem else "optimizer", problem)
     return slots
@@ -163,11 +214,11 @@ def plan_tasks(
     datasets: Mapping[str, DatasetInfo] | None = None,
 ) -> list[PlannedTask]:
     """Expand one job into its tasks, with each task's peers (see the module docstring)."""
-    consumer = _data_consumer(design)
+    slots = _consumer_slots(_data_consumers(design, spec), spec, datasets)
     bare: list[PlannedTask] = []
     for role in design.roles:
-        if role is consumer:
-            for index, (groups, info) in enumerate(_consumer_slots(role, spec, datasets)):
+        if role.name in slots:
+            for index, (groups, info) in enumerate(slots[role.name]):
                 bare.append(
                     PlannedTask(task_id(job_id, role.name, index), role.name, index, groups, info)
                 )

@@ -31,6 +31,8 @@ hp = cfg["job"]["hyperparameters"]
 print(f"started {os.getpid()} attempt-config {cfg['task_id']}", flush=True)
 print("to stderr", file=sys.stderr, flush=True)
 if hp["mode"] == "exit":
+    if hp.get("why"):
+        print("flame.launch: " + hp["why"], file=sys.stderr, flush=True)
     sys.exit(hp["code"])
 while not Path(hp["release"]).exists():
     time.sleep(0.02)
@@ -212,3 +214,14 @@ async def _state(d: Deployer, handle: str, state: str) -> bool:
 
 async def _has_output(d: Deployer, handle: str) -> bool:
     return bool((await d.read_output(handle)).lines)
+
+
+async def test_a_failed_tasks_detail_carries_the_reason_the_task_gave(
+    factory: DeployerFactory, tmp_path: Path
+) -> None:
+    d = factory()
+    why = "configuration error: dataset 'd' has 3 samples; the job needs at least 10"
+    handle = await d.start(launch(tmp_path, mode="exit", code=2, why=why))
+    await until(lambda: _state(d, handle, "exited"))
+    seen = await d.observe(handle)
+    assert (seen.state, seen.exit_code, seen.detail) == ("exited", 2, f"exit code 2: {why}")

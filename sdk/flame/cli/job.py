@@ -14,6 +14,7 @@ from flame.cli.client import FlameClient
 from flame.cli.common import group, read_json, resolve_design, resolve_job, session
 from flame.cli.output import Format, OutputOpt, plain, render
 from flame.cli.resources import Job, Metric
+from flame.cli.results import result_tables
 
 app = group("Jobs: a design + code version + datasets + hyperparameters.")
 COLUMNS = ("id", "name", "state", "design_id", "code_version", "created_at")
@@ -49,14 +50,20 @@ def list_(
 
 @app.command("get")
 def get(job: str, output: OutputOpt = Format.table) -> None:
-    """Show one job (by id or name)."""
+    """Show one job (by id or name); for a cross-site evaluation also its matrix, for a
+    statistics job its statistics (both from the job's metrics)."""
     with session() as client:
         found = resolve_job(client, job)
+        tables = result_tables(client.get_metrics(found.id).metrics, found.spec)
     render(
         found,
         output,
         (*COLUMNS, "desired_state", "reason", "deadline") if output == "table" else (),
     )
+    if output == Format.table:
+        for table in tables:
+            typer.echo("")
+            render(table.rows, output, table.columns, title=table.title)
 
 
 @app.command("update")

@@ -128,6 +128,7 @@ class Aggregator(Role):
         self.assigned: list[str] | None = None
         self.received: list[Received] = []
         self.silent: set[str] = set()
+        self.aborts: dict[str, str] = {}  # participant -> the reason it gave up with
         self.round_metrics: dict[str, float] = {}
         self._round_started = 0.0
         down = self.config.peers(topo.downstream)
@@ -328,7 +329,8 @@ class Aggregator(Role):
                 continue
             pending.discard(peer)
             if msg.kind == Abort.KIND:
-                self.log.warning("peer.aborted", peer=peer, reason=Abort.read(msg).reason)
+                self.aborts[peer] = Abort.read(msg).reason
+                self.log.warning("peer.aborted", peer=peer, reason=self.aborts[peer])
                 continue
             if msg.kind == Skip.KIND:
                 continue

@@ -36,6 +36,9 @@ class RoleResult:
     weights: Weights
     history: list[dict[str, Any]] = field(default_factory=list)
     tracking: TrackingResult | None = None
+    # a job kind's result beyond a model and per-round metrics (JSON-safe), e.g. the
+    # statistics of a statistics job or the matrix of a cross-site evaluation
+    report: dict[str, Any] = field(default_factory=dict)
 
 
 def pack(weights: Weights, extras: Weights | None = None) -> Weights:

@@ -56,11 +56,37 @@ def load_role_class(main_py: str | Path) -> type[Role]:
 
 def role_class_for(cls: type[Role], config: TaskConfig) -> type[Role]:
     """The class to instantiate: the user's class, switched to its asynchronous variant when
-    the job aggregates asynchronously (FedBuff) and the task is the top aggregator."""
+    the job aggregates asynchronously (FedBuff) and the task is the top aggregator, or to its
+    cross-site variant in a cross-site evaluation. A statistics or vertical job's roles must
+    be of that kind's classes (a plain Trainer there would wait for a model forever)."""
     from flame.roles.aggregator import Aggregator
     from flame.roles.async_aggregator import AsyncAggregator, is_async_job
+    from flame.roles.cross_site import CrossSiteEvaluator, CrossSiteTrainer
+    from flame.roles.statistics import StatisticsServer, StatisticsSite
     from flame.roles.topology import topology_of
+    from flame.roles.trainer import Trainer
+    from flame.roles.vertical import FeatureParty, LabelParty
 
+    kind = config.job.kind
+    families: dict[str, tuple[type[Role], ...]] = {
+        "statistics": (StatisticsSite, StatisticsServer),
+        "vertical": (FeatureParty, LabelParty),
+    }
+    if kind in families and not issubclass(cls, families[kind]):
+        names = " or ".join(c.__name__ for c in families[kind])
+        raise ConfigError(
+            f"role {config.role!r}: a {kind} job's roles subclass {names}; {cls.__name__} does not"
+        )
+    if kind == "cross-site-evaluation":
+        if issubclass(cls, Trainer) and not issubclass(cls, CrossSiteTrainer):
+            return type(cls.__name__, (cls, CrossSiteTrainer), {"__module__": cls.__module__})
+        if (
+            issubclass(cls, Aggregator)
+            and not issubclass(cls, CrossSiteEvaluator)
+            and topology_of(config).is_top
+        ):
+            return type(cls.__name__, (cls, CrossSiteEvaluator), {"__module__": cls.__module__})
+        return cls
     if (
         issubclass(cls, Aggregator)
         and not issubclass(cls, AsyncAggregator)

@@ -61,3 +61,24 @@ def prepare_task_dir(
     path = workdir / CONFIG
     write_private(path, local.to_json())
     return path
+
+
+FAILURE_PREFIX = "flame.launch: "  # how the task runner prints why it failed (one line)
+MAX_FAILURE_CHARS = 1000
+
+
+def failure_line(workdir: Path) -> str | None:
+    """The one-line reason ``python -m flame.launch`` printed on stderr when it failed (the
+    last such line of ``stderr.log``), so a failed task's reason says why, not just its exit
+    code. The text is the task's own output: it is cut, never interpreted."""
+    path = workdir / "stderr.log"
+    try:
+        with path.open("rb") as fh:
+            fh.seek(max(path.stat().st_size - 16384, 0))
+            tail = fh.read()
+    except OSError:
+        return None
+    for line in reversed(tail.decode(errors="replace").splitlines()):
+        if line.startswith(FAILURE_PREFIX):
+            return line[len(FAILURE_PREFIX) :][:MAX_FAILURE_CHARS]
+    return None

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from flame_service.errors import FlameServiceError
 from flame_service.retry import Backoff
-from flame_service.taskdir import prepare_task_dir
+from flame_service.taskdir import failure_line, prepare_task_dir
 from flame_spec import SpecError, TaskConfig
 from flamelet import runner
 from flamelet.api import AgentApi, LogLine, TaskInfo
@@ -459,6 +459,9 @@ class Agent:
             outcome, reason = "completed", "exit code 0"
         else:
             outcome, reason = "failed", runner.describe_exit(code)
+            why = failure_line(Path(e.workdir))
+            if why:
+                reason += f": {why}"
         log.info("task.exited", task_id=e.task_id, attempt=e.attempt, outcome=outcome, why=reason)
         return self.ledger.update(e.key, phase=Phase.DONE, outcome=outcome, reason=reason)
 

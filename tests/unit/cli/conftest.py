@@ -49,6 +49,7 @@ class ScriptedApi:
     )
     reason: str = ""
     log_lines: list[str] = field(default_factory=list)
+    extra_metrics: list[dict] = field(default_factory=list)
     gets: int = 0
     requests: list[httpx.Request] = field(default_factory=list)
 
@@ -73,7 +74,7 @@ class ScriptedApi:
             return httpx.Response(
                 200,
                 json={
-                    "metrics": metrics,
+                    "metrics": metrics + self.extra_metrics,
                     "run_uri": "runs:/abc",
                     "model_uri": "models:/digits@best",
                 },

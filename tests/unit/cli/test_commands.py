@@ -68,6 +68,30 @@ def test_jobs_resolve_by_name(cli) -> None:
     assert json.loads(result.stdout)["id"] == "j-1"
 
 
+def test_job_get_shows_a_cross_site_matrix_and_statistics_from_the_metrics(cli) -> None:
+    cells = {("global", "a"): 0.91, ("global", "b"): 0.88, ("a", "a"): 0.95, ("a", "b"): 0.7}
+    cli.api.extra_metrics = [
+        {"key": f"xsite/{m}/{s}/accuracy", "value": v, "step": 3, "at": None}
+        for (m, s), v in cells.items()
+    ] + [
+        {"key": "xsite/a/a/loss", "value": 9.0, "step": 3, "at": None},
+        {"key": "stats/pixel-0/mean", "value": 0.25, "step": 0, "at": None},
+        {"key": "stats/pixel-0/q0.5", "value": 0.125, "step": 0, "at": None},
+    ]
+    result = cli("job", "get", "j-1")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("cross-site evaluation"))
+    assert lines[head + 1].split() == ["MODEL", "A", "B"]
+    assert lines[head + 2].split() == ["global", "0.91", "0.88"]
+    assert lines[head + 3].split() == ["a", "0.95", "0.7"]
+    stats = next(i for i, ln in enumerate(lines) if ln.startswith("federated statistics"))
+    assert lines[stats + 1].split()[:3] == ["FEATURE", "COUNT", "MEAN"]
+    assert "pixel-0" in lines[stats + 2] and "0.125" in lines[stats + 2]
+    plain = json.loads(cli("job", "get", "j-1", "-o", "json").stdout)
+    assert plain["id"] == "j-1"  # structured output stays the job itself
+
+
 def test_api_errors_exit_1_with_the_problem_detail(cli, tmp_path) -> None:
     missing = cli("job", "get", "j-404")
     assert missing.exit_code == 1

@@ -313,3 +313,84 @@ def test_malformed_job_specs_are_rejected() -> None:
 def test_normalized_design_round_trips() -> None:
     design = parse_design(load("hybrid")["design"])
     assert parse_design(dump(design)) == design
+
+
+VERTICAL = Path(__file__).resolve().parents[3] / "examples" / "vertical"
+
+
+def vertical(**job: Any) -> dict[str, Any]:
+    spec = json.loads((VERTICAL / "job.json").read_text())
+    spec.update(job)
+    names = ["digits-left", "digits-right", "digits-labels"]
+    return {
+        "design": json.loads((VERTICAL / "design.json").read_text()),
+        "job": spec,
+        "datasets": [
+            {"id": f"ds-{n}", "name": n, "node_id": f"node-{i}"} for i, n in enumerate(names)
+        ],
+    }
+
+
+def test_a_vertical_job_gives_every_party_its_dataset_and_the_label_party_every_feature_party() -> (
+    None
+):
+    tasks = build(vertical())
+    assert [(t.role, t.index, t.dataset_id, t.node_id) for t in tasks] == [
+        ("feature-party", 0, "ds-digits-left", "node-0"),
+        ("feature-party", 1, "ds-digits-right", "node-1"),
+        ("label-party", 0, "ds-digits-labels", "node-2"),
+    ]
+    assert all(t.data_consumer for t in tasks)
+    g = graph(tasks)
+    assert g["label-party/0"] == {
+        "split-channel": ("default", ["feature-party/0", "feature-party/1"])
+    }
+    assert g["feature-party/1"] == {"split-channel": ("default", ["label-party/0"])}
+
+
+@pytest.mark.parametrize(
+    ("datasets", "message"),
+    [
+        ({"default": ["digits-left"]}, "group 'default' is a group of several data-consumer roles"),
+        ({"feature-party/default": ["digits-left"]}, "role 'label-party' has no dataset"),
+        ({"ghost/default": ["digits-left"]}, "'ghost' is not a data-consumer role"),
+        (
+            {"feature-party/g9": ["digits-left"], "label-party/default": ["digits-labels"]},
+            "group 'g9' in the job's datasets is not a group of role 'feature-party'",
+        ),
+    ],
+)
+def test_bad_vertical_datasets_are_rejected_with_clear_errors(
+    datasets: dict[str, list[str]], message: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
+        build(vertical(datasets=datasets))
+
+
+def test_several_data_consumer_roles_are_for_vertical_jobs_only() -> None:
+    with pytest.raises(InvalidArgument, match=r"a training job needs exactly one .*'vertical'"):
+        build(vertical(kind="training"))
+    fx = load("central")
+    fx["job"]["kind"] = "vertical"
+    with pytest.raises(InvalidArgument, match="a vertical job needs two or more data-consumer"):
+        build(fx)
+
+
+@pytest.mark.parametrize(
+    ("kind", "hyperparameters", "message"),
+    [
+        ("statistics", {"bins": 0}, "hyperparameters.bins: must be an integer from 1 to 10000"),
+        ("statistics", {"range": [1, 0]}, "hyperparameters.range: must be [lo, hi] with lo < hi"),
+        ("statistics", {"quantiles": [0.5, 2]}, "hyperparameters.quantiles"),
+        ("vertical", {"feature_widths": {"a": 0}}, "hyperparameters.feature_widths.a"),
+        ("vertical", {"test_fraction": 1.0}, "hyperparameters.test_fraction"),
+        ("cross-site-evaluation", {"min_samples": 0}, "hyperparameters.min_samples"),
+        ("federated-magic", {}, "kind"),
+    ],
+)
+def test_a_kinds_bad_hyperparameters_are_refused_at_the_door(
+    kind: str, hyperparameters: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
+        parse_job_spec({"kind": kind, "hyperparameters": hyperparameters})
+    parse_job_spec({"kind": "training", "hyperparameters": hyperparameters})  # not read there

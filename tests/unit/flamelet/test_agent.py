@@ -92,6 +92,22 @@ async def test_runs_task_once_ships_logs_and_reports(node: Node) -> None:
     assert fake.states("t1") == ["running", "completed"]
 
 
+async def test_failure_reports_the_reason_the_task_printed(node: Node) -> None:
+    script = (
+        "import sys\n"
+        "print('flame.launch: configuration error: no sample ids', file=sys.stderr)\n"
+        "sys.exit(2)\n"
+    )
+    node.fake.add_task("t3", {"trainer/main.py": script})
+    agent, api = node.agent()
+    async with Running(agent, api):
+        await eventually(lambda: "failed" in node.fake.states("t3"))
+    assert node.fake.statuses[-1][1:3] == (
+        "failed",
+        "exit code 2: configuration error: no sample ids",
+    )
+
+
 async def test_failure_reports_exit_code(node: Node) -> None:
     node.fake.add_task("t2", {"trainer/main.py": TRACE})
     node.fake.bundles["t2"]["config"]["job"]["rounds"] = 4  # the script exits rounds - 1

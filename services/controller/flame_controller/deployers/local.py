@@ -45,7 +45,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flame_service.files import write_atomic
-from flame_service.taskdir import prepare_task_dir
+from flame_service.taskdir import failure_line, prepare_task_dir
 
 from .base import Launch, Observed, Output
 
@@ -265,12 +265,14 @@ class LocalDeployer:
             code = child.poll()
             if code is None:
                 return Observed("running")
-            return Observed("exited", exit_code=_signal_code(code), detail=_describe(code))
+            detail = _describe(code, self.workdir(h.job_id, h.task_id))
+            return Observed("exited", exit_code=_signal_code(code), detail=detail)
         if ident is not None and self._process(ident) is not None:
             return Observed("running")
         recorded = self._exit_code(h)
         if recorded is not None:
-            return Observed("exited", exit_code=recorded, detail=_describe(recorded))
+            detail = _describe(recorded, self.workdir(h.job_id, h.task_id))
+            return Observed("exited", exit_code=recorded, detail=detail)
         if ident is None:
             return Observed("missing", detail="no process recorded for this task")
         return Observed("missing", detail=f"process {ident.pid} is gone without an exit status")
@@ -414,11 +416,12 @@ def _signal_code(code: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def _describe(code: int) -> str:
+def _describe(code: int, workdir: Path | None = None) -> str:
     code = _signal_code(code)
     if code > 128:
         try:
             return f"killed by {signal.Signals(code - 128).name}"
         except ValueError:
             pass
-    return f"exit code {code}"
+    why = failure_line(workdir) if workdir is not None and code != 0 else None
+    return f"exit code {code}: {why}" if why else f"exit code {code}"
