@@ -1,6 +1,7 @@
 """flame_spec: the contracts the SDK and the control plane share (pydantic only, no I/O).
 
 - :mod:`flame_spec.design`: the design schema (roles, channels).
+- :mod:`flame_spec.resources`: compute resources of a role (containers).
 - :mod:`flame_spec.job`: the job spec (rounds, datasets, rule, selector, tracking, bounds).
 - :mod:`flame_spec.rules`: names and keyword models of every aggregation rule and selector.
 - :mod:`flame_spec.task`: the task config every task runs from.
@@ -19,6 +20,7 @@ from flame_spec.parse import (
     parse_job_spec_json,
 )
 from flame_spec.plan import DatasetInfo, PlannedTask, plan_tasks, task_configs, task_id
+from flame_spec.resources import ResourceAmounts, RoleResources
 from flame_spec.task import (
     ChannelMembership,
     DatasetRef,
@@ -43,6 +45,8 @@ __all__ = [
     "OptimizerSpec",
     "PeerRef",
     "PlannedTask",
+    "ResourceAmounts",
+    "RoleResources",
     "RoleSpec",
     "SelectorSpec",
     "SpecError",

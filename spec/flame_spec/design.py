@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from flame_spec.errors import SpecError
+from flame_spec.resources import RoleResources
 from flame_spec.types import Name, SpecModel
 
 Backend = Literal["inproc", "grpc", "mqtt"]
@@ -48,6 +49,8 @@ class RoleSpec(SpecModel):
     is_data_consumer: bool = Field(default=False, alias="isDataConsumer")
     replica: int = Field(default=1, ge=1, le=1000)
     group_association: list[dict[str, str]] = Field(default_factory=list, alias="groupAssociation")
+    # what each task of the role requests and may use where a deployer runs it in a container
+    resources: RoleResources | None = None
 
 
 class DesignSchema(SpecModel):

@@ -20,6 +20,9 @@ import jsonschema
 import pytest
 import yaml
 
+from flame_controller.deployers.kubernetes import RBAC as DEPLOYER_RBAC
+from flame_controller.leadership import RBAC as LEADER_RBAC
+
 helm = pytest.importorskip("helm_python", reason="pip install -r requirements-dev.txt")
 kv_utils = pytest.importorskip("kubernetes_validate.utils")
 
@@ -132,11 +135,10 @@ CRD_SCHEMAS = {
 TLS_COMPONENTS = ("apiserver", "controller", "notifier", "mqtt")
 NAMES_OF_SECRETS = {"FLAME_KUBERNETES_IMAGE_PULL_SECRETS"}  # Secret names, not their values
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
-DEPLOYER_RULES = {
-    ("batch", "jobs"): {"create", "get", "list", "watch", "delete"},
-    ("", "pods"): {"get", "list", "watch"},
-    ("", "pods/log"): {"get"},
-}
+# Exactly what the deployer calls (its tests run against a fake API server enforcing the same
+# table) and nothing more: no Secret is ever read, listed or deleted by it.
+DEPLOYER_RULES = {key: set(verbs) for key, verbs in DEPLOYER_RBAC.items()}
+assert DEPLOYER_RULES[("", "secrets")] == {"create"}
 
 
 # --- rendering (cached per variant for the module) ------------------------------------------
@@ -462,7 +464,7 @@ def test_leader_election_renders_a_lease_role(renders):
         groups == ("coordination.k8s.io",) and res == ("leases",) for groups, res, _ in rules
     )
     verbs = {v for _, _, r in rules for v in r["verbs"]}
-    assert verbs == {"create", "get", "update"}
+    assert verbs == set(LEADER_RBAC[("coordination.k8s.io", "leases")])  # what the code calls
     for _, _, rule in rules:
         if set(rule["verbs"]) & {"get", "update"}:
             assert rule["resourceNames"] == [f"{FULL}-controller"]

@@ -78,7 +78,12 @@ def failure_line(workdir: Path) -> str | None:
             tail = fh.read()
     except OSError:
         return None
-    for line in reversed(tail.decode(errors="replace").splitlines()):
+    return failure_in(tail.decode(errors="replace"))
+
+
+def failure_in(output: str) -> str | None:
+    """The last ``flame.launch:`` reason line in a task's output, cut to a sane length."""
+    for line in reversed(output.splitlines()):
         if line.startswith(FAILURE_PREFIX):
             return line[len(FAILURE_PREFIX) :][:MAX_FAILURE_CHARS]
     return None

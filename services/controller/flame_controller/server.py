@@ -6,14 +6,20 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 import structlog
+from grpc_health.v1 import health
 
 from flame_proto.v1 import control_pb2_grpc
 from flame_service.files import write_private
-from flame_service.grpc_server import start_server
+from flame_service.grpc_server import (
+    NOT_SERVING,
+    SERVING,
+    start_health_server,
+    start_server,
+)
 
 from .bootstrap import bootstrap_admin
 from .domain.context import Ctx
@@ -21,6 +27,9 @@ from .servicer import ControlPlaneServicer
 from .settings import ControllerSettings
 from .store import open_store
 from .store.base import Store
+
+if TYPE_CHECKING:
+    from .leadership import LeaderGate
 
 log = structlog.get_logger(__name__)
 SERVICE_NAME = "flame.v1.ControlPlane"
@@ -57,6 +66,9 @@ class RunningController:
     admin_token: str | None = None  # set when bootstrap generated one
     workers: list[Worker] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    health: health.aio.HealthServicer | None = None
+    health_server: grpc.aio.Server | None = None  # the plaintext health-only port, if any
+    health_port: int | None = None
 
     @property
     def address(self) -> str:
@@ -72,6 +84,8 @@ class RunningController:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self.store.close()
         log.info("controller.stopped")
 
@@ -83,6 +97,25 @@ def default_workers(settings: ControllerSettings) -> list[WorkerFactory]:
     from .workers import reconciler_factory
 
     return [reconciler_factory]
+
+
+def _leader_gate(
+    settings: ControllerSettings,
+    ctx: Ctx,
+    factories: Sequence[WorkerFactory],
+    health_servicer: health.aio.HealthServicer,
+) -> LeaderGate | None:
+    """With leader election: the workers run only while this replica leads, and its
+    ControlPlane health says whether it does (the readiness probe asks for it)."""
+    if not (settings.leader_election and factories):
+        return None
+    from .leadership import gate_for  # imports the kubernetes client
+
+    async def leading(now: bool) -> None:
+        await health_servicer.set(SERVICE_NAME, SERVING if now else NOT_SERVING)
+        log.info("controller.leading" if now else "controller.standby")
+
+    return gate_for(settings, lambda: [f(ctx, settings) for f in factories], leading)
 
 
 async def serve(
@@ -117,6 +150,10 @@ async def serve(
             tracking_uri=settings.tracking_uri or None,
             kick=kicker,
         )
+        factories = list(default_workers(settings) if workers is None else workers)
+        health_servicer = health.aio.HealthServicer()
+        gate = _leader_gate(settings, ctx, factories, health_servicer)
+        elected = gate is not None
         server, port = await start_server(
             settings.listen,
             [
@@ -127,19 +164,49 @@ async def serve(
                 )
             ],
             settings.security(),
+            health_servicer=health_servicer,
+            not_serving=[SERVICE_NAME] if elected else [],  # until this replica leads
         )
+        health_server, health_port = None, None
+        if settings.health_listen:
+            try:
+                health_server, health_port = await start_health_server(
+                    settings.health_listen, health_servicer
+                )
+            except BaseException:
+                await server.stop(0)
+                raise
     except BaseException:
         await store.close()
         raise
     running = RunningController(
-        port=port, store=store, ctx=ctx, server=server, settings=settings, admin_token=generated
+        port=port,
+        store=store,
+        ctx=ctx,
+        server=server,
+        settings=settings,
+        admin_token=generated,
+        health=health_servicer,
+        health_server=health_server,
+        health_port=health_port,
     )
-    for factory in default_workers(settings) if workers is None else workers:
-        worker = factory(ctx, settings)
-        kick = getattr(worker, "kick", None)
-        if callable(kick):
-            kicker.listeners.append(kick)
-        running.workers.append(worker)
-        running.tasks.append(asyncio.create_task(worker.run()))
-    log.info("controller.started", port=port, store=settings.store_uri.split("?")[0])
+    if gate is not None:
+        kicker.listeners.append(gate.kick)
+        running.workers.append(gate)
+        running.tasks.append(asyncio.create_task(gate.run()))
+    else:
+        for factory in factories:
+            worker = factory(ctx, settings)
+            kick = getattr(worker, "kick", None)
+            if callable(kick):
+                kicker.listeners.append(kick)
+            running.workers.append(worker)
+            running.tasks.append(asyncio.create_task(worker.run()))
+    log.info(
+        "controller.started",
+        port=port,
+        health_port=health_port,
+        leader_election=gate is not None,
+        store=settings.store_uri.split("?")[0],
+    )
     return running

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from flame_service.settings import ServiceSettings
@@ -26,11 +26,33 @@ class ControllerSettings(ServiceSettings):
     admin_token_file: Path | None = None
     admin_token: str | None = None  # programmatic (tests); prefer admin_token_file
     run_reconciler: bool = True  # off in tests that drive the domain only
-    deployer: Literal["local", "none"] = "local"  # who runs the roles that own no data
+    # who runs the roles that own no data: local processes, Kubernetes Jobs (FLAME_KUBERNETES_*)
+    deployer: Literal["local", "kubernetes", "none"] = "local"
+
+    # A plaintext port serving only grpc.health.v1 (kubelet probes cannot speak TLS); off: None
+    health_listen: str | None = None
+    # Several replicas, one leader (a coordination.k8s.io Lease; FLAME_KUBERNETES_KUBECONFIG
+    # or the pod's service account): only the leader reconciles and reports
+    # flame.v1.ControlPlane SERVING.
+    leader_election: bool = False
+    leader_election_lease_name: str = "flame-controller"
+    leader_election_namespace: str = ""  # empty: the pod's namespace, else "default"
+    leader_election_identity: str = ""  # empty: host name and a random suffix
+    leader_election_lease_duration_seconds: float = Field(default=15.0, gt=0)
+    leader_election_renew_deadline_seconds: float = Field(default=10.0, gt=0)
+    leader_election_retry_period_seconds: float = Field(default=2.0, gt=0)
 
     @model_validator(mode="after")
     def _defaults(self) -> ControllerSettings:
         self.data_dir = self.data_dir.expanduser()
+        if self.leader_election:
+            from .leadership import Timing  # refuses an impossible timing with the reason
+
+            Timing(
+                self.leader_election_lease_duration_seconds,
+                self.leader_election_renew_deadline_seconds,
+                self.leader_election_retry_period_seconds,
+            )
         if not self.store_uri:
             self.store_uri = f"sqlite:///{self.data_dir / 'flame.db'}"
         return self

@@ -14,6 +14,10 @@ from .settings import ControllerSettings
 def make_deployer(settings: ControllerSettings) -> Deployer | None:
     if settings.deployer == "local":
         return LocalDeployer(settings.data_dir)
+    if settings.deployer == "kubernetes":
+        from .deployers.kubernetes import KubernetesDeployer  # imports the kubernetes client
+
+        return KubernetesDeployer()
     return None
 
 

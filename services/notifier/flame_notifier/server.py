@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import grpc
 import structlog
+from grpc_health.v1 import health
 
 from flame_notifier.controller import ControllerClient
 from flame_notifier.presence import PresenceReporter
@@ -13,7 +14,7 @@ from flame_notifier.queues import EventQueues
 from flame_notifier.servicer import NotifierServicer
 from flame_notifier.settings import NotifierSettings
 from flame_proto.v1 import notifier_pb2_grpc
-from flame_service.grpc_server import start_server
+from flame_service.grpc_server import start_health_server, start_server
 
 log = structlog.get_logger(__name__)
 
@@ -25,9 +26,13 @@ class Running:
     presence: PresenceReporter
     _server: grpc.aio.Server
     _controller: ControllerClient
+    health_port: int | None = None  # the plaintext health-only port, if any
+    _health_server: grpc.aio.Server | None = None
 
     async def stop(self, grace: float = 1.0) -> None:
         await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         await self.presence.stop()
         await self._controller.close()
         log.info("notifier.stopped", port=self.port)
@@ -51,13 +56,36 @@ async def serve(settings: NotifierSettings | None = None) -> Running:
     presence = PresenceReporter(controller.report_presence, retry_max=settings.presence_retry_max)
     queues = EventQueues(max_pending=settings.max_pending_per_node, on_presence=presence.set)
     servicer = NotifierServicer(queues, controller.authenticate, service_token)
+    health_servicer = health.aio.HealthServicer()
     server, port = await start_server(
         settings.listen,
         [(notifier_pb2_grpc.add_NotifierServicer_to_server, servicer, "flame.v1.Notifier")],
         security,
+        health_servicer=health_servicer,
     )
+    health_server, health_port = None, None
+    if settings.health_listen:
+        try:
+            health_server, health_port = await start_health_server(
+                settings.health_listen, health_servicer
+            )
+        except BaseException:
+            await server.stop(0)
+            await controller.close()
+            raise
     presence.start()
-    log.info("notifier.started", port=port, controller=settings.controller_address)
+    log.info(
+        "notifier.started",
+        port=port,
+        health_port=health_port,
+        controller=settings.controller_address,
+    )
     return Running(
-        port=port, queues=queues, presence=presence, _server=server, _controller=controller
+        port=port,
+        queues=queues,
+        presence=presence,
+        _server=server,
+        _controller=controller,
+        health_port=health_port,
+        _health_server=health_server,
     )

@@ -12,6 +12,8 @@ class NotifierSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FLAME_NOTIFIER_", extra="ignore")
 
     listen: str = "127.0.0.1:10101"
+    # A plaintext port serving only grpc.health.v1 (kubelet probes cannot speak TLS); off: None
+    health_listen: str | None = None
     controller_address: str = "127.0.0.1:10102"
     # Events kept per node while unacknowledged; the oldest are dropped beyond this (events are
     # hints: the agent reconciles against its task list on every reconnect).

@@ -23,6 +23,7 @@ import grpc
 import psutil
 import pytest
 
+from flame_controller.deployers.base import Deployer
 from flame_controller.deployers.local import LocalDeployer, LocalDeployerSettings
 from flame_controller.domain.context import Ctx
 from flame_controller.domain.tokens import TaskCredentials
@@ -105,7 +106,7 @@ def code_zip() -> bytes:
     return buf.getvalue()
 
 
-async def create_job(store: Store, **spec_overrides: Any) -> JobRecord:
+async def create_job(store: Store, code: bytes | None = None, **spec_overrides: Any) -> JobRecord:
     fx = json.loads((FIXTURES / "central.json").read_text())
     design = parse_design(fx["design"])
     spec = parse_job_spec({**fx["job"], **spec_overrides})
@@ -116,7 +117,7 @@ async def create_job(store: Store, **spec_overrides: Any) -> JobRecord:
     await store.create_design(
         DesignRecord(id="des-1", name="central", owner="u1", schema=dump(design))
     )
-    blob = code_zip()
+    blob = code if code is not None else code_zip()
     key = await store.put_blob(blob)
     await store.create_code(
         CodeRecord(
@@ -168,7 +169,7 @@ async def create_job(store: Store, **spec_overrides: Any) -> JobRecord:
 
 
 def make_reconciler(
-    store: Store, deployer: LocalDeployer, notifier: str | None, **kwargs: Any
+    store: Store, deployer: Deployer, notifier: str | None, **kwargs: Any
 ) -> Reconciler:
     return Reconciler(
         store, deployer, notifier, credentials=TaskCredentials(Ctx(store=store)), **kwargs

@@ -233,3 +233,32 @@ async def test_only_the_controller_may_send_events(stack) -> None:  # type: igno
             await stub.ListAgents(notifier_pb2.ListAgentsRequest())
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert running.queues.agents() == [] or all(a.last_seq == 0 for a in running.queues.agents())
+
+
+async def test_the_health_port_serves_health_and_nothing_else(tmp_path: Path) -> None:
+    """FLAME_NOTIFIER_HEALTH_LISTEN: plaintext grpc.health.v1 for kubelet probes, no events."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    running = await serve(
+        NotifierSettings(
+            listen="127.0.0.1:0",
+            health_listen="127.0.0.1:0",
+            controller_address="127.0.0.1:1",
+            service_token_file=service_token_file(tmp_path),
+        )
+    )
+    try:
+        assert running.health_port is not None and running.health_port != running.port
+        async with insecure_channel(f"127.0.0.1:{running.health_port}") as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check
+            for service in ("", "flame.v1.Notifier"):
+                reply = await check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            call = notifier_pb2_grpc.NotifierStub(channel).Subscribe(
+                notifier_pb2.SubscribeRequest(node_id="node-a"), metadata=auth("cred-a")
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(take(call, 1), 10)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await running.stop(grace=0)

@@ -10,6 +10,8 @@ never runs twice and a restarted controller takes over:
 * ``start`` returns an opaque **handle** (a process identity on the local deployer, a Job name
   on Kubernetes) that the reconciler stores on the task; ``observe``, ``stop``, ``adopt`` and the
   output calls take only the handle, so a new controller process can carry on from the store.
+* ``release(job_id)`` frees what a finished job's tasks left (the reconciler calls it once
+  the job is terminal and none of its tasks is live).
 * ``start`` is idempotent per task attempt: when that attempt already runs (the controller
   crashed after starting it, before storing the handle) it returns its handle instead of
   starting another one.
@@ -92,6 +94,11 @@ class Deployer(Protocol):
 
     async def ack_output(self, handle: str, output: Output) -> None:
         """Mark ``output`` as shipped (persisted, so a restarted controller does not resend)."""
+        ...
+
+    async def release(self, job_id: str) -> None:
+        """The job has ended and none of its tasks runs: free what its tasks left behind
+        (Kubernetes: delete the job's objects). Raises OSError when worth retrying."""
         ...
 
     def set_listener(self, listener: Callable[[str], None] | None) -> None:

@@ -374,6 +374,10 @@ class LocalDeployer:
         except (OSError, ValueError, AttributeError):
             return {}
 
+    async def release(self, job_id: str) -> None:
+        """Nothing to free: work dirs stay for inspection (``flamectl logs`` reads the store)."""
+        del job_id
+
     async def close(self) -> None:
         for child in self._children.values():
             child.poll()  # reap what has ended; running tasks keep running

@@ -100,7 +100,15 @@ class Effects:
         log.warning("job.failed", job_id=job.id, reason=reason)
 
     async def finished(self, job: JobRecord) -> None:
-        """A terminal job whose tasks are all gone: revoke its credentials, stop looking."""
+        """A terminal job whose tasks are all gone: free what the deployer keeps for it, revoke
+        its credentials, stop looking."""
+        if self.deployer is not None:
+            try:
+                await self.deployer.release(job.id)
+            except OSError as exc:
+                raise TemporaryError(f"cannot release the job's deployed tasks: {exc}") from exc
+            except Exception:  # a refusal will not pass on retry; cleanup never holds a job
+                log.exception("job.release_failed", job_id=job.id)
         revoked = await self.credentials.revoke(job.id)
         await self.store.cas_job(job.id, job.version, {"next_check_at": None})
         log.info("job.finished", job_id=job.id, state=job.state, credentials_revoked=revoked)
