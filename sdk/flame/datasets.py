@@ -166,6 +166,19 @@ def load_shard(uri: str) -> Shard:
         raise ConfigError(f"cannot load dataset {uri}: {exc}") from exc
 
 
+def count_samples(uri: str) -> int:
+    """Training samples of a shard that :func:`load_shard` can read (0 when it cannot say):
+    what a local run registers for the dataset, as a node does on the control plane, so an
+    update that claims more is refused here as it would be there."""
+    try:
+        if "://" in uri and not uri.startswith("file://"):
+            return len(load_shard(uri).y_train)
+        with np.load(Path(uri.removeprefix("file://")), allow_pickle=False) as data:
+            return int(data["y_train"].shape[0])
+    except (ConfigError, OSError, KeyError, ValueError, IndexError):
+        return 0
+
+
 # -- vertical (column-split) data ------------------------------------------------------------------
 
 #: The parts of the column-split digits: the left four pixel columns of the 8x8 image, the right

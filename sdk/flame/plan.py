@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from flame.config import DesignSchema, DiscoverySettings, JobSpec, MqttSettings, TaskConfig
+from flame.datasets import count_samples
 from flame.errors import ConfigError
-from flame_spec import SpecError, plan_tasks, task_configs, task_id
+from flame_spec import DatasetInfo, SpecError, plan_tasks, task_configs, task_id
 
 __all__ = ["expand", "task_id"]
 
@@ -32,8 +33,12 @@ def expand(
     tracking_uri: str | None = None,
 ) -> list[TaskConfig]:
     """Task configs for every task of the job; ``datasets`` maps dataset name -> local uri."""
+    known = {
+        name: DatasetInfo(id=name, name=name, num_samples=count_samples(uri))
+        for name, uri in datasets.items()
+    }
     try:
-        tasks = plan_tasks(design, spec, job_id)
+        tasks = plan_tasks(design, spec, job_id, known)
         configs = task_configs(
             design,
             spec,

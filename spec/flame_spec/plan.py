@@ -55,6 +55,7 @@ class DatasetInfo:
     name: str
     node_id: str | None = None
     format: str = ""
+    num_samples: int = 0  # training samples, as the data owner registered them (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,8 @@ def plan_tasks(
                     tid = task_id(job_id, role.name, index)
                     bare.append(PlannedTask(tid, role.name, index, dict(entry)))
                     index += 1
-    return [_with_peers(t, design, bare) for t in bare]
+    linked = [_with_peers(t, design, bare) for t in bare]
+    return _with_sample_limits(linked, design)
 
 
 def _with_peers(task: PlannedTask, design: DesignSchema, tasks: list[PlannedTask]) -> PlannedTask:
@@ -251,6 +253,82 @@ def _with_peers(task: PlannedTask, design: DesignSchema, tasks: list[PlannedTask
             )
         peers[chan_name] = found
     return PlannedTask(task.id, task.role, task.index, task.groups, task.dataset, peers)
+
+
+def _role_levels(design: DesignSchema) -> dict[str, int]:
+    """How many channel hops each role is above the data consumers (which are at 0). A peer
+    on a lower level sends this task updates that sum the samples below it."""
+    level = {r.name: 0 for r in design.data_consumers}
+    frontier = list(level)
+    while frontier:
+        nxt: list[str] = []
+        for name in frontier:
+            for chan in design.channels:
+                if name in chan.pair:
+                    other = chan.other_end(name)
+                    if other not in level:
+                        level[other] = level[name] + 1
+                        nxt.append(other)
+        frontier = nxt
+    return level
+
+
+def _with_sample_limits(tasks: list[PlannedTask], design: DesignSchema) -> list[PlannedTask]:
+    """Each peer below a task gets the most samples its updates may claim: the registered
+    samples of every dataset under it, counting the peers it sums with on its own level (a
+    hybrid group's leader sends its whole group's count). Unknown anywhere below: no bound."""
+    level = _role_levels(design)
+    by_id = {t.id: t for t in tasks}
+    limits: dict[str, int] = {}
+
+    def lower(t: PlannedTask) -> list[str]:
+        here = level.get(t.role)
+        return [
+            p.task_id
+            for refs in t.peers.values()
+            for p in refs
+            if here is not None and level.get(p.role, here) < here
+        ]
+
+    def level_mates(t: PlannedTask) -> list[PlannedTask]:
+        seen, todo = {t.id}, [t]
+        while todo:
+            cur = todo.pop()
+            for refs in cur.peers.values():
+                for p in refs:
+                    if p.role == cur.role and p.task_id not in seen:
+                        seen.add(p.task_id)
+                        todo.append(by_id[p.task_id])
+        return [by_id[i] for i in sorted(seen)]
+
+    def limit(task_id: str) -> int:
+        if task_id in limits:
+            return limits[task_id]
+        mates = level_mates(by_id[task_id])
+        total = 0
+        for m in mates:
+            parts = [m.dataset.num_samples] if m.dataset is not None else []
+            parts += [limit(below) for below in lower(m)]
+            if 0 in parts or not parts:
+                total = 0
+                break
+            total += sum(parts)
+        for m in mates:
+            limits[m.id] = total
+        return total
+
+    out: list[PlannedTask] = []
+    for t in tasks:
+        below = set(lower(t))
+        peers = {
+            chan: [
+                p.model_copy(update={"max_samples": limit(p.task_id)}) if p.task_id in below else p
+                for p in refs
+            ]
+            for chan, refs in t.peers.items()
+        }
+        out.append(PlannedTask(t.id, t.role, t.index, t.groups, t.dataset, peers))
+    return out
 
 
 def task_configs(

@@ -22,6 +22,10 @@ from flame_spec.types import SpecModel
 class PeerRef(SpecModel):
     task_id: str
     role: str
+    # The most training samples an update from this peer may claim: what the data owners
+    # registered for the datasets below it (0: not known, no bound). Set for peers that send
+    # updates up to this task (trainers, middle aggregators, hybrid group leaders).
+    max_samples: int = Field(default=0, ge=0)
 
 
 class ChannelMembership(SpecModel):
@@ -110,6 +114,13 @@ class TaskConfig(SpecModel):
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, indent=1)
+
+    def sample_limits(self, channel: str) -> dict[str, int]:
+        """Peer task id -> the most samples its updates may claim, for peers with a bound."""
+        membership = self.channels.get(channel)
+        if membership is None:
+            return {}
+        return {p.task_id: p.max_samples for p in membership.peers if p.max_samples > 0}
 
     def peers(self, channel: str, role: str | None = None) -> list[str]:
         """Task ids at the other end(s) of ``channel`` (optionally only those playing ``role``)."""

@@ -211,6 +211,7 @@ class FlameClient:
         realm: str = "",
         format: str = "",
         size_bytes: int = 0,
+        num_samples: int = 0,
         uri: str = "",
         description: str = "",
     ) -> Dataset:
@@ -221,6 +222,7 @@ class FlameClient:
             "realm": realm,
             "format": format,
             "size_bytes": size_bytes,
+            "num_samples": num_samples,
             "uri": uri,
             "description": description,
         }

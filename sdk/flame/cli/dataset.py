@@ -10,7 +10,7 @@ from flame.cli.common import group, session
 from flame.cli.output import Format, OutputOpt, render
 
 app = group("Datasets registered on nodes.")
-COLUMNS = ("id", "name", "node_id", "realm", "format", "size_bytes", "description")
+COLUMNS = ("id", "name", "node_id", "realm", "format", "num_samples", "size_bytes", "description")
 
 
 @app.command("create")
@@ -20,6 +20,12 @@ def create(
     realm: Annotated[str, typer.Option(help="locality, e.g. eu/hospital-a")] = "",
     format: Annotated[str, typer.Option("--format", help="npz, csv, parquet, folder…")] = "",
     size: Annotated[int, typer.Option("--size", min=0, help="size in bytes")] = 0,
+    samples: Annotated[
+        int,
+        typer.Option(
+            "--samples", min=0, help="training samples: the most a trainer's update may claim"
+        ),
+    ] = 0,
     uri: Annotated[str, typer.Option(help="node-local path or URL")] = "",
     description: Annotated[str, typer.Option(help="free text")] = "",
     project: Annotated[str, typer.Option(help="share with this project")] = "",
@@ -34,6 +40,7 @@ def create(
             realm=realm,
             format=format,
             size_bytes=size,
+            num_samples=samples,
             uri=uri,
             description=description,
         )

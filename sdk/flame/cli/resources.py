@@ -93,6 +93,7 @@ class Dataset(Resource):
     realm: str = ""
     format: str = ""
     size_bytes: int = 0
+    num_samples: int = 0
     uri: str = ""
     description: str = ""
     created_at: datetime | None = None

@@ -8,8 +8,9 @@
 * ``distribute``: send the global model (+ the strategy's ``to_trainers()`` extras) to the
   participants, or ``done`` with the final model after the last round.
 * ``collect``: ``recv_any`` until every participant answered or ``round_timeout`` passed; each
-  update is validated (job, round, sender, names/shapes/dtypes, finite values) and a bad one is
-  logged (``update.rejected``) and left out.
+  update is validated (job, round, sender, names/shapes/dtypes, finite values, no more training
+  samples claimed than its data owners registered) and a bad one is logged
+  (``update.rejected``) and left out.
 * ``aggregate``: top: the strategy (FedAvg, FedAdam, Krum, ...); fewer than ``min_trainers``
   trainers answered -> :class:`QuorumLost`; middle: sample-weighted mean of its group.
 * ``upload``: top: log metrics, offer the model to the tracker, checkpoint, tell the
@@ -128,6 +129,8 @@ class Aggregator(Role):
         self.assigned: list[str] | None = None
         self.received: list[Received] = []
         self.silent: set[str] = set()
+        # the most samples each sender may claim (what its data owners registered)
+        self.sample_limits = self.config.sample_limits(topo.downstream)
         self.aborts: dict[str, str] = {}  # participant -> the reason it gave up with
         self.round_metrics: dict[str, float] = {}
         self._round_started = 0.0
@@ -362,6 +365,13 @@ class Aggregator(Role):
         update = (FinalEval if self.final else Update).read(msg)
         if self.final:
             return Received(peer, update, {}, {})
+        limit = self.sample_limits.get(peer)
+        if limit is not None and update.num_samples > limit:
+            raise RejectedUpdate(
+                f"claims {update.num_samples:g} training samples; its data owners registered "
+                f"{limit}",
+                peer,
+            )
         if update.weights is None:
             raise RejectedUpdate("update carries no weights", peer)
         weights, extras = unpack(update.weights)

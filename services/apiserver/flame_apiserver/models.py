@@ -297,6 +297,7 @@ class Dataset(BaseModel):
     realm: str
     format: str
     size_bytes: int
+    num_samples: int
     uri: str
     description: str
     created_at: datetime | None
@@ -312,6 +313,7 @@ class Dataset(BaseModel):
             realm=m.realm,
             format=m.format,
             size_bytes=m.size_bytes,
+            num_samples=m.num_samples,
             uri=m.uri,
             description=m.description,
             created_at=_ts(m, "created_at"),
@@ -329,6 +331,7 @@ class CreateDataset(Request):
     realm: Realm = ""
     format: Format = ""
     size_bytes: Int53 = 0
+    num_samples: Int53 = 0
     uri: Annotated[str, Field(max_length=2048)] = ""
     description: Description = ""
 
@@ -338,6 +341,7 @@ class AgentDataset(Request):
     realm: Realm = ""
     format: Format = ""
     size_bytes: Int53 = 0
+    num_samples: Int53 = 0
     description: Description = ""
 
 

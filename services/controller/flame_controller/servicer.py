@@ -420,6 +420,7 @@ class ControlPlaneServicer(control_pb2_grpc.ControlPlaneServicer):
             size_bytes=request.size_bytes,
             uri=request.uri,
             description=request.description,
+            num_samples=request.num_samples,
         )
         return convert.dataset(rec)
 

@@ -125,7 +125,13 @@ class RestClient:
         )
 
     async def register_dataset(
-        self, name: str, realm: str, format: str, size_bytes: int, description: str = ""
+        self,
+        name: str,
+        realm: str,
+        format: str,
+        size_bytes: int,
+        description: str = "",
+        num_samples: int = 0,
     ) -> DatasetCreated:
         resp = await self._request(
             "POST",
@@ -135,6 +141,7 @@ class RestClient:
                 "realm": realm,
                 "format": format,
                 "size_bytes": size_bytes,
+                "num_samples": num_samples,
                 "description": description,
             },
         )

@@ -18,6 +18,7 @@ from flamelet.api import RestClient
 from flamelet.errors import FlameletError, Unauthorized
 from flamelet.events import GrpcEventSource
 from flamelet.home import DatasetRegistry, Identity, LocalDataset, dataset_size
+from flamelet.samples import count_samples
 from flamelet.settings import FlameletSettings
 
 app = typer.Typer(help="Flame node agent", no_args_is_help=True, add_completion=False)
@@ -85,15 +86,35 @@ def dataset_add(
     format: Annotated[str, typer.Option("--format", help="e.g. npz, csv, folder")] = "",
     realm: Annotated[str, typer.Option("--realm", help="locality, e.g. eu/hospital-a")] = "",
     description: Annotated[str, typer.Option("--description")] = "",
+    samples: Annotated[
+        int | None,
+        typer.Option(
+            "--samples",
+            min=0,
+            help="training samples (counted for .npz and .csv); no update may claim more",
+        ),
+    ] = None,
     home: HomeOpt = None,
 ) -> None:
-    """Register a dataset held on this node (its size is sent; its path is not)."""
+    """Register a dataset held on this node (its size and sample count are sent; its path is
+    not)."""
     settings = _settings(home)
     local_path = path.expanduser().resolve()
     if not local_path.exists():
         raise _fail(f"{local_path} does not exist")
     size = dataset_size(local_path)
     fmt = format or ("folder" if local_path.is_dir() else local_path.suffix.lstrip("."))
+    if samples is None:
+        try:
+            samples = count_samples(local_path, fmt)
+        except FlameletError as exc:
+            raise _fail(str(exc)) from exc
+    if samples is None:
+        typer.echo(
+            f"warning: cannot count the samples of a {fmt or 'plain'} dataset; pass --samples "
+            "so that no update can claim more than it holds",
+            err=True,
+        )
     try:
         identity = Identity.load(settings.home)
     except FlameletError as exc:
@@ -102,7 +123,11 @@ def dataset_add(
     async def register() -> str:
         client = RestClient(identity.server, identity.credential, settings.http_timeout)
         try:
-            return (await client.register_dataset(name, realm, fmt, size, description)).id
+            return (
+                await client.register_dataset(
+                    name, realm, fmt, size, description, num_samples=samples or 0
+                )
+            ).id
         finally:
             await client.close()
 
@@ -112,10 +137,17 @@ def dataset_add(
         raise _fail(f"cannot register dataset {name!r}: {exc}") from exc
     DatasetRegistry(settings.home).add(
         LocalDataset(
-            name=name, path=str(local_path), format=fmt, realm=realm, id=dataset_id, size_bytes=size
+            name=name,
+            path=str(local_path),
+            format=fmt,
+            realm=realm,
+            id=dataset_id,
+            size_bytes=size,
+            num_samples=samples or 0,
         )
     )
-    typer.echo(f"dataset {name} registered as {dataset_id} ({size} bytes)")
+    counted = f", {samples} samples" if samples else ""
+    typer.echo(f"dataset {name} registered as {dataset_id} ({size} bytes{counted})")
 
 
 @dataset_app.command("list")

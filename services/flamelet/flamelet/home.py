@@ -46,6 +46,7 @@ class LocalDataset(_Frozen):
     realm: str = ""
     id: str = ""  # the dataset id the control plane gave it
     size_bytes: int = 0
+    num_samples: int = 0
 
 
 class DatasetRegistry:

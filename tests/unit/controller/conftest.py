@@ -69,10 +69,12 @@ CENTRAL_DESIGN: dict[str, Any] = {
 
 
 def make_zip(files: dict[str, bytes | str]) -> bytes:
+    """The same bytes for the same files, whenever it is called (fixed member dates)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, data in files.items():
-            zf.writestr(name, data)
+            info = zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0))
+            zf.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)
     return buf.getvalue()
 
 

@@ -24,6 +24,7 @@ from flame_service.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+from flame_spec import TaskConfig
 
 from .conftest import central_code, design_json
 
@@ -76,6 +77,7 @@ async def world(store: Store) -> World:
             size_bytes=1,
             uri="",
             description="",
+            num_samples=50 + i,
         )
     design = await designs.create_design(
         ctx, alice, name="central", project_id="", description="", schema_json=design_json()
@@ -171,6 +173,33 @@ async def test_nodes_only_see_and_fetch_their_own_tasks(world: World) -> None:
     for task in world.trainers:
         with pytest.raises(NotFound):
             await agent.fetch_task(ctx, world.other_node, task.id)
+
+
+async def test_the_aggregator_learns_the_most_samples_each_trainer_may_claim(
+    world: World,
+) -> None:
+    caller = await tokens.authenticate(
+        world.ctx, await tokens.issue_task_credential(world.ctx, world.job.id)
+    )
+    bundle = await agent.fetch_task(world.ctx, caller, world.aggregator.id)
+    cfg = TaskConfig.model_validate(bundle.config)
+    limits = cfg.sample_limits("param-channel")
+    assert sorted(limits.values()) == [50, 51]
+    assert set(limits) == {t.id for t in world.trainers}
+    with pytest.raises(InvalidArgument, match="num_samples"):
+        await datasets.create_dataset(
+            world.ctx,
+            world.node,
+            name="negative",
+            project_id="",
+            node_id="",
+            realm="",
+            format="",
+            size_bytes=0,
+            uri="",
+            description="",
+            num_samples=-1,
+        )
 
 
 async def test_task_credential_reaches_only_the_jobs_deployer_run_tasks(world: World) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import stat
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import structlog
+from click.testing import Result
 from typer.testing import CliRunner
 
 from flamelet.cli import app
@@ -81,6 +84,7 @@ def test_dataset_add_sends_size_not_path(tmp_path: Path, fake_api: FakeApiServer
             "realm": "eu/a",
             "format": "npz",
             "size_bytes": 1234,
+            "num_samples": 0,
             "description": "",
         }
     ]
@@ -93,6 +97,66 @@ def test_dataset_add_sends_size_not_path(tmp_path: Path, fake_api: FakeApiServer
         app, ["dataset", "add", "x", str(tmp_path / "nope"), "--home", str(home)]
     )
     assert missing.exit_code == 1 and len(fake_api.datasets) == 1
+
+
+def _login(home: Path, fake_api: FakeApiServer) -> None:
+    res = runner.invoke(
+        app, ["login", "--server", fake_api.url, "--token", "enrol-1", "--home", str(home)]
+    )
+    assert res.exit_code == 0, res.output
+
+
+def _add(home: Path, name: str, path: Path, *extra: str) -> Result:
+    return runner.invoke(app, ["dataset", "add", name, str(path), "--home", str(home), *extra])
+
+
+def test_dataset_add_counts_the_training_samples_it_registers(
+    tmp_path: Path, fake_api: FakeApiServer
+) -> None:
+    home = tmp_path / "home"
+    _login(home, fake_api)
+    npz = tmp_path / "shard.npz"
+    np.savez(npz, x_train=np.zeros((37, 4)), y_train=np.zeros(37), x_test=np.zeros((5, 4)))
+    csv = tmp_path / "rows.csv"
+    csv.write_text("a,b,label\n1,2,0\n3,4,1\n\n5,6,1\n")
+    assert _add(home, "npz", npz).exit_code == 0
+    assert _add(home, "csv", csv).exit_code == 0
+    told = _add(home, "told", tmp_path / "shard.npz", "--samples", "12")
+    assert told.exit_code == 0 and "12 samples" in told.output
+    assert [(d["name"], d["num_samples"]) for d in fake_api.datasets] == [
+        ("npz", 37),
+        ("csv", 3),
+        ("told", 12),
+    ]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"not a zip",
+        b"",  # an empty zip below
+        # an array header that is not a literal: never evaluated
+        b"\x93NUMPY\x01\x00\x30\x00{'shape': __import__('os').getpid()}      \n",
+    ],
+    ids=["not-a-zip", "no-training-array", "code-in-header"],
+)
+def test_a_dataset_whose_samples_cannot_be_read_is_not_registered(
+    tmp_path: Path, fake_api: FakeApiServer, content: bytes
+) -> None:
+    home = tmp_path / "home"
+    _login(home, fake_api)
+    path = tmp_path / "bad.npz"
+    if content.startswith(b"\x93NUMPY"):
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("x_train.npy", content)
+    elif content:
+        path.write_bytes(content)
+    else:
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("weights.npy", b"")
+    res = _add(home, "bad", path)
+    assert res.exit_code == 1 and "bad.npz" in res.output
+    assert fake_api.datasets == []
 
 
 def test_run_without_login_fails_clearly(tmp_path: Path) -> None:

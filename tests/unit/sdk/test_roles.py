@@ -182,6 +182,26 @@ def test_nan_and_wrong_shape_updates_are_rejected_with_a_reason() -> None:
     assert accuracy(res.weights) > 0.85
 
 
+class ClaimsATrillionSamples(NumpyTrainer):  # type: ignore[misc]
+    def train(self) -> None:
+        super().train()
+        if self.config.index == 0:
+            self.model["w"] = -10 * self.model["w"]  # a bad model, weighted 1e12 if believed
+            self.dataset_size = 10**12
+
+
+def test_a_trainer_claiming_more_samples_than_its_data_holds_is_rejected(
+    central: flame.SimulationResult,
+) -> None:
+    with capture_logs() as logs:
+        res = flame.simulate(JOB, roles={**ROLES, "trainer": ClaimsATrillionSamples}, overrides=HP)
+    rejected = [e for e in logs if e["event"] == "update.rejected"]
+    assert len(rejected) == 20 and {e["sender"].split("-")[1] for e in rejected} == {"0"}
+    assert "claims 1e+12 training samples" in rejected[0]["reason"]
+    assert sum(h["trainers"] == 9 for h in res.history) == 20  # every round, without it
+    assert accuracy(res.weights) >= accuracy(central.weights) - 0.02
+
+
 class DiesInRound3(NumpyTrainer):  # type: ignore[misc]
     def train(self) -> None:
         if self.config.index == 3 and self.round == 3:

@@ -48,10 +48,13 @@ async def create_dataset(
     size_bytes: int,
     uri: str,
     description: str,
+    num_samples: int = 0,
 ) -> DatasetRecord:
     check_name(name, "dataset")
     if size_bytes < 0:
         raise InvalidArgument("size_bytes must not be negative")
+    if num_samples < 0:
+        raise InvalidArgument("num_samples must not be negative")
     if caller.scope == "node":
         if job_of_task_credential(caller) is not None:
             raise PermissionDenied("a task credential cannot register datasets")
@@ -76,6 +79,7 @@ async def create_dataset(
         realm=_check_text(realm, "realm", 256),
         format=_check_text(format, "format", 64),
         size_bytes=size_bytes,
+        num_samples=num_samples,
         uri=_check_text(uri, "uri", 2048),
         description=_check_text(description, "description", 2000),
     )

@@ -92,7 +92,9 @@ async def _plan(
         )
     datasets = {d.id: d for d in await all_visible_datasets(ctx, caller)}
     infos = {
-        d.id: DatasetInfo(id=d.id, name=d.name, node_id=d.node_id, format=d.format)
+        d.id: DatasetInfo(
+            id=d.id, name=d.name, node_id=d.node_id, format=d.format, num_samples=d.num_samples
+        )
         for d in datasets.values()
     }
     planned: list[PlannedTask] = build_tasks(
