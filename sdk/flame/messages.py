@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ class Message:
     job_id: str = ""
     channel: str = ""
     message_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    sent_at_ms: int = 0  # set with the signature (flame.channels.auth), 0 when unsigned
+    signature: bytes = b""
 
     def header(self, receiver: str = "") -> data_pb2.Envelope:
         """The envelope of this message without its tensors (chunk 0 of a stream carries it)."""
@@ -40,8 +43,16 @@ class Message:
             receiver=receiver,
             kind=self.kind,
             round=self.round,
-            meta_json=json.dumps(self.meta, separators=(",", ":")),
+            meta_json=self.meta_json(),
+            sent_at_ms=self.sent_at_ms,
+            signature=self.signature,
         )
+
+    def with_signature(self, sent_at_ms: int, signature: bytes) -> Message:
+        return dataclasses.replace(self, sent_at_ms=sent_at_ms, signature=signature)
+
+    def meta_json(self) -> str:
+        return json.dumps(self.meta, separators=(",", ":"))
 
     def to_envelope(self, receiver: str = "") -> data_pb2.Envelope:
         env = self.header(receiver)
@@ -67,6 +78,8 @@ class Message:
             job_id=env.job_id,
             channel=env.channel,
             message_id=env.message_id,
+            sent_at_ms=env.sent_at_ms,
+            signature=env.signature,
         )
 
     @classmethod

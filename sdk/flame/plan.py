@@ -7,12 +7,14 @@ adds what a local run knows: where each dataset is, the work dir and the checkpo
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from flame.config import DesignSchema, DiscoverySettings, JobSpec, MqttSettings, TaskConfig
 from flame.datasets import count_samples
 from flame.errors import ConfigError
 from flame_spec import DatasetInfo, SpecError, plan_tasks, task_configs, task_id
+from flame_spec.signing import SECRET_BYTES, JobKeys, with_keys
 
 __all__ = ["expand", "task_id"]
 
@@ -54,6 +56,9 @@ def expand(
         )
     except SpecError as exc:
         raise ConfigError(str(exc)) from None
+    if any(m.backend != "inproc" for cfg in configs for m in cfg.channels.values()):
+        keys = JobKeys(os.urandom(SECRET_BYTES), job_id)  # signed, as on the control plane
+        configs = [with_keys(cfg, keys) for cfg in configs]
     for cfg in configs:
         if cfg.dataset is not None and cfg.dataset.name not in datasets:
             raise ConfigError(

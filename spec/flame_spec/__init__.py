@@ -27,6 +27,7 @@ from flame_spec.task import (
     DiscoverySettings,
     MqttSettings,
     PeerRef,
+    SigningSettings,
     TaskConfig,
     TlsSettings,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "RoleResources",
     "RoleSpec",
     "SelectorSpec",
+    "SigningSettings",
     "SpecError",
     "TaskConfig",
     "TlsSettings",

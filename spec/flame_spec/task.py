@@ -26,6 +26,9 @@ class PeerRef(SpecModel):
     # registered for the datasets below it (0: not known, no bound). Set for peers that send
     # updates up to this task (trainers, middle aggregators, hybrid group leaders).
     max_samples: int = Field(default=0, ge=0)
+    # Its Ed25519 public key (base64, 32 bytes): messages claiming to be from it must carry its
+    # signature. Empty: the job issued no keys (an in-process simulation).
+    public_key: str = ""
 
 
 class ChannelMembership(SpecModel):
@@ -68,6 +71,16 @@ class TlsSettings(SpecModel):
         return f"TlsSettings(ca={self.ca_pem is not None}, cert={self.cert_pem is not None})"
 
 
+class SigningSettings(SpecModel):
+    """This task's Ed25519 private key (base64 of its 32-byte seed), with which it signs every
+    data-plane message; its peers' public keys are on their :class:`PeerRef`. None: unsigned."""
+
+    private_key: str | None = None
+
+    def __repr__(self) -> str:  # never print key material
+        return f"SigningSettings(key={self.private_key is not None})"
+
+
 class DiscoverySettings(SpecModel):
     """How grpc-backend tasks find each other's endpoints."""
 
@@ -96,6 +109,7 @@ class TaskConfig(SpecModel):
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
+    signing: SigningSettings = Field(default_factory=SigningSettings)
     workdir: str = "."
     checkpoint_dir: str | None = None
     # The MLflow server this task logs to (only the top aggregator logs). None: a local store

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from flame.channels.auth import MessageAuth, payload_digest
 from flame.channels.chunking import check_sendable
 from flame.channels.inbox import Inbox
 from flame.config import PeerRef
@@ -59,11 +60,13 @@ class Channel:
         peers: Sequence[PeerRef],
         transport: Transport,
         job_id: str = "",
+        auth: MessageAuth | None = None,
     ) -> None:
         self.name = name
         self.me = me
         self.job_id = job_id
         self.transport = transport
+        self.auth = auth
         self._peers: dict[str, PeerRef] = {p.task_id: p for p in peers}
         self._inbox: Inbox = transport.attach(self)
         self._closed = False
@@ -91,11 +94,16 @@ class Channel:
         return dataclasses.replace(msg, sender=self.me, channel=self.name, job_id=self.job_id)
 
     async def send(self, peer: str, msg: Message) -> None:
+        await self._send(peer, self._stamp(msg), None)
+
+    async def _send(self, peer: str, msg: Message, digest: tuple[int, bytes] | None) -> None:
         if self._closed:
             raise ChannelError(f"channel {self.name} of {self.me} is closed")
         self._check_peer(peer)
         check_sendable(msg.weights)  # every backend refuses what the wire cannot carry
-        await self.transport.send(self.name, peer, self._stamp(msg))
+        if self.auth is not None:
+            msg = self.auth.seal(msg, peer, digest or payload_digest(msg.weights))
+        await self.transport.send(self.name, peer, msg)
 
     async def broadcast(self, msg: Message, peers: Iterable[str] | None = None) -> None:
         """Send ``msg`` to every peer concurrently; one message id, so each peer dedups alike.
@@ -107,8 +115,10 @@ class Channel:
         for p in targets:
             self._check_peer(p)
         stamped = self._stamp(msg)
+        check_sendable(stamped.weights)
+        digest = payload_digest(stamped.weights) if self.auth is not None else None
         results = await asyncio.gather(
-            *(self.send(p, stamped) for p in targets), return_exceptions=True
+            *(self._send(p, stamped, digest) for p in targets), return_exceptions=True
         )
         failed: dict[str, ChannelError] = {}
         for peer, r in zip(targets, results, strict=True):
@@ -143,8 +153,12 @@ class Channel:
             return False
         return True
 
-    def deliver(self, msg: Message) -> bool:
-        """Queue a complete message for ``recv``; False if it was dropped (duplicate, closed)."""
+    def deliver(self, msg: Message, digest: tuple[int, bytes] | None = None) -> bool:
+        """Queue a complete message for ``recv``; False if it was dropped (duplicate, closed).
+        With keys, :class:`ChannelError` says why it is refused (see :mod:`.auth`); ``digest``
+        is the received payload's (size, SHA-256), computed here when not given."""
+        if self.auth is not None:
+            self.auth.check(msg, digest or payload_digest(msg.weights))
         return self._inbox.put(msg)
 
     async def recv(self, peer: str, timeout: float | None = None) -> Message:

@@ -14,6 +14,7 @@ Chunk 0 carries the envelope header (an ``Envelope`` with an empty payload) and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import struct
@@ -144,6 +145,7 @@ class Reassembly:
         self.buffer = bytearray(first.total_bytes)
         self.next_index = 0
         self.filled = 0
+        self._sha = hashlib.sha256()
         self.add(first)
 
     @property
@@ -161,10 +163,16 @@ class Reassembly:
         if end > self.total_bytes:
             raise ChannelError(f"message {self.message_id}: more data than announced")
         self.buffer[self.filled : end] = chunk.data
+        self._sha.update(chunk.data)
         self.filled = end
         self.next_index += 1
         if self.complete and self.filled != self.total_bytes:
             raise ChannelError(f"message {self.message_id}: payload is short")
+
+    @property
+    def digest(self) -> tuple[int, bytes]:
+        """Size and SHA-256 of the payload received (what a signature covers)."""
+        return self.total_bytes, self._sha.digest()
 
     def message(self) -> Message:
         if not self.complete:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from flame.channels.auth import MessageAuth
 from flame.channels.channel import Channel
 from flame.channels.settings import ChannelSettings
 from flame.channels.transport import Transport, TransportContext, make_transport
@@ -124,8 +125,21 @@ async def open_channels(
             kind = chosen[name]
             if kind not in transports:
                 transports[kind] = make_transport(kind, ctx)
+            auth = None
+            if kind != "inproc":  # one process: nothing to authenticate
+                auth = MessageAuth.of(
+                    config,
+                    membership,
+                    max_age=ctx.settings.max_message_age,
+                    reorder_allowance=ctx.settings.reorder_allowance,
+                )
             channels[name] = Channel(
-                name, config.task_id, membership.peers, transports[kind], job_id=config.job_id
+                name,
+                config.task_id,
+                membership.peers,
+                transports[kind],
+                job_id=config.job_id,
+                auth=auth,
             )
         for chan in channels.values():
             await chan.open()

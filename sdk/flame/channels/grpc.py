@@ -82,8 +82,12 @@ class _Servicer(data_pb2_grpc.DataChannelServicer):
         except ChannelError as exc:
             log.warning("message.rejected", channel=env.channel, sender=env.sender, reason=str(exc))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        chan.deliver(msg)
-        return data_pb2.Receipt(message_id=msg.message_id, bytes_received=whole.total_bytes)
+        try:
+            chan.deliver(msg, whole.digest)
+        except ChannelError as exc:  # not from whom it claims, stale or replayed
+            log.warning("message.rejected", channel=env.channel, sender=env.sender, reason=str(exc))
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        return data_pb2.Receipt(message_id=first.message_id, bytes_received=whole.total_bytes)
 
 
 class GrpcTransport:

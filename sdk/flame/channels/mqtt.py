@@ -270,7 +270,7 @@ class MqttTransport:
                 whole = self._partial.pop(key)
                 whole.add(chunk)
             if whole.complete:
-                chan.deliver(whole.message())
+                chan.deliver(whole.message(), whole.digest)
             else:
                 self._partial[key] = whole
         except ChannelError as exc:

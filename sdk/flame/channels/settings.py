@@ -21,3 +21,7 @@ class ChannelSettings(BaseSettings):
     max_message_bytes: int = Field(default=4 << 30, ge=1)  # larger incoming messages are refused
     retry_initial: float = Field(default=0.05, gt=0)  # first backoff after UNAVAILABLE
     retry_max: float = Field(default=1.0, gt=0)  # backoff cap
+    # signed messages (flame.channels.auth): older ones are refused as stale; one older than a
+    # message already accepted from its sender by more than the allowance, as a replay
+    max_message_age: float = Field(default=3600.0, gt=0)
+    reorder_allowance: float = Field(default=5.0, ge=0)

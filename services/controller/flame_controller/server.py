@@ -149,6 +149,7 @@ async def serve(
             apiserver_url=settings.apiserver_url or None,
             tracking_uri=settings.tracking_uri or None,
             kick=kicker,
+            data_plane_secret=settings.data_plane_secret(),
         )
         factories = list(default_workers(settings) if workers is None else workers)
         health_servicer = health.aio.HealthServicer()

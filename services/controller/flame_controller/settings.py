@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from flame_service.files import write_private
 from flame_service.settings import ServiceSettings
+from flame_spec.signing import SECRET_BYTES
 
 
 class ControllerSettings(ServiceSettings):
@@ -25,6 +28,10 @@ class ControllerSettings(ServiceSettings):
     # user could read); generated into <data_dir>/admin.token (mode 0600) when neither is set.
     admin_token_file: Path | None = None
     admin_token: str | None = None  # programmatic (tests); prefer admin_token_file
+    # The secret every task's data-plane signing key is derived from (flame_spec.signing): a
+    # file, generated into <data_dir>/data-plane.secret (0600) when missing. Replicas of one
+    # control plane share it (the Helm chart mounts one Secret).
+    data_plane_secret_file: Path | None = None
     run_reconciler: bool = True  # off in tests that drive the domain only
     # who runs the roles that own no data: local processes, Kubernetes Jobs (FLAME_KUBERNETES_*)
     deployer: Literal["local", "kubernetes", "none"] = "local"
@@ -61,6 +68,22 @@ class ControllerSettings(ServiceSettings):
         if self.admin_token_file is not None:
             return self.admin_token_file.read_text().strip() or None
         return self.admin_token
+
+    def data_plane_secret(self) -> bytes:
+        """The data-plane key secret (32 random bytes, hex in its file), made on first use."""
+        path = self.data_plane_secret_file or self.data_dir / "data-plane.secret"
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            text = secrets.token_hex(SECRET_BYTES)
+            write_private(path, text + "\n")
+        try:
+            secret = bytes.fromhex(text)
+        except ValueError:
+            secret = b""
+        if len(secret) < SECRET_BYTES:
+            raise ValueError(f"{path} must hold at least {SECRET_BYTES} random bytes as hex")
+        return secret
 
     @property
     def blob_dir(self) -> Path:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x66lame/v1/data.proto\x12\x08\x66lame.v1\"\xa2\x01\n\x08\x45nvelope\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x10\n\x08receiver\x18\x05 \x01(\t\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\r\n\x05round\x18\x07 \x01(\x03\x12\x11\n\tmeta_json\x18\x08 \x01(\t\x12\x0f\n\x07payload\x18\t \x01(\x0c\"\x80\x01\n\x05\x43hunk\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\"\n\x06header\x18\x05 \x01(\x0b\x32\x12.flame.v1.Envelope\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\"5\n\x07Receipt\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x16\n\x0e\x62ytes_received\x18\x02 \x01(\x03\x32;\n\x0b\x44\x61taChannel\x12,\n\x04Send\x12\x0f.flame.v1.Chunk\x1a\x11.flame.v1.Receipt(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x66lame/v1/data.proto\x12\x08\x66lame.v1\"\xc9\x01\n\x08\x45nvelope\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x10\n\x08receiver\x18\x05 \x01(\t\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\r\n\x05round\x18\x07 \x01(\x03\x12\x11\n\tmeta_json\x18\x08 \x01(\t\x12\x0f\n\x07payload\x18\t \x01(\x0c\x12\x12\n\nsent_at_ms\x18\n \x01(\x03\x12\x11\n\tsignature\x18\x0b \x01(\x0c\"\x80\x01\n\x05\x43hunk\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\"\n\x06header\x18\x05 \x01(\x0b\x32\x12.flame.v1.Envelope\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\"5\n\x07Receipt\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x16\n\x0e\x62ytes_received\x18\x02 \x01(\x03\x32;\n\x0b\x44\x61taChannel\x12,\n\x04Send\x12\x0f.flame.v1.Chunk\x1a\x11.flame.v1.Receipt(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,11 +32,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flame_proto.v1.data_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENVELOPE']._serialized_start=34
-  _globals['_ENVELOPE']._serialized_end=196
-  _globals['_CHUNK']._serialized_start=199
-  _globals['_CHUNK']._serialized_end=327
-  _globals['_RECEIPT']._serialized_start=329
-  _globals['_RECEIPT']._serialized_end=382
-  _globals['_DATACHANNEL']._serialized_start=384
-  _globals['_DATACHANNEL']._serialized_end=443
+  _globals['_ENVELOPE']._serialized_end=235
+  _globals['_CHUNK']._serialized_start=238
+  _globals['_CHUNK']._serialized_end=366
+  _globals['_RECEIPT']._serialized_start=368
+  _globals['_RECEIPT']._serialized_end=421
+  _globals['_DATACHANNEL']._serialized_start=423
+  _globals['_DATACHANNEL']._serialized_end=482
 # @@protoc_insertion_point(module_scope)

@@ -33,6 +33,8 @@ class Envelope(_message.Message):
     ROUND_FIELD_NUMBER: _builtins.int
     META_JSON_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    SENT_AT_MS_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """unique per sender; receivers drop duplicates"""
     job_id: _builtins.str
@@ -48,6 +50,13 @@ class Envelope(_message.Message):
     """small JSON object: sample count, metrics, ..."""
     payload: _builtins.bytes
     """safetensors bytes (may be empty)"""
+    sent_at_ms: _builtins.int
+    """When the job issued keys (always on the control plane): the sender's wall clock (ms since
+    the epoch) and its Ed25519 signature over this header (without the signature), the payload's
+    size and SHA-256 (see flame.channels.auth). Receivers drop unsigned, badly signed, replayed
+    and stale messages.
+    """
+    signature: _builtins.bytes
     def __init__(
         self,
         *,
@@ -60,10 +69,12 @@ class Envelope(_message.Message):
         round: _builtins.int = ...,
         meta_json: _builtins.str = ...,
         payload: _builtins.bytes = ...,
+        sent_at_ms: _builtins.int = ...,
+        signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "job_id", b"job_id", "kind", b"kind", "message_id", b"message_id", "meta_json", b"meta_json", "payload", b"payload", "receiver", b"receiver", "round", b"round", "sender", b"sender"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "job_id", b"job_id", "kind", b"kind", "message_id", b"message_id", "meta_json", b"meta_json", "payload", b"payload", "receiver", b"receiver", "round", b"round", "sender", b"sender", "sent_at_ms", b"sent_at_ms", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

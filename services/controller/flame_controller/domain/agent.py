@@ -25,6 +25,7 @@ from ..store.records import (
 )
 from .access import can_see, job_of_task_credential, not_found, require_node
 from .context import Ctx
+from .keys import keyed_json
 from .results import EndpointView, LogPage, MetricsView, NewLogLine, NewMetric, TaskBundle
 
 log = structlog.get_logger(__name__)
@@ -71,7 +72,10 @@ async def fetch_task(ctx: Ctx, caller: Caller, task_id: str) -> TaskBundle:
     job = await ctx.store.get_job(task.job_id)
     code = await ctx.store.get_code(job.design_id, job.code_version)
     return TaskBundle(
-        task=task, config=task.config, code=code, code_zip=await ctx.store.get_blob(code.blob_key)
+        task=task,
+        config=keyed_json(ctx, task.config),
+        code=code,
+        code_zip=await ctx.store.get_blob(code.blob_key),
     )
 
 

@@ -32,10 +32,12 @@ class Ctx:
     """``kick(job_id)`` wakes the reconciler after a change it must act on (start, stop, a task
     status report); ``apiserver_url`` goes into task configs for control-plane discovery and
     ``tracking_uri`` as the MLflow server jobs log to; ``job_lock(job_id)`` serializes the
-    requests that rewrite or start one job."""
+    requests that rewrite or start one job; ``data_plane_secret`` keys the tasks' messages."""
 
     store: Store
     apiserver_url: str | None = None
     tracking_uri: str | None = None
     kick: Callable[[str], None] = _no_kick
     job_lock: KeyedLocks = field(default_factory=KeyedLocks)
+    # what tasks' data-plane keys derive from (flame_spec.signing); None: configs go unsigned
+    data_plane_secret: bytes | None = field(default=None, repr=False)

@@ -18,10 +18,12 @@ from flame_service.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+from flame_spec import TaskConfig
 
 from ..store.records import ALL_PERMISSIONS, TokenRecord, new_id, utcnow
 from .access import JOB_PREFIX, not_found, require_user
 from .context import Ctx
+from .keys import keyed
 from .results import IssuedToken
 
 log = structlog.get_logger(__name__)
@@ -233,3 +235,6 @@ class TaskCredentials:
 
     async def revoke(self, job_id: str) -> int:
         return await revoke_all(self.ctx, subject=job_id, kind="task")
+
+    def keyed(self, config: TaskConfig) -> TaskConfig:
+        return keyed(self.ctx, config)

@@ -55,6 +55,10 @@ class Credentials(Protocol):
 
     async def revoke(self, job_id: str) -> int: ...
 
+    def keyed(self, config: TaskConfig) -> TaskConfig:
+        """``config`` with the task's data-plane key and its peers' public keys."""
+        ...
+
 
 @dataclass
 class Effects:
@@ -175,7 +179,7 @@ class Effects:
             task_id=task.id,
             role=task.role,
             attempt=task.attempt,
-            config=TaskConfig.model_validate(task.config, strict=False),
+            config=self.credentials.keyed(TaskConfig.model_validate(task.config, strict=False)),
             code=await self.code(job),
             credential=await self.credentials.issue(job.id),
         )
