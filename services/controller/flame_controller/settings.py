@@ -70,19 +70,16 @@ class ControllerSettings(ServiceSettings):
         return self.admin_token
 
     def data_plane_secret(self) -> bytes:
-        """The data-plane key secret (32 random bytes, hex in its file), made on first use."""
+        """The data-plane key secret: its file's text (random, at least 32 characters), made
+        on first use when the file is missing."""
         path = self.data_plane_secret_file or self.data_dir / "data-plane.secret"
         try:
-            text = path.read_text().strip()
+            secret = path.read_text().strip().encode()
         except FileNotFoundError:
-            text = secrets.token_hex(SECRET_BYTES)
-            write_private(path, text + "\n")
-        try:
-            secret = bytes.fromhex(text)
-        except ValueError:
-            secret = b""
+            secret = secrets.token_hex(SECRET_BYTES).encode()
+            write_private(path, secret.decode() + "\n")
         if len(secret) < SECRET_BYTES:
-            raise ValueError(f"{path} must hold at least {SECRET_BYTES} random bytes as hex")
+            raise ValueError(f"{path} must hold at least {SECRET_BYTES} random characters")
         return secret
 
     @property
