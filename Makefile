@@ -6,9 +6,17 @@ PACKAGES := proto spec services/common services/controller services/apiserver se
 STAMP := $(VENV)/.installed
 MANIFESTS := $(foreach p,$(PACKAGES),$(p)/pyproject.toml) requirements-dev.txt
 
-.PHONY: install test lint proto proto-check demo bench clean
+.PHONY: install system test lint proto proto-check demo bench clean
 
-install: $(STAMP)
+install: system $(STAMP)
+
+# System programs the tests need: bubblewrap sandboxes user code (flame_service.sandbox).
+system:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  echo "installing bubblewrap (sandbox for user code)"; \
+	  apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null; } || \
+	  { echo "cannot install bubblewrap: install it, or set FLAME_SANDBOX=none (development only)" >&2; exit 1; }; }
 
 $(STAMP): $(MANIFESTS)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -1,8 +1,9 @@
 """One contract for every deployer (STYLE §1): start, observe success and failure, stop, adopt
 after a controller restart without a second start, output shipped once. Each deployer runs the
 same little role program: it prints a line per start, then exits or waits as its
-hyperparameters say (``mode``: ``exit`` with ``code``, or ``wait`` until the ``release`` file
-appears).
+hyperparameters say (``mode``: ``exit`` with ``code``, or ``wait`` until the test's
+``release`` port says go: over the network, which a sandboxed task keeps, and not through a
+file, which it cannot see).
 
 Backends: ``local`` (child processes) and ``kubernetes`` (Jobs, against the fake API server of
 ``tests/fake_kubernetes`` on loopback, whose kubelet runs each pod's command as a process; one
@@ -14,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import socket
 import sys
+import threading
 import time
 import uuid
 import zipfile
@@ -46,8 +49,16 @@ if hp["mode"] == "exit":
     if hp.get("why"):
         print("flame.launch: " + hp["why"], file=sys.stderr, flush=True)
     sys.exit(hp["code"])
-while not Path(hp["release"]).exists():
-    time.sleep(0.02)
+import socket
+while True:
+    if hp.get("release"):
+        try:
+            with socket.create_connection(("127.0.0.1", hp["release"]), timeout=5) as s:
+                if s.recv(1) == b"g":
+                    break
+        except OSError:
+            pass
+    time.sleep(0.05)
 print("released", flush=True)
 """
 DESIGN = parse_design(
@@ -134,13 +145,47 @@ def _kill_processes_under(root: Path) -> None:
     psutil.wait_procs(left, timeout=10)
 
 
+class Release:
+    """A port on loopback that tells the waiting role program to finish, once set."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.server.getsockname()[1])
+        self.go = threading.Event()
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.server.accept()
+                if self.go.is_set():
+                    conn.sendall(b"g")
+                    conn.close()
+                else:
+                    self.held.append(conn)
+
+    def set(self) -> None:
+        self.go.set()
+        for conn in self.held:
+            with contextlib.suppress(OSError):
+                conn.sendall(b"g")
+                conn.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def release() -> Iterator[Release]:
+    r = Release()
+    yield r
+    r.close()
+
+
 def launch(tmp_path: Path, attempt: int = 1, **hp: Any) -> Launch:
-    spec = parse_job_spec(
-        {
-            "datasets": {"default": ["d"]},
-            "hyperparameters": {"release": str(tmp_path / "release"), **hp},
-        }
-    )
+    del tmp_path
+    spec = parse_job_spec({"datasets": {"default": ["d"]}, "hyperparameters": hp})
     config = TaskConfig(
         job_id="job-1",
         job_name="demo",
@@ -207,10 +252,10 @@ async def test_stop_ends_a_running_task(factory: DeployerFactory, tmp_path: Path
 
 
 async def test_a_restarted_controller_adopts_and_never_starts_twice(
-    factory: DeployerFactory, tmp_path: Path
+    factory: DeployerFactory, tmp_path: Path, release: Release
 ) -> None:
     first = factory()
-    task = launch(tmp_path, mode="wait")
+    task = launch(tmp_path, mode="wait", release=release.port)
     handle = await first.start(task)
     await until(lambda: _has_output(first, handle))
     await first.close()  # the controller goes away; the task keeps running
@@ -221,7 +266,7 @@ async def test_a_restarted_controller_adopts_and_never_starts_twice(
     assert await second.start(task) == handle
     predicted = second.handle_for(task.job_id, task.task_id, task.attempt)
     assert (await second.observe(predicted)).state == "running"
-    (tmp_path / "release").touch()
+    release.set()
     await until(lambda: _state(second, handle, "exited"))
     got = await lines(second, handle)
     assert sum(1 for _, text in got if text.startswith("started")) == 1  # started once

@@ -37,6 +37,19 @@ log = structlog.get_logger(__name__)
 Env = dict[str, str]
 
 
+def _check_sandbox() -> None:
+    """Refuse to start a stack whose tasks could not be sandboxed, before anything starts
+    (the controller runs aggregators in bubblewrap; see flame_service.sandbox)."""
+    if os.environ.get("FLAME_SANDBOX") == "none":
+        print("warning: FLAME_SANDBOX=none: jobs' code runs with the stack's powers", flush=True)
+    elif shutil.which("bwrap") is None:
+        raise StackError(
+            "the stack runs jobs' code in a bubblewrap sandbox and bwrap is not installed: "
+            "install it (Debian/Ubuntu: apt-get install bubblewrap), or, for development only, "
+            "set FLAME_SANDBOX=none"
+        )
+
+
 class StackError(FlameError):
     """The embedded stack could not be started or stopped."""
 
@@ -163,6 +176,7 @@ class Stack:
         existing = StackState.load(self.home)
         if existing and any(_alive(p.pid) for p in existing.procs):
             raise StackError(f"a stack is already running from {self.home}; run `flamectl down`")
+        _check_sandbox()
         self.home.mkdir(parents=True, exist_ok=True)
         ports, token = self._identity()
         state = StackState(

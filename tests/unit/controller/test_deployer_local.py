@@ -129,8 +129,8 @@ async def test_runs_the_role_with_clean_env_and_config(tmp_path: Path) -> None:
     assert cfg.checkpoint_dir == str(workdir / "checkpoints")
     assert stat.S_IMODE((workdir / "config.json").stat().st_mode) == 0o600
     pid = pid_of(handle)
-    # one process shows the task command line: the wrapper script does not repeat it
-    assert psutil.Process(pid).cmdline() == ["/bin/sh", "run.sh"]
+    # one process shows the task command line: the sandbox and the wrapper script do not
+    assert psutil.Process(pid).cmdline()[-2:] == ["/bin/sh", "run.sh"]
     assert seen["argv"] == ["code/aggregator/main.py", "config.json"]
     # its own session: a controller crash does not take it down
     assert os.getsid(pid) == pid != os.getsid(0)
@@ -149,9 +149,10 @@ async def test_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
     handle = await d.start(launch())
     workdir = d.workdir("job-1", "aggregator-0-abc")
     await wait_for(lambda: (workdir / "grandchild.pid").exists())
-    grandchild = int((workdir / "grandchild.pid").read_text())
-    pids = [pid_of(handle), grandchild]
-    assert all(psutil.pid_exists(p) for p in pids)
+    # the pid it wrote is the one in its sandbox's pid namespace: look at the host's view
+    tree = psutil.Process(pid_of(handle)).children(recursive=True)
+    pids = [pid_of(handle), *(p.pid for p in tree)]
+    assert len(pids) >= 3 and all(psutil.pid_exists(p) for p in pids)
     await d.stop(handle)
     for pid in pids:
         assert not _alive(pid)

@@ -15,7 +15,9 @@ run through a tiny ``/bin/sh`` script (``run.sh``) that records the exit code in
 restarted controller, which cannot ``wait()`` for a child it did not start, still learns how the
 task ended).  It gets a clean environment (PATH, HOME = work dir, LANG, TMPDIR, ``FLAME_*``) and
 its own session (``start_new_session=True``), so a controller crash does not kill it.  ``stop``
-sends SIGTERM to the process group, then SIGKILL after a grace period.
+sends SIGTERM to the process group, then SIGKILL after a grace period.  The whole of it runs in
+a bubblewrap sandbox (:mod:`flame_service.sandbox`) that sees only the Python environment and
+the task's own work dir: not the control plane's home, store, blobs or other tasks.
 
 A process is identified by pid *and* psutil ``create_time``, so a reused pid is never mistaken
 for the task (nor killed).  ``start`` first looks at ``process.json``: when the task's process
@@ -41,10 +43,12 @@ from typing import Any
 
 import psutil
 import structlog
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flame_service.errors import FailedPrecondition
 from flame_service.files import write_atomic
+from flame_service.sandbox import Sandbox, SandboxMode, SandboxUnavailable, choose_sandbox
 from flame_service.taskdir import failure_line, prepare_task_dir
 
 from .base import Launch, Observed, Output
@@ -76,6 +80,11 @@ class LocalDeployerSettings(BaseSettings):
     env: dict[str, str] = Field(default_factory=dict)  # extra FLAME_* variables for every task
     max_output_chunk: int = Field(default=256 * 1024, ge=1024)  # bytes read per stream per pass
     max_line_chars: int = Field(default=8192, ge=80)
+    # user code runs sandboxed (flame_service.sandbox); "none" only for development (env
+    # FLAME_SANDBOX, shared with the flamelet)
+    sandbox: SandboxMode = Field(
+        default="auto", validation_alias=AliasChoices("FLAME_SANDBOX", "sandbox")
+    )
 
 
 @dataclass(frozen=True)
@@ -123,6 +132,20 @@ class LocalDeployer:
         self._listener: Callable[[str], None] | None = None
         self._watched: set[str] = set()
         self._guard = threading.Lock()
+        self._sandbox: Sandbox | None = None
+        self._sandbox_lock = threading.Lock()
+
+    def sandbox(self) -> Sandbox:
+        """The sandbox tasks run in, chosen on first use (:class:`FailedPrecondition` when
+        there is none and running unsandboxed was not asked for)."""
+        with self._sandbox_lock:
+            if self._sandbox is None:
+                try:
+                    self._sandbox = choose_sandbox(self.settings.sandbox, self.settings.python)
+                except SandboxUnavailable as exc:
+                    raise FailedPrecondition(str(exc)) from None
+                log.info("deployer.sandbox", kind=self._sandbox.kind)
+            return self._sandbox
 
     # -- exit notifications ------------------------------------------------------------------
     def set_listener(self, listener: Callable[[str], None] | None) -> None:
@@ -229,13 +252,14 @@ class LocalDeployer:
             "FLAME_TASK_ID": launch.task_id,
         }
         argv = [self.settings.python, *self.settings.launch_args, "config.json"]
+        sandbox = self.sandbox()
         write_atomic(workdir / "run.sh", _RUN_SH.format(command=shlex.join(argv)).encode())
         with (
             (workdir / "stdout.log").open("ab") as out,
             (workdir / "stderr.log").open("ab") as err,
         ):
             child = subprocess.Popen(
-                ["/bin/sh", "run.sh"],
+                sandbox.wrap(["/bin/sh", "run.sh"], workdir),
                 cwd=workdir,
                 env=env,
                 stdin=subprocess.DEVNULL,
