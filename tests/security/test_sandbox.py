@@ -20,6 +20,19 @@ from flame_controller.deployers.local import LocalDeployer, LocalDeployerSetting
 from flame_service.errors import FailedPrecondition
 from flame_service.sandbox import SandboxUnavailable, choose_sandbox
 from flame_spec import TaskConfig, parse_design, parse_job_spec
+from flamelet.agent import Agent
+from flamelet.api import RestClient
+from flamelet.home import DatasetRegistry, Identity, LocalDataset
+from tests.unit.flamelet.conftest import (
+    CRED,
+    NODE,
+    FakeApiServer,
+    FakeEvents,
+    Running,
+    eventually,
+    settings_for,
+)
+from tests.unit.flamelet.conftest import fake_api as fake_api  # a fixture, re-exported
 
 ATTACK = r"""
 import json, sys
@@ -116,3 +129,50 @@ def test_without_bubblewrap_tasks_are_refused_unless_asked_for(
     with pytest.raises(FailedPrecondition, match="FLAME_SANDBOX=none"):
         deployer.sandbox()
     assert choose_sandbox("none").kind == "none"
+
+
+NODE_ATTACK = r"""
+import json, os, sys
+cfg = json.load(open("config.json"))
+data = cfg["dataset"]["uri"]
+out = {"dataset": open(os.path.join(data, "shard.txt")).read()}
+targets = {"identity": "TARGET_IDENTITY", "other task": "TARGET_OTHER"}
+for name, path in ((n, os.environ[v]) for n, v in targets.items()):
+    try:
+        open(path).read()
+        out[name] = "read"
+    except OSError:
+        out[name] = None
+try:
+    open(os.path.join(data, "planted.txt"), "w").write("x")
+    out["write dataset"] = "written"
+except OSError:
+    out["write dataset"] = None
+print(json.dumps(out), flush=True)
+"""
+
+
+async def test_a_nodes_task_sees_its_dataset_read_only_and_not_the_nodes_identity(
+    tmp_path: Path, fake_api: FakeApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, data = tmp_path / "home", tmp_path / "data"
+    data.mkdir()
+    (data / "shard.txt").write_text("rows")
+    DatasetRegistry(home).add(LocalDataset(name="digits", path=str(data), id="ds-1"))
+    identity = home / "identity.json"
+    identity.write_text("{}")
+    other = home / "tasks" / "other-0" / "config.json"
+    other.parent.mkdir(parents=True)
+    other.write_text("{}")
+    monkeypatch.setenv("FLAME_TARGET_IDENTITY", str(identity))
+    monkeypatch.setenv("FLAME_TARGET_OTHER", str(other))
+    fake_api.add_task("t1", {"trainer/main.py": NODE_ATTACK.replace("TARGET_", "FLAME_TARGET_")})
+    settings = settings_for(home, sandbox="auto")
+    api = RestClient(fake_api.url, CRED)
+    ident = Identity(server=fake_api.url, node_id=NODE, credential=CRED, notifier="unused")
+    agent = Agent(ident, api, FakeEvents(), settings)
+    async with Running(agent, api):
+        await eventually(lambda: fake_api.log_lines("t1", "stdout"), timeout=120, what="output")
+    seen = json.loads(fake_api.log_lines("t1", "stdout")[-1])
+    assert seen == {"dataset": "rows", "identity": None, "other task": None, "write dataset": None}
+    assert not (data / "planted.txt").exists()

@@ -71,11 +71,15 @@ class Sandbox:
     program: str = ""
     python_dirs: tuple[str, ...] = ()
 
-    def wrap(self, argv: Sequence[str], workdir: Path) -> list[str]:
-        """``argv`` as it runs in the sandbox, in ``workdir`` (bound read-write, same path)."""
+    def wrap(self, argv: Sequence[str], workdir: Path, read_only: Sequence[str] = ()) -> list[str]:
+        """``argv`` as it runs in the sandbox, in ``workdir`` (bound read-write, same path);
+        ``read_only`` paths (a node's dataset) are visible too, read-only."""
         if self.kind == "none":
             return list(argv)
-        return [self.program, *self.options(workdir), "--chdir", str(workdir), "--", *argv]
+        opts = self.options(workdir)
+        for path in read_only:
+            opts += ["--ro-bind", path, path]
+        return [self.program, *opts, "--chdir", str(workdir), "--", *argv]
 
     def options(self, workdir: Path) -> list[str]:
         opts = [

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from flame_service.errors import FlameServiceError
 from flame_service.retry import Backoff
+from flame_service.sandbox import Sandbox, SandboxUnavailable, choose_sandbox
 from flame_service.taskdir import failure_line, prepare_task_dir
 from flame_spec import SpecError, TaskConfig
 from flamelet import runner
@@ -68,6 +69,7 @@ class Agent:
             settings.max_open_files, settings.cpu_seconds, settings.address_space_bytes
         )
         self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self._sandbox_chosen: Sandbox | None = None
         self._stop_notes: dict[str, str] = {}
         self._stops_in_flight: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
@@ -341,7 +343,19 @@ class Agent:
         }
         cmd = [part.format(**values) for part in self.settings.command]
         env = runner.clean_env(workdir, {"FLAME_TASK_CONFIG": str(config_path)})
-        return cmd, env
+        visible = [dataset_uri] if dataset_uri and Path(dataset_uri).exists() else []
+        return (await self._sandbox()).wrap(cmd, workdir, visible), env
+
+    async def _sandbox(self) -> Sandbox:
+        if self._sandbox_chosen is None:
+            try:
+                self._sandbox_chosen = await asyncio.to_thread(
+                    choose_sandbox, self.settings.sandbox, self.settings.python
+                )
+            except SandboxUnavailable as exc:
+                raise FlameletError(str(exc)) from None
+            log.info("flamelet.sandbox", kind=self._sandbox_chosen.kind)
+        return self._sandbox_chosen
 
     def _dataset_path(self, config: TaskConfig) -> str | None:
         """Where the task's dataset is on this node (the path never leaves the node)."""

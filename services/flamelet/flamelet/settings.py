@@ -6,8 +6,10 @@ import os
 import sys
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from flame_service.sandbox import SandboxMode
 
 DEFAULT_COMMAND = ["{python}", "-m", "flame.launch", "config.json"]
 
@@ -41,3 +43,8 @@ class FlameletSettings(BaseSettings):
     keep_finished_tasks: int = Field(default=100, ge=0)
     log_level: str = "info"
     log_json: bool = True
+    # tasks run sandboxed (flame_service.sandbox): they see their work dir and their dataset,
+    # not this node's identity or other tasks; "none" only for development (env FLAME_SANDBOX)
+    sandbox: SandboxMode = Field(
+        default="auto", validation_alias=AliasChoices("FLAME_SANDBOX", "sandbox")
+    )

@@ -264,6 +264,9 @@ def settings_for(home: Path, **over: Any) -> FlameletSettings:
         "backoff_initial": 0.05,
         "backoff_max": 0.5,
         "stop_grace": 2.0,
+        # these roles report what they saw into the test's folders, which a sandbox hides;
+        # test_sandbox.py runs the agent sandboxed
+        "sandbox": "none",
     }
     base.update(over)
     return FlameletSettings(**base)

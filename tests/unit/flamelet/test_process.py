@@ -23,6 +23,7 @@ async def test_flamelet_run_process(node: Node, tmp_path: Path) -> None:
         "FLAME_FLAMELET_RESYNC_INTERVAL": "0.2",
         "FLAME_FLAMELET_POLL_INTERVAL": "0.05",
         "FLAME_FLAMELET_BACKOFF_MAX": "0.5",
+        "FLAME_SANDBOX": "none",  # TRACE reports into the dataset folder (read-only when sandboxed)
     }
     err = (tmp_path / "flamelet.err").open("wb")
     proc = subprocess.Popen(
