@@ -70,3 +70,17 @@ async def test_every_change_is_audited_and_only_admins_read_the_log(edge: Edge) 
     async with edge.client(ADMIN_TOKEN) as api:
         creations = await api.get("/v1/audit", params={"action": "CreateUser"})
     assert [e["target"] for e in creations.json()["items"]] == ["alice"]
+
+
+async def test_repeated_failed_authentication_is_throttled_with_429(edge: Edge) -> None:
+    edge.app_settings = edge.app_settings.model_copy(update={"auth_failure_limit": 5})
+    async with edge.client() as anon:
+        for i in range(5):
+            r = await anon.get("/v1/whoami", headers={"Authorization": f"Bearer flm_user_g{i}"})
+            assert r.status_code == 401
+        r = await anon.get("/v1/whoami", headers={"Authorization": "Bearer flm_user_g9"})
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+        assert r.json()["code"] == "too_many_requests"
+        # enrolment tokens are guessed the same way
+        r = await anon.post("/v1/nodes/enroll", json={"enrolment_token": "nope", "facts": {}})
+        assert r.status_code == 429

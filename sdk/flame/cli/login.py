@@ -10,13 +10,19 @@ from flame.cli.client import FlameClient
 from flame.cli.common import session
 from flame.cli.config import Login, save_login
 from flame.cli.output import Format, OutputOpt, render
+from flame.cli.secret import TokenFileOpt, read_secret
 
 
 def login(
     server: Annotated[str, typer.Option("--server", "-s", help="apiserver URL")],
-    token: Annotated[str, typer.Option("--token", "-t", help="API token")],
+    token: Annotated[
+        str | None, typer.Option("--token", "-t", help="API token (prefer --token-file)")
+    ] = None,
+    token_file: TokenFileOpt = None,
 ) -> None:
-    """Check the token against the server and save both for later commands."""
+    """Check the token against the server and save both for later commands. The token comes
+    from --token-file, a hidden prompt, or standard input."""
+    token = read_secret(token, token_file, "API token")
     with FlameClient(server, token) as client:
         me = client.whoami()
     path = save_login(Login(server=server.rstrip("/"), token=token))

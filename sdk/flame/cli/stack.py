@@ -397,9 +397,13 @@ def _enroll(
         raise StackError(f"cannot create node {name}: {resp.status_code} {resp.text}")
     enrolment = resp.json()["enrolment_token"]
     node_home.mkdir(parents=True, exist_ok=True)
-    argv = [flamelet, "login", "--server", state.api_url, "--token", enrolment]
-    login = subprocess.run(
-        [*argv, "--home", str(node_home)], capture_output=True, text=True, timeout=60
+    argv = [flamelet, "login", "--server", state.api_url, "--token-file", "-"]
+    login = subprocess.run(  # the token on stdin: argv is visible to every local user
+        [*argv, "--home", str(node_home)],
+        input=enrolment + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if login.returncode != 0:
         raise StackError(f"flamelet login for {name} failed: {login.stderr or login.stdout}")

@@ -22,6 +22,7 @@ from flame_apiserver.routers import (
     projects,
 )
 from flame_apiserver.settings import ApiserverSettings
+from flame_apiserver.throttle import AuthThrottle
 
 DESCRIPTION = """The Flame control plane's REST API.
 Authenticate with `Authorization: Bearer <token>`.
@@ -46,6 +47,9 @@ def create_app(settings: ApiserverSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.controller = controller
     app.state.metrics = RequestMetrics()
+    app.state.auth_throttle = AuthThrottle(
+        settings.auth_failure_limit, settings.auth_failure_window_seconds
+    )
     install_handlers(app)
     route_methods = []
     for module in (health, identity, projects, nodes, datasets, designs, jobs, agent):

@@ -9,6 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from flame_apiserver.controller import Controller
 from flame_apiserver.problems import ApiProblem
+from flame_apiserver.throttle import AuthThrottle
 from flame_proto.v1 import common_pb2, control_pb2
 from flame_service.auth import Caller, Scope
 
@@ -29,12 +30,24 @@ def controller(request: Request) -> Controller:
 Ctl = Annotated[Controller, Depends(controller)]
 
 
+def throttle(request: Request) -> AuthThrottle:
+    found: AuthThrottle = request.app.state.auth_throttle
+    return found
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
 async def authenticate(
+    request: Request,
     ctl: Ctl,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
     if credentials is None or not credentials.credentials:
         raise ApiProblem(401, "unauthenticated", "missing bearer token", _CHALLENGE)
+    guard, client = throttle(request), client_address(request)
+    guard.check(client)
     try:
         principal = await ctl.call(
             ctl.stub.Authenticate,
@@ -44,9 +57,11 @@ async def authenticate(
     except ApiProblem as exc:
         if exc.status == 401:
             exc.headers = _CHALLENGE
+            guard.failed(client)
         raise
     scope = _SCOPES.get(principal.scope)
     if scope is None or not principal.subject:
+        guard.failed(client)
         raise ApiProblem(401, "unauthenticated", "unknown token", _CHALLENGE)
     return Caller(scope=scope, subject=principal.subject, read_only=principal.read_only)
 

@@ -174,4 +174,4 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 # Every authenticated /v1 route may answer these (auth, validation, controller down, size).
-COMMON_ERRORS = (400, 401, 403, 404, 409, 413, 422, 503)
+COMMON_ERRORS = (400, 401, 403, 404, 409, 413, 422, 429, 503)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from flame_service.settings import ServiceSettings
@@ -17,3 +18,6 @@ class ApiserverSettings(ServiceSettings):
     max_body_bytes: int = 1024 * 1024  # JSON bodies
     max_code_bytes: int = 64 * 1024 * 1024  # code zips (POST /v1/designs/{id}/code)
     rpc_timeout_seconds: float = 30.0
+    # repeated failed authentication from one address: 429 once this many failed in the window
+    auth_failure_limit: int = Field(default=30, ge=1)
+    auth_failure_window_seconds: float = Field(default=60.0, gt=0)

@@ -7,6 +7,7 @@ import os
 import platform
 import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -46,11 +47,20 @@ def _fail(message: str) -> typer.Exit:
 @app.command()
 def login(
     server: Annotated[str, typer.Option(help="apiserver URL, e.g. http://127.0.0.1:10100")],
-    token: Annotated[str, typer.Option(help="the node's one-time enrolment token")],
+    token: Annotated[
+        str | None,
+        typer.Option(help="the node's one-time enrolment token (prefer --token-file)"),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option("--token-file", help="read the token from this file ('-': stdin)"),
+    ] = None,
     home: HomeOpt = None,
 ) -> None:
-    """Enrol this node with an enrolment token and keep its credential (mode 0600)."""
+    """Enrol this node with an enrolment token and keep its credential (mode 0600). The token
+    comes from --token-file, a hidden prompt, or standard input (argv is visible in ps)."""
     settings = _settings(home)
+    token = _secret(token, token_file)
     facts = {
         "hostname": socket.gethostname(),
         "os": platform.platform(),
@@ -77,6 +87,24 @@ def login(
         raise _fail(f"enrolment failed: {exc}") from exc
     identity.save(settings.home)
     typer.echo(f"enrolled as node {identity.node_id}; state in {settings.home}")
+
+
+def _secret(value: str | None, file: Path | None) -> str:
+    if file is not None:
+        try:
+            text = sys.stdin.readline() if str(file) == "-" else file.read_text()
+        except OSError as exc:
+            raise _fail(f"cannot read the enrolment token from {file}: {exc.strerror}") from None
+    elif value:
+        typer.echo("warning: a token in the command line is visible to local users (ps)", err=True)
+        text = value
+    elif sys.stdin.isatty():
+        text = typer.prompt("Enrolment token", hide_input=True)
+    else:
+        text = sys.stdin.readline()
+    if not text.strip():
+        raise _fail("no enrolment token given")
+    return text.strip()
 
 
 @dataset_app.command("add")

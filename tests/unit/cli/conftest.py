@@ -117,8 +117,8 @@ class Cli:
     runner: CliRunner
     config: Path
 
-    def __call__(self, *args: str) -> Any:
-        return self.runner.invoke(app, list(args))
+    def __call__(self, *args: str, input: str | None = None) -> Any:
+        return self.runner.invoke(app, list(args), input=input)
 
 
 @pytest.fixture

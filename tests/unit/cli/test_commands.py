@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+from pathlib import Path
 
 import yaml
 
@@ -117,6 +118,21 @@ def test_login_verifies_the_token_and_saves_it_private(cli) -> None:
     wrong = cli("login", "--server", "http://flame.test", "--token", "flm_user_bad")
     assert wrong.exit_code == 1 and "unknown token" in wrong.stderr
     assert load_login(cli.config).token == "flm_user_test"  # the good login was kept
+
+
+def test_login_reads_the_token_from_a_file_or_stdin_not_only_argv(cli, tmp_path: Path) -> None:
+    cli.config.unlink()
+    argv = cli("login", "--server", "http://flame.test", "--token", "flm_user_test")
+    assert "visible to every local user" in argv.stderr
+    secret = tmp_path / "token"
+    secret.write_text("flm_user_test\n")
+    from_file = cli("login", "--server", "http://flame.test", "--token-file", str(secret))
+    assert from_file.exit_code == 0 and "warning" not in from_file.stderr
+    piped = cli("login", "--server", "http://flame.test", input="flm_user_test\n")
+    assert piped.exit_code == 0, piped.output
+    assert load_login(cli.config).token == "flm_user_test"
+    empty = cli("login", "--server", "http://flame.test", input="\n")
+    assert empty.exit_code == 2 and "no API token given" in empty.stderr
 
 
 def test_not_logged_in_is_a_clear_error(cli) -> None:

@@ -49,6 +49,19 @@ def test_login_keeps_identity_private(tmp_path: Path, fake_api: FakeApiServer) -
     }
 
 
+def test_login_takes_the_enrolment_token_from_stdin(
+    tmp_path: Path, fake_api: FakeApiServer
+) -> None:
+    home = tmp_path / "home"
+    res = runner.invoke(
+        app,
+        ["login", "--server", fake_api.url, "--token-file", "-", "--home", str(home)],
+        input="enrol-1\n",
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads((home / "identity.json").read_text())["credential"] == CRED
+
+
 def test_dataset_add_sends_size_not_path(tmp_path: Path, fake_api: FakeApiServer) -> None:
     home = tmp_path / "home"
     assert (

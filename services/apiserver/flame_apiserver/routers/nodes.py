@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import Path, Request, Response
 
-from flame_apiserver.auth import Ctl, UserCaller
+from flame_apiserver.auth import Ctl, UserCaller, client_address, throttle
 from flame_apiserver.models import CreateNode, Enroll, Enrolled, Node, NodeCreated, Page, UpdateNode
-from flame_apiserver.problems import problem_responses
+from flame_apiserver.problems import ApiProblem, problem_responses
 from flame_apiserver.routers.common import PageQuery, v1_router
 from flame_proto.v1 import control_pb2
 
@@ -29,11 +29,18 @@ async def create_node(body: CreateNode, caller: UserCaller, ctl: Ctl) -> NodeCre
     "/nodes/enroll",
     response_model=Enrolled,
     openapi_extra={"security": []},
-    responses=problem_responses(400, 401, 404, 409, 413, 422, 503),
+    responses=problem_responses(400, 401, 404, 409, 413, 422, 429, 503),
 )
 async def enroll_node(body: Enroll, request: Request, ctl: Ctl) -> Enrolled:
+    guard, client = throttle(request), client_address(request)
+    guard.check(client)  # an enrolment token is a credential: guessing is throttled too
     req = control_pb2.EnrollNodeRequest(enrolment_token=body.enrolment_token, facts=body.facts)
-    resp = await ctl.call(ctl.stub.EnrollNode, req, None)
+    try:
+        resp = await ctl.call(ctl.stub.EnrollNode, req, None)
+    except ApiProblem as exc:
+        if exc.status in (401, 404):
+            guard.failed(client)
+        raise
     notifier: str = request.app.state.settings.notifier_address
     return Enrolled(node=Node.from_pb(resp.node), credential=resp.secret, notifier=notifier)
 
