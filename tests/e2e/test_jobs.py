@@ -6,12 +6,15 @@ each test submits an example job over REST and waits for a terminal state.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
-from tests.e2e.jobs_harness import Cluster, example_spec, start_cluster
+from tests.e2e.jobs_harness import Cluster, example_spec, start_cluster, wait_for_round
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -81,3 +84,44 @@ def test_an_updated_job_runs_with_its_new_spec_and_task_set(cluster: Cluster) ->
     steps = {m.step for m in cluster.client.get_metrics(job).metrics if m.key == "accuracy"}
     assert max(steps) == 3
     assert all(t.state == "completed" for t in cluster.client.list_tasks(job))
+
+
+def _secrets_of(cluster: Cluster) -> dict[str, str]:
+    home = Path(cluster.state.home)
+    found = {
+        "admin token": cluster.state.admin_token,
+        "service token": (home / "secrets" / "service.token").read_text().strip(),
+        "data-plane secret": (home / "data" / "data-plane.secret").read_text().strip(),
+    }
+    for name, node_home in cluster.state.nodes.items():
+        identity = json.loads((Path(node_home) / "identity.json").read_text())
+        found[f"credential of {name}"] = identity["credential"]
+    return found
+
+
+def _leaks(text: str, secrets_: dict[str, str]) -> list[str]:
+    return [name for name, value in secrets_.items() if value and value in text]
+
+
+def test_no_secret_shows_in_process_lists_environments_or_logs(cluster: Cluster) -> None:
+    """While a job runs: every process's command line (what ``ps`` shows) and environment
+    (a task's included), the stack's service logs and the job's logs hold none of the stack's
+    secrets."""
+    secrets_ = _secrets_of(cluster)
+    job = cluster.submit(
+        "central", "e2e-secrets", {"default": cluster.datasets[:3]}, rounds=4, min_trainers=3
+    )
+    wait_for_round(cluster, job, 1)
+    seen = 0
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        with contextlib.suppress(psutil.Error):
+            text = " ".join(proc.info["cmdline"] or []) + "\n"
+            text += "\n".join(f"{k}={v}" for k, v in (proc.info["environ"] or {}).items())
+            assert not _leaks(text, secrets_), (proc.pid, _leaks(text, secrets_))
+            seen += 1
+    assert cluster.wait(job) == "completed", cluster.reason(job)
+    for log_file in (Path(cluster.state.home) / "logs").glob("*.log"):
+        assert not _leaks(log_file.read_text(errors="replace"), secrets_), log_file
+    lines = "\n".join(line.line for line in cluster.client.get_logs(job, limit=5000).lines)
+    assert lines and not _leaks(lines, secrets_)
+    assert seen > 10

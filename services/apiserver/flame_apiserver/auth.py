@@ -47,7 +47,7 @@ async def authenticate(
     if credentials is None or not credentials.credentials:
         raise ApiProblem(401, "unauthenticated", "missing bearer token", _CHALLENGE)
     guard, client = throttle(request), client_address(request)
-    guard.check(client)
+    guard.check(client, credentials.credentials)
     try:
         principal = await ctl.call(
             ctl.stub.Authenticate,
@@ -63,6 +63,7 @@ async def authenticate(
     if scope is None or not principal.subject:
         guard.failed(client)
         raise ApiProblem(401, "unauthenticated", "unknown token", _CHALLENGE)
+    guard.succeeded(credentials.credentials)
     return Caller(scope=scope, subject=principal.subject, read_only=principal.read_only)
 
 

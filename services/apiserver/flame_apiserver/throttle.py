@@ -1,13 +1,18 @@
-"""Slow down guessing: a client whose credentials failed too often recently gets 429 for a while.
+"""Slow down guessing: an address whose credentials failed too often recently gets 429 for new
+credentials for a while.
 
-Counted per client address, over a sliding window; a success does not reset the count (an
-attacker holding one valid token could otherwise interleave guesses). The table is bounded: the
-oldest addresses are forgotten first. Per apiserver process, which is enough to make guessing a
-256-bit token hopeless and an enrolment-token sweep slow.
+Failures are counted per client address over a sliding window; a success does not reset the
+count (an attacker holding one valid token could otherwise interleave guesses). While an address
+is over its budget, only credentials that already succeeded recently pass: everyone behind one
+address (all of a single-host stack is 127.0.0.1) keeps working while someone there guesses,
+and the guesser gets no answers. The tables are bounded, oldest forgotten first. Per apiserver
+process, which is enough to make guessing a 256-bit token hopeless and an enrolment-token sweep
+slow.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections import OrderedDict, deque
@@ -16,6 +21,7 @@ from collections.abc import Callable
 from flame_apiserver.problems import ApiProblem
 
 MAX_CLIENTS = 100_000
+GOOD_FOR = 3600.0  # seconds a credential that succeeded passes an address's throttle
 
 
 class AuthThrottle:
@@ -26,6 +32,7 @@ class AuthThrottle:
         self.window = window
         self._clock = clock
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._good: OrderedDict[bytes, float] = OrderedDict()  # credential digest -> last success
 
     def _recent(self, client: str) -> deque[float]:
         times = self._failures.get(client)
@@ -38,10 +45,19 @@ class AuthThrottle:
             del self._failures[client]
         return times
 
-    def check(self, client: str) -> None:
-        """Raise 429 (with Retry-After) while ``client`` is over its failure budget."""
+    @staticmethod
+    def _digest(credential: str) -> bytes:
+        return hashlib.sha256(credential.encode()).digest()
+
+    def _known_good(self, credential: str) -> bool:
+        at = self._good.get(self._digest(credential))
+        return at is not None and at > self._clock() - GOOD_FOR
+
+    def check(self, client: str, credential: str) -> None:
+        """Raise 429 (with Retry-After) while ``client`` is over its failure budget, unless
+        ``credential`` succeeded recently."""
         times = self._recent(client)
-        if len(times) >= self.max_failures:
+        if len(times) >= self.max_failures and not self._known_good(credential):
             wait = max(1, math.ceil(times[0] + self.window - self._clock()))
             raise ApiProblem(
                 429,
@@ -49,6 +65,13 @@ class AuthThrottle:
                 f"too many failed authentications from this address; retry in {wait} s",
                 {"Retry-After": str(wait)},
             )
+
+    def succeeded(self, credential: str) -> None:
+        digest = self._digest(credential)
+        self._good[digest] = self._clock()
+        self._good.move_to_end(digest)
+        while len(self._good) > MAX_CLIENTS:
+            self._good.popitem(last=False)
 
     def failed(self, client: str) -> None:
         times = self._recent(client)

@@ -6,7 +6,8 @@ its own work dir, read-write; a private ``/tmp``, ``/proc`` (its own processes o
 ``/dev``. Everything else on the host is simply not there: the control plane's home and
 identity, its store and blobs, other tasks' work dirs, other users' files. It keeps the network
 (it must reach its peers, the broker and the apiserver) and nothing else: new user, pid, ipc,
-uts and cgroup namespaces, every capability dropped, and it dies with its starter.
+uts and cgroup namespaces, every capability dropped. It does not die with its starter: a task
+outlives a crashed controller or flamelet, which adopts it when it comes back.
 
 Why bubblewrap and not only a separate uid (also when running as root): the uid alone would
 need every directory on the way to the interpreter to be open to that uid (``/root/.pyenv``,
@@ -85,7 +86,6 @@ class Sandbox:
         opts = [
             "--unshare-all",
             "--share-net",
-            "--die-with-parent",
             "--cap-drop",
             "ALL",
             "--proc",

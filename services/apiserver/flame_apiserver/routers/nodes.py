@@ -33,7 +33,7 @@ async def create_node(body: CreateNode, caller: UserCaller, ctl: Ctl) -> NodeCre
 )
 async def enroll_node(body: Enroll, request: Request, ctl: Ctl) -> Enrolled:
     guard, client = throttle(request), client_address(request)
-    guard.check(client)  # an enrolment token is a credential: guessing is throttled too
+    guard.check(client, body.enrolment_token)  # a credential too: guessing it is throttled
     req = control_pb2.EnrollNodeRequest(enrolment_token=body.enrolment_token, facts=body.facts)
     try:
         resp = await ctl.call(ctl.stub.EnrollNode, req, None)
