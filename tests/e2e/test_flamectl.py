@@ -86,7 +86,7 @@ def test_flamectl_drives_the_whole_resource_life_cycle(stack, flamectl, tmp_path
 
     flamectl("job", "delete", job["id"])
     missing = flamectl("job", "get", job["id"], check=False)
-    assert missing.code == 1
+    assert missing.code == 3  # not found, as `flamectl --help` documents
     assert "not found" in missing.stderr.lower() and "404" in missing.stderr
 
 
@@ -100,4 +100,4 @@ def test_flamectl_shows_the_servers_problem_detail_and_fails(stack, flamectl, tm
     assert "empty-e2e" not in flamectl("design", "list").stdout  # nothing stored
 
     wrong = flamectl("login", "--server", stack.api_url, "--token", "flm_user_wrong", check=False)
-    assert wrong.code == 1 and "401" in wrong.stderr
+    assert wrong.code == 4 and "401" in wrong.stderr  # refused token

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from flame.cli.client import FlameClient
-from flame.cli.common import group, read_json, resolve_design, resolve_job, session
+from flame.cli.common import ExitCode, group, read_json, resolve_design, resolve_job, session
 from flame.cli.output import Format, OutputOpt, plain, render
 from flame.cli.resources import Job, Metric
 from flame.cli.results import result_tables
@@ -185,7 +185,8 @@ def watch(
     interval: Annotated[float, typer.Option(min=0.1, help="seconds between polls")] = 1.0,
     output: OutputOpt = Format.table,
 ) -> None:
-    """Follow state and per-round metrics until the job ends; exit 0 only if it completed."""
+    """Follow state and per-round metrics until the job ends; exit 0 only if it completed
+    (6 if it failed or was terminated)."""
     with session() as client:
         found = resolve_job(client, job)
         final = watch_job(client, found.id, interval, Console(stderr=output != Format.table))
@@ -199,4 +200,4 @@ def watch(
     else:
         render({"job": plain(final), "metrics": plain(metrics)}, output)
     if final.state != "completed":
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.JOB_FAILED)

@@ -19,11 +19,11 @@ def test_watch_follows_the_job_to_completion_and_exits_0(cli) -> None:
     assert cli.api.gets == 4  # polled until the terminal state, no further
 
 
-def test_watch_exits_1_when_the_job_fails_and_says_why(cli) -> None:
+def test_watch_exits_6_when_the_job_fails_and_says_why(cli) -> None:
     cli.api.states = ["running", "failed"]
     cli.api.reason = "trainer group default lost quorum"
     result = cli("job", "watch", "j-1", "--interval", "0.1")
-    assert result.exit_code == 1
+    assert result.exit_code == 6  # ExitCode.JOB_FAILED, as `flamectl --help` documents
     assert "failed: trainer group default lost quorum" in result.stdout
 
 
@@ -92,9 +92,9 @@ def test_job_get_shows_a_cross_site_matrix_and_statistics_from_the_metrics(cli) 
     assert plain["id"] == "j-1"  # structured output stays the job itself
 
 
-def test_api_errors_exit_1_with_the_problem_detail(cli, tmp_path) -> None:
+def test_api_errors_exit_with_their_documented_code_and_the_problem_detail(cli, tmp_path) -> None:
     missing = cli("job", "get", "j-404")
-    assert missing.exit_code == 1
+    assert missing.exit_code == 3  # not found
     assert "error: job 'j-404' not found (not_found, HTTP 404)" in missing.stderr
     schema = tmp_path / "design.json"
     schema.write_text(json.dumps({"roles": [], "channels": []}))
@@ -115,14 +115,14 @@ def test_login_verifies_the_token_and_saves_it_private(cli) -> None:
     assert stat.S_IMODE(cli.config.stat().st_mode) == 0o600
     assert load_login(cli.config).server == "http://flame.test"
     wrong = cli("login", "--server", "http://flame.test", "--token", "flm_user_bad")
-    assert wrong.exit_code == 1 and "unknown token" in wrong.stderr
+    assert wrong.exit_code == 4 and "unknown token" in wrong.stderr  # refused token
     assert load_login(cli.config).token == "flm_user_test"  # the good login was kept
 
 
 def test_not_logged_in_is_a_clear_error(cli) -> None:
     cli.config.unlink()
     result = cli("job", "list")
-    assert result.exit_code == 1
+    assert result.exit_code == 4  # not logged in
     assert "not logged in" in result.stderr and "flamectl login" in result.stderr
 
 
@@ -136,7 +136,7 @@ def test_unreachable_server_is_a_clear_error(tmp_path, monkeypatch) -> None:
     save_login(Login(server="http://127.0.0.1:1", token="t"), config)
     monkeypatch.setenv("FLAME_CONFIG", str(config))
     result = CliRunner().invoke(app, ["job", "list"])
-    assert result.exit_code == 1
+    assert result.exit_code == 5  # network
     assert "cannot reach http://127.0.0.1:1" in result.stderr
 
 
