@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import re
 import signal
 import socket
 from pathlib import Path
@@ -78,22 +79,45 @@ def login(
     typer.echo(f"enrolled as node {identity.node_id}; state in {settings.home}")
 
 
+_URI = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+
+
+def _local_source(source: str) -> tuple[str, int, str]:
+    """(what the task is given, size in bytes, default format) for a path or a URI.
+
+    A path (or ``file://`` URI) must exist; the task gets its absolute path and the control
+    plane its size. Any other ``scheme://...`` is an address the task's code understands (an
+    object store, a database, a generated example set such as ``digits://iid/3/0``): it is kept
+    as is, on this node, and its size is unknown (0)."""
+    if _URI.match(source) and not source.lower().startswith("file://"):
+        return source, 0, source.split("://", 1)[0].lower()
+    local_path = Path(source.removeprefix("file://")).expanduser().resolve()
+    if not local_path.exists():
+        raise _fail(f"{local_path} does not exist")
+    fmt = "folder" if local_path.is_dir() else local_path.suffix.lstrip(".")
+    return str(local_path), dataset_size(local_path), fmt
+
+
 @dataset_app.command("add")
 def dataset_add(
     name: str,
-    path: Path,
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="PATH_OR_URI",
+            help="a file or folder on this node, or a URI the task's code reads "
+            "(e.g. s3://bucket/x, digits://iid/3/0)",
+        ),
+    ],
     format: Annotated[str, typer.Option("--format", help="e.g. npz, csv, folder")] = "",
     realm: Annotated[str, typer.Option("--realm", help="locality, e.g. eu/hospital-a")] = "",
     description: Annotated[str, typer.Option("--description")] = "",
     home: HomeOpt = None,
 ) -> None:
-    """Register a dataset held on this node (its size is sent; its path is not)."""
+    """Register a dataset held on this node (its size is sent; its path or URI is not)."""
     settings = _settings(home)
-    local_path = path.expanduser().resolve()
-    if not local_path.exists():
-        raise _fail(f"{local_path} does not exist")
-    size = dataset_size(local_path)
-    fmt = format or ("folder" if local_path.is_dir() else local_path.suffix.lstrip("."))
+    location, size, default_format = _local_source(source)
+    fmt = format or default_format
     try:
         identity = Identity.load(settings.home)
     except FlameletError as exc:
@@ -112,10 +136,11 @@ def dataset_add(
         raise _fail(f"cannot register dataset {name!r}: {exc}") from exc
     DatasetRegistry(settings.home).add(
         LocalDataset(
-            name=name, path=str(local_path), format=fmt, realm=realm, id=dataset_id, size_bytes=size
+            name=name, path=location, format=fmt, realm=realm, id=dataset_id, size_bytes=size
         )
     )
-    typer.echo(f"dataset {name} registered as {dataset_id} ({size} bytes)")
+    shown = f"{size} bytes" if size else "size unknown"
+    typer.echo(f"dataset {name} registered as {dataset_id} ({shown}); {location} stays here")
 
 
 @dataset_app.command("list")

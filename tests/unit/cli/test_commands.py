@@ -154,3 +154,59 @@ def test_run_local_needs_an_existing_folder(cli, tmp_path) -> None:
     result = cli("run", "--local", str(tmp_path / "missing"))
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+def test_start_on_a_finished_job_says_so_exits_1_and_sends_nothing(cli) -> None:
+    cli.api.states = ["completed"]
+    result = cli("job", "start", "j-1")
+    assert result.exit_code == 1
+    assert "already ended (completed)" in result.stderr
+    assert "flamectl job rerun digits" in result.stderr
+    assert not [r for r in cli.api.requests if r.method == "POST"]
+
+
+def test_rerun_makes_a_new_job_from_the_finished_one_and_starts_it(cli) -> None:
+    cli.api.states = ["completed"]
+    result = cli("job", "rerun", "digits")
+    assert result.exit_code == 0, result.output
+    [made] = cli.api.created
+    assert made["name"] == "digits-2"  # the next free name
+    assert (made["design_id"], made["code_version"], made["spec"]) == ("d-1", 1, {"rounds": 3})
+    posts = [r.url.path for r in cli.api.requests if r.method == "POST"]
+    assert posts == ["/v1/jobs", f"/v1/jobs/{made['id']}/start"]
+    assert "digits-2" in result.stdout and "a new run of digits" in result.stdout
+
+
+def test_rerun_refuses_a_job_that_has_not_ended(cli) -> None:
+    cli.api.states = ["running"]
+    result = cli("job", "rerun", "j-1")
+    assert result.exit_code == 1 and "only a job that has ended" in result.stderr
+    assert not cli.api.created
+
+
+def test_run_names_count_up() -> None:
+    from flame.cli.job import next_run_name
+
+    assert next_run_name("demo", set()) == "demo-2"
+    assert next_run_name("demo", {"demo-2", "demo-3"}) == "demo-4"
+    assert next_run_name("demo-2", {"demo", "demo-2"}) == "demo-3"
+
+
+def test_version_and_exit_codes_are_in_the_help(cli) -> None:
+    from importlib.metadata import version
+
+    shown = cli("--version")
+    assert shown.exit_code == 0 and version("flame-sdk") in shown.stdout
+    helped = cli("--help")
+    assert "3 not found" in helped.stdout and "6 job failed" in helped.stdout
+
+
+def test_logs_json_prints_one_object_per_line(cli) -> None:
+    cli.api.log_lines = ["one", "two"]
+    result = cli("logs", "j-1", "-o", "json")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(x["task_id"], x["stream"], x["line"]) for x in lines] == [
+        ("t-1", "stdout", "one"),
+        ("t-1", "stdout", "two"),
+    ]
