@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from flame.cli.common import group, resolve_design, session
 from flame.cli.output import Format, OutputOpt, render
@@ -54,11 +56,25 @@ def push(
     source: Annotated[Path, typer.Argument(exists=True, help="a folder (zipped for you) or a zip")],
     output: OutputOpt = Format.table,
 ) -> None:
-    """Upload code as the design's next version."""
+    """Upload code as the design's next version (the bytes sent are shown as they go)."""
     data = load_code(source)
+    files = len(zipfile.ZipFile(io.BytesIO(data)).infolist())
+    typer.echo(f"{source}: {files} files, {len(data):,} bytes zipped", err=True)
     with session() as client:
         found = resolve_design(client, design)
-        render(client.push_code(found.id, data), output)
+        with Progress(
+            TextColumn("uploading"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        ) as progress:
+            bar = progress.add_task("upload", total=len(data))
+            pushed = client.push_code(
+                found.id, data, on_sent=lambda n: progress.update(bar, completed=n)
+            )
+        render(pushed, output)
 
 
 @app.command("list")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 
 import yaml
@@ -210,3 +211,19 @@ def test_logs_json_prints_one_object_per_line(cli) -> None:
         ("t-1", "stdout", "one"),
         ("t-1", "stdout", "two"),
     ]
+
+
+def test_code_push_shows_the_bytes_and_sends_the_zip_whole(cli, tmp_path) -> None:
+    import io
+    import zipfile
+
+    code = tmp_path / "code"
+    (code / "trainer").mkdir(parents=True)
+    (code / "trainer" / "main.py").write_bytes(os.urandom(200_000))  # does not compress
+    result = cli("code", "push", "d-1", str(code))
+    assert result.exit_code == 0, result.output
+    [sent] = cli.api.pushed
+    assert zipfile.ZipFile(io.BytesIO(sent)).namelist() == ["trainer/main.py"]
+    assert f"1 files, {len(sent):,} bytes zipped" in result.stderr
+    kb = f"{len(sent) / 1000:.1f}"
+    assert "uploading" in result.stderr and f"{kb}/{kb} kB" in result.stderr  # all sent
