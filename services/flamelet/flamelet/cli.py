@@ -8,6 +8,7 @@ import platform
 import re
 import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -164,7 +165,8 @@ def run(home: HomeOpt = None) -> None:
         identity = Identity.load(settings.home)
     except FlameletError as exc:
         raise _fail(str(exc)) from exc
-    configure_logging("flamelet", settings.log_level, settings.log_json)
+    as_json = settings.log_json if settings.log_json is not None else not sys.stderr.isatty()
+    configure_logging("flamelet", settings.log_level, as_json)
 
     async def main() -> None:
         api = RestClient(identity.server, identity.credential, settings.http_timeout)

@@ -40,4 +40,4 @@ class FlameletSettings(BaseSettings):
     # ones are removed once the control plane has their final state and logs.
     keep_finished_tasks: int = Field(default=100, ge=0)
     log_level: str = "info"
-    log_json: bool = True
+    log_json: bool | None = None  # None: JSON unless stderr is a terminal
