@@ -25,7 +25,8 @@ def _code_dir(tmp_path: Path) -> Path:
     root = tmp_path / "code"
     for role in ("trainer", "aggregator"):
         (root / role).mkdir(parents=True)
-        (root / role / "main.py").write_text(f"print({role!r})\n")
+        base = role.capitalize()  # Trainer, Aggregator: `code push` checks the entry class
+        (root / role / "main.py").write_text(f"from flame import {base}\nclass My({base}): ...\n")
         (root / role / "__pycache__").mkdir()
         (root / role / "__pycache__" / "main.cpython-311.pyc").write_bytes(b"junk")
     return root

@@ -95,7 +95,9 @@ class ScriptedApi:
                     "data_consumer": True}  # fmt: skip
             return httpx.Response(200, json={"items": [task]})
         if path == "/v1/designs/d-1" and request.method == "GET":
-            return httpx.Response(200, json={"id": "d-1", "name": "central", "version": 1})
+            schema = {"roles": [{"name": "trainer", "isDataConsumer": True}], "channels": []}
+            body = {"id": "d-1", "name": "central", "version": 1, "schema": schema}
+            return httpx.Response(200, json=body)
         if path == "/v1/designs/d-1/code" and request.method == "POST":
             self.pushed.append(request.read())
             body = {"design_id": "d-1", "version": len(self.pushed), "sha256": "ab" * 32,

@@ -219,11 +219,24 @@ def test_code_push_shows_the_bytes_and_sends_the_zip_whole(cli, tmp_path) -> Non
 
     code = tmp_path / "code"
     (code / "trainer").mkdir(parents=True)
-    (code / "trainer" / "main.py").write_bytes(os.urandom(200_000))  # does not compress
+    (code / "trainer" / "main.py").write_text("from flame import Trainer\nclass T(Trainer): ...\n")
+    (code / "trainer" / "weights.bin").write_bytes(os.urandom(200_000))  # does not compress
     result = cli("code", "push", "d-1", str(code))
     assert result.exit_code == 0, result.output
     [sent] = cli.api.pushed
-    assert zipfile.ZipFile(io.BytesIO(sent)).namelist() == ["trainer/main.py"]
-    assert f"1 files, {len(sent):,} bytes zipped" in result.stderr
+    assert zipfile.ZipFile(io.BytesIO(sent)).namelist() == [
+        "trainer/main.py",
+        "trainer/weights.bin",
+    ]
+    assert f"2 files, {len(sent):,} bytes zipped" in result.stderr
     kb = f"{len(sent) / 1000:.1f}"
     assert "uploading" in result.stderr and f"{kb}/{kb} kB" in result.stderr  # all sent
+
+
+def test_code_push_refuses_a_folder_that_does_not_fit_the_design(cli, tmp_path) -> None:
+    code = tmp_path / "code"
+    (code / "trainer").mkdir(parents=True)
+    (code / "trainer" / "main.py").write_text("print('no role class here')\n")
+    result = cli("code", "push", "d-1", str(code))
+    assert result.exit_code == 1 and "exactly one class deriving from a Flame role" in result.stderr
+    assert cli.api.pushed == []
