@@ -39,8 +39,9 @@ proto: install
 proto-check: install
 	$(BIN)/python proto/generate.py --check
 
+# `make demo KEEP=1` keeps the stack and the MLflow UI up until Ctrl-C.
 demo: install
-	$(BIN)/python -m flame.cli.demo
+	$(BIN)/python -m flame.cli.demo $(if $(KEEP),--keep)
 
 bench: install
 	$(BIN)/python -m benchmarks.run

@@ -25,8 +25,10 @@ import structlog
 from flame.channels.factory import open_channels
 from flame.config import TaskConfig, load_task_config
 from flame.errors import ConfigError, FlameError, QuorumLost
+from flame.logs import configure as configure_logging
 from flame.roles.base import Role, RoleResult
 from flame.roles.loader import load_role_class, make_role
+from flame.rounds import OnRound, RoundWriter
 from flame.simulation import tracker_for, write_result
 
 log = structlog.get_logger(__name__)
@@ -46,10 +48,12 @@ def role_code_path(config_path: Path, role: str, cwd: Path | None = None) -> Pat
     raise ConfigError(f"no code for role {role!r}: looked for {bundled} and {local}")
 
 
-async def run_task(config: TaskConfig, cls: type[Role], *, track: bool = True) -> RoleResult:
+async def run_task(
+    config: TaskConfig, cls: type[Role], *, track: bool = True, on_round: OnRound | None = None
+) -> RoleResult:
     channels = await open_channels(config)
     try:
-        role = make_role(cls, config, channels, tracker=tracker_for(config, track))
+        role = make_role(cls, config, channels, tracker=tracker_for(config, track, on_round))
         return await role.run()
     finally:
         await channels.close()
@@ -61,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("config", type=Path, help="task config JSON")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    parser.add_argument(
+        "--rounds-file", type=Path, help="append each round's metrics here (JSON lines)"
+    )
     args = parser.parse_args(argv)
+    # A task's stdout is a file the flamelet or deployer ships: JSON lines, info and above.
+    configure_logging(default="info", stream=sys.stdout)
     try:
         config = load_task_config(args.config)
         if config.checkpoint_dir is None:  # the deployers keep <task dir>/checkpoints/
@@ -71,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             job_id=config.job_id, task_id=config.task_id, role=config.role
         )
         cls = load_role_class(role_code_path(args.config, config.role))
-        result = asyncio.run(run_task(config, cls, track=not args.no_track))
+        on_round = RoundWriter(args.rounds_file) if args.rounds_file else None
+        result = asyncio.run(run_task(config, cls, track=not args.no_track, on_round=on_round))
         write_result(config.workdir, result)
     except ConfigError as exc:
         print(f"flame.launch: configuration error: {exc}", file=sys.stderr)

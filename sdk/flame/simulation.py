@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,11 +30,13 @@ from flame.channels.inproc import InprocHub
 from flame.config import Backend, DesignSchema, DiscoverySettings, JobSpec, TaskConfig
 from flame.errors import ConfigError, FlameError
 from flame.jobdir import JobDir, load_job_dir
+from flame.paths import new_run_dir
 from flame.plan import expand
 from flame.ports import free_ports
 from flame.roles.base import Role, RoleResult
 from flame.roles.loader import load_role_class, make_role
 from flame.roles.topology import topology_of
+from flame.rounds import OnRound, RoundReader, RoundTee
 from flame.tensors import Weights, from_bytes
 from flame.tracking import NullTracker, Tracker, TrackingResult, make_tracker
 from flame_spec import SpecError, dump, parse_design, parse_job_spec
@@ -43,6 +45,7 @@ log = structlog.get_logger(__name__)
 
 RESULT_JSON = "result.json"
 RESULT_WEIGHTS = "result.safetensors"
+ROUNDS_FILE = "rounds.jsonl"
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ def simulate(
     checkpoint: bool = False,
     job_id: str | None = None,
     overrides: Mapping[str, Any] | None = None,
+    on_round: OnRound | None = None,
 ) -> SimulationResult:
     """Run ``job`` (a job dir, or ``(design, spec)``) locally; see the module docstring.
 
@@ -102,7 +106,11 @@ def simulate(
     ``datasets`` maps dataset name -> uri (default: the job dir's ``datasets.json``, else the
     name itself); ``track`` logs the top aggregator to MLflow (``<workdir>/mlflow.db`` unless the
     job names a tracking uri); ``checkpoint`` writes/resumes checkpoints under
-    ``<workdir>/checkpoints``; ``overrides`` replaces job spec fields (e.g. ``{"rounds": 3}``).
+    ``<workdir>/checkpoints``; ``overrides`` replaces job spec fields (e.g. ``{"rounds": 3}``);
+    ``on_round`` is called with each round's metrics (``{"round": n, ...}``, as in ``history``)
+    as soon as the round ends. Without ``workdir``, a run that needs a folder (tracking,
+    processes or checkpoints) gets a new one under ``$FLAME_HOME/runs`` (:mod:`flame.paths`);
+    one that does not writes no file.
     """
     return asyncio.run(
         simulate_async(
@@ -116,6 +124,7 @@ def simulate(
             checkpoint=checkpoint,
             job_id=job_id,
             overrides=overrides,
+            on_round=on_round,
         )
     )
 
@@ -132,7 +141,10 @@ async def simulate_async(
     checkpoint: bool = False,
     job_id: str | None = None,
     overrides: Mapping[str, Any] | None = None,
+    on_round: OnRound | None = None,
 ) -> SimulationResult:
+    # A local run writes only under its folder: no MLflow installation id in the user's config.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     design, spec, name, jobdir = _job_from(job)
     if overrides:
         try:
@@ -148,7 +160,7 @@ async def simulate_async(
         for n in names:
             ds.setdefault(n, n)
     if workdir is None and (processes or track or checkpoint):
-        workdir = tempfile.mkdtemp(prefix=f"flame-{job_name}-")
+        workdir = new_run_dir(job_name)
     wd = str(Path(workdir).resolve()) if workdir is not None else "."
     discovery = None
     if processes and backend == "grpc":
@@ -170,10 +182,10 @@ async def simulate_async(
             raise ConfigError("processes=True needs a job directory (code is imported per task)")
         if backend == "inproc":
             raise ConfigError("processes=True needs the grpc or mqtt backend")
-        results = await _run_processes(configs, jobdir, Path(wd), backend, track)
+        results = await _run_processes(configs, jobdir, Path(wd), backend, track, on_round)
     else:
         classes = _classes(design, roles, jobdir)
-        results = await run_tasks(configs, classes, backend=backend, track=track)
+        results = await run_tasks(configs, classes, backend=backend, track=track, on_round=on_round)
     seconds = time.perf_counter() - started
     top = _top_result(results)
     return SimulationResult(
@@ -211,10 +223,14 @@ def _top_result(results: Mapping[str, RoleResult]) -> RoleResult:
     return results[trainers[0]]
 
 
-def tracker_for(config: TaskConfig, track: bool) -> Tracker:
-    if track and topology_of(config).is_top:
-        return make_tracker(config)
-    return NullTracker()
+def tracker_for(config: TaskConfig, track: bool, on_round: OnRound | None = None) -> Tracker:
+    """MLflow for the top aggregator when ``track``, else nothing; ``on_round`` sees the top
+    aggregator's rounds either way."""
+    top = topology_of(config).is_top
+    tracker: Tracker = make_tracker(config) if track and top else NullTracker()
+    if top and on_round is not None:
+        tracker = RoundTee(tracker, on_round)
+    return tracker
 
 
 async def run_tasks(
@@ -225,6 +241,7 @@ async def run_tasks(
     track: bool = False,
     hub: InprocHub | None = None,
     discovery: Discovery | None = None,
+    on_round: OnRound | None = None,
 ) -> dict[str, RoleResult]:
     """Run every task of a job in this event loop; returns each finished task's result.
 
@@ -244,7 +261,10 @@ async def run_tasks(
             )
         role_objs = {
             cfg.task_id: make_role(
-                classes[cfg.role], cfg, channel_sets[cfg.task_id], tracker=tracker_for(cfg, track)
+                classes[cfg.role],
+                cfg,
+                channel_sets[cfg.task_id],
+                tracker=tracker_for(cfg, track, on_round),
             )
             for cfg in configs
         }
@@ -301,7 +321,12 @@ def _key_task(roles: Mapping[str, Role]) -> str:
 
 # -- processes ------------------------------------------------------------------------------------
 async def _run_processes(
-    configs: list[TaskConfig], jobdir: JobDir, root: Path, backend: Backend, track: bool
+    configs: list[TaskConfig],
+    jobdir: JobDir,
+    root: Path,
+    backend: Backend,
+    track: bool,
+    on_round: OnRound | None = None,
 ) -> dict[str, RoleResult]:
     if backend == "grpc":
         ports = free_ports(len(configs))
@@ -315,24 +340,33 @@ async def _run_processes(
     procs: dict[str, asyncio.subprocess.Process] = {}
     logs: dict[str, Path] = {}
     key = min(c.task_id for c in configs)
+    rounds: RoundReader | None = None
     for cfg in configs:
         task_dir = root / "tasks" / cfg.task_id
         code_dir = task_dir / "code" / cfg.role
         code_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy2(jobdir.role_code(cfg.role), code_dir / "main.py")
         cfg = cfg.model_copy(update={"workdir": str(task_dir)})
-        if topology_of(cfg).is_top:
-            key = cfg.task_id
         (task_dir / "config.json").write_text(cfg.model_dump_json(by_alias=True, indent=1))
         logs[cfg.task_id] = task_dir / "task.log"
         args = [sys.executable, "-m", "flame.launch", str(task_dir / "config.json")]
         if not track:
             args.append("--no-track")
+        if topology_of(cfg).is_top:
+            key = cfg.task_id
+            if on_round is not None:  # the task streams its rounds through a file
+                rounds = RoundReader(task_dir / ROUNDS_FILE)
+                args += ["--rounds-file", str(task_dir / ROUNDS_FILE)]
         with logs[cfg.task_id].open("wb") as out:
             procs[cfg.task_id] = await asyncio.create_subprocess_exec(
                 *args, stdout=out, stderr=asyncio.subprocess.STDOUT, cwd=str(task_dir)
             )
     deadline = configs[0].job.max_run_time
+    follower = (
+        asyncio.create_task(_follow(rounds, on_round))
+        if rounds is not None and on_round is not None
+        else None
+    )
     try:
         await asyncio.wait_for(procs[key].wait(), timeout=deadline)
         others = [p.wait() for tid, p in procs.items() if tid != key]
@@ -340,6 +374,10 @@ async def _run_processes(
     except TimeoutError:
         pass
     finally:
+        if follower is not None:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+            _deliver(rounds, on_round)  # what was written after the last poll
         for p in procs.values():
             if p.returncode is None:
                 p.kill()
@@ -353,6 +391,22 @@ async def _run_processes(
         if res is not None:
             results[cfg.task_id] = res
     return results
+
+
+async def _follow(rounds: RoundReader, on_round: OnRound, period: float = 0.1) -> None:
+    while True:
+        _deliver(rounds, on_round)
+        await asyncio.sleep(period)
+
+
+def _deliver(rounds: RoundReader | None, on_round: OnRound | None) -> None:
+    if rounds is None or on_round is None:
+        return
+    for entry in rounds.read():
+        try:
+            on_round(entry)
+        except Exception as exc:
+            log.warning("rounds.callback_failed", error=repr(exc))
 
 
 def write_result(workdir: str | Path, result: RoleResult) -> None:

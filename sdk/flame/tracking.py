@@ -120,8 +120,10 @@ class MlflowTracker:
         register_as: str | None = None,
         predict_source: str | None = None,
         system_metrics_interval: float = 1.0,
+        artifact_location: str | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
+        self.artifact_location = artifact_location or local_artifact_location(tracking_uri)
         self._client: Any = None
         self.experiment = experiment
         self.run_name = run_name
@@ -147,7 +149,13 @@ class MlflowTracker:
         from mlflow.entities import Param
 
         exp = self.client.get_experiment_by_name(self.experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
+        exp_id = (
+            exp.experiment_id
+            if exp
+            else self.client.create_experiment(
+                self.experiment, artifact_location=self.artifact_location
+            )
+        )
         run = self.client.create_run(exp_id, run_name=self.run_name, tags=tags)
         self.run_id = run.info.run_id
         flat: dict[str, str] = {}
@@ -394,6 +402,18 @@ class BackgroundTracker:
 
 def default_tracking_uri(workdir: str | Path) -> str:
     return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+
+
+def local_artifact_location(tracking_uri: str) -> str | None:
+    """For a store in a local SQLite file, its artifacts in ``mlartifacts/`` beside it (MLflow
+    would otherwise put them in ``./mlruns`` of whatever the current directory is); a tracking
+    server decides for itself (None)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    if not db.is_absolute() or str(db) == ":memory:":
+        return None
+    return (db.parent / "mlartifacts").as_uri()
 
 
 def make_tracker(config: TaskConfig, *, predict_source: str | None = None) -> Tracker:

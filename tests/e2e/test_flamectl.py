@@ -25,7 +25,8 @@ def _code_dir(tmp_path: Path) -> Path:
     root = tmp_path / "code"
     for role in ("trainer", "aggregator"):
         (root / role).mkdir(parents=True)
-        (root / role / "main.py").write_text(f"print({role!r})\n")
+        base = role.capitalize()  # Trainer, Aggregator: `code push` checks the entry class
+        (root / role / "main.py").write_text(f"from flame import {base}\nclass My({base}): ...\n")
         (root / role / "__pycache__").mkdir()
         (root / role / "__pycache__" / "main.cpython-311.pyc").write_bytes(b"junk")
     return root
@@ -86,7 +87,7 @@ def test_flamectl_drives_the_whole_resource_life_cycle(stack, flamectl, tmp_path
 
     flamectl("job", "delete", job["id"])
     missing = flamectl("job", "get", job["id"], check=False)
-    assert missing.code == 1
+    assert missing.code == 3  # not found, as `flamectl --help` documents
     assert "not found" in missing.stderr.lower() and "404" in missing.stderr
 
 
@@ -100,4 +101,4 @@ def test_flamectl_shows_the_servers_problem_detail_and_fails(stack, flamectl, tm
     assert "empty-e2e" not in flamectl("design", "list").stdout  # nothing stored
 
     wrong = flamectl("login", "--server", stack.api_url, "--token", "flm_user_wrong", check=False)
-    assert wrong.code == 1 and "401" in wrong.stderr
+    assert wrong.code == 4 and "401" in wrong.stderr  # refused token

@@ -4,7 +4,7 @@ Errors come back as :class:`ApiError` carrying the server's RFC 9457 problem ``d
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -274,12 +274,27 @@ class FlameClient:
     def delete_design(self, design_id: str) -> None:
         self._delete(f"/v1/designs/{design_id}")
 
-    def push_code(self, design_id: str, zip_bytes: bytes) -> CodeVersion:
+    def push_code(
+        self,
+        design_id: str,
+        zip_bytes: bytes,
+        on_sent: Callable[[int], None] | None = None,
+        chunk: int = 64 * 1024,
+    ) -> CodeVersion:
+        """Upload a code zip; ``on_sent(n)`` is told the bytes sent so far, chunk by chunk."""
+
+        def body() -> Iterator[bytes]:
+            for start in range(0, len(zip_bytes), chunk):
+                piece = zip_bytes[start : start + chunk]
+                yield piece
+                if on_sent is not None:
+                    on_sent(start + len(piece))
+
         resp = self.request(
             "POST",
             f"/v1/designs/{design_id}/code",
-            content=zip_bytes,
-            headers={"Content-Type": "application/zip"},
+            content=body() if on_sent is not None else zip_bytes,
+            headers={"Content-Type": "application/zip", "Content-Length": str(len(zip_bytes))},
         )
         return CodeVersion.model_validate(resp.json())
 

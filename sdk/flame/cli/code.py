@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from flame.cli.common import group, resolve_design, session
+from flame.cli.common import group, read_json, resolve_design, session
 from flame.cli.output import Format, OutputOpt, render
 from flame.errors import ConfigError
 
@@ -48,17 +50,68 @@ def load_code(source: Path) -> bytes:
     return data
 
 
+@app.command("build")
+def build(
+    folder: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="the code folder")],
+    design: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="the design (default FOLDER/design.json)"),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-O", help="the zip to write (default dist/NAME.zip)")
+    ] = None,
+) -> None:
+    """Check a code folder (design, each role's main.py and entry class, job.json,
+    datasets.json, each role's requirements.txt) without running it, and write the zip that
+    `code push` would upload, for inspection."""
+    from flame.cli.bundle import build as build_bundle
+
+    schema = read_json(design) if design is not None else None
+    report = build_bundle(folder, schema)
+    target = out or Path("dist") / f"{folder.resolve().name}.zip"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(report.zip_bytes)
+    for role in report.roles:
+        needs = ", ".join(r.line.split(" --hash", 1)[0] for r in role.requirements) or "-"
+        typer.echo(f"{role.role:<12} {role.entry:<24} {role.files:>3} files  needs: {needs}")
+    typer.echo(
+        f"wrote {target} ({report.files} files, {len(report.zip_bytes):,} bytes, "
+        f"sha256 {report.sha256})"
+    )
+
+
 @app.command("push")
 def push(
     design: str,
     source: Annotated[Path, typer.Argument(exists=True, help="a folder (zipped for you) or a zip")],
+    check: Annotated[
+        bool, typer.Option(help="check a folder against the design first (as `code build`)")
+    ] = True,
     output: OutputOpt = Format.table,
 ) -> None:
-    """Upload code as the design's next version."""
+    """Upload code as the design's next version (the bytes sent are shown as they go)."""
     data = load_code(source)
+    files = len(zipfile.ZipFile(io.BytesIO(data)).infolist())
+    typer.echo(f"{source}: {files} files, {len(data):,} bytes zipped", err=True)
     with session() as client:
         found = resolve_design(client, design)
-        render(client.push_code(found.id, data), output)
+        if check and source.is_dir():
+            from flame.cli.bundle import check_folder
+
+            check_folder(source, found.schema_)
+        with Progress(
+            TextColumn("uploading"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        ) as progress:
+            bar = progress.add_task("upload", total=len(data))
+            pushed = client.push_code(
+                found.id, data, on_sent=lambda n: progress.update(bar, completed=n)
+            )
+        render(pushed, output)
 
 
 @app.command("list")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import IntEnum
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -12,20 +14,61 @@ import typer
 from typer.core import TyperGroup
 
 from flame.cli.client import ApiError, FlameClient
-from flame.cli.config import load_login
+from flame.cli.config import NotLoggedIn, load_login
 from flame.cli.resources import Design, Job
 from flame.errors import ConfigError, FlameError
 
 
+class ExitCode(IntEnum):
+    """What flamectl's exit status means (scripts can tell these apart)."""
+
+    OK = 0
+    ERROR = 1  # refused or invalid: the message says why (bad input, wrong state, ...)
+    USAGE = 2  # unknown command or option, missing argument
+    NOT_FOUND = 3  # the job, design, node... does not exist or is not yours (HTTP 404)
+    AUTH = 4  # not logged in, token refused or expired, or not allowed (HTTP 401 / 403)
+    NETWORK = 5  # the apiserver could not be reached, or answered 502 / 503 / 504
+    JOB_FAILED = 6  # the job ended failed or terminated (`job watch`, `job rerun --watch`)
+
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok, 1 error (refused or invalid), 2 usage, 3 not found, "
+    "4 not logged in / not allowed, 5 server unreachable, 6 job failed."
+)
+
+
+def exit_code_for(exc: FlameError) -> ExitCode:
+    if isinstance(exc, NotLoggedIn):
+        return ExitCode.AUTH
+    if not isinstance(exc, ApiError):
+        return ExitCode.ERROR
+    if exc.status == 0 or exc.status in (502, 503, 504):
+        return ExitCode.NETWORK
+    if exc.status == 404:
+        return ExitCode.NOT_FOUND
+    if exc.status in (401, 403):
+        return ExitCode.AUTH
+    return ExitCode.ERROR
+
+
 class FlameGroup(TyperGroup):
-    """Turns every :class:`FlameError` (API problems included) into ``error: …`` + exit 1."""
+    """Turns every :class:`FlameError` (API problems included) into ``error: …`` and the
+    :class:`ExitCode` for it."""
 
     def invoke(self, ctx: Any) -> Any:  # a (vendored) click Context
         try:
             return super().invoke(ctx)
         except FlameError as exc:  # ApiError included: prints the server's problem detail
             typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from exc
+            raise typer.Exit(exit_code_for(exc)) from exc
+
+
+def version() -> str:
+    """The installed flame-sdk's version."""
+    try:
+        return metadata.version("flame-sdk")
+    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
 
 
 def group(help_text: str) -> typer.Typer:

@@ -11,6 +11,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from flame.errors import ConfigError
 
 
+class NotLoggedIn(ConfigError):
+    """No saved login: run ``flamectl login`` (or ``flamectl up``, which logs in as admin)."""
+
+
 class Login(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -41,7 +45,7 @@ def save_login(login: Login, path: Path | None = None) -> Path:
 def load_login(path: Path | None = None) -> Login:
     path = path or config_path()
     if not path.exists():
-        raise ConfigError(
+        raise NotLoggedIn(
             f"not logged in ({path} missing): run `flamectl login --server URL --token T`"
         )
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,10 +12,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from flame.cli.client import FlameClient
-from flame.cli.common import group, read_json, resolve_design, resolve_job, session
+from flame.cli.common import ExitCode, group, read_json, resolve_design, resolve_job, session
 from flame.cli.output import Format, OutputOpt, plain, render
 from flame.cli.resources import Job, Metric
 from flame.cli.results import result_tables
+from flame.errors import ConfigError
 
 app = group("Jobs: a design + code version + datasets + hyperparameters.")
 COLUMNS = ("id", "name", "state", "design_id", "code_version", "created_at")
@@ -93,9 +95,64 @@ def delete(job: str) -> None:
 
 @app.command("start")
 def start(job: str, output: OutputOpt = Format.table) -> None:
-    """Start a job."""
+    """Start a job that is ready. A job that has ended is not run again: `job rerun` makes a
+    new run of it."""
     with session() as client:
-        render(client.start_job(resolve_job(client, job).id), output, COLUMNS)
+        found = resolve_job(client, job)
+        if found.terminal:
+            raise ConfigError(
+                f"job {found.name} ({found.id}) already ended ({found.state}); "
+                f"`flamectl job rerun {found.name}` makes a new run of it"
+            )
+        render(client.start_job(found.id), output, COLUMNS)
+
+
+_RUN_SUFFIX = re.compile(r"^(?P<base>.+)-(?P<n>[0-9]+)$")
+
+
+def next_run_name(name: str, taken: set[str]) -> str:
+    """``demo`` -> ``demo-2`` (``demo-2`` -> ``demo-3``), the first one not ``taken``."""
+    found = _RUN_SUFFIX.match(name)
+    base, n = (found["base"], int(found["n"]) + 1) if found else (name, 2)
+    while f"{base}-{n}" in taken:
+        n += 1
+    return f"{base}-{n}"
+
+
+@app.command("rerun")
+def rerun(
+    job: str,
+    name: Annotated[str, typer.Option(help="the new job's name (default: NAME-2, NAME-3...)")] = "",
+    watch: Annotated[bool, typer.Option(help="follow the new run until it ends")] = False,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Run a finished job again, as a new job with the same design, code version, spec and
+    project (the finished one and its results stay as they are)."""
+    with session() as client:
+        found = resolve_job(client, job)
+        if not found.terminal:
+            raise ConfigError(
+                f"job {found.name} is {found.state}; only a job that has ended can be rerun"
+            )
+        new_name = name or next_run_name(found.name, {j.name for j in client.list_jobs()})
+        created = client.create_job(
+            new_name, found.design_id, found.spec, found.code_version, found.project_id
+        )
+        started = client.start_job(created.id)
+        if output != Format.table:
+            render(started, output, COLUMNS)
+        else:
+            typer.echo(
+                f"{started.name} ({started.id}): a new run of {found.name}, "
+                f"design {found.design_id}, code v{found.code_version}; {started.state}"
+            )
+        if not watch:
+            return
+        final = watch_job(client, started.id, console=Console(stderr=output != Format.table))
+    if output == Format.table:
+        typer.echo(f"job {final.id} {final.state}{': ' + final.reason if final.reason else ''}")
+    if final.state != "completed":
+        raise typer.Exit(ExitCode.JOB_FAILED)
 
 
 @app.command("stop")
@@ -185,7 +242,8 @@ def watch(
     interval: Annotated[float, typer.Option(min=0.1, help="seconds between polls")] = 1.0,
     output: OutputOpt = Format.table,
 ) -> None:
-    """Follow state and per-round metrics until the job ends; exit 0 only if it completed."""
+    """Follow state and per-round metrics until the job ends; exit 0 only if it completed
+    (6 if it failed or was terminated)."""
     with session() as client:
         found = resolve_job(client, job)
         final = watch_job(client, found.id, interval, Console(stderr=output != Format.table))
@@ -199,4 +257,4 @@ def watch(
     else:
         render({"job": plain(final), "metrics": plain(metrics)}, output)
     if final.state != "completed":
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.JOB_FAILED)

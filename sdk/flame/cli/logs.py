@@ -1,8 +1,10 @@
-"""``flamectl logs JOB [--task T] [--follow]``."""
+"""``flamectl logs JOB [--task T] [--follow] [-o json]``."""
 
 from __future__ import annotations
 
+import json
 import time
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -11,7 +13,15 @@ from flame.cli.common import resolve_job, session
 from flame.cli.resources import LogLine
 
 
-def _echo(line: LogLine) -> None:
+class LogFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def _echo(line: LogLine, fmt: LogFormat) -> None:
+    if fmt == LogFormat.json:  # one JSON object per line (JSON Lines), also while following
+        typer.echo(json.dumps(line.model_dump(mode="json")))
+        return
     stamp = line.at.strftime("%H:%M:%S") if line.at else "--:--:--"
     typer.echo(f"{stamp} {line.task_id[:12]} {line.stream}: {line.line}")
 
@@ -23,6 +33,12 @@ def logs(
         bool, typer.Option("--follow", "-f", help="keep printing until the job ends")
     ] = False,
     interval: Annotated[float, typer.Option(min=0.1, help="seconds between polls")] = 1.0,
+    output: Annotated[
+        LogFormat,
+        typer.Option(
+            "--output", "-o", help="table, or json: one object per line", case_sensitive=False
+        ),
+    ] = LogFormat.table,
 ) -> None:
     """Print the logs the job's tasks shipped to the control plane."""
     with session() as client:
@@ -32,7 +48,7 @@ def logs(
         while True:
             page = client.get_logs(job_id, task_id=task, after_seq=after)
             for line in page.lines:
-                _echo(line)
+                _echo(line, output)
             after = max(after, page.last_seq)
             if page.lines:
                 continue  # drain what is there before deciding to stop or wait

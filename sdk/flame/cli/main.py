@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import platform
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -11,16 +12,42 @@ import typer
 
 from flame.cli import code, dataset, design, job, node, project, user
 from flame.cli.audit import audit
-from flame.cli.common import FlameGroup
+from flame.cli.common import EXIT_CODES_HELP, FlameGroup, version
 from flame.cli.login import login, whoami
 from flame.cli.logs import logs
+from flame.logs import configure as configure_logging
 
 app = typer.Typer(
     cls=FlameGroup,
     name="flamectl",
     help="Manage Flame: users, nodes, datasets, designs, code and federated-learning jobs.",
     no_args_is_help=True,
+    epilog=EXIT_CODES_HELP,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"flamectl {version()} (python {platform.python_version()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="more log output (-vv: debug)")
+    ] = 0,
+    _show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """Manage Flame: users, nodes, datasets, designs, code and federated-learning jobs."""
+    configure_logging(verbose)
+
+
 app.command("login")(login)
 app.command("whoami")(whoami)
 app.command("logs")(logs)
@@ -60,6 +87,12 @@ class Backend(StrEnum):
     mqtt = "mqtt"
 
 
+class RunOutput(StrEnum):
+    auto = "auto"
+    table = "table"
+    json = "json"
+
+
 @app.command("run")
 def run(
     local: Annotated[
@@ -74,11 +107,25 @@ def run(
     processes: Annotated[bool, typer.Option(help="one process per role instance")] = False,
     rounds: Annotated[int | None, typer.Option(min=1, help="override the spec's rounds")] = None,
     track: Annotated[bool, typer.Option(help="log to MLflow")] = True,
-    workdir: Annotated[Path | None, typer.Option(help="where tasks write their files")] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="where tasks write their files (default: a new $FLAME_HOME/runs/…)"),
+    ] = None,
+    output: Annotated[
+        RunOutput, typer.Option("--output", "-o", help="auto: human in a terminal, else json")
+    ] = RunOutput.auto,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="more log output (-vv: debug)")
+    ] = 0,
 ) -> None:
-    """Run a job locally in simulation, unchanged from how the control plane runs it."""
+    """Run a job locally in simulation, unchanged from how the control plane runs it.
+
+    Rounds are printed as they end. The run's files (task folders, results, its MLflow store)
+    go to one new folder under $FLAME_HOME/runs (default ~/.flame/runs), named at the end."""
     from flame.cli.run_local import run_local_command  # imports the simulator only when used
 
+    if verbose:
+        configure_logging(verbose)
     run_local_command(
         local,
         backend.value,
@@ -86,6 +133,7 @@ def run(
         workdir=workdir,
         track=track,
         rounds=rounds,
+        human=None if output == RunOutput.auto else output == RunOutput.table,
     )
 
 

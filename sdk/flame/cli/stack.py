@@ -28,6 +28,7 @@ import structlog
 
 from flame.connect import sync_http_client
 from flame.errors import FlameError
+from flame.paths import flame_home
 from flame.ports import free_ports
 from flame.retry import Backoff
 
@@ -99,7 +100,7 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def default_home() -> Path:
-    return Path(os.environ.get("FLAME_HOME", Path.home() / ".flame")) / "stack"
+    return flame_home() / "stack"
 
 
 def _script(name: str) -> str:
@@ -172,7 +173,21 @@ class Stack:
         log.info("stack.started", process=name, pid=proc.pid, log=str(log_path))
         return Proc(name=name, pid=proc.pid, log=str(log_path), argv=argv, env=env)
 
-    def up(self, nodes: int = 0, timeout: float = 90.0, mlflow: bool = True) -> StackState:
+    def up(
+        self,
+        nodes: int = 0,
+        timeout: float = 90.0,
+        mlflow: bool = True,
+        progress: Callable[[str], None] | None = None,
+    ) -> StackState:
+        """Start everything and wait until it is healthy; ``progress`` is told each step as it
+        is reached (``flamectl up`` prints them)."""
+        say = progress or (lambda _msg: None)
+        started = time.monotonic()
+
+        def done(what: str) -> None:
+            say(f"{what} ({time.monotonic() - started:.1f}s)")
+
         existing = StackState.load(self.home)
         if existing and any(_alive(p.pid) for p in existing.procs):
             raise StackError(f"a stack is already running from {self.home}; run `flamectl down`")
@@ -191,6 +206,7 @@ class Stack:
             for name, argv, env in self._services(state, ports["api"]):
                 state.procs.append(self._spawn(name, argv, env))
             state.save()
+            done(f"started {', '.join(p.name for p in state.procs)} in {self.home}")
             with sync_http_client(state.api_url, token=token, timeout=5) as api:
                 _wait(
                     "the apiserver and controller",
@@ -198,8 +214,10 @@ class Stack:
                     state.procs,
                     timeout,
                 )
+                done(f"apiserver and controller ready at {state.api_url}")
                 for i in range(nodes):
                     self._add_node(state, api, f"node-{i}")
+                    done(f"node-{i} enrolled, its flamelet started")
                 state.save()
                 if nodes:
                     _wait(
@@ -208,6 +226,7 @@ class Stack:
                         state.procs,
                         timeout,
                     )
+                    done(f"{nodes} node(s) online")
             if state.mlflow_url:
                 with sync_http_client(state.mlflow_url, timeout=2) as tracking:
                     _wait(
@@ -216,6 +235,7 @@ class Stack:
                         state.procs,
                         timeout,
                     )
+                done(f"MLflow ready at {state.mlflow_url}")
         except BaseException:
             self.down(state)
             raise

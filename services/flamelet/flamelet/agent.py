@@ -23,10 +23,13 @@ import structlog
 from pydantic import ValidationError
 
 from flame_service.errors import FlameServiceError
+from flame_service.pyenv import EnvError, ensure_env
 from flame_service.retry import Backoff
 from flame_service.sandbox import Sandbox, SandboxUnavailable, choose_sandbox
 from flame_service.taskdir import failure_line, prepare_task_dir
 from flame_spec import SpecError, TaskConfig
+from flame_spec.requirements import FILE_NAME as REQUIREMENTS_FILE
+from flame_spec.requirements import parse_requirements
 from flamelet import runner
 from flamelet.api import AgentApi, LogLine, TaskInfo
 from flamelet.errors import (
@@ -334,8 +337,9 @@ class Agent:
             )
         except FlameServiceError as exc:
             raise BundleRejected(f"unsafe code bundle: {exc.message}") from exc
+        python = await self._python_for(workdir / "code" / role)
         values = {
-            "python": self.settings.python,
+            "python": python,
             "config": str(config_path),
             "role": role,
             "workdir": str(workdir),
@@ -344,6 +348,8 @@ class Agent:
         cmd = [part.format(**values) for part in self.settings.command]
         env = runner.clean_env(workdir, {"FLAME_TASK_CONFIG": str(config_path)})
         visible = [dataset_uri] if dataset_uri and Path(dataset_uri).exists() else []
+        if python != self.settings.python:  # the role's cached environment, read-only
+            visible.append(str(Path(python).parent.parent))
         return (await self._sandbox()).wrap(cmd, workdir, visible), env
 
     async def _sandbox(self) -> Sandbox:
@@ -356,6 +362,25 @@ class Agent:
                 raise FlameletError(str(exc)) from None
             log.info("flamelet.sandbox", kind=self._sandbox_chosen.kind)
         return self._sandbox_chosen
+
+    async def _python_for(self, role_code: Path) -> str:
+        """The interpreter the role runs with: the node's own, or, when the role's code has a
+        ``requirements.txt``, a cached environment with those packages installed as wheels
+        (``flame_service.pyenv``)."""
+        path = role_code / REQUIREMENTS_FILE
+        if not path.is_file() or path.is_symlink():
+            return self.settings.python
+        try:
+            text = path.read_text()
+            requirements = parse_requirements(text, f"{role_code.name}/{REQUIREMENTS_FILE}")
+        except (SpecError, UnicodeDecodeError) as exc:
+            raise BundleRejected(str(exc)) from exc
+        if not requirements:
+            return self.settings.python
+        try:
+            return await ensure_env(self.home / "envs", requirements, self.settings.python)
+        except EnvError as exc:
+            raise BundleRejected(exc.message) from exc
 
     def _dataset_path(self, config: TaskConfig) -> str | None:
         """Where the task's dataset is on this node (the path never leaves the node)."""

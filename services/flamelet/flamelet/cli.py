@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import re
 import signal
 import socket
 import sys
@@ -107,10 +108,36 @@ def _secret(value: str | None, file: Path | None) -> str:
     return text.strip()
 
 
+_URI = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+
+
+def _local_source(source: str) -> tuple[str, int, str]:
+    """(what the task is given, size in bytes, default format) for a path or a URI.
+
+    A path (or ``file://`` URI) must exist; the task gets its absolute path and the control
+    plane its size. Any other ``scheme://...`` is an address the task's code understands (an
+    object store, a database, a generated example set such as ``digits://iid/3/0``): it is kept
+    as is, on this node, and its size is unknown (0)."""
+    if _URI.match(source) and not source.lower().startswith("file://"):
+        return source, 0, source.split("://", 1)[0].lower()
+    local_path = Path(source.removeprefix("file://")).expanduser().resolve()
+    if not local_path.exists():
+        raise _fail(f"{local_path} does not exist")
+    fmt = "folder" if local_path.is_dir() else local_path.suffix.lstrip(".")
+    return str(local_path), dataset_size(local_path), fmt
+
+
 @dataset_app.command("add")
 def dataset_add(
     name: str,
-    path: Path,
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="PATH_OR_URI",
+            help="a file or folder on this node, or a URI the task's code reads "
+            "(e.g. s3://bucket/x, digits://iid/3/0)",
+        ),
+    ],
     format: Annotated[str, typer.Option("--format", help="e.g. npz, csv, folder")] = "",
     realm: Annotated[str, typer.Option("--realm", help="locality, e.g. eu/hospital-a")] = "",
     description: Annotated[str, typer.Option("--description")] = "",
@@ -124,17 +151,14 @@ def dataset_add(
     ] = None,
     home: HomeOpt = None,
 ) -> None:
-    """Register a dataset held on this node (its size and sample count are sent; its path is
-    not)."""
+    """Register a dataset held on this node (its size and sample count are sent; its path or
+    URI is not)."""
     settings = _settings(home)
-    local_path = path.expanduser().resolve()
-    if not local_path.exists():
-        raise _fail(f"{local_path} does not exist")
-    size = dataset_size(local_path)
-    fmt = format or ("folder" if local_path.is_dir() else local_path.suffix.lstrip("."))
-    if samples is None:
+    location, size, default_format = _local_source(source)
+    fmt = format or default_format
+    if samples is None and "://" not in location:
         try:
-            samples = count_samples(local_path, fmt)
+            samples = count_samples(Path(location), fmt)
         except FlameletError as exc:
             raise _fail(str(exc)) from exc
     if samples is None:
@@ -166,7 +190,7 @@ def dataset_add(
     DatasetRegistry(settings.home).add(
         LocalDataset(
             name=name,
-            path=str(local_path),
+            path=location,
             format=fmt,
             realm=realm,
             id=dataset_id,
@@ -174,8 +198,11 @@ def dataset_add(
             num_samples=samples or 0,
         )
     )
+    shown = f"{size} bytes" if size else "size unknown"
     counted = f", {samples} samples" if samples else ""
-    typer.echo(f"dataset {name} registered as {dataset_id} ({size} bytes{counted})")
+    typer.echo(
+        f"dataset {name} registered as {dataset_id} ({shown}{counted}); {location} stays here"
+    )
 
 
 @dataset_app.command("list")
@@ -199,7 +226,8 @@ def run(home: HomeOpt = None) -> None:
         identity = Identity.load(settings.home)
     except FlameletError as exc:
         raise _fail(str(exc)) from exc
-    configure_logging("flamelet", settings.log_level, settings.log_json)
+    as_json = settings.log_json if settings.log_json is not None else not sys.stderr.isatty()
+    configure_logging("flamelet", settings.log_level, as_json)
 
     async def main() -> None:
         api = RestClient(identity.server, identity.credential, settings.http_timeout)

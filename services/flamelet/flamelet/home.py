@@ -41,7 +41,7 @@ class Identity(_Frozen):
 
 class LocalDataset(_Frozen):
     name: str
-    path: str  # absolute; never leaves the node
+    path: str  # an absolute path, or a URI the task reads; never leaves the node
     format: str = ""
     realm: str = ""
     id: str = ""  # the dataset id the control plane gave it

@@ -42,7 +42,7 @@ class FlameletSettings(BaseSettings):
     # ones are removed once the control plane has their final state and logs.
     keep_finished_tasks: int = Field(default=100, ge=0)
     log_level: str = "info"
-    log_json: bool = True
+    log_json: bool | None = None  # None: JSON unless stderr is a terminal
     # tasks run sandboxed (flame_service.sandbox): they see their work dir and their dataset,
     # not this node's identity or other tasks; "none" only for development (env FLAME_SANDBOX)
     sandbox: SandboxMode = Field(

@@ -52,6 +52,8 @@ class ScriptedApi:
     extra_metrics: list[dict] = field(default_factory=list)
     gets: int = 0
     requests: list[httpx.Request] = field(default_factory=list)
+    created: list[dict] = field(default_factory=list)  # jobs made with POST /v1/jobs
+    pushed: list[bytes] = field(default_factory=list)  # code zips received
 
     def state(self) -> str:
         return self.states[min(self.gets, len(self.states) - 1)]
@@ -92,6 +94,24 @@ class ScriptedApi:
                     "reason": "", "transitions": [], "version": 1, "attempt": 0,
                     "data_consumer": True}  # fmt: skip
             return httpx.Response(200, json={"items": [task]})
+        if path == "/v1/designs/d-1" and request.method == "GET":
+            schema = {"roles": [{"name": "trainer", "isDataConsumer": True}], "channels": []}
+            body = {"id": "d-1", "name": "central", "version": 1, "schema": schema}
+            return httpx.Response(200, json=body)
+        if path == "/v1/designs/d-1/code" and request.method == "POST":
+            self.pushed.append(request.read())
+            body = {"design_id": "d-1", "version": len(self.pushed), "sha256": "ab" * 32,
+                    "size_bytes": len(self.pushed[-1]), "roles": ["trainer"]}  # fmt: skip
+            return httpx.Response(201, json=body)
+        if path == "/v1/jobs" and request.method == "POST":
+            body = json.loads(request.content)
+            made = {**job_body("ready"), **body, "id": f"j-{len(self.created) + 2}"}
+            made["desired_state"] = "ready"
+            self.created.append(made)
+            return httpx.Response(201, json=made)
+        created = {f"/v1/jobs/{j['id']}/start": j for j in self.created}
+        if path in created and request.method == "POST":
+            return httpx.Response(200, json={**created[path], "desired_state": "running"})
         if path == "/v1/jobs" and request.method == "GET":
             return httpx.Response(
                 200, json={"items": [job_body(self.state())], "next_page_token": ""}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -20,11 +21,11 @@ def test_watch_follows_the_job_to_completion_and_exits_0(cli) -> None:
     assert cli.api.gets == 4  # polled until the terminal state, no further
 
 
-def test_watch_exits_1_when_the_job_fails_and_says_why(cli) -> None:
+def test_watch_exits_6_when_the_job_fails_and_says_why(cli) -> None:
     cli.api.states = ["running", "failed"]
     cli.api.reason = "trainer group default lost quorum"
     result = cli("job", "watch", "j-1", "--interval", "0.1")
-    assert result.exit_code == 1
+    assert result.exit_code == 6  # ExitCode.JOB_FAILED, as `flamectl --help` documents
     assert "failed: trainer group default lost quorum" in result.stdout
 
 
@@ -93,9 +94,9 @@ def test_job_get_shows_a_cross_site_matrix_and_statistics_from_the_metrics(cli) 
     assert plain["id"] == "j-1"  # structured output stays the job itself
 
 
-def test_api_errors_exit_1_with_the_problem_detail(cli, tmp_path) -> None:
+def test_api_errors_exit_with_their_documented_code_and_the_problem_detail(cli, tmp_path) -> None:
     missing = cli("job", "get", "j-404")
-    assert missing.exit_code == 1
+    assert missing.exit_code == 3  # not found
     assert "error: job 'j-404' not found (not_found, HTTP 404)" in missing.stderr
     schema = tmp_path / "design.json"
     schema.write_text(json.dumps({"roles": [], "channels": []}))
@@ -116,7 +117,7 @@ def test_login_verifies_the_token_and_saves_it_private(cli) -> None:
     assert stat.S_IMODE(cli.config.stat().st_mode) == 0o600
     assert load_login(cli.config).server == "http://flame.test"
     wrong = cli("login", "--server", "http://flame.test", "--token", "flm_user_bad")
-    assert wrong.exit_code == 1 and "unknown token" in wrong.stderr
+    assert wrong.exit_code == 4 and "unknown token" in wrong.stderr  # refused token
     assert load_login(cli.config).token == "flm_user_test"  # the good login was kept
 
 
@@ -138,7 +139,7 @@ def test_login_reads_the_token_from_a_file_or_stdin_not_only_argv(cli, tmp_path:
 def test_not_logged_in_is_a_clear_error(cli) -> None:
     cli.config.unlink()
     result = cli("job", "list")
-    assert result.exit_code == 1
+    assert result.exit_code == 4  # not logged in
     assert "not logged in" in result.stderr and "flamectl login" in result.stderr
 
 
@@ -152,7 +153,7 @@ def test_unreachable_server_is_a_clear_error(tmp_path, monkeypatch) -> None:
     save_login(Login(server="http://127.0.0.1:1", token="t"), config)
     monkeypatch.setenv("FLAME_CONFIG", str(config))
     result = CliRunner().invoke(app, ["job", "list"])
-    assert result.exit_code == 1
+    assert result.exit_code == 5  # network
     assert "cannot reach http://127.0.0.1:1" in result.stderr
 
 
@@ -170,3 +171,88 @@ def test_run_local_needs_an_existing_folder(cli, tmp_path) -> None:
     result = cli("run", "--local", str(tmp_path / "missing"))
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+def test_start_on_a_finished_job_says_so_exits_1_and_sends_nothing(cli) -> None:
+    cli.api.states = ["completed"]
+    result = cli("job", "start", "j-1")
+    assert result.exit_code == 1
+    assert "already ended (completed)" in result.stderr
+    assert "flamectl job rerun digits" in result.stderr
+    assert not [r for r in cli.api.requests if r.method == "POST"]
+
+
+def test_rerun_makes_a_new_job_from_the_finished_one_and_starts_it(cli) -> None:
+    cli.api.states = ["completed"]
+    result = cli("job", "rerun", "digits")
+    assert result.exit_code == 0, result.output
+    [made] = cli.api.created
+    assert made["name"] == "digits-2"  # the next free name
+    assert (made["design_id"], made["code_version"], made["spec"]) == ("d-1", 1, {"rounds": 3})
+    posts = [r.url.path for r in cli.api.requests if r.method == "POST"]
+    assert posts == ["/v1/jobs", f"/v1/jobs/{made['id']}/start"]
+    assert "digits-2" in result.stdout and "a new run of digits" in result.stdout
+
+
+def test_rerun_refuses_a_job_that_has_not_ended(cli) -> None:
+    cli.api.states = ["running"]
+    result = cli("job", "rerun", "j-1")
+    assert result.exit_code == 1 and "only a job that has ended" in result.stderr
+    assert not cli.api.created
+
+
+def test_run_names_count_up() -> None:
+    from flame.cli.job import next_run_name
+
+    assert next_run_name("demo", set()) == "demo-2"
+    assert next_run_name("demo", {"demo-2", "demo-3"}) == "demo-4"
+    assert next_run_name("demo-2", {"demo", "demo-2"}) == "demo-3"
+
+
+def test_version_and_exit_codes_are_in_the_help(cli) -> None:
+    from importlib.metadata import version
+
+    shown = cli("--version")
+    assert shown.exit_code == 0 and version("flame-sdk") in shown.stdout
+    helped = cli("--help")
+    assert "3 not found" in helped.stdout and "6 job failed" in helped.stdout
+
+
+def test_logs_json_prints_one_object_per_line(cli) -> None:
+    cli.api.log_lines = ["one", "two"]
+    result = cli("logs", "j-1", "-o", "json")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(x["task_id"], x["stream"], x["line"]) for x in lines] == [
+        ("t-1", "stdout", "one"),
+        ("t-1", "stdout", "two"),
+    ]
+
+
+def test_code_push_shows_the_bytes_and_sends_the_zip_whole(cli, tmp_path) -> None:
+    import io
+    import zipfile
+
+    code = tmp_path / "code"
+    (code / "trainer").mkdir(parents=True)
+    (code / "trainer" / "main.py").write_text("from flame import Trainer\nclass T(Trainer): ...\n")
+    (code / "trainer" / "weights.bin").write_bytes(os.urandom(200_000))  # does not compress
+    result = cli("code", "push", "d-1", str(code))
+    assert result.exit_code == 0, result.output
+    [sent] = cli.api.pushed
+    assert zipfile.ZipFile(io.BytesIO(sent)).namelist() == [
+        "trainer/main.py",
+        "trainer/weights.bin",
+    ]
+    assert f"2 files, {len(sent):,} bytes zipped" in result.stderr
+    kb = f"{len(sent) / 1000:.1f}"
+    assert "uploading" in result.stderr and f"{kb}/{kb} kB" in result.stderr  # all sent
+
+
+def test_code_push_refuses_a_folder_that_does_not_fit_the_design(cli, tmp_path) -> None:
+    code = tmp_path / "code"
+    (code / "trainer").mkdir(parents=True)
+    (code / "trainer" / "main.py").write_text("print('no role class here')\n")
+    result = cli("code", "push", "d-1", str(code))
+    assert result.exit_code == 1 and "exactly one class deriving from a Flame role" in result.stderr
+    assert cli.api.pushed == []

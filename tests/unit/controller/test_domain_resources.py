@@ -306,9 +306,13 @@ async def test_start_and_stop_follow_the_job_state(ctx: Ctx) -> None:
     started = await jobs.start_job(ctx, alice, job.id)
     assert started.desired_state == "running" and "start requested" in started.reason
     assert (await jobs.start_job(ctx, alice, job.id)).version == started.version
-    await ctx.store.cas_job(job.id, started.version, {"state": "completed"})
+    ended = await ctx.store.cas_job(job.id, started.version, {"state": "completed"})
     with pytest.raises(FailedPrecondition, match="already ended"):
         await jobs.stop_job(ctx, alice, job.id)
+    # starting a finished job again is refused (a new run is a new job), and changes nothing
+    with pytest.raises(FailedPrecondition, match=r"already ended \(completed\)"):
+        await jobs.start_job(ctx, alice, job.id)
+    assert (await jobs.get_job(ctx, alice, job.id)).version == ended.version
     assert kicked == [job.id]
     await jobs.delete_job(ctx, alice, job.id)
 

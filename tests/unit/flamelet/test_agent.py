@@ -319,3 +319,65 @@ async def test_only_the_newest_finished_tasks_keep_their_work_dirs(node: Node) -
     async with Running(agent2, api2):
         await eventually(lambda: agent2.reconciled >= 3, what="reconcile after restart")
     assert runs(node) == ids
+
+
+# natsort: small, pure Python, not a dependency of the SDK; on the machine's package index.
+NATSORT = (
+    "natsort==8.4.0 "
+    "--hash=sha256:4732914fb471f56b5cce04d7bae6f164a592c7712e1c85f9ef585e197299521c\n"
+)
+USES_NATSORT = """
+import natsort, numpy, flame_spec  # its requirement, and what the node's environment has
+print(natsort.natsorted(["a10", "a2", "a1"]))
+"""
+
+
+@pytest.mark.slow
+async def test_a_role_s_requirements_are_installed_once_into_a_cached_env(node: Node) -> None:
+    import subprocess
+    import sys
+
+    assert subprocess.run([sys.executable, "-c", "import natsort"]).returncode != 0
+    files = {"trainer/main.py": USES_NATSORT, "trainer/requirements.txt": NATSORT}
+    node.fake.add_task("r1", files)
+    node.fake.add_task("r2", {**files, "trainer/extra.txt": "another code version"})
+    agent, api = node.agent(sandbox="auto")  # the cached environment is visible in the sandbox
+    async with Running(agent, api):
+        await eventually(
+            lambda: (
+                {"completed"} <= set(node.fake.states("r1"))
+                and {"completed"} <= set(node.fake.states("r2"))
+            ),
+            timeout=300,
+            what="both tasks completed",
+        )
+    for task in ("r1", "r2"):
+        assert node.fake.log_lines(task, "stdout") == ["['a1', 'a2', 'a10']"], task
+    envs = [p for p in (node.home / "envs").iterdir() if p.is_dir()]
+    assert len(envs) == 1  # the same requirements share one environment
+    assert (envs[0] / ".flame-ready").exists()
+
+
+@pytest.mark.parametrize(
+    ("requirements", "reason"),
+    [
+        ("--index-url https://evil.example/simple\nnatsort\n", "option --index-url"),
+        ("natsort @ https://evil.example/n.whl\n", "URLs, direct references"),
+        ("natsort==8.4.0 --hash=sha256:" + "0" * 64 + "\n", "installing the role's requirements"),
+        ("surely-no-such-package-on-this-index==1.0\n", "installing the role's requirements"),
+        # a package the SDK runs on is never replaced by another version
+        ("numpy==1.26.0\n", "installing the role's requirements"),
+    ],
+)
+async def test_bad_requirements_are_refused_with_the_reason(
+    node: Node, requirements: str, reason: str
+) -> None:
+    node.fake.add_task(
+        "bad", {"trainer/main.py": "print(1)", "trainer/requirements.txt": requirements}
+    )
+    agent, api = node.agent()
+    async with Running(agent, api):
+        await eventually(lambda: "failed" in node.fake.states("bad"), timeout=300)
+    status = node.fake.statuses[-1]
+    assert status[1] == "failed" and reason in status[2], status
+    assert runs(node) == []

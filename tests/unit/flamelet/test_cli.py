@@ -175,3 +175,39 @@ def test_a_dataset_whose_samples_cannot_be_read_is_not_registered(
 def test_run_without_login_fails_clearly(tmp_path: Path) -> None:
     res = runner.invoke(app, ["run", "--home", str(tmp_path / "empty")])
     assert res.exit_code == 1 and "flamelet login" in res.output
+
+
+def test_dataset_add_takes_a_uri_the_task_reads_and_keeps_it_on_the_node(
+    tmp_path: Path, fake_api: FakeApiServer
+) -> None:
+    home = tmp_path / "home"
+    login = ["login", "--server", fake_api.url, "--token", "enrol-1", "--home", str(home)]
+    assert runner.invoke(app, login).exit_code == 0
+    res = runner.invoke(
+        app, ["dataset", "add", "digits-0", "digits://iid/3/0", "--home", str(home)]
+    )
+    assert res.exit_code == 0, res.output
+    assert fake_api.datasets == [
+        {
+            "name": "digits-0",
+            "realm": "",
+            "format": "digits",
+            "size_bytes": 0,
+            "num_samples": 0,
+            "description": "",
+        }
+    ]
+    assert "digits://" not in json.dumps(fake_api.datasets)  # the address stays on the node
+    saved = json.loads((home / "datasets.json").read_text())["digits-0"]
+    assert saved["path"] == "digits://iid/3/0"
+
+    # a file:// URI is a local path: it must exist, and its size is sent
+    shard = tmp_path / "shard.npz"
+    shard.write_bytes(b"z" * 10)
+    ok = runner.invoke(
+        app, ["dataset", "add", "s", f"file://{shard}", "--samples", "3", "--home", str(home)]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert fake_api.datasets[-1]["size_bytes"] == 10
+    gone = runner.invoke(app, ["dataset", "add", "t", f"file://{tmp_path}/no", "--home", str(home)])
+    assert gone.exit_code == 1 and len(fake_api.datasets) == 2

@@ -279,6 +279,12 @@ async def _set_desired(ctx: Ctx, caller: Caller, job_id: str, desired: str, verb
         for _ in range(CAS_RETRIES):
             job = await get_job(ctx, caller, job_id)
             await _may_run(ctx, caller, job)
+            if desired == "running" and job.terminal:
+                # a finished job is never run again in place: a new run is a new job
+                raise FailedPrecondition(
+                    f"job {job_id!r} already ended ({job.state}); a new run is a new job "
+                    "(flamectl job rerun)"
+                )
             if job.desired_state == desired:
                 return job
             if desired == "running" and job.state != "ready":

@@ -1,0 +1,82 @@
+"""`make demo KEEP=1`: the demo keeps the stack and the MLflow UI up after its job, shows only
+addresses that answer, and stops everything at Ctrl-C."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from flame.cli.demo import live_addresses
+from flame.cli.stack import Stack, StackState
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def test_no_address_is_shown_for_a_stack_that_does_not_answer() -> None:
+    dead = StackState(
+        home="/nowhere",
+        api_url="http://127.0.0.1:1",
+        admin_token="t",
+        mlflow_url="http://127.0.0.1:1",
+        controller="127.0.0.1:1",
+        notifier="127.0.0.1:1",
+    )
+    assert live_addresses(dead, "http://127.0.0.1:1#/experiments/1/runs/x", "models:/m@best") == []
+
+
+def test_demo_keep_serves_the_mlflow_ui_until_ctrl_c(tmp_path: Path) -> None:
+    home = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flame.cli.demo", "--keep", "--rounds", "3", "--home", str(home)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if "press Ctrl-C" in line:
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 400
+        while not ready.wait(0.5):
+            assert proc.poll() is None, "\n".join(lines)
+            assert time.monotonic() < deadline, "\n".join(lines)
+        text = "\n".join(lines)
+        assert "job completed" in text, text
+        ui = re.search(r"MLflow UI:\s+(http://\S+)", text)
+        run = re.search(r"the run:\s+(http://\S+)", text)
+        assert ui and run, text
+        # what was printed answers while the demo waits
+        assert httpx.get(f"{ui.group(1)}/health", timeout=10).status_code == 200
+        runs = httpx.post(
+            f"{ui.group(1)}/api/2.0/mlflow/runs/search", json={"experiment_ids": ["1"]}, timeout=10
+        ).json()["runs"]
+        assert [r["info"]["run_id"] for r in runs] == [run.group(1).rsplit("/", 1)[1]]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0, "\n".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        Stack(home).down()  # whatever the demo left, if it failed
+    reader.join(10)
+    assert "stack stopped" in "\n".join(lines)
+    assert not (home / "stack.json").exists()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{ui.group(1)}/health", timeout=5)
