@@ -50,8 +50,15 @@ class Security:
 PLAINTEXT = Security()
 
 
-def grpc_channel(target: str, security: Security, options: Sequence[tuple[str, Any]] = ()) -> Any:
-    """A grpc.aio client channel to ``target`` (grpc is imported only when used)."""
+def grpc_channel(
+    target: str,
+    security: Security,
+    options: Sequence[tuple[str, Any]] = (),
+    *,
+    server_name: str | None = None,
+) -> Any:
+    """A grpc.aio client channel to ``target`` (grpc is imported only when used). With TLS, the
+    server's certificate must name ``server_name`` when given, else the host of ``target``."""
     import grpc
 
     if not security.tls:
@@ -59,7 +66,10 @@ def grpc_channel(target: str, security: Security, options: Sequence[tuple[str, A
     creds = grpc.ssl_channel_credentials(
         root_certificates=security.ca, private_key=security.key, certificate_chain=security.cert
     )
-    return grpc.aio.secure_channel(target, creds, options=list(options))
+    opts = list(options)
+    if server_name:
+        opts.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.aio.secure_channel(target, creds, options=opts)
 
 
 def grpc_listen(server: Any, address: str, security: Security) -> int:
@@ -76,7 +86,9 @@ def grpc_listen(server: Any, address: str, security: Security) -> int:
     return int(server.add_secure_port(address, creds))
 
 
-def _verify(security: Security) -> ssl.SSLContext | bool:
+def ssl_context(security: Security) -> ssl.SSLContext | bool:
+    """What httpx's ``verify`` and paho's TLS take: a context trusting ``security.ca`` (with
+    this process's certificate for mutual TLS), or True for the system's trust store."""
     if security.ca is None:
         return True
     ctx = ssl.create_default_context(cadata=security.ca.decode())
@@ -107,7 +119,7 @@ def http_client(
         base_url=base_url.rstrip("/"),
         headers=_headers(token),
         timeout=timeout,
-        verify=_verify(security),
+        verify=ssl_context(security),
         transport=transport,
     )
 
@@ -125,7 +137,7 @@ def sync_http_client(
         base_url=base_url.rstrip("/"),
         headers=_headers(token),
         timeout=timeout,
-        verify=_verify(security),
+        verify=ssl_context(security),
         transport=transport,
     )
 
@@ -144,5 +156,5 @@ def mqtt_client(s: MqttSettings, security: Security, client_id: str) -> Any:
         if s.ca_file or security.ca is None:
             client.tls_set(ca_certs=s.ca_file)
         else:
-            client.tls_set_context(_verify(security))  # type: ignore[arg-type]
+            client.tls_set_context(ssl_context(security))  # type: ignore[arg-type]
     return client

@@ -14,6 +14,7 @@ from flame.config import DesignSchema, DiscoverySettings, JobSpec, MqttSettings,
 from flame.datasets import count_samples
 from flame.errors import ConfigError
 from flame_spec import DatasetInfo, SpecError, plan_tasks, task_configs, task_id
+from flame_spec.pki import Authority, with_certificate
 from flame_spec.signing import SECRET_BYTES, JobKeys, with_keys
 
 __all__ = ["expand", "task_id"]
@@ -56,9 +57,14 @@ def expand(
         )
     except SpecError as exc:
         raise ConfigError(str(exc)) from None
-    if any(m.backend != "inproc" for cfg in configs for m in cfg.channels.values()):
-        keys = JobKeys(os.urandom(SECRET_BYTES), job_id)  # signed, as on the control plane
+    backends = {m.backend for cfg in configs for m in cfg.channels.values()}
+    if backends - {"inproc"}:
+        secret = os.urandom(SECRET_BYTES)
+        keys = JobKeys(secret, job_id)  # signed, as on the control plane
         configs = [with_keys(cfg, keys) for cfg in configs]
+        if "grpc" in backends:  # and peers talk TLS, as on the control plane
+            ca = Authority.derived(secret, "Flame data-plane CA")
+            configs = [with_certificate(cfg, ca) for cfg in configs]
     for cfg in configs:
         if cfg.dataset is not None and cfg.dataset.name not in datasets:
             raise ConfigError(

@@ -119,6 +119,8 @@ def test_flamectl_job_stop_leaves_no_process_behind(cluster: Cluster, tmp_path: 
             cluster.state.api_url,
             "--token",
             cluster.state.admin_token,
+            "--ca-file",
+            cluster.state.ca_file,
         ],
         env=env,
         check=True,

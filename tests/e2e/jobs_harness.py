@@ -90,7 +90,7 @@ def start_cluster(home: Path, nodes: int, shards: int, *, mlflow: bool = False) 
         name = f"digits-{i}"
         register_dataset(node_homes[i % nodes], name, path)
         names.append(name)
-    client = FlameClient(state.api_url, state.admin_token)
+    client = FlameClient(state.api_url, state.admin_token, security=state.security())
     return Cluster(stack=stack, state=state, client=client, datasets=names)
 
 

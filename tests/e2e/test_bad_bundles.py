@@ -204,11 +204,10 @@ def test_node_token_cannot_reach_another_nodes_task(cluster: Cluster) -> None:
     )  # fmt: skip
     node1 = node_id(cluster, "node-1")
     (task,) = [t for t in cluster.client.list_tasks(job.job_id) if t.node_id == node1]
-    api = cluster.state.api_url
 
     def call(node: str, method: str, path: str, body: object = None) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {node_credential(cluster, node)}"}
-        return httpx.request(method, f"{api}{path}", json=body, headers=headers, timeout=10)
+        with cluster.state.client(node_credential(cluster, node), timeout=10) as api:
+            return api.request(method, path, json=body)
 
     base = f"/v1/agent/tasks/{task.id}"
     assert call("node-1", "GET", base).status_code == 200  # its own node may
@@ -266,8 +265,8 @@ def revoked(cluster: Cluster) -> Revoked:
 
 
 def test_revoked_node_credential_is_refused(cluster: Cluster, revoked: Revoked) -> None:
-    headers = {"Authorization": f"Bearer {revoked.credential}"}
-    resp = httpx.get(f"{cluster.state.api_url}/v1/agent/tasks", headers=headers, timeout=10)
+    with cluster.state.client(revoked.credential, timeout=10) as api:
+        resp = api.get("/v1/agent/tasks")
     assert resp.status_code == 401
     assert resp.json()["code"] == "unauthenticated"
     refusals = [

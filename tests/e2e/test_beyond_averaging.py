@@ -109,7 +109,11 @@ def test_a_cross_site_evaluation_runs_as_in_simulation_and_flamectl_shows_its_ma
     assert len(got) == 4 * 3 * 2  # (global + 3 sites) x 3 sites x (accuracy, loss)
     for (model, site, metric), value in [(tuple(k.split("/")[1:]), v) for k, v in got.items()]:
         assert value == pytest.approx(matrix[model][site][metric], abs=1e-6)
-    flamectl("login", "--server", cluster.state.api_url, "--token", cluster.state.admin_token)
+    flamectl(
+        "login",
+        *("--server", cluster.state.api_url, "--token", cluster.state.admin_token),
+        *("--ca-file", cluster.state.ca_file),
+    )
     out = flamectl("job", "get", "e2e-xsite").stdout
     assert "cross-site evaluation: accuracy" in out
     row = next(ln for ln in out.splitlines() if ln.startswith("global "))

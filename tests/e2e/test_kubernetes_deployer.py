@@ -153,6 +153,7 @@ def test_a_job_on_kubernetes_ends_with_the_local_deployers_model(
 
 def _ready(cluster: Cluster) -> bool:
     try:
-        return httpx.get(f"{cluster.state.api_url}/readyz", timeout=1).status_code == 200
+        with cluster.state.client(timeout=1) as api:
+            return api.get("/readyz").status_code == 200
     except httpx.HTTPError:
         return False

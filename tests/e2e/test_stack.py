@@ -22,7 +22,7 @@ def test_a_second_up_on_the_same_home_reuses_store_token_and_nodes(tmp_path: Pat
     stack = Stack(tmp_path / "stack")
     first = stack.up(nodes=1, mlflow=False)
     try:
-        with FlameClient(first.api_url, first.admin_token) as client:
+        with FlameClient(first.api_url, first.admin_token, security=first.security()) as client:
             project = client.create_project("kept")
         with pytest.raises(StackError, match="already running"):
             stack.up(nodes=1, mlflow=False)
@@ -32,7 +32,7 @@ def test_a_second_up_on_the_same_home_reuses_store_token_and_nodes(tmp_path: Pat
     second = stack.up(nodes=1, mlflow=False)
     try:
         assert (second.api_url, second.admin_token) == (first.api_url, first.admin_token)
-        with FlameClient(second.api_url, second.admin_token) as client:
+        with FlameClient(second.api_url, second.admin_token, security=second.security()) as client:
             assert client.get_project(project.id).name == "kept"
             deadline = time.monotonic() + 60
             while _online(client) != {"node-0"}:

@@ -28,6 +28,7 @@ from flame.errors import ChannelError, PeerTimeout
 from flame.messages import Message
 from flame.retry import retrying
 from flame_proto.v1 import data_pb2, data_pb2_grpc
+from flame_spec.pki import DATA_PLANE_NAME
 
 log = structlog.get_logger(__name__)
 
@@ -158,7 +159,9 @@ class GrpcTransport:
         conn = self._peers.get(peer)
         if conn is None:
             endpoint = await self._discovery.resolve(peer, timeout)
-            conn = self._peers[peer] = grpc_channel(endpoint, self.security, _CLIENT_OPTIONS)
+            conn = self._peers[peer] = grpc_channel(
+                endpoint, self.security, _CLIENT_OPTIONS, server_name=DATA_PLANE_NAME
+            )
         return conn
 
     async def _forget(self, peer: str) -> None:
@@ -249,7 +252,9 @@ def transport(ctx: TransportContext) -> GrpcTransport:
     """The grpc transport of a task: its discovery (given, or the one its config names) and,
     with a static table, the port the table assigns it."""
     d = ctx.config.discovery
-    security = Security.of(ctx.config)
+    security = Security.of(ctx.config)  # for discovery (the apiserver)
+    # peers talk TLS when the task holds a certificate for it (flame_spec.pki)
+    peers = security if security.cert is not None else PLAINTEXT
     discovery, bind_port, owned = ctx.discovery, 0, False
     if discovery is None:
         discovery, owned = discovery_from(d, ctx.config.task_id, security), True
@@ -263,5 +268,5 @@ def transport(ctx: TransportContext) -> GrpcTransport:
         advertise_host=d.advertise_host,
         settings=ctx.settings,
         owns_discovery=owned,
-        security=security,
+        security=peers,
     )

@@ -78,7 +78,7 @@ def group(help_text: str) -> typer.Typer:
 @contextmanager
 def session() -> Iterator[FlameClient]:
     login = load_login()
-    with FlameClient(login.server, login.token) as client:
+    with FlameClient(login.server, login.token, security=login.security()) as client:
         yield client
 
 

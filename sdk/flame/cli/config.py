@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from flame.connect import Security
 from flame.errors import ConfigError
 
 
@@ -20,6 +21,13 @@ class Login(BaseModel):
 
     server: str
     token: str
+    ca_file: str | None = None  # the CA the server's certificate is checked against
+
+    def security(self) -> Security:
+        try:
+            return Security.from_files(self.ca_file)
+        except OSError as exc:
+            raise ConfigError(f"cannot read the CA file {self.ca_file}: {exc.strerror}") from exc
 
 
 def config_path() -> Path:

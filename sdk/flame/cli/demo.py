@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(f"[red]{name}: cannot register {dataset}:[/] {out.strip()}")
                 return 1
             console.print(f"  {name}: registered {dataset} ({shard.name}; the path stays there)")
-        with FlameClient(state.api_url, state.admin_token) as client:
+        with FlameClient(state.api_url, state.admin_token, security=state.security()) as client:
             design = client.create_design(
                 "digits-central", schema=json.loads((EXAMPLE / "design.json").read_text())
             )

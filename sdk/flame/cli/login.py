@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,13 +20,22 @@ def login(
         str | None, typer.Option("--token", "-t", help="API token (prefer --token-file)")
     ] = None,
     token_file: TokenFileOpt = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-file",
+            help="PEM of the CA that signed the server's certificate (default: the system's)",
+        ),
+    ] = None,
 ) -> None:
     """Check the token against the server and save both for later commands. The token comes
     from --token-file, a hidden prompt, or standard input."""
     token = read_secret(token, token_file, "API token")
-    with FlameClient(server, token) as client:
+    ca = str(ca_file.expanduser().resolve()) if ca_file else None
+    saved = Login(server=server.rstrip("/"), token=token, ca_file=ca)
+    with FlameClient(server, token, security=saved.security()) as client:
         me = client.whoami()
-    path = save_login(Login(server=server.rstrip("/"), token=token))
+    path = save_login(saved)
     typer.echo(f"logged in to {server} as {me.subject} ({me.scope}); saved to {path}")
 
 

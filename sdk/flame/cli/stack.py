@@ -26,11 +26,12 @@ import httpx
 import psutil
 import structlog
 
-from flame.connect import sync_http_client
+from flame.connect import Security, sync_http_client
 from flame.errors import FlameError
 from flame.paths import flame_home
 from flame.ports import free_ports
 from flame.retry import Backoff
+from flame_spec.pki import Authority, write_private
 
 log = structlog.get_logger(__name__)
 
@@ -72,11 +73,22 @@ class StackState:
     mlflow_url: str
     controller: str
     notifier: str
+    ca_file: str = ""  # the stack CA's certificate; "" when the stack runs in plaintext
     procs: list[Proc] = field(default_factory=list)
     nodes: dict[str, str] = field(default_factory=dict)  # node name -> flamelet home
 
     def save(self) -> None:
         _write_private(Path(self.home) / "stack.json", json.dumps(asdict(self), indent=2))
+
+    def security(self) -> Security:
+        """What a client of this stack's apiserver trusts."""
+        return Security.from_files(self.ca_file or None)
+
+    def client(self, token: str | None = None, timeout: float = 30.0) -> httpx.Client:
+        """An HTTP client for the apiserver (as the admin unless ``token`` is given)."""
+        return sync_http_client(
+            self.api_url, self.security(), token=token or self.admin_token, timeout=timeout
+        )
 
     @classmethod
     def load(cls, home: Path) -> StackState | None:
@@ -89,14 +101,7 @@ class StackState:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Replace ``path`` atomically with ``text``, readable by the owner only from the first
-    byte (it holds a secret)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    tmp.replace(path)
+    write_private(path, text.encode())
 
 
 def default_home() -> Path:
@@ -150,11 +155,19 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 class Stack:
-    """Starts and stops the embedded stack rooted at ``home``."""
+    """Starts and stops the embedded stack rooted at ``home``.
 
-    def __init__(self, home: Path | None = None) -> None:
+    Every hop is TLS: on first start the stack makes a CA in ``<home>/pki`` (kept across
+    ``up``s) and, on each start, one certificate for its services on the loopback addresses.
+    The controller admits only clients holding that certificate (the apiserver and the
+    notifier); flamectl, flamelets and tasks check the services against the CA. ``tls=False``
+    is for development only.
+    """
+
+    def __init__(self, home: Path | None = None, *, tls: bool = True) -> None:
         self.home = (home or default_home()).resolve()
         self.logs = self.home / "logs"
+        self.tls = tls
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -192,22 +205,26 @@ class Stack:
         if existing and any(_alive(p.pid) for p in existing.procs):
             raise StackError(f"a stack is already running from {self.home}; run `flamectl down`")
         _check_sandbox()
+        if not self.tls:
+            print("warning: the stack runs in plaintext: development only", flush=True)
         self.home.mkdir(parents=True, exist_ok=True)
         ports, token = self._identity()
+        scheme = "https" if self.tls else "http"
         state = StackState(
             home=str(self.home),
-            api_url=f"http://127.0.0.1:{ports['api']}",
+            api_url=f"{scheme}://127.0.0.1:{ports['api']}",
             admin_token=token,
             mlflow_url=f"http://127.0.0.1:{ports['mlflow']}" if mlflow else "",
             controller=f"127.0.0.1:{ports['controller']}",
             notifier=f"127.0.0.1:{ports['notifier']}",
+            ca_file=str(self._pki() / "ca.pem") if self.tls else "",
         )
         try:
             for name, argv, env in self._services(state, ports["api"]):
                 state.procs.append(self._spawn(name, argv, env))
             state.save()
             done(f"started {', '.join(p.name for p in state.procs)} in {self.home}")
-            with sync_http_client(state.api_url, token=token, timeout=5) as api:
+            with state.client(timeout=5) as api:
                 _wait(
                     "the apiserver and controller",
                     lambda: api.get("/readyz").status_code == 200,
@@ -251,8 +268,20 @@ class Stack:
             "FLAME_LOG_JSON": "true",
             "FLAME_SERVICE_TOKEN_FILE": str(secrets_dir / "service.token"),
         }
+
+        def tls(prefix: str) -> Env:
+            if not self.tls:
+                return {}
+            pki = self.home / "pki"
+            return {
+                f"{prefix}TLS_CA": str(pki / "ca.pem"),
+                f"{prefix}TLS_CERT": str(pki / "services.pem"),
+                f"{prefix}TLS_KEY": str(pki / "services.key"),
+            }
+
         controller = {
             **common,
+            **tls("FLAME_CONTROLLER_"),
             "FLAME_CONTROLLER_STORE_URI": f"sqlite:///{data / 'flame.db'}",
             "FLAME_CONTROLLER_DATA_DIR": str(data),
             "FLAME_CONTROLLER_LISTEN": state.controller,
@@ -269,6 +298,7 @@ class Stack:
                 [_script("flame-notifier")],
                 {
                     **common,
+                    **tls("FLAME_NOTIFIER_"),
                     "FLAME_NOTIFIER_LISTEN": state.notifier,
                     "FLAME_NOTIFIER_CONTROLLER_ADDRESS": state.controller,
                 },
@@ -278,6 +308,7 @@ class Stack:
                 [_script("flame-apiserver")],
                 {
                     **common,
+                    **tls("FLAME_APISERVER_"),
                     "FLAME_APISERVER_CONTROLLER_ADDRESS": state.controller,
                     "FLAME_APISERVER_NOTIFIER_ADDRESS": state.notifier,
                     "FLAME_APISERVER_LISTEN_HOST": "127.0.0.1",
@@ -327,6 +358,15 @@ class Stack:
                 return p
         raise StackError(f"no process named {name} in this stack")
 
+    def _pki(self) -> Path:
+        """``<home>/pki``: the stack CA (made once) and a fresh certificate for the services."""
+        folder = self.home / "pki"
+        ca = Authority.in_folder(folder, f"Flame stack CA ({socket.gethostname()})")
+        pair = ca.issue("flame-services", ["127.0.0.1", "localhost", "::1"])
+        write_private(folder / "services.key", pair.key_pem)
+        (folder / "services.pem").write_bytes(pair.cert_pem)
+        return folder
+
     def _secrets(self, state: StackState) -> Path:
         """``<home>/secrets`` (0700): the admin's token and the service credential the three
         services share, each a file only this user reads (kept across `up`s)."""
@@ -368,7 +408,7 @@ class Stack:
 
     def add_node(self, state: StackState, name: str) -> None:
         """Enrol and start one more flamelet in a running stack (stopped with the stack)."""
-        with sync_http_client(state.api_url, token=state.admin_token, timeout=5) as api:
+        with state.client(timeout=5) as api:
             self._add_node(state, api, name)
         state.save()
 
@@ -418,6 +458,8 @@ def _enroll(
     enrolment = resp.json()["enrolment_token"]
     node_home.mkdir(parents=True, exist_ok=True)
     argv = [flamelet, "login", "--server", state.api_url, "--token-file", "-"]
+    if state.ca_file:
+        argv += ["--ca-file", state.ca_file]
     login = subprocess.run(  # the token on stdin: argv is visible to every local user
         [*argv, "--home", str(node_home)],
         input=enrolment + "\n",

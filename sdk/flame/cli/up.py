@@ -19,6 +19,12 @@ def up_command(
     login: bool = typer.Option(
         True, "--login/--no-login", help="log flamectl in to this stack as its admin"
     ),
+    plaintext: bool = typer.Option(
+        False,
+        "--plaintext",
+        help="development only: no TLS between anything (default: TLS on every hop, with a "
+        "CA made in the stack's home)",
+    ),
 ) -> None:
     """Start apiserver, controller (SQLite), notifier, an MLflow server and N flamelets.
 
@@ -30,23 +36,27 @@ def up_command(
         typer.echo(f"  {message}", err=True)
 
     try:
-        state = Stack(home).up(nodes=nodes, timeout=timeout, progress=step)
+        state = Stack(home, tls=not plaintext).up(nodes=nodes, timeout=timeout, progress=step)
     except StackError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"apiserver   {state.api_url}")
     typer.echo(f"mlflow      {state.mlflow_url}")
+    typer.echo(f"CA          {state.ca_file or '- (plaintext)'}")
     for name, node_home in state.nodes.items():
         typer.echo(f"{name:<11} {node_home}")
     if not state.nodes:
         typer.echo("nodes       -")
     typer.echo(f"admin token {state.admin_token}")
     if login:
-        path = save_login(Login(server=state.api_url, token=state.admin_token))
+        saved = Login(server=state.api_url, token=state.admin_token, ca_file=state.ca_file or None)
+        path = save_login(saved)
         typer.echo(f"flamectl is logged in to {state.api_url} as admin ({path})")
     else:
+        ca = f" --ca-file {state.ca_file}" if state.ca_file else ""
         typer.echo(
-            f"log in with: flamectl login --server {state.api_url} --token {state.admin_token}"
+            f"log in with: flamectl login --server {state.api_url} "
+            f"--token-file {state.home}/secrets/admin.token{ca}"
         )
 
 

@@ -105,14 +105,24 @@ class _ServiceCredential(
         return await continuation(self._with_token(details), request)
 
 
-def grpc_listen(server: grpc.aio.Server, address: str, security: Security = PLAINTEXT) -> int:
-    """Open ``address`` on ``server``; returns the bound port (0 when binding failed)."""
+def grpc_listen(
+    server: grpc.aio.Server,
+    address: str,
+    security: Security = PLAINTEXT,
+    *,
+    client_certs: bool = True,
+) -> int:
+    """Open ``address`` on ``server``; returns the bound port (0 when binding failed).
+
+    With TLS and ``client_certs``, only clients presenting a certificate signed by
+    ``security.ca`` get in (the controller: its callers are the other services); without, any
+    client that speaks TLS does and authenticates with a token (the notifier's flamelets)."""
     if security.cert is None or security.key is None:
         return server.add_insecure_port(address)
     creds = grpc.ssl_server_credentials(
         [(security.key, security.cert)],
-        root_certificates=security.ca,
-        require_client_auth=security.ca is not None,
+        root_certificates=security.ca if client_certs else None,
+        require_client_auth=client_certs and security.ca is not None,
     )
     return server.add_secure_port(address, creds)
 

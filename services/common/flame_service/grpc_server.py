@@ -29,12 +29,14 @@ async def start_server(
     *,
     health_servicer: health.aio.HealthServicer | None = None,
     not_serving: Collection[str] = (),
+    client_certs: bool = True,
 ) -> tuple[grpc.aio.Server, int]:
     """Start a grpc.aio server with ``(add_XServicer_to_server, servicer, full_name)`` entries.
 
     Every service (and the server as a whole, ``""``) reports SERVING, except those named in
     ``not_serving`` (NOT_SERVING until the caller sets them on ``health_servicer``). Returns the
-    server and the bound port (``address`` may end in ``:0``)."""
+    server and the bound port (``address`` may end in ``:0``). ``client_certs``: see
+    :func:`~flame_service.connect.grpc_listen`."""
     server = grpc.aio.server(options=GRPC_OPTIONS)
     names = []
     for register, servicer, full_name in services:
@@ -45,7 +47,7 @@ async def start_server(
     reflection.enable_server_reflection(
         [*names, reflection.SERVICE_NAME, "grpc.health.v1.Health"], server
     )
-    port = grpc_listen(server, address, security)
+    port = grpc_listen(server, address, security, client_certs=client_certs)
     if port == 0:
         raise OSError(f"cannot bind gRPC server to {address}")
     await server.start()

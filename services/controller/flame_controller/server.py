@@ -150,6 +150,8 @@ async def serve(
             tracking_uri=settings.tracking_uri or None,
             kick=kicker,
             data_plane_secret=settings.data_plane_secret(),
+            data_plane_tls=settings.data_plane_tls,
+            trusted_ca=settings.security().ca,
         )
         factories = list(default_workers(settings) if workers is None else workers)
         health_servicer = health.aio.HealthServicer()

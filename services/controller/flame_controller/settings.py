@@ -32,6 +32,9 @@ class ControllerSettings(ServiceSettings):
     # file, generated into <data_dir>/data-plane.secret (0600) when missing. Replicas of one
     # control plane share it (the Helm chart mounts one Secret).
     data_plane_secret_file: Path | None = None
+    # Peers of a job talk TLS with certificates the controller issues each task from a CA
+    # derived from that secret (flame_spec.pki); false only for development
+    data_plane_tls: bool = True
     run_reconciler: bool = True  # off in tests that drive the domain only
     # who runs the roles that own no data: local processes, Kubernetes Jobs (FLAME_KUBERNETES_*)
     deployer: Literal["local", "kubernetes", "none"] = "local"

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from flame_service.connect import PLAINTEXT, Security
 from flame_service.logging import configure_logging
 from flamelet.agent import Agent
 from flamelet.api import RestClient
@@ -56,12 +57,22 @@ def login(
         Path | None,
         typer.Option("--token-file", help="read the token from this file ('-': stdin)"),
     ] = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-file",
+            help="PEM of the CA that signed the control plane's certificates (kept with the "
+            "identity); default: $FLAME_FLAMELET_TLS_CA, else the system's trust store",
+        ),
+    ] = None,
     home: HomeOpt = None,
 ) -> None:
     """Enrol this node with an enrolment token and keep its credential (mode 0600). The token
     comes from --token-file, a hidden prompt, or standard input (argv is visible in ps)."""
     settings = _settings(home)
     token = _secret(token, token_file)
+    ca_pem = _ca(ca_file or settings.tls_ca)
+    security = Security(ca=ca_pem.encode()) if ca_pem else PLAINTEXT
     facts = {
         "hostname": socket.gethostname(),
         "os": platform.platform(),
@@ -70,7 +81,7 @@ def login(
     }
 
     async def enroll() -> Identity:
-        client = RestClient(server, timeout=settings.http_timeout)
+        client = RestClient(server, timeout=settings.http_timeout, security=security)
         try:
             got = await client.enroll(token, facts)
         finally:
@@ -80,6 +91,7 @@ def login(
             node_id=got.node_id,
             credential=got.credential,
             notifier=got.notifier,
+            ca_pem=ca_pem,
         )
 
     try:
@@ -88,6 +100,18 @@ def login(
         raise _fail(f"enrolment failed: {exc}") from exc
     identity.save(settings.home)
     typer.echo(f"enrolled as node {identity.node_id}; state in {settings.home}")
+
+
+def _ca(file: Path | None) -> str | None:
+    if file is None:
+        return None
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise _fail(f"cannot read the CA file {file}: {exc.strerror}") from None
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise _fail(f"{file} holds no PEM certificate")
+    return text
 
 
 def _secret(value: str | None, file: Path | None) -> str:
@@ -173,7 +197,9 @@ def dataset_add(
         raise _fail(str(exc)) from exc
 
     async def register() -> str:
-        client = RestClient(identity.server, identity.credential, settings.http_timeout)
+        client = RestClient(
+            identity.server, identity.credential, settings.http_timeout, identity.security()
+        )
         try:
             return (
                 await client.register_dataset(
@@ -230,8 +256,9 @@ def run(home: HomeOpt = None) -> None:
     configure_logging("flamelet", settings.log_level, as_json)
 
     async def main() -> None:
-        api = RestClient(identity.server, identity.credential, settings.http_timeout)
-        events = GrpcEventSource(identity.notifier, identity.node_id, identity.credential)
+        security = identity.security()
+        api = RestClient(identity.server, identity.credential, settings.http_timeout, security)
+        events = GrpcEventSource(identity.notifier, identity.node_id, identity.credential, security)
         agent = Agent(identity, api, events, settings)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

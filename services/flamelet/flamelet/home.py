@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from flame_service.connect import PLAINTEXT, Security
 from flame_service.files import write_private
 from flamelet.errors import FlameletError, NotEnrolled
 
@@ -24,6 +25,12 @@ class Identity(_Frozen):
     node_id: str
     credential: str
     notifier: str
+    # The CA this node trusts for the apiserver and the notifier (PEM; given at enrolment).
+    # None: the system's trust store for https, plaintext gRPC to a plaintext notifier.
+    ca_pem: str | None = None
+
+    def security(self) -> Security:
+        return Security(ca=self.ca_pem.encode()) if self.ca_pem else PLAINTEXT
 
     def save(self, home: Path) -> None:
         write_private(home / IDENTITY_FILE, self.model_dump_json(indent=2))

@@ -43,6 +43,9 @@ class FlameletSettings(BaseSettings):
     keep_finished_tasks: int = Field(default=100, ge=0)
     log_level: str = "info"
     log_json: bool | None = None  # None: JSON unless stderr is a terminal
+    # The CA the control plane's certificates are checked against when `flamelet login` is not
+    # given --ca-file (the Helm chart mounts it); the identity keeps what enrolment used.
+    tls_ca: Path | None = None
     # tasks run sandboxed (flame_service.sandbox): they see their work dir and their dataset,
     # not this node's identity or other tasks; "none" only for development (env FLAME_SANDBOX)
     sandbox: SandboxMode = Field(

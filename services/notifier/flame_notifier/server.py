@@ -62,6 +62,7 @@ async def serve(settings: NotifierSettings | None = None) -> Running:
         [(notifier_pb2_grpc.add_NotifierServicer_to_server, servicer, "flame.v1.Notifier")],
         security,
         health_servicer=health_servicer,
+        client_certs=False,  # flamelets hold tokens, not certificates
     )
     health_server, health_port = None, None
     if settings.health_listen:

@@ -46,6 +46,7 @@ def test_login_keeps_identity_private(tmp_path: Path, fake_api: FakeApiServer) -
         "node_id": NODE,
         "credential": CRED,
         "notifier": "127.0.0.1:1",
+        "ca_pem": None,
     }
 
 
@@ -211,3 +212,22 @@ def test_dataset_add_takes_a_uri_the_task_reads_and_keeps_it_on_the_node(
     assert fake_api.datasets[-1]["size_bytes"] == 10
     gone = runner.invoke(app, ["dataset", "add", "t", f"file://{tmp_path}/no", "--home", str(home)])
     assert gone.exit_code == 1 and len(fake_api.datasets) == 2
+
+
+def test_login_keeps_the_ca_it_was_given_and_refuses_a_file_without_one(
+    tmp_path: Path, fake_api: FakeApiServer
+) -> None:
+    from flame_spec.pki import Authority
+
+    home = tmp_path / "home"
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    argv = ["login", "--server", fake_api.url, "--token-file", "-", "--home", str(home)]
+    bad = runner.invoke(app, [*argv, "--ca-file", str(junk)], input="enrol-1\n")
+    assert bad.exit_code == 1 and "no PEM certificate" in bad.output
+    assert not (home / "identity.json").exists()
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(Authority.create("test CA").cert_pem)
+    ok = runner.invoke(app, [*argv, "--ca-file", str(ca)], input="enrol-1\n")
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((home / "identity.json").read_text())["ca_pem"] == ca.read_text()

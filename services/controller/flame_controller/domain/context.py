@@ -6,8 +6,10 @@ import asyncio
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from flame_controller.store.base import Store
+from flame_spec.pki import Authority
 
 
 def _no_kick(job_id: str) -> None:
@@ -41,3 +43,13 @@ class Ctx:
     job_lock: KeyedLocks = field(default_factory=KeyedLocks)
     # what tasks' data-plane keys derive from (flame_spec.signing); None: configs go unsigned
     data_plane_secret: bytes | None = field(default=None, repr=False)
+    # with the secret: each task also gets a certificate for TLS between peers (flame_spec.pki)
+    data_plane_tls: bool = True
+    # the CA of the control plane's certificates, which tasks check the apiserver against
+    trusted_ca: bytes | None = None
+
+    @cached_property
+    def data_plane_ca(self) -> Authority | None:
+        if self.data_plane_secret is None:
+            return None
+        return Authority.derived(self.data_plane_secret, "Flame data-plane CA")

@@ -1,5 +1,6 @@
 """A task's config as the task receives it: with the data-plane key of that task and the public
-keys of its peers, derived from the control plane's secret (see :mod:`flame_spec.signing`).
+keys of its peers, derived from the control plane's secret (see :mod:`flame_spec.signing`), and
+a certificate for TLS between peers with the CAs the task trusts (:mod:`flame_spec.pki`).
 The store keeps configs without keys; they are added on the way out, to the deployer or to the
 node that runs the task."""
 
@@ -8,7 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from flame_spec import TaskConfig, dump
+from flame_spec.pki import with_certificate
 from flame_spec.signing import JobKeys, with_keys
+from flame_spec.task import TlsSettings
 
 from .context import Ctx
 
@@ -16,7 +19,12 @@ from .context import Ctx
 def keyed(ctx: Ctx, config: TaskConfig) -> TaskConfig:
     if ctx.data_plane_secret is None:
         return config
-    return with_keys(config, JobKeys(ctx.data_plane_secret, config.job_id))
+    config = with_keys(config, JobKeys(ctx.data_plane_secret, config.job_id))
+    if ctx.data_plane_tls and ctx.data_plane_ca is not None:
+        config = with_certificate(config, ctx.data_plane_ca, ctx.trusted_ca)
+    elif ctx.trusted_ca is not None:
+        config = config.model_copy(update={"tls": TlsSettings(ca_pem=ctx.trusted_ca.decode())})
+    return config
 
 
 def keyed_json(ctx: Ctx, stored: dict[str, Any]) -> dict[str, Any]:
