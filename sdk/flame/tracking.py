@@ -13,6 +13,7 @@ MLflow state, so several simulated jobs can share one process.
 from __future__ import annotations
 
 import math
+import os
 import queue
 import tempfile
 import threading
@@ -420,13 +421,17 @@ def make_tracker(config: TaskConfig, *, predict_source: str | None = None) -> Tr
     """The tracker for one task: MLflow (+ control-plane metrics) for the top aggregator,
     nothing for everyone else. The caller decides whether this task is the top aggregator."""
     spec: TrackingSpec = config.job.tracking
+    access = config.tracking  # the names and account the control plane made for this job
+    if access.username and access.password:  # MLflow's client reads its login from here
+        os.environ["MLFLOW_TRACKING_USERNAME"] = access.username
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = access.password
     mlflow_tracker = MlflowTracker(
         tracking_uri=config.tracking_uri or default_tracking_uri(config.workdir),
-        experiment=spec.experiment or config.job_name,
+        experiment=access.experiment or spec.experiment or config.job_name,
         run_name=f"{config.job_name}-{config.job_id[:8]}",
         selection_metric=spec.selection_metric,
         mode=spec.mode,
-        register_as=config.job_name if spec.register_model else None,
+        register_as=(access.model_name or config.job_name) if spec.register_model else None,
         predict_source=predict_source,
     )
     disc = config.discovery

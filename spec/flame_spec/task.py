@@ -81,6 +81,21 @@ class SigningSettings(SpecModel):
         return f"SigningSettings(key={self.private_key is not None})"
 
 
+class TrackingAccess(SpecModel):
+    """Where and as whom a job logs on a tracking server with accounts (the control plane's):
+    the experiment and registered model the controller made for the job, and the job's own
+    account, which may write only those. The password is added when the task gets its config.
+    Nothing set: the names the SDK derives from the job, and no account."""
+
+    experiment: str | None = None
+    model_name: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+    def __repr__(self) -> str:  # never print the password
+        return f"TrackingAccess(experiment={self.experiment!r}, username={self.username!r})"
+
+
 class DiscoverySettings(SpecModel):
     """How grpc-backend tasks find each other's endpoints."""
 
@@ -115,6 +130,7 @@ class TaskConfig(SpecModel):
     # The MLflow server this task logs to (only the top aggregator logs). None: a local store
     # in the task's work dir (simulation). Decided once by whoever builds the config.
     tracking_uri: str | None = None
+    tracking: TrackingAccess = Field(default_factory=TrackingAccess)
 
     @classmethod
     def parse(cls, text: str | bytes) -> TaskConfig:

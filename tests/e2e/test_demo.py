@@ -64,9 +64,14 @@ def test_demo_keep_serves_the_mlflow_ui_until_ctrl_c(tmp_path: Path) -> None:
         assert ui and run, text
         # what was printed answers while the demo waits
         assert httpx.get(f"{ui.group(1)}/health", timeout=10).status_code == 200
-        runs = httpx.post(
-            f"{ui.group(1)}/api/2.0/mlflow/runs/search", json={"experiment_ids": ["1"]}, timeout=10
-        ).json()["runs"]
+        search = f"{ui.group(1)}/api/2.0/mlflow/runs/search"
+        assert httpx.post(search, json={}, timeout=10).status_code == 401  # accounts only
+        login = re.search(r"log in as (\S+); the password is in (\S+)", text)
+        assert login, text
+        auth = (login.group(1), Path(login.group(2)).read_text().strip())
+        experiment = run.group(1).split("/experiments/", 1)[1].split("/", 1)[0]
+        found = httpx.post(search, json={"experiment_ids": [experiment]}, auth=auth, timeout=30)
+        runs = found.json()["runs"]
         assert [r["info"]["run_id"] for r in runs] == [run.group(1).rsplit("/", 1)[1]]
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) == 0, "\n".join(lines)

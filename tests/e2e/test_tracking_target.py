@@ -1,20 +1,27 @@
 """The tracking server is the platform's setting: a job submitted as the README shows (no
 ``tracking`` in its spec) logs its run and registers its model on the MLflow server that
-``flamectl up`` started, not in a file in the aggregator's task folder."""
+``flamectl up`` started, not in a file in the aggregator's task folder, as the job's own account,
+into an experiment and a registered model named for its owner and its id; nobody without an
+account reads anything there."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
+from flame.cli.client import FlameClient
 from tests.e2e.jobs_harness import start_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
-def test_a_job_without_a_tracking_uri_logs_to_the_stacks_mlflow(tmp_path: Path) -> None:
+def test_a_job_without_a_tracking_uri_logs_to_the_stacks_mlflow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     cluster = start_cluster(tmp_path / "stack", nodes=3, shards=3, mlflow=True)
     try:
@@ -25,12 +32,34 @@ def test_a_job_without_a_tracking_uri_logs_to_the_stacks_mlflow(tmp_path: Path) 
         metrics = cluster.client.get_metrics(job)
         assert metrics.run_uri.startswith(cluster.state.mlflow_url)
         url = cluster.state.mlflow_url
+        anonymous = httpx.post(f"{url}/api/2.0/mlflow/experiments/search", json={}, timeout=30)
+        assert anonymous.status_code == 401
+        login = cluster.client.tracking_credentials()  # the job's owner: reads its runs
+        assert login.uri == url
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", login.username)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", login.password)
         mlflow = MlflowClient(tracking_uri=url, registry_uri=url)
-        model = mlflow.get_model_version_by_alias("readme-demo", "best")
+        assert metrics.model_uri == f"models:/readme-demo-{job[:12]}@best"
+        model = mlflow.get_model_version_by_alias(f"readme-demo-{job[:12]}", "best")
         run = mlflow.get_run(model.run_id)
         assert run.data.tags["flame.job_id"] == job
+        experiment = mlflow.get_experiment(run.info.experiment_id).name
+        assert experiment.endswith("/readme-demo") and experiment != "readme-demo"
         steps = {m.step for m in mlflow.get_metric_history(run.info.run_id, "accuracy")}
         assert steps == {0, 1, 2, 3}
+        with pytest.raises(MlflowException):  # the owner reads; only the job's account writes
+            mlflow.set_registered_model_alias(f"readme-demo-{job[:12]}", "best", "1")
+        # another tenant's login reads nothing of it
+        user = cluster.client.create_user("mallory")
+        token = cluster.client.create_token(user.id).token
+        with FlameClient(cluster.state.api_url, token, security=cluster.state.security()) as other:
+            theirs = other.tracking_credentials()
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", theirs.username)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", theirs.password)
+        stranger = MlflowClient(tracking_uri=url, registry_uri=url)
+        with pytest.raises(MlflowException, match=r"PERMISSION_DENIED|403|Permission"):
+            stranger.get_run(run.info.run_id)
+        assert experiment not in {e.name for e in stranger.search_experiments()}
         # nothing was tracked into the aggregator's folder
         tasks = Path(cluster.state.home) / "data" / "tasks" / job
         assert not list(tasks.rglob("mlflow.db"))

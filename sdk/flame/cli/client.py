@@ -24,6 +24,7 @@ from flame.cli.resources import (
     Task,
     TokenInfo,
     TokenSecret,
+    TrackingLogin,
     User,
     WhoAmI,
 )
@@ -150,6 +151,10 @@ class FlameClient:
             token = body.get("next_page_token", "")
             if not token:
                 return
+
+    def tracking_credentials(self) -> TrackingLogin:
+        """This user's login on the platform's MLflow server (reads their jobs' runs)."""
+        return self._get(TrackingLogin, "/v1/tracking/credentials")
 
     def revoke_token(self, token_id: str) -> None:
         self._delete(f"/v1/tokens/{token_id}")

@@ -28,7 +28,7 @@ from flame.cli.client import FlameClient
 from flame.cli.code import zip_folder
 from flame.cli.job import watch_job
 from flame.cli.stack import Stack, StackError, StackState, _script
-from flame.connect import sync_http_client
+from flame.connect import PLAINTEXT, Security, sync_http_client
 from flame.datasets import write_digits_shards
 from flame.logs import configure as configure_logging
 
@@ -36,10 +36,10 @@ EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "central"
 NODES = 3
 
 
-def alive(url: str, path: str) -> bool:
+def alive(url: str, path: str, security: Security = PLAINTEXT) -> bool:
     """Does ``url`` answer ``path`` with 200 right now?"""
     try:
-        with sync_http_client(url, timeout=3) as http:
+        with sync_http_client(url, security, timeout=3) as http:
             return http.get(path).status_code == 200
     except Exception:
         return False
@@ -48,10 +48,12 @@ def alive(url: str, path: str) -> bool:
 def live_addresses(state: StackState, run_uri: str | None, model: str | None) -> list[str]:
     """The lines to show a user who will open them: only addresses that answer now."""
     lines = []
-    if alive(state.api_url, "/readyz"):
+    if alive(state.api_url, "/readyz", state.security()):
         lines.append(f"apiserver:  {state.api_url}  (flamectl is logged in as admin)")
     if state.mlflow_url and alive(state.mlflow_url, "/health"):
         lines.append(f"MLflow UI:  {state.mlflow_url}")
+        secret = Path(state.home) / "secrets" / "mlflow-admin.password"
+        lines.append(f"  log in as flame-admin; the password is in {secret}")
         if run_uri and run_uri.startswith(state.mlflow_url):
             lines.append(f"the run:    {run_uri}")
         if model:

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from flame.cli import code, dataset, design, job, node, project, user
+from flame.cli import code, dataset, design, job, node, project, tracking, user
 from flame.cli.audit import audit
 from flame.cli.common import EXIT_CODES_HELP, FlameGroup, version
 from flame.cli.login import login, whoami
@@ -60,6 +60,7 @@ for _name, _module in (
     ("design", design),
     ("code", code),
     ("job", job),
+    ("tracking", tracking),
 ):
     app.add_typer(_module.app, name=_name)
 

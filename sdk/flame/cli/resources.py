@@ -46,6 +46,12 @@ class TokenInfo(Resource):
     revoked: bool = False
 
 
+class TrackingLogin(Resource):
+    uri: str
+    username: str
+    password: str
+
+
 class AuditEntry(Resource):
     id: str
     at: datetime | None = None

@@ -289,8 +289,11 @@ class Stack:
             "FLAME_CONTROLLER_APISERVER_URL": state.api_url,
             "FLAME_CONTROLLER_ADMIN_TOKEN_FILE": str(secrets_dir / "admin.token"),
         }
-        if state.mlflow_url:  # jobs log to the stack's MLflow unless their spec says otherwise
+        if state.mlflow_url:  # jobs log to the stack's MLflow, each as its own account
             controller["FLAME_CONTROLLER_TRACKING_URI"] = state.mlflow_url
+            controller["FLAME_CONTROLLER_TRACKING_ADMIN_PASSWORD_FILE"] = str(
+                secrets_dir / "mlflow-admin.password"
+            )
         services: list[tuple[str, list[str], Env]] = [
             ("controller", [_script("flame-controller")], controller),
             (
@@ -322,7 +325,8 @@ class Stack:
             argv += ["--host", host, "--port", port]
             argv += ["--backend-store-uri", f"sqlite:///{self.home / 'mlflow.db'}"]
             argv += ["--artifacts-destination", str(self.home / "mlartifacts")]
-            services.append(("mlflow", argv, {}))
+            argv += ["--app-name", "basic-auth"]  # nothing without an account
+            services.append(("mlflow", argv, self._mlflow_auth(secrets_dir)))
         return services
 
     def kill(
@@ -366,6 +370,32 @@ class Stack:
         write_private(folder / "services.key", pair.key_pem)
         (folder / "services.pem").write_bytes(pair.cert_pem)
         return folder
+
+    def _mlflow_auth(self, secrets_dir: Path) -> Env:
+        """MLflow's basic-auth app: nobody reads anything by default; the admin (whose password
+        only the controller reads) makes an account per job and per user (see
+        flame_controller.tracking_accounts)."""
+        password = secrets_dir / "mlflow-admin.password"
+        if not password.exists():
+            _write_private(password, secrets.token_urlsafe(24))
+        key = secrets_dir / "mlflow-flask.key"
+        if not key.exists():
+            _write_private(key, secrets.token_urlsafe(32))
+        ini = secrets_dir / "mlflow-auth.ini"
+        _write_private(
+            ini,
+            "[mlflow]\n"
+            "default_permission = NO_PERMISSIONS\n"
+            f"database_uri = sqlite:///{self.home / 'mlflow-auth.db'}\n"
+            "admin_username = flame-admin\n"
+            f"admin_password = {password.read_text().strip()}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            "auth_cache_ttl_seconds = 300\n",  # a password hash per request costs ~0.2 s
+        )
+        return {
+            "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": key.read_text().strip(),
+        }
 
     def _secrets(self, state: StackState) -> Path:
         """``<home>/secrets`` (0700): the admin's token and the service credential the three

@@ -41,7 +41,10 @@ def up_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"apiserver   {state.api_url}")
-    typer.echo(f"mlflow      {state.mlflow_url}")
+    if state.mlflow_url:
+        typer.echo(f"mlflow      {state.mlflow_url}  (login: flamectl tracking credentials)")
+    else:
+        typer.echo("mlflow      -")
     typer.echo(f"CA          {state.ca_file or '- (plaintext)'}")
     for name, node_home in state.nodes.items():
         typer.echo(f"{name:<11} {node_home}")

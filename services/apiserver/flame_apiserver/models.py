@@ -151,6 +151,18 @@ class TokenSecret(BaseModel):
         )
 
 
+class TrackingCredentials(BaseModel):
+    """The caller's login on the platform's MLflow server: it reads their jobs' runs and models."""
+
+    uri: str
+    username: str
+    password: str
+
+    @classmethod
+    def from_pb(cls, m: control_pb2.TrackingCredentials) -> TrackingCredentials:
+        return cls(uri=m.uri, username=m.username, password=m.password)
+
+
 class TokenInfo(BaseModel):
     """An API token without its secret."""
 

@@ -155,14 +155,16 @@ def http_client(
     security: Security = PLAINTEXT,
     *,
     token: str | None = None,
+    basic_auth: tuple[str, str] | None = None,
     timeout: float = 30.0,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
-    """An async HTTP client for ``base_url`` (bearer ``token`` if given)."""
+    """An async HTTP client for ``base_url`` (bearer ``token`` or ``basic_auth`` if given)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.AsyncClient(
         base_url=base_url.rstrip("/"),
         headers=headers,
+        auth=httpx.BasicAuth(*basic_auth) if basic_auth else None,
         timeout=timeout,
         verify=ssl_context(security),
         transport=transport,

@@ -27,6 +27,7 @@ from .servicer import ControlPlaneServicer
 from .settings import ControllerSettings
 from .store import open_store
 from .store.base import Store
+from .tracking_accounts import TrackingAccounts
 
 if TYPE_CHECKING:
     from .leadership import LeaderGate
@@ -87,6 +88,8 @@ class RunningController:
         if self.health_server is not None:
             await self.health_server.stop(0)
         await self.store.close()
+        if self.ctx.tracking_accounts is not None:
+            await self.ctx.tracking_accounts.close()
         log.info("controller.stopped")
 
 
@@ -144,13 +147,24 @@ async def serve(
             write_private(path, generated + "\n")
             print(f"flame-controller: the admin's token is in {path} (yours to read only)")
         kicker = Kicker()
+        secret = settings.data_plane_secret()
+        admin = settings.tracking_admin()
+        accounts = (
+            TrackingAccounts(settings.tracking_uri, admin, secret)
+            if admin and settings.tracking_uri
+            else None
+        )
         ctx = Ctx(
             store=store,
             apiserver_url=settings.apiserver_url or None,
             tracking_uri=settings.tracking_uri or None,
             kick=kicker,
-            data_plane_secret=settings.data_plane_secret(),
+            data_plane_secret=secret,
             data_plane_tls=settings.data_plane_tls,
+            tracking_accounts=accounts,
+            tracking_uris=frozenset(
+                u for u in (settings.tracking_uri, *settings.tracking_allowed_uris) if u
+            ),
             trusted_ca=settings.security().ca,
         )
         factories = list(default_workers(settings) if workers is None else workers)

@@ -26,7 +26,19 @@ from flame_service.errors import (
 )
 
 from . import convert
-from .domain import agent, audit, code, datasets, designs, jobs, nodes, projects, tokens, users
+from .domain import (
+    agent,
+    audit,
+    code,
+    datasets,
+    designs,
+    jobs,
+    nodes,
+    projects,
+    tokens,
+    tracking,
+    users,
+)
 from .domain.context import Ctx
 
 log = structlog.get_logger(__name__)
@@ -704,6 +716,15 @@ class ControlPlaneServicer(control_pb2_grpc.ControlPlaneServicer):
         self, request: control_pb2.GetRequest, context: Context
     ) -> control_pb2.MetricsResponse:
         return convert.metrics(await agent.get_metrics(self.ctx, caller_of(context), request.id))
+
+    @rpc
+    async def GetTrackingCredentials(
+        self, request: control_pb2.Empty, context: Context
+    ) -> control_pb2.TrackingCredentials:
+        got = await tracking.tracking_credentials(self.ctx, caller_of(context))
+        return control_pb2.TrackingCredentials(
+            uri=got.uri, username=got.username, password=got.password
+        )
 
     @rpc
     async def RegisterEndpoint(

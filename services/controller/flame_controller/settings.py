@@ -24,6 +24,12 @@ class ControllerSettings(ServiceSettings):
     apiserver_url: str = "http://127.0.0.1:10100"  # written into task configs for discovery
     # The MLflow server jobs log to unless their spec names another (flamectl up: its own)
     tracking_uri: str | None = None
+    # With the admin's password file, that server runs MLflow's basic-auth app and the
+    # controller gives each job its own account (flame_controller.tracking_accounts)
+    tracking_admin_username: str = "flame-admin"
+    tracking_admin_password_file: Path | None = None
+    # Other tracking servers a job's spec may name (tracking.uri); any other URI is refused
+    tracking_allowed_uris: list[str] = Field(default_factory=list)
     # The bootstrap admin's token: from a file (never the environment, which tasks of the same
     # user could read); generated into <data_dir>/admin.token (mode 0600) when neither is set.
     admin_token_file: Path | None = None
@@ -66,6 +72,11 @@ class ControllerSettings(ServiceSettings):
         if not self.store_uri:
             self.store_uri = f"sqlite:///{self.data_dir / 'flame.db'}"
         return self
+
+    def tracking_admin(self) -> tuple[str, str] | None:
+        if self.tracking_admin_password_file is None:
+            return None
+        return self.tracking_admin_username, self.tracking_admin_password_file.read_text().strip()
 
     def bootstrap_token(self) -> str | None:
         if self.admin_token_file is not None:

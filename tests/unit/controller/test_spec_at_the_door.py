@@ -196,3 +196,14 @@ async def test_a_family_of_bad_numbers_is_refused_by_both_paths(
     assert resp.status_code == 400, (path, value, resp.text)
     assert path.split(".")[-1] in resp.json()["detail"]
     assert await simulate_error(spec) in resp.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["sqlite:////var/lib/flame/data/flame.db", "http://tracking.elsewhere:5000", "file:///tmp/x"],
+)
+async def test_a_tracking_uri_the_platform_does_not_serve_is_refused(door: Door, uri: str) -> None:
+    resp = await create(door, {**GOOD, "tracking": {"uri": uri}})
+    assert resp.status_code == 400, resp.text
+    assert "tracking.uri" in resp.json()["detail"]
+    assert (await door.rest.get("/v1/jobs")).json()["items"] == []

@@ -35,3 +35,18 @@ def test_without_data_plane_tls_a_task_still_checks_the_control_plane() -> None:
     )  # type: ignore[arg-type]
     got = keyed(ctx, config("t1")).tls
     assert got.cert_pem is None and got.ca_pem == stack.cert_pem.decode()
+
+
+def test_only_a_role_without_data_gets_the_jobs_tracking_password() -> None:
+    from flame_controller.tracking_accounts import TrackingAccounts
+    from flame_spec import DatasetRef
+    from flame_spec.task import TrackingAccess
+
+    accounts = TrackingAccounts("http://mlflow", ("flame-admin", "pw"), b"s" * 32)
+    ctx = Ctx(store=None, data_plane_secret=b"s" * 32, tracking_accounts=accounts)  # type: ignore[arg-type]
+    access = TrackingAccess(experiment="usr/x", model_name="x-1", username="flame-job-j1")
+    aggregator = config("agg").model_copy(update={"tracking": access})
+    trainer = aggregator.model_copy(update={"dataset": DatasetRef(id="d", name="d")})
+    assert keyed(ctx, aggregator).tracking.password == accounts.password("flame-job-j1")
+    assert keyed(ctx, trainer).tracking.password is None
+    assert "pw" not in repr(keyed(ctx, aggregator).tracking)

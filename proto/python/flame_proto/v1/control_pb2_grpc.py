@@ -319,6 +319,11 @@ class ControlPlaneStub:
                 request_serializer=flame_dot_v1_dot_control__pb2.GetRequest.SerializeToString,
                 response_deserializer=flame_dot_v1_dot_control__pb2.MetricsResponse.FromString,
                 _registered_method=True)
+        self.GetTrackingCredentials = channel.unary_unary(
+                '/flame.v1.ControlPlane/GetTrackingCredentials',
+                request_serializer=flame_dot_v1_dot_control__pb2.Empty.SerializeToString,
+                response_deserializer=flame_dot_v1_dot_control__pb2.TrackingCredentials.FromString,
+                _registered_method=True)
         self.RegisterEndpoint = channel.unary_unary(
                 '/flame.v1.ControlPlane/RegisterEndpoint',
                 request_serializer=flame_dot_v1_dot_control__pb2.EndpointRegistration.SerializeToString,
@@ -691,6 +696,13 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTrackingCredentials(self, request, context):
+        """the caller's login on the tracking server: it reads the runs and models of their jobs
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RegisterEndpoint(self, request, context):
         """grpc data-plane peer discovery: tasks of one job find each other's endpoints
         """
@@ -982,6 +994,11 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.GetMetrics,
                     request_deserializer=flame_dot_v1_dot_control__pb2.GetRequest.FromString,
                     response_serializer=flame_dot_v1_dot_control__pb2.MetricsResponse.SerializeToString,
+            ),
+            'GetTrackingCredentials': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrackingCredentials,
+                    request_deserializer=flame_dot_v1_dot_control__pb2.Empty.FromString,
+                    response_serializer=flame_dot_v1_dot_control__pb2.TrackingCredentials.SerializeToString,
             ),
             'RegisterEndpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterEndpoint,
@@ -2488,6 +2505,33 @@ class ControlPlane:
             '/flame.v1.ControlPlane/GetMetrics',
             flame_dot_v1_dot_control__pb2.GetRequest.SerializeToString,
             flame_dot_v1_dot_control__pb2.MetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrackingCredentials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flame.v1.ControlPlane/GetTrackingCredentials',
+            flame_dot_v1_dot_control__pb2.Empty.SerializeToString,
+            flame_dot_v1_dot_control__pb2.TrackingCredentials.FromString,
             options,
             channel_credentials,
             insecure,

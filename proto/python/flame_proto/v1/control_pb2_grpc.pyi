@@ -117,6 +117,8 @@ class ControlPlaneStub:
     """metrics reported by tasks (per-round curves for `flamectl job watch`)"""
     GetMetrics: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.MetricsResponse]
     """id = job id"""
+    GetTrackingCredentials: _grpc.UnaryUnaryMultiCallable[_control_pb2.Empty, _control_pb2.TrackingCredentials]
+    """the caller's login on the tracking server: it reads the runs and models of their jobs"""
     RegisterEndpoint: _grpc.UnaryUnaryMultiCallable[_control_pb2.EndpointRegistration, _control_pb2.Empty]
     """grpc data-plane peer discovery: tasks of one job find each other's endpoints"""
     ListEndpoints: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.ListEndpointsResponse]
@@ -210,6 +212,8 @@ class ControlPlaneAsyncStub(ControlPlaneStub):
     """metrics reported by tasks (per-round curves for `flamectl job watch`)"""
     GetMetrics: _aio.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.MetricsResponse]  # type: ignore[assignment]
     """id = job id"""
+    GetTrackingCredentials: _aio.UnaryUnaryMultiCallable[_control_pb2.Empty, _control_pb2.TrackingCredentials]  # type: ignore[assignment]
+    """the caller's login on the tracking server: it reads the runs and models of their jobs"""
     RegisterEndpoint: _aio.UnaryUnaryMultiCallable[_control_pb2.EndpointRegistration, _control_pb2.Empty]  # type: ignore[assignment]
     """grpc data-plane peer discovery: tasks of one job find each other's endpoints"""
     ListEndpoints: _aio.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.ListEndpointsResponse]  # type: ignore[assignment]
@@ -630,6 +634,14 @@ class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.MetricsResponse, _abc.Awaitable[_control_pb2.MetricsResponse]]:
         """id = job id"""
+
+    @_abc_1.abstractmethod
+    def GetTrackingCredentials(
+        self,
+        request: _control_pb2.Empty,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.TrackingCredentials, _abc.Awaitable[_control_pb2.TrackingCredentials]]:
+        """the caller's login on the tracking server: it reads the runs and models of their jobs"""
 
     @_abc_1.abstractmethod
     def RegisterEndpoint(

@@ -15,6 +15,7 @@ from flame_apiserver.models import (
     Page,
     TokenInfo,
     TokenSecret,
+    TrackingCredentials,
     UpdateUser,
     User,
     WhoAmI,
@@ -94,6 +95,14 @@ async def list_audit(
         items=[AuditEntry.from_pb(a) for a in resp.items],
         next_page_token=resp.page.next_page_token,
     )
+
+
+@router.get("/tracking/credentials", response_model=TrackingCredentials)
+async def tracking_credentials(caller: UserCaller, ctl: Ctl) -> TrackingCredentials:
+    """Your login on the platform's MLflow server (made on first use): it reads the runs and
+    registered models of your jobs, and nothing else."""
+    resp = await ctl.call(ctl.stub.GetTrackingCredentials, control_pb2.Empty(), caller)
+    return TrackingCredentials.from_pb(resp)
 
 
 @router.delete("/tokens/{id}", status_code=204, response_class=Response)

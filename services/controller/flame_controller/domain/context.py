@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from flame_controller.store.base import Store
+from flame_controller.tracking_accounts import TrackingAccounts
 from flame_spec.pki import Authority
 
 
@@ -47,6 +48,9 @@ class Ctx:
     data_plane_tls: bool = True
     # the CA of the control plane's certificates, which tasks check the apiserver against
     trusted_ca: bytes | None = None
+    # the tracking server's accounts (None: it has none); the tracking URIs a job may name
+    tracking_accounts: TrackingAccounts | None = None
+    tracking_uris: frozenset[str] = frozenset()
 
     @cached_property
     def data_plane_ca(self) -> Authority | None:

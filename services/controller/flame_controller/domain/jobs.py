@@ -16,11 +16,12 @@ from flame_service.errors import (
     NotFound,
     PermissionDenied,
 )
-from flame_spec import dump
+from flame_spec import JobSpec, dump
 
 from ..jobs.builder import DatasetInfo, PlannedTask, build_tasks, parse_design, parse_job_spec
 from ..jobs.states import ACTIVE_JOB_STATES
 from ..store.records import CodeRecord, DesignRecord, JobRecord, TaskRecord, new_id
+from ..tracking_accounts import JobTracking, names_for
 from .access import (
     check_name,
     check_project_for_create,
@@ -57,6 +58,35 @@ def parse_spec_json(text: str) -> dict[str, Any]:
     return spec
 
 
+def _check_tracking_uri(ctx: Ctx, spec: JobSpec) -> None:
+    """A job may log only to the platform's tracking servers (not, say, into a file of the
+    control plane's host, or to a server the platform does not know)."""
+    uri = spec.tracking.uri
+    if uri is None or uri in ctx.tracking_uris:
+        return
+    allowed = ", ".join(sorted(ctx.tracking_uris)) or "none; leave tracking.uri out"
+    raise InvalidArgument(
+        f"tracking.uri {uri!r} is not a tracking server of this platform (allowed: {allowed})"
+    )
+
+
+def _tracking_names(
+    ctx: Ctx, job_id: str, job_name: str, owner: str, spec: JobSpec
+) -> JobTracking | None:
+    """The job's experiment, model and account on the tracking server, if it has accounts."""
+    accounts = ctx.tracking_accounts
+    if accounts is None or (spec.tracking.uri or ctx.tracking_uri) != accounts.uri:
+        return None
+    return names_for(job_id, job_name, owner, spec.tracking.experiment)
+
+
+async def _prepare_tracking(ctx: Ctx, job: JobRecord) -> None:
+    spec = parse_job_spec(job.spec)
+    names = _tracking_names(ctx, job.id, job.name, job.owner, spec)
+    if names is not None and ctx.tracking_accounts is not None:
+        await ctx.tracking_accounts.prepare(names, job.owner)
+
+
 async def _code_for(ctx: Ctx, design: DesignRecord, version: int) -> CodeRecord:
     if version < 0:
         raise InvalidArgument("code_version must be positive (0 = latest)")
@@ -83,6 +113,7 @@ async def _plan(
 ) -> tuple[dict[str, Any], list[TaskRecord]]:
     """Validate everything a job needs and expand it into task records (nothing is stored)."""
     spec = parse_job_spec(spec_raw)
+    _check_tracking_uri(ctx, spec)
     design_spec = parse_design(design.schema_)
     missing = [r.name for r in design_spec.roles if r.name not in code.roles]
     if missing:
@@ -108,6 +139,14 @@ async def _plan(
         apiserver_url=ctx.apiserver_url,
         tracking_uri=ctx.tracking_uri,
     )
+    tracking = _tracking_names(ctx, job_id, job_name, owner, spec)
+    if tracking is not None:
+        for task in planned:
+            task.config["tracking"] = {
+                "experiment": tracking.experiment,
+                "model_name": tracking.model_name,
+                "username": tracking.username,
+            }
     for task in planned:
         if task.node_id is None:
             continue
@@ -295,6 +334,7 @@ async def _set_desired(ctx: Ctx, caller: Caller, job_id: str, desired: str, verb
                 raise FailedPrecondition(f"job {job_id!r} already ended ({job.state})")
             if desired == "running":
                 job = await _finish_update(ctx, job)
+                await _prepare_tracking(ctx, job)
             try:
                 updated = await ctx.store.cas_job(
                     job_id,
