@@ -40,6 +40,7 @@ from flame.rounds import OnRound, RoundReader, RoundTee
 from flame.tensors import Weights, from_bytes
 from flame.tracking import NullTracker, Tracker, TrackingResult, make_tracker
 from flame_spec import SpecError, dump, parse_design, parse_job_spec
+from flame_spec.privacy import NO_TELEMETRY
 
 log = structlog.get_logger(__name__)
 
@@ -144,7 +145,7 @@ async def simulate_async(
     on_round: OnRound | None = None,
 ) -> SimulationResult:
     # A local run writes only under its folder: no MLflow installation id in the user's config.
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.update(NO_TELEMETRY)
     design, spec, name, jobdir = _job_from(job)
     if overrides:
         try:

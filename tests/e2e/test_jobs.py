@@ -106,7 +106,7 @@ def _leaks(text: str, secrets_: dict[str, str]) -> list[str]:
 def test_no_secret_shows_in_process_lists_environments_or_logs(cluster: Cluster) -> None:
     """While a job runs: every process's command line (what ``ps`` shows) and environment
     (a task's included), the stack's service logs and the job's logs hold none of the stack's
-    secrets."""
+    secrets, and every process the stack started has telemetry turned off."""
     secrets_ = _secrets_of(cluster)
     job = cluster.submit(
         "central", "e2e-secrets", {"default": cluster.datasets[:3]}, rounds=4, min_trainers=3
@@ -119,6 +119,23 @@ def test_no_secret_shows_in_process_lists_environments_or_logs(cluster: Cluster)
             text += "\n".join(f"{k}={v}" for k, v in (proc.info["environ"] or {}).items())
             assert not _leaks(text, secrets_), (proc.pid, _leaks(text, secrets_))
             seen += 1
+    # nothing the stack started phones home: services, flamelets, their tasks
+    stack_pids = {p.pid for p in cluster.state.procs}
+    started = [
+        proc
+        for pid in stack_pids
+        if psutil.pid_exists(pid)
+        for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    ]
+    checked = 0
+    for proc in started:
+        with contextlib.suppress(psutil.Error):
+            env = proc.environ()
+            if env:  # a process sandboxed into a user namespace may hide it: skip those
+                assert env.get("MLFLOW_DISABLE_TELEMETRY") == "true", proc.cmdline()
+                assert env.get("DO_NOT_TRACK") == "1", proc.cmdline()
+                checked += 1
+    assert checked >= len(stack_pids) + 4  # the services, flamelets and the job's tasks
     assert cluster.wait(job) == "completed", cluster.reason(job)
     for log_file in (Path(cluster.state.home) / "logs").glob("*.log"):
         assert not _leaks(log_file.read_text(errors="replace"), secrets_), log_file

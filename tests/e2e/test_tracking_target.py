@@ -6,15 +6,39 @@ account reads anything there."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import httpx
 import pytest
 
 from flame.cli.client import FlameClient
-from tests.e2e.jobs_harness import start_cluster
+from tests.e2e.jobs_harness import Cluster, start_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def _flamectl(cluster: Cluster, config: Path, token: str) -> Callable[..., CompletedProcess[str]]:
+    env = {**os.environ, "FLAME_CONFIG": str(config)}
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        env.pop(key, None)
+    exe = str(Path(sys.executable).with_name("flamectl"))
+
+    def run(*argv: str, check: bool = True) -> CompletedProcess[str]:
+        proc = subprocess.run(
+            [exe, *argv], env=env, capture_output=True, text=True, timeout=300, input=token
+        )
+        assert not check or proc.returncode == 0, (argv, proc.stdout, proc.stderr)
+        return proc
+
+    login = ("login", "--server", cluster.state.api_url, "--token-file", "-")
+    run(*login, "--ca-file", cluster.state.ca_file)
+    return run
 
 
 def test_a_job_without_a_tracking_uri_logs_to_the_stacks_mlflow(
@@ -60,6 +84,20 @@ def test_a_job_without_a_tracking_uri_logs_to_the_stacks_mlflow(
         with pytest.raises(MlflowException, match=r"PERMISSION_DENIED|403|Permission"):
             stranger.get_run(run.info.run_id)
         assert experiment not in {e.name for e in stranger.search_experiments()}
+        # flamectl model: the owner lists, inspects and downloads; the other tenant: not found
+        name = f"readme-demo-{job[:12]}"
+        owner = _flamectl(cluster, tmp_path / "owner.yaml", cluster.state.admin_token)
+        assert name in owner("model", "list").stdout
+        got = json.loads(owner("model", "get", f"{name}@best", "-o", "json").stdout)
+        assert got["version"] == model.version and "best" in got["aliases"]
+        written = owner("model", "download", f"{name}@best", "--to", str(tmp_path / "dl")).stdout
+        assert (tmp_path / "dl" / f"{name}-v{model.version}").is_dir(), written
+        assert list((tmp_path / "dl").rglob("*.safetensors")), written
+        other = _flamectl(cluster, tmp_path / "mallory.yaml", token)
+        assert name not in other("model", "list").stdout
+        for argv in (("get", f"{name}@best"), ("versions", name), ("download", name)):
+            refused = other("model", *argv, check=False)
+            assert refused.returncode == 3, (argv, refused.stdout, refused.stderr)  # not found
         # nothing was tracked into the aggregator's folder
         tasks = Path(cluster.state.home) / "data" / "tasks" / job
         assert not list(tasks.rglob("mlflow.db"))

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from flame.cli import code, dataset, design, job, node, project, tracking, user
+from flame.cli import code, dataset, design, job, model, node, project, tracking, user
 from flame.cli.audit import audit
 from flame.cli.common import EXIT_CODES_HELP, FlameGroup, version
 from flame.cli.login import login, whoami
@@ -61,6 +61,7 @@ for _name, _module in (
     ("code", code),
     ("job", job),
     ("tracking", tracking),
+    ("model", model),
 ):
     app.add_typer(_module.app, name=_name)
 

@@ -32,6 +32,7 @@ from flame.paths import flame_home
 from flame.ports import free_ports
 from flame.retry import Backoff
 from flame_spec.pki import Authority, write_private
+from flame_spec.privacy import without_telemetry
 
 log = structlog.get_logger(__name__)
 
@@ -172,7 +173,7 @@ class Stack:
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
         self.logs.mkdir(parents=True, exist_ok=True)
         log_path = self.logs / f"{name}.log"
-        full_env = {**os.environ, **env}
+        full_env = without_telemetry({**os.environ, **env})
         with log_path.open("ab") as out:
             proc = subprocess.Popen(
                 argv,

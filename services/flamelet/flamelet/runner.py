@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 
 import flamelet
+from flame_spec.privacy import without_telemetry
 
 EXIT_FILE = "exit_code"
 STDOUT_FILE = "stdout.log"
@@ -43,7 +44,7 @@ def clean_env(workdir: Path, extra: dict[str, str] | None = None) -> dict[str, s
     tmp.mkdir(exist_ok=True)
     env.update(HOME=str(workdir), TMPDIR=str(tmp))
     env.update(extra or {})
-    return env
+    return without_telemetry(env)
 
 
 async def spawn(cmd: list[str], workdir: Path, env: dict[str, str], limits: Limits) -> Started:

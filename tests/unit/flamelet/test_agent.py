@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from flame_spec.privacy import NO_TELEMETRY
 from flamelet.errors import Unauthorized
 from flamelet.events import STOP, NodeEvent
 from flamelet.ledger import Ledger, Phase
@@ -76,10 +77,11 @@ async def test_runs_task_once_ships_logs_and_reports(node: Node) -> None:
     assert seen["task_config"] == str(workdir / "config.json")
     assert seen["nofile"] == 200
     assert all(
-        k in {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR"} or k.startswith("FLAME_")
+        k in {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", *NO_TELEMETRY} or k.startswith("FLAME_")
         for k in seen["env"]
         if k not in ("PWD", "SHLVL", "_", "LC_CTYPE")
     )
+    assert set(NO_TELEMETRY) <= set(seen["env"])  # nothing phones home
     assert stat.S_IMODE((workdir / "config.json").stat().st_mode) == 0o600
     assert workdir.is_relative_to(node.home)
 

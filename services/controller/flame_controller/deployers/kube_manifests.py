@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flame_spec import RoleResources
+from flame_spec.privacy import NO_TELEMETRY
 
 from .base import Launch
 
@@ -255,6 +256,7 @@ def job(
         {"name": "FLAME_TASK_CONFIG", "value": f"{WORKDIR}/{BUNDLE_DIR}/{CONFIG_FILE}"},
         {"name": "FLAME_JOB_ID", "value": launch.job_id},
         {"name": "FLAME_TASK_ID", "value": launch.task_id},
+        *({"name": k, "value": v} for k, v in NO_TELEMETRY.items()),
     ]
     container: dict[str, Any] = {
         "name": CONTAINER,

@@ -50,6 +50,7 @@ from flame_service.errors import FailedPrecondition
 from flame_service.files import write_atomic
 from flame_service.sandbox import Sandbox, SandboxMode, SandboxUnavailable, choose_sandbox
 from flame_service.taskdir import failure_line, prepare_task_dir
+from flame_spec.privacy import NO_TELEMETRY
 
 from .base import Launch, Observed, Output
 
@@ -250,6 +251,7 @@ class LocalDeployer:
             "FLAME_TASK_CONFIG": str(config_path),
             "FLAME_JOB_ID": launch.job_id,
             "FLAME_TASK_ID": launch.task_id,
+            **NO_TELEMETRY,
         }
         argv = [self.settings.python, *self.settings.launch_args, "config.json"]
         sandbox = self.sandbox()
