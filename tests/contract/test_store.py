@@ -901,8 +901,15 @@ async def test_the_first_claim_of_a_key_wins_and_later_ones_see_it(store: Store)
     # a retry (same or different request) gets the earlier record, unchanged
     again = await store.claim_idempotency_key(idem("k1", "f2", created=5))
     assert again == first
-    done = await store.complete_idempotency_key("k1", "cmVzcG9uc2U=", 2, "user")
-    assert (done.response, done.secret_index, done.secret_kind) == ("cmVzcG9uc2U=", 2, "user")
+    done = await store.complete_idempotency_key(
+        "k1", "cmVzcG9uc2U=", secret_field="token", secret_index=2, secret_kind="user"
+    )
+    assert (done.response, done.secret_field, done.secret_index, done.secret_kind) == (
+        "cmVzcG9uc2U=",
+        "token",
+        2,
+        "user",
+    )
     assert await store.claim_idempotency_key(idem("k1", "f3", created=10)) == done
     other = idem("k2", "f1")
     assert await store.claim_idempotency_key(other) == other  # keys do not interfere

@@ -311,7 +311,13 @@ class Store(Protocol):
         ...
 
     async def complete_idempotency_key(
-        self, key_id: str, response: str, secret_index: int = -1, secret_kind: str = ""
+        self,
+        key_id: str,
+        response: str,
+        *,
+        secret_field: str = "",
+        secret_index: int = -1,
+        secret_kind: str = "",
     ) -> IdempotencyRecord:
         """Record the response of the request that claimed ``key_id``; ``NotFound`` when the
         record is gone (expired and purged)."""

@@ -664,9 +664,20 @@ class DocumentStore(ABC):
         raise Conflict(f"idempotency key record {record.id!r} keeps changing; retry")
 
     async def complete_idempotency_key(
-        self, key_id: str, response: str, secret_index: int = -1, secret_kind: str = ""
+        self,
+        key_id: str,
+        response: str,
+        *,
+        secret_field: str = "",
+        secret_index: int = -1,
+        secret_kind: str = "",
     ) -> IdempotencyRecord:
-        changes = {"response": response, "secret_index": secret_index, "secret_kind": secret_kind}
+        changes = {
+            "response": response,
+            "secret_field": secret_field,
+            "secret_index": secret_index,
+            "secret_kind": secret_kind,
+        }
         return await self._modify(
             K.IDEMPOTENCY, IdempotencyRecord, key_id, changes, "idempotency key"
         )

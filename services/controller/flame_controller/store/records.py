@@ -153,7 +153,8 @@ class DesignRecord(Record):
 
 
 class CodeRecord(Record):
-    """One version of a design's code zip; the bytes live in the blob store under ``blob_key``."""
+    """One version of a design's code zip; the bytes live in the blob store under ``blob_key``.
+    ``request_id`` tells a retried push (same ``Idempotency-Key``) the version it made."""
 
     design_id: str
     version: int = Field(ge=1)  # unique per design
@@ -161,6 +162,7 @@ class CodeRecord(Record):
     size_bytes: int
     roles: list[str] = Field(default_factory=list)
     blob_key: str
+    request_id: str = ""
     created_at: UtcDatetime = Field(default_factory=utcnow)
 
 
@@ -260,14 +262,15 @@ class IdempotencyRecord(Record):
     ``id`` is a hash of (caller, call, key), so one caller's key can never reach another's
     record and the key itself is not stored. ``seed`` is the randomness the create drew its
     ids and secrets from (a retry re-derives the same ones); ``response`` is the serialized
-    response without secrets (``""`` while the request has not completed), ``secret_index``
-    which derived secret belongs in it (-1: none)."""
+    response without secrets (``""`` while the request has not completed); ``secret_field``,
+    ``secret_index`` and ``secret_kind`` say which derived secret goes back into it."""
 
     id: str
     call: str
     fingerprint: str  # sha256 of the request
     seed: str
     response: str = ""  # base64 of the serialized response, secrets removed
+    secret_field: str = ""  # the response field that held a secret ("": none)
     secret_index: int = -1
     secret_kind: str = ""
     created_at: UtcDatetime = Field(default_factory=utcnow)
