@@ -8,7 +8,7 @@ import hashlib
 import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -933,3 +933,31 @@ async def test_an_expired_key_is_free_again_and_purged(store: Store) -> None:
     assert (await store.claim_idempotency_key(idem("live", "f9", created=60))).fingerprint == "f1"
     with pytest.raises(NotFound):
         await store.complete_idempotency_key("gone", "eA==")
+
+
+# ---------------------------------------------------------------- cancelled writes
+
+
+async def test_a_write_cancelled_at_any_point_is_all_or_nothing_and_the_store_stays_usable(
+    store: Store,
+) -> None:
+    # A caller that goes away mid-request (the apiserver killed: gRPC cancels the handler)
+    # cancels the write wherever it is; the store must not be left inside a transaction.
+    for steps in range(40):
+        write = asyncio.ensure_future(
+            store.create_project(ProjectRecord(id=f"c{steps}", name=f"c{steps}", owner="alice"))
+        )
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        write.cancel()
+        with suppress(asyncio.CancelledError):
+            await write
+        after = await store.create_project(
+            ProjectRecord(id=f"after{steps}", name=f"after{steps}", owner="alice")
+        )
+        assert await store.get_project(after.id) == after
+        try:
+            kept = [await store.get_project(f"c{steps}")]
+        except NotFound:
+            kept = []
+        assert len(kept) in (0, 1)  # written whole or not at all
