@@ -156,11 +156,12 @@ class ReplayStore:
         async def create(record: Any) -> Any:
             try:
                 return await attr(record)
-            except AlreadyExists:
+            except AlreadyExists as exc:
                 try:
-                    return await getter(record.id)
+                    found = await getter(record.id)
                 except NotFound:
-                    pass
-                raise
+                    raise exc from None
+                log.info("idempotency.resumed", kind=kind, id=record.id)
+                return found
 
         return create

@@ -74,8 +74,9 @@ async def push_code(ctx: Ctx, caller: Caller, *, design_id: str, data: bytes) ->
     for _ in range(5):
         existing = await ctx.store.list_code(design_id)
         for earlier in existing:
-            if earlier.request_id == request_id:
-                return earlier  # a retry of a push that stored this version already
+            if earlier.request_id == request_id:  # a retry of a push that stored it already
+                log.info("idempotency.resumed", kind="code", version=earlier.version)
+                return earlier
         version = (existing[-1].version if existing else 0) + 1
         record = CodeRecord(
             design_id=design_id,
