@@ -8,7 +8,7 @@ import hashlib
 import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -34,7 +34,7 @@ from flame_controller.store import (
     UserRecord,
     open_store,
 )
-from flame_controller.store.records import Record
+from flame_controller.store.records import IdempotencyRecord, Record
 from flame_service.errors import (
     AlreadyExists,
     Conflict,
@@ -877,3 +877,87 @@ def test_list_matches_a_reference_model(
                     return seen
 
     assert asyncio.run(run()) == expected
+
+
+# ---------------------------------------------------------------- idempotency keys
+
+
+def idem(
+    key_id: str, fingerprint: str = "f1", *, created: float = 0, ttl: float = 86400
+) -> IdempotencyRecord:
+    return IdempotencyRecord(
+        id=key_id,
+        call="CreateJob",
+        fingerprint=fingerprint,
+        seed="00" * 32,
+        created_at=at(created),
+        expires_at=at(created + ttl),
+    )
+
+
+async def test_the_first_claim_of_a_key_wins_and_later_ones_see_it(store: Store) -> None:
+    first = idem("k1", "f1")
+    assert await store.claim_idempotency_key(first) == first
+    # a retry (same or different request) gets the earlier record, unchanged
+    again = await store.claim_idempotency_key(idem("k1", "f2", created=5))
+    assert again == first
+    done = await store.complete_idempotency_key(
+        "k1", "cmVzcG9uc2U=", secret_field="token", secret_index=2, secret_kind="user"
+    )
+    assert (done.response, done.secret_field, done.secret_index, done.secret_kind) == (
+        "cmVzcG9uc2U=",
+        "token",
+        2,
+        "user",
+    )
+    assert await store.claim_idempotency_key(idem("k1", "f3", created=10)) == done
+    other = idem("k2", "f1")
+    assert await store.claim_idempotency_key(other) == other  # keys do not interfere
+
+
+async def test_concurrent_claims_of_one_key_agree_on_one_winner(store: Store) -> None:
+    claims = [idem("k1", f"f{i}") for i in range(8)]
+    got = await asyncio.gather(*(store.claim_idempotency_key(c) for c in claims))
+    assert len({g.fingerprint for g in got}) == 1
+    assert got[0] in claims
+
+
+async def test_an_expired_key_is_free_again_and_purged(store: Store) -> None:
+    await store.claim_idempotency_key(idem("old", "f1", created=0, ttl=100))
+    await store.claim_idempotency_key(idem("live", "f1", created=0, ttl=1000))
+    # at t=100 "old" has expired: a new claim replaces it
+    fresh = idem("old", "f2", created=100)
+    assert await store.claim_idempotency_key(fresh) == fresh
+    await store.claim_idempotency_key(idem("gone", "f1", created=0, ttl=50))
+    assert await store.purge_idempotency_keys(at(60)) == 1  # only "gone" expired by t=60
+    assert (await store.claim_idempotency_key(idem("live", "f9", created=60))).fingerprint == "f1"
+    with pytest.raises(NotFound):
+        await store.complete_idempotency_key("gone", "eA==")
+
+
+# ---------------------------------------------------------------- cancelled writes
+
+
+async def test_a_write_cancelled_at_any_point_is_all_or_nothing_and_the_store_stays_usable(
+    store: Store,
+) -> None:
+    # A caller that goes away mid-request (the apiserver killed: gRPC cancels the handler)
+    # cancels the write wherever it is; the store must not be left inside a transaction.
+    for steps in range(40):
+        write = asyncio.ensure_future(
+            store.create_project(ProjectRecord(id=f"c{steps}", name=f"c{steps}", owner="alice"))
+        )
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        write.cancel()
+        with suppress(asyncio.CancelledError):
+            await write
+        after = await store.create_project(
+            ProjectRecord(id=f"after{steps}", name=f"after{steps}", owner="alice")
+        )
+        assert await store.get_project(after.id) == after
+        try:
+            kept = [await store.get_project(f"c{steps}")]
+        except NotFound:
+            kept = []
+        assert len(kept) in (0, 1)  # written whole or not at all

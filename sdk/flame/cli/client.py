@@ -1,9 +1,16 @@
 """``FlameClient``: a typed httpx client for the apiserver's REST API (user-facing routes).
 
-Errors come back as :class:`ApiError` carrying the server's RFC 9457 problem ``detail``."""
+Errors come back as :class:`ApiError` carrying the server's RFC 9457 problem ``detail``.
+
+Every create sends a fresh ``Idempotency-Key`` and, when the apiserver cannot be reached or
+answers 502/503/504 (the request may or may not have been carried out), retries with that same
+key for up to ``create_retry_seconds``: the server then returns the first result instead of
+creating a second resource."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -30,8 +37,11 @@ from flame.cli.resources import (
 )
 from flame.connect import PLAINTEXT, Security, sync_http_client
 from flame.errors import FlameError
+from flame.retry import Backoff
 
 M = TypeVar("M", bound=BaseModel)
+#: Answers after which a create may or may not have happened: retry it with the same key.
+RETRYABLE_STATUSES = frozenset({0, 502, 503, 504})
 
 
 class ApiError(FlameError):
@@ -54,8 +64,10 @@ class FlameClient:
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         security: Security = PLAINTEXT,
+        create_retry_seconds: float = 60.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.create_retry_seconds = create_retry_seconds
         self.http = sync_http_client(
             self.base_url, security, token=token, timeout=timeout, transport=transport
         )
@@ -78,6 +90,28 @@ class FlameClient:
         if resp.status_code >= 400:
             raise _error(resp)
         return resp
+
+    def create(
+        self, path: str, *, body: Any = None, content: Callable[[], Any] | None = None, **kw: Any
+    ) -> httpx.Response:
+        """POST a create with a fresh ``Idempotency-Key``; retried with the same key while the
+        outcome is unknown (see the module doc). ``content()`` makes the raw body of each
+        attempt (e.g. a streamed upload); otherwise ``body`` is sent as JSON."""
+        headers = {**kw.pop("headers", {}), "Idempotency-Key": str(uuid.uuid4())}
+        backoff = Backoff(0.2, 2.0)
+        end = time.monotonic() + self.create_retry_seconds
+        while True:
+            payload = {"content": content()} if content is not None else {"json": body}
+            try:
+                return self.request("POST", path, headers=headers, **payload, **kw)
+            except ApiError as exc:
+                delay = backoff.next()
+                if exc.status not in RETRYABLE_STATUSES or time.monotonic() + delay > end:
+                    raise
+            time.sleep(delay)
+
+    def _create(self, model: type[M], path: str, body: Any) -> M:
+        return model.model_validate(self.create(path, body=body).json())
 
     def _get(self, model: type[M], path: str, **params: Any) -> M:
         return model.model_validate(self.request("GET", path, params=params or None).json())
@@ -111,7 +145,8 @@ class FlameClient:
         return self._get(WhoAmI, "/v1/whoami")
 
     def create_user(self, name: str, email: str = "", admin: bool = False) -> User:
-        return self._send(User, "POST", "/v1/users", {"name": name, "email": email, "admin": admin})
+        body = {"name": name, "email": email, "admin": admin}
+        return self._create(User, "/v1/users", body)
 
     def list_users(self) -> list[User]:
         return list(self._pages(User, "/v1/users"))
@@ -136,7 +171,7 @@ class FlameClient:
         scopes: Sequence[str] = ("read", "write"),
     ) -> TokenSecret:
         body = {"description": description, "ttl_seconds": ttl_seconds, "scopes": list(scopes)}
-        return self._send(TokenSecret, "POST", f"/v1/users/{user_id}/tokens", body)
+        return self._create(TokenSecret, f"/v1/users/{user_id}/tokens", body)
 
     def list_tokens(self, user_id: str) -> list[TokenInfo]:
         return self._items(TokenInfo, f"/v1/users/{user_id}/tokens")
@@ -162,7 +197,7 @@ class FlameClient:
     # ---- projects
     def create_project(self, name: str, description: str = "") -> Project:
         body = {"name": name, "description": description}
-        return self._send(Project, "POST", "/v1/projects", body)
+        return self._create(Project, "/v1/projects", body)
 
     def list_projects(self) -> list[Project]:
         return list(self._pages(Project, "/v1/projects"))
@@ -188,7 +223,7 @@ class FlameClient:
         self, name: str, project_id: str = "", labels: dict[str, str] | None = None
     ) -> NodeCreated:
         body = {"name": name, "project_id": project_id, "labels": labels or {}}
-        return self._send(NodeCreated, "POST", "/v1/nodes", body)
+        return self._create(NodeCreated, "/v1/nodes", body)
 
     def list_nodes(self, project_id: str = "") -> list[Node]:
         return list(self._pages(Node, "/v1/nodes", project_id))
@@ -231,7 +266,7 @@ class FlameClient:
             "uri": uri,
             "description": description,
         }
-        return self._send(Dataset, "POST", "/v1/datasets", body)
+        return self._create(Dataset, "/v1/datasets", body)
 
     def list_datasets(self, project_id: str = "") -> list[Dataset]:
         return list(self._pages(Dataset, "/v1/datasets", project_id))
@@ -260,7 +295,7 @@ class FlameClient:
             "description": description,
             "project_id": project_id,
         }
-        return self._send(Design, "POST", "/v1/designs", body)
+        return self._create(Design, "/v1/designs", body)
 
     def list_designs(self, project_id: str = "") -> list[Design]:
         return list(self._pages(Design, "/v1/designs", project_id))
@@ -295,10 +330,9 @@ class FlameClient:
                 if on_sent is not None:
                     on_sent(start + len(piece))
 
-        resp = self.request(
-            "POST",
+        resp = self.create(
             f"/v1/designs/{design_id}/code",
-            content=body() if on_sent is not None else zip_bytes,
+            content=lambda: body() if on_sent is not None else zip_bytes,
             headers={"Content-Type": "application/zip", "Content-Length": str(len(zip_bytes))},
         )
         return CodeVersion.model_validate(resp.json())
@@ -331,7 +365,7 @@ class FlameClient:
             "code_version": code_version,
             "project_id": project_id,
         }
-        return self._send(Job, "POST", "/v1/jobs", body)
+        return self._create(Job, "/v1/jobs", body)
 
     def list_jobs(self, project_id: str = "") -> list[Job]:
         return list(self._pages(Job, "/v1/jobs", project_id))

@@ -9,7 +9,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flame_apiserver.problems import ApiProblem, from_rpc_error
 from flame_proto.v1 import control_pb2_grpc
-from flame_service.auth import Caller
+from flame_service.auth import IDEMPOTENCY_KEY, Caller
 from flame_service.connect import PLAINTEXT, Security, grpc_channel
 
 if TYPE_CHECKING:
@@ -50,8 +50,11 @@ class Controller:
         method: grpc.aio.UnaryUnaryMultiCallable[Any, R],
         request: Any,
         caller: Caller | None,
+        idempotency_key: str | None = None,
     ) -> R:
         metadata = caller.metadata() if caller is not None else None
+        if idempotency_key is not None:
+            metadata = (*(metadata or ()), (IDEMPOTENCY_KEY, idempotency_key))
         try:
             return await method(request, metadata=metadata, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:

@@ -14,6 +14,13 @@ SCOPE_KEY = "x-flame-scope"
 SUBJECT_KEY = "x-flame-subject"
 ACCESS_KEY = "x-flame-access"  # "read": the caller's token may only query
 SERVICE_KEY = "x-flame-service"  # the service credential: this call comes from a Flame service
+IDEMPOTENCY_KEY = "x-flame-idempotency-key"  # a create's Idempotency-Key header, as sent
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+def valid_idempotency_key(key: str) -> bool:
+    """1-255 printable ASCII characters (what an HTTP header and gRPC metadata both carry)."""
+    return 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH and all(" " <= c <= "~" for c in key)
 
 
 def new_token(kind: str) -> str:

@@ -7,16 +7,18 @@ in the trailing metadata key ``x-flame-error-code``."""
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 import pydantic
 import structlog
+from google.protobuf.message import Message
 
 from flame_proto.v1 import common_pb2, control_pb2, control_pb2_grpc
-from flame_service.auth import Caller, from_service
+from flame_service.auth import IDEMPOTENCY_KEY, Caller, from_service
 from flame_service.errors import (
     ERROR_CODE_KEY,
     FlameServiceError,
@@ -25,7 +27,7 @@ from flame_service.errors import (
     Unauthenticated,
 )
 
-from . import convert
+from . import convert, idempotency
 from .domain import (
     agent,
     audit,
@@ -142,6 +144,40 @@ def rpc(
     return handler
 
 
+def idempotent(
+    parse: Callable[[bytes], Resp],
+) -> Callable[
+    [Callable[[S, Req, Context], Awaitable[Resp]]], Callable[[S, Req, Context], Awaitable[Resp]]
+]:
+    """A create that honours the caller's ``Idempotency-Key`` (metadata ``x-flame-idempotency-key``,
+    see :mod:`flame_controller.idempotency`); ``parse`` reads a recorded response back."""
+
+    def wrap(
+        fn: Callable[[S, Req, Context], Awaitable[Resp]],
+    ) -> Callable[[S, Req, Context], Awaitable[Resp]]:
+        @functools.wraps(fn)
+        async def handler(self: S, request: Req, context: Context) -> Resp:
+            key = dict(metadata_of(context)).get(IDEMPOTENCY_KEY)
+            if key is None:
+                return await fn(self, request, context)
+            text = key.decode(errors="replace") if isinstance(key, bytes) else key
+
+            async def create(ctx: Ctx) -> Any:
+                runner = copy.copy(self)  # the same servicer, with the replaying context
+                runner.ctx = ctx  # type: ignore[attr-defined]
+                return await fn(runner, request, context)
+
+            ctx: Ctx = self.ctx  # type: ignore[attr-defined]
+            message = cast(Message, request)
+            caller = caller_of(context)
+            result = await idempotency.once(ctx, caller, fn.__name__, text, message, create, parse)
+            return cast(Resp, result)
+
+        return handler
+
+    return wrap
+
+
 async def _audit(
     servicer: Any, caller: Caller | None, action: str, request: Any, outcome: str, detail: str = ""
 ) -> None:
@@ -183,6 +219,7 @@ class ControlPlaneServicer(control_pb2_grpc.ControlPlaneServicer):
         return convert.principal(await tokens.authenticate(self.ctx, request.token))
 
     @rpc
+    @idempotent(control_pb2.User.FromString)
     async def CreateUser(
         self, request: control_pb2.CreateUserRequest, context: Context
     ) -> control_pb2.User:
@@ -231,6 +268,7 @@ class ControlPlaneServicer(control_pb2_grpc.ControlPlaneServicer):
         return EMPTY
 
     @rpc
+    @idempotent(control_pb2.TokenSecret.FromString)
     async def CreateToken(
         self, request: control_pb2.CreateTokenRequest, context: Context
     ) -> control_pb2.TokenSecret:
@@ -276,6 +314,7 @@ class ControlPlaneServicer(control_pb2_grpc.ControlPlaneServicer):
 
     # ---- projects ------------------------------------------------------------------------
     @rpc
+    @idempotent(control_pb2.Project.FromString)
     async def CreateProject(
         self, request: control_pb2.CreateProjectRequest, context: Context
     ) -> control_pb2.Project:
@@ -337,6 +376,7 @@ class ControlPlaneServicer(control_pb2_grpc.ControlPlaneServicer):
 
     # ---- nodes ---------------------------------------------------------------------------
     @rpc
+    @idempotent(control_pb2.NodeWithSecret.FromString)
     async def CreateNode(
         self, request: control_pb2.CreateNodeRequest, context: Context
     ) -> control_pb2.NodeWithSecret:
@@ -418,6 +458,7 @@ class ControlPlaneServicer(control_pb2_grpc.ControlPlaneServicer):
 
     # ---- datasets ------------------------------------------------------------------------
     @rpc
+    @idempotent(control_pb2.Dataset.FromString)
     async def CreateDataset(
         self, request: control_pb2.CreateDatasetRequest, context: Context
     ) -> control_pb2.Dataset:
@@ -479,6 +520,7 @@ class ControlPlaneServicer(control_pb2_grpc.ControlPlaneServicer):
 
     # ---- designs and code ----------------------------------------------------------------
     @rpc
+    @idempotent(control_pb2.Design.FromString)
     async def CreateDesign(
         self, request: control_pb2.CreateDesignRequest, context: Context
     ) -> control_pb2.Design:
@@ -534,6 +576,7 @@ class ControlPlaneServicer(control_pb2_grpc.ControlPlaneServicer):
         return EMPTY
 
     @rpc
+    @idempotent(control_pb2.CodeVersion.FromString)
     async def PushCode(
         self, request: control_pb2.PushCodeRequest, context: Context
     ) -> control_pb2.CodeVersion:
@@ -578,6 +621,7 @@ class ControlPlaneServicer(control_pb2_grpc.ControlPlaneServicer):
 
     # ---- jobs and tasks ------------------------------------------------------------------
     @rpc
+    @idempotent(control_pb2.Job.FromString)
     async def CreateJob(
         self, request: control_pb2.CreateJobRequest, context: Context
     ) -> control_pb2.Job:

@@ -20,7 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from flame_apiserver import ApiserverSettings, create_app
 from flame_proto.v1 import common_pb2, control_pb2, control_pb2_grpc
-from flame_service.auth import Caller
+from flame_service.auth import IDEMPOTENCY_KEY, Caller
 from flame_service.errors import ERROR_CODE_KEY
 from flame_service.grpc_server import start_server
 from tests.support import service_token_file
@@ -47,12 +47,15 @@ class FakeControlPlane(control_pb2_grpc.ControlPlaneServicer):
     """Just enough behaviour to exercise every kind of route: it records what it received."""
 
     calls: list[tuple[str, Caller | None, Any]] = field(default_factory=list)
+    idempotency_keys: list[str | None] = field(default_factory=list)  # one per recorded call
     designs: dict[str, control_pb2.Design] = field(default_factory=dict)
     code: dict[str, bytes] = field(default_factory=dict)
 
     def _record(self, name: str, request: Any, context: grpc.aio.ServicerContext) -> Caller | None:
-        caller = Caller.from_metadata(context.invocation_metadata())
+        metadata = context.invocation_metadata() or ()
+        caller = Caller.from_metadata(metadata)
         self.calls.append((name, caller, request))
+        self.idempotency_keys.append(dict(metadata).get(IDEMPOTENCY_KEY))
         return caller
 
     async def _fail(self, context: grpc.aio.ServicerContext, status: str, code: str) -> None:

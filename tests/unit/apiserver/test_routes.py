@@ -283,3 +283,19 @@ def test_openapi_documents_problem_responses_and_security() -> None:
         spec["components"]["schemas"]["Job"]["properties"]
     )
     _ = grpc  # the fake's status names come from grpc.StatusCode
+
+
+async def test_the_idempotency_key_header_reaches_the_controller_and_bad_keys_do_not(api) -> None:
+    body = {"name": "mnist", "description": "d", "schema": SCHEMA}
+    resp = await api.call("POST", "/v1/designs", json=body, headers={"Idempotency-Key": "k-1"})
+    assert resp.status_code == 201, resp.text
+    assert api.fake.idempotency_keys[-1] == "k-1"
+    await api.call("POST", "/v1/designs", json=body)
+    assert api.fake.idempotency_keys[-1] is None  # no header, no key
+    sent = len(api.fake.calls)
+    for bad in ("", "k" * 256, "caf\u00e9"):
+        resp = await api.call(
+            "POST", "/v1/designs", json=body, headers={"Idempotency-Key": bad.encode()}
+        )
+        assert_problem(resp, 422, "invalid_argument")
+    assert len(api.fake.calls) == sent  # never forwarded

@@ -23,7 +23,7 @@ from flame_apiserver.models import (
     TaskStatus,
 )
 from flame_apiserver.problems import ApiProblem
-from flame_apiserver.routers.common import v1_router
+from flame_apiserver.routers.common import IdempotencyKey, v1_router
 from flame_proto.v1 import control_pb2
 
 router = v1_router("agent")
@@ -44,9 +44,11 @@ def _config(text: str) -> dict[str, Any]:
 
 
 @router.post("/agent/datasets", status_code=201, response_model=Dataset)
-async def register_dataset(body: AgentDataset, caller: NodeCaller, ctl: Ctl) -> Dataset:
+async def register_dataset(
+    body: AgentDataset, caller: NodeCaller, ctl: Ctl, key: IdempotencyKey = None
+) -> Dataset:
     req = control_pb2.CreateDatasetRequest(node_id=caller.subject, **body.model_dump())
-    return Dataset.from_pb(await ctl.call(ctl.stub.CreateDataset, req, caller))
+    return Dataset.from_pb(await ctl.call(ctl.stub.CreateDataset, req, caller, idempotency_key=key))
 
 
 @router.get("/agent/tasks", response_model=Items[Task])

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Header, Query
 
 from flame_apiserver.problems import COMMON_ERRORS, problem_responses
 from flame_proto.v1 import common_pb2, control_pb2
+from flame_service.auth import MAX_IDEMPOTENCY_KEY_LENGTH
 
 
 def v1_router(tag: str, *errors: int) -> APIRouter:
@@ -28,6 +29,22 @@ def _page(
 
 
 PageQuery = Annotated[control_pb2.ListRequest, Depends(_page)]
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=MAX_IDEMPOTENCY_KEY_LENGTH,
+        pattern=r"^[ -~]+$",
+        description=(
+            "Makes this create safe to retry: a retry with the same key (same caller, same "
+            "route, same body) within 24 h returns the first response and creates nothing; "
+            "the same key with another body is refused (409 idempotency_key_reused). "
+            "Use a fresh random value (e.g. a UUID) per create."
+        ),
+    ),
+]
 
 
 def dump(value: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ from fastapi import Path, Response
 
 from flame_apiserver.auth import Ctl, UserCaller
 from flame_apiserver.models import CreateDataset, Dataset, Page, UpdateDataset
-from flame_apiserver.routers.common import PageQuery, v1_router
+from flame_apiserver.routers.common import IdempotencyKey, PageQuery, v1_router
 from flame_proto.v1 import control_pb2
 
 router = v1_router("datasets")
@@ -16,9 +16,11 @@ Id = Annotated[str, Path(min_length=1, max_length=256)]
 
 
 @router.post("/datasets", status_code=201, response_model=Dataset)
-async def create_dataset(body: CreateDataset, caller: UserCaller, ctl: Ctl) -> Dataset:
+async def create_dataset(
+    body: CreateDataset, caller: UserCaller, ctl: Ctl, key: IdempotencyKey = None
+) -> Dataset:
     req = control_pb2.CreateDatasetRequest(**body.model_dump())
-    return Dataset.from_pb(await ctl.call(ctl.stub.CreateDataset, req, caller))
+    return Dataset.from_pb(await ctl.call(ctl.stub.CreateDataset, req, caller, idempotency_key=key))
 
 
 @router.get("/datasets", response_model=Page[Dataset])

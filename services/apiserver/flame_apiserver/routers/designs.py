@@ -9,7 +9,7 @@ from fastapi import Path, Request, Response
 from flame_apiserver.auth import Ctl, UserCaller
 from flame_apiserver.models import CodeVersion, CreateDesign, Design, Items, Page, UpdateDesign
 from flame_apiserver.problems import ApiProblem
-from flame_apiserver.routers.common import PageQuery, dump, v1_router
+from flame_apiserver.routers.common import IdempotencyKey, PageQuery, dump, v1_router
 from flame_proto.v1 import control_pb2
 
 router = v1_router("designs")
@@ -34,14 +34,16 @@ def _version(text: str) -> int:
 
 
 @router.post("/designs", status_code=201, response_model=Design)
-async def create_design(body: CreateDesign, caller: UserCaller, ctl: Ctl) -> Design:
+async def create_design(
+    body: CreateDesign, caller: UserCaller, ctl: Ctl, key: IdempotencyKey = None
+) -> Design:
     req = control_pb2.CreateDesignRequest(
         name=body.name,
         project_id=body.project_id,
         description=body.description,
         schema_json=dump(body.schema_),
     )
-    return Design.from_pb(await ctl.call(ctl.stub.CreateDesign, req, caller))
+    return Design.from_pb(await ctl.call(ctl.stub.CreateDesign, req, caller, idempotency_key=key))
 
 
 @router.get("/designs", response_model=Page[Design])
@@ -76,12 +78,14 @@ async def delete_design(id: Id, caller: UserCaller, ctl: Ctl) -> None:
 @router.post(
     "/designs/{id}/code", status_code=201, response_model=CodeVersion, openapi_extra=ZIP_BODY
 )
-async def push_code(id: Id, request: Request, caller: UserCaller, ctl: Ctl) -> CodeVersion:
+async def push_code(
+    id: Id, request: Request, caller: UserCaller, ctl: Ctl, key: IdempotencyKey = None
+) -> CodeVersion:
     data = await request.body()  # size-capped by the body-limit middleware
     if not data:
         raise ApiProblem(400, "invalid_argument", "empty body: send the zip as the request body")
     req = control_pb2.PushCodeRequest(design_id=id, zip=data)
-    return CodeVersion.from_pb(await ctl.call(ctl.stub.PushCode, req, caller))
+    return CodeVersion.from_pb(await ctl.call(ctl.stub.PushCode, req, caller, idempotency_key=key))
 
 
 @router.get("/designs/{id}/code", response_model=Items[CodeVersion])

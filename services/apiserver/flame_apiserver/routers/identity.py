@@ -20,7 +20,7 @@ from flame_apiserver.models import (
     User,
     WhoAmI,
 )
-from flame_apiserver.routers.common import PageQuery, v1_router
+from flame_apiserver.routers.common import IdempotencyKey, PageQuery, v1_router
 from flame_proto.v1 import control_pb2
 
 router = v1_router("users")
@@ -33,9 +33,11 @@ async def whoami(caller: AnyCaller) -> WhoAmI:
 
 
 @router.post("/users", status_code=201, response_model=User)
-async def create_user(body: CreateUser, caller: UserCaller, ctl: Ctl) -> User:
+async def create_user(
+    body: CreateUser, caller: UserCaller, ctl: Ctl, key: IdempotencyKey = None
+) -> User:
     req = control_pb2.CreateUserRequest(name=body.name, email=body.email, admin=body.admin)
-    return User.from_pb(await ctl.call(ctl.stub.CreateUser, req, caller))
+    return User.from_pb(await ctl.call(ctl.stub.CreateUser, req, caller, idempotency_key=key))
 
 
 @router.get("/users", response_model=Page[User])
@@ -67,11 +69,15 @@ async def delete_user(id: Id, caller: UserCaller, ctl: Ctl) -> None:
 
 
 @router.post("/users/{id}/tokens", status_code=201, response_model=TokenSecret)
-async def create_token(id: Id, body: CreateToken, caller: UserCaller, ctl: Ctl) -> TokenSecret:
+async def create_token(
+    id: Id, body: CreateToken, caller: UserCaller, ctl: Ctl, key: IdempotencyKey = None
+) -> TokenSecret:
     req = control_pb2.CreateTokenRequest(
         user_id=id, description=body.description, ttl_seconds=body.ttl_seconds, scopes=body.scopes
     )
-    return TokenSecret.from_pb(await ctl.call(ctl.stub.CreateToken, req, caller))
+    return TokenSecret.from_pb(
+        await ctl.call(ctl.stub.CreateToken, req, caller, idempotency_key=key)
+    )
 
 
 @router.get("/users/{id}/tokens", response_model=Items[TokenInfo])

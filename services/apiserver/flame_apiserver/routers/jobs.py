@@ -19,7 +19,7 @@ from flame_apiserver.models import (
     Task,
     UpdateJob,
 )
-from flame_apiserver.routers.common import PageQuery, dump, v1_router
+from flame_apiserver.routers.common import IdempotencyKey, PageQuery, dump, v1_router
 from flame_proto.v1 import control_pb2
 
 router = v1_router("jobs")
@@ -27,7 +27,9 @@ Id = Annotated[str, Path(min_length=1, max_length=256)]
 
 
 @router.post("/jobs", status_code=201, response_model=Job)
-async def create_job(body: CreateJob, caller: UserCaller, ctl: Ctl) -> Job:
+async def create_job(
+    body: CreateJob, caller: UserCaller, ctl: Ctl, key: IdempotencyKey = None
+) -> Job:
     req = control_pb2.CreateJobRequest(
         name=body.name,
         project_id=body.project_id,
@@ -35,7 +37,7 @@ async def create_job(body: CreateJob, caller: UserCaller, ctl: Ctl) -> Job:
         code_version=body.code_version,
         spec_json=dump(body.spec),
     )
-    return Job.from_pb(await ctl.call(ctl.stub.CreateJob, req, caller))
+    return Job.from_pb(await ctl.call(ctl.stub.CreateJob, req, caller, idempotency_key=key))
 
 
 @router.get("/jobs", response_model=Page[Job])

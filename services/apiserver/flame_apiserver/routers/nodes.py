@@ -9,7 +9,7 @@ from fastapi import Path, Request, Response
 from flame_apiserver.auth import Ctl, UserCaller, client_address, throttle
 from flame_apiserver.models import CreateNode, Enroll, Enrolled, Node, NodeCreated, Page, UpdateNode
 from flame_apiserver.problems import ApiProblem, problem_responses
-from flame_apiserver.routers.common import PageQuery, v1_router
+from flame_apiserver.routers.common import IdempotencyKey, PageQuery, v1_router
 from flame_proto.v1 import control_pb2
 
 router = v1_router("nodes")
@@ -17,11 +17,13 @@ Id = Annotated[str, Path(min_length=1, max_length=256)]
 
 
 @router.post("/nodes", status_code=201, response_model=NodeCreated)
-async def create_node(body: CreateNode, caller: UserCaller, ctl: Ctl) -> NodeCreated:
+async def create_node(
+    body: CreateNode, caller: UserCaller, ctl: Ctl, key: IdempotencyKey = None
+) -> NodeCreated:
     req = control_pb2.CreateNodeRequest(
         name=body.name, project_id=body.project_id, labels=body.labels
     )
-    resp = await ctl.call(ctl.stub.CreateNode, req, caller)
+    resp = await ctl.call(ctl.stub.CreateNode, req, caller, idempotency_key=key)
     return NodeCreated(node=Node.from_pb(resp.node), enrolment_token=resp.secret)
 
 

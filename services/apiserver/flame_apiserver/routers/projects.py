@@ -8,7 +8,7 @@ from fastapi import Path, Response
 
 from flame_apiserver.auth import Ctl, UserCaller
 from flame_apiserver.models import CreateProject, Page, Project, UpdateProject
-from flame_apiserver.routers.common import PageQuery, v1_router
+from flame_apiserver.routers.common import IdempotencyKey, PageQuery, v1_router
 from flame_proto.v1 import control_pb2
 
 router = v1_router("projects")
@@ -16,9 +16,11 @@ Id = Annotated[str, Path(min_length=1, max_length=256)]
 
 
 @router.post("/projects", status_code=201, response_model=Project)
-async def create_project(body: CreateProject, caller: UserCaller, ctl: Ctl) -> Project:
+async def create_project(
+    body: CreateProject, caller: UserCaller, ctl: Ctl, key: IdempotencyKey = None
+) -> Project:
     req = control_pb2.CreateProjectRequest(name=body.name, description=body.description)
-    return Project.from_pb(await ctl.call(ctl.stub.CreateProject, req, caller))
+    return Project.from_pb(await ctl.call(ctl.stub.CreateProject, req, caller, idempotency_key=key))
 
 
 @router.get("/projects", response_model=Page[Project])

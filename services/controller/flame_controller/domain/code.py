@@ -14,7 +14,7 @@ from flame_service.archive import inspect_zip
 from flame_service.auth import Caller
 from flame_service.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument
 
-from ..store.records import CodeRecord, DesignRecord
+from ..store.records import CodeRecord, DesignRecord, new_id
 from .access import ensure_owner, fetch
 from .context import Ctx
 from .designs import get_design
@@ -70,8 +70,13 @@ async def push_code(ctx: Ctx, caller: Caller, *, design_id: str, data: bytes) ->
     roles = check_code_layout(names, design_roles(design))
     digest = hashlib.sha256(data).hexdigest()
     key = await ctx.store.put_blob(data)
+    request_id = new_id()  # derived from the Idempotency-Key when there is one
     for _ in range(5):
         existing = await ctx.store.list_code(design_id)
+        for earlier in existing:
+            if earlier.request_id == request_id:  # a retry of a push that stored it already
+                log.info("idempotency.resumed", kind="code", version=earlier.version)
+                return earlier
         version = (existing[-1].version if existing else 0) + 1
         record = CodeRecord(
             design_id=design_id,
@@ -80,6 +85,7 @@ async def push_code(ctx: Ctx, caller: Caller, *, design_id: str, data: bytes) ->
             size_bytes=len(data),
             roles=roles,
             blob_key=key,
+            request_id=request_id,
         )
         try:
             created = await ctx.store.create_code(record)

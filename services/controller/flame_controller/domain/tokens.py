@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import structlog
 
-from flame_service.auth import Caller, hash_token, new_token
+from flame_service.auth import Caller, hash_token
 from flame_service.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -23,6 +23,7 @@ from flame_spec import TaskConfig
 from ..store.records import ALL_PERMISSIONS, TokenRecord, new_id, utcnow
 from .access import JOB_PREFIX, not_found, require_user
 from .context import Ctx
+from .entropy import new_secret
 from .keys import keyed
 from .results import IssuedToken
 
@@ -42,7 +43,7 @@ async def issue(
 ) -> IssuedToken:
     """Create and store a new secret (hashed); the plain secret is in the result only."""
     prefix = {"api": "user", "enrolment": "enrol", "node": "node", "task": "task"}[kind]
-    secret = new_token(prefix)
+    secret = new_secret(prefix)
     record = TokenRecord.model_validate(
         {
             "id": new_id(),

@@ -35,6 +35,7 @@ from flame_controller.store.records import (
     CodeRecord,
     DatasetRecord,
     DesignRecord,
+    IdempotencyRecord,
     JobRecord,
     LogLineRecord,
     MetricRecord,
@@ -299,6 +300,31 @@ class Store(Protocol):
         after: str | None = None,
     ) -> Page[AuditRecord]:
         """Oldest first; filters by actor and action."""
+        ...
+
+    # -- idempotency keys ------------------------------------------------------------------
+    async def claim_idempotency_key(self, record: IdempotencyRecord) -> IdempotencyRecord:
+        """Store ``record`` unless a live record with its id exists, atomically; return the
+        stored record: ``record`` itself when the key was free, else the earlier one (compare
+        ``fingerprint``).  A record whose ``expires_at`` is not after ``record.created_at``
+        counts as free and is replaced."""
+        ...
+
+    async def complete_idempotency_key(
+        self,
+        key_id: str,
+        response: str,
+        *,
+        secret_field: str = "",
+        secret_index: int = -1,
+        secret_kind: str = "",
+    ) -> IdempotencyRecord:
+        """Record the response of the request that claimed ``key_id``; ``NotFound`` when the
+        record is gone (expired and purged)."""
+        ...
+
+    async def purge_idempotency_keys(self, now: datetime) -> int:
+        """Delete the records that expired at or before ``now``; how many were deleted."""
         ...
 
     async def put_blob(self, data: bytes) -> str:

@@ -47,6 +47,7 @@ from flame_controller.store.records import (
     CodeRecord,
     DatasetRecord,
     DesignRecord,
+    IdempotencyRecord,
     JobRecord,
     JobState,
     LogLineRecord,
@@ -645,6 +646,44 @@ class DocumentStore(ABC):
             Eq("action", action) if action else None,
         )
         return await self._page(K.AUDIT, AuditRecord, cond, limit, after)
+
+    # ------------------------------------------------------------------ idempotency keys
+    async def claim_idempotency_key(self, record: IdempotencyRecord) -> IdempotencyRecord:
+        for _ in range(5):
+            try:
+                return await self._create(K.IDEMPOTENCY, record)
+            except AlreadyExists:
+                doc = await self._get(K.IDEMPOTENCY, record.id)
+            if doc is None:
+                continue  # expired and purged meanwhile: claim it again
+            found = self._decode(K.IDEMPOTENCY, IdempotencyRecord, doc)
+            if found.expires_at > record.created_at:
+                return found
+            expired = And((Eq("id", record.id), Lte("expires_at", record.created_at)))
+            await self._delete(K.IDEMPOTENCY, expired)
+        raise Conflict(f"idempotency key record {record.id!r} keeps changing; retry")
+
+    async def complete_idempotency_key(
+        self,
+        key_id: str,
+        response: str,
+        *,
+        secret_field: str = "",
+        secret_index: int = -1,
+        secret_kind: str = "",
+    ) -> IdempotencyRecord:
+        changes = {
+            "response": response,
+            "secret_field": secret_field,
+            "secret_index": secret_index,
+            "secret_kind": secret_kind,
+        }
+        return await self._modify(
+            K.IDEMPOTENCY, IdempotencyRecord, key_id, changes, "idempotency key"
+        )
+
+    async def purge_idempotency_keys(self, now: datetime) -> int:
+        return await self._delete(K.IDEMPOTENCY, Lte("expires_at", now))
 
     # ------------------------------------------------------------------ blobs
     async def put_blob(self, data: bytes) -> str:

@@ -11,6 +11,7 @@ from flame_controller.store.records import (
     CodeRecord,
     DatasetRecord,
     DesignRecord,
+    IdempotencyRecord,
     JobRecord,
     LogLineRecord,
     MetricRecord,
@@ -125,6 +126,13 @@ AUDIT = Kind(
     indexes=(("created_at",), ("actor",)),
 )
 
+IDEMPOTENCY = Kind(
+    "idempotency",
+    IdempotencyRecord,
+    ("expires_at",),
+    indexes=(("expires_at",),),
+)
+
 ALL_KINDS: tuple[Kind, ...] = (
     USERS,
     TOKENS,
@@ -138,4 +146,5 @@ ALL_KINDS: tuple[Kind, ...] = (
     LOGS,
     METRICS,
     AUDIT,
+    IDEMPOTENCY,
 )

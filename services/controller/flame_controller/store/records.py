@@ -9,6 +9,8 @@ datetimes are rejected: use :func:`utcnow`.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -53,9 +55,15 @@ def utcnow() -> datetime:
     return _utc_ms(datetime.now(UTC))
 
 
+#: Where :func:`new_id` takes ids from while set: an idempotent create derives them from its
+#: key, so a retry of an interrupted create makes the same records (see ``idempotency``).
+ID_SOURCE: ContextVar[Callable[[], str] | None] = ContextVar("flame_id_source", default=None)
+
+
 def new_id() -> str:
-    """A fresh random id (32 lowercase hex characters)."""
-    return uuid.uuid4().hex
+    """A fresh random id (32 lowercase hex characters), or the next id of :data:`ID_SOURCE`."""
+    source = ID_SOURCE.get()
+    return source() if source is not None else uuid.uuid4().hex
 
 
 class Record(BaseModel):
@@ -145,7 +153,8 @@ class DesignRecord(Record):
 
 
 class CodeRecord(Record):
-    """One version of a design's code zip; the bytes live in the blob store under ``blob_key``."""
+    """One version of a design's code zip; the bytes live in the blob store under ``blob_key``.
+    ``request_id`` tells a retried push (same ``Idempotency-Key``) the version it made."""
 
     design_id: str
     version: int = Field(ge=1)  # unique per design
@@ -153,6 +162,7 @@ class CodeRecord(Record):
     size_bytes: int
     roles: list[str] = Field(default_factory=list)
     blob_key: str
+    request_id: str = ""
     created_at: UtcDatetime = Field(default_factory=utcnow)
 
 
@@ -243,6 +253,28 @@ class MetricRecord(Record):
     value: float
     step: int = 0
     at: UtcDatetime = Field(default_factory=utcnow)
+
+
+class IdempotencyRecord(Record):
+    """What one ``Idempotency-Key`` did: the request it was first used for and, once that
+    request succeeded, its response.
+
+    ``id`` is a hash of (caller, call, key), so one caller's key can never reach another's
+    record and the key itself is not stored. ``seed`` is the randomness the create drew its
+    ids and secrets from (a retry re-derives the same ones); ``response`` is the serialized
+    response without secrets (``""`` while the request has not completed); ``secret_field``,
+    ``secret_index`` and ``secret_kind`` say which derived secret goes back into it."""
+
+    id: str
+    call: str
+    fingerprint: str  # sha256 of the request
+    seed: str
+    response: str = ""  # base64 of the serialized response, secrets removed
+    secret_field: str = ""  # the response field that held a secret ("": none)
+    secret_index: int = -1
+    secret_kind: str = ""
+    created_at: UtcDatetime = Field(default_factory=utcnow)
+    expires_at: UtcDatetime
 
 
 class AuditRecord(Record):

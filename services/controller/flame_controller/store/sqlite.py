@@ -132,6 +132,7 @@ class SqliteStore(DocumentStore):
         self._conn = conn
         self._reader = reader
         self._lock = asyncio.Lock()
+        self._unfinished: set[asyncio.Future[Any]] = set()  # transactions whose caller left
         # One statement at a time on the reader: while any statement is active, SQLite keeps the
         # connection's WAL snapshot, so interleaved reads would never see newer commits.
         self._read_lock = asyncio.Lock()
@@ -190,6 +191,16 @@ class SqliteStore(DocumentStore):
         await self._tx(create)
 
     async def _tx(self, body: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run ``body`` as one transaction. A caller cancelled meanwhile (a client that went
+        away) does not cut it short: it runs on as its own task to its commit or rollback, so
+        the connection is never left inside a transaction that every later write would trip
+        over ("cannot start a transaction within a transaction")."""
+        task = asyncio.ensure_future(self._run_tx(body))
+        self._unfinished.add(task)
+        task.add_done_callback(self._unfinished.discard)
+        return await asyncio.shield(task)
+
+    async def _run_tx(self, body: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
         async with self._lock:
             await self._conn.execute("BEGIN IMMEDIATE")
             try:
