@@ -11,6 +11,8 @@ import contextlib
 import hashlib
 import io
 import json
+import re
+import signal
 import sys
 import time
 import zipfile
@@ -28,6 +30,7 @@ from flame_controller.deployers.local import LocalDeployer, LocalDeployerSetting
 from flame_controller.domain.context import Ctx
 from flame_controller.domain.tokens import TaskCredentials
 from flame_controller.jobs.builder import DatasetInfo, build_tasks, parse_design, parse_job_spec
+from flame_controller.jobs.decisions import RestartPolicy
 from flame_controller.jobs.reconciler import Reconciler
 from flame_controller.jobs.states import task_transition
 from flame_controller.store.base import Store
@@ -387,12 +390,38 @@ async def _all_ended(store: Store) -> bool:
     return all(t.state in ("completed", "failed", "terminated") for t in tasks)
 
 
-async def test_a_failing_aggregator_fails_the_job(
+QUICK_RESTARTS = RestartPolicy(max_restarts=2, backoff_initial=0.01, backoff_max=0.05)
+
+
+def starts(tmp_path: Path, task: TaskRecord) -> list[int]:
+    """The pids the aggregator's processes wrote into starts.log in its (one) task folder."""
+    path = workdir_of(tmp_path, task) / "starts.log"
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def role_process(task: TaskRecord) -> psutil.Process:
+    """The task's own python process, below the run.sh (and sandbox) the handle names (its
+    pid in starts.log is the one inside the sandbox's pid namespace)."""
+    below = psutil.Process(pid_of(task)).children(recursive=True)
+    (proc,) = [p for p in below if "code/aggregator/main.py" in " ".join(p.cmdline())]
+    return proc
+
+
+def restarts_of(task: TaskRecord) -> list[str]:
+    return [x.reason for x in task.transitions if (x.from_state, x.to_state) == ANEW]
+
+
+ANEW = ("running", "scheduled")
+
+
+async def test_a_failing_aggregator_fails_the_job_once_its_restarts_are_used_up(
     tmp_path: Path, store: Store, notifier: Any
 ) -> None:
     rec, address = notifier
     await create_job(store)
-    r = make_reconciler(store, make_deployer(tmp_path), address, interval=60.0)
+    r = make_reconciler(
+        store, make_deployer(tmp_path), address, interval=60.0, restarts=QUICK_RESTARTS
+    )
     async with running(r):
         await bring_to_running(store, r, rec)
         agg = await aggregator(store)
@@ -400,8 +429,79 @@ async def test_a_failing_aggregator_fails_the_job(
         await eventually(lambda: _job_is(store, "failed"), what="job failed")
         await eventually(lambda: _all_ended(store), what="trainers stopped")
     job = await store.get_job("job-1")
-    assert f"task {agg.id} (aggregator) failed: exit code 7" == job.reason
+    assert job.reason == (
+        f"task {agg.id} (aggregator) failed: exit code 7 (no restart left after 2)"
+    )
+    agg = await aggregator(store)
+    assert len(starts(tmp_path, agg)) == 3 and agg.attempt == 3
+    assert restarts_of(agg) == [
+        Match(r"restart 1 of 2: attempt 1 ended \(exit code 7\); next attempt in 0\.0\ds"),
+        Match(r"restart 2 of 2: attempt 2 ended \(exit code 7\); next attempt in 0\.0\ds"),
+    ]
     assert len(rec.of("STOP_TASK")) == 3
+
+
+async def test_a_killed_aggregator_is_started_again_in_its_task_folder(
+    tmp_path: Path, store: Store, notifier: Any
+) -> None:
+    rec, address = notifier
+    await create_job(store)
+    r = make_reconciler(
+        store, make_deployer(tmp_path), address, interval=60.0, restarts=QUICK_RESTARTS
+    )
+    async with running(r):
+        await bring_to_running(store, r, rec)
+        agg = await aggregator(store)
+        await eventually(lambda: len(starts(tmp_path, agg)) == 1, what="aggregator up")
+        await store.update_task(agg.id, {"endpoint": "127.0.0.1:9"})  # what it registered
+        role_process(await aggregator(store)).send_signal(signal.SIGKILL)
+        await eventually(lambda: len(starts(tmp_path, agg)) == 2, what="aggregator restarted")
+        await eventually(lambda: _state_is(aggregator(store), "running"), what="running again")
+        again = await aggregator(store)
+        assert again.attempt == 2 and again.endpoint is None  # its peers wait for the new one
+        assert restarts_of(again) == [
+            Match(r"restart 1 of 2: attempt 1 ended \(killed by SIGKILL\); next attempt in .*")
+        ]
+        assert await job_state(store) == "running"
+        for t in (await tasks_by_role(store))["trainer"]:
+            await report(store, r, t.id, "completed")
+        (workdir_of(tmp_path, agg) / "release").write_text("0")
+        await eventually(lambda: _job_is(store, "completed"), what="job completed")
+    assert rec.of("STOP_TASK") == []
+
+
+async def test_an_aggregator_that_lost_its_quorum_is_not_restarted(
+    tmp_path: Path, store: Store, notifier: Any
+) -> None:
+    rec, address = notifier
+    await create_job(store)
+    r = make_reconciler(
+        store, make_deployer(tmp_path), address, interval=60.0, restarts=QUICK_RESTARTS
+    )
+    async with running(r):
+        await bring_to_running(store, r, rec)
+        agg = await aggregator(store)
+        (workdir_of(tmp_path, agg) / "release").write_text("3")  # flame.launch: quorum lost
+        await eventually(lambda: _job_is(store, "failed"), what="job failed")
+        await eventually(lambda: _all_ended(store), what="trainers stopped")
+    agg = await aggregator(store)
+    assert len(starts(tmp_path, agg)) == 1 and restarts_of(agg) == []
+    assert (
+        await store.get_job("job-1")
+    ).reason == f"task {agg.id} (aggregator) failed: exit code 3"
+
+
+@dataclass(frozen=True)
+class Match:
+    """Equal to any string the pattern matches in full (for reasons that carry a delay)."""
+
+    pattern: str
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and re.fullmatch(self.pattern, other) is not None
+
+    def __hash__(self) -> int:
+        return hash(self.pattern)
 
 
 async def test_max_run_time_terminates_the_job(tmp_path: Path, store: Store, notifier: Any) -> None:

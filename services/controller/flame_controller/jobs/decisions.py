@@ -7,7 +7,7 @@ through :mod:`flame_controller.jobs.effects`. Kept pure so every rule is testabl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -111,3 +111,54 @@ def outcome(seen: Observed) -> tuple[TaskState, str] | None:
     if seen.state == "exited" and seen.exit_code == 0:
         return "completed", "exit code 0"
     return "failed", seen.detail or "process ended"
+
+
+# Exit codes of ``python -m flame.launch`` that another attempt cannot change.
+FINAL_EXITS: Mapping[int, str] = {2: "configuration error", 3: "quorum lost"}
+RESTART_AT = "restart_at"  # task.info key: when the next attempt of a restarted task may start
+
+ExitStep = Literal["completed", "failed", "restart"]
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How often a deployer-run task whose process died is started again (in the same task
+    folder, so an aggregator resumes from its checkpoint), and how long to wait before each
+    attempt (capped exponential backoff with full jitter)."""
+
+    max_restarts: int = 3
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+
+
+def after_exit(task: TaskRecord, seen: Observed, max_restarts: int) -> tuple[ExitStep, str] | None:
+    """What to do with a deployer-run task from what the deployer sees: nothing while it runs
+    (None); ``completed`` on exit 0; ``restart`` when it died any other way and restarts are
+    left; ``failed`` (the reason naming the last exit) on a final exit code or when none are."""
+    ended = outcome(seen)
+    if ended is None:
+        return None
+    state, why = ended
+    if state == "completed":
+        return "completed", why
+    restarts = max(0, task.attempt - 1)
+    if seen.exit_code in FINAL_EXITS:
+        return "failed", why
+    if restarts >= max_restarts:
+        return "failed", f"{why} (no restart left after {restarts})" if restarts else why
+    return (
+        "restart",
+        f"restart {restarts + 1} of {max_restarts}: attempt {task.attempt} ended ({why})",
+    )
+
+
+def restart_wait(task: TaskRecord, now: datetime) -> float:
+    """Seconds until a restarted task's next attempt may start (0: now)."""
+    raw = task.info.get(RESTART_AT)
+    if not raw:
+        return 0.0
+    try:
+        at = datetime.fromisoformat(str(raw))
+    except ValueError:
+        return 0.0
+    return max(0.0, (at - now).total_seconds())

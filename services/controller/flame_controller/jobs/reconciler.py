@@ -15,8 +15,13 @@ Steps, per job:
   scheduled`` on their dataset's node followed by a ``START_TASK`` event through the notifier
   (retried on later passes until the notifier takes it; the flamelet also reconciles from
   ``ListAssignedTasks``, so events are only hints); other tasks ``pending → scheduled →
-  running`` through the deployer, whose processes are then observed (exit 0 → ``completed``,
-  otherwise ``failed``). ``deploying → running`` once no task waits to be started.
+  running`` through the deployer, whose processes are then observed (exit 0 → ``completed``).
+  A deployer-run process that died otherwise is started again in the same task folder (so an
+  aggregator resumes from its checkpoint): ``running → scheduled`` with the next ``attempt``,
+  after a backoff stored as ``info.restart_at``, each restart a transition whose reason names
+  the exit; after ``restarts.max_restarts`` of them, or on an exit code no restart can change
+  (configuration error, quorum lost), the task is ``failed``. ``deploying → running`` once no
+  task waits to be started.
 * A data-consumer task whose node is deleted, revoked, or offline for longer than
   ``node_grace`` fails with that reason; a shorter absence (a flamelet restart) is waited out.
 * ``running → completed`` when every role has a completed task and none is live; ``→ failed``
@@ -34,16 +39,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 
 from flame_service.errors import Conflict, NotFound
+from flame_service.retry import backoff_delay
 
 from ..deployers.base import Deployer
 from ..store.base import Store
 from ..store.records import JobRecord, NodeRecord, TaskRecord, utcnow
-from .decisions import job_action, judge, node_verdict, outcome
+from .decisions import (
+    RESTART_AT,
+    RestartPolicy,
+    after_exit,
+    job_action,
+    judge,
+    node_verdict,
+    restart_wait,
+)
 from .effects import Credentials, Effects, PermanentError, TemporaryError
 from .notifier_client import GrpcNotifier, Notifier
 
@@ -72,6 +86,7 @@ class Reconciler:
         retry_delay: float = 1.0,
         concurrency: int = 8,
         node_grace: float = 10.0,
+        restarts: RestartPolicy | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
@@ -82,6 +97,7 @@ class Reconciler:
         self.interval = interval
         self.retry_delay = retry_delay
         self.node_grace = node_grace
+        self.restarts = restarts or RestartPolicy()
         self.clock = clock
         self._hints: dict[str, float] = {}  # job id -> look again within (this pass only)
         self._sem = asyncio.Semaphore(concurrency)
@@ -296,8 +312,7 @@ class Reconciler:
                 nodes[task.node_id] = await fx.node(task.node_id)
             verdict = node_verdict(task.node_id, nodes[task.node_id], self.clock(), self.node_grace)
             if verdict.look_again_in is not None:
-                wait = verdict.look_again_in
-                self._hints[job.id] = min(self._hints.get(job.id, wait), wait)
+                self._hint(job.id, verdict.look_again_in)
             if verdict.lost:
                 await fx.set_task(task, "failed", verdict.lost)
                 return True
@@ -321,6 +336,10 @@ class Reconciler:
         if self.deployer is None:
             return False
         if task.state == "scheduled":
+            wait = restart_wait(task, self.clock())
+            if wait > 0:  # a restart's backoff: look again when it is over
+                self._hint(job.id, wait)
+                return False
             handle = await fx.deploy(job, task)
             await fx.set_task(
                 task, "running", f"started by the {self.deployer.name} deployer", handle=handle
@@ -328,10 +347,36 @@ class Reconciler:
             return True
         if task.state == "running":
             seen = await self.deployer.observe(fx.handle(task))
-            ended = outcome(seen)
-            await fx.ship_output(task, final=ended is not None)
-            if ended is None:
+            step = after_exit(task, seen, self.restarts.max_restarts)
+            await fx.ship_output(task, final=step is not None)
+            if step is None:
                 return False
-            await fx.set_task(task, *ended)
+            state, reason = step
+            if state != "restart":
+                await fx.set_task(task, state, reason)
+                return True
+            await self._restart(job, task, reason)
             return True
         return False
+
+    async def _restart(self, job: JobRecord, task: TaskRecord, reason: str) -> None:
+        """Schedule the task's next attempt after a backoff; its old endpoint is forgotten so
+        that its peers wait for the new one rather than retrying the dead one."""
+        p = self.restarts
+        delay = backoff_delay(task.attempt, p.backoff_initial, p.backoff_max)
+        at = self.clock() + timedelta(seconds=delay)
+        await self.effects.set_task(
+            task,
+            "scheduled",
+            f"{reason}; next attempt in {delay:.2f}s",
+            attempt=task.attempt + 1,
+            handle=None,
+            endpoint=None,
+            info={**task.info, RESTART_AT: at.isoformat()},
+        )
+        log.warning("task.restart", task_id=task.id, attempt=task.attempt + 1, delay=delay)
+        self._hint(job.id, delay)
+
+    def _hint(self, job_id: str, wait: float) -> None:
+        """Look at ``job_id`` again within ``wait`` seconds (this pass)."""
+        self._hints[job_id] = min(self._hints.get(job_id, wait), wait)

@@ -2,7 +2,8 @@
 
 Job: ``ready → starting → deploying → running → completed | failed | terminated``; a stop goes
 through ``stopping`` to ``terminated``.  Task: ``pending → scheduled → running → completed |
-failed | terminated``.  Terminal states are final.
+failed | terminated``, and ``running → scheduled`` when the reconciler restarts a deployer-run
+task whose process died.  Terminal states are final.
 
 :func:`job_transition` / :func:`task_transition` are pure: they return the field changes and the
 :class:`TransitionRecord` to hand to ``store.cas_job`` / ``store.cas_task`` (which applies both in
@@ -45,7 +46,8 @@ TASK_TRANSITIONS: Mapping[str, frozenset[str]] = {
     "pending": frozenset({"scheduled", "failed", "terminated"}),
     # a node may report "completed"/"failed" without the "running" report reaching us first
     "scheduled": frozenset({"running", "completed", "failed", "terminated"}),
-    "running": frozenset({"completed", "failed", "terminated"}),
+    # a deployer-run task whose process died is started again (bounded, by the reconciler)
+    "running": frozenset({"scheduled", "completed", "failed", "terminated"}),
     "completed": frozenset(),
     "failed": frozenset(),
     "terminated": frozenset(),
