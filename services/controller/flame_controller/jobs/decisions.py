@@ -53,15 +53,13 @@ def judge(job: JobRecord, tasks: Sequence[TaskRecord]) -> tuple[JobState, str] |
         if not t.data_consumer and t.state == "failed":
             return "failed", f"task {t.id} ({t.role}) failed: {t.reason or 'no reason'}"
     consumers = [t for t in tasks if t.data_consumer]
-    alive = sum(1 for t in consumers if t.state not in ("failed", "terminated"))
+    # only a task known dead counts against the quorum: one given up on because its node
+    # stayed away (terminated) may have done its part (the data plane judged its quorum)
+    alive = sum(1 for t in consumers if t.state != "failed")
     min_trainers = int(job.spec.get("min_trainers", 1))
     if consumers and alive < min_trainers:
         role = consumers[0].role
-        lost = "; ".join(
-            f"{t.id}: {t.reason or t.state}"
-            for t in consumers
-            if t.state in ("failed", "terminated")
-        )
+        lost = "; ".join(f"{t.id}: {t.reason or t.state}" for t in consumers if t.state == "failed")
         return "failed", (
             f"only {alive} of {len(consumers)} {role} tasks are left; "
             f"min_trainers is {min_trainers} ({lost[:500]})"
@@ -81,15 +79,21 @@ def judge(job: JobRecord, tasks: Sequence[TaskRecord]) -> tuple[JobState, str] |
 
 @dataclass(frozen=True)
 class NodeVerdict:
-    """Whether the tasks on a node are lost, or when to look again (a short absence)."""
+    """What a node's state says about the tasks on it.
+
+    ``lost``: the node is gone for good (deleted, revoked): its tasks can never report again.
+    ``offline``: its agent has been away longer than the grace period; its tasks may well be
+    running (an agent outage does not stop them), so this alone fails nothing.
+    ``look_again_in``: a short absence (a flamelet restart), waited for.
+    """
 
     lost: str | None = None
+    offline: str | None = None
     look_again_in: float | None = None
 
 
 def node_verdict(node_id: str, node: NodeRecord | None, now: datetime, grace: float) -> NodeVerdict:
-    """A node that is deleted, revoked, or offline for longer than ``grace`` has lost its
-    tasks; one that went offline less than ``grace`` ago (a flamelet restart) is waited for."""
+    """See :class:`NodeVerdict`."""
     if node is None:
         return NodeVerdict(lost=f"node {node_id} no longer exists")
     if node.revoked:
@@ -97,11 +101,22 @@ def node_verdict(node_id: str, node: NodeRecord | None, now: datetime, grace: fl
     if node.presence != "offline":
         return NodeVerdict()
     if node.last_seen is None:
-        return NodeVerdict(lost=f"node {node_id} is offline")
+        return NodeVerdict(offline=f"node {node_id} is offline")
     gone_for = (now - node.last_seen).total_seconds()
     if gone_for >= grace:
-        return NodeVerdict(lost=f"node {node_id} offline since {node.last_seen.isoformat()}")
+        return NodeVerdict(offline=f"node {node_id} offline since {node.last_seen.isoformat()}")
     return NodeVerdict(look_again_in=grace - gone_for)
+
+
+def written_off(task: TaskRecord, tasks: Sequence[TaskRecord], away: set[str]) -> bool:
+    """Whether a live ``task`` on a node that is away (``away``: ids of tasks on nodes offline
+    past the grace period) is given up: only once no other task of the job is live except on
+    such nodes. Until then the job's own data plane decides (the aggregator goes on without a
+    silent trainer and fails the job itself when too few answer); a node whose agent comes back
+    reports what its tasks really did."""
+    if task.id not in away:
+        return False
+    return not any(t.state in LIVE_TASK_STATES and t.id not in away for t in tasks)
 
 
 def outcome(seen: Observed) -> tuple[TaskState, str] | None:

@@ -22,8 +22,11 @@ Steps, per job:
   the exit; after ``restarts.max_restarts`` of them, or on an exit code no restart can change
   (configuration error, quorum lost), the task is ``failed``. ``deploying → running`` once no
   task waits to be started.
-* A data-consumer task whose node is deleted, revoked, or offline for longer than
-  ``node_grace`` fails with that reason; a shorter absence (a flamelet restart) is waited out.
+* A data-consumer task whose node is deleted or revoked fails with that reason. A node that is
+  merely offline (its agent is down: its tasks may well run on) fails nothing by itself: the
+  job fails when a task is known dead or its aggregator lost quorum, and the agent reports its
+  tasks' real outcome when it reconnects. Only when nothing else of the job is live are tasks
+  on nodes offline for longer than ``node_grace`` given up (``terminated``), so the job ends.
 * ``running → completed`` when every role has a completed task and none is live; ``→ failed``
   as :func:`.decisions.judge` says, or on a permanent error. Live tasks are then stopped.
 * desired ``stopped`` (or the deadline passed): ``→ stopping`` → ``STOP_TASK`` to the nodes and
@@ -48,18 +51,21 @@ from flame_service.retry import backoff_delay
 
 from ..deployers.base import Deployer
 from ..store.base import Store
-from ..store.records import JobRecord, NodeRecord, TaskRecord, utcnow
+from ..store.records import JobRecord, TaskRecord, utcnow
 from .decisions import (
     RESTART_AT,
+    NodeVerdict,
     RestartPolicy,
     after_exit,
     job_action,
     judge,
     node_verdict,
     restart_wait,
+    written_off,
 )
 from .effects import Credentials, Effects, PermanentError, TemporaryError
 from .notifier_client import GrpcNotifier, Notifier
+from .states import LIVE_TASK_STATES
 
 log = structlog.get_logger(__name__)
 MAX_STEPS_PER_JOB = 100
@@ -279,11 +285,12 @@ class Reconciler:
         failure on one task does not hold up the others; it is raised after them."""
         progressed = False
         delayed: TemporaryError | None = None
-        nodes: dict[str, NodeRecord | None] = {}  # read once per step
+        verdicts = await self._node_verdicts(tasks)
+        away = {t.id for t in tasks if t.node_id in verdicts and verdicts[t.node_id].offline}
         for task in tasks:
             try:
                 if task.data_consumer:
-                    progressed |= await self._drive_node_task(job, task, nodes)
+                    progressed |= await self._drive_node_task(job, task, tasks, verdicts, away)
                 else:
                     progressed |= await self._drive_deployer_task(job, task)
             except TemporaryError as exc:
@@ -292,8 +299,23 @@ class Reconciler:
             raise delayed
         return progressed
 
+    async def _node_verdicts(self, tasks: Sequence[TaskRecord]) -> dict[str, NodeVerdict]:
+        """What the nodes of the live tasks say (each node read once)."""
+        out: dict[str, NodeVerdict] = {}
+        now = self.clock()
+        for t in tasks:
+            if t.node_id and t.node_id not in out and t.state in LIVE_TASK_STATES:
+                node = await self.effects.node(t.node_id)
+                out[t.node_id] = node_verdict(t.node_id, node, now, self.node_grace)
+        return out
+
     async def _drive_node_task(
-        self, job: JobRecord, task: TaskRecord, nodes: dict[str, NodeRecord | None]
+        self,
+        job: JobRecord,
+        task: TaskRecord,
+        tasks: Sequence[TaskRecord],
+        verdicts: dict[str, NodeVerdict],
+        away: set[str],
     ) -> bool:
         fx = self.effects
         if task.state == "pending":
@@ -308,13 +330,18 @@ class Reconciler:
             )
             return True
         if task.state in ("scheduled", "running") and task.node_id:
-            if task.node_id not in nodes:
-                nodes[task.node_id] = await fx.node(task.node_id)
-            verdict = node_verdict(task.node_id, nodes[task.node_id], self.clock(), self.node_grace)
+            verdict = verdicts[task.node_id]
             if verdict.look_again_in is not None:
                 self._hint(job.id, verdict.look_again_in)
             if verdict.lost:
                 await fx.set_task(task, "failed", verdict.lost)
+                return True
+            if verdict.offline and written_off(task, tasks, away):
+                await fx.set_task(
+                    task,
+                    "terminated",
+                    f"{verdict.offline}; the rest of the job ended without its report",
+                )
                 return True
         if task.state == "scheduled" and not task.info.get("notified"):
             await fx.notify(task, "start", f"start task {task.id}")
