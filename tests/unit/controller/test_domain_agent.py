@@ -307,6 +307,31 @@ async def test_metrics_and_run_links(world: World) -> None:
     assert len((await agent.get_metrics(ctx, world.alice, world.job.id)).metrics) == 2
 
 
+async def test_a_metrics_report_sent_again_counts_once(world: World) -> None:
+    ctx = world.ctx
+    aggregator = await tokens.authenticate(
+        ctx, await tokens.issue_task_credential(ctx, world.job.id)
+    )
+
+    async def send(*metrics: NewMetric) -> None:
+        await agent.report_metrics(
+            ctx, aggregator, task_id=world.aggregator.id, metrics=metrics, run_uri="", model_uri=""
+        )
+
+    await send(NewMetric("accuracy", 0.5, 0), NewMetric("loss", 2.0, 0))
+    await send(NewMetric("accuracy", 0.5, 0), NewMetric("loss", 2.0, 0))  # its answer was lost
+    # a restarted aggregator repeats step 1 (then sends step 2); the first value stays
+    await send(NewMetric("accuracy", 0.7, 1))
+    await send(NewMetric("accuracy", 0.9, 1), NewMetric("accuracy", 0.8, 2))
+    view = await agent.get_metrics(ctx, world.alice, world.job.id)
+    assert [(m.key, m.value, m.step) for m in view.metrics] == [
+        ("accuracy", 0.5, 0),
+        ("loss", 2.0, 0),
+        ("accuracy", 0.7, 1),
+        ("accuracy", 0.8, 2),
+    ]
+
+
 async def test_endpoints_for_grpc_discovery(world: World) -> None:
     ctx, t0 = world.ctx, world.trainers[0]
     secret = await tokens.issue_task_credential(ctx, world.job.id)

@@ -188,12 +188,19 @@ async def report_metrics(
     if len(metrics) > MAX_METRICS:
         raise InvalidArgument(f"at most {MAX_METRICS} metrics per report")
     now = utcnow()
-    records = []
     for m in metrics:
         if not m.key or len(m.key) > 250:
             raise InvalidArgument("metric keys are 1-250 characters")
         if not math.isfinite(m.value):
             raise InvalidArgument(f"metric {m.key!r} at step {m.step} is not a finite number")
+    # Idempotent: a task has one value per metric and step, the first reported. A report sent
+    # again (its answer was lost, or a restarted aggregator repeats a round) adds nothing.
+    seen = {(r.key, r.step) for r in await ctx.store.read_metrics(task.job_id, task_id=task.id)}
+    records = []
+    for m in metrics:
+        if (m.key, m.step) in seen:
+            continue
+        seen.add((m.key, m.step))
         records.append(
             MetricRecord(
                 job_id=task.job_id,
