@@ -39,6 +39,7 @@ from flame_controller.store.records import (
     CodeRecord,
     DesignRecord,
     JobRecord,
+    MetricRecord,
     NodeRecord,
     TaskRecord,
     utcnow,
@@ -468,6 +469,49 @@ async def test_a_killed_aggregator_is_started_again_in_its_task_folder(
         (workdir_of(tmp_path, agg) / "release").write_text("0")
         await eventually(lambda: _job_is(store, "completed"), what="job completed")
     assert rec.of("STOP_TASK") == []
+
+
+async def test_restarts_are_counted_in_a_row_without_progress(
+    tmp_path: Path, store: Store, notifier: Any
+) -> None:
+    """An aggregator that reports a new round between crashes is restarted every time; the
+    limit is for crash loops."""
+    rec, address = notifier
+    await create_job(store)
+    r = make_reconciler(
+        store, make_deployer(tmp_path), address, interval=60.0, restarts=QUICK_RESTARTS
+    )
+    async with running(r):
+        await bring_to_running(store, r, rec)
+        agg = await aggregator(store)
+        for kill in range(1, 5):  # twice the limit of 2
+            await eventually(lambda k=kill: len(starts(tmp_path, agg)) == k, what="started")
+            await eventually(lambda: _state_is(aggregator(store), "running"), what="running")
+            # this attempt finishes a round (its metrics reach the control plane), then dies
+            metric = MetricRecord(job_id="job-1", task_id=agg.id, key="accuracy", value=0.5)
+            await store.append_metrics([metric.model_copy(update={"step": kill})])
+            role_process(await aggregator(store)).send_signal(signal.SIGKILL)
+        await eventually(lambda: len(starts(tmp_path, agg)) == 5, what="fifth start")
+        await eventually(lambda: _state_is(aggregator(store), "running"), what="running")
+        assert await job_state(store) == "running"
+        again = await aggregator(store)
+        assert [x.split(":")[0] for x in restarts_of(again)] == ["restart 1 of 2"] * 4
+        # now a crash loop: no round between the deaths (the last restart was the first of it)
+        for kill in range(5, 7):
+            await eventually(lambda k=kill: len(starts(tmp_path, agg)) == k, what="started")
+            await eventually(lambda: _state_is(aggregator(store), "running"), what="running")
+            role_process(await aggregator(store)).send_signal(signal.SIGKILL)
+            if kill < 6:
+                await eventually(lambda k=kill: len(starts(tmp_path, agg)) == k + 1, what="next")
+        await eventually(lambda: _job_is(store, "failed"), what="job failed")
+    job = await store.get_job("job-1")
+    assert job.reason == (
+        f"task {agg.id} (aggregator) failed: killed by SIGKILL (no restart left after 2)"
+    )
+    assert [x.split(":")[0] for x in restarts_of(await aggregator(store))][-2:] == [
+        "restart 1 of 2",
+        "restart 2 of 2",
+    ]
 
 
 async def test_an_aggregator_that_lost_its_quorum_is_not_restarted(

@@ -130,7 +130,10 @@ def outcome(seen: Observed) -> tuple[TaskState, str] | None:
 
 # Exit codes of ``python -m flame.launch`` that another attempt cannot change.
 FINAL_EXITS: Mapping[int, str] = {2: "configuration error", 3: "quorum lost"}
-RESTART_AT = "restart_at"  # task.info key: when the next attempt of a restarted task may start
+# task.info keys of a restarted task
+RESTART_AT = "restart_at"  # when its next attempt may start
+RESTART_STREAK = "restart_streak"  # restarts in a row without a new round reported between
+RESTART_STEP = "restart_step"  # the last metric step it had reported when it was restarted
 
 ExitStep = Literal["completed", "failed", "restart"]
 
@@ -139,31 +142,45 @@ ExitStep = Literal["completed", "failed", "restart"]
 class RestartPolicy:
     """How often a deployer-run task whose process died is started again (in the same task
     folder, so an aggregator resumes from its checkpoint), and how long to wait before each
-    attempt (capped exponential backoff with full jitter)."""
+    attempt (capped exponential backoff with full jitter). ``max_restarts`` bounds the restarts
+    in a row that made no progress: an attempt that reported a new round before it died starts
+    the count again, so a long job survives occasional crashes while a crash loop ends."""
 
     max_restarts: int = 3
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
 
 
-def after_exit(task: TaskRecord, seen: Observed, max_restarts: int) -> tuple[ExitStep, str] | None:
+def restart_streak(task: TaskRecord, last_step: int | None) -> int:
+    """Restarts in a row without progress before this exit: none when the attempt that just
+    ended reported a metric step beyond the one stored at its restart."""
+    streak = int(task.info.get(RESTART_STREAK, 0))
+    before = task.info.get(RESTART_STEP)
+    if streak and last_step is not None and (before is None or last_step > int(before)):
+        return 0
+    return streak
+
+
+def after_exit(
+    task: TaskRecord, seen: Observed, max_restarts: int, streak: int = 0
+) -> tuple[ExitStep, str] | None:
     """What to do with a deployer-run task from what the deployer sees: nothing while it runs
-    (None); ``completed`` on exit 0; ``restart`` when it died any other way and restarts are
-    left; ``failed`` (the reason naming the last exit) on a final exit code or when none are."""
+    (None); ``completed`` on exit 0; ``restart`` when it died any other way and fewer than
+    ``max_restarts`` restarts in a row (``streak``) were used; else ``failed``, the reason
+    naming the last exit. Exit codes no new attempt can change fail at once."""
     ended = outcome(seen)
     if ended is None:
         return None
     state, why = ended
     if state == "completed":
         return "completed", why
-    restarts = max(0, task.attempt - 1)
     if seen.exit_code in FINAL_EXITS:
         return "failed", why
-    if restarts >= max_restarts:
-        return "failed", f"{why} (no restart left after {restarts})" if restarts else why
+    if streak >= max_restarts:
+        return "failed", f"{why} (no restart left after {streak})" if streak else why
     return (
         "restart",
-        f"restart {restarts + 1} of {max_restarts}: attempt {task.attempt} ended ({why})",
+        f"restart {streak + 1} of {max_restarts}: attempt {task.attempt} ended ({why})",
     )
 
 

@@ -19,8 +19,9 @@ Steps, per job:
   A deployer-run process that died otherwise is started again in the same task folder (so an
   aggregator resumes from its checkpoint): ``running → scheduled`` with the next ``attempt``,
   after a backoff stored as ``info.restart_at``, each restart a transition whose reason names
-  the exit; after ``restarts.max_restarts`` of them, or on an exit code no restart can change
-  (configuration error, quorum lost), the task is ``failed``. ``deploying → running`` once no
+  the exit; after ``restarts.max_restarts`` of them in a row without the task reporting a new
+  metric step in between, or on an exit code no restart can change (configuration error,
+  quorum lost), the task is ``failed``. ``deploying → running`` once no
   task waits to be started.
 * A data-consumer task whose node is deleted or revoked fails with that reason. A node that is
   merely offline (its agent is down: its tasks may well run on) fails nothing by itself: the
@@ -54,12 +55,16 @@ from ..store.base import Store
 from ..store.records import JobRecord, TaskRecord, utcnow
 from .decisions import (
     RESTART_AT,
+    RESTART_STEP,
+    RESTART_STREAK,
     NodeVerdict,
     RestartPolicy,
     after_exit,
     job_action,
     judge,
     node_verdict,
+    outcome,
+    restart_streak,
     restart_wait,
     written_off,
 )
@@ -374,23 +379,34 @@ class Reconciler:
             return True
         if task.state == "running":
             seen = await self.deployer.observe(fx.handle(task))
-            step = after_exit(task, seen, self.restarts.max_restarts)
-            await fx.ship_output(task, final=step is not None)
-            if step is None:
+            if outcome(seen) is None:
+                await fx.ship_output(task, final=False)
                 return False
-            state, reason = step
+            await fx.ship_output(task, final=True)
+            last_step = await self._last_step(task)
+            streak = restart_streak(task, last_step)
+            ended = after_exit(task, seen, self.restarts.max_restarts, streak)
+            assert ended is not None
+            state, reason = ended
             if state != "restart":
                 await fx.set_task(task, state, reason)
                 return True
-            await self._restart(job, task, reason)
+            await self._restart(job, task, reason, streak, last_step)
             return True
         return False
 
-    async def _restart(self, job: JobRecord, task: TaskRecord, reason: str) -> None:
+    async def _last_step(self, task: TaskRecord) -> int | None:
+        """The last metric step the task reported (its progress), None when none."""
+        metrics = await self.store.read_metrics(task.job_id, task_id=task.id)
+        return max((m.step for m in metrics), default=None)
+
+    async def _restart(
+        self, job: JobRecord, task: TaskRecord, reason: str, streak: int, last_step: int | None
+    ) -> None:
         """Schedule the task's next attempt after a backoff; its old endpoint is forgotten so
         that its peers wait for the new one rather than retrying the dead one."""
         p = self.restarts
-        delay = backoff_delay(task.attempt, p.backoff_initial, p.backoff_max)
+        delay = backoff_delay(streak + 1, p.backoff_initial, p.backoff_max)
         at = self.clock() + timedelta(seconds=delay)
         await self.effects.set_task(
             task,
@@ -399,7 +415,12 @@ class Reconciler:
             attempt=task.attempt + 1,
             handle=None,
             endpoint=None,
-            info={**task.info, RESTART_AT: at.isoformat()},
+            info={
+                **task.info,
+                RESTART_AT: at.isoformat(),
+                RESTART_STREAK: streak + 1,
+                RESTART_STEP: last_step,
+            },
         )
         log.warning("task.restart", task_id=task.id, attempt=task.attempt + 1, delay=delay)
         self._hint(job.id, delay)
