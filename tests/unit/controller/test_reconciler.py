@@ -695,6 +695,7 @@ async def test_an_offline_node_fails_nothing_while_the_rest_of_the_job_runs(
     assert gone.state == "terminated"
     assert gone.reason.startswith(f"node {lost.node_id} offline since ")
     assert gone.reason.endswith("the rest of the job ended without its report")
+    assert gone.info["given_up"] is True  # its agent's report, when it is back, is taken
 
 
 async def test_a_node_that_comes_back_reports_what_its_task_did(

@@ -14,7 +14,7 @@ import structlog
 from flame_service.auth import Caller
 from flame_service.errors import Conflict, InvalidArgument, NotFound, PermissionDenied
 
-from ..jobs.states import task_transition
+from ..jobs.states import late_report, task_transition
 from ..store.records import (
     JobRecord,
     LogLineRecord,
@@ -97,9 +97,12 @@ async def report_task_status(
             raise Conflict(f"attempt {attempt} of task {task_id!r} is stale (now {task.attempt})")
         if task.state == state:
             return task  # a repeated report changes nothing
-        change = task_transition(
-            task, cast(TaskState, state), reason or f"reported by {caller.subject}"
-        )
+        why = reason or f"reported by {caller.subject}"
+        if task.state == "terminated" and state != "running":
+            # given up while its node was away: what its process did, now that it is known
+            change = late_report(task, cast(TaskState, state), f"{why} (reported late)")
+        else:
+            change = task_transition(task, cast(TaskState, state), why)
         try:
             updated = await ctx.store.cas_task(task_id, task.version, change.changes, change.record)
         except Conflict:

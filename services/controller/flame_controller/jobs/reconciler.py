@@ -70,7 +70,7 @@ from .decisions import (
 )
 from .effects import Credentials, Effects, PermanentError, TemporaryError
 from .notifier_client import GrpcNotifier, Notifier
-from .states import LIVE_TASK_STATES
+from .states import GIVEN_UP, LIVE_TASK_STATES
 
 log = structlog.get_logger(__name__)
 MAX_STEPS_PER_JOB = 100
@@ -346,6 +346,7 @@ class Reconciler:
                     task,
                     "terminated",
                     f"{verdict.offline}; the rest of the job ended without its report",
+                    info={**task.info, GIVEN_UP: True},
                 )
                 return True
         if task.state == "scheduled" and not task.info.get("notified"):
