@@ -21,8 +21,8 @@ Steps, per job:
   after a backoff stored as ``info.restart_at``, each restart a transition whose reason names
   the exit; after ``restarts.max_restarts`` of them in a row without the task reporting a new
   metric step in between, or on an exit code no restart can change (configuration error,
-  quorum lost), the task is ``failed``. ``deploying → running`` once no
-  task waits to be started.
+  quorum lost), the task is ``failed``. ``deploying → running`` once no task waits to be
+  started.
 * A data-consumer task whose node is deleted or revoked fails with that reason. A node that is
   merely offline (its agent is down: its tasks may well run on) fails nothing by itself: the
   job fails when a task is known dead or its aggregator lost quorum, and the agent reports its
