@@ -28,6 +28,8 @@ import structlog
 
 from flame.config import TaskConfig, TrackingSpec
 from flame.connect import PLAINTEXT, Security, sync_http_client
+from flame.outbox import Outbox
+from flame.retry import Backoff
 from flame.tensors import Weights, copy_weights
 from flame.tensors import to_bytes as weights_to_bytes
 
@@ -277,9 +279,26 @@ class MlflowTracker:
         return f"models:/{self.register_as}@best"
 
 
+class _NotAccepted(Exception):
+    """The control plane did not take a report now (down, restarting, overloaded): retry."""
+
+
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
 class ControlPlaneReporter:
     """Sends round metrics (and at the end the run/model URIs) to the apiserver so that
-    ``flamectl job watch`` shows the curve. Failures are logged, never fatal to training."""
+    ``flamectl job watch`` shows the curve.
+
+    Nothing reported is dropped: every batch goes into an :class:`~flame.outbox.Outbox` and
+    leaves it only once the control plane acknowledged it. A batch it does not take now (a
+    transport error, 429 or 5xx while it restarts) stays, in order, and is sent again with
+    capped, jittered backoff on later calls; :meth:`finish` keeps trying up to
+    ``drain_timeout`` seconds. The control plane keeps one value per task, metric and step, so
+    a batch sent twice (acknowledged, but the answer was lost) counts once. A batch it refuses
+    (4xx: it would be refused again) is logged and dropped. Calls never sleep except in
+    :meth:`finish`, so the round path (or the worker thread it runs on) is never held up.
+    Batches beyond ``memory_limit`` wait in ``spill`` (a file in the task's folder)."""
 
     def __init__(
         self,
@@ -288,15 +307,53 @@ class ControlPlaneReporter:
         task_id: str,
         timeout: float = 5.0,
         security: Security = PLAINTEXT,
+        *,
+        spill: Path | None = None,
+        memory_limit: int = 256,
+        retry_initial: float = 0.2,
+        retry_max: float = 10.0,
+        drain_timeout: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.http = sync_http_client(url, security, token=token, timeout=timeout)
         self.path = f"/v1/agent/tasks/{task_id}/metrics"
+        self.outbox = Outbox(spill, memory_limit)
+        self._backoff = Backoff(retry_initial, retry_max)
+        self._next_try = 0.0
+        self._drain_timeout = drain_timeout
+        self._clock = clock
+        self._sleep = sleep
 
     def _post(self, body: dict[str, Any]) -> None:
+        """Send one batch; :class:`_NotAccepted` when it is worth sending again."""
         try:
-            self.http.post(self.path, json=body).raise_for_status()
-        except httpx.HTTPError as exc:
-            log.warning("metrics.report_failed", error=str(exc))
+            resp = self.http.post(self.path, json=body)
+        except httpx.TransportError as exc:
+            raise _NotAccepted(str(exc) or type(exc).__name__) from exc
+        if resp.status_code in RETRY_STATUS:
+            raise _NotAccepted(f"HTTP {resp.status_code}")
+        if resp.status_code >= 400:
+            log.warning("metrics.refused", status=resp.status_code, body=resp.text[:200])
+
+    def _flush(self) -> bool:
+        """Send what waits, oldest first, until one is not accepted; True when all went."""
+        while (batch := self.outbox.peek()) is not None:
+            try:
+                self._post(batch)
+            except _NotAccepted as exc:
+                delay = self._backoff.next()
+                self._next_try = self._clock() + delay
+                log.info("metrics.report_retry", error=str(exc), waiting=len(self.outbox))
+                return False
+            self.outbox.pop()
+            self._backoff.reset()
+        return True
+
+    def _report(self, body: dict[str, Any]) -> None:
+        self.outbox.put(body)
+        if self._clock() >= self._next_try:
+            self._flush()
 
     def start(self, params: dict[str, Any], tags: dict[str, str]) -> None:
         return None
@@ -307,7 +364,7 @@ class ControlPlaneReporter:
             for k, v in metrics.items()
             if math.isfinite(v)
         ]
-        self._post({"metrics": items})
+        self._report({"metrics": items})
 
     def offer_model(self, rnd: int, weights: Weights, metrics: dict[str, float]) -> None:
         return None
@@ -315,12 +372,25 @@ class ControlPlaneReporter:
     def log_json(self, name: str, data: dict[str, Any]) -> None:
         return None  # the control plane keeps metrics; the report is in MLflow
 
+    def drain(self) -> bool:
+        """Keep sending what waits until it is all acknowledged or ``drain_timeout`` passed;
+        True when nothing is left."""
+        end = self._clock() + self._drain_timeout
+        while not self._flush():
+            left = end - self._clock()
+            if left <= 0:
+                log.error("metrics.report_lost", batches=len(self.outbox))
+                return False
+            self._sleep(min(max(0.0, self._next_try - self._clock()), left))
+        return True
+
     def finish(self, status: str = "FINISHED") -> TrackingResult:
+        self.drain()
         self.http.close()
         return TrackingResult()
 
     def report_result(self, result: TrackingResult) -> None:
-        self._post(
+        self._report(
             {"metrics": [], "run_uri": result.run_uri or "", "model_uri": result.model_uri or ""}
         )
 
@@ -438,7 +508,11 @@ def make_tracker(config: TaskConfig, *, predict_source: str | None = None) -> Tr
     reporter = None
     if disc.kind == "control-plane" and disc.url and disc.token:
         reporter = ControlPlaneReporter(
-            disc.url, disc.token, config.task_id, security=Security.of(config)
+            disc.url,
+            disc.token,
+            config.task_id,
+            security=Security.of(config),
+            spill=Path(config.workdir) / "metrics-outbox.jsonl",
         )
     return CompositeTracker(mlflow_tracker, reporter)
 

@@ -203,6 +203,10 @@ class Aggregator(Role):
         self.strategy.load_state(StrategyState(ckpt.strategy_tensors, ckpt.strategy_data))
         self.selector.load_state(ckpt.selector)
         self.history = list(ckpt.history)
+        for entry in self.history:  # metrics an earlier attempt may not have got out: again
+            self.tracker.log_round(
+                int(entry["round"]), {k: v for k, v in entry.items() if k != "round"}
+            )
         self.silent = set(ckpt.extra.get("silent", []))
         if ckpt.best_weights is not None:
             self.best.round = ckpt.best_round

@@ -74,3 +74,12 @@ class Backoff:
 
     def reset(self) -> None:
         self._state.attempt_number = 1
+
+
+def backoff_delay(retry: int, initial: float, maximum: float) -> float:
+    """The jittered delay before retry number ``retry`` (1 for the first) of a loop whose
+    attempt count is stored rather than held in memory: up to ``initial * 2**(retry - 1)``,
+    capped at ``maximum``."""
+    state = tenacity.RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+    state.attempt_number = max(1, retry)
+    return float(_jitter(initial, maximum)(state))

@@ -44,6 +44,11 @@ class ControllerSettings(ServiceSettings):
     run_reconciler: bool = True  # off in tests that drive the domain only
     # who runs the roles that own no data: local processes, Kubernetes Jobs (FLAME_KUBERNETES_*)
     deployer: Literal["local", "kubernetes", "none"] = "local"
+    # a deployer-run task (aggregator, coordinator) whose process dies is started again this
+    # many times, after a capped exponential backoff with jitter, before its job fails
+    task_max_restarts: int = Field(default=3, ge=0, le=100)
+    task_restart_backoff_initial_seconds: float = Field(default=0.5, gt=0)
+    task_restart_backoff_max_seconds: float = Field(default=30.0, gt=0)
 
     # A plaintext port serving only grpc.health.v1 (kubelet probes cannot speak TLS); off: None
     health_listen: str | None = None

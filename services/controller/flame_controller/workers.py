@@ -6,6 +6,7 @@ from .deployers.base import Deployer
 from .deployers.local import LocalDeployer
 from .domain.context import Ctx
 from .domain.tokens import TaskCredentials
+from .jobs.decisions import RestartPolicy
 from .jobs.notifier_client import GrpcNotifier
 from .jobs.reconciler import Reconciler
 from .settings import ControllerSettings
@@ -33,6 +34,15 @@ def reconciler_factory(ctx: Ctx, settings: ControllerSettings) -> Reconciler:
         if settings.notifier_address
         else None
     )
+    restarts = RestartPolicy(
+        max_restarts=settings.task_max_restarts,
+        backoff_initial=settings.task_restart_backoff_initial_seconds,
+        backoff_max=settings.task_restart_backoff_max_seconds,
+    )
     return Reconciler(
-        ctx.store, make_deployer(settings), notifier, credentials=TaskCredentials(ctx)
+        ctx.store,
+        make_deployer(settings),
+        notifier,
+        credentials=TaskCredentials(ctx),
+        restarts=restarts,
     )

@@ -137,6 +137,35 @@ async def test_a_node_reports_the_life_of_its_task_and_wakes_the_reconciler(worl
         )
 
 
+async def test_a_task_given_up_for_its_absent_node_takes_the_outcome_reported_later(
+    world: World,
+) -> None:
+    ctx, store = world.ctx, world.ctx.store
+    given_up, stopped = world.trainers[0], world.trainers[1]
+    for task, info in ((given_up, {"given_up": True}), (stopped, {})):
+        task = await _schedule(store, task)
+        change = task_transition(task, "terminated", "node offline; job ended")
+        await store.cas_task(task.id, task.version, {**change.changes, "info": info}, change.record)
+    done = await agent.report_task_status(
+        ctx, world.node, task_id=given_up.id, state="completed", reason="exit code 0", attempt=0
+    )
+    assert (done.state, done.reason) == ("completed", "exit code 0 (reported late)")
+    assert [(t.from_state, t.to_state) for t in done.transitions][-1] == (
+        "terminated",
+        "completed",
+    )
+    assert "given_up" not in done.info
+    with pytest.raises(FailedPrecondition):  # its outcome is known now: final again
+        await agent.report_task_status(
+            ctx, world.node, task_id=given_up.id, state="failed", reason="", attempt=0
+        )
+    with pytest.raises(FailedPrecondition):  # stopped by the job, not given up: final
+        await agent.report_task_status(
+            ctx, world.node, task_id=stopped.id, state="completed", reason="", attempt=0
+        )
+    assert (await store.get_task(stopped.id)).state == "terminated"
+
+
 async def test_status_reports_check_the_node_and_the_attempt(world: World) -> None:
     ctx, task = world.ctx, await _schedule(world.ctx.store, world.trainers[1])
     with pytest.raises(NotFound):
@@ -305,6 +334,31 @@ async def test_metrics_and_run_links(world: World) -> None:
             model_uri="",
         )
     assert len((await agent.get_metrics(ctx, world.alice, world.job.id)).metrics) == 2
+
+
+async def test_a_metrics_report_sent_again_counts_once(world: World) -> None:
+    ctx = world.ctx
+    aggregator = await tokens.authenticate(
+        ctx, await tokens.issue_task_credential(ctx, world.job.id)
+    )
+
+    async def send(*metrics: NewMetric) -> None:
+        await agent.report_metrics(
+            ctx, aggregator, task_id=world.aggregator.id, metrics=metrics, run_uri="", model_uri=""
+        )
+
+    await send(NewMetric("accuracy", 0.5, 0), NewMetric("loss", 2.0, 0))
+    await send(NewMetric("accuracy", 0.5, 0), NewMetric("loss", 2.0, 0))  # its answer was lost
+    # a restarted aggregator repeats step 1 (then sends step 2); the first value stays
+    await send(NewMetric("accuracy", 0.7, 1))
+    await send(NewMetric("accuracy", 0.9, 1), NewMetric("accuracy", 0.8, 2))
+    view = await agent.get_metrics(ctx, world.alice, world.job.id)
+    assert [(m.key, m.value, m.step) for m in view.metrics] == [
+        ("accuracy", 0.5, 0),
+        ("loss", 2.0, 0),
+        ("accuracy", 0.7, 1),
+        ("accuracy", 0.8, 2),
+    ]
 
 
 async def test_endpoints_for_grpc_discovery(world: World) -> None:

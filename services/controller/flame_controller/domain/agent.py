@@ -14,7 +14,7 @@ import structlog
 from flame_service.auth import Caller
 from flame_service.errors import Conflict, InvalidArgument, NotFound, PermissionDenied
 
-from ..jobs.states import task_transition
+from ..jobs.states import late_report, task_transition
 from ..store.records import (
     JobRecord,
     LogLineRecord,
@@ -97,9 +97,12 @@ async def report_task_status(
             raise Conflict(f"attempt {attempt} of task {task_id!r} is stale (now {task.attempt})")
         if task.state == state:
             return task  # a repeated report changes nothing
-        change = task_transition(
-            task, cast(TaskState, state), reason or f"reported by {caller.subject}"
-        )
+        why = reason or f"reported by {caller.subject}"
+        if task.state == "terminated" and state != "running":
+            # given up while its node was away: what its process did, now that it is known
+            change = late_report(task, cast(TaskState, state), f"{why} (reported late)")
+        else:
+            change = task_transition(task, cast(TaskState, state), why)
         try:
             updated = await ctx.store.cas_task(task_id, task.version, change.changes, change.record)
         except Conflict:
@@ -188,12 +191,19 @@ async def report_metrics(
     if len(metrics) > MAX_METRICS:
         raise InvalidArgument(f"at most {MAX_METRICS} metrics per report")
     now = utcnow()
-    records = []
     for m in metrics:
         if not m.key or len(m.key) > 250:
             raise InvalidArgument("metric keys are 1-250 characters")
         if not math.isfinite(m.value):
             raise InvalidArgument(f"metric {m.key!r} at step {m.step} is not a finite number")
+    # Idempotent: a task has one value per metric and step, the first reported. A report sent
+    # again (its answer was lost, or a restarted aggregator repeats a round) adds nothing.
+    seen = {(r.key, r.step) for r in await ctx.store.read_metrics(task.job_id, task_id=task.id)}
+    records = []
+    for m in metrics:
+        if (m.key, m.step) in seen:
+            continue
+        seen.add((m.key, m.step))
         records.append(
             MetricRecord(
                 job_id=task.job_id,

@@ -7,7 +7,7 @@ through :mod:`flame_controller.jobs.effects`. Kept pure so every rule is testabl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -53,15 +53,13 @@ def judge(job: JobRecord, tasks: Sequence[TaskRecord]) -> tuple[JobState, str] |
         if not t.data_consumer and t.state == "failed":
             return "failed", f"task {t.id} ({t.role}) failed: {t.reason or 'no reason'}"
     consumers = [t for t in tasks if t.data_consumer]
-    alive = sum(1 for t in consumers if t.state not in ("failed", "terminated"))
+    # only a task known dead counts against the quorum: one given up on because its node
+    # stayed away (terminated) may have done its part (the data plane judged its quorum)
+    alive = sum(1 for t in consumers if t.state != "failed")
     min_trainers = int(job.spec.get("min_trainers", 1))
     if consumers and alive < min_trainers:
         role = consumers[0].role
-        lost = "; ".join(
-            f"{t.id}: {t.reason or t.state}"
-            for t in consumers
-            if t.state in ("failed", "terminated")
-        )
+        lost = "; ".join(f"{t.id}: {t.reason or t.state}" for t in consumers if t.state == "failed")
         return "failed", (
             f"only {alive} of {len(consumers)} {role} tasks are left; "
             f"min_trainers is {min_trainers} ({lost[:500]})"
@@ -81,15 +79,21 @@ def judge(job: JobRecord, tasks: Sequence[TaskRecord]) -> tuple[JobState, str] |
 
 @dataclass(frozen=True)
 class NodeVerdict:
-    """Whether the tasks on a node are lost, or when to look again (a short absence)."""
+    """What a node's state says about the tasks on it.
+
+    ``lost``: the node is gone for good (deleted, revoked): its tasks can never report again.
+    ``offline``: its agent has been away longer than the grace period; its tasks may well be
+    running (an agent outage does not stop them), so this alone fails nothing.
+    ``look_again_in``: a short absence (a flamelet restart), waited for.
+    """
 
     lost: str | None = None
+    offline: str | None = None
     look_again_in: float | None = None
 
 
 def node_verdict(node_id: str, node: NodeRecord | None, now: datetime, grace: float) -> NodeVerdict:
-    """A node that is deleted, revoked, or offline for longer than ``grace`` has lost its
-    tasks; one that went offline less than ``grace`` ago (a flamelet restart) is waited for."""
+    """See :class:`NodeVerdict`."""
     if node is None:
         return NodeVerdict(lost=f"node {node_id} no longer exists")
     if node.revoked:
@@ -97,11 +101,22 @@ def node_verdict(node_id: str, node: NodeRecord | None, now: datetime, grace: fl
     if node.presence != "offline":
         return NodeVerdict()
     if node.last_seen is None:
-        return NodeVerdict(lost=f"node {node_id} is offline")
+        return NodeVerdict(offline=f"node {node_id} is offline")
     gone_for = (now - node.last_seen).total_seconds()
     if gone_for >= grace:
-        return NodeVerdict(lost=f"node {node_id} offline since {node.last_seen.isoformat()}")
+        return NodeVerdict(offline=f"node {node_id} offline since {node.last_seen.isoformat()}")
     return NodeVerdict(look_again_in=grace - gone_for)
+
+
+def written_off(task: TaskRecord, tasks: Sequence[TaskRecord], away: set[str]) -> bool:
+    """Whether a live ``task`` on a node that is away (``away``: ids of tasks on nodes offline
+    past the grace period) is given up: only once no other task of the job is live except on
+    such nodes. Until then the job's own data plane decides (the aggregator goes on without a
+    silent trainer and fails the job itself when too few answer); a node whose agent comes back
+    reports what its tasks really did."""
+    if task.id not in away:
+        return False
+    return not any(t.state in LIVE_TASK_STATES and t.id not in away for t in tasks)
 
 
 def outcome(seen: Observed) -> tuple[TaskState, str] | None:
@@ -111,3 +126,71 @@ def outcome(seen: Observed) -> tuple[TaskState, str] | None:
     if seen.state == "exited" and seen.exit_code == 0:
         return "completed", "exit code 0"
     return "failed", seen.detail or "process ended"
+
+
+# Exit codes of ``python -m flame.launch`` that another attempt cannot change.
+FINAL_EXITS: Mapping[int, str] = {2: "configuration error", 3: "quorum lost"}
+# task.info keys of a restarted task
+RESTART_AT = "restart_at"  # when its next attempt may start
+RESTART_STREAK = "restart_streak"  # restarts in a row without a new round reported between
+RESTART_STEP = "restart_step"  # the last metric step it had reported when it was restarted
+
+ExitStep = Literal["completed", "failed", "restart"]
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How often a deployer-run task whose process died is started again (in the same task
+    folder, so an aggregator resumes from its checkpoint), and how long to wait before each
+    attempt (capped exponential backoff with full jitter). ``max_restarts`` bounds the restarts
+    in a row that made no progress: an attempt that reported a new round before it died starts
+    the count again, so a long job survives occasional crashes while a crash loop ends."""
+
+    max_restarts: int = 3
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+
+
+def restart_streak(task: TaskRecord, last_step: int | None) -> int:
+    """Restarts in a row without progress before this exit: none when the attempt that just
+    ended reported a metric step beyond the one stored at its restart."""
+    streak = int(task.info.get(RESTART_STREAK, 0))
+    before = task.info.get(RESTART_STEP)
+    if streak and last_step is not None and (before is None or last_step > int(before)):
+        return 0
+    return streak
+
+
+def after_exit(
+    task: TaskRecord, seen: Observed, max_restarts: int, streak: int = 0
+) -> tuple[ExitStep, str] | None:
+    """What to do with a deployer-run task from what the deployer sees: nothing while it runs
+    (None); ``completed`` on exit 0; ``restart`` when it died any other way and fewer than
+    ``max_restarts`` restarts in a row (``streak``) were used; else ``failed``, the reason
+    naming the last exit. Exit codes no new attempt can change fail at once."""
+    ended = outcome(seen)
+    if ended is None:
+        return None
+    state, why = ended
+    if state == "completed":
+        return "completed", why
+    if seen.exit_code in FINAL_EXITS:
+        return "failed", why
+    if streak >= max_restarts:
+        return "failed", f"{why} (no restart left after {streak})" if streak else why
+    return (
+        "restart",
+        f"restart {streak + 1} of {max_restarts}: attempt {task.attempt} ended ({why})",
+    )
+
+
+def restart_wait(task: TaskRecord, now: datetime) -> float:
+    """Seconds until a restarted task's next attempt may start (0: now)."""
+    raw = task.info.get(RESTART_AT)
+    if not raw:
+        return 0.0
+    try:
+        at = datetime.fromisoformat(str(raw))
+    except ValueError:
+        return 0.0
+    return max(0.0, (at - now).total_seconds())

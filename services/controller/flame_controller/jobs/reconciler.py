@@ -15,10 +15,19 @@ Steps, per job:
   scheduled`` on their dataset's node followed by a ``START_TASK`` event through the notifier
   (retried on later passes until the notifier takes it; the flamelet also reconciles from
   ``ListAssignedTasks``, so events are only hints); other tasks ``pending → scheduled →
-  running`` through the deployer, whose processes are then observed (exit 0 → ``completed``,
-  otherwise ``failed``). ``deploying → running`` once no task waits to be started.
-* A data-consumer task whose node is deleted, revoked, or offline for longer than
-  ``node_grace`` fails with that reason; a shorter absence (a flamelet restart) is waited out.
+  running`` through the deployer, whose processes are then observed (exit 0 → ``completed``).
+  A deployer-run process that died otherwise is started again in the same task folder (so an
+  aggregator resumes from its checkpoint): ``running → scheduled`` with the next ``attempt``,
+  after a backoff stored as ``info.restart_at``, each restart a transition whose reason names
+  the exit; after ``restarts.max_restarts`` of them in a row without the task reporting a new
+  metric step in between, or on an exit code no restart can change (configuration error,
+  quorum lost), the task is ``failed``. ``deploying → running`` once no task waits to be
+  started.
+* A data-consumer task whose node is deleted or revoked fails with that reason. A node that is
+  merely offline (its agent is down: its tasks may well run on) fails nothing by itself: the
+  job fails when a task is known dead or its aggregator lost quorum, and the agent reports its
+  tasks' real outcome when it reconnects. Only when nothing else of the job is live are tasks
+  on nodes offline for longer than ``node_grace`` given up (``terminated``), so the job ends.
 * ``running → completed`` when every role has a completed task and none is live; ``→ failed``
   as :func:`.decisions.judge` says, or on a permanent error. Live tasks are then stopped.
 * desired ``stopped`` (or the deadline passed): ``→ stopping`` → ``STOP_TASK`` to the nodes and
@@ -34,18 +43,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 
 from flame_service.errors import Conflict, NotFound
+from flame_service.retry import backoff_delay
 
 from ..deployers.base import Deployer
 from ..store.base import Store
-from ..store.records import JobRecord, NodeRecord, TaskRecord, utcnow
-from .decisions import job_action, judge, node_verdict, outcome
+from ..store.records import JobRecord, TaskRecord, utcnow
+from .decisions import (
+    RESTART_AT,
+    RESTART_STEP,
+    RESTART_STREAK,
+    NodeVerdict,
+    RestartPolicy,
+    after_exit,
+    job_action,
+    judge,
+    node_verdict,
+    outcome,
+    restart_streak,
+    restart_wait,
+    written_off,
+)
 from .effects import Credentials, Effects, PermanentError, TemporaryError
 from .notifier_client import GrpcNotifier, Notifier
+from .states import GIVEN_UP, LIVE_TASK_STATES
 
 log = structlog.get_logger(__name__)
 MAX_STEPS_PER_JOB = 100
@@ -72,6 +97,7 @@ class Reconciler:
         retry_delay: float = 1.0,
         concurrency: int = 8,
         node_grace: float = 10.0,
+        restarts: RestartPolicy | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
@@ -82,6 +108,7 @@ class Reconciler:
         self.interval = interval
         self.retry_delay = retry_delay
         self.node_grace = node_grace
+        self.restarts = restarts or RestartPolicy()
         self.clock = clock
         self._hints: dict[str, float] = {}  # job id -> look again within (this pass only)
         self._sem = asyncio.Semaphore(concurrency)
@@ -263,11 +290,12 @@ class Reconciler:
         failure on one task does not hold up the others; it is raised after them."""
         progressed = False
         delayed: TemporaryError | None = None
-        nodes: dict[str, NodeRecord | None] = {}  # read once per step
+        verdicts = await self._node_verdicts(tasks)
+        away = {t.id for t in tasks if t.node_id in verdicts and verdicts[t.node_id].offline}
         for task in tasks:
             try:
                 if task.data_consumer:
-                    progressed |= await self._drive_node_task(job, task, nodes)
+                    progressed |= await self._drive_node_task(job, task, tasks, verdicts, away)
                 else:
                     progressed |= await self._drive_deployer_task(job, task)
             except TemporaryError as exc:
@@ -276,8 +304,23 @@ class Reconciler:
             raise delayed
         return progressed
 
+    async def _node_verdicts(self, tasks: Sequence[TaskRecord]) -> dict[str, NodeVerdict]:
+        """What the nodes of the live tasks say (each node read once)."""
+        out: dict[str, NodeVerdict] = {}
+        now = self.clock()
+        for t in tasks:
+            if t.node_id and t.node_id not in out and t.state in LIVE_TASK_STATES:
+                node = await self.effects.node(t.node_id)
+                out[t.node_id] = node_verdict(t.node_id, node, now, self.node_grace)
+        return out
+
     async def _drive_node_task(
-        self, job: JobRecord, task: TaskRecord, nodes: dict[str, NodeRecord | None]
+        self,
+        job: JobRecord,
+        task: TaskRecord,
+        tasks: Sequence[TaskRecord],
+        verdicts: dict[str, NodeVerdict],
+        away: set[str],
     ) -> bool:
         fx = self.effects
         if task.state == "pending":
@@ -292,14 +335,19 @@ class Reconciler:
             )
             return True
         if task.state in ("scheduled", "running") and task.node_id:
-            if task.node_id not in nodes:
-                nodes[task.node_id] = await fx.node(task.node_id)
-            verdict = node_verdict(task.node_id, nodes[task.node_id], self.clock(), self.node_grace)
+            verdict = verdicts[task.node_id]
             if verdict.look_again_in is not None:
-                wait = verdict.look_again_in
-                self._hints[job.id] = min(self._hints.get(job.id, wait), wait)
+                self._hint(job.id, verdict.look_again_in)
             if verdict.lost:
                 await fx.set_task(task, "failed", verdict.lost)
+                return True
+            if verdict.offline and written_off(task, tasks, away):
+                await fx.set_task(
+                    task,
+                    "terminated",
+                    f"{verdict.offline}; the rest of the job ended without its report",
+                    info={**task.info, GIVEN_UP: True},
+                )
                 return True
         if task.state == "scheduled" and not task.info.get("notified"):
             await fx.notify(task, "start", f"start task {task.id}")
@@ -321,6 +369,10 @@ class Reconciler:
         if self.deployer is None:
             return False
         if task.state == "scheduled":
+            wait = restart_wait(task, self.clock())
+            if wait > 0:  # a restart's backoff: look again when it is over
+                self._hint(job.id, wait)
+                return False
             handle = await fx.deploy(job, task)
             await fx.set_task(
                 task, "running", f"started by the {self.deployer.name} deployer", handle=handle
@@ -328,10 +380,52 @@ class Reconciler:
             return True
         if task.state == "running":
             seen = await self.deployer.observe(fx.handle(task))
-            ended = outcome(seen)
-            await fx.ship_output(task, final=ended is not None)
-            if ended is None:
+            if outcome(seen) is None:
+                await fx.ship_output(task, final=False)
                 return False
-            await fx.set_task(task, *ended)
+            await fx.ship_output(task, final=True)
+            last_step = await self._last_step(task)
+            streak = restart_streak(task, last_step)
+            ended = after_exit(task, seen, self.restarts.max_restarts, streak)
+            assert ended is not None
+            state, reason = ended
+            if state != "restart":
+                await fx.set_task(task, state, reason)
+                return True
+            await self._restart(job, task, reason, streak, last_step)
             return True
         return False
+
+    async def _last_step(self, task: TaskRecord) -> int | None:
+        """The last metric step the task reported (its progress), None when none."""
+        metrics = await self.store.read_metrics(task.job_id, task_id=task.id)
+        return max((m.step for m in metrics), default=None)
+
+    async def _restart(
+        self, job: JobRecord, task: TaskRecord, reason: str, streak: int, last_step: int | None
+    ) -> None:
+        """Schedule the task's next attempt after a backoff; its old endpoint is forgotten so
+        that its peers wait for the new one rather than retrying the dead one."""
+        p = self.restarts
+        delay = backoff_delay(streak + 1, p.backoff_initial, p.backoff_max)
+        at = self.clock() + timedelta(seconds=delay)
+        await self.effects.set_task(
+            task,
+            "scheduled",
+            f"{reason}; next attempt in {delay:.2f}s",
+            attempt=task.attempt + 1,
+            handle=None,
+            endpoint=None,
+            info={
+                **task.info,
+                RESTART_AT: at.isoformat(),
+                RESTART_STREAK: streak + 1,
+                RESTART_STEP: last_step,
+            },
+        )
+        log.warning("task.restart", task_id=task.id, attempt=task.attempt + 1, delay=delay)
+        self._hint(job.id, delay)
+
+    def _hint(self, job_id: str, wait: float) -> None:
+        """Look at ``job_id`` again within ``wait`` seconds (this pass)."""
+        self._hints[job_id] = min(self._hints.get(job_id, wait), wait)

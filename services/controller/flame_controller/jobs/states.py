@@ -2,7 +2,9 @@
 
 Job: ``ready → starting → deploying → running → completed | failed | terminated``; a stop goes
 through ``stopping`` to ``terminated``.  Task: ``pending → scheduled → running → completed |
-failed | terminated``.  Terminal states are final.
+failed | terminated``, and ``running → scheduled`` when the reconciler restarts a deployer-run
+task whose process died.  Terminal states are final, but for :func:`late_report`: a task given
+up for its absent node takes the outcome its agent reports when it is back.
 
 :func:`job_transition` / :func:`task_transition` are pure: they return the field changes and the
 :class:`TransitionRecord` to hand to ``store.cas_job`` / ``store.cas_task`` (which applies both in
@@ -45,7 +47,8 @@ TASK_TRANSITIONS: Mapping[str, frozenset[str]] = {
     "pending": frozenset({"scheduled", "failed", "terminated"}),
     # a node may report "completed"/"failed" without the "running" report reaching us first
     "scheduled": frozenset({"running", "completed", "failed", "terminated"}),
-    "running": frozenset({"completed", "failed", "terminated"}),
+    # a deployer-run task whose process died is started again (bounded, by the reconciler)
+    "running": frozenset({"scheduled", "completed", "failed", "terminated"}),
     "completed": frozenset(),
     "failed": frozenset(),
     "terminated": frozenset(),
@@ -107,5 +110,25 @@ def task_transition(
         raise IllegalTransition(f"task {task.id}: cannot go from {task.state!r} to {to_state!r}")
     at = now or utcnow()
     changes: dict[str, Any] = {"state": to_state, "reason": reason}
+    record = TransitionRecord(from_state=task.state, to_state=to_state, reason=reason, at=at)
+    return Transition(changes=changes, record=record)
+
+
+GIVEN_UP = "given_up"  # task.info flag: terminated because its node stayed away, outcome unknown
+
+
+def late_report(
+    task: TaskRecord, to_state: TaskState, reason: str, *, now: datetime | None = None
+) -> Transition:
+    """The one way out of a terminal state: a task that was given up (``terminated`` because
+    its node stayed offline until the rest of the job had ended) takes the outcome its agent
+    reports for it later, ``completed`` or ``failed``: what its process really did."""
+    if task.state != "terminated" or not task.info.get(GIVEN_UP):
+        raise IllegalTransition(f"task {task.id}: cannot go from {task.state!r} to {to_state!r}")
+    if to_state not in ("completed", "failed"):
+        raise IllegalTransition(f"task {task.id}: a late report must be completed or failed")
+    at = now or utcnow()
+    info = {k: v for k, v in task.info.items() if k != GIVEN_UP}
+    changes: dict[str, Any] = {"state": to_state, "reason": reason, "info": info}
     record = TransitionRecord(from_state=task.state, to_state=to_state, reason=reason, at=at)
     return Transition(changes=changes, record=record)

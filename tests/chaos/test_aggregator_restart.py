@@ -1,0 +1,160 @@
+"""Chaos: the top aggregator's process is SIGKILLed mid-job on the real stack.
+
+The controller starts it again in the same task folder; it resumes from its last checkpoint,
+the trainers find its new endpoint and carry on, and the job ends with the same model as an
+undisturbed run with the same seed (FedAvg; FedAdam, whose moments are in the checkpoint),
+however often that happens as long as each attempt finishes a round. Killed more often in a row
+than the restarts allow, with no round in between, the job fails with a reason that names the
+task and its last exit.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from flame.cli.client import FlameClient
+from flame.cli.resources import Task
+from tests.e2e.jobs_harness import Cluster, aggregator_result, start_cluster, wait_for_round
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+
+ROUNDS = 20
+KILLS = 5
+SPEC = {"rounds": ROUNDS, "min_trainers": 3, "seed": 0, "round_timeout": 60}
+MAX_RESTARTS = 3  # the controller's default (FLAME_CONTROLLER_TASK_MAX_RESTARTS)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    home: Path = tmp_path_factory.mktemp("aggregator-restart")
+    c = start_cluster(home, nodes=3, shards=3)
+    try:
+        yield c
+    finally:
+        c.client.close()
+        c.stack.down(c.state)
+
+
+OPTIMIZERS = {"fedavg": {}, "fedadam": {"eta": 0.1}}  # FedAdam: moments in the checkpoint
+
+
+@pytest.fixture(scope="module")
+def baselines(cluster: Cluster) -> dict[str, dict]:
+    """Undisturbed runs (same seed) per optimizer, made on first use."""
+    return {}
+
+
+def _spec(optimizer: str) -> dict:
+    return {**SPEC, "optimizer": {"name": optimizer, "kwargs": OPTIMIZERS[optimizer]}}
+
+
+def _baseline(cluster: Cluster, baselines: dict[str, dict], optimizer: str) -> dict:
+    if optimizer not in baselines:
+        job = cluster.submit(
+            "central", f"undisturbed-{optimizer}", {"default": cluster.datasets}, **_spec(optimizer)
+        )
+        assert cluster.wait(job) == "completed", cluster.reason(job)
+        baselines[optimizer] = aggregator_result(cluster, job)
+    return baselines[optimizer]
+
+
+def _aggregator_task(client: FlameClient, job_id: str) -> Task:
+    (task,) = [t for t in client.list_tasks(job_id) if t.role == "aggregator"]
+    return task
+
+
+def _aggregator_process(cluster: Cluster, job_id: str, timeout: float = 120.0) -> psutil.Process:
+    """The aggregator's `python -m flame.launch` process (below its run.sh and sandbox)."""
+    folder = Path(cluster.state.home) / "data" / "tasks" / job_id
+    deadline = time.monotonic() + timeout
+    while True:
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                cmd = proc.info["cmdline"] or []
+                if cmd[1:3] != ["-m", "flame.launch"]:
+                    continue
+                if Path(proc.cwd()).parent == folder and proc.cwd().rsplit("/", 1)[1].startswith(
+                    "aggregator-"
+                ):
+                    return proc
+            except (psutil.Error, IndexError):
+                continue
+        assert time.monotonic() < deadline, f"no aggregator process of {job_id} within {timeout}s"
+        time.sleep(0.05)
+
+
+def _kill_aggregator(cluster: Cluster, job_id: str) -> None:
+    proc = _aggregator_process(cluster, job_id)
+    proc.kill()
+    proc.wait(30)
+
+
+def _same_model(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+
+
+def _restarts(cluster: Cluster, job_id: str) -> list[str]:
+    task = _aggregator_task(cluster.client, job_id)
+    return [
+        t.reason for t in task.transitions if (t.from_state, t.to_state) == ("running", "scheduled")
+    ]
+
+
+def _last_step(cluster: Cluster, job_id: str) -> int:
+    return max((m.step for m in cluster.client.get_metrics(job_id).metrics), default=-1)
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_a_top_aggregator_killed_five_times_ends_with_the_undisturbed_model(
+    cluster: Cluster, baselines: dict[str, dict], optimizer: str
+) -> None:
+    baseline = _baseline(cluster, baselines, optimizer)
+    rng = random.Random(f"{optimizer}-17")
+    at = sorted(rng.sample(range(2, ROUNDS - 1, 3), KILLS))
+    job = cluster.submit(
+        "central", f"agg-kill-{optimizer}", {"default": cluster.datasets}, **_spec(optimizer)
+    )
+    seen = -1
+    for step in at:
+        # each attempt is killed only after it reported a round of its own (so these are not
+        # restarts in a row without progress, which the controller bounds)
+        wait_for_round(cluster, job, max(step, seen + 1))
+        _kill_aggregator(cluster, job)
+        seen = _last_step(cluster, job)
+    assert cluster.wait(job, timeout=600) == "completed", cluster.reason(job)
+    diff = _same_model(aggregator_result(cluster, job), baseline)
+    reasons = _restarts(cluster, job)
+    print(f"{optimizer}: aggregator SIGKILLed after steps {at}: max |dw| {diff:.2e}")
+    assert diff <= 1e-6
+    assert len(reasons) == KILLS and all("killed by SIGKILL" in x for x in reasons), reasons
+    assert _aggregator_task(cluster.client, job).attempt == KILLS + 1
+    steps = {m.step for m in cluster.client.get_metrics(job).metrics if m.key == "accuracy"}
+    assert steps == set(range(ROUNDS + 1))
+
+
+def test_an_aggregator_in_a_crash_loop_fails_the_job(
+    cluster: Cluster,
+) -> None:
+    job = cluster.submit(
+        "central", "agg-kill-again", {"default": cluster.datasets}, **{**SPEC, "rounds": 10_000}
+    )
+    wait_for_round(cluster, job, 1)
+    for _ in range(MAX_RESTARTS + 1):
+        _kill_aggregator(cluster, job)
+    assert cluster.wait(job, timeout=300) == "failed"
+    task = _aggregator_task(cluster.client, job)
+    reason = cluster.reason(job)
+    print(f"killed {MAX_RESTARTS + 1} times: {reason}")
+    assert reason == (
+        f"task {task.id} (aggregator) failed: killed by SIGKILL "
+        f"(no restart left after {MAX_RESTARTS})"
+    )
+    assert len(_restarts(cluster, job)) == MAX_RESTARTS
