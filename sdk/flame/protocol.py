@@ -7,6 +7,8 @@ safetensors), so the bytes do not change (``tests/unit/sdk/test_protocol.py`` pi
 ==================  ==========================  ===============================================
 type                kind                        meta
 ==================  ==========================  ===============================================
+:class:`Join`       ``join``                    ``trainers`` — a trainer (or a middle aggregator
+                                                for its group) is ready for rounds
 :class:`Model`      ``weights``                 (none) — the global model for round r
 :class:`Final`      ``done``                    (none) — the final model: evaluate it, stop
 :class:`Update`     ``update``                  samples, metrics, trainers, base round, duration
@@ -142,6 +144,22 @@ def _str(meta: Mapping[str, Any], key: str) -> str:
 
 
 # -- the kinds ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Join(Body):
+    """A trainer finished ``initialize`` / ``load_data`` and is ready for rounds (a middle
+    aggregator sends one up once enough of its group has joined). Round clocks start from
+    joins, so slow task start-up is not a round timeout. ``trainers``: how many trainers the
+    sender stands for."""
+
+    KIND: ClassVar[str] = "join"
+
+    trainers: int = 1
+
+    @classmethod
+    def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
+        return {"trainers": _int(meta, "trainers", 1, low=0)}
 
 
 @dataclass(frozen=True)

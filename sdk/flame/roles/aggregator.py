@@ -7,7 +7,11 @@
   coordinator's assignment (coordinated topology) and the top's model.
 * ``distribute``: send the global model (+ the strategy's ``to_trainers()`` extras) to the
   participants, or ``done`` with the final model after the last round.
-* ``collect``: ``recv_any`` until every participant answered or ``round_timeout`` passed; each
+* ``collect``: ``recv_any`` until every participant answered or ``round_timeout`` passed; the
+  round's clock starts once ``min_trainers`` of its participants (all of them, if fewer) have
+  joined (:class:`~flame.protocol.Join`, sent by a trainer when its ``load_data`` is done), so
+  slow task start-up is no timeout; without enough joins the round waits up to
+  ``max_run_time``. Each
   update is validated (job, round, sender, names/shapes/dtypes, finite values, no more training
   samples claimed than its data owners registered) and a bad one is logged
   (``update.rejected``) and left out.
@@ -40,6 +44,7 @@ from flame.protocol import (
     Assign,
     Final,
     FinalEval,
+    Join,
     Model,
     RoundEnd,
     Skip,
@@ -129,6 +134,9 @@ class Aggregator(Role):
         self.assigned: list[str] | None = None
         self.received: list[Received] = []
         self.silent: set[str] = set()
+        # peers that have joined (sent Join or any answer) -> how many trainers each stands for
+        self.joined: dict[str, int] = {}
+        self._announced = False  # middle: told the top aggregator that its group has joined
         # the most samples each sender may claim (what its data owners registered)
         self.sample_limits = self.config.sample_limits(topo.downstream)
         self.aborts: dict[str, str] = {}  # participant -> the reason it gave up with
@@ -204,6 +212,7 @@ class Aggregator(Role):
         self.selector.load_state(ckpt.selector)
         self.history = list(ckpt.history)
         self.silent = set(ckpt.extra.get("silent", []))
+        self.joined = {str(p): int(n) for p, n in dict(ckpt.extra.get("joined", {})).items()}
         if ckpt.best_weights is not None:
             self.best.round = ckpt.best_round
             self.best.weights = ckpt.best_weights
@@ -227,7 +236,7 @@ class Aggregator(Role):
                 best_weights=self.best.weights,
                 best_metrics=self.best.metrics,
                 history=self.history,
-                extra={"silent": sorted(self.silent)},
+                extra={"silent": sorted(self.silent), "joined": dict(sorted(self.joined.items()))},
             ),
         )
 
@@ -301,7 +310,38 @@ class Aggregator(Role):
             except PeerTimeout:
                 return
             self.silent.discard(peer)
+            self.note_joined(peer, msg)
             self.log.info("peer.back", peer=peer, late_kind=msg.kind, late_round=msg.round)
+
+    def note_joined(self, peer: str, msg: Message) -> None:
+        """``peer`` has joined: it sent :class:`Join`, or any answer at all."""
+        if msg.kind == Join.KIND:
+            try:
+                self.joined[peer] = Join.read(msg).trainers
+            except RejectedUpdate as exc:
+                self.log.warning("join.rejected", sender=peer, reason=exc.reason)
+        else:
+            self.joined.setdefault(peer, 1)
+
+    def clock_can_start(self, peers: list[str] | set[str]) -> bool:
+        """May a round over ``peers`` start its clock: have ``min_trainers`` of them (all of
+        them, if fewer) joined?"""
+        need = min(self.config.job.min_trainers, len(peers))
+        return sum(1 for p in peers if p in self.joined) >= need
+
+    async def start_clock(self, waited: float) -> float:
+        """The round's deadline, from now; a middle aggregator tells the top the first time
+        (so the top's clock waits for a group that is still starting)."""
+        if waited > 0:
+            self.log.info("round.clock_started", round=self.round, waited=round(waited, 3))
+        if not self.is_top and not self._announced and self.topology.upstream is not None:
+            top = self.config.peers(self.topology.upstream)[0]
+            group = sum(self.joined.values())
+            await self.channels[self.topology.upstream].send(
+                top, Join(round=self.round, trainers=group).message()
+            )
+            self._announced = True
+        return self.clock() + self.config.job.round_timeout
 
     @tasklet
     async def distribute(self) -> None:
@@ -318,15 +358,22 @@ class Aggregator(Role):
         chan = self.channels[self.topology.downstream]
         pending = set(self.participants)
         self.received = []
-        deadline = self.clock() + self.config.job.round_timeout
+        began = self.clock()
+        give_up = began + self.wait_timeout
+        deadline: float | None = None
         while pending:
-            remaining = deadline - self.clock()
+            if deadline is None and self.clock_can_start(self.participants):
+                deadline = await self.start_clock(self.clock() - began)
+            remaining = (give_up if deadline is None else deadline) - self.clock()
             if remaining <= 0:
                 break
             try:
                 peer, msg = await chan.recv_any(sorted(pending), timeout=remaining)
             except PeerTimeout:
                 break
+            self.note_joined(peer, msg)
+            if msg.kind == Join.KIND:
+                continue
             if msg.round < self.round and msg.kind in _ANSWERS:
                 self.log.info("update.stale", sender=peer, round=msg.round, current=self.round)
                 continue

@@ -25,7 +25,7 @@ import numpy as np
 from flame.composer import Composable, Loop, tasklet
 from flame.errors import FlameError
 from flame.messages import Message
-from flame.protocol import Assign, Final, FinalEval, Model, Update
+from flame.protocol import Assign, Final, FinalEval, Join, Model, Update
 from flame.roles.base import Role, pack, unpack
 from flame.roles.collectives import allreduce_sum
 from flame.tensors import Weights
@@ -95,6 +95,17 @@ class Trainer(Role):
         await self.call_user(self.load_data)
         if self.dataset_size <= 0:
             self.log.warning("trainer.no_dataset_size", hint="set self.dataset_size in load_data")
+        await self.join()
+
+    async def join(self) -> None:
+        """Tell the aggregator(s) above that this trainer is ready: round clocks start from
+        joins (with a coordinator, every aggregator it may be assigned to)."""
+        topo = self.topology
+        if topo.upstream is None or not self.syncs_upstream:
+            return
+        peers = [self.upstream_peer] if self.upstream_peer else self.config.peers(topo.upstream)
+        msg = Join(trainers=max(len(self.group), 1)).message()
+        await self.send_all(topo.upstream, peers, msg)
 
     @tasklet
     async def fetch(self) -> None:
