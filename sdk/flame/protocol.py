@@ -9,9 +9,13 @@ type                kind                        meta
 ==================  ==========================  ===============================================
 :class:`Join`       ``join``                    ``trainers`` — a trainer (or a middle aggregator
                                                 for its group) is ready for rounds
-:class:`Model`      ``weights``                 (none) — the global model for round r
+:class:`Model`      ``weights``                 ``instructions`` (only when given) — the
+                                                global model for round r, and what this
+                                                trainer is asked to do in it
 :class:`Final`      ``done``                    (none) — the final model: evaluate it, stop
 :class:`Update`     ``update``                  samples, metrics, trainers, base round, duration
+                                                (+ ``steps``, ``planned_steps``: partial work)
+:class:`Decline`    ``decline``                 ``reason`` — a trainer sits this round out
 :class:`FinalEval`  ``eval``                    as :class:`Update`, without tensors
 :class:`Skip`       ``skip``                    ``trainers`` (0): a middle aggregator had nobody
 :class:`Abort`      ``abort``                   ``reason``, ``code`` — the job failed upstream
@@ -56,7 +60,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
-from flame.errors import FlameError, RejectedUpdate
+from flame.errors import ConfigError, FlameError, RejectedUpdate
+from flame.instructions import MAX_TEXT, Instructions
 from flame.messages import Message
 from flame.tensors import Weights
 
@@ -73,9 +78,14 @@ class Body:
     weights: Weights | None = field(default=None, compare=False, repr=False)
 
     def meta(self) -> dict[str, Any]:
-        """The JSON fields of this kind, in declaration order (that order is on the wire)."""
+        """The JSON fields of this kind, in declaration order (that order is on the wire);
+        optional fields that are ``None`` are left out."""
         skip = ("round", "weights")
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in skip and getattr(self, f.name) is not None
+        }
 
     def message(self) -> Message:
         return Message(kind=self.KIND, round=self.round, meta=self.meta(), weights=self.weights)
@@ -164,9 +174,26 @@ class Join(Body):
 
 @dataclass(frozen=True)
 class Model(Body):
-    """The global model of round ``round`` (plus the strategy's extras, packed)."""
+    """The global model of round ``round`` (plus the strategy's extras, packed), with what the
+    receiving trainer is asked to do this round (:mod:`flame.instructions`), if anything."""
 
     KIND: ClassVar[str] = "weights"
+
+    instructions: Instructions | None = None
+
+    def meta(self) -> dict[str, Any]:
+        if self.instructions is None or self.instructions.empty:
+            return {}
+        return {"instructions": self.instructions.to_json()}
+
+    @classmethod
+    def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
+        if "instructions" not in meta:
+            return {}
+        try:
+            return {"instructions": Instructions.from_json(meta["instructions"])}
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -193,11 +220,20 @@ class Update(Body):
     trainers: int = 1
     base_round: int = 0
     duration: float = 0.0
+    steps: float | None = None  # local steps done (partial work: fewer than planned)
+    planned_steps: float | None = None  # local steps a whole round would have been
+
+    @property
+    def work(self) -> float:
+        """The share of the planned local work done (1.0 when the trainer did not say)."""
+        if self.steps is None or not self.planned_steps:
+            return 1.0
+        return min(self.steps / self.planned_steps, 1.0)
 
     @classmethod
     def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
         num_samples = _count(meta, "num_samples", 0.0)
-        return {
+        values = {
             "num_samples": num_samples,
             "eval_samples": _count(meta, "eval_samples", num_samples),
             "metrics": _metrics(meta),
@@ -205,6 +241,24 @@ class Update(Body):
             "base_round": _int(meta, "base_round", rnd),
             "duration": _count(meta, "duration", 0.0),
         }
+        for key in ("steps", "planned_steps"):
+            if meta.get(key) is not None:
+                values[key] = _count(meta, key, 0.0)
+        return values
+
+
+@dataclass(frozen=True)
+class Decline(Body):
+    """A trainer sits round ``round`` out (``reason``: why, e.g. "battery low"); the aggregator
+    counts it at once instead of waiting for the round's timeout."""
+
+    KIND: ClassVar[str] = "decline"
+
+    reason: str = "declined"
+
+    @classmethod
+    def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
+        return {"reason": _str(meta, "reason")[:MAX_TEXT]}
 
 
 @dataclass(frozen=True)

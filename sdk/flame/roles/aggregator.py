@@ -6,7 +6,9 @@
 * ``fetch``: top: start round r and pick participants with the selector; middle: read the
   coordinator's assignment (coordinated topology) and the top's model.
 * ``distribute``: send the global model (+ the strategy's ``to_trainers()`` extras) to the
-  participants, or ``done`` with the final model after the last round.
+  participants, each with its own :class:`~flame.instructions.Instructions` for the round if
+  :meth:`Aggregator.instruct` gave it any, or ``done`` with the final model after the last
+  round.
 * ``collect``: ``recv_any`` until every participant answered or ``round_timeout`` passed; the
   round's clock starts once ``min_trainers`` of its participants (all of them, if fewer) have
   joined (:class:`~flame.protocol.Join`, sent by a trainer when its ``load_data`` is done), so
@@ -14,9 +16,13 @@
   ``max_run_time``. Each
   update is validated (job, round, sender, names/shapes/dtypes, finite values, no more training
   samples claimed than its data owners registered) and a bad one is logged
-  (``update.rejected``) and left out.
+  (``update.rejected``) and left out. A :class:`~flame.protocol.Decline` is counted at once
+  (``round.declined``; metric ``declined``); an update that did part of its work (``steps`` of
+  ``planned_steps``) counts with that share of its samples (metric ``partial``).
 * ``aggregate``: top: the strategy (FedAvg, FedAdam, Krum, ...); fewer than ``min_trainers``
-  trainers answered -> :class:`QuorumLost`; middle: sample-weighted mean of its group.
+  trainers answered (updates and declines) -> :class:`QuorumLost`; a round with no usable
+  update (all declined, or no work done) keeps the global model (``round.no_update``) and the
+  job goes on; middle: sample-weighted mean of its group.
 * ``upload``: top: log metrics, offer the model to the tracker, checkpoint, tell the
   coordinator; middle: send the group's model up.
 
@@ -26,6 +32,7 @@ built from the same pieces.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -37,11 +44,13 @@ from flame.aggregation import Update as Contribution
 from flame.aggregation.kernels import weighted_mean
 from flame.checkpoint import AggregatorCheckpoint, load_checkpoint, save_checkpoint
 from flame.composer import Composable, Loop, tasklet
-from flame.errors import FlameError, PeerTimeout, QuorumLost, RejectedUpdate
+from flame.errors import ConfigError, FlameError, PeerTimeout, QuorumLost, RejectedUpdate
+from flame.instructions import Instructions
 from flame.messages import Message
 from flame.protocol import (
     Abort,
     Assign,
+    Decline,
     Final,
     FinalEval,
     Join,
@@ -90,19 +99,32 @@ class Received:
     def base_round(self) -> int:
         return self.update.base_round
 
+    @property
+    def work(self) -> float:
+        """The share of its planned local work it did (1.0 unless it reported partial work)."""
+        return self.update.work
+
     def contribution(self, base_round: int | None = None) -> Contribution:
-        """What the aggregation rule gets from this participant."""
+        """What the aggregation rule gets from this participant: its samples weighted by the
+        share of work it did; ``meta`` keeps the raw ``samples`` and the ``steps`` it did."""
+        meta: dict[str, float] = {
+            **self.metrics,
+            "duration": self.duration,
+            "samples": self.num_samples,
+        }
+        if self.update.steps is not None:
+            meta["steps"] = self.update.steps
         return Contribution(
             sender=self.sender,
             weights=self.weights,
-            num_samples=round(self.num_samples),
+            num_samples=round(self.num_samples * self.work),
             base_round=self.base_round if base_round is None else base_round,
             extras=self.extras,
-            meta={**self.metrics, "duration": self.duration},
+            meta=meta,
         )
 
 
-_ANSWERS = (Update.KIND, FinalEval.KIND, Skip.KIND)
+_ANSWERS = (Update.KIND, FinalEval.KIND, Skip.KIND, Decline.KIND)
 
 
 def _fields(body: Update) -> dict[str, Any]:
@@ -140,6 +162,8 @@ class Aggregator(Role):
         # the most samples each sender may claim (what its data owners registered)
         self.sample_limits = self.config.sample_limits(topo.downstream)
         self.aborts: dict[str, str] = {}  # participant -> the reason it gave up with
+        self.instructions: dict[str, Instructions] = {}  # this round's, per participant
+        self.declined: dict[str, str] = {}  # this round's declines: participant -> reason
         self.round_metrics: dict[str, float] = {}
         self._round_started = 0.0
         down = self.config.peers(topo.downstream)
@@ -281,6 +305,7 @@ class Aggregator(Role):
             else:
                 self.participants = sorted(self.selector.select(alive, self.round))
             self.extras = self.strategy.to_trainers() if self.strategy is not None else {}
+            self.instructions = {} if self.final else self._instructions({})
             return
         topo = self.topology
         if topo.coordinator is not None:
@@ -298,6 +323,39 @@ class Aggregator(Role):
         await self._readmit()
         pool = self.assigned if self.assigned is not None else self.candidates
         self.participants = [p for p in pool if self.final or p not in self.silent]
+        if self.final:
+            self.instructions = {}
+            return
+        # the top's instructions for this group go to each of its trainers, unless overridden
+        group = Model.expect(msg).instructions
+        self.instructions = self._instructions(
+            {p: group for p in self.participants} if group is not None else {}
+        )
+
+    def instruct(self, participants: list[str]) -> dict[str, Instructions]:
+        """Per-trainer instructions for this round (override it, or give the selector an
+        ``instruct(participants, rnd)`` method): participant -> :class:`Instructions`.
+        ``self.round`` is the round; participants left out get none."""
+        method = getattr(self.selector, "instruct", None)
+        if method is None:
+            return {}
+        result: dict[str, Instructions] = method(list(participants), self.round)
+        return result
+
+    def _instructions(self, inherited: dict[str, Instructions]) -> dict[str, Instructions]:
+        given = self.instruct(list(self.participants))
+        if not isinstance(given, dict):
+            raise ConfigError(f"instruct() returned {type(given).__name__}, not a dict")
+        for peer, value in given.items():
+            if peer not in self.participants:
+                raise ConfigError(
+                    f"instruct() names {peer!r}, which is not a participant of round {self.round}"
+                )
+            if not isinstance(value, Instructions):
+                raise ConfigError(
+                    f"instruct() gave {peer!r} a {type(value).__name__}, not Instructions"
+                )
+        return {**inherited, **given}
 
     async def _readmit(self) -> None:
         """A silent peer that has sent anything since (a late update) is alive again."""
@@ -346,9 +404,20 @@ class Aggregator(Role):
     @tasklet
     async def distribute(self) -> None:
         assert self.topology.downstream is not None
-        kind = Final if self.final else Model
-        msg = kind(round=self.round, weights=pack(self.global_weights, self.extras)).message()
-        reached = await self.send_all(self.topology.downstream, self.participants, msg)
+        payload = pack(self.global_weights, self.extras)
+        chan = self.topology.downstream
+        if self.final or not self.instructions:
+            kind = Final if self.final else Model
+            msg = kind(round=self.round, weights=payload).message()
+            reached = await self.send_all(chan, self.participants, msg)
+        else:  # each participant gets its own instructions, nobody else's
+
+            async def one(peer: str) -> list[str]:
+                body = Model(self.round, payload, instructions=self.instructions.get(peer))
+                return await self.send_all(chan, [peer], body.message())
+
+            sent = await asyncio.gather(*(one(p) for p in self.participants))
+            reached = [p for ps in sent for p in ps]
         self.silent.update(p for p in self.participants if p not in reached)
         self.participants = reached
 
@@ -358,12 +427,15 @@ class Aggregator(Role):
         chan = self.channels[self.topology.downstream]
         pending = set(self.participants)
         self.received = []
+        self.declined = {}
         began = self.clock()
         give_up = began + self.wait_timeout
         deadline: float | None = None
+        waited = False  # for joins: the clock did not start with the round
         while pending:
             if deadline is None and self.clock_can_start(self.participants):
-                deadline = await self.start_clock(self.clock() - began)
+                deadline = await self.start_clock(self.clock() - began if waited else 0.0)
+            waited = deadline is None
             remaining = (give_up if deadline is None else deadline) - self.clock()
             if remaining <= 0:
                 break
@@ -384,6 +456,15 @@ class Aggregator(Role):
                 continue
             if msg.kind == Skip.KIND:
                 continue
+            if msg.kind == Decline.KIND:
+                try:
+                    self.declined[peer] = Decline.read(msg).reason
+                except RejectedUpdate as exc:
+                    self.declined[peer] = f"(unreadable: {exc.reason})"
+                self.log.info(
+                    "round.declined", round=self.round, peer=peer, reason=self.declined[peer]
+                )
+                continue
             try:
                 self.received.append(self.validate(peer, msg))
             except RejectedUpdate as exc:
@@ -395,6 +476,7 @@ class Aggregator(Role):
             if not self.final:
                 self.silent.update(pending)
         self.silent.difference_update(r.sender for r in self.received)
+        self.silent.difference_update(self.declined)
 
     def validate(self, peer: str, msg: Message, expected_round: int | None = None) -> Received:
         """Check one message against this job, round and the global model."""
@@ -436,14 +518,28 @@ class Aggregator(Role):
         self.prev_weights = self.global_weights
         if self.final:
             return
+        self.round_metrics["declined"] = float(len(self.declined))
+        self.round_metrics["partial"] = float(sum(r.work < 1.0 for r in self.received))
         if self.is_top:
-            if contributors < self.config.job.min_trainers:
+            answered = contributors + len(self.declined)
+            if answered < self.config.job.min_trainers:
                 raise QuorumLost(
-                    f"round {self.round}: {contributors} trainer(s) answered, "
+                    f"round {self.round}: {answered} trainer(s) answered, "
                     f"min_trainers is {self.config.job.min_trainers}"
                 )
             assert self.strategy is not None and self.selector is not None
             updates = [r.contribution() for r in self.received]
+            if not any(u.num_samples > 0 for u in updates):
+                self.log.warning(
+                    "round.no_update",
+                    round=self.round,
+                    reason=(
+                        f"{len(self.declined)} declined, {len(updates)} update(s) with no work "
+                        "done: the global model is kept"
+                    ),
+                    declined=self.declined,
+                )
+                return
             self.global_weights = self.strategy.aggregate(self.global_weights, updates, self.round)
             for r in self.received:
                 loss = r.metrics.get("loss")
@@ -472,7 +568,7 @@ class Aggregator(Role):
         top = self.config.peers(topo.upstream)[0]
         group = Update(
             round=self.round,
-            num_samples=sum(r.num_samples for r in self.received),
+            num_samples=sum(r.num_samples * r.work for r in self.received),
             eval_samples=sum(r.eval_samples for r in self.received),
             metrics={k: v for k, v in self.round_metrics.items() if k != "trainers"},
             trainers=sum(r.trainers for r in self.received),
@@ -482,6 +578,9 @@ class Aggregator(Role):
         msg: Message
         if self.final:
             msg = FinalEval(**_fields(group)).message()
+        elif not self.received and self.declined:
+            reasons = "; ".join(f"{p}: {r}" for p, r in sorted(self.declined.items()))
+            msg = Decline(round=self.round, reason=f"the group declined ({reasons})").message()
         elif not self.received:
             msg = Skip(round=self.round).message()
         else:
@@ -519,9 +618,8 @@ class Aggregator(Role):
 
 def _weighted_mean(received: list[Received], *, extras: bool = False) -> Weights:
     """A middle aggregator's sample-weighted mean of its group (every dtype and shape kept)."""
-    total = sum(r.num_samples for r in received)
-    shares = np.array(
-        [(r.num_samples / total if total > 0 else 1.0 / len(received)) for r in received]
-    )
+    done = [r.num_samples * r.work for r in received]  # partial work counts with its share
+    total = sum(done)
+    shares = np.array([(n / total if total > 0 else 1.0 / len(received)) for n in done])
     models = [r.extras if extras else r.weights for r in received]
     return weighted_mean(models, shares)

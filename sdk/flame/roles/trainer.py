@@ -18,14 +18,16 @@ aggregations; a final ``done`` message makes every trainer evaluate the final mo
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from flame.composer import Composable, Loop, tasklet
-from flame.errors import FlameError
+from flame.errors import DeclineRound, FlameError
+from flame.instructions import Instructions
 from flame.messages import Message
-from flame.protocol import Assign, Final, FinalEval, Join, Model, Update
+from flame.protocol import Assign, Decline, Final, FinalEval, Join, Model, Update
 from flame.roles.base import Role, pack, unpack
 from flame.roles.collectives import allreduce_sum
 from flame.tensors import Weights
@@ -41,6 +43,13 @@ class Trainer(Role):
     FedProx term), ``self.extras`` what the aggregator's strategy sent along (e.g. SCAFFOLD's
     control variate), ``self.round`` the round; put tensors the strategy expects back (e.g. the
     SCAFFOLD control delta) in ``self.update_extras``.
+
+    Heterogeneous rounds: ``self.instructions`` is what the aggregator asked of this trainer
+    for this round (:class:`~flame.instructions.Instructions`: ``local_epochs``, ``local_steps``,
+    ``lr``, ``deadline``, ``params``; every field ``None`` when it asked nothing). ``train`` may
+    call ``self.decline(reason)`` to sit the round out (the aggregator hears it at once), or
+    ``self.report_work(steps, planned)`` after doing only part of its local work (the update is
+    then weighted by the work done, and FedNova normalises by ``steps``).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -50,6 +59,10 @@ class Trainer(Role):
         self.global_weights: Weights = {}
         self.extras: Weights = {}
         self.update_extras: Weights = {}
+        self.instructions = Instructions()
+        self.steps_done: float | None = None
+        self.steps_planned: float | None = None
+        self.declined: str | None = None  # this round's reason, when train() declined it
         self.final = False
         self.metrics: dict[str, float] = {}
         self.upstream_peer: str | None = None
@@ -134,7 +147,22 @@ class Trainer(Role):
         self._started = self.clock()
         self.round = msg.round
         self.final = msg.kind == Final.KIND
+        self.instructions = Instructions()
+        if not self.final:
+            self.instructions = Model.expect(msg).instructions or Instructions()
         self.global_weights, self.extras = unpack(msg.weights)
+
+    def decline(self, reason: str = "declined") -> None:
+        """Sit this round out (call it in ``train``); the aggregator gets ``reason`` at once."""
+        raise DeclineRound(reason)
+
+    def report_work(self, steps: float, planned: float | None = None) -> None:
+        """Say how many local steps ``train`` did this round (of ``planned``, the whole round's
+        work): partial work is weighted by the share done."""
+        if steps < 0 or (planned is not None and planned <= 0):
+            raise FlameError(f"report_work({steps!r}, {planned!r}): steps >= 0, planned > 0")
+        self.steps_done = float(steps)
+        self.steps_planned = None if planned is None else float(planned)
 
     @tasklet
     async def share(self) -> None:
@@ -144,10 +172,16 @@ class Trainer(Role):
         chan = self.channels[topo.peer]
         if self.is_leader:
             assert self._incoming is not None
-            kind = Final if self.final else Model
-            await chan.broadcast(
-                kind(round=self._incoming.round, weights=self._incoming.weights).message()
+            body = (
+                Final(round=self._incoming.round, weights=self._incoming.weights)
+                if self.final
+                else Model(
+                    round=self._incoming.round,
+                    weights=self._incoming.weights,
+                    instructions=self.instructions,
+                )
             )
+            await chan.broadcast(body.message())
         else:
             self._accept(await self.recv_from(topo.peer, self.group[0], "model from the leader"))
 
@@ -162,7 +196,15 @@ class Trainer(Role):
         if self.final:
             return
         self.update_extras = {}
-        self.train()
+        self.steps_done = self.steps_planned = self.declined = None
+        try:
+            self.train()
+        except DeclineRound as exc:
+            self.declined = exc.reason
+            self.log.info("trainer.declined", round=self.round, reason=exc.reason)
+            self._out = pack(self.global_weights or self.weights, {})
+            self._out_samples = 0.0
+            return
         self._out = pack(self.weights, self.update_extras)
         self._out_samples = float(self.dataset_size)
 
@@ -214,6 +256,10 @@ class Trainer(Role):
         topo = self.topology
         if self.syncs_upstream:
             assert topo.upstream is not None and self.upstream_peer is not None
+            if self.declined is not None and not self.final and self._out_samples <= 0:
+                decline = Decline(round=self.round, reason=self.declined)
+                await self.channels[topo.upstream].send(self.upstream_peer, decline.message())
+                return
             kind = FinalEval if self.final else Update
             update = kind(
                 round=self.round,
@@ -225,6 +271,8 @@ class Trainer(Role):
                 base_round=self.round,
                 duration=self.clock() - self._started,
             )
+            if not self.final and self._out_trainers == 1:
+                update = replace(update, steps=self.steps_done, planned_steps=self.steps_planned)
             await self.channels[topo.upstream].send(self.upstream_peer, update.message())
         elif topo.upstream is None:
             entry: dict[str, Any] = {

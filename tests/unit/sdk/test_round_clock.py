@@ -54,3 +54,6 @@ def test_trainers_joining_after_the_round_timeout_still_complete_round_1(job: st
     assert len(res.history) == 4
     assert all(h["trainers"] >= 1 for h in res.history)
     assert res.history[-1]["accuracy"] > 0.5
+    if job != "async":  # the synchronous aggregators say how long round 1 waited for joins
+        clocks = [e for e in logs if e["event"] == "round.clock_started"]
+        assert clocks[0]["round"] == 1 and clocks[0]["waited"] >= JOIN_DELAY * 0.9
