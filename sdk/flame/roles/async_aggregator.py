@@ -22,7 +22,7 @@ from flame.aggregation.fedbuff import FedBuff
 from flame.composer import Composable, Loop, tasklet
 from flame.config import TaskConfig
 from flame.errors import FlameError, PeerTimeout, QuorumLost, RejectedUpdate
-from flame.protocol import Abort, Join, Model, Update
+from flame.protocol import Abort, Decline, Join, Model, Update
 from flame.roles.aggregator import Aggregator, Received
 from flame.roles.base import pack, weighted_metrics
 
@@ -103,6 +103,11 @@ class AsyncAggregator(Aggregator):
         base = self.in_flight.pop(peer)
         if msg.kind == Abort.KIND:
             self.log.warning("peer.aborted", peer=peer, reason=Abort.read(msg).reason)
+            return
+        if msg.kind == Decline.KIND:
+            reason = Decline.read(msg).reason
+            self.log.info("round.declined", round=self.round, peer=peer, reason=reason)
+            self._report_done(peer, None, 0.0)
             return
         self.participants = [peer]
         try:

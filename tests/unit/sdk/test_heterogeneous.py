@@ -208,3 +208,17 @@ def test_partial_work_is_counted_in_the_rounds_metrics() -> None:
     res = flame.simulate(JOB, roles=roles(Stragglers), overrides={**HP, "rounds": 3})
     assert [h["partial"] for h in res.history[:-1]] == [5.0, 5.0, 5.0]
     assert [h["trainers"] for h in res.history[:-1]] == [10.0, 10.0, 10.0]
+
+
+def test_the_async_aggregator_counts_a_decline_at_once() -> None:
+    started = time.monotonic()
+    with capture_logs() as logs:
+        res = flame.simulate(
+            EXAMPLES / "async",
+            roles=roles(Trainer3Declines),
+            overrides={**HP, "rounds": 4, "round_timeout": 60.0},
+        )
+    assert time.monotonic() - started < 30
+    assert not [e for e in logs if e["event"] in ("round.timeout", "update.rejected")]
+    assert any(e["event"] == "round.declined" for e in logs)
+    assert len(res.history) == 5
