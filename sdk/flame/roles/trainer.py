@@ -25,6 +25,7 @@ import numpy as np
 
 from flame.composer import Composable, Loop, tasklet
 from flame.errors import DeclineRound, FlameError
+from flame.heterogeneity import Heterogeneity
 from flame.instructions import Instructions
 from flame.messages import Message
 from flame.protocol import Assign, Decline, Final, FinalEval, Join, Model, Update
@@ -63,6 +64,8 @@ class Trainer(Role):
         self.steps_done: float | None = None
         self.steps_planned: float | None = None
         self.declined: str | None = None  # this round's reason, when train() declined it
+        # flame.simulate(heterogeneity=...): this trainer's simulated availability and speed
+        self.device: Heterogeneity | None = None
         self.final = False
         self.metrics: dict[str, float] = {}
         self.upstream_peer: str | None = None
@@ -197,8 +200,17 @@ class Trainer(Role):
             return
         self.update_extras = {}
         self.steps_done = self.steps_planned = self.declined = None
+        plan = None
+        if self.device is not None:
+            plan = self.device.plan(self.config.index, self.round, self.hyperparameters)
+            if plan.local_epochs is not None:
+                self.instructions = replace(self.instructions, local_epochs=plan.local_epochs)
         try:
+            if plan is not None and plan.decline is not None:
+                self.decline(plan.decline)
             self.train()
+            if plan is not None and plan.local_epochs is not None and self.steps_done is None:
+                self.report_work(plan.local_epochs, plan.planned_epochs)
         except DeclineRound as exc:
             self.declined = exc.reason
             self.log.info("trainer.declined", round=self.round, reason=exc.reason)
