@@ -16,6 +16,8 @@ type                kind                        meta
 :class:`Update`     ``update``                  samples, metrics, trainers, base round, duration
                                                 (+ ``steps``, ``planned_steps``: partial work)
 :class:`Decline`    ``decline``                 ``reason`` — a trainer sits this round out
+:class:`Evaluate`   ``evaluate``                (none) — evaluate this model, do not train
+:class:`EvalReport` ``evaluate.result``         as :class:`Update`, without tensors
 :class:`FinalEval`  ``eval``                    as :class:`Update`, without tensors
 :class:`Skip`       ``skip``                    ``trainers`` (0): a middle aggregator had nobody
 :class:`Abort`      ``abort``                   ``reason``, ``code`` — the job failed upstream
@@ -245,6 +247,21 @@ class Update(Body):
             if meta.get(key) is not None:
                 values[key] = _count(meta, key, 0.0)
         return values
+
+
+@dataclass(frozen=True)
+class Evaluate(Body):
+    """Evaluate this global model on the local data (a scheduled federated evaluation); no
+    training. The answer is an :class:`EvalReport`."""
+
+    KIND: ClassVar[str] = "evaluate"
+
+
+@dataclass(frozen=True)
+class EvalReport(Update):
+    """A site's metrics of an :class:`Evaluate` request's model (no tensors)."""
+
+    KIND: ClassVar[str] = "evaluate.result"
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,11 @@
   update (all declined, or no work done) keeps the global model (``round.no_update``) and the
   job goes on; middle: sample-weighted mean of its group.
 * ``upload``: top: log metrics, offer the model to the tracker, checkpoint, tell the
-  coordinator; middle: send the group's model up.
+  coordinator; middle: send the group's model up. With the job's ``evaluation``
+  (``{"every": k, "fraction": f}``), every k-th step the top first asks a share f of the
+  available trainers to evaluate the model (:class:`~flame.protocol.Evaluate`, no training)
+  and logs their sample-weighted metrics as ``eval/<name>`` in the same step (trainers
+  directly below the top aggregator only).
 
 Asynchronous FedBuff (optimizer ``fedbuff``) uses :class:`AsyncAggregator`'s chain instead,
 built from the same pieces.
@@ -51,6 +55,8 @@ from flame.protocol import (
     Abort,
     Assign,
     Decline,
+    EvalReport,
+    Evaluate,
     Final,
     FinalEval,
     Join,
@@ -124,7 +130,7 @@ class Received:
         )
 
 
-_ANSWERS = (Update.KIND, FinalEval.KIND, Skip.KIND, Decline.KIND)
+_ANSWERS = (Update.KIND, FinalEval.KIND, Skip.KIND, Decline.KIND, EvalReport.KIND)
 
 
 def _fields(body: Update) -> dict[str, Any]:
@@ -594,6 +600,7 @@ class Aggregator(Role):
         server = self._server_metrics(self.prev_weights)
         metrics.update({f"server/{k}": v for k, v in server.items()})
         metrics["round_time"] = self.clock() - self._round_started
+        metrics.update(await self._federated_evaluation(step))
         self.history.append({"round": step, **metrics})
         self.tracker.log_round(step, metrics)
         if self.best.offer(step, self.prev_weights, metrics) and self.best.weights is not None:
@@ -608,6 +615,45 @@ class Aggregator(Role):
             await self.channels[topo.coordinator].send(
                 coord, RoundEnd(round=self.round, final=self.final).message()
             )
+
+    async def _federated_evaluation(self, step: int) -> dict[str, float]:
+        """``eval/<name>``: the scheduled evaluation of the model after ``step`` rounds."""
+        spec = self.config.job.evaluation
+        if spec is None or self.final or step == 0 or step % spec.every:
+            return {}
+        role = self.config.design.role(self._down_role())
+        if not role.is_data_consumer or self.selector is None:
+            self.log.warning("evaluation.skipped", reason="needs trainers directly below")
+            return {}
+        assert self.topology.downstream is not None
+        alive = [c for c in self.candidates if c not in self.silent]
+        count = max(1, math.floor(spec.fraction * len(alive))) if alive else 0
+        rng = np.random.default_rng([self.config.job.seed, step])
+        asked = sorted(rng.choice(alive, size=count, replace=False).tolist()) if count else []
+        msg = Evaluate(round=self.round, weights=pack(self.prev_weights)).message()
+        pending = set(await self.send_all(self.topology.downstream, asked, msg))
+        chan = self.channels[self.topology.downstream]
+        items: list[tuple[dict[str, float], float]] = []
+        deadline = self.clock() + self.config.job.round_timeout
+        while pending and (remaining := deadline - self.clock()) > 0:
+            try:
+                peer, answer = await chan.recv_any(sorted(pending), timeout=remaining)
+            except PeerTimeout:
+                break
+            if answer.kind != EvalReport.KIND or answer.round != self.round:
+                continue  # a late answer of an earlier round
+            pending.discard(peer)
+            try:
+                report = EvalReport.read(answer)
+            except RejectedUpdate as exc:
+                self.log.warning("evaluation.rejected", sender=peer, reason=exc.reason)
+                continue
+            items.append((report.metrics, report.eval_samples))
+        if pending:
+            self.log.warning("evaluation.timeout", step=step, missing=sorted(pending))
+        result = {f"eval/{k}": v for k, v in weighted_metrics(items).items()}
+        result["eval/sites"] = float(len(items))
+        return result
 
     def _server_metrics(self, weights: Weights) -> dict[str, float]:
         if type(self).evaluate is Aggregator.evaluate or self.model is None or not weights:

@@ -28,7 +28,17 @@ from flame.errors import DeclineRound, FlameError
 from flame.heterogeneity import Heterogeneity
 from flame.instructions import Instructions
 from flame.messages import Message
-from flame.protocol import Assign, Decline, Final, FinalEval, Join, Model, Update
+from flame.protocol import (
+    Assign,
+    Decline,
+    EvalReport,
+    Evaluate,
+    Final,
+    FinalEval,
+    Join,
+    Model,
+    Update,
+)
 from flame.roles.base import Role, pack, unpack
 from flame.roles.collectives import allreduce_sum
 from flame.tensors import Weights
@@ -136,6 +146,9 @@ class Trainer(Role):
         if self.syncs_upstream:
             assert topo.upstream is not None and self.upstream_peer is not None
             self._incoming = await self.recv_from(topo.upstream, self.upstream_peer, "model")
+            while self._incoming.kind == Evaluate.KIND:  # scheduled evaluations come between
+                await self._answer_evaluation(topo.upstream, self._incoming)
+                self._incoming = await self.recv_from(topo.upstream, self.upstream_peer, "model")
             self._accept(self._incoming)
         elif topo.upstream is None:  # distributed: rounds are counted locally
             self.round += 1
@@ -154,6 +167,21 @@ class Trainer(Role):
         if not self.final:
             self.instructions = Model.expect(msg).instructions or Instructions()
         self.global_weights, self.extras = unpack(msg.weights)
+
+    async def _answer_evaluation(self, channel: str, msg: Message) -> None:
+        """Evaluate the model of an :class:`Evaluate` request on the local test split."""
+        weights, _ = unpack(Evaluate.expect(msg).weights)
+
+        def run() -> dict[str, float]:
+            if weights:
+                self.load_weights(weights)
+            return {k: float(v) for k, v in self.evaluate().items()}
+
+        metrics = await self.call_user(run)
+        size = float(self.eval_size if self.eval_size is not None else self.dataset_size)
+        report = EvalReport(round=msg.round, eval_samples=size, metrics=metrics, trainers=1)
+        assert self.upstream_peer is not None
+        await self.channels[channel].send(self.upstream_peer, report.message())
 
     def decline(self, reason: str = "declined") -> None:
         """Sit this round out (call it in ``train``); the aggregator gets ``reason`` at once."""
