@@ -40,13 +40,20 @@ ROLES: dict[str, type[Role]] = {
 }
 
 
-@pytest.mark.parametrize("job", ["central-numpy", "hierarchical", "async"])
-def test_trainers_joining_after_the_round_timeout_still_complete_round_1(job: str) -> None:
+@pytest.mark.parametrize(
+    ("job", "backend"),
+    [("central-numpy", "inproc"), ("central-numpy", "grpc"), ("hierarchical", "inproc"),
+     ("async", "inproc")],
+)  # fmt: skip
+def test_trainers_joining_after_the_round_timeout_still_complete_round_1(
+    job: str, backend: str
+) -> None:
     started = time.monotonic()
     with capture_logs() as logs:
         res = flame.simulate(
             EXAMPLES / job,
             roles=ROLES,
+            backend=backend,  # type: ignore[arg-type]
             overrides={**HP, "rounds": 3, "round_timeout": 1.0, "min_trainers": 10},
         )
     assert time.monotonic() - started >= JOIN_DELAY
