@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from flame.errors import (
     ChannelError,
     ConfigError,
+    DeclineRound,
     FlameError,
     PeerTimeout,
     QuorumLost,
@@ -29,6 +30,7 @@ from flame.errors import (
 if TYPE_CHECKING:
     from flame.composer import Loop, Tasklet, tasklet
     from flame.config import DesignSchema, JobSpec, TaskConfig
+    from flame.instructions import Instructions
     from flame.roles import Aggregator, Coordinator, Role, Trainer
     from flame.simulation import SimulationResult, simulate
 
@@ -41,6 +43,7 @@ _LAZY = {
     "DesignSchema": "flame.config",
     "JobSpec": "flame.config",
     "TaskConfig": "flame.config",
+    "Instructions": "flame.instructions",
     "Aggregator": "flame.roles",
     "Coordinator": "flame.roles",
     "Role": "flame.roles",
@@ -68,8 +71,10 @@ __all__ = [
     "ChannelError",
     "ConfigError",
     "Coordinator",
+    "DeclineRound",
     "DesignSchema",
     "FlameError",
+    "Instructions",
     "JobSpec",
     "Loop",
     "PeerTimeout",

@@ -4,13 +4,17 @@
   training part cut into N shards, IID or label-skewed with Dirichlet(alpha); each shard also
   gets the matching part of the test split (IID: an even cut; Dirichlet: the same label
   proportions), written as ``.npz`` (``x_train, y_train, x_test, y_test``).
-* FedProx's Synthetic(alpha, beta) (Li et al. 2020): per-device models and inputs drawn around
-  device-specific means; alpha controls how much the local models differ, beta how much the
-  local data differ.
+* FedProx's Synthetic(alpha, beta) (Li et al. 2020, their generator): per-device models and
+  inputs drawn around device-specific means; alpha controls how much the local models differ,
+  beta how much the local data differ; device sizes are power-law (lognormal(4, 2) + 50, no
+  cap); 90/10 train/test per device. Synthetic-IID: one model and one input distribution for
+  every device.
 
 Dataset uris that :func:`load_shard` understands (so examples run anywhere without preparing
 files): a path to an ``.npz`` file, ``digits://iid/<n>/<i>``,
-``digits://dirichlet-<alpha>/<n>/<i>`` and ``synthetic://<alpha>,<beta>/<n>/<i>``.
+``digits://dirichlet-<alpha>/<n>/<i>``, ``synthetic://<alpha>,<beta>/<n>/<i>`` and
+``synthetic://iid/<n>/<i>`` (append ``@<seed>`` to the synthetic spec for another draw, e.g.
+``synthetic://1,1@2/30/0``; the default seed is 0).
 """
 
 from __future__ import annotations
@@ -96,22 +100,44 @@ def split_digits(n: int, alpha: float | None = None, seed: int = 0) -> list[Shar
 
 
 def synthetic(
-    alpha: float, beta: float, n: int, *, seed: int = 0, dim: int = 60, classes: int = 10
+    alpha: float,
+    beta: float,
+    n: int,
+    *,
+    seed: int = 0,
+    dim: int = 60,
+    classes: int = 10,
+    iid: bool = False,
+    train_share: float = 0.9,
 ) -> list[Shard]:
-    """FedProx Synthetic(alpha, beta): ``n`` devices, lognormal sample counts, 80/20 split."""
+    """FedProx's Synthetic(alpha, beta) for ``n`` devices (``iid``: Synthetic-IID, alpha and
+    beta unused). Device k has ``lognormal(4, 2) + 50`` samples, inputs
+    ``x ~ N(v_k, diag(j^-1.2))`` with ``v_k ~ N(B_k, 1)``, ``B_k ~ N(0, beta)``, and labels
+    ``argmax(x W_k + b_k)`` with ``W_k, b_k ~ N(u_k, 1)``, ``u_k ~ N(0, alpha)``; IID: ``v = 0``
+    and one ``W, b ~ N(0, 1)`` for all."""
+    if n < 1 or dim < 1 or classes < 2 or alpha < 0 or beta < 0 or not 0 < train_share < 1:
+        raise ConfigError(
+            f"synthetic({alpha}, {beta}, n={n}, dim={dim}, classes={classes}, "
+            f"train_share={train_share}): out of range"
+        )
     rng = np.random.default_rng(seed)
-    sizes = (rng.lognormal(4, 2, n).astype(int) + 50).clip(max=2000)
-    sigma = np.array([(j + 1) ** -1.2 for j in range(dim)])
+    sizes = rng.lognormal(4, 2, n).astype(int) + 50
+    sigma = np.arange(1, dim + 1, dtype=np.float64) ** -1.2
+    mean_w = rng.normal(0, alpha, n)
+    mean_x = rng.normal(0, beta, n)
+    w_iid = rng.normal(0, 1, (dim, classes))
+    b_iid = rng.normal(0, 1, classes)
     shards: list[Shard] = []
     for k in range(n):
-        u_k = rng.normal(0, alpha)
-        b_k = rng.normal(0, beta)
-        v_k = rng.normal(b_k, 1, dim)
-        w = rng.normal(u_k, 1, (dim, classes))
-        b = rng.normal(u_k, 1, classes)
+        if iid:
+            v_k, w, b = np.zeros(dim), w_iid, b_iid
+        else:
+            v_k = rng.normal(mean_x[k], 1, dim)
+            w = rng.normal(mean_w[k], 1, (dim, classes))
+            b = rng.normal(mean_w[k], 1, classes)
         x = rng.normal(v_k, np.sqrt(sigma), (sizes[k], dim)).astype(np.float32)
-        y = np.argmax(x @ w + b, axis=1).astype(np.int64)
-        cut = int(0.8 * sizes[k])
+        y = np.argmax(x.astype(np.float64) @ w + b, axis=1).astype(np.int64)
+        cut = int(train_share * sizes[k])
         shards.append(Shard(x[:cut], y[:cut], x[cut:], y[cut:]))
     return shards
 
@@ -141,8 +167,17 @@ def _generated(kind: str, spec: str, n: int) -> tuple[Shard, ...]:
         if spec.startswith("dirichlet-"):
             return tuple(split_digits(n, alpha=float(spec.split("-", 1)[1])))
     elif kind == "synthetic":
-        a, b = (float(v) for v in spec.split(","))
-        return tuple(synthetic(a, b, n))
+        params, _, seed_text = spec.partition("@")
+        try:
+            seed = int(seed_text) if seed_text else 0
+            if params == "iid":
+                return tuple(synthetic(0.0, 0.0, n, seed=seed, iid=True))
+            a, b = (float(v) for v in params.split(","))
+        except ValueError:
+            raise ConfigError(
+                f"synthetic://{spec}: expected <alpha>,<beta> or iid, then optionally @<seed>"
+            ) from None
+        return tuple(synthetic(a, b, n, seed=seed))
     raise ConfigError(f"unknown generated dataset {kind}://{spec}")
 
 

@@ -34,3 +34,12 @@ class QuorumLost(FlameError):
 
 class AggregationError(FlameError):
     """An aggregation rule got input it cannot aggregate (e.g. no updates)."""
+
+
+class DeclineRound(FlameError):
+    """Raised in a trainer's ``train()`` (or by ``self.decline(reason)``): this trainer sits the
+    round out; the aggregator is told at once, with ``reason``."""
+
+    def __init__(self, reason: str = "declined") -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -7,9 +7,17 @@ safetensors), so the bytes do not change (``tests/unit/sdk/test_protocol.py`` pi
 ==================  ==========================  ===============================================
 type                kind                        meta
 ==================  ==========================  ===============================================
-:class:`Model`      ``weights``                 (none) — the global model for round r
+:class:`Join`       ``join``                    ``trainers`` — a trainer (or a middle aggregator
+                                                for its group) is ready for rounds
+:class:`Model`      ``weights``                 ``instructions`` (only when given) — the
+                                                global model for round r, and what this
+                                                trainer is asked to do in it
 :class:`Final`      ``done``                    (none) — the final model: evaluate it, stop
 :class:`Update`     ``update``                  samples, metrics, trainers, base round, duration
+                                                (+ ``steps``, ``planned_steps``: partial work)
+:class:`Decline`    ``decline``                 ``reason`` — a trainer sits this round out
+:class:`Evaluate`   ``evaluate``                (none) — evaluate this model, do not train
+:class:`EvalReport` ``evaluate.result``         as :class:`Update`, without tensors
 :class:`FinalEval`  ``eval``                    as :class:`Update`, without tensors
 :class:`Skip`       ``skip``                    ``trainers`` (0): a middle aggregator had nobody
 :class:`Abort`      ``abort``                   ``reason``, ``code`` — the job failed upstream
@@ -54,7 +62,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
-from flame.errors import FlameError, RejectedUpdate
+from flame.errors import ConfigError, FlameError, RejectedUpdate
+from flame.instructions import MAX_TEXT, Instructions
 from flame.messages import Message
 from flame.tensors import Weights
 
@@ -71,9 +80,14 @@ class Body:
     weights: Weights | None = field(default=None, compare=False, repr=False)
 
     def meta(self) -> dict[str, Any]:
-        """The JSON fields of this kind, in declaration order (that order is on the wire)."""
+        """The JSON fields of this kind, in declaration order (that order is on the wire);
+        optional fields that are ``None`` are left out."""
         skip = ("round", "weights")
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in skip and getattr(self, f.name) is not None
+        }
 
     def message(self) -> Message:
         return Message(kind=self.KIND, round=self.round, meta=self.meta(), weights=self.weights)
@@ -145,10 +159,43 @@ def _str(meta: Mapping[str, Any], key: str) -> str:
 
 
 @dataclass(frozen=True)
+class Join(Body):
+    """A trainer finished ``initialize`` / ``load_data`` and is ready for rounds (a middle
+    aggregator sends one up once enough of its group has joined). Round clocks start from
+    joins, so slow task start-up is not a round timeout. ``trainers``: how many trainers the
+    sender stands for."""
+
+    KIND: ClassVar[str] = "join"
+
+    trainers: int = 1
+
+    @classmethod
+    def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
+        return {"trainers": _int(meta, "trainers", 1, low=0)}
+
+
+@dataclass(frozen=True)
 class Model(Body):
-    """The global model of round ``round`` (plus the strategy's extras, packed)."""
+    """The global model of round ``round`` (plus the strategy's extras, packed), with what the
+    receiving trainer is asked to do this round (:mod:`flame.instructions`), if anything."""
 
     KIND: ClassVar[str] = "weights"
+
+    instructions: Instructions | None = None
+
+    def meta(self) -> dict[str, Any]:
+        if self.instructions is None or self.instructions.empty:
+            return {}
+        return {"instructions": self.instructions.to_json()}
+
+    @classmethod
+    def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
+        if "instructions" not in meta:
+            return {}
+        try:
+            return {"instructions": Instructions.from_json(meta["instructions"])}
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -175,11 +222,20 @@ class Update(Body):
     trainers: int = 1
     base_round: int = 0
     duration: float = 0.0
+    steps: float | None = None  # local steps done (partial work: fewer than planned)
+    planned_steps: float | None = None  # local steps a whole round would have been
+
+    @property
+    def work(self) -> float:
+        """The share of the planned local work done (1.0 when the trainer did not say)."""
+        if self.steps is None or not self.planned_steps:
+            return 1.0
+        return min(self.steps / self.planned_steps, 1.0)
 
     @classmethod
     def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
         num_samples = _count(meta, "num_samples", 0.0)
-        return {
+        values = {
             "num_samples": num_samples,
             "eval_samples": _count(meta, "eval_samples", num_samples),
             "metrics": _metrics(meta),
@@ -187,6 +243,39 @@ class Update(Body):
             "base_round": _int(meta, "base_round", rnd),
             "duration": _count(meta, "duration", 0.0),
         }
+        for key in ("steps", "planned_steps"):
+            if meta.get(key) is not None:
+                values[key] = _count(meta, key, 0.0)
+        return values
+
+
+@dataclass(frozen=True)
+class Evaluate(Body):
+    """Evaluate this global model on the local data (a scheduled federated evaluation); no
+    training. The answer is an :class:`EvalReport`."""
+
+    KIND: ClassVar[str] = "evaluate"
+
+
+@dataclass(frozen=True)
+class EvalReport(Update):
+    """A site's metrics of an :class:`Evaluate` request's model (no tensors)."""
+
+    KIND: ClassVar[str] = "evaluate.result"
+
+
+@dataclass(frozen=True)
+class Decline(Body):
+    """A trainer sits round ``round`` out (``reason``: why, e.g. "battery low"); the aggregator
+    counts it at once instead of waiting for the round's timeout."""
+
+    KIND: ClassVar[str] = "decline"
+
+    reason: str = "declined"
+
+    @classmethod
+    def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
+        return {"reason": _str(meta, "reason")[:MAX_TEXT]}
 
 
 @dataclass(frozen=True)

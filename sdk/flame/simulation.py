@@ -29,6 +29,7 @@ from flame.channels.factory import ChannelSet, open_channels
 from flame.channels.inproc import InprocHub
 from flame.config import Backend, DesignSchema, DiscoverySettings, JobSpec, TaskConfig
 from flame.errors import ConfigError, FlameError
+from flame.heterogeneity import Heterogeneity
 from flame.jobdir import JobDir, load_job_dir
 from flame.paths import new_run_dir
 from flame.plan import expand
@@ -36,6 +37,7 @@ from flame.ports import free_ports
 from flame.roles.base import Role, RoleResult
 from flame.roles.loader import load_role_class, make_role
 from flame.roles.topology import topology_of
+from flame.roles.trainer import Trainer
 from flame.rounds import OnRound, RoundReader, RoundTee
 from flame.tensors import Weights, from_bytes
 from flame.tracking import NullTracker, Tracker, TrackingResult, make_tracker
@@ -100,6 +102,7 @@ def simulate(
     job_id: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     on_round: OnRound | None = None,
+    heterogeneity: Heterogeneity | None = None,
 ) -> SimulationResult:
     """Run ``job`` (a job dir, or ``(design, spec)``) locally; see the module docstring.
 
@@ -109,9 +112,10 @@ def simulate(
     job names a tracking uri); ``checkpoint`` writes/resumes checkpoints under
     ``<workdir>/checkpoints``; ``overrides`` replaces job spec fields (e.g. ``{"rounds": 3}``);
     ``on_round`` is called with each round's metrics (``{"round": n, ...}``, as in ``history``)
-    as soon as the round ends. Without ``workdir``, a run that needs a folder (tracking,
-    processes or checkpoints) gets a new one under ``$FLAME_HOME/runs`` (:mod:`flame.paths`);
-    one that does not writes no file.
+    as soon as the round ends; ``heterogeneity`` simulates unavailable and straggling trainers
+    (:mod:`flame.heterogeneity`; in one process only). Without ``workdir``, a run that needs
+    a folder (tracking, processes or checkpoints) gets a new one under ``$FLAME_HOME/runs``
+    (:mod:`flame.paths`); one that does not writes no file.
     """
     return asyncio.run(
         simulate_async(
@@ -126,6 +130,7 @@ def simulate(
             job_id=job_id,
             overrides=overrides,
             on_round=on_round,
+            heterogeneity=heterogeneity,
         )
     )
 
@@ -143,6 +148,7 @@ async def simulate_async(
     job_id: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     on_round: OnRound | None = None,
+    heterogeneity: Heterogeneity | None = None,
 ) -> SimulationResult:
     # A local run writes only under its folder: no MLflow installation id in the user's config.
     os.environ.update(NO_TELEMETRY)
@@ -183,10 +189,19 @@ async def simulate_async(
             raise ConfigError("processes=True needs a job directory (code is imported per task)")
         if backend == "inproc":
             raise ConfigError("processes=True needs the grpc or mqtt backend")
+        if heterogeneity is not None:
+            raise ConfigError("heterogeneity is simulated in one process (processes=False)")
         results = await _run_processes(configs, jobdir, Path(wd), backend, track, on_round)
     else:
         classes = _classes(design, roles, jobdir)
-        results = await run_tasks(configs, classes, backend=backend, track=track, on_round=on_round)
+        results = await run_tasks(
+            configs,
+            classes,
+            backend=backend,
+            track=track,
+            on_round=on_round,
+            heterogeneity=heterogeneity,
+        )
     seconds = time.perf_counter() - started
     top = _top_result(results)
     return SimulationResult(
@@ -243,6 +258,7 @@ async def run_tasks(
     hub: InprocHub | None = None,
     discovery: Discovery | None = None,
     on_round: OnRound | None = None,
+    heterogeneity: Heterogeneity | None = None,
 ) -> dict[str, RoleResult]:
     """Run every task of a job in this event loop; returns each finished task's result.
 
@@ -269,6 +285,10 @@ async def run_tasks(
             )
             for cfg in configs
         }
+        if heterogeneity is not None:
+            for role in role_objs.values():
+                if isinstance(role, Trainer):
+                    role.device = heterogeneity
         key = _key_task(role_objs)
 
         async def run_one(task_id: str, role: Role) -> RoleResult:

@@ -12,6 +12,8 @@ field                accepted values
 ``round_timeout``    seconds, > 0 and ≤ 86,400 (one day)
 ``max_run_time``     seconds, > 0 and ≤ 2,592,000 (30 days)
 ``seed``             0 … 2**63 - 1
+``evaluation``       ``{"every": k, "fraction": f}``: after every k-th round, an
+                     evaluation-only round over a share f (0 < f ≤ 1) of the sites
 ``kind``             ``training`` (default), ``vertical``, ``statistics``,
                      ``cross-site-evaluation`` (:data:`JOB_KINDS`)
 ``hyperparameters``  a JSON object (≤ 16 levels, ≤ 10,000 values, finite numbers);
@@ -104,6 +106,15 @@ class TrackingSpec(SpecModel):
     register_model: bool = Field(default=True, alias="register")
 
 
+class EvaluationSpec(SpecModel):
+    """Federated evaluation on a schedule: after every ``every``-th round the top aggregator
+    asks ``fraction`` of the available sites to evaluate the global model (no training);
+    their metrics, weighted by evaluation samples, are logged as ``eval/<name>``."""
+
+    every: int = Field(ge=1, le=MAX_ROUNDS)
+    fraction: float = Field(default=1.0, gt=0, le=1)
+
+
 class JobSpec(SpecModel):
     """What a user submits next to a design and a code version."""
 
@@ -119,6 +130,7 @@ class JobSpec(SpecModel):
     backend: Backend | None = None  # overrides every channel's backend when set
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    evaluation: EvaluationSpec | None = None
 
     @field_validator("hyperparameters")
     @classmethod

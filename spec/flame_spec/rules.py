@@ -38,6 +38,12 @@ class FedProxParams(Params):
     mu: float = Field(default=0.01, ge=0, le=1e6)  # trainers' proximal term; the server is FedAvg
 
 
+class FedNovaParams(Params):
+    """Wang et al. 2020: averages each trainer's step normalised by its local steps."""
+
+    server_lr: float = Field(default=1.0, gt=0, le=1e6)
+
+
 class AdaptiveParams(Params):
     """Reddi et al. 2021, Algorithm 2: server lr ``eta``, momentum ``beta1``, ``tau`` adaptivity."""
 
@@ -93,6 +99,7 @@ class MultiKrumParams(KrumParams):
 RULES: dict[str, type[Params]] = {
     "fedavg": FedAvgParams,
     "fedprox": FedProxParams,
+    "fednova": FedNovaParams,
     "fedadam": AdaptiveParams,
     "fedyogi": AdaptiveParams,
     "fedadagrad": FedAdagradParams,

@@ -14,6 +14,7 @@ from flame.aggregation.adaptive import FedAdagrad, FedAdam, FedYogi
 from flame.aggregation.base import Strategy
 from flame.aggregation.fedavg import FedAvg, FedProx
 from flame.aggregation.fedbuff import FedBuff
+from flame.aggregation.fednova import FedNova
 from flame.aggregation.robust import Krum, Median, MultiKrum, Phocas, TrimmedMean
 from flame.aggregation.scaffold import Scaffold
 from flame.config import OptimizerSpec
@@ -22,6 +23,7 @@ from flame.errors import ConfigError
 IMPLEMENTATIONS: dict[str, Callable[[Any], Strategy]] = {
     "fedavg": FedAvg,
     "fedprox": FedProx,
+    "fednova": FedNova,
     "fedadam": FedAdam,
     "fedyogi": FedYogi,
     "fedadagrad": FedAdagrad,

@@ -6,15 +6,29 @@
 * ``fetch``: top: start round r and pick participants with the selector; middle: read the
   coordinator's assignment (coordinated topology) and the top's model.
 * ``distribute``: send the global model (+ the strategy's ``to_trainers()`` extras) to the
-  participants, or ``done`` with the final model after the last round.
-* ``collect``: ``recv_any`` until every participant answered or ``round_timeout`` passed; each
+  participants, each with its own :class:`~flame.instructions.Instructions` for the round if
+  :meth:`Aggregator.instruct` gave it any, or ``done`` with the final model after the last
+  round.
+* ``collect``: ``recv_any`` until every participant answered or ``round_timeout`` passed; the
+  round's clock starts once ``min_trainers`` of its participants (all of them, if fewer) have
+  joined (:class:`~flame.protocol.Join`, sent by a trainer when its ``load_data`` is done), so
+  slow task start-up is no timeout; without enough joins the round waits up to
+  ``max_run_time``. Each
   update is validated (job, round, sender, names/shapes/dtypes, finite values, no more training
   samples claimed than its data owners registered) and a bad one is logged
-  (``update.rejected``) and left out.
+  (``update.rejected``) and left out. A :class:`~flame.protocol.Decline` is counted at once
+  (``round.declined``; metric ``declined``); an update that did part of its work (``steps`` of
+  ``planned_steps``) counts with that share of its samples (metric ``partial``).
 * ``aggregate``: top: the strategy (FedAvg, FedAdam, Krum, ...); fewer than ``min_trainers``
-  trainers answered -> :class:`QuorumLost`; middle: sample-weighted mean of its group.
+  trainers answered (updates and declines) -> :class:`QuorumLost`; a round with no usable
+  update (all declined, or no work done) keeps the global model (``round.no_update``) and the
+  job goes on; middle: sample-weighted mean of its group.
 * ``upload``: top: log metrics, offer the model to the tracker, checkpoint, tell the
-  coordinator; middle: send the group's model up.
+  coordinator; middle: send the group's model up. With the job's ``evaluation``
+  (``{"every": k, "fraction": f}``), every k-th step the top first asks a share f of the
+  available trainers to evaluate the model (:class:`~flame.protocol.Evaluate`, no training)
+  and logs their sample-weighted metrics as ``eval/<name>`` in the same step (trainers
+  directly below the top aggregator only).
 
 Asynchronous FedBuff (optimizer ``fedbuff``) uses :class:`AsyncAggregator`'s chain instead,
 built from the same pieces.
@@ -22,6 +36,7 @@ built from the same pieces.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -33,13 +48,18 @@ from flame.aggregation import Update as Contribution
 from flame.aggregation.kernels import weighted_mean
 from flame.checkpoint import AggregatorCheckpoint, load_checkpoint, save_checkpoint
 from flame.composer import Composable, Loop, tasklet
-from flame.errors import FlameError, PeerTimeout, QuorumLost, RejectedUpdate
+from flame.errors import ConfigError, FlameError, PeerTimeout, QuorumLost, RejectedUpdate
+from flame.instructions import Instructions
 from flame.messages import Message
 from flame.protocol import (
     Abort,
     Assign,
+    Decline,
+    EvalReport,
+    Evaluate,
     Final,
     FinalEval,
+    Join,
     Model,
     RoundEnd,
     Skip,
@@ -85,19 +105,32 @@ class Received:
     def base_round(self) -> int:
         return self.update.base_round
 
+    @property
+    def work(self) -> float:
+        """The share of its planned local work it did (1.0 unless it reported partial work)."""
+        return self.update.work
+
     def contribution(self, base_round: int | None = None) -> Contribution:
-        """What the aggregation rule gets from this participant."""
+        """What the aggregation rule gets from this participant: its samples weighted by the
+        share of work it did; ``meta`` keeps the raw ``samples`` and the ``steps`` it did."""
+        meta: dict[str, float] = {
+            **self.metrics,
+            "duration": self.duration,
+            "samples": self.num_samples,
+        }
+        if self.update.steps is not None:
+            meta["steps"] = self.update.steps
         return Contribution(
             sender=self.sender,
             weights=self.weights,
-            num_samples=round(self.num_samples),
+            num_samples=round(self.num_samples * self.work),
             base_round=self.base_round if base_round is None else base_round,
             extras=self.extras,
-            meta={**self.metrics, "duration": self.duration},
+            meta=meta,
         )
 
 
-_ANSWERS = (Update.KIND, FinalEval.KIND, Skip.KIND)
+_ANSWERS = (Update.KIND, FinalEval.KIND, Skip.KIND, Decline.KIND, EvalReport.KIND)
 
 
 def _fields(body: Update) -> dict[str, Any]:
@@ -129,9 +162,14 @@ class Aggregator(Role):
         self.assigned: list[str] | None = None
         self.received: list[Received] = []
         self.silent: set[str] = set()
+        # peers that have joined (sent Join or any answer) -> how many trainers each stands for
+        self.joined: dict[str, int] = {}
+        self._announced = False  # middle: told the top aggregator that its group has joined
         # the most samples each sender may claim (what its data owners registered)
         self.sample_limits = self.config.sample_limits(topo.downstream)
         self.aborts: dict[str, str] = {}  # participant -> the reason it gave up with
+        self.instructions: dict[str, Instructions] = {}  # this round's, per participant
+        self.declined: dict[str, str] = {}  # this round's declines: participant -> reason
         self.round_metrics: dict[str, float] = {}
         self._round_started = 0.0
         down = self.config.peers(topo.downstream)
@@ -208,6 +246,7 @@ class Aggregator(Role):
                 int(entry["round"]), {k: v for k, v in entry.items() if k != "round"}
             )
         self.silent = set(ckpt.extra.get("silent", []))
+        self.joined = {str(p): int(n) for p, n in dict(ckpt.extra.get("joined", {})).items()}
         if ckpt.best_weights is not None:
             self.best.round = ckpt.best_round
             self.best.weights = ckpt.best_weights
@@ -231,7 +270,7 @@ class Aggregator(Role):
                 best_weights=self.best.weights,
                 best_metrics=self.best.metrics,
                 history=self.history,
-                extra={"silent": sorted(self.silent)},
+                extra={"silent": sorted(self.silent), "joined": dict(sorted(self.joined.items()))},
             ),
         )
 
@@ -276,6 +315,7 @@ class Aggregator(Role):
             else:
                 self.participants = sorted(self.selector.select(alive, self.round))
             self.extras = self.strategy.to_trainers() if self.strategy is not None else {}
+            self.instructions = {} if self.final else self._instructions({})
             return
         topo = self.topology
         if topo.coordinator is not None:
@@ -293,6 +333,39 @@ class Aggregator(Role):
         await self._readmit()
         pool = self.assigned if self.assigned is not None else self.candidates
         self.participants = [p for p in pool if self.final or p not in self.silent]
+        if self.final:
+            self.instructions = {}
+            return
+        # the top's instructions for this group go to each of its trainers, unless overridden
+        group = Model.expect(msg).instructions
+        self.instructions = self._instructions(
+            {p: group for p in self.participants} if group is not None else {}
+        )
+
+    def instruct(self, participants: list[str]) -> dict[str, Instructions]:
+        """Per-trainer instructions for this round (override it, or give the selector an
+        ``instruct(participants, rnd)`` method): participant -> :class:`Instructions`.
+        ``self.round`` is the round; participants left out get none."""
+        method = getattr(self.selector, "instruct", None)
+        if method is None:
+            return {}
+        result: dict[str, Instructions] = method(list(participants), self.round)
+        return result
+
+    def _instructions(self, inherited: dict[str, Instructions]) -> dict[str, Instructions]:
+        given = self.instruct(list(self.participants))
+        if not isinstance(given, dict):
+            raise ConfigError(f"instruct() returned {type(given).__name__}, not a dict")
+        for peer, value in given.items():
+            if peer not in self.participants:
+                raise ConfigError(
+                    f"instruct() names {peer!r}, which is not a participant of round {self.round}"
+                )
+            if not isinstance(value, Instructions):
+                raise ConfigError(
+                    f"instruct() gave {peer!r} a {type(value).__name__}, not Instructions"
+                )
+        return {**inherited, **given}
 
     async def _readmit(self) -> None:
         """A silent peer that has sent anything since (a late update) is alive again."""
@@ -305,14 +378,56 @@ class Aggregator(Role):
             except PeerTimeout:
                 return
             self.silent.discard(peer)
+            self.note_joined(peer, msg)
             self.log.info("peer.back", peer=peer, late_kind=msg.kind, late_round=msg.round)
+
+    def note_joined(self, peer: str, msg: Message) -> None:
+        """``peer`` has joined: it sent :class:`Join`, or any answer at all."""
+        if msg.kind == Join.KIND:
+            try:
+                self.joined[peer] = Join.read(msg).trainers
+            except RejectedUpdate as exc:
+                self.log.warning("join.rejected", sender=peer, reason=exc.reason)
+        else:
+            self.joined.setdefault(peer, 1)
+
+    def clock_can_start(self, peers: list[str] | set[str]) -> bool:
+        """May a round over ``peers`` start its clock: have ``min_trainers`` of them (all of
+        them, if fewer) joined?"""
+        need = min(self.config.job.min_trainers, len(peers))
+        return sum(1 for p in peers if p in self.joined) >= need
+
+    async def start_clock(self, waited: float) -> float:
+        """The round's deadline, from now; a middle aggregator tells the top the first time
+        (so the top's clock waits for a group that is still starting)."""
+        if waited > 0:
+            self.log.info("round.clock_started", round=self.round, waited=round(waited, 3))
+        if not self.is_top and not self._announced and self.topology.upstream is not None:
+            top = self.config.peers(self.topology.upstream)[0]
+            group = sum(self.joined.values())
+            await self.channels[self.topology.upstream].send(
+                top, Join(round=self.round, trainers=group).message()
+            )
+            self._announced = True
+        return self.clock() + self.config.job.round_timeout
 
     @tasklet
     async def distribute(self) -> None:
         assert self.topology.downstream is not None
-        kind = Final if self.final else Model
-        msg = kind(round=self.round, weights=pack(self.global_weights, self.extras)).message()
-        reached = await self.send_all(self.topology.downstream, self.participants, msg)
+        payload = pack(self.global_weights, self.extras)
+        chan = self.topology.downstream
+        if self.final or not self.instructions:
+            kind = Final if self.final else Model
+            msg = kind(round=self.round, weights=payload).message()
+            reached = await self.send_all(chan, self.participants, msg)
+        else:  # each participant gets its own instructions, nobody else's
+
+            async def one(peer: str) -> list[str]:
+                body = Model(self.round, payload, instructions=self.instructions.get(peer))
+                return await self.send_all(chan, [peer], body.message())
+
+            sent = await asyncio.gather(*(one(p) for p in self.participants))
+            reached = [p for ps in sent for p in ps]
         self.silent.update(p for p in self.participants if p not in reached)
         self.participants = reached
 
@@ -322,15 +437,25 @@ class Aggregator(Role):
         chan = self.channels[self.topology.downstream]
         pending = set(self.participants)
         self.received = []
-        deadline = self.clock() + self.config.job.round_timeout
+        self.declined = {}
+        began = self.clock()
+        give_up = began + self.wait_timeout
+        deadline: float | None = None
+        waited = False  # for joins: the clock did not start with the round
         while pending:
-            remaining = deadline - self.clock()
+            if deadline is None and self.clock_can_start(self.participants):
+                deadline = await self.start_clock(self.clock() - began if waited else 0.0)
+            waited = deadline is None
+            remaining = (give_up if deadline is None else deadline) - self.clock()
             if remaining <= 0:
                 break
             try:
                 peer, msg = await chan.recv_any(sorted(pending), timeout=remaining)
             except PeerTimeout:
                 break
+            self.note_joined(peer, msg)
+            if msg.kind == Join.KIND:
+                continue
             if msg.round < self.round and msg.kind in _ANSWERS:
                 self.log.info("update.stale", sender=peer, round=msg.round, current=self.round)
                 continue
@@ -340,6 +465,15 @@ class Aggregator(Role):
                 self.log.warning("peer.aborted", peer=peer, reason=self.aborts[peer])
                 continue
             if msg.kind == Skip.KIND:
+                continue
+            if msg.kind == Decline.KIND:
+                try:
+                    self.declined[peer] = Decline.read(msg).reason
+                except RejectedUpdate as exc:
+                    self.declined[peer] = f"(unreadable: {exc.reason})"
+                self.log.info(
+                    "round.declined", round=self.round, peer=peer, reason=self.declined[peer]
+                )
                 continue
             try:
                 self.received.append(self.validate(peer, msg))
@@ -352,6 +486,7 @@ class Aggregator(Role):
             if not self.final:
                 self.silent.update(pending)
         self.silent.difference_update(r.sender for r in self.received)
+        self.silent.difference_update(self.declined)
 
     def validate(self, peer: str, msg: Message, expected_round: int | None = None) -> Received:
         """Check one message against this job, round and the global model."""
@@ -393,14 +528,28 @@ class Aggregator(Role):
         self.prev_weights = self.global_weights
         if self.final:
             return
+        self.round_metrics["declined"] = float(len(self.declined))
+        self.round_metrics["partial"] = float(sum(r.work < 1.0 for r in self.received))
         if self.is_top:
-            if contributors < self.config.job.min_trainers:
+            answered = contributors + len(self.declined)
+            if answered < self.config.job.min_trainers:
                 raise QuorumLost(
-                    f"round {self.round}: {contributors} trainer(s) answered, "
+                    f"round {self.round}: {answered} trainer(s) answered, "
                     f"min_trainers is {self.config.job.min_trainers}"
                 )
             assert self.strategy is not None and self.selector is not None
             updates = [r.contribution() for r in self.received]
+            if not any(u.num_samples > 0 for u in updates):
+                self.log.warning(
+                    "round.no_update",
+                    round=self.round,
+                    reason=(
+                        f"{len(self.declined)} declined, {len(updates)} update(s) with no work "
+                        "done: the global model is kept"
+                    ),
+                    declined=self.declined,
+                )
+                return
             self.global_weights = self.strategy.aggregate(self.global_weights, updates, self.round)
             for r in self.received:
                 loss = r.metrics.get("loss")
@@ -429,7 +578,7 @@ class Aggregator(Role):
         top = self.config.peers(topo.upstream)[0]
         group = Update(
             round=self.round,
-            num_samples=sum(r.num_samples for r in self.received),
+            num_samples=sum(r.num_samples * r.work for r in self.received),
             eval_samples=sum(r.eval_samples for r in self.received),
             metrics={k: v for k, v in self.round_metrics.items() if k != "trainers"},
             trainers=sum(r.trainers for r in self.received),
@@ -439,6 +588,9 @@ class Aggregator(Role):
         msg: Message
         if self.final:
             msg = FinalEval(**_fields(group)).message()
+        elif not self.received and self.declined:
+            reasons = "; ".join(f"{p}: {r}" for p, r in sorted(self.declined.items()))
+            msg = Decline(round=self.round, reason=f"the group declined ({reasons})").message()
         elif not self.received:
             msg = Skip(round=self.round).message()
         else:
@@ -452,6 +604,7 @@ class Aggregator(Role):
         server = self._server_metrics(self.prev_weights)
         metrics.update({f"server/{k}": v for k, v in server.items()})
         metrics["round_time"] = self.clock() - self._round_started
+        metrics.update(await self._federated_evaluation(step))
         self.history.append({"round": step, **metrics})
         self.tracker.log_round(step, metrics)
         if self.best.offer(step, self.prev_weights, metrics) and self.best.weights is not None:
@@ -467,6 +620,45 @@ class Aggregator(Role):
                 coord, RoundEnd(round=self.round, final=self.final).message()
             )
 
+    async def _federated_evaluation(self, step: int) -> dict[str, float]:
+        """``eval/<name>``: the scheduled evaluation of the model after ``step`` rounds."""
+        spec = self.config.job.evaluation
+        if spec is None or self.final or step == 0 or step % spec.every:
+            return {}
+        role = self.config.design.role(self._down_role())
+        if not role.is_data_consumer or self.selector is None:
+            self.log.warning("evaluation.skipped", reason="needs trainers directly below")
+            return {}
+        assert self.topology.downstream is not None
+        alive = [c for c in self.candidates if c not in self.silent]
+        count = max(1, math.floor(spec.fraction * len(alive))) if alive else 0
+        rng = np.random.default_rng([self.config.job.seed, step])
+        asked = sorted(rng.choice(alive, size=count, replace=False).tolist()) if count else []
+        msg = Evaluate(round=self.round, weights=pack(self.prev_weights)).message()
+        pending = set(await self.send_all(self.topology.downstream, asked, msg))
+        chan = self.channels[self.topology.downstream]
+        items: list[tuple[dict[str, float], float]] = []
+        deadline = self.clock() + self.config.job.round_timeout
+        while pending and (remaining := deadline - self.clock()) > 0:
+            try:
+                peer, answer = await chan.recv_any(sorted(pending), timeout=remaining)
+            except PeerTimeout:
+                break
+            if answer.kind != EvalReport.KIND or answer.round != self.round:
+                continue  # a late answer of an earlier round
+            pending.discard(peer)
+            try:
+                report = EvalReport.read(answer)
+            except RejectedUpdate as exc:
+                self.log.warning("evaluation.rejected", sender=peer, reason=exc.reason)
+                continue
+            items.append((report.metrics, report.eval_samples))
+        if pending:
+            self.log.warning("evaluation.timeout", step=step, missing=sorted(pending))
+        result = {f"eval/{k}": v for k, v in weighted_metrics(items).items()}
+        result["eval/sites"] = float(len(items))
+        return result
+
     def _server_metrics(self, weights: Weights) -> dict[str, float]:
         if type(self).evaluate is Aggregator.evaluate or self.model is None or not weights:
             return {}
@@ -476,9 +668,8 @@ class Aggregator(Role):
 
 def _weighted_mean(received: list[Received], *, extras: bool = False) -> Weights:
     """A middle aggregator's sample-weighted mean of its group (every dtype and shape kept)."""
-    total = sum(r.num_samples for r in received)
-    shares = np.array(
-        [(r.num_samples / total if total > 0 else 1.0 / len(received)) for r in received]
-    )
+    done = [r.num_samples * r.work for r in received]  # partial work counts with its share
+    total = sum(done)
+    shares = np.array([(n / total if total > 0 else 1.0 / len(received)) for n in done])
     models = [r.extras if extras else r.weights for r in received]
     return weighted_mean(models, shares)

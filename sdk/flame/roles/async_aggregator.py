@@ -8,7 +8,9 @@ validates it and hands it to the strategy's buffer; ``apply`` flushes the buffer
 ``k`` updates, which makes a new global model (one "round"). After ``spec.rounds`` flushes the
 final model goes to every trainer and their evaluations are collected, as in the synchronous
 chain. A trainer silent for ``round_timeout`` is dropped from the pool (re-admitted if it speaks
-again); fewer live trainers than ``min_trainers`` -> :class:`QuorumLost`.
+again); fewer live trainers than ``min_trainers`` -> :class:`QuorumLost`. Until ``min_trainers``
+of the busy trainers (all, if fewer) have joined, the wait is ``max_run_time`` instead, so slow
+task start-up is no timeout.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from flame.aggregation.fedbuff import FedBuff
 from flame.composer import Composable, Loop, tasklet
 from flame.config import TaskConfig
 from flame.errors import FlameError, PeerTimeout, QuorumLost, RejectedUpdate
-from flame.protocol import Abort, Model, Update
+from flame.protocol import Abort, Decline, Join, Model, Update
 from flame.roles.aggregator import Aggregator, Received
 from flame.roles.base import pack, weighted_metrics
 
@@ -85,19 +87,27 @@ class AsyncAggregator(Aggregator):
             raise FlameError("no trainer could be started (the selector chose nobody)")
         assert self.topology.downstream is not None
         chan = self.channels[self.topology.downstream]
+        started = self.clock_can_start(set(self.in_flight))
+        timeout = self.config.job.round_timeout if started else self.wait_timeout
         try:
-            peer, msg = await chan.recv_any(
-                sorted(self.in_flight), timeout=self.config.job.round_timeout
-            )
+            peer, msg = await chan.recv_any(sorted(self.in_flight), timeout=timeout)
         except PeerTimeout:
             self.log.warning("round.timeout", round=self.round, missing=sorted(self.in_flight))
             self.silent.update(self.in_flight)
             self.in_flight.clear()
             self._check_quorum()
             return
+        self.note_joined(peer, msg)
+        if msg.kind == Join.KIND:
+            return
         base = self.in_flight.pop(peer)
         if msg.kind == Abort.KIND:
             self.log.warning("peer.aborted", peer=peer, reason=Abort.read(msg).reason)
+            return
+        if msg.kind == Decline.KIND:
+            reason = Decline.read(msg).reason
+            self.log.info("round.declined", round=self.round, peer=peer, reason=reason)
+            self._report_done(peer, None, 0.0)
             return
         self.participants = [peer]
         try:

@@ -18,14 +18,27 @@ aggregations; a final ``done`` message makes every trainer evaluate the final mo
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from flame.composer import Composable, Loop, tasklet
-from flame.errors import FlameError
+from flame.errors import DeclineRound, FlameError
+from flame.heterogeneity import Heterogeneity
+from flame.instructions import Instructions
 from flame.messages import Message
-from flame.protocol import Assign, Final, FinalEval, Model, Update
+from flame.protocol import (
+    Assign,
+    Decline,
+    EvalReport,
+    Evaluate,
+    Final,
+    FinalEval,
+    Join,
+    Model,
+    Update,
+)
 from flame.roles.base import Role, pack, unpack
 from flame.roles.collectives import allreduce_sum
 from flame.tensors import Weights
@@ -41,6 +54,13 @@ class Trainer(Role):
     FedProx term), ``self.extras`` what the aggregator's strategy sent along (e.g. SCAFFOLD's
     control variate), ``self.round`` the round; put tensors the strategy expects back (e.g. the
     SCAFFOLD control delta) in ``self.update_extras``.
+
+    Heterogeneous rounds: ``self.instructions`` is what the aggregator asked of this trainer
+    for this round (:class:`~flame.instructions.Instructions`: ``local_epochs``, ``local_steps``,
+    ``lr``, ``deadline``, ``params``; every field ``None`` when it asked nothing). ``train`` may
+    call ``self.decline(reason)`` to sit the round out (the aggregator hears it at once), or
+    ``self.report_work(steps, planned)`` after doing only part of its local work (the update is
+    then weighted by the work done, and FedNova normalises by ``steps``).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -50,6 +70,12 @@ class Trainer(Role):
         self.global_weights: Weights = {}
         self.extras: Weights = {}
         self.update_extras: Weights = {}
+        self.instructions = Instructions()
+        self.steps_done: float | None = None
+        self.steps_planned: float | None = None
+        self.declined: str | None = None  # this round's reason, when train() declined it
+        # flame.simulate(heterogeneity=...): this trainer's simulated availability and speed
+        self.device: Heterogeneity | None = None
         self.final = False
         self.metrics: dict[str, float] = {}
         self.upstream_peer: str | None = None
@@ -95,6 +121,17 @@ class Trainer(Role):
         await self.call_user(self.load_data)
         if self.dataset_size <= 0:
             self.log.warning("trainer.no_dataset_size", hint="set self.dataset_size in load_data")
+        await self.join()
+
+    async def join(self) -> None:
+        """Tell the aggregator(s) above that this trainer is ready: round clocks start from
+        joins (with a coordinator, every aggregator it may be assigned to)."""
+        topo = self.topology
+        if topo.upstream is None or not self.syncs_upstream:
+            return
+        peers = [self.upstream_peer] if self.upstream_peer else self.config.peers(topo.upstream)
+        msg = Join(trainers=max(len(self.group), 1)).message()
+        await self.send_all(topo.upstream, peers, msg)
 
     @tasklet
     async def fetch(self) -> None:
@@ -109,6 +146,9 @@ class Trainer(Role):
         if self.syncs_upstream:
             assert topo.upstream is not None and self.upstream_peer is not None
             self._incoming = await self.recv_from(topo.upstream, self.upstream_peer, "model")
+            while self._incoming.kind == Evaluate.KIND:  # scheduled evaluations come between
+                await self._answer_evaluation(topo.upstream, self._incoming)
+                self._incoming = await self.recv_from(topo.upstream, self.upstream_peer, "model")
             self._accept(self._incoming)
         elif topo.upstream is None:  # distributed: rounds are counted locally
             self.round += 1
@@ -123,7 +163,37 @@ class Trainer(Role):
         self._started = self.clock()
         self.round = msg.round
         self.final = msg.kind == Final.KIND
+        self.instructions = Instructions()
+        if not self.final:
+            self.instructions = Model.expect(msg).instructions or Instructions()
         self.global_weights, self.extras = unpack(msg.weights)
+
+    async def _answer_evaluation(self, channel: str, msg: Message) -> None:
+        """Evaluate the model of an :class:`Evaluate` request on the local test split."""
+        weights, _ = unpack(Evaluate.expect(msg).weights)
+
+        def run() -> dict[str, float]:
+            if weights:
+                self.load_weights(weights)
+            return {k: float(v) for k, v in self.evaluate().items()}
+
+        metrics = await self.call_user(run)
+        size = float(self.eval_size if self.eval_size is not None else self.dataset_size)
+        report = EvalReport(round=msg.round, eval_samples=size, metrics=metrics, trainers=1)
+        assert self.upstream_peer is not None
+        await self.channels[channel].send(self.upstream_peer, report.message())
+
+    def decline(self, reason: str = "declined") -> None:
+        """Sit this round out (call it in ``train``); the aggregator gets ``reason`` at once."""
+        raise DeclineRound(reason)
+
+    def report_work(self, steps: float, planned: float | None = None) -> None:
+        """Say how many local steps ``train`` did this round (of ``planned``, the whole round's
+        work): partial work is weighted by the share done."""
+        if steps < 0 or (planned is not None and planned <= 0):
+            raise FlameError(f"report_work({steps!r}, {planned!r}): steps >= 0, planned > 0")
+        self.steps_done = float(steps)
+        self.steps_planned = None if planned is None else float(planned)
 
     @tasklet
     async def share(self) -> None:
@@ -133,10 +203,16 @@ class Trainer(Role):
         chan = self.channels[topo.peer]
         if self.is_leader:
             assert self._incoming is not None
-            kind = Final if self.final else Model
-            await chan.broadcast(
-                kind(round=self._incoming.round, weights=self._incoming.weights).message()
+            body = (
+                Final(round=self._incoming.round, weights=self._incoming.weights)
+                if self.final
+                else Model(
+                    round=self._incoming.round,
+                    weights=self._incoming.weights,
+                    instructions=self.instructions,
+                )
             )
+            await chan.broadcast(body.message())
         else:
             self._accept(await self.recv_from(topo.peer, self.group[0], "model from the leader"))
 
@@ -151,7 +227,24 @@ class Trainer(Role):
         if self.final:
             return
         self.update_extras = {}
-        self.train()
+        self.steps_done = self.steps_planned = self.declined = None
+        plan = None
+        if self.device is not None:
+            plan = self.device.plan(self.config.index, self.round, self.hyperparameters)
+            if plan.local_epochs is not None:
+                self.instructions = replace(self.instructions, local_epochs=plan.local_epochs)
+        try:
+            if plan is not None and plan.decline is not None:
+                self.decline(plan.decline)
+            self.train()
+            if plan is not None and plan.local_epochs is not None and self.steps_done is None:
+                self.report_work(plan.local_epochs, plan.planned_epochs)
+        except DeclineRound as exc:
+            self.declined = exc.reason
+            self.log.info("trainer.declined", round=self.round, reason=exc.reason)
+            self._out = pack(self.global_weights or self.weights, {})
+            self._out_samples = 0.0
+            return
         self._out = pack(self.weights, self.update_extras)
         self._out_samples = float(self.dataset_size)
 
@@ -203,6 +296,10 @@ class Trainer(Role):
         topo = self.topology
         if self.syncs_upstream:
             assert topo.upstream is not None and self.upstream_peer is not None
+            if self.declined is not None and not self.final and self._out_samples <= 0:
+                decline = Decline(round=self.round, reason=self.declined)
+                await self.channels[topo.upstream].send(self.upstream_peer, decline.message())
+                return
             kind = FinalEval if self.final else Update
             update = kind(
                 round=self.round,
@@ -214,6 +311,8 @@ class Trainer(Role):
                 base_round=self.round,
                 duration=self.clock() - self._started,
             )
+            if not self.final and self._out_trainers == 1:
+                update = replace(update, steps=self.steps_done, planned_steps=self.steps_planned)
             await self.channels[topo.upstream].send(self.upstream_peer, update.message())
         elif topo.upstream is None:
             entry: dict[str, Any] = {

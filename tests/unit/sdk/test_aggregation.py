@@ -26,6 +26,7 @@ SHAPES = {"layer.weight": (3, 2), "layer.bias": (2,)}
 ALL_RULES = [
     "fedavg",
     "fedprox",
+    "fednova",
     "fedadam",
     "fedyogi",
     "fedadagrad",

@@ -31,7 +31,7 @@ DTYPES = sorted(WIRE_DTYPES.values(), key=str)
 FLOATS = [dt for dt in DTYPES if dt.kind == "f"]
 #: The rules this suite checks (a new rule fails test_every_rule_has_a_reference_here).
 COVERED = [
-    "fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedbuff", "scaffold",
+    "fedavg", "fedprox", "fednova", "fedadam", "fedyogi", "fedadagrad", "fedbuff", "scaffold",
     "trimmed_mean", "phocas", "median", "krum", "multi_krum",
 ]  # fmt: skip
 #: Relative precision a float result is checked to (float16 results are rounded to float16).
@@ -463,3 +463,29 @@ def test_a_coordinate_without_finite_values_keeps_the_global_value(
     _, out = run(rule, Round(g, ups), {"f": 0} if rule == "multi_krum" else {})
     assert out["w"].dtype == dtype
     np.testing.assert_array_equal(out["w"], np.array([1.0, 6.0], dtype))
+
+
+@FAST
+@given(r=rounds(), data=st.data())
+def test_fednova_normalises_each_step_by_its_local_steps(r: Round, data: st.DataObject) -> None:
+    """Wang et al. 2020 in float64: ``x - tau_eff * sum_i p_i (x - x_i) / tau_i``; integer and
+    bool tensors take the sample-weighted mean."""
+    steps = [data.draw(st.integers(1, 9)) for _ in r.updates]
+    ups = [
+        Update(u.sender, u.weights, u.num_samples, meta={"steps": float(t)})
+        for u, t in zip(r.updates, steps, strict=True)
+    ]
+    nova = Round(r.global_weights, ups)
+    _, out = run("fednova", nova, {})
+    assert_shapes_and_dtypes(out, r.global_weights)
+    p = np.array([u.num_samples for u in ups], dtype=np.float64)
+    p /= p.sum()
+    tau_eff = float(p @ np.array(steps, dtype=np.float64))
+    for name, x in r.global_weights.items():
+        if x.dtype.kind != "f":
+            ref = ref_fedavg(nova, name)
+        else:
+            d = sum(pi * (f64(x) - f64(u.weights[name])) / t for pi, u, t in zip(p, ups, steps))
+            ref = f64(x) - tau_eff * d
+        assert_matches(out[name], ref, x, scale_of(nova, name) * max(steps))
+    assert_order_independent("fednova", nova, {}, out, data)
