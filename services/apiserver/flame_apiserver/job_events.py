@@ -40,15 +40,21 @@ class JobWatch:
     """Remembers what a client was sent; each ``*_events`` call returns only what is new."""
 
     job_state: str = ""
+    job_desired: str = ""
     tasks: dict[str, tuple[str, int, str, str]] = field(default_factory=dict)
     points: set[tuple[str, int]] = field(default_factory=set)
     log_seq: int = 0
 
     def job_events(self, job: control_pb2.Job) -> list[Event]:
-        if job.state == self.job_state:
+        if (job.state, job.desired_state) == (self.job_state, self.job_desired):
             return []
-        self.job_state = job.state
-        data = {"id": job.id, "state": job.state, "reason": job.reason}
+        self.job_state, self.job_desired = job.state, job.desired_state
+        data = {
+            "id": job.id,
+            "state": job.state,
+            "desired_state": job.desired_state,
+            "reason": job.reason,
+        }
         return [Event("job", data)]
 
     def task_events(self, tasks: list[control_pb2.Task]) -> list[Event]:

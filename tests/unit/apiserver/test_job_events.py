@@ -107,7 +107,11 @@ def served() -> Iterator[Served]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     app = create_app(
-        ApiserverSettings(controller_address=f"127.0.0.1:{port}", events_poll_seconds=0.05)
+        ApiserverSettings(
+            controller_address=f"127.0.0.1:{port}",
+            events_poll_seconds=0.05,
+            events_linger_seconds=0.3,
+        )
     )
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     serving = asyncio.run_coroutine_threadsafe(server.serve(sockets=[sock]), loop)

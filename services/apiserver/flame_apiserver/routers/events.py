@@ -74,7 +74,7 @@ async def job_events(
 
     async def stream() -> AsyncIterator[bytes]:
         sent = 0
-        pending, quiet_since = first, time.monotonic()
+        pending, quiet_since, ended_at = first, time.monotonic(), 0.0
         bound = log.bind(job_id=id, subject=caller.subject)
         bound.info("events.opened")
         try:
@@ -84,7 +84,9 @@ async def job_events(
                     yield event.encode(sent)
                 if pending:
                     quiet_since = time.monotonic()
-                if watch.ended:
+                if watch.ended and not ended_at:
+                    ended_at = time.monotonic()
+                if ended_at and time.monotonic() - ended_at >= settings.events_linger_seconds:
                     sent += 1
                     yield Event("end", {"state": watch.job_state}).encode(sent)
                     return

@@ -10,7 +10,8 @@ function ticks(lo, hi, count = 5) {
   const mag = 10 ** Math.floor(Math.log10(raw));
   const step = [1, 2, 5, 10].map((m) => m * mag).find((v) => raw <= v);
   const out = [];
-  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(+v.toPrecision(12));
+  const first = Math.floor(lo / step), last = Math.ceil(hi / step);
+  for (let i = first; i <= last; i++) out.push(+(i * step).toPrecision(12));
   return out;
 }
 

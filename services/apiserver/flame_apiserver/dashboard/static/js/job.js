@@ -78,7 +78,7 @@ export async function jobPage(main, [id], signal) {
     if (kind === "task") { tasks.set(data.id, data); redrawTasks(); }
     else if (kind === "metric") { point(data); charts.get(data.key).render(); }
     else if (kind === "job") {
-      job = { ...job, state: data.state, reason: data.reason };
+      job = { ...job, state: data.state, desired_state: data.desired_state, reason: data.reason };
       state.replaceChildren(stateBadge(job.state));
       reason.textContent = job.reason || "";
       refreshActions();

@@ -2,7 +2,6 @@
 import { all, get, post } from "./api.js";
 import { h, say, stateBadge, when } from "./dom.js";
 
-export const ACTIVE = new Set(["starting", "deploying", "running"]);
 export const TERMINAL = new Set(["completed", "failed", "terminated"]);
 
 function nextRunName(name, taken) {
@@ -40,8 +39,8 @@ export function jobActions(job, after) {
   }, label);
   const id = encodeURIComponent(job.id);
   return h("span", { class: "actions" },
-    job.state === "ready" && act("Start", () => post(`/v1/jobs/${id}/start`)),
-    (ACTIVE.has(job.state) && job.desired_state !== "stopped") && act("Stop", () => post(`/v1/jobs/${id}/stop`)),
+    job.state === "ready" && job.desired_state !== "running" && act("Start", () => post(`/v1/jobs/${id}/start`)),
+    !TERMINAL.has(job.state) && job.desired_state === "running" && act("Stop", () => post(`/v1/jobs/${id}/stop`)),
     TERMINAL.has(job.state) && act("Re-run", () => rerun(job)));
 }
 
@@ -53,7 +52,10 @@ async function newJobForm(jobs, signal) {
   const version = h("select", { id: "job-code", name: "code" });
   const spec = h("textarea", { id: "job-spec", name: "spec", rows: 12, spellcheck: "false" });
   const error = h("p", { class: "error", role: "alert" });
+  let chosen = null;
   async function designChosen() {
+    if (design.value === chosen) return; // keep what the user typed
+    chosen = design.value;
     const versions = design.value ? (await get(`/v1/designs/${encodeURIComponent(design.value)}/code`)).items : [];
     version.replaceChildren(...versions.sort((a, b) => b.version - a.version)
       .map((v) => h("option", { value: v.version }, `v${v.version} · ${v.sha256.slice(0, 12)}`)));

@@ -60,7 +60,7 @@ export function drawTopology(schema, tasks, nodeNames) {
     const x0 = (width - span) / 2;
     list.forEach((t, i) => at.set(t.id, { x: x0 + i * (BOX_W + GAP_X), y: PAD + 14 + row * ROW_H }));
   }
-  const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, role: "group", "aria-label": "Job topology" });
+  const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "group", "aria-label": "Job topology" });
   for (const e of taskEdges(schema, tasks)) {
     const p = at.get(e.from), q = at.get(e.to);
     const [hi, lo] = p.y <= q.y ? [p, q] : [q, p];
