@@ -10,13 +10,19 @@ MANIFESTS := $(foreach p,$(PACKAGES),$(p)/pyproject.toml) requirements-dev.txt
 
 install: system $(STAMP)
 
-# System programs the tests need: bubblewrap sandboxes user code (flame_service.sandbox).
+# System programs the tests need: bubblewrap sandboxes user code (flame_service.sandbox);
+# Debian's Chromium runs the dashboard's browser tests (Playwright never downloads a browser).
 system:
 	@command -v bwrap >/dev/null 2>&1 || { \
 	  echo "installing bubblewrap (sandbox for user code)"; \
 	  apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
 	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null; } || \
 	  { echo "cannot install bubblewrap: install it, or set FLAME_SANDBOX=none (development only)" >&2; exit 1; }; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (browser tests of the dashboard)"; \
+	  apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null; } || \
+	  { echo "cannot install chromium: the browser tests (tests/browser) will be skipped" >&2; }; }
 
 $(STAMP): $(MANIFESTS)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -9,12 +9,14 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from flame_apiserver.controller import Controller
+from flame_apiserver.dashboard import mount_dashboard
 from flame_apiserver.middleware import BodyLimit, MetricsMiddleware, RequestMetrics
 from flame_apiserver.problems import Problem, install_handlers
 from flame_apiserver.routers import (
     agent,
     datasets,
     designs,
+    events,
     health,
     identity,
     jobs,
@@ -52,7 +54,7 @@ def create_app(settings: ApiserverSettings | None = None) -> FastAPI:
     )
     install_handlers(app)
     route_methods = []
-    for module in (health, identity, projects, nodes, datasets, designs, jobs, agent):
+    for module in (health, identity, projects, nodes, datasets, designs, jobs, events, agent):
         app.include_router(module.router)
         for route in module.router.routes:
             if isinstance(route, APIRoute):
@@ -60,6 +62,7 @@ def create_app(settings: ApiserverSettings | None = None) -> FastAPI:
                     (route.path_regex, set(route.methods or ()), "{" in route.path)
                 )
     app.state.route_methods = route_methods  # for the Allow header of 405 answers
+    mount_dashboard(app)
     app.add_middleware(
         BodyLimit, max_body=settings.max_body_bytes, max_code=settings.max_code_bytes
     )

@@ -21,3 +21,9 @@ class ApiserverSettings(ServiceSettings):
     # repeated failed authentication from one address: 429 once this many failed in the window
     auth_failure_limit: int = Field(default=30, ge=1)
     auth_failure_window_seconds: float = Field(default=60.0, gt=0)
+    # GET /v1/jobs/{id}/events: how often it asks the controller what changed, and how long a
+    # quiet stream waits before a keep-alive comment; after a job has ended its stream still
+    # carries what arrives late (logs shipped after the final status) for this long
+    events_poll_seconds: float = Field(default=0.5, gt=0)
+    events_keepalive_seconds: float = Field(default=15.0, gt=0)
+    events_linger_seconds: float = Field(default=5.0, ge=0)
