@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, StackState]]:
     home: Path = tmp_path_factory.mktemp("idempotency")
-    s = Stack(home)
+    s = Stack(home, tls=False)  # the answer-dropping proxy reads plaintext HTTP
     state = s.up(nodes=0, timeout=180, mlflow=False)
     try:
         yield s, state

@@ -41,8 +41,9 @@ def _wait_ready(cluster: Cluster, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{cluster.state.api_url}/readyz", timeout=1).status_code == 200:
-                return
+            with cluster.state.client(timeout=1) as api:
+                if api.get("/readyz").status_code == 200:
+                    return
         except httpx.HTTPError:
             pass
         time.sleep(0.05)
