@@ -29,9 +29,9 @@ import structlog
 from flame.config import TaskConfig, TrackingSpec
 from flame.connect import PLAINTEXT, Security, sync_http_client
 from flame.outbox import Outbox
-from flame.retry import Backoff
 from flame.tensors import Weights, copy_weights
 from flame.tensors import to_bytes as weights_to_bytes
+from flame_spec.retry import Backoff
 
 log = structlog.get_logger(__name__)
 

@@ -19,7 +19,7 @@ import tenacity
 from flame.config import DiscoverySettings
 from flame.connect import PLAINTEXT, Security, http_client
 from flame.errors import ChannelError, ConfigError, PeerTimeout
-from flame.retry import retrying
+from flame_spec.retry import retrying
 
 log = structlog.get_logger(__name__)
 

@@ -26,9 +26,9 @@ from flame.channels.transport import TransportContext
 from flame.connect import PLAINTEXT, Security, grpc_channel, grpc_listen
 from flame.errors import ChannelError, PeerTimeout
 from flame.messages import Message
-from flame.retry import retrying
 from flame_proto.v1 import data_pb2, data_pb2_grpc
 from flame_spec.pki import DATA_PLANE_NAME
+from flame_spec.retry import retrying
 
 log = structlog.get_logger(__name__)
 

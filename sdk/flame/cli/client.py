@@ -37,7 +37,7 @@ from flame.cli.resources import (
 )
 from flame.connect import PLAINTEXT, Security, sync_http_client
 from flame.errors import FlameError
-from flame.retry import Backoff
+from flame_spec.retry import Backoff
 
 M = TypeVar("M", bound=BaseModel)
 #: Answers after which a create may or may not have happened: retry it with the same key.

@@ -30,9 +30,9 @@ from flame.connect import Security, sync_http_client
 from flame.errors import FlameError
 from flame.paths import flame_home
 from flame.ports import free_ports
-from flame.retry import Backoff
 from flame_spec.pki import Authority, write_private
 from flame_spec.privacy import without_telemetry
+from flame_spec.retry import Backoff
 
 log = structlog.get_logger(__name__)
 

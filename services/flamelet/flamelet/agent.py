@@ -24,12 +24,12 @@ from pydantic import ValidationError
 
 from flame_service.errors import FlameServiceError
 from flame_service.pyenv import EnvError, ensure_env
-from flame_service.retry import Backoff
 from flame_service.sandbox import Sandbox, SandboxUnavailable, choose_sandbox
 from flame_service.taskdir import failure_line, prepare_task_dir
 from flame_spec import SpecError, TaskConfig
 from flame_spec.requirements import FILE_NAME as REQUIREMENTS_FILE
 from flame_spec.requirements import parse_requirements
+from flame_spec.retry import Backoff
 from flamelet import runner
 from flamelet.api import AgentApi, LogLine, TaskInfo
 from flamelet.errors import (

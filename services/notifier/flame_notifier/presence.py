@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from flame_service.retry import Backoff
+from flame_spec.retry import Backoff
 
 log = structlog.get_logger(__name__)
 

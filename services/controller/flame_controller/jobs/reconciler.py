@@ -48,7 +48,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from flame_service.errors import Conflict, NotFound
-from flame_service.retry import backoff_delay
+from flame_spec.retry import backoff_delay
 
 from ..deployers.base import Deployer
 from ..store.base import Store

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flame_service.retry import backoff_delay
+from flame_spec.retry import backoff_delay
 
 
 def test_backoff_delay_grows_with_the_retry_and_stays_under_the_cap() -> None:

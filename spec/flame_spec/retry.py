@@ -1,6 +1,6 @@
-"""Retrying, written once: capped exponential backoff with full jitter (tenacity's
-``wait_random_exponential``), so many tasks that lose their peer at once do not come back in
-lock step.
+"""Retrying, written once for the SDK and the services alike: capped exponential backoff with
+full jitter (tenacity's ``wait_random_exponential``), so many tasks that lose their peer at
+once do not come back in lock step.
 
 * :func:`retrying` — call something until it succeeds, a non-retryable error, or a deadline::
 
@@ -73,3 +73,12 @@ class Backoff:
 
     def reset(self) -> None:
         self._state.attempt_number = 1
+
+
+def backoff_delay(retry: int, initial: float, maximum: float) -> float:
+    """The jittered delay before retry number ``retry`` (1 for the first) of a loop whose
+    attempt count is stored rather than held in memory: up to ``initial * 2**(retry - 1)``,
+    capped at ``maximum``."""
+    state = tenacity.RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+    state.attempt_number = max(1, retry)
+    return float(_jitter(initial, maximum)(state))
