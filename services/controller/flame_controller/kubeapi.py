@@ -9,12 +9,14 @@ response as a dict, so the code reads objects exactly as the API documents them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,8 +26,10 @@ SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/
 __all__ = [
     "ApiException",
     "ConnectionSettings",
+    "KubernetesUnavailable",
     "api_client",
     "call",
+    "call_in_thread",
     "in_cluster",
     "in_cluster_namespace",
     "pod_log",
@@ -112,3 +116,20 @@ def pod_log(
     finally:
         resp.release_conn()
     return data.decode("utf-8", errors="replace")
+
+
+class KubernetesUnavailable(OSError):
+    """The API server did not answer, or answered 429 / 5xx: worth retrying later."""
+
+
+async def call_in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a blocking client call in a worker thread; transient failures become
+    :class:`KubernetesUnavailable` (an OSError: the reconciler retries)."""
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except ApiException as exc:
+        if exc.status in (429, 500, 502, 503, 504):
+            raise KubernetesUnavailable(f"Kubernetes API: {exc.status} {exc.reason}") from exc
+        raise
+    except urllib3.exceptions.HTTPError as exc:
+        raise KubernetesUnavailable(f"Kubernetes API unreachable: {exc}") from exc

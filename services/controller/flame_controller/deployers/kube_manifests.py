@@ -57,6 +57,17 @@ _LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
+# Every (API group, resource) -> verbs this deployer uses, and nothing more: the chart's Role
+# grants exactly these (tests/deploy checks), the fake API server refuses anything else.
+RBAC: dict[tuple[str, str], frozenset[str]] = {
+    ("batch", "jobs"): frozenset({"create", "get", "list", "watch", "patch", "delete"}),
+    ("", "pods"): frozenset({"get", "list", "watch", "patch"}),
+    ("", "pods/log"): frozenset({"get"}),
+    ("", "secrets"): frozenset({"create"}),
+    ("", "configmaps"): frozenset({"create", "get", "delete"}),
+}
+
+
 def _digest(*parts: object, length: int = 10) -> str:
     return hashlib.sha256("/".join(str(p) for p in parts).encode()).hexdigest()[:length]
 
@@ -247,8 +258,31 @@ def job(
 ) -> dict[str, Any]:
     """The batch/v1 Job of one task attempt: one pod, never restarted (a new attempt is a new
     Job), hardened as the module docstring says."""
-    pod_labels = labels(launch, pod, run=name)
     ids = task_annotations(launch, code_sha256)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": pod.namespace,
+            "labels": labels(launch, pod),
+            "annotations": ids,
+            "ownerReferences": [owner_ref],
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "completions": 1,
+            "parallelism": 1,
+            "template": {
+                "metadata": {"labels": labels(launch, pod, run=name), "annotations": ids},
+                "spec": _pod_spec(launch, name, pod, content),
+            },
+        },
+    }
+
+
+def _task_container(launch: Launch, pod: TaskPod) -> dict[str, Any]:
+    """The one container: the runner image, the task's config from the bundle, no privileges."""
     env = [
         {"name": "HOME", "value": WORKDIR},
         {"name": "TMPDIR", "value": POD_TMP},
@@ -286,6 +320,12 @@ def job(
     }
     if pod.image_pull_policy:
         container["imagePullPolicy"] = pod.image_pull_policy
+    return container
+
+
+def _pod_spec(launch: Launch, name: str, pod: TaskPod, content: Bundle) -> dict[str, Any]:
+    """One pod that never restarts, with no service-account token, its code read-only from the
+    attempt's Secret and size-capped scratch volumes."""
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -298,7 +338,7 @@ def job(
             "fsGroup": pod.run_as_group,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [container],
+        "containers": [_task_container(launch, pod)],
         "volumes": [
             {"name": "work", "emptyDir": {"sizeLimit": pod.work_size_limit}},
             {"name": "tmp", "emptyDir": {"sizeLimit": pod.tmp_size_limit}},
@@ -312,23 +352,4 @@ def job(
         spec["serviceAccountName"] = pod.service_account
     if pod.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": s} for s in pod.image_pull_secrets]
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": pod.namespace,
-            "labels": labels(launch, pod),
-            "annotations": ids,
-            "ownerReferences": [owner_ref],
-        },
-        "spec": {
-            "backoffLimit": 0,
-            "completions": 1,
-            "parallelism": 1,
-            "template": {
-                "metadata": {"labels": pod_labels, "annotations": ids},
-                "spec": spec,
-            },
-        },
-    }
+    return spec
