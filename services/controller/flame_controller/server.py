@@ -147,26 +147,7 @@ async def serve(
             write_private(path, generated + "\n")
             print(f"flame-controller: the admin's token is in {path} (yours to read only)")
         kicker = Kicker()
-        secret = settings.data_plane_secret()
-        admin = settings.tracking_admin()
-        accounts = (
-            TrackingAccounts(settings.tracking_uri, admin, secret)
-            if admin and settings.tracking_uri
-            else None
-        )
-        ctx = Ctx(
-            store=store,
-            apiserver_url=settings.apiserver_url or None,
-            tracking_uri=settings.tracking_uri or None,
-            kick=kicker,
-            data_plane_secret=secret,
-            data_plane_tls=settings.data_plane_tls,
-            tracking_accounts=accounts,
-            tracking_uris=frozenset(
-                u for u in (settings.tracking_uri, *settings.tracking_allowed_uris) if u
-            ),
-            trusted_ca=settings.security().ca,
-        )
+        ctx = _context(settings, store, kicker)
         factories = list(default_workers(settings) if workers is None else workers)
         health_servicer = health.aio.HealthServicer()
         gate = _leader_gate(settings, ctx, factories, health_servicer)
@@ -207,18 +188,7 @@ async def serve(
         health_server=health_server,
         health_port=health_port,
     )
-    if gate is not None:
-        kicker.listeners.append(gate.kick)
-        running.workers.append(gate)
-        running.tasks.append(asyncio.create_task(gate.run()))
-    else:
-        for factory in factories:
-            worker = factory(ctx, settings)
-            kick = getattr(worker, "kick", None)
-            if callable(kick):
-                kicker.listeners.append(kick)
-            running.workers.append(worker)
-            running.tasks.append(asyncio.create_task(worker.run()))
+    _start_workers(running, kicker, gate, factories)
     log.info(
         "controller.started",
         port=port,
@@ -227,3 +197,49 @@ async def serve(
         store=settings.store_uri.split("?")[0],
     )
     return running
+
+
+def _context(settings: ControllerSettings, store: Store, kicker: Kicker) -> Ctx:
+    """What every domain call works with: the store, the platform's addresses and secrets."""
+    secret = settings.data_plane_secret()
+    admin = settings.tracking_admin()
+    accounts = (
+        TrackingAccounts(settings.tracking_uri, admin, secret)
+        if admin and settings.tracking_uri
+        else None
+    )
+    return Ctx(
+        store=store,
+        apiserver_url=settings.apiserver_url or None,
+        tracking_uri=settings.tracking_uri or None,
+        kick=kicker,
+        data_plane_secret=secret,
+        data_plane_tls=settings.data_plane_tls,
+        tracking_accounts=accounts,
+        tracking_uris=frozenset(
+            u for u in (settings.tracking_uri, *settings.tracking_allowed_uris) if u
+        ),
+        trusted_ca=settings.security().ca,
+    )
+
+
+def _start_workers(
+    running: RunningController,
+    kicker: Kicker,
+    gate: LeaderGate | None,
+    factories: Sequence[WorkerFactory],
+) -> None:
+    """The background workers; with leader election, only the gate, which starts them when this
+    replica leads."""
+    if gate is not None:
+        kicker.listeners.append(gate.kick)
+        running.workers.append(gate)
+        running.tasks.append(asyncio.create_task(gate.run()))
+        return
+    for factory in factories:
+        worker = factory(running.ctx, running.settings)
+        kick = getattr(worker, "kick", None)
+        if callable(kick):
+            kicker.listeners.append(kick)
+        running.workers.append(worker)
+        running.tasks.append(asyncio.create_task(worker.run()))
