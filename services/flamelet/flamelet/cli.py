@@ -180,37 +180,12 @@ def dataset_add(
     settings = _settings(home)
     location, size, default_format = _local_source(source)
     fmt = format or default_format
-    if samples is None and "://" not in location:
-        try:
-            samples = count_samples(Path(location), fmt)
-        except FlameletError as exc:
-            raise _fail(str(exc)) from exc
-    if samples is None:
-        typer.echo(
-            f"warning: cannot count the samples of a {fmt or 'plain'} dataset; pass --samples "
-            "so that no update can claim more than it holds",
-            err=True,
-        )
+    samples = _samples(location, fmt, samples)
     try:
         identity = Identity.load(settings.home)
-    except FlameletError as exc:
-        raise _fail(str(exc)) from exc
-
-    async def register() -> str:
-        client = RestClient(
-            identity.server, identity.credential, settings.http_timeout, identity.security()
+        dataset_id = asyncio.run(
+            _register_dataset(identity, settings, name, realm, fmt, size, description, samples or 0)
         )
-        try:
-            return (
-                await client.register_dataset(
-                    name, realm, fmt, size, description, num_samples=samples or 0
-                )
-            ).id
-        finally:
-            await client.close()
-
-    try:
-        dataset_id = asyncio.run(register())
     except FlameletError as exc:
         raise _fail(f"cannot register dataset {name!r}: {exc}") from exc
     DatasetRegistry(settings.home).add(
@@ -229,6 +204,46 @@ def dataset_add(
     typer.echo(
         f"dataset {name} registered as {dataset_id} ({shown}{counted}); {location} stays here"
     )
+
+
+def _samples(location: str, fmt: str, given: int | None) -> int | None:
+    """The sample count to register: as given, else counted for local files, else a warning
+    (nothing then bounds what an update may claim)."""
+    samples = given
+    if samples is None and "://" not in location:
+        try:
+            samples = count_samples(Path(location), fmt)
+        except FlameletError as exc:
+            raise _fail(str(exc)) from exc
+    if samples is None:
+        typer.echo(
+            f"warning: cannot count the samples of a {fmt or 'plain'} dataset; pass --samples "
+            "so that no update can claim more than it holds",
+            err=True,
+        )
+    return samples
+
+
+async def _register_dataset(
+    identity: Identity,
+    settings: FlameletSettings,
+    name: str,
+    realm: str,
+    fmt: str,
+    size: int,
+    description: str,
+    samples: int,
+) -> str:
+    client = RestClient(
+        identity.server, identity.credential, settings.http_timeout, identity.security()
+    )
+    try:
+        found = await client.register_dataset(
+            name, realm, fmt, size, description, num_samples=samples
+        )
+        return found.id
+    finally:
+        await client.close()
 
 
 @dataset_app.command("list")
