@@ -14,7 +14,9 @@ rest. The code is unpacked into a staging folder first, so a refused bundle leav
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import signal
 from pathlib import Path
 
 from flame_service.archive import DEFAULT_MAX_BYTES, safe_extract
@@ -87,3 +89,14 @@ def failure_in(output: str) -> str | None:
         if line.startswith(FAILURE_PREFIX):
             return line[len(FAILURE_PREFIX) :][:MAX_FAILURE_CHARS]
     return None
+
+
+def describe_exit(code: int) -> str:
+    """How a task's process ended, in words: ``exit code N`` or ``killed by SIGKILL``. Takes
+    the shell's convention (128 + N for death by signal N) and Popen's (-N) alike."""
+    if code < 0:
+        code = 128 - code
+    if code > 128:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(code - 128).name}"
+    return f"exit code {code}"

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from flame_service.errors import FlameServiceError
 from flame_service.pyenv import EnvError, ensure_env
 from flame_service.sandbox import Sandbox, SandboxUnavailable, choose_sandbox
-from flame_service.taskdir import failure_line, prepare_task_dir
+from flame_service.taskdir import describe_exit, failure_line, prepare_task_dir
 from flame_spec import SpecError, TaskConfig
 from flame_spec.requirements import FILE_NAME as REQUIREMENTS_FILE
 from flame_spec.requirements import parse_requirements
@@ -491,13 +491,13 @@ class Agent:
             note = self._stop_notes.get(e.key, "stop requested")
             outcome, reason = "failed", f"terminated: {note}"
             if code is not None:
-                reason += f" ({runner.describe_exit(code)})"
+                reason += f" ({describe_exit(code)})"
         elif code is None:
             outcome, reason = "failed", "the task process ended without an exit status"
         elif code == 0:
             outcome, reason = "completed", "exit code 0"
         else:
-            outcome, reason = "failed", runner.describe_exit(code)
+            outcome, reason = "failed", describe_exit(code)
             why = failure_line(Path(e.workdir))
             if why:
                 reason += f": {why}"

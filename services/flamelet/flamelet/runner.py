@@ -134,13 +134,3 @@ def read_exit_code(workdir: Path) -> int | None:
         return int((workdir / EXIT_FILE).read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = str(-code)
-        return f"killed by signal {name} (exit code {code})"
-    return f"exit code {code}"

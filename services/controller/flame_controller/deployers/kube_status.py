@@ -3,14 +3,12 @@ the JSON objects, so the deployer's decisions are testable without a cluster."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 from datetime import UTC, datetime
 from typing import Any
 
 from flame_service.errors import AlreadyExists
-from flame_service.taskdir import failure_in
+from flame_service.taskdir import describe_exit, failure_in
 
 from ..kubeapi import ApiException
 from . import kube_manifests as m
@@ -96,10 +94,7 @@ def observed(handle: str, job: Obj, pods: list[Obj]) -> Observed:
 
 
 def describe(code: int, reason: str = "") -> str:
-    text = f"exit code {code}"
-    if code > 128:
-        with contextlib.suppress(ValueError):
-            text = f"killed by {signal.Signals(code - 128).name}"
+    text = describe_exit(code)
     if reason and reason not in ("Completed", "Error"):
         text += f" ({reason})"
     return text

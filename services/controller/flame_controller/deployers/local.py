@@ -35,11 +35,8 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psutil
 import structlog
@@ -49,10 +46,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from flame_service.errors import FailedPrecondition
 from flame_service.files import write_atomic
 from flame_service.sandbox import Sandbox, SandboxMode, SandboxUnavailable, choose_sandbox
-from flame_service.taskdir import failure_line, prepare_task_dir
+from flame_service.taskdir import prepare_task_dir
 from flame_spec.privacy import NO_TELEMETRY
 
 from .base import Launch, Observed, Output
+from .processes import LocalHandle, ProcessId, describe, killpg, pid_free, signal_code, wait_gone
 
 log = structlog.get_logger(__name__)
 
@@ -86,38 +84,6 @@ class LocalDeployerSettings(BaseSettings):
     sandbox: SandboxMode = Field(
         default="auto", validation_alias=AliasChoices("FLAME_SANDBOX", "sandbox")
     )
-
-
-@dataclass(frozen=True)
-class _Identity:
-    pid: int
-    create_time: float
-
-
-@dataclass(frozen=True)
-class _Handle:
-    """What a local handle says: whose task, and which process (if it was started)."""
-
-    job_id: str
-    task_id: str
-    ident: _Identity | None
-
-    def encode(self) -> str:
-        body: dict[str, Any] = {"job": self.job_id, "task": self.task_id}
-        if self.ident is not None:
-            body.update(pid=self.ident.pid, ct=self.ident.create_time)
-        return json.dumps(body, separators=(",", ":"))
-
-    @classmethod
-    def decode(cls, handle: str) -> _Handle:
-        try:
-            body = json.loads(handle)
-            ident = None
-            if body.get("pid"):
-                ident = _Identity(int(body["pid"]), float(body["ct"]))
-            return cls(str(body["job"]), str(body["task"]), ident)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"not a local deployer handle: {handle!r}") from exc
 
 
 class LocalDeployer:
@@ -186,22 +152,22 @@ class LocalDeployer:
     def handle_for(self, job_id: str, task_id: str, attempt: int) -> str:
         """Without a process identity: observe, stop and output read ``process.json``."""
         del attempt  # one work dir per task; a new attempt replaces the previous process
-        return _Handle(job_id, task_id, None).encode()
+        return LocalHandle(job_id, task_id, None).encode()
 
-    def _recorded(self, job_id: str, task_id: str) -> _Identity | None:
+    def _recorded(self, job_id: str, task_id: str) -> ProcessId | None:
         """The process ``process.json`` names in the task's work dir."""
         try:
             data = json.loads((self.workdir(job_id, task_id) / "process.json").read_text())
-            return _Identity(int(data["pid"]), float(data["create_time"]))
+            return ProcessId(int(data["pid"]), float(data["create_time"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def _identity(self, h: _Handle) -> _Identity | None:
+    def _identity(self, h: LocalHandle) -> ProcessId | None:
         """The handle's process, else the one recorded in the work dir."""
         return h.ident or self._recorded(h.job_id, h.task_id)
 
     @staticmethod
-    def _process(ident: _Identity) -> psutil.Process | None:
+    def _process(ident: ProcessId) -> psutil.Process | None:
         """The live process with this identity, or None (gone, zombie or a reused pid)."""
         try:
             proc = psutil.Process(ident.pid)
@@ -233,9 +199,9 @@ class LocalDeployer:
                     attempt=launch.attempt,
                     pid=ident.pid,
                 )
-            return _Handle(launch.job_id, launch.task_id, ident).encode()
+            return LocalHandle(launch.job_id, launch.task_id, ident).encode()
 
-    def _start_sync(self, launch: Launch) -> _Identity:
+    def _start_sync(self, launch: Launch) -> ProcessId:
         workdir = self.workdir(launch.job_id, launch.task_id)
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for stale_file in ("exit_code", "exit_code.tmp", "process.json", "run.sh"):
@@ -276,7 +242,7 @@ class LocalDeployer:
             create_time = 0.0
         self._children[launch.task_id] = child
         self._watch(launch.task_id, child.wait)
-        ident = _Identity(child.pid, create_time)
+        ident = ProcessId(child.pid, create_time)
         write_atomic(
             workdir / "process.json",
             json.dumps({"pid": ident.pid, "create_time": ident.create_time}).encode(),
@@ -284,33 +250,33 @@ class LocalDeployer:
         return ident
 
     async def observe(self, handle: str) -> Observed:
-        h = _Handle.decode(handle)
+        h = LocalHandle.decode(handle)
         child = self._children.get(h.task_id)
         ident = self._identity(h)
         if child is not None and (ident is None or child.pid == ident.pid):
             code = child.poll()
             if code is None:
                 return Observed("running")
-            detail = _describe(code, self.workdir(h.job_id, h.task_id))
-            return Observed("exited", exit_code=_signal_code(code), detail=detail)
+            detail = describe(code, self.workdir(h.job_id, h.task_id))
+            return Observed("exited", exit_code=signal_code(code), detail=detail)
         if ident is not None and self._process(ident) is not None:
             return Observed("running")
         recorded = self._exit_code(h)
         if recorded is not None:
-            detail = _describe(recorded, self.workdir(h.job_id, h.task_id))
+            detail = describe(recorded, self.workdir(h.job_id, h.task_id))
             return Observed("exited", exit_code=recorded, detail=detail)
         if ident is None:
             return Observed("missing", detail="no process recorded for this task")
         return Observed("missing", detail=f"process {ident.pid} is gone without an exit status")
 
-    def _exit_code(self, h: _Handle) -> int | None:
+    def _exit_code(self, h: LocalHandle) -> int | None:
         try:
             return int((self.workdir(h.job_id, h.task_id) / "exit_code").read_text().strip())
         except (OSError, ValueError):
             return None
 
     async def adopt(self, handle: str) -> bool:
-        h = _Handle.decode(handle)
+        h = LocalHandle.decode(handle)
         ident = self._identity(h)
         proc = self._process(ident) if ident is not None else None
         if proc is not None:
@@ -320,11 +286,11 @@ class LocalDeployer:
         return running
 
     async def stop(self, handle: str) -> None:
-        h = _Handle.decode(handle)
+        h = LocalHandle.decode(handle)
         async with self._lock(h.task_id):
             await asyncio.to_thread(self._stop_sync, h)
 
-    def _stop_sync(self, h: _Handle) -> None:
+    def _stop_sync(self, h: LocalHandle) -> None:
         ident = self._identity(h)
         child = self._children.pop(h.task_id, None)
         if ident is None:
@@ -335,32 +301,32 @@ class LocalDeployer:
                 child.poll()
             # the leader is gone; its group may still hold children.  The pid cannot have been
             # reused as a new group id while that group exists, so signalling it is safe.
-            if _pid_free(ident.pid):
-                _killpg(ident.pid, signal.SIGKILL)
+            if pid_free(ident.pid):
+                killpg(ident.pid, signal.SIGKILL)
             return
         try:
             procs = [leader, *leader.children(recursive=True)]
         except psutil.NoSuchProcess:
             procs = [leader]
-        _killpg(ident.pid, signal.SIGTERM)
-        alive = _wait_gone(procs, self.settings.stop_grace_seconds)
+        killpg(ident.pid, signal.SIGTERM)
+        alive = wait_gone(procs, self.settings.stop_grace_seconds)
         if alive:
             log.warning("deployer.kill", task_id=h.task_id, pids=[p.pid for p in alive])
-            _killpg(ident.pid, signal.SIGKILL)
+            killpg(ident.pid, signal.SIGKILL)
             for proc in alive:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     proc.kill()
-            _wait_gone(alive, 5.0)
+            wait_gone(alive, 5.0)
         if child is not None:
             child.poll()
         log.info("deployer.stopped", task_id=h.task_id, pid=ident.pid)
 
     # -- output ------------------------------------------------------------------------------
     async def read_output(self, handle: str, *, final: bool = False) -> Output:
-        h = _Handle.decode(handle)
+        h = LocalHandle.decode(handle)
         return await asyncio.to_thread(self._read_output_sync, h, final)
 
-    def _read_output_sync(self, h: _Handle, final: bool) -> Output:
+    def _read_output_sync(self, h: LocalHandle, final: bool) -> Output:
         workdir = self.workdir(h.job_id, h.task_id)
         position = self._shipped(workdir)
         lines: list[tuple[str, str]] = []
@@ -387,7 +353,7 @@ class LocalDeployer:
         return Output(lines=lines, position=position)
 
     async def ack_output(self, handle: str, output: Output) -> None:
-        h = _Handle.decode(handle)
+        h = LocalHandle.decode(handle)
         data = json.dumps(output.position).encode()
         path = self.workdir(h.job_id, h.task_id) / "shipped.json"
         await asyncio.to_thread(write_atomic, path, data)
@@ -408,50 +374,3 @@ class LocalDeployer:
         for child in self._children.values():
             child.poll()  # reap what has ended; running tasks keep running
         self._children.clear()
-
-
-def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    """Wait until every process has ended; return those still alive after ``timeout``.
-
-    A zombie counts as ended: orphans are reaped by whatever is pid 1, which in a container
-    may take its time (``psutil.wait_procs`` would wait for the reaping)."""
-    deadline = time.monotonic() + timeout
-    pause = 0.005
-    while True:
-        alive = [p for p in procs if _is_alive(p)]
-        if not alive or time.monotonic() >= deadline:
-            return alive
-        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        pause = min(pause * 2, 0.05)
-
-
-def _is_alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _killpg(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _pid_free(pid: int) -> bool:
-    return not psutil.pid_exists(pid)
-
-
-def _signal_code(code: int) -> int:
-    """Popen gives -N for death by signal N; report it the shell way (128 + N)."""
-    return 128 - code if code < 0 else code
-
-
-def _describe(code: int, workdir: Path | None = None) -> str:
-    code = _signal_code(code)
-    if code > 128:
-        try:
-            return f"killed by {signal.Signals(code - 128).name}"
-        except ValueError:
-            pass
-    why = failure_line(workdir) if workdir is not None and code != 0 else None
-    return f"exit code {code}: {why}" if why else f"exit code {code}"
