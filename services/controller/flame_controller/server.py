@@ -152,28 +152,9 @@ async def serve(
         health_servicer = health.aio.HealthServicer()
         gate = _leader_gate(settings, ctx, factories, health_servicer)
         elected = gate is not None
-        server, port = await start_server(
-            settings.listen,
-            [
-                (
-                    control_pb2_grpc.add_ControlPlaneServicer_to_server,
-                    ControlPlaneServicer(ctx, service_token),
-                    SERVICE_NAME,
-                )
-            ],
-            settings.security(),
-            health_servicer=health_servicer,
-            not_serving=[SERVICE_NAME] if elected else [],  # until this replica leads
+        server, port, health_server, health_port = await _start_servers(
+            settings, ControlPlaneServicer(ctx, service_token), health_servicer, elected=elected
         )
-        health_server, health_port = None, None
-        if settings.health_listen:
-            try:
-                health_server, health_port = await start_health_server(
-                    settings.health_listen, health_servicer
-                )
-            except BaseException:
-                await server.stop(0)
-                raise
     except BaseException:
         await store.close()
         raise
@@ -243,3 +224,31 @@ def _start_workers(
             kicker.listeners.append(kick)
         running.workers.append(worker)
         running.tasks.append(asyncio.create_task(worker.run()))
+
+
+async def _start_servers(
+    settings: ControllerSettings,
+    servicer: ControlPlaneServicer,
+    health_servicer: health.aio.HealthServicer,
+    *,
+    elected: bool,
+) -> tuple[grpc.aio.Server, int, grpc.aio.Server | None, int | None]:
+    """The API's gRPC server (not serving until this replica leads, with leader election) and,
+    when configured, the plaintext health port for the kubelet's probes."""
+    server, port = await start_server(
+        settings.listen,
+        [(control_pb2_grpc.add_ControlPlaneServicer_to_server, servicer, SERVICE_NAME)],
+        settings.security(),
+        health_servicer=health_servicer,
+        not_serving=[SERVICE_NAME] if elected else [],
+    )
+    if not settings.health_listen:
+        return server, port, None, None
+    try:
+        health_server, health_port = await start_health_server(
+            settings.health_listen, health_servicer
+        )
+    except BaseException:
+        await server.stop(0)
+        raise
+    return server, port, health_server, health_port

@@ -16,7 +16,7 @@ from flame_service.errors import (
     NotFound,
     PermissionDenied,
 )
-from flame_spec import JobSpec, dump
+from flame_spec import DesignSchema, JobSpec, dump
 
 from ..jobs.builder import DatasetInfo, PlannedTask, build_tasks, parse_design, parse_job_spec
 from ..jobs.states import ACTIVE_JOB_STATES
@@ -100,6 +100,34 @@ async def _code_for(ctx: Ctx, design: DesignRecord, version: int) -> CodeRecord:
         ) from None
 
 
+def _check_code_has_roles(
+    design: DesignRecord, design_spec: DesignSchema, code: CodeRecord
+) -> None:
+    missing = [r.name for r in design_spec.roles if r.name not in code.roles]
+    if missing:
+        raise InvalidArgument(
+            f"code version {code.version} of design {design.id!r} has no folder for role(s) "
+            + ", ".join(map(repr, missing))
+        )
+
+
+async def _check_nodes(ctx: Ctx, planned: list[PlannedTask]) -> None:
+    """Every node a task is placed on still exists and may still run tasks."""
+    for task in planned:
+        if task.node_id is None:
+            continue
+        try:
+            node = await ctx.store.get_node(task.node_id)
+        except NotFound:
+            raise InvalidArgument(
+                f"dataset {task.dataset_id!r} is on node {task.node_id!r}, which no longer exists"
+            ) from None
+        if node.revoked:
+            raise InvalidArgument(
+                f"dataset {task.dataset_id!r} is on node {node.id!r}, whose credential is revoked"
+            )
+
+
 async def _plan(
     ctx: Ctx,
     caller: Caller,
@@ -115,12 +143,7 @@ async def _plan(
     spec = parse_job_spec(spec_raw)
     _check_tracking_uri(ctx, spec)
     design_spec = parse_design(design.schema_)
-    missing = [r.name for r in design_spec.roles if r.name not in code.roles]
-    if missing:
-        raise InvalidArgument(
-            f"code version {code.version} of design {design.id!r} has no folder for role(s) "
-            + ", ".join(map(repr, missing))
-        )
+    _check_code_has_roles(design, design_spec, code)
     datasets = {d.id: d for d in await all_visible_datasets(ctx, caller)}
     infos = {
         d.id: DatasetInfo(
@@ -147,19 +170,7 @@ async def _plan(
                 "model_name": tracking.model_name,
                 "username": tracking.username,
             }
-    for task in planned:
-        if task.node_id is None:
-            continue
-        try:
-            node = await ctx.store.get_node(task.node_id)
-        except NotFound:
-            raise InvalidArgument(
-                f"dataset {task.dataset_id!r} is on node {task.node_id!r}, which no longer exists"
-            ) from None
-        if node.revoked:
-            raise InvalidArgument(
-                f"dataset {task.dataset_id!r} is on node {node.id!r}, whose credential is revoked"
-            )
+    await _check_nodes(ctx, planned)
     tasks = [
         TaskRecord(
             id=t.id,
