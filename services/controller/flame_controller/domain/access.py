@@ -10,13 +10,14 @@ Node credentials (scope ``node``) only reach the node-facing operations.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 from flame_service.auth import Caller
 from flame_service.errors import InvalidArgument, NotFound, PermissionDenied
 
 from .context import Ctx
+from .results import Listing
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -159,3 +160,29 @@ async def unfinished_task_of(
         if dataset_id is None or task.dataset_id == dataset_id:
             return task.job_id
     return None
+
+
+R = TypeVar("R", bound=Owned)
+Lister = Callable[..., Awaitable[tuple[list[R], str | None]]]
+
+
+async def get_visible(
+    ctx: Ctx, caller: Caller, get: Callable[[str], Awaitable[R]], what: str, ident: str
+) -> R:
+    """A resource the caller may see, read with ``get`` (a store getter); anything else is
+    ``NotFound``, so that nobody learns what exists beyond what they may see."""
+    require_user(caller)
+    rec = await fetch(get(ident), what, ident)
+    await ensure_visible(ctx, caller, rec, what)
+    return rec
+
+
+async def list_visible(
+    ctx: Ctx, caller: Caller, lister: Lister[R], *, project_id: str, limit: int, after: str
+) -> Listing[R]:
+    """One page of what the caller may see (optionally of one project), from a store lister."""
+    owners, projects = narrow(*await visibility(ctx, caller), project_id)
+    items, cursor = await lister(
+        owners=owners, project_ids=projects, limit=page_limit(limit), after=after or None
+    )
+    return Listing(items, cursor or "")

@@ -17,9 +17,9 @@ from .access import (
     ensure_owner,
     ensure_visible,
     fetch,
+    get_visible,
     job_of_task_credential,
-    narrow,
-    page_limit,
+    list_visible,
     require_user,
     unfinished_task_of,
     visibility,
@@ -89,20 +89,15 @@ async def create_dataset(
 
 
 async def get_dataset(ctx: Ctx, caller: Caller, dataset_id: str) -> DatasetRecord:
-    require_user(caller)
-    dataset = await fetch(ctx.store.get_dataset(dataset_id), "dataset", dataset_id)
-    await ensure_visible(ctx, caller, dataset, "dataset")
-    return dataset
+    return await get_visible(ctx, caller, ctx.store.get_dataset, "dataset", dataset_id)
 
 
 async def list_datasets(
     ctx: Ctx, caller: Caller, *, project_id: str, limit: int, after: str
 ) -> Listing[DatasetRecord]:
-    owners, projects = narrow(*await visibility(ctx, caller), project_id)
-    items, cursor = await ctx.store.list_datasets(
-        owners=owners, project_ids=projects, limit=page_limit(limit), after=after or None
+    return await list_visible(
+        ctx, caller, ctx.store.list_datasets, project_id=project_id, limit=limit, after=after
     )
-    return Listing(items, cursor or "")
 
 
 async def all_visible_datasets(ctx: Ctx, caller: Caller) -> list[DatasetRecord]:

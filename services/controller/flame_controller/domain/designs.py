@@ -17,12 +17,9 @@ from .access import (
     check_name,
     check_project_for_create,
     ensure_owner,
-    ensure_visible,
-    fetch,
-    narrow,
-    page_limit,
+    get_visible,
+    list_visible,
     require_user,
-    visibility,
 )
 from .context import Ctx
 from .results import Listing
@@ -66,20 +63,15 @@ async def create_design(
 
 
 async def get_design(ctx: Ctx, caller: Caller, design_id: str) -> DesignRecord:
-    require_user(caller)
-    design = await fetch(ctx.store.get_design(design_id), "design", design_id)
-    await ensure_visible(ctx, caller, design, "design")
-    return design
+    return await get_visible(ctx, caller, ctx.store.get_design, "design", design_id)
 
 
 async def list_designs(
     ctx: Ctx, caller: Caller, *, project_id: str, limit: int, after: str
 ) -> Listing[DesignRecord]:
-    owners, projects = narrow(*await visibility(ctx, caller), project_id)
-    items, cursor = await ctx.store.list_designs(
-        owners=owners, project_ids=projects, limit=page_limit(limit), after=after or None
+    return await list_visible(
+        ctx, caller, ctx.store.list_designs, project_id=project_id, limit=limit, after=after
     )
-    return Listing(items, cursor or "")
 
 
 async def update_design(

@@ -28,10 +28,9 @@ from .access import (
     ensure_owner,
     ensure_visible,
     fetch,
-    narrow,
-    page_limit,
+    get_visible,
+    list_visible,
     require_user,
-    visibility,
 )
 from .context import Ctx
 from .datasets import all_visible_datasets
@@ -237,20 +236,15 @@ async def create_job(
 
 
 async def get_job(ctx: Ctx, caller: Caller, job_id: str) -> JobRecord:
-    require_user(caller)
-    job = await fetch(ctx.store.get_job(job_id), "job", job_id)
-    await ensure_visible(ctx, caller, job, "job")
-    return job
+    return await get_visible(ctx, caller, ctx.store.get_job, "job", job_id)
 
 
 async def list_jobs(
     ctx: Ctx, caller: Caller, *, project_id: str, limit: int, after: str
 ) -> Listing[JobRecord]:
-    owners, projects = narrow(*await visibility(ctx, caller), project_id)
-    items, cursor = await ctx.store.list_jobs(
-        owners=owners, project_ids=projects, limit=page_limit(limit), after=after or None
+    return await list_visible(
+        ctx, caller, ctx.store.list_jobs, project_id=project_id, limit=limit, after=after
     )
-    return Listing(items, cursor or "")
 
 
 async def list_tasks(ctx: Ctx, caller: Caller, job_id: str) -> list[TaskRecord]:

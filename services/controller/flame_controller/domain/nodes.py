@@ -22,13 +22,11 @@ from .access import (
     check_name,
     check_project_for_create,
     ensure_owner,
-    ensure_visible,
     fetch,
-    narrow,
-    page_limit,
+    get_visible,
+    list_visible,
     require_user,
     unfinished_task_of,
-    visibility,
 )
 from .context import Ctx
 from .results import Listing, NodeSecret
@@ -68,20 +66,15 @@ async def create_node(
 
 
 async def get_node(ctx: Ctx, caller: Caller, node_id: str) -> NodeRecord:
-    require_user(caller)
-    node = await fetch(ctx.store.get_node(node_id), "node", node_id)
-    await ensure_visible(ctx, caller, node, "node")
-    return node
+    return await get_visible(ctx, caller, ctx.store.get_node, "node", node_id)
 
 
 async def list_nodes(
     ctx: Ctx, caller: Caller, *, project_id: str, limit: int, after: str
 ) -> Listing[NodeRecord]:
-    owners, projects = narrow(*await visibility(ctx, caller), project_id)
-    items, cursor = await ctx.store.list_nodes(
-        owners=owners, project_ids=projects, limit=page_limit(limit), after=after or None
+    return await list_visible(
+        ctx, caller, ctx.store.list_nodes, project_id=project_id, limit=limit, after=after
     )
-    return Listing(items, cursor or "")
 
 
 async def update_node(
