@@ -53,7 +53,7 @@ def test_demo_keep_serves_the_mlflow_ui_until_ctrl_c(tmp_path: Path) -> None:
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        deadline = time.monotonic() + 400
+        deadline = time.monotonic() + 540  # the test's own timeout is 600 s
         while not ready.wait(0.5):
             assert proc.poll() is None, "\n".join(lines)
             assert time.monotonic() < deadline, "\n".join(lines)
@@ -74,7 +74,13 @@ def test_demo_keep_serves_the_mlflow_ui_until_ctrl_c(tmp_path: Path) -> None:
         runs = found.json()["runs"]
         assert [r["info"]["run_id"] for r in runs] == [run.group(1).rsplit("/", 1)[1]]
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) == 0, "\n".join(lines)
+        # stopping the stack signals every process it started: slow on a loaded machine (a CPU
+        # hog beside this suite once took it past 120 s), so wait on it, not on a clock
+        try:
+            code = proc.wait(timeout=max(60.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the demo did not stop after Ctrl-C:\n" + "\n".join(lines))
+        assert code == 0, "\n".join(lines)
     finally:
         if proc.poll() is None:
             proc.kill()
