@@ -57,6 +57,7 @@ class TaskBundle:
 class LogPage:
     lines: Sequence[LogLineRecord]
     last_seq: int
+    dropped: int = 0  # lines of the job retention has deleted
 
 
 @dataclass(frozen=True)
