@@ -26,7 +26,6 @@ from flame_controller.jobs.states import task_transition
 from flame_controller.store.base import LogRetention, Store
 from flame_controller.store.records import JobRecord, TaskRecord, utcnow
 from flame_service.auth import Caller
-from flame_service.logship import ShippedLine
 from flame_service.errors import (
     Conflict,
     FailedPrecondition,
@@ -35,6 +34,7 @@ from flame_service.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+from flame_service.logship import ShippedLine
 from flame_spec import TaskConfig
 
 from .conftest import central_code, design_json
