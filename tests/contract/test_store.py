@@ -733,6 +733,23 @@ async def test_service_log_lines_are_filtered_by_source_node_and_level(store: St
     assert await store.read_logs("j1", source="apiserver") == []
 
 
+async def test_last_log_mark_is_the_newest_marked_line_of_a_task_stream(store: Store) -> None:
+    assert await store.last_log_mark("j1", "t0", "stdout") == 0
+    await store.append_logs(
+        [
+            LogLineRecord(job_id="j1", task_id="t0", line="a", mark=10),
+            LogLineRecord(job_id="j1", task_id="t0", line="b", stream="stderr", mark=7),
+            LogLineRecord(job_id="j1", task_id="t1", line="c", mark=99),
+            LogLineRecord(job_id="j1", task_id="t0", line="d", mark=25),
+            LogLineRecord(job_id="j1", task_id="t0", line="e"),  # no mark
+        ]
+    )
+    assert await store.last_log_mark("j1", "t0", "stdout") == 25
+    assert await store.last_log_mark("j1", "t0", "stderr") == 7
+    assert await store.last_log_mark("j1", "t1", "stdout") == 99
+    assert await store.last_log_mark("j2", "t0", "stdout") == 0
+
+
 async def test_log_retention_drops_the_oldest_lines_and_counts_them(store: Store) -> None:
     store.log_retention = LogRetention(per_job=10, total=25)
 

@@ -568,6 +568,13 @@ class NewLogLine(Request):
     stream: Literal["stdout", "stderr", "agent"] = "stdout"
     line: str  # the controller keeps the first 16 KiB of a longer line
     at: datetime | None = Field(None, strict=False)
+    mark: int = Field(
+        0,
+        ge=0,
+        le=2**62,
+        description="where the line ends in the task's output (attempt * 10^12 + byte offset):"
+        " a line sent again is stored once; 0 = unknown",
+    )
 
 
 class AppendLogs(Request):

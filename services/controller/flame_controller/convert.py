@@ -285,6 +285,7 @@ def new_log_line(msg: control_pb2.LogLine) -> NewLogLine:
         stream=msg.stream or "stdout",
         line=msg.line,
         at=from_ts(msg.at, msg.HasField("at")),
+        mark=msg.mark,
     )
 
 

@@ -365,6 +365,37 @@ async def test_service_events_join_the_task_output_and_filter(world: World) -> N
         await service_logs.append_service_logs(ctx, "apiserver", [ShippedLine("", "info", "x")])
 
 
+async def test_lines_sent_again_after_a_lost_answer_are_stored_once(world: World) -> None:
+    ctx, t0, t1 = world.ctx, world.trainers[0], world.trainers[1]
+
+    def batch(task: str, stream: str, marks: range) -> list[NewLogLine]:
+        return [NewLogLine(task, stream, f"{stream} {m}", mark=m) for m in marks]
+
+    await agent.append_logs(ctx, world.node, batch(t0.id, "stdout", range(1, 6)))
+    # the answer was lost: the flamelet sends the same lines again, and the next ones
+    await agent.append_logs(
+        ctx,
+        world.node,
+        batch(t0.id, "stdout", range(3, 9))
+        + batch(t0.id, "stderr", range(1, 3))
+        + batch(t1.id, "stdout", range(1, 3)),
+    )
+    await agent.append_logs(ctx, world.node, [NewLogLine(t0.id, "stdout", "unmarked")])
+    page = await agent.get_logs(
+        ctx, world.alice, job_id=world.job.id, task_id=t0.id, after_seq=0, limit=0
+    )
+    assert [x.line for x in page.lines] == [
+        *(f"stdout {m}" for m in range(1, 9)),
+        "stderr 1",
+        "stderr 2",
+        "unmarked",
+    ]
+    other = await agent.get_logs(
+        ctx, world.alice, job_id=world.job.id, task_id=t1.id, after_seq=0, limit=0
+    )
+    assert [x.line for x in other.lines] == ["stdout 1", "stdout 2"]
+
+
 async def test_dropped_lines_are_reported_with_the_page(world: World) -> None:
     ctx, t0 = world.ctx, world.trainers[0]
     ctx.store.log_retention = LogRetention(per_job=3)

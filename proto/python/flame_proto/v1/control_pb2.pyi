@@ -1689,6 +1689,7 @@ class LogLine(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     LEVEL_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
+    MARK_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     stream: _builtins.str
     """stdout|stderr|agent"""
@@ -1703,6 +1704,10 @@ class LogLine(_message.Message):
     """debug|info|warning|error|critical for service events, "" for output"""
     job_id: _builtins.str
     """set on lines a service ships (they may name no task)"""
+    mark: _builtins.int
+    """where a task's line ends in its output (attempt * 10^12 + byte offset): a line shipped
+    again after a lost answer has a mark already stored and is skipped (0: not known)
+    """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -1717,10 +1722,11 @@ class LogLine(_message.Message):
         node_id: _builtins.str = ...,
         level: _builtins.str = ...,
         job_id: _builtins.str = ...,
+        mark: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "job_id", b"job_id", "level", b"level", "line", b"line", "node_id", b"node_id", "seq", b"seq", "source", b"source", "stream", b"stream", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "job_id", b"job_id", "level", b"level", "line", b"line", "mark", b"mark", "node_id", b"node_id", "seq", b"seq", "source", b"source", "stream", b"stream", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

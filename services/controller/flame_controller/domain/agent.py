@@ -121,6 +121,7 @@ async def append_logs(ctx: Ctx, caller: Caller, lines: Sequence[NewLogLine]) -> 
         raise InvalidArgument(f"at most {MAX_LOG_LINES} log lines per request")
     tasks: dict[str, TaskRecord] = {}
     by_job: dict[str, list[LogLineRecord]] = defaultdict(list)
+    marks: dict[tuple[str, str], int] = {}  # (task, stream): the last mark stored or taken
     now = utcnow()
     for line in lines:
         if line.stream not in ("stdout", "stderr", "agent"):
@@ -130,6 +131,13 @@ async def append_logs(ctx: Ctx, caller: Caller, lines: Sequence[NewLogLine]) -> 
         if line.task_id not in tasks:
             tasks[line.task_id] = await own_task(ctx, caller, line.task_id)
         task = tasks[line.task_id]
+        if line.mark > 0:  # a line sent again after a lost answer is already stored: skip it
+            key = (task.id, line.stream)
+            if key not in marks:
+                marks[key] = await ctx.store.last_log_mark(task.job_id, task.id, line.stream)
+            if line.mark <= marks[key]:
+                continue
+            marks[key] = line.mark
         by_job[task.job_id].append(
             LogLineRecord.model_validate(
                 {
@@ -139,6 +147,7 @@ async def append_logs(ctx: Ctx, caller: Caller, lines: Sequence[NewLogLine]) -> 
                     "stream": line.stream,
                     "line": line.line[:MAX_LINE_CHARS],
                     "at": line.at or now,
+                    "mark": max(line.mark, 0),
                 }
             )
         )

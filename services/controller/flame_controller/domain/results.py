@@ -80,6 +80,7 @@ class NewLogLine:
     stream: str
     line: str
     at: datetime | None = None
+    mark: int = 0  # where the line ends in the task's output; 0: unknown
 
 
 @dataclass(frozen=True)

@@ -303,6 +303,10 @@ class Store(Protocol):
         """How many lines of the job retention has deleted so far."""
         ...
 
+    async def last_log_mark(self, job_id: str, task_id: str, stream: str) -> int:
+        """The ``mark`` of the newest stored line of a task's stream that has one (0: none)."""
+        ...
+
     # -- metrics ---------------------------------------------------------------------------
     async def append_metrics(self, metrics: Sequence[MetricRecord]) -> None: ...
     async def read_metrics(

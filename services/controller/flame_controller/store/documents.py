@@ -662,6 +662,13 @@ class DocumentStore(ABC):
     async def log_dropped(self, job_id: str) -> int:
         return await self._count_up(f"{_LOG_DROPPED}{job_id}", 0)
 
+    async def last_log_mark(self, job_id: str, task_id: str, stream: str) -> int:
+        cond = And(
+            (Eq("job_id", job_id), Eq("task_id", task_id), Eq("stream", stream), Gt("mark", 0))
+        )
+        rows = await self._find(K.LOGS, cond, ("-seq",), 1)
+        return int(rows[0][1]["mark"]) if rows else 0
+
     # ------------------------------------------------------------------ metrics
     async def append_metrics(self, metrics: Sequence[MetricRecord]) -> None:
         by_job: dict[str, list[MetricRecord]] = defaultdict(list)

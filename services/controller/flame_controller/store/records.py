@@ -255,6 +255,7 @@ class LogLineRecord(Record):
     source: LogSource = "task"
     node_id: str = ""
     level: str = ""
+    mark: int = 0  # the shipper's position of a task line (see Store.last_log_mark)
 
 
 class MetricRecord(Record):
