@@ -104,6 +104,12 @@ def _clean_ids(project_ids: Sequence[str] | None) -> Sequence[str] | None:
     return None if project_ids is None else [p for p in project_ids if p]
 
 
+def _source_is(source: str) -> Cond:
+    if source == "task":  # lines stored before there were sources are task output
+        return Or((Eq("source", "task"), Eq("source", None)))
+    return Eq("source", source)
+
+
 class DocumentStore(ABC):
     """Implements :class:`flame_controller.store.base.Store` over the primitives below."""
 
@@ -652,7 +658,7 @@ class DocumentStore(ABC):
             Eq("job_id", job_id),
             Gt("seq", after_seq),
             Eq("task_id", task_id) if task_id is not None else None,
-            Eq("source", source) if source is not None else None,
+            _source_is(source) if source is not None else None,
             Eq("node_id", node_id) if node_id is not None else None,
             In("level", tuple(levels)) if levels is not None else None,
         )
