@@ -139,3 +139,9 @@ def test_ten_thousand_lines_survive_a_controller_kill(cluster: Cluster, tmp_path
     assert any(x.line.startswith("job.request") and "/start" in x.line for x in apiserver)
     warnings = _all_lines(cluster, job, level="warning")
     assert all(x.level in ("warning", "error", "critical") for x in warnings)
+    node = printed[0].node_id
+    assert node and all(x.node_id == node for x in _all_lines(cluster, job, node_id=node))
+    print(
+        f"service lines: controller {len(controller)}, notifier {len(notifier)}, "
+        f"apiserver {len(apiserver)}; warning and above {len(warnings)}"
+    )
