@@ -733,6 +733,16 @@ async def test_service_log_lines_are_filtered_by_source_node_and_level(store: St
     assert await store.read_logs("j1", source="apiserver") == []
 
 
+async def test_a_deleted_jobs_lines_no_longer_count_towards_the_total_cap(store: Store) -> None:
+    store.log_retention = LogRetention(total=10)
+    await store.create_job(job("j9"))
+    await store.append_logs([LogLineRecord(job_id="j9", task_id="t", line="x")] * 8)
+    await store.delete_job("j9")
+    await store.append_logs([LogLineRecord(job_id="j10", task_id="t", line="y")] * 8)
+    assert len(await store.read_logs("j10")) == 8
+    assert await store.log_dropped("j10") == 0
+
+
 async def test_last_log_mark_is_the_newest_marked_line_of_a_task_stream(store: Store) -> None:
     assert await store.last_log_mark("j1", "t0", "stdout") == 0
     await store.append_logs(

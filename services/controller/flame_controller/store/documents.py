@@ -520,8 +520,11 @@ class DocumentStore(ABC):
         if await self._get(K.JOBS, job_id) is None:
             raise NotFound(f"job {job_id!r} not found")
         # Children first: a crash half-way leaves the job in place, so the delete can be redone.
-        for kind in (K.TASKS, K.LOGS, K.METRICS):
-            await self._delete(kind, Eq("job_id", job_id))
+        await self._delete(K.TASKS, Eq("job_id", job_id))
+        async with self._append_lock:  # its lines no longer count towards the total cap
+            gone = await self._delete(K.LOGS, Eq("job_id", job_id))
+            await self._count_up(_LOG_STORED, -gone)
+        await self._delete(K.METRICS, Eq("job_id", job_id))
         await self._remove(K.JOBS, job_id, "job")
 
     async def jobs_to_reconcile(self, now: datetime, *, due_only: bool = False) -> list[JobRecord]:
