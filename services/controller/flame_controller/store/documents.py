@@ -626,8 +626,9 @@ class DocumentStore(ABC):
 
     async def _drop_logs(self, cond: Cond | None, most: int | None) -> int:
         """Delete the lines matching ``cond``, oldest first, at most ``most``; count them per
-        job and in the store's total.  Two steps per chunk: a crash in between can leave a few
-        deleted lines uncounted, never delete a line that is still counted."""
+        job and in the store's line count.  Two steps per chunk: a crash in between leaves that
+        chunk out of the counts (the job's dropped count a little low, the store's line count a
+        little high, so the total cap then keeps a few lines fewer)."""
         done = 0
         while most is None or done < most:
             want = _DROP_CHUNK if most is None else min(_DROP_CHUNK, most - done)
