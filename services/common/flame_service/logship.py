@@ -64,6 +64,23 @@ def _id(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+# queued: an event (or a line already made, when a refused batch is put back), its method, time
+_Pending = tuple[dict[str, Any] | ShippedLine, str, datetime]
+
+
+def _line(event: dict[str, Any] | ShippedLine, method_name: str, at: datetime) -> ShippedLine:
+    if isinstance(event, ShippedLine):
+        return event
+    return ShippedLine(
+        job_id=_id(event.get("job_id")),
+        level=str(event.get("level", method_name)),
+        line=render(event),
+        task_id=_id(event.get("task_id")),
+        node_id=_id(event.get("node_id")),
+        at=at,
+    )
+
+
 class LogShipper:
     """A structlog processor and the loop that empties its queue (see the module doc)."""
 
@@ -81,24 +98,18 @@ class LogShipper:
         self.timeout = timeout
         self.dropped = 0  # lines that never reached the sink (queue full)
         self.shipped = 0
-        self._queue: deque[ShippedLine] = deque()
+        self._queue: deque[_Pending] = deque()
         self._lock = threading.Lock()  # events may be logged from worker threads
         self._failing = False
 
     def __call__(
         self, logger: Any, method_name: str, event: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        job_id = _id(event.get("job_id"))
-        if job_id and not _shipping.get():
-            line = ShippedLine(
-                job_id=job_id,
-                level=str(event.get("level", method_name)),
-                line=render(event),
-                task_id=_id(event.get("task_id")),
-                node_id=_id(event.get("node_id")),
-            )
+        if _id(event.get("job_id")) and not _shipping.get():
+            # a shallow copy and the time: the text is made later, in the shipping task
+            pending = (dict(event), method_name, datetime.now(UTC))
             with self._lock:
-                self._queue.append(line)
+                self._queue.append(pending)
                 self._trim()
         return event
 
@@ -114,11 +125,12 @@ class LogShipper:
     def _take(self) -> list[ShippedLine]:
         with self._lock:
             n = min(self.batch, len(self._queue))
-            return [self._queue.popleft() for _ in range(n)]
+            taken = [self._queue.popleft() for _ in range(n)]
+        return [_line(*pending) for pending in taken]
 
     def _put_back(self, lines: Sequence[ShippedLine]) -> None:
         with self._lock:
-            self._queue.extendleft(reversed(lines))
+            self._queue.extendleft(reversed([(line, "", line.at) for line in lines]))
             while len(self._queue) > self.capacity:  # the newest are kept: drop from the front
                 self._queue.popleft()
                 self.dropped += 1
