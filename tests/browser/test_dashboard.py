@@ -150,14 +150,18 @@ def test_user_a_starts_a_job_and_watches_it_live(
     page.screenshot(path=tmp_path / "job.png", full_page=True)
     assert serious_violations(page) == []
 
-    # the followed logs: everything the API has for the job, in order, and a task filter
+    # the followed logs: everything the API has for the job, in order, and a task filter.
+    # The tasks' own lines are all in when the job ends; the services' events about its end
+    # may still be on their way, so the comparison is over the tasks' lines.
     every = []
     after = 0
     while batch := cluster.client.get_logs(job_id, after_seq=after, limit=1000).lines:
         every += batch
         after = batch[-1].seq
+    every = [x for x in every if x.source == "task"]
     assert every, "the job logged nothing"
     lines = logs.locator("#log-lines > span")
+    logs.get_by_label("Source").select_option("task")
     expect(lines).to_have_count(len(every), timeout=WAIT_MS)
     shown = [int(x) for x in lines.evaluate_all("els => els.map(e => e.dataset.seq)")]
     assert shown == [x.seq for x in every]
@@ -168,6 +172,12 @@ def test_user_a_starts_a_job_and_watches_it_live(
     assert set(lines.evaluate_all("els => els.map(e => e.dataset.task)")) == {trainer.id}
     logs.screenshot(path=tmp_path / "logs.png")
     assert serious_violations(logs) == []
+    # the controller's own events about the job, on the same page
+    logs.get_by_label("Task").select_option("")
+    logs.get_by_label("Source").select_option("controller")
+    expect(lines.first).to_be_visible(timeout=WAIT_MS)
+    assert set(lines.evaluate_all("els => els.map(e => e.dataset.source)")) == {"controller"}
+    expect(lines.first).to_contain_text("[controller")
 
     # re-run, then stop the new run, from its page
     page.get_by_role("button", name="Re-run browser-job").click()

@@ -24,6 +24,7 @@ from flame_controller.store import (
     DesignRecord,
     JobRecord,
     LogLineRecord,
+    LogRetention,
     MetricRecord,
     NodeRecord,
     ProjectRecord,
@@ -691,6 +692,105 @@ async def test_log_seq_strictly_increasing(store: Store) -> None:
     assert late == LogLineRecord(
         job_id="j1", task_id="t0", line="late", stream="stderr", at=at(1), seq=61
     )
+
+
+async def test_service_log_lines_are_filtered_by_source_node_and_level(store: Store) -> None:
+    await store.append_logs(
+        [
+            LogLineRecord(job_id="j1", task_id="t0", line="epoch 1", node_id="n1"),
+            LogLineRecord(
+                job_id="j1",
+                task_id="",
+                line="job.started",
+                stream="service",
+                source="controller",
+                level="info",
+            ),
+            LogLineRecord(
+                job_id="j1",
+                task_id="t0",
+                line="agent.gone",
+                stream="service",
+                source="notifier",
+                node_id="n1",
+                level="warning",
+            ),
+            LogLineRecord(job_id="j1", task_id="t1", line="epoch 1", node_id="n2"),
+        ]
+    )
+    lines = await store.read_logs("j1")
+    assert [(x.seq, x.source, x.level) for x in lines] == [
+        (1, "task", ""),
+        (2, "controller", "info"),
+        (3, "notifier", "warning"),
+        (4, "task", ""),
+    ]
+    assert [x.seq for x in await store.read_logs("j1", source="controller")] == [2]
+    assert [x.seq for x in await store.read_logs("j1", source="task")] == [1, 4]
+    assert [x.seq for x in await store.read_logs("j1", node_id="n1")] == [1, 3]
+    assert [x.seq for x in await store.read_logs("j1", levels=["warning", "error"])] == [3]
+    assert [x.seq for x in await store.read_logs("j1", node_id="n1", source="task")] == [1]
+    assert await store.read_logs("j1", source="apiserver") == []
+
+
+async def test_a_deleted_jobs_lines_no_longer_count_towards_the_total_cap(store: Store) -> None:
+    store.log_retention = LogRetention(total=10)
+    await store.create_job(job("j9"))
+    await store.append_logs([LogLineRecord(job_id="j9", task_id="t", line="x")] * 8)
+    await store.delete_job("j9")
+    await store.append_logs([LogLineRecord(job_id="j10", task_id="t", line="y")] * 8)
+    assert len(await store.read_logs("j10")) == 8
+    assert await store.log_dropped("j10") == 0
+
+
+async def test_last_log_mark_is_the_newest_marked_line_of_a_task_stream(store: Store) -> None:
+    assert await store.last_log_mark("j1", "t0", "stdout") == 0
+    await store.append_logs(
+        [
+            LogLineRecord(job_id="j1", task_id="t0", line="a", mark=10),
+            LogLineRecord(job_id="j1", task_id="t0", line="b", stream="stderr", mark=7),
+            LogLineRecord(job_id="j1", task_id="t1", line="c", mark=99),
+            LogLineRecord(job_id="j1", task_id="t0", line="d", mark=25),
+            LogLineRecord(job_id="j1", task_id="t0", line="e"),  # no mark
+        ]
+    )
+    assert await store.last_log_mark("j1", "t0", "stdout") == 25
+    assert await store.last_log_mark("j1", "t0", "stderr") == 7
+    assert await store.last_log_mark("j1", "t1", "stdout") == 99
+    assert await store.last_log_mark("j2", "t0", "stdout") == 0
+
+
+async def test_log_retention_drops_the_oldest_lines_and_counts_them(store: Store) -> None:
+    store.log_retention = LogRetention(per_job=10, total=25)
+
+    async def ship(job_id: str, n: int, tag: str) -> int:
+        lines = [LogLineRecord(job_id=job_id, task_id="t", line=f"{tag}{i}") for i in range(n)]
+        return await store.append_logs(lines)
+
+    assert await ship("j1", 7, "a") == 7
+    assert await store.log_dropped("j1") == 0
+    assert await ship("j1", 7, "b") == 14  # the job's cap: the four oldest go
+    kept = await store.read_logs("j1")
+    assert [x.seq for x in kept] == list(range(5, 15))
+    assert [x.line for x in kept][:3] == ["a4", "a5", "a6"]
+    assert await store.log_dropped("j1") == 4
+
+    await ship("j2", 9, "c")
+    await ship("j3", 9, "d")  # 10 + 9 + 9 = 28 lines: the total cap drops j1's three oldest
+    assert [x.seq for x in await store.read_logs("j1")] == list(range(8, 15))
+    assert await store.log_dropped("j1") == 7
+    assert await store.log_dropped("j2") == 0
+    await ship("j3", 9, "e")  # the job cap first (j3: 18 > 10 drops 8), then 7 + 9 + 10 = 26
+    assert [x.seq for x in await store.read_logs("j3")] == list(range(9, 19))
+    assert await store.log_dropped("j3") == 8
+    assert [x.seq for x in await store.read_logs("j1")] == list(range(9, 15))
+    assert await store.log_dropped("j1") == 8
+    assert [len(await store.read_logs(j)) for j in ("j1", "j2", "j3")] == [6, 9, 10]  # 25
+    # a batch larger than the cap keeps only its newest lines
+    await ship("j4", 40, "f")
+    assert [x.line for x in await store.read_logs("j4")] == [f"f{i}" for i in range(30, 40)]
+    assert await store.log_dropped("j4") == 30
+    assert await store.log_dropped("nope") == 0
 
 
 async def test_metrics(store: Store) -> None:

@@ -392,10 +392,26 @@ class FlameClient:
     def list_tasks(self, job_id: str) -> list[Task]:
         return self._items(Task, f"/v1/jobs/{job_id}/tasks")
 
-    def get_logs(self, job_id: str, task_id: str = "", after_seq: int = 0, limit: int = 0) -> Logs:
+    def get_logs(
+        self,
+        job_id: str,
+        task_id: str = "",
+        after_seq: int = 0,
+        limit: int = 0,
+        *,
+        source: str = "",
+        node_id: str = "",
+        level: str = "",
+    ) -> Logs:
         params: dict[str, Any] = {"after_seq": after_seq, "limit": limit}
-        if task_id:
-            params["task_id"] = task_id
+        for name, value in (
+            ("task_id", task_id),
+            ("source", source),
+            ("node_id", node_id),
+            ("level", level),
+        ):
+            if value:
+                params[name] = value
         return self._get(Logs, f"/v1/jobs/{job_id}/logs", **params)
 
     def get_metrics(self, job_id: str) -> Metrics:

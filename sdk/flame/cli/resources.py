@@ -177,11 +177,15 @@ class LogLine(Resource):
     line: str
     at: datetime | None = None
     seq: int = 0
+    source: str = "task"
+    node_id: str = ""
+    level: str = ""
 
 
 class Logs(Resource):
     lines: list[LogLine]
     last_seq: int = 0
+    dropped: int = 0  # lines of the job retention deleted
 
 
 class Metric(Resource):

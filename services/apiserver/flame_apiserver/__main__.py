@@ -8,11 +8,13 @@ import uvicorn
 from flame_apiserver.app import create_app
 from flame_apiserver.settings import ApiserverSettings
 from flame_service.logging import configure_logging
+from flame_service.logship import LogShipper
 
 
 def main() -> None:
     settings = ApiserverSettings()
-    configure_logging("apiserver", settings.log_level, settings.log_json)
+    shipper = LogShipper()  # its events about jobs also go to the jobs' logs
+    configure_logging("apiserver", settings.log_level, settings.log_json, shipper)
     structlog.get_logger(__name__).info(
         "apiserver.starting",
         listen=f"{settings.listen_host}:{settings.port}",
@@ -20,7 +22,7 @@ def main() -> None:
         tls=bool(settings.tls_cert),
     )
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, shipper),
         host=settings.listen_host,
         port=settings.port,
         log_level=settings.log_level,

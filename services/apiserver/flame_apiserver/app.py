@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,6 +12,7 @@ from fastapi.routing import APIRoute
 
 from flame_apiserver.controller import Controller
 from flame_apiserver.dashboard import mount_dashboard
+from flame_apiserver.job_request_log import JobRequestLog
 from flame_apiserver.middleware import BodyLimit, MetricsMiddleware, RequestMetrics
 from flame_apiserver.problems import Problem, install_handlers
 from flame_apiserver.routers import (
@@ -25,13 +28,19 @@ from flame_apiserver.routers import (
 )
 from flame_apiserver.settings import ApiserverSettings
 from flame_apiserver.throttle import AuthThrottle
+from flame_service.logship import LogShipper
+from flame_service.logship_rpc import controller_sink
 
 DESCRIPTION = """The Flame control plane's REST API.
 Authenticate with `Authorization: Bearer <token>`.
 Errors are RFC 9457 `application/problem+json` documents with a stable `code`."""
 
 
-def create_app(settings: ApiserverSettings | None = None) -> FastAPI:
+def create_app(
+    settings: ApiserverSettings | None = None, shipper: LogShipper | None = None
+) -> FastAPI:
+    """``shipper`` (the one logging was configured with) sends the apiserver's events about
+    jobs to the controller's log store while the app runs."""
     settings = settings or ApiserverSettings()
     controller = Controller(
         settings.controller_address,
@@ -42,7 +51,17 @@ def create_app(settings: ApiserverSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        shipping = None
+        if shipper is not None:
+            sink = controller_sink(
+                lambda: controller.stub, "apiserver", settings.rpc_timeout_seconds
+            )
+            shipping = asyncio.create_task(shipper.run(sink))
         yield
+        if shipping is not None:
+            shipping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await shipping
         await controller.close()
 
     app = FastAPI(title="Flame API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
@@ -67,5 +86,6 @@ def create_app(settings: ApiserverSettings | None = None) -> FastAPI:
         BodyLimit, max_body=settings.max_body_bytes, max_code=settings.max_code_bytes
     )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(JobRequestLog)
     _ = Problem  # registered in components through the routes' responses
     return app

@@ -98,6 +98,9 @@ class JobWatch:
                 "task_id": line.task_id,
                 "stream": line.stream,
                 "line": line.line,
+                "source": line.source or "task",
+                "node_id": line.node_id,
+                "level": line.level,
                 "at": _ts(line, "at"),
                 "seq": line.seq,
             }

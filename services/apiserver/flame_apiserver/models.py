@@ -530,20 +530,37 @@ class TaskStatus(Request):
 
 # ---- logs, metrics, endpoints
 class LogLine(BaseModel):
-    task_id: str
-    stream: str
+    task_id: str = Field(description='the task the line is about ("" for a job-wide event)')
+    stream: str = Field(description="stdout, stderr or agent for task output; service")
     line: str
     at: datetime | None
     seq: int
+    source: str = Field(
+        "task", description="task (a task's output), controller, notifier or apiserver"
+    )
+    node_id: str = ""
+    level: str = Field("", description='a service event\'s level; "" for task output')
 
     @classmethod
     def from_pb(cls, m: control_pb2.LogLine) -> LogLine:
-        return cls(task_id=m.task_id, stream=m.stream, line=m.line, at=_ts(m, "at"), seq=m.seq)
+        return cls(
+            task_id=m.task_id,
+            stream=m.stream,
+            line=m.line,
+            at=_ts(m, "at"),
+            seq=m.seq,
+            source=m.source or "task",
+            node_id=m.node_id,
+            level=m.level,
+        )
 
 
 class Logs(BaseModel):
     lines: list[LogLine]
     last_seq: int
+    dropped: int = Field(
+        0, description="lines of the job the retention caps have deleted (the oldest first)"
+    )
 
 
 class NewLogLine(Request):
@@ -551,6 +568,13 @@ class NewLogLine(Request):
     stream: Literal["stdout", "stderr", "agent"] = "stdout"
     line: str  # the controller keeps the first 16 KiB of a longer line
     at: datetime | None = Field(None, strict=False)
+    mark: int = Field(
+        0,
+        ge=0,
+        le=2**62,
+        description="where the line ends in the task's output (attempt * 10^12 + byte offset):"
+        " a line sent again is stored once; 0 = unknown",
+    )
 
 
 class AppendLogs(Request):

@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from flame_proto.v1 import common_pb2, control_pb2
 from flame_service.auth import Caller
+from flame_service.logship import ShippedLine
 
 from .domain.results import (
     CodeBundle,
@@ -249,13 +250,32 @@ def task_bundle(value: TaskBundle) -> control_pb2.TaskBundle:
 
 def log_line(rec: LogLineRecord) -> control_pb2.LogLine:
     return control_pb2.LogLine(
-        task_id=rec.task_id, stream=rec.stream, line=rec.line, at=ts(rec.at), seq=rec.seq
+        task_id=rec.task_id,
+        stream=rec.stream,
+        line=rec.line,
+        at=ts(rec.at),
+        seq=rec.seq,
+        source=rec.source,
+        node_id=rec.node_id,
+        level=rec.level,
+        job_id=rec.job_id,
     )
 
 
 def log_page(value: LogPage) -> control_pb2.GetLogsResponse:
     return control_pb2.GetLogsResponse(
-        lines=[log_line(x) for x in value.lines], last_seq=value.last_seq
+        lines=[log_line(x) for x in value.lines], last_seq=value.last_seq, dropped=value.dropped
+    )
+
+
+def shipped_line(msg: control_pb2.LogLine) -> ShippedLine:
+    return ShippedLine(
+        job_id=msg.job_id,
+        level=msg.level,
+        line=msg.line,
+        task_id=msg.task_id,
+        node_id=msg.node_id,
+        at=from_ts(msg.at, msg.HasField("at")) or datetime.now(UTC),
     )
 
 
@@ -265,6 +285,7 @@ def new_log_line(msg: control_pb2.LogLine) -> NewLogLine:
         stream=msg.stream or "stdout",
         line=msg.line,
         at=from_ts(msg.at, msg.HasField("at")),
+        mark=msg.mark,
     )
 
 

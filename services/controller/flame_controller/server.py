@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -20,13 +21,15 @@ from flame_service.grpc_server import (
     start_health_server,
     start_server,
 )
+from flame_service.logship import LogShipper
 
 from .bootstrap import bootstrap_admin
+from .domain import service_logs
 from .domain.context import Ctx
 from .servicer import ControlPlaneServicer
 from .settings import ControllerSettings
 from .store import open_store
-from .store.base import Store
+from .store.base import LogRetention, Store
 from .tracking_accounts import TrackingAccounts
 
 if TYPE_CHECKING:
@@ -126,10 +129,13 @@ async def serve(
     *,
     workers: Sequence[WorkerFactory] | None = None,
     store: Store | None = None,
+    shipper: LogShipper | None = None,
 ) -> RunningController:
     """Open the store, bootstrap the admin, start the gRPC server and the workers.
 
-    ``workers`` defaults to :func:`default_workers`; pass ``[]`` to run the API only."""
+    ``workers`` defaults to :func:`default_workers`; pass ``[]`` to run the API only.
+    ``shipper`` (the one :func:`flame_service.logging.configure_logging` was given) gets a task
+    that writes the controller's events about jobs into their logs."""
     service_token = settings.service_token()
     if not service_token:
         raise ValueError(
@@ -139,7 +145,8 @@ async def serve(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if store is None:
         blob_dir = None if settings.store_uri.startswith("sqlite:") else str(settings.blob_dir)
-        store = await open_store(settings.store_uri, blob_dir)
+        retention = LogRetention(per_job=settings.log_keep_per_job, total=settings.log_keep_total)
+        store = await open_store(settings.store_uri, blob_dir, log_retention=retention)
     try:
         generated = await bootstrap_admin(store, settings.bootstrap_token())
         if generated is not None:
@@ -169,6 +176,9 @@ async def serve(
         health_server=health_server,
         health_port=health_port,
     )
+    if shipper is not None and settings.ship_service_logs:
+        sink = functools.partial(service_logs.append_service_logs, ctx, "controller")
+        running.tasks.append(asyncio.create_task(shipper.run(sink)))
     _start_workers(running, kicker, gate, factories)
     log.info(
         "controller.started",

@@ -37,6 +37,7 @@ from .domain import (
     jobs,
     nodes,
     projects,
+    service_logs,
     tokens,
     tracking,
     users,
@@ -82,7 +83,7 @@ QUERIES = frozenset(
     }
 )
 # High-volume reports from tasks: state, but not worth an audit entry each.
-TELEMETRY = frozenset({"AppendLogs", "ReportMetrics"})
+TELEMETRY = frozenset({"AppendLogs", "ReportMetrics", "AppendServiceLogs"})
 _TARGET_FIELDS = ("id", "job_id", "design_id", "task_id", "node_id", "user_id", "name")
 
 
@@ -738,6 +739,9 @@ class ControlPlaneServicer(control_pb2_grpc.ControlPlaneServicer):
             task_id=request.task_id,
             after_seq=request.after_seq,
             limit=request.limit,
+            source=request.source,
+            node_id=request.node_id,
+            min_level=request.min_level,
         )
         return convert.log_page(got)
 
@@ -785,3 +789,14 @@ class ControlPlaneServicer(control_pb2_grpc.ControlPlaneServicer):
     ) -> control_pb2.ListEndpointsResponse:
         got = await agent.list_endpoints(self.ctx, caller_of(context), request.id)
         return convert.endpoints(got)
+
+    # ---- distributed logs ----------------------------------------------------------------
+    @rpc
+    async def AppendServiceLogs(
+        self, request: control_pb2.AppendServiceLogsRequest, context: Context
+    ) -> control_pb2.Empty:
+        """The apiserver's and the notifier's events about jobs (the service credential, which
+        every call carries, is the authority: no user or node may call this)."""
+        lines = [convert.shipped_line(x) for x in request.lines]
+        await service_logs.append_service_logs(self.ctx, request.source, lines)
+        return EMPTY

@@ -50,6 +50,13 @@ class ControllerSettings(ServiceSettings):
     task_restart_backoff_initial_seconds: float = Field(default=0.5, gt=0)
     task_restart_backoff_max_seconds: float = Field(default=30.0, gt=0)
 
+    # Distributed logs: the store keeps at most this many lines per job and in total (0 = no
+    # cap); the oldest go first and GetLogs reports how many of a job's lines were dropped.
+    log_keep_per_job: int = Field(default=200_000, ge=0)
+    log_keep_total: int = Field(default=5_000_000, ge=0)
+    # the controller's own events about a job go into the job's logs (source "controller")
+    ship_service_logs: bool = True
+
     # A plaintext port serving only grpc.health.v1 (kubelet probes cannot speak TLS); off: None
     health_listen: str | None = None
     # Several replicas, one leader (a coordination.k8s.io Lease; FLAME_KUBERNETES_KUBECONFIG

@@ -51,6 +51,7 @@ ACTIVE_STATES = ("scheduled", "running")
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
 _ROLE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")
 _READ_CHUNK = 1024 * 1024
+MARK_ATTEMPT = 10**12  # a log line's mark: attempt * MARK_ATTEMPT + where it ends in its file
 
 
 class Agent:
@@ -516,7 +517,11 @@ class Agent:
                 new_lines, offsets[stream], more = self._read_lines(
                     workdir / name, offsets.get(stream, 0), final, len(lines)
                 )
-                lines += [LogLine(e.task_id, stream, text, now) for text in new_lines]
+                # the mark lets the control plane store a line resent after a lost answer once
+                lines += [
+                    LogLine(e.task_id, stream, text, now, mark=e.attempt * MARK_ATTEMPT + end)
+                    for text, end in new_lines
+                ]
                 remaining = remaining or more
             if lines:
                 try:
@@ -538,9 +543,10 @@ class Agent:
 
     def _read_lines(
         self, path: Path, offset: int, final: bool, already: int
-    ) -> tuple[list[str], int, bool]:
+    ) -> tuple[list[tuple[str, int]], int, bool]:
         """Complete lines of ``path`` after ``offset`` (a trailing partial line only when
-        ``final``); returns the lines, the new offset and whether more is waiting."""
+        ``final``) with the offset where each ends; returns them, the new offset and whether
+        more is waiting."""
         room = self.settings.log_batch_lines - already
         try:
             with path.open("rb") as f:
@@ -549,7 +555,7 @@ class Agent:
                 at_eof = not f.read(1)
         except FileNotFoundError:
             return [], offset, False
-        out: list[str] = []
+        out: list[tuple[str, int]] = []
         consumed = 0
         for raw in data.splitlines(keepends=True):
             if len(out) >= room:
@@ -559,5 +565,5 @@ class Agent:
                 break
             consumed += len(raw)
             text = raw.rstrip(b"\r\n").decode("utf-8", "replace")
-            out.append(text[: self.settings.log_line_max])
+            out.append((text[: self.settings.log_line_max], offset + consumed))
         return out, offset + consumed, not at_eof

@@ -49,6 +49,7 @@ class LogLine:
     stream: str  # stdout | stderr | agent
     line: str
     at: datetime | None = None
+    mark: int = 0  # where the line ends in the output (attempt * 10^12 + offset); 0: unknown
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,7 @@ class RestClient:
                 "stream": ln.stream,
                 "line": ln.line,
                 **({"at": ln.at.isoformat()} if ln.at else {}),
+                **({"mark": ln.mark} if ln.mark else {}),
             }
             for ln in lines
         ]

@@ -8,10 +8,11 @@ import signal
 from flame_notifier.server import serve
 from flame_notifier.settings import NotifierSettings
 from flame_service.logging import configure_logging
+from flame_service.logship import LogShipper
 
 
-async def _main(settings: NotifierSettings) -> None:
-    running = await serve(settings)
+async def _main(settings: NotifierSettings, shipper: LogShipper) -> None:
+    running = await serve(settings, shipper)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -22,8 +23,9 @@ async def _main(settings: NotifierSettings) -> None:
 
 def main() -> None:
     settings = NotifierSettings()
-    configure_logging("notifier", settings.log_level, settings.log_json)
-    asyncio.run(_main(settings))
+    shipper = LogShipper()  # its events about jobs also go to the jobs' logs
+    configure_logging("notifier", settings.log_level, settings.log_json, shipper)
+    asyncio.run(_main(settings, shipper))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from flame_notifier.servicer import Identity
 from flame_proto.v1 import common_pb2, control_pb2, control_pb2_grpc
 from flame_service.auth import Caller
 from flame_service.connect import PLAINTEXT, Security, grpc_channel
+from flame_service.logship import Sink
+from flame_service.logship_rpc import controller_sink
 
 _SCOPES = {
     common_pb2.SCOPE_ADMIN: "admin",
@@ -61,6 +63,10 @@ class ControllerClient:
             )
         except grpc.aio.AioRpcError as exc:
             raise ControllerUnavailable(f"{exc.code().name}: {exc.details()}") from exc
+
+    def ship_logs_to(self) -> Sink:
+        """Where the notifier's events about jobs go (flame_service.logship)."""
+        return controller_sink(lambda: self._stub, "notifier", self._timeout)
 
     async def close(self) -> None:
         await self._channel.close()

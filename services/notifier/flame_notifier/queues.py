@@ -101,7 +101,14 @@ class EventQueues:
         q.last_seq = event.seq
         while len(q.pending) > self._max_pending:
             dropped = q.pending.popleft()
-            log.warning("event.dropped", node_id=node_id, seq=dropped.seq, reason="queue full")
+            log.warning(
+                "event.dropped",
+                node_id=node_id,
+                seq=dropped.seq,
+                job_id=dropped.job_id,
+                task_id=dropped.task_id,
+                reason="queue full",
+            )
         q.wake()
         return event.seq, q.streams > 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 
 import grpc
@@ -15,6 +17,7 @@ from flame_notifier.servicer import NotifierServicer
 from flame_notifier.settings import NotifierSettings
 from flame_proto.v1 import notifier_pb2_grpc
 from flame_service.grpc_server import start_health_server, start_server
+from flame_service.logship import LogShipper
 
 log = structlog.get_logger(__name__)
 
@@ -28,9 +31,14 @@ class Running:
     _controller: ControllerClient
     health_port: int | None = None  # the plaintext health-only port, if any
     _health_server: grpc.aio.Server | None = None
+    _shipping: asyncio.Task[None] | None = None
 
     async def stop(self, grace: float = 1.0) -> None:
         await self._server.stop(grace)
+        if self._shipping is not None:
+            self._shipping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._shipping
         if self._health_server is not None:
             await self._health_server.stop(0)
         await self.presence.stop()
@@ -41,7 +49,11 @@ class Running:
         await self._server.wait_for_termination()
 
 
-async def serve(settings: NotifierSettings | None = None) -> Running:
+async def serve(
+    settings: NotifierSettings | None = None, shipper: LogShipper | None = None
+) -> Running:
+    """``shipper`` (the one logging was configured with) sends the notifier's events about
+    jobs to the controller's log store."""
     settings = settings or NotifierSettings()
     security = settings.security()
     service_token = settings.service_token()
@@ -75,6 +87,9 @@ async def serve(settings: NotifierSettings | None = None) -> Running:
             await controller.close()
             raise
     presence.start()
+    shipping = None
+    if shipper is not None:
+        shipping = asyncio.create_task(shipper.run(controller.ship_logs_to()))
     log.info(
         "notifier.started",
         port=port,
@@ -89,4 +104,5 @@ async def serve(settings: NotifierSettings | None = None) -> Running:
         _controller=controller,
         health_port=health_port,
         _health_server=health_server,
+        _shipping=shipping,
     )

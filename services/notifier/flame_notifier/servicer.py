@@ -117,6 +117,7 @@ class NotifierServicer(notifier_pb2_grpc.NotifierServicer):
             node_id=request.node_id,
             seq=seq,
             type=notifier_pb2.EventType.Name(ev.type),
+            job_id=ev.job_id,
             task_id=ev.task_id,
             delivered=delivered,
         )

@@ -63,6 +63,20 @@ class FakeControlPlane(control_pb2_grpc.ControlPlaneServicer):
             context.set_trailing_metadata(((ERROR_CODE_KEY, code),))
         await context.abort(STATUSES[status], f"fake {status.lower()}")
 
+    async def GetLogs(self, request, context):
+        self._record("GetLogs", request, context)
+        line = control_pb2.LogLine(
+            task_id="",
+            stream="service",
+            line="job.started",
+            seq=7,
+            source="controller",
+            node_id="n-1",
+            level="warning",
+            job_id=request.job_id,
+        )
+        return control_pb2.GetLogsResponse(lines=[line], last_seq=7, dropped=3)
+
     async def Authenticate(self, request, context):
         if request.token not in TOKENS:
             await self._fail(context, "UNAUTHENTICATED", "unauthenticated")

@@ -223,6 +223,34 @@ async def test_agent_logs_are_forwarded_with_timestamps(api) -> None:
     assert_problem(bad, 422, "invalid_argument")
 
 
+async def test_job_logs_filter_by_source_node_and_level_and_report_dropped(api) -> None:
+    resp = await api.call(
+        "GET", "/v1/jobs/j-1/logs?source=controller&node_id=n-1&level=warning&after_seq=2"
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["dropped"] == 3 and body["last_seq"] == 7
+    (line,) = body["lines"]
+    assert (line["source"], line["level"], line["node_id"], line["stream"]) == (
+        "controller",
+        "warning",
+        "n-1",
+        "service",
+    )
+    name, _, request = api.fake.calls[-1]
+    assert name == "GetLogs"
+    assert (request.source, request.node_id, request.min_level, request.after_seq) == (
+        "controller",
+        "n-1",
+        "warning",
+        2,
+    )
+    bad = await api.call("GET", "/v1/jobs/j-1/logs?source=kernel")
+    assert_problem(bad, 422, "invalid_argument")
+    bad = await api.call("GET", "/v1/jobs/j-1/logs?level=loud")
+    assert_problem(bad, 422, "invalid_argument")
+
+
 async def test_delete_answers_204_without_a_body(api) -> None:
     resp = await api.call("DELETE", "/v1/jobs/j-1")
     assert resp.status_code == 204

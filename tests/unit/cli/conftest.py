@@ -85,6 +85,12 @@ class ScriptedApi:
             after = int(request.url.params.get("after_seq", 0))
             # lines become visible as the job advances, two per poll of the job
             visible = self.log_lines[: 2 * (self.gets + 1)]
+            if request.url.params.get("source"):  # a service's events, 2 older lines dropped
+                source = request.url.params["source"]
+                line = {"task_id": "", "stream": "service", "line": "job.started", "at": None,
+                        "seq": 9, "source": source, "level": "warning"}  # fmt: skip
+                fresh = [line] if after < 9 else []
+                return httpx.Response(200, json={"lines": fresh, "last_seq": 9, "dropped": 2})
             lines = [{"task_id": "t-1", "stream": "stdout", "line": text, "at": None, "seq": i + 1}
                      for i, text in enumerate(visible) if i + 1 > after]  # fmt: skip
             return httpx.Response(200, json={"lines": lines, "last_seq": len(visible)})

@@ -54,6 +54,18 @@ def test_logs_without_follow_prints_what_is_there_and_returns(cli) -> None:
     assert cli.api.gets == 1  # only resolving the job
 
 
+def test_logs_of_a_service_with_filters_and_the_dropped_count(cli) -> None:
+    result = cli("logs", "j-1", "--source", "controller", "--node", "n-1", "--level", "warning")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == ["--:--:-- - [controller] warning: job.started"]
+    assert "(2 older lines of this job were dropped by retention)" in result.stderr
+    (asked,) = [r for r in cli.api.requests if r.url.path == "/v1/jobs/j-1/logs"][:1]
+    assert asked.url.params["source"] == "controller"
+    assert asked.url.params["node_id"] == "n-1" and asked.url.params["level"] == "warning"
+    bad = cli("logs", "j-1", "--source", "kernel")
+    assert bad.exit_code == 2
+
+
 def test_status_shows_state_transitions_and_tasks(cli) -> None:
     result = cli("job", "status", "j-1")
     assert result.exit_code == 0, result.output

@@ -9,11 +9,21 @@ from datetime import timedelta
 
 import pytest
 
-from flame_controller.domain import agent, code, datasets, designs, jobs, nodes, tokens, users
+from flame_controller.domain import (
+    agent,
+    code,
+    datasets,
+    designs,
+    jobs,
+    nodes,
+    service_logs,
+    tokens,
+    users,
+)
 from flame_controller.domain.context import Ctx
 from flame_controller.domain.results import NewLogLine, NewMetric
 from flame_controller.jobs.states import task_transition
-from flame_controller.store.base import Store
+from flame_controller.store.base import LogRetention, Store
 from flame_controller.store.records import JobRecord, TaskRecord, utcnow
 from flame_service.auth import Caller
 from flame_service.errors import (
@@ -24,6 +34,7 @@ from flame_service.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+from flame_service.logship import ShippedLine
 from flame_spec import TaskConfig
 
 from .conftest import central_code, design_json
@@ -304,6 +315,98 @@ async def test_logs_are_appended_by_the_node_and_read_by_the_owner(world: World)
     )
     mine = await agent.get_logs(ctx, world.node, job_id="", task_id=t1.id, after_seq=0, limit=0)
     assert [x.line for x in mine.lines] == ["warn"]
+
+
+async def test_service_events_join_the_task_output_and_filter(world: World) -> None:
+    ctx, t0 = world.ctx, world.trainers[0]
+    await agent.append_logs(ctx, world.node, [NewLogLine(t0.id, "stdout", "epoch 1")])
+    kept = await service_logs.append_service_logs(
+        ctx,
+        "notifier",
+        [
+            ShippedLine(world.job.id, "info", "event.queued seq=1", t0.id, t0.node_id or ""),
+            ShippedLine("no-such-job", "info", "event.queued seq=2"),  # left out
+            ShippedLine(world.job.id, "WARNING", "event.dropped seq=3", t0.id),
+        ],
+    )
+    assert kept == 2
+    await service_logs.append_service_logs(
+        ctx, "controller", [ShippedLine(world.job.id, "error", "job.failed reason=x")]
+    )
+
+    async def read(**filters: str) -> list[tuple[str, str, str]]:
+        page = await agent.get_logs(
+            ctx, world.alice, job_id=world.job.id, task_id="", after_seq=0, limit=0, **filters
+        )
+        assert page.dropped == 0
+        return [(x.source, x.level, x.line.split()[0]) for x in page.lines]
+
+    assert await read() == [
+        ("task", "", "epoch"),
+        ("notifier", "info", "event.queued"),
+        ("notifier", "warning", "event.dropped"),
+        ("controller", "error", "job.failed"),
+    ]
+    assert await read(source="controller") == [("controller", "error", "job.failed")]
+    assert await read(min_level="warning") == [
+        ("notifier", "warning", "event.dropped"),
+        ("controller", "error", "job.failed"),
+    ]
+    assert [x[2] for x in await read(node_id=t0.node_id or "")] == ["epoch", "event.queued"]
+    with pytest.raises(InvalidArgument, match="source"):
+        await read(source="kernel")
+    with pytest.raises(InvalidArgument, match="level"):
+        await read(min_level="loud")
+    with pytest.raises(InvalidArgument, match="source"):
+        await service_logs.append_service_logs(
+            ctx, "task", [ShippedLine(world.job.id, "info", "x")]
+        )
+    with pytest.raises(InvalidArgument, match="names its job"):
+        await service_logs.append_service_logs(ctx, "apiserver", [ShippedLine("", "info", "x")])
+
+
+async def test_lines_sent_again_after_a_lost_answer_are_stored_once(world: World) -> None:
+    ctx, t0, t1 = world.ctx, world.trainers[0], world.trainers[1]
+
+    def batch(task: str, stream: str, marks: range) -> list[NewLogLine]:
+        return [NewLogLine(task, stream, f"{stream} {m}", mark=m) for m in marks]
+
+    await agent.append_logs(ctx, world.node, batch(t0.id, "stdout", range(1, 6)))
+    # the answer was lost: the flamelet sends the same lines again, and the next ones
+    await agent.append_logs(
+        ctx,
+        world.node,
+        batch(t0.id, "stdout", range(3, 9))
+        + batch(t0.id, "stderr", range(1, 3))
+        + batch(t1.id, "stdout", range(1, 3)),
+    )
+    await agent.append_logs(ctx, world.node, [NewLogLine(t0.id, "stdout", "unmarked")])
+    page = await agent.get_logs(
+        ctx, world.alice, job_id=world.job.id, task_id=t0.id, after_seq=0, limit=0
+    )
+    assert [x.line for x in page.lines] == [
+        *(f"stdout {m}" for m in range(1, 9)),
+        "stderr 1",
+        "stderr 2",
+        "unmarked",
+    ]
+    other = await agent.get_logs(
+        ctx, world.alice, job_id=world.job.id, task_id=t1.id, after_seq=0, limit=0
+    )
+    assert [x.line for x in other.lines] == ["stdout 1", "stdout 2"]
+
+
+async def test_dropped_lines_are_reported_with_the_page(world: World) -> None:
+    ctx, t0 = world.ctx, world.trainers[0]
+    ctx.store.log_retention = LogRetention(per_job=3)
+    await agent.append_logs(
+        ctx, world.node, [NewLogLine(t0.id, "stdout", f"line {i}") for i in range(5)]
+    )
+    page = await agent.get_logs(
+        ctx, world.alice, job_id=world.job.id, task_id="", after_seq=0, limit=0
+    )
+    assert [x.line for x in page.lines] == ["line 2", "line 3", "line 4"]
+    assert page.dropped == 2
 
 
 async def test_metrics_and_run_links(world: World) -> None:

@@ -198,7 +198,39 @@ def test_every_rpc_of_control_proto_is_implemented() -> None:
 
     service = control_pb2.DESCRIPTOR.services_by_name["ControlPlane"]
     rpcs = {m.name for m in service.methods}
-    assert len(rpcs) == 58
+    assert len(rpcs) == 59
     base = control_pb2_grpc.ControlPlaneServicer
     missing = [n for n in rpcs if getattr(ControlPlaneServicer, n) is getattr(base, n)]
     assert missing == []
+
+
+async def test_services_ship_job_events_that_users_read_filtered(  # type: ignore[no-untyped-def]
+    stub, controller: RunningController
+) -> None:
+    from flame_controller.store.records import JobRecord
+    from flame_service.logship import ShippedLine
+    from flame_service.logship_rpc import controller_sink
+
+    admin = await login(stub, ADMIN_TOKEN)
+    await controller.store.create_job(
+        JobRecord(id="j-logs", name="logs", owner=admin.subject, design_id="d", code_version=1)
+    )
+    ship = controller_sink(lambda: stub, "apiserver", 30.0)
+    await ship(
+        [
+            ShippedLine("j-logs", "info", "job.request method=POST status=200"),
+            ShippedLine("j-logs", "warning", "job.request slow=true", "t-1", "n-1"),
+        ]
+    )
+    got = await stub.GetLogs(
+        pb.GetLogsRequest(job_id="j-logs", source="apiserver", min_level="warning"),
+        metadata=md(admin),
+    )
+    assert [(x.source, x.level, x.task_id, x.node_id, x.stream) for x in got.lines] == [
+        ("apiserver", "warning", "t-1", "n-1", "service")
+    ]
+    assert got.dropped == 0
+    code, _, err = await status_of(
+        stub.AppendServiceLogs(pb.AppendServiceLogsRequest(source="task", lines=[]))
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and err == "invalid_argument"

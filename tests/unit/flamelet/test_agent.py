@@ -296,11 +296,11 @@ async def test_log_tailing_waits_for_complete_lines(node: Node, tmp_path: Path) 
     f = tmp_path / "out.log"
     f.write_bytes(b"one\nprogress 10%\rprogress 20%\rtwo\nhalf")
     lines, offset, more = agent._read_lines(f, 0, final=False, already=0)
-    assert lines == ["one", "progress 10%", "progress 20%"] and more
+    assert lines == [("one", 4), ("progress 10%", 17), ("progress 20%", 30)] and more
     lines, offset, more = agent._read_lines(f, offset, final=False, already=0)
-    assert lines == ["two"] and offset == f.stat().st_size - 4 and not more
+    assert lines == [("two", 34)] and offset == f.stat().st_size - 4 and not more
     lines, offset, _ = agent._read_lines(f, offset, final=True, already=0)
-    assert lines == ["half"] and offset == f.stat().st_size
+    assert lines == [("half", 38)] and offset == f.stat().st_size
 
 
 async def test_only_the_newest_finished_tasks_keep_their_work_dirs(node: Node) -> None:

@@ -1685,11 +1685,29 @@ class LogLine(_message.Message):
     LINE_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    MARK_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     stream: _builtins.str
     """stdout|stderr|agent"""
     line: _builtins.str
     seq: _builtins.int
+    source: _builtins.str
+    """distributed logs: where the line comes from and what it concerns
+    task (a task's output) | controller | notifier | apiserver
+    """
+    node_id: _builtins.str
+    level: _builtins.str
+    """debug|info|warning|error|critical for service events, "" for output"""
+    job_id: _builtins.str
+    """set on lines a service ships (they may name no task)"""
+    mark: _builtins.int
+    """where a task's line ends in its output (attempt * 10^12 + byte offset): a line shipped
+    again after a lost answer has a mark already stored and is skipped (0: not known)
+    """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -1700,10 +1718,15 @@ class LogLine(_message.Message):
         line: _builtins.str = ...,
         at: _timestamp_pb2.Timestamp | None = ...,
         seq: _builtins.int = ...,
+        source: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        level: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        mark: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "line", b"line", "seq", b"seq", "stream", b"stream", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "job_id", b"job_id", "level", b"level", "line", b"line", "mark", b"mark", "node_id", b"node_id", "seq", b"seq", "source", b"source", "stream", b"stream", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1737,12 +1760,20 @@ class GetLogsRequest(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    MIN_LEVEL_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     task_id: _builtins.str
     """optional"""
     after_seq: _builtins.int
     """for --follow"""
     limit: _builtins.int
+    source: _builtins.str
+    """distributed logs: optional filters"""
+    node_id: _builtins.str
+    min_level: _builtins.str
+    """lines at this level or above (lines without a level are left out)"""
     def __init__(
         self,
         *,
@@ -1750,10 +1781,13 @@ class GetLogsRequest(_message.Message):
         task_id: _builtins.str = ...,
         after_seq: _builtins.int = ...,
         limit: _builtins.int = ...,
+        source: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        min_level: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "job_id", b"job_id", "limit", b"limit", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "job_id", b"job_id", "limit", b"limit", "min_level", b"min_level", "node_id", b"node_id", "source", b"source", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1765,7 +1799,10 @@ class GetLogsResponse(_message.Message):
 
     LINES_FIELD_NUMBER: _builtins.int
     LAST_SEQ_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
     last_seq: _builtins.int
+    dropped: _builtins.int
+    """lines of the job the retention caps have deleted so far"""
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogLine]: ...
     def __init__(
@@ -1773,10 +1810,11 @@ class GetLogsResponse(_message.Message):
         *,
         lines: _abc.Iterable[Global___LogLine] | None = ...,
         last_seq: _builtins.int = ...,
+        dropped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_seq", b"last_seq", "lines", b"lines"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "last_seq", b"last_seq", "lines", b"lines"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1936,3 +1974,31 @@ class ListEndpointsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListEndpointsResponse: _TypeAlias = ListEndpointsResponse  # noqa: Y015
+
+@_typing.final
+class AppendServiceLogsRequest(_message.Message):
+    """---- distributed logs: service events about jobs (appended by brief G)"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """the calling service: apiserver | notifier"""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogLine]:
+        """each with job_id, level, and task_id / node_id when known"""
+
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        lines: _abc.Iterable[Global___LogLine] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppendServiceLogsRequest: _TypeAlias = AppendServiceLogsRequest  # noqa: Y015

@@ -334,6 +334,11 @@ class ControlPlaneStub:
                 request_serializer=flame_dot_v1_dot_control__pb2.GetRequest.SerializeToString,
                 response_deserializer=flame_dot_v1_dot_control__pb2.ListEndpointsResponse.FromString,
                 _registered_method=True)
+        self.AppendServiceLogs = channel.unary_unary(
+                '/flame.v1.ControlPlane/AppendServiceLogs',
+                request_serializer=flame_dot_v1_dot_control__pb2.AppendServiceLogsRequest.SerializeToString,
+                response_deserializer=flame_dot_v1_dot_control__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -717,6 +722,13 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AppendServiceLogs(self, request, context):
+        """distributed logs: the apiserver's and the notifier's events about a job, batched
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1009,6 +1021,11 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.ListEndpoints,
                     request_deserializer=flame_dot_v1_dot_control__pb2.GetRequest.FromString,
                     response_serializer=flame_dot_v1_dot_control__pb2.ListEndpointsResponse.SerializeToString,
+            ),
+            'AppendServiceLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendServiceLogs,
+                    request_deserializer=flame_dot_v1_dot_control__pb2.AppendServiceLogsRequest.FromString,
+                    response_serializer=flame_dot_v1_dot_control__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2586,6 +2603,33 @@ class ControlPlane:
             '/flame.v1.ControlPlane/ListEndpoints',
             flame_dot_v1_dot_control__pb2.GetRequest.SerializeToString,
             flame_dot_v1_dot_control__pb2.ListEndpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendServiceLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flame.v1.ControlPlane/AppendServiceLogs',
+            flame_dot_v1_dot_control__pb2.AppendServiceLogsRequest.SerializeToString,
+            flame_dot_v1_dot_control__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -89,7 +89,9 @@ async def report_status(task_id: TaskId, body: TaskStatus, caller: NodeCaller, c
 async def append_logs(body: AppendLogs, caller: NodeCaller, ctl: Ctl) -> None:
     lines = []
     for item in body.lines:
-        line = control_pb2.LogLine(task_id=item.task_id, stream=item.stream, line=item.line)
+        line = control_pb2.LogLine(
+            task_id=item.task_id, stream=item.stream, line=item.line, mark=item.mark
+        )
         if item.at is not None:
             at = Timestamp()
             at.FromDatetime(item.at)

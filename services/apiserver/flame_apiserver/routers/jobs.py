@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Path, Query, Response
 
@@ -92,10 +92,31 @@ async def get_logs(
     task_id: Annotated[str, Query(max_length=256)] = "",
     after_seq: Annotated[int, Query(ge=0, le=2**53 - 1)] = 0,
     limit: Annotated[int, Query(ge=0, le=5000, description="0 = server default")] = 0,
+    source: Annotated[
+        Literal["", "task", "controller", "notifier", "apiserver"],
+        Query(description="only lines from this source"),
+    ] = "",
+    node_id: Annotated[str, Query(max_length=256, description="only lines about this node")] = "",
+    level: Annotated[
+        Literal["", "debug", "info", "warning", "error", "critical"],
+        Query(description="only service events at this level or above"),
+    ] = "",
 ) -> Logs:
-    req = control_pb2.GetLogsRequest(job_id=id, task_id=task_id, after_seq=after_seq, limit=limit)
+    req = control_pb2.GetLogsRequest(
+        job_id=id,
+        task_id=task_id,
+        after_seq=after_seq,
+        limit=limit,
+        source=source,
+        node_id=node_id,
+        min_level=level,
+    )
     resp = await ctl.call(ctl.stub.GetLogs, req, caller)
-    return Logs(lines=[LogLine.from_pb(x) for x in resp.lines], last_seq=resp.last_seq)
+    return Logs(
+        lines=[LogLine.from_pb(x) for x in resp.lines],
+        last_seq=resp.last_seq,
+        dropped=resp.dropped,
+    )
 
 
 @router.get("/jobs/{id}/metrics", response_model=Metrics)

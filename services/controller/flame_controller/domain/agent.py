@@ -16,6 +16,7 @@ from flame_service.errors import Conflict, InvalidArgument, NotFound, Permission
 
 from ..jobs.states import late_report, task_transition
 from ..store.records import (
+    LOG_SOURCES,
     JobRecord,
     LogLineRecord,
     MetricRecord,
@@ -27,6 +28,7 @@ from .access import can_see, job_of_task_credential, not_found, require_node
 from .context import Ctx
 from .keys import keyed_json
 from .results import EndpointView, LogPage, MetricsView, NewLogLine, NewMetric, TaskBundle
+from .service_logs import levels_from
 
 log = structlog.get_logger(__name__)
 REPORTABLE = frozenset({"running", "completed", "failed"})
@@ -119,6 +121,7 @@ async def append_logs(ctx: Ctx, caller: Caller, lines: Sequence[NewLogLine]) -> 
         raise InvalidArgument(f"at most {MAX_LOG_LINES} log lines per request")
     tasks: dict[str, TaskRecord] = {}
     by_job: dict[str, list[LogLineRecord]] = defaultdict(list)
+    marks: dict[tuple[str, str], int] = {}  # (task, stream): the last mark stored or taken
     now = utcnow()
     for line in lines:
         if line.stream not in ("stdout", "stderr", "agent"):
@@ -128,14 +131,23 @@ async def append_logs(ctx: Ctx, caller: Caller, lines: Sequence[NewLogLine]) -> 
         if line.task_id not in tasks:
             tasks[line.task_id] = await own_task(ctx, caller, line.task_id)
         task = tasks[line.task_id]
+        if line.mark > 0:  # a line sent again after a lost answer is already stored: skip it
+            key = (task.id, line.stream)
+            if key not in marks:
+                marks[key] = await ctx.store.last_log_mark(task.job_id, task.id, line.stream)
+            if line.mark <= marks[key]:
+                continue
+            marks[key] = line.mark
         by_job[task.job_id].append(
             LogLineRecord.model_validate(
                 {
                     "job_id": task.job_id,
                     "task_id": task.id,
+                    "node_id": task.node_id or "",
                     "stream": line.stream,
                     "line": line.line[:MAX_LINE_CHARS],
                     "at": line.at or now,
+                    "mark": max(line.mark, 0),
                 }
             )
         )
@@ -146,11 +158,24 @@ async def append_logs(ctx: Ctx, caller: Caller, lines: Sequence[NewLogLine]) -> 
 
 
 async def get_logs(
-    ctx: Ctx, caller: Caller, *, job_id: str, task_id: str, after_seq: int, limit: int
+    ctx: Ctx,
+    caller: Caller,
+    *,
+    job_id: str,
+    task_id: str,
+    after_seq: int,
+    limit: int,
+    source: str = "",
+    node_id: str = "",
+    min_level: str = "",
 ) -> LogPage:
-    """A user reads the logs of a job they can see; a node only those of its own tasks."""
+    """A user reads the logs of a job they can see; a node only those of its own tasks.
+    ``source``, ``node_id`` and ``min_level`` narrow the lines ("" = any)."""
     if after_seq < 0 or limit < 0:
         raise InvalidArgument("after_seq and limit must not be negative")
+    if source and source not in LOG_SOURCES:
+        raise InvalidArgument(f"source must be one of {', '.join(LOG_SOURCES)} (got {source!r})")
+    levels = levels_from(min_level)
     limit = min(limit or 1000, MAX_LOG_LIMIT)
     if caller.scope == "node":
         if not task_id:
@@ -163,9 +188,16 @@ async def get_logs(
         job = await _visible_job(ctx, caller, job_id)
         job_id = job.id
     lines = await ctx.store.read_logs(
-        job_id, task_id=task_id or None, after_seq=after_seq, limit=limit
+        job_id,
+        task_id=task_id or None,
+        after_seq=after_seq,
+        limit=limit,
+        source=source or None,
+        node_id=node_id or None,
+        levels=levels,
     )
-    return LogPage(lines=lines, last_seq=lines[-1].seq if lines else after_seq)
+    dropped = await ctx.store.log_dropped(job_id)
+    return LogPage(lines=lines, last_seq=lines[-1].seq if lines else after_seq, dropped=dropped)
 
 
 async def _visible_job(ctx: Ctx, caller: Caller, job_id: str) -> JobRecord:

@@ -57,6 +57,7 @@ class TaskBundle:
 class LogPage:
     lines: Sequence[LogLineRecord]
     last_seq: int
+    dropped: int = 0  # lines of the job retention has deleted
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class NewLogLine:
     stream: str
     line: str
     at: datetime | None = None
+    mark: int = 0  # where the line ends in the task's output; 0: unknown
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flame_controller.store.base import Page, Store
+from flame_controller.store.base import LogRetention, Page, Store
 from flame_controller.store.factory import open_store
 from flame_controller.store.records import (
     JOB_TERMINAL_STATES,
@@ -31,6 +31,7 @@ __all__ = [
     "DesignRecord",
     "JobRecord",
     "LogLineRecord",
+    "LogRetention",
     "MetricRecord",
     "NodeRecord",
     "Page",

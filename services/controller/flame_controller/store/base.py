@@ -27,6 +27,7 @@ only if the version is still ``expected_version``, in one atomic single-document
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
 
@@ -52,6 +53,16 @@ T = TypeVar("T")
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 DEFAULT_LOG_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class LogRetention:
+    """How many log lines the store keeps: at most ``per_job`` of each job and ``total`` over
+    all jobs (0 = no cap).  An append past a cap deletes the oldest lines (of that job, or of
+    the whole store) and counts them, per job, in :meth:`Store.log_dropped`."""
+
+    per_job: int = 0
+    total: int = 0
 
 
 class Page(NamedTuple, Generic[T]):
@@ -263,11 +274,14 @@ class Store(Protocol):
         """Same contract as :meth:`cas_job`, for a task."""
         ...
 
-    # -- logs and metrics ------------------------------------------------------------------
+    # -- logs (task output and service events; retention) --------------------------------
+    log_retention: LogRetention
+
     async def append_logs(self, lines: Sequence[LogLineRecord]) -> int:
         """Append lines (the given ``seq`` is ignored; the store assigns strictly increasing
         numbers per job, in the given order).  All lines must belong to one job
-        (``InvalidArgument`` otherwise).  Returns the last assigned seq (0 for no lines)."""
+        (``InvalidArgument`` otherwise).  Returns the last assigned seq (0 for no lines).
+        Then applies :attr:`log_retention`: the oldest lines past a cap are deleted."""
         ...
 
     async def read_logs(
@@ -277,10 +291,23 @@ class Store(Protocol):
         task_id: str | None = None,
         after_seq: int = 0,
         limit: int = DEFAULT_LOG_LIMIT,
+        source: str | None = None,
+        node_id: str | None = None,
+        levels: Sequence[str] | None = None,
     ) -> list[LogLineRecord]:
-        """Lines of a job with ``seq > after_seq`` in seq order, at most ``limit``."""
+        """Lines of a job with ``seq > after_seq`` in seq order, at most ``limit``; only those
+        of ``task_id``, ``source``, ``node_id`` and with a level in ``levels`` when given."""
         ...
 
+    async def log_dropped(self, job_id: str) -> int:
+        """How many lines of the job retention has deleted so far."""
+        ...
+
+    async def last_log_mark(self, job_id: str, task_id: str, stream: str) -> int:
+        """The ``mark`` of the newest stored line of a task's stream that has one (0: none)."""
+        ...
+
+    # -- metrics ---------------------------------------------------------------------------
     async def append_metrics(self, metrics: Sequence[MetricRecord]) -> None: ...
     async def read_metrics(
         self, job_id: str, *, task_id: str | None = None, key: str | None = None

@@ -26,6 +26,7 @@ from flame_controller.store.base import (
     DEFAULT_LOG_LIMIT,
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
+    LogRetention,
     Page,
 )
 from flame_controller.store.blobs import BlobStore
@@ -67,6 +68,10 @@ Doc = dict[str, Any]
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _ID_CHUNK = 500  # ids per IN (...) query
+_DROP_CHUNK = 500  # log lines retention deletes per query
+_LOG_ORDER = "logs:*"  # the counter of every appended line (no job id has a "*")
+_LOG_STORED = "logs-stored"  # how many lines the store holds (for the total cap)
+_LOG_DROPPED = "logs-dropped:"  # + job id: lines of the job retention deleted
 _JOB_ACTIVE_STATES = tuple(s for s in get_args(JobState) if s not in JOB_TERMINAL_STATES)
 
 
@@ -99,12 +104,19 @@ def _clean_ids(project_ids: Sequence[str] | None) -> Sequence[str] | None:
     return None if project_ids is None else [p for p in project_ids if p]
 
 
+def _source_is(source: str) -> Cond:
+    if source == "task":  # lines stored before there were sources are task output
+        return Or((Eq("source", "task"), Eq("source", None)))
+    return Eq("source", source)
+
+
 class DocumentStore(ABC):
     """Implements :class:`flame_controller.store.base.Store` over the primitives below."""
 
     def __init__(self, blobs: BlobStore) -> None:
         self._blobs = blobs
         self._append_lock = asyncio.Lock()
+        self.log_retention = LogRetention()
 
     # ------------------------------------------------------------------ primitives
     @abstractmethod
@@ -154,6 +166,11 @@ class DocumentStore(ABC):
         """Take the next ``len(docs)`` numbers of a named counter (which starts at 0 and never
         goes back), write them into ``field`` of the documents in order and insert them.
         Returns the last number taken."""
+
+    @abstractmethod
+    async def _count_up(self, counter: str, n: int) -> int:
+        """Add ``n`` (0: just read) to a named counter (the one :meth:`_insert_numbered` uses)
+        and return its new value."""
 
     @abstractmethod
     async def close(self) -> None: ...
@@ -503,8 +520,11 @@ class DocumentStore(ABC):
         if await self._get(K.JOBS, job_id) is None:
             raise NotFound(f"job {job_id!r} not found")
         # Children first: a crash half-way leaves the job in place, so the delete can be redone.
-        for kind in (K.TASKS, K.LOGS, K.METRICS):
-            await self._delete(kind, Eq("job_id", job_id))
+        await self._delete(K.TASKS, Eq("job_id", job_id))
+        async with self._append_lock:  # its lines no longer count towards the total cap
+            gone = await self._delete(K.LOGS, Eq("job_id", job_id))
+            await self._count_up(_LOG_STORED, -gone)
+        await self._delete(K.METRICS, Eq("job_id", job_id))
         await self._remove(K.JOBS, job_id, "job")
 
     async def jobs_to_reconcile(self, now: datetime, *, due_only: bool = False) -> list[JobRecord]:
@@ -580,7 +600,7 @@ class DocumentStore(ABC):
             transition=transition,
         )
 
-    # ------------------------------------------------------------------ logs and metrics
+    # ------------------------------------------------------------------ logs
     async def append_logs(self, lines: Sequence[LogLineRecord]) -> int:
         if not lines:
             return 0
@@ -590,8 +610,42 @@ class DocumentStore(ABC):
         (job_id,) = job_ids
         # One writer at a time, so a reader polling with after_seq never sees seq n+1 before n.
         async with self._append_lock:
-            docs = [self._doc(line) for line in lines]
-            return await self._insert_numbered(K.LOGS, f"logs:{job_id}", "seq", docs)
+            # ``g`` orders lines over the whole store (the total cap drops the oldest first)
+            last_g = await self._count_up(_LOG_ORDER, len(lines))
+            first_g = last_g - len(lines) + 1
+            docs = [self._doc(line) | {"g": first_g + i} for i, line in enumerate(lines)]
+            last = await self._insert_numbered(K.LOGS, f"logs:{job_id}", "seq", docs)
+            stored = await self._count_up(_LOG_STORED, len(lines))
+            keep = self.log_retention
+            if keep.per_job and last > keep.per_job:
+                cut = And((Eq("job_id", job_id), Lte("seq", last - keep.per_job)))
+                stored -= await self._drop_logs(cut, None)
+            if keep.total and stored > keep.total:
+                await self._drop_logs(None, stored - keep.total)
+            return last
+
+    async def _drop_logs(self, cond: Cond | None, most: int | None) -> int:
+        """Delete the lines matching ``cond``, oldest first, at most ``most``; count them per
+        job and in the store's line count.  Two steps per chunk: a crash in between leaves that
+        chunk out of the counts (the job's dropped count a little low, the store's line count a
+        little high, so the total cap then keeps a few lines fewer)."""
+        done = 0
+        while most is None or done < most:
+            want = _DROP_CHUNK if most is None else min(_DROP_CHUNK, most - done)
+            rows = await self._find(K.LOGS, cond, ("g",), want)
+            if not rows:
+                break
+            per_job: dict[str, int] = defaultdict(int)
+            for _, doc in rows:
+                per_job[doc["job_id"]] += 1
+            await self._delete(K.LOGS, In("id", tuple(key for key, _ in rows)))
+            for job_id, n in per_job.items():
+                await self._count_up(f"{_LOG_DROPPED}{job_id}", n)
+            await self._count_up(_LOG_STORED, -len(rows))
+            done += len(rows)
+            if len(rows) < want:
+                break
+        return done
 
     async def read_logs(
         self,
@@ -600,15 +654,32 @@ class DocumentStore(ABC):
         task_id: str | None = None,
         after_seq: int = 0,
         limit: int = DEFAULT_LOG_LIMIT,
+        source: str | None = None,
+        node_id: str | None = None,
+        levels: Sequence[str] | None = None,
     ) -> list[LogLineRecord]:
         cond = all_of(
             Eq("job_id", job_id),
             Gt("seq", after_seq),
             Eq("task_id", task_id) if task_id is not None else None,
+            _source_is(source) if source is not None else None,
+            Eq("node_id", node_id) if node_id is not None else None,
+            In("level", tuple(levels)) if levels is not None else None,
         )
         rows = await self._find(K.LOGS, cond, ("seq",), max(1, limit))
         return [self._decode(K.LOGS, LogLineRecord, doc) for _, doc in rows]
 
+    async def log_dropped(self, job_id: str) -> int:
+        return await self._count_up(f"{_LOG_DROPPED}{job_id}", 0)
+
+    async def last_log_mark(self, job_id: str, task_id: str, stream: str) -> int:
+        cond = And(
+            (Eq("job_id", job_id), Eq("task_id", task_id), Eq("stream", stream), Gt("mark", 0))
+        )
+        rows = await self._find(K.LOGS, cond, ("-seq",), 1)
+        return int(rows[0][1]["mark"]) if rows else 0
+
+    # ------------------------------------------------------------------ metrics
     async def append_metrics(self, metrics: Sequence[MetricRecord]) -> None:
         by_job: dict[str, list[MetricRecord]] = defaultdict(list)
         for metric in metrics:

@@ -7,7 +7,7 @@ from typing import Any
 
 import structlog
 
-from flame_controller.store.base import Store
+from flame_controller.store.base import LogRetention, Store
 from flame_controller.store.blobs import BlobStore, FileBlobStore, MemoryBlobStore
 from flame_service.errors import InvalidArgument
 
@@ -17,7 +17,20 @@ MEMORY_URI = "sqlite://:memory:"
 DEFAULT_MONGO_DATABASE = "flame"
 
 
-async def open_store(uri: str, blob_dir: str | None = None, *, client: Any = None) -> Store:
+async def open_store(
+    uri: str,
+    blob_dir: str | None = None,
+    *,
+    client: Any = None,
+    log_retention: LogRetention | None = None,
+) -> Store:
+    store = await _open(uri, blob_dir, client=client)
+    if log_retention is not None:
+        store.log_retention = log_retention
+    return store
+
+
+async def _open(uri: str, blob_dir: str | None = None, *, client: Any = None) -> Store:
     """Open the store at ``uri``.
 
     * ``sqlite:///abs/path.db`` — SQLite file; blobs in ``blob_dir`` (default

@@ -106,9 +106,10 @@ TASKS = Kind(
 LOGS = Kind(
     "logs",
     LogLineRecord,
-    ("job_id", "task_id", "seq"),
+    ("job_id", "task_id", "seq", "source", "node_id", "level", "g", "mark", "stream"),
     key=lambda doc: log_key(doc["job_id"], doc["seq"]),
-    indexes=(("job_id", "seq"),),
+    indexes=(("job_id", "seq"), ("g",)),
+    hidden=("g",),  # the store-wide append order, for the total retention cap
 )
 METRICS = Kind(
     "metrics",

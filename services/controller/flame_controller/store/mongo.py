@@ -199,6 +199,15 @@ class MongoStore(DocumentStore):
         result = await self._db[kind.name].delete_many(_filter(cond))
         return int(result.deleted_count)
 
+    async def _count_up(self, counter: str, n: int) -> int:
+        if n == 0:
+            raw = await self._db["counters"].find_one({"_id": counter})
+            return int(raw["n"]) if raw else 0
+        raw = await self._db["counters"].find_one_and_update(
+            {"_id": counter}, {"$inc": {"n": n}}, upsert=True, return_document=ReturnDocument.AFTER
+        )
+        return int(raw["n"])
+
     async def _insert_numbered(self, kind: Kind, counter: str, field: str, docs: list[Doc]) -> int:
         # Two single-document-atomic steps: a crash in between leaves a gap in the numbers,
         # never a duplicate or a step backwards.

@@ -33,7 +33,12 @@ TokenKind = Literal["api", "enrolment", "node", "task"]
 TokenPermission = Literal["read", "write"]
 ALL_PERMISSIONS: tuple[TokenPermission, ...] = ("read", "write")
 TokenScope = Literal["admin", "user", "node"]
-LogStream = Literal["stdout", "stderr", "agent"]
+LogStream = Literal["stdout", "stderr", "agent", "service"]
+# Where a log line comes from: a task's own output, or a service's events about the job
+LogSource = Literal["task", "controller", "notifier", "apiserver"]
+LOG_SOURCES: tuple[LogSource, ...] = ("task", "controller", "notifier", "apiserver")
+# structlog's levels, lowest first; task output carries no level ("")
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
 
 JOB_TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "terminated"})
 TASK_TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "terminated"})
@@ -236,7 +241,10 @@ JobRecord.model_rebuild()  # ``replan`` refers to TaskRecord, defined after it
 
 
 class LogLineRecord(Record):
-    """One log line; ``seq`` is assigned by the store on append (strictly increasing per job)."""
+    """One log line; ``seq`` is assigned by the store on append (strictly increasing per job).
+
+    A task's output has ``source="task"``; a service's event about the job has the service as
+    its source, ``stream="service"``, its level and the task and node it names (or "")."""
 
     job_id: str
     task_id: str
@@ -244,6 +252,10 @@ class LogLineRecord(Record):
     line: str
     at: UtcDatetime = Field(default_factory=utcnow)
     seq: int = 0
+    source: LogSource = "task"
+    node_id: str = ""
+    level: str = ""
+    mark: int = 0  # the shipper's position of a task line (see Store.last_log_mark)
 
 
 class MetricRecord(Record):

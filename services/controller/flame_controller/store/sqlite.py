@@ -109,6 +109,19 @@ def _duplicate(kind: Kind, exc: sqlite3.IntegrityError) -> AlreadyExists:
     return AlreadyExists(f"{kind.name}: a record with this {fields} already exists")
 
 
+async def _add_missing_columns(conn: aiosqlite.Connection, kind: Kind) -> None:
+    """A store written before a kind gained a filterable field gets its column (virtual
+    generated columns can be added in place; older Flames ignore them)."""
+    async with conn.execute(f"PRAGMA table_xinfo({kind.name})") as cursor:
+        have = {row[1] for row in await cursor.fetchall()}
+    for c in kind.columns:
+        if c not in have:
+            await conn.execute(
+                f"ALTER TABLE {kind.name} ADD COLUMN "
+                f"\"{c}\" GENERATED ALWAYS AS (json_extract(doc, '$.{c}')) VIRTUAL"
+            )
+
+
 async def _connect(path: str) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
@@ -175,6 +188,7 @@ class SqliteStore(DocumentStore):
                     f"CREATE TABLE IF NOT EXISTS {kind.name} "
                     f"({KEY} TEXT PRIMARY KEY, doc TEXT NOT NULL{columns})"
                 )
+                await _add_missing_columns(conn, kind)
                 for unique, groups in ((True, kind.unique), (False, kind.indexes)):
                     for group in groups:
                         name = f"{kind.name}_{'_'.join(group)}"
@@ -365,3 +379,19 @@ class SqliteStore(DocumentStore):
             return last
 
         return await self._tx(insert)
+
+    async def _count_up(self, counter: str, n: int) -> int:
+        async def bump(conn: aiosqlite.Connection) -> int:
+            async with conn.execute(
+                "INSERT INTO counters (name, n) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET n = n + excluded.n RETURNING n",
+                (counter, n),
+            ) as cursor:
+                row = await cursor.fetchone()
+            assert row is not None
+            return int(row[0])
+
+        if n == 0:
+            rows = await self._read("SELECT n FROM counters WHERE name = ?", (counter,))
+            return int(rows[0][0]) if rows else 0
+        return await self._tx(bump)

@@ -1,5 +1,5 @@
-// A job's logs: history page by page, then follow (pushed by the event stream); filter by task
-// and by stream (stdout, stderr, agent).
+// A job's logs: history page by page, then follow (pushed by the event stream); filter by task,
+// by source (the tasks' output or a service's events about the job) and by stream.
 import { ApiError, get, stream } from "./api.js";
 import { h, notFound } from "./dom.js";
 
@@ -22,23 +22,33 @@ export async function logsPage(main, [id], signal) {
     tasks.map((t) => h("option", { value: t.id }, `${t.role} #${t.index}`)));
   const streamSelect = h("select", { id: "log-stream" }, ["", "stdout", "stderr", "agent"]
     .map((v) => h("option", { value: v }, v || "All streams")));
+  const sourceSelect = h("select", { id: "log-source" }, ["", "task", "controller", "notifier", "apiserver"]
+    .map((v) => h("option", { value: v }, v ? (v === "task" ? "Tasks" : v) : "All sources")));
   const follow = h("input", { id: "log-follow", type: "checkbox", checked: true });
   const pre = h("pre", { class: "logs", id: "log-lines", tabindex: "0", "aria-label": "Log lines" });
   const count = h("span", { class: "muted", id: "log-count", role: "status" });
-  let lastSeq = 0, shown = 0, following = null;
+  let lastSeq = 0, shown = 0, dropped = 0, following = null;
 
+  const label = (line) => {
+    const task = line.task_id ? names[line.task_id] || line.task_id : "";
+    if ((line.source || "task") === "task") return `[${task}] `;
+    return `[${line.source}${task ? ` ${task}` : ""}] ${line.level} `;
+  };
   const append = (lines) => {
-    const wanted = streamSelect.value;
+    const wanted = streamSelect.value, from = sourceSelect.value;
     const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
     for (const line of lines) {
       lastSeq = Math.max(lastSeq, line.seq);
       if (wanted && line.stream !== wanted) continue;
-      pre.append(h("span", { class: line.stream, dataset: { seq: line.seq, task: line.task_id } },
-        h("span", { class: "task-id" }, `[${names[line.task_id] || line.task_id}] `), line.line, "\n"));
+      if (from && (line.source || "task") !== from) continue;
+      pre.append(h("span", { class: line.stream,
+        dataset: { seq: line.seq, task: line.task_id, source: line.source || "task" } },
+      h("span", { class: "task-id" }, label(line)), line.line, "\n"));
       shown++;
     }
     while (pre.childElementCount > MAX_LINES) pre.firstElementChild.remove();
-    count.textContent = `${shown} line${shown === 1 ? "" : "s"}`;
+    count.textContent = `${shown} line${shown === 1 ? "" : "s"}`
+      + (dropped ? ` · ${dropped} older line${dropped === 1 ? "" : "s"} dropped by retention` : "");
     if (atBottom || follow.checked) pre.scrollTop = pre.scrollHeight;
   };
   const stopFollowing = () => { following?.abort(); following = null; };
@@ -60,6 +70,7 @@ export async function logsPage(main, [id], signal) {
       const q = new URLSearchParams({ after_seq: String(lastSeq), task_id: taskSelect.value, limit: "1000" });
       const page = await get(`/v1/jobs/${encodeURIComponent(id)}/logs?${q}`);
       if (signal.aborted) return;
+      dropped = page.dropped || 0;
       append(page.lines);
       if (page.lines.length < 1000) break;
     }
@@ -67,12 +78,14 @@ export async function logsPage(main, [id], signal) {
   };
   taskSelect.addEventListener("change", load);
   streamSelect.addEventListener("change", load);
+  sourceSelect.addEventListener("change", load);
   follow.addEventListener("change", () => (follow.checked ? startFollowing() : stopFollowing()));
   signal.addEventListener("abort", stopFollowing);
   main.replaceChildren(
     h("h1", {}, "Logs of ", h("a", { href: `#/jobs/${encodeURIComponent(id)}` }, job.name)),
     h("div", { class: "row" },
       h("div", {}, h("label", { for: "log-task" }, "Task"), taskSelect),
+      h("div", {}, h("label", { for: "log-source" }, "Source"), sourceSelect),
       h("div", {}, h("label", { for: "log-stream" }, "Stream"), streamSelect),
       h("div", {}, h("label", { for: "log-follow" }, "Follow"), follow),
       count),
