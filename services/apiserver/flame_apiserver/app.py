@@ -19,6 +19,7 @@ from flame_apiserver.routers import (
     events,
     health,
     identity,
+    invitations,
     jobs,
     nodes,
     projects,
@@ -54,7 +55,19 @@ def create_app(settings: ApiserverSettings | None = None) -> FastAPI:
     )
     install_handlers(app)
     route_methods = []
-    for module in (health, identity, projects, nodes, datasets, designs, jobs, events, agent):
+    routers = (
+        health,
+        identity,
+        projects,
+        invitations,
+        nodes,
+        datasets,
+        designs,
+        jobs,
+        events,
+        agent,
+    )
+    for module in routers:
         app.include_router(module.router)
         for route in module.router.routes:
             if isinstance(route, APIRoute):

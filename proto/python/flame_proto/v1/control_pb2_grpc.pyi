@@ -123,6 +123,12 @@ class ControlPlaneStub:
     """grpc data-plane peer discovery: tasks of one job find each other's endpoints"""
     ListEndpoints: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.ListEndpointsResponse]
     """id = job id"""
+    CreateInvitation: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateInvitationRequest, _control_pb2.InvitationSecret]
+    """project invitations: one-time links to join a project (owner or admin makes and revokes)"""
+    ListInvitations: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListInvitationsRequest, _control_pb2.ListInvitationsResponse]
+    RevokeInvitation: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.Invitation]
+    AcceptInvitation: _grpc.UnaryUnaryMultiCallable[_control_pb2.AcceptInvitationRequest, _control_pb2.InvitationAccepted]
+    """works without a caller: a person with no account gets one (never admin) and its token"""
 
 @_typing.type_check_only
 class ControlPlaneAsyncStub(ControlPlaneStub):
@@ -218,6 +224,12 @@ class ControlPlaneAsyncStub(ControlPlaneStub):
     """grpc data-plane peer discovery: tasks of one job find each other's endpoints"""
     ListEndpoints: _aio.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.ListEndpointsResponse]  # type: ignore[assignment]
     """id = job id"""
+    CreateInvitation: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateInvitationRequest, _control_pb2.InvitationSecret]  # type: ignore[assignment]
+    """project invitations: one-time links to join a project (owner or admin makes and revokes)"""
+    ListInvitations: _aio.UnaryUnaryMultiCallable[_control_pb2.ListInvitationsRequest, _control_pb2.ListInvitationsResponse]  # type: ignore[assignment]
+    RevokeInvitation: _aio.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.Invitation]  # type: ignore[assignment]
+    AcceptInvitation: _aio.UnaryUnaryMultiCallable[_control_pb2.AcceptInvitationRequest, _control_pb2.InvitationAccepted]  # type: ignore[assignment]
+    """works without a caller: a person with no account gets one (never admin) and its token"""
 
 class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
     """The controller's API. Internal: only the apiserver and the notifier call it.
@@ -658,5 +670,35 @@ class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.ListEndpointsResponse, _abc.Awaitable[_control_pb2.ListEndpointsResponse]]:
         """id = job id"""
+
+    @_abc_1.abstractmethod
+    def CreateInvitation(
+        self,
+        request: _control_pb2.CreateInvitationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.InvitationSecret, _abc.Awaitable[_control_pb2.InvitationSecret]]:
+        """project invitations: one-time links to join a project (owner or admin makes and revokes)"""
+
+    @_abc_1.abstractmethod
+    def ListInvitations(
+        self,
+        request: _control_pb2.ListInvitationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListInvitationsResponse, _abc.Awaitable[_control_pb2.ListInvitationsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeInvitation(
+        self,
+        request: _control_pb2.GetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.Invitation, _abc.Awaitable[_control_pb2.Invitation]]: ...
+
+    @_abc_1.abstractmethod
+    def AcceptInvitation(
+        self,
+        request: _control_pb2.AcceptInvitationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.InvitationAccepted, _abc.Awaitable[_control_pb2.InvitationAccepted]]:
+        """works without a caller: a person with no account gets one (never admin) and its token"""
 
 def add_ControlPlaneServicer_to_server(servicer: ControlPlaneServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
