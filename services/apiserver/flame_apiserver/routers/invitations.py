@@ -75,7 +75,11 @@ async def revoke_invitation(id: Id, caller: UserCaller, ctl: Ctl) -> Invitation:
     return Invitation.from_pb(resp)
 
 
-@router.post("/invitations/accept", response_model=InvitationAccepted)
+@router.post(
+    "/invitations/accept",
+    response_model=InvitationAccepted,
+    openapi_extra={"security": [{}, {"HTTPBearer": []}]},  # the bearer token is optional
+)
 async def accept_invitation(
     body: AcceptInvitation,
     ctl: Ctl,
