@@ -22,6 +22,9 @@ from flame.cli.resources import (
     CodeVersion,
     Dataset,
     Design,
+    Invitation,
+    InvitationAccepted,
+    InvitationSecret,
     Job,
     Logs,
     Metrics,
@@ -217,6 +220,22 @@ class FlameClient:
 
     def remove_member(self, project_id: str, user_id: str) -> Project:
         return self._send(Project, "DELETE", f"/v1/projects/{project_id}/members/{user_id}")
+
+    def create_invitation(
+        self, project_id: str, ttl_seconds: int = 0, note: str = ""
+    ) -> InvitationSecret:
+        body = {"ttl_seconds": ttl_seconds, "note": note}
+        return self._create(InvitationSecret, f"/v1/projects/{project_id}/invitations", body)
+
+    def list_invitations(self, project_id: str) -> list[Invitation]:
+        return list(self._pages(Invitation, f"/v1/projects/{project_id}/invitations"))
+
+    def revoke_invitation(self, invitation_id: str) -> Invitation:
+        return self._send(Invitation, "DELETE", f"/v1/invitations/{invitation_id}")
+
+    def accept_invitation(self, secret: str, name: str = "", email: str = "") -> InvitationAccepted:
+        body = {"secret": secret, "name": name, "email": email}
+        return self._send(InvitationAccepted, "POST", "/v1/invitations/accept", body)
 
     # ---- nodes
     def create_node(

@@ -69,3 +69,47 @@ def remove_member(project_id: str, user_id: str, output: OutputOpt = Format.tabl
     """Remove a user from a project."""
     with session() as client:
         render(client.remove_member(project_id, user_id), output)
+
+
+INVITATION_COLUMNS = ("id", "note", "expires_at", "used_by", "revoked")
+
+
+@app.command("invite")
+def invite(
+    project_id: str,
+    ttl: Annotated[
+        int, typer.Option(help="seconds the link works (0 = 24 hours; at most 7 days)")
+    ] = 0,
+    note: Annotated[str, typer.Option(help="whom it is for (shown in `invitations`)")] = "",
+) -> None:
+    """Make a one-time link that lets one person join the project (shown once)."""
+    with session() as client:
+        issued = client.create_invitation(project_id, ttl, note)
+        url = client.base_url + issued.link
+    typer.echo(
+        f"invitation {issued.invitation.id}, works once until {issued.invitation.expires_at}"
+    )
+    typer.echo(url)
+
+
+@app.command("invitations")
+def invitations(project_id: str, output: OutputOpt = Format.table) -> None:
+    """List a project's invitations (never their links)."""
+    with session() as client:
+        render(client.list_invitations(project_id), output, INVITATION_COLUMNS)
+
+
+@app.command("revoke-invitation")
+def revoke_invitation(invitation_id: str, output: OutputOpt = Format.table) -> None:
+    """Make an unused invitation link stop working."""
+    with session() as client:
+        render(client.revoke_invitation(invitation_id), output)
+
+
+@app.command("join")
+def join(link: Annotated[str, typer.Argument(help="the invitation link or its secret")]) -> None:
+    """Join a project with an invitation link, as the signed-in user."""
+    secret = link.rsplit("/", 1)[-1]
+    with session() as client:
+        joined = client.accept_invitation(secret)
+    typer.echo(f"joined project {joined.project.name} ({joined.project.id}) as {joined.user.name}")

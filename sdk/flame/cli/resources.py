@@ -72,6 +72,30 @@ class Project(Resource):
     created_at: datetime | None = None
 
 
+class Invitation(Resource):
+    id: str
+    project_id: str
+    owner: str = ""
+    note: str = ""
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    revoked: bool = False
+    used_by: str = ""
+    used_at: datetime | None = None
+
+
+class InvitationSecret(Resource):
+    invitation: Invitation
+    secret: str
+    link: str  # a dashboard path; the apiserver's URL goes in front
+
+
+class InvitationAccepted(Resource):
+    project: Project
+    user: User
+    token: TokenSecret | None = None
+
+
 class Node(Resource):
     id: str
     name: str

@@ -22,6 +22,7 @@ from flame_apiserver.routers import (
     events,
     health,
     identity,
+    invitations,
     jobs,
     nodes,
     projects,
@@ -73,7 +74,19 @@ def create_app(
     )
     install_handlers(app)
     route_methods = []
-    for module in (health, identity, projects, nodes, datasets, designs, jobs, events, agent):
+    routers = (
+        health,
+        identity,
+        projects,
+        invitations,
+        nodes,
+        datasets,
+        designs,
+        jobs,
+        events,
+        agent,
+    )
+    for module in routers:
         app.include_router(module.router)
         for route in module.router.routes:
             if isinstance(route, APIRoute):

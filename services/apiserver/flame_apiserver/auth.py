@@ -13,7 +13,7 @@ from flame_apiserver.throttle import AuthThrottle
 from flame_proto.v1 import common_pb2, control_pb2
 from flame_service.auth import Caller, Scope
 
-_bearer = HTTPBearer(auto_error=False, description="API token, node credential or task token")
+bearer_scheme = HTTPBearer(auto_error=False, description="API token, node credential or task token")
 _SCOPES: dict[int, Scope] = {
     common_pb2.SCOPE_ADMIN: "admin",
     common_pb2.SCOPE_USER: "user",
@@ -42,7 +42,7 @@ def client_address(request: Request) -> str:
 async def authenticate(
     request: Request,
     ctl: Ctl,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> Caller:
     if credentials is None or not credentials.credentials:
         raise ApiProblem(401, "unauthenticated", "missing bearer token", _CHALLENGE)

@@ -629,3 +629,62 @@ class Endpoint(BaseModel):
     @classmethod
     def from_pb(cls, m: control_pb2.Endpoint) -> Endpoint:
         return cls(task_id=m.task_id, role=m.role, endpoint=m.endpoint)
+
+
+# ---- project invitations
+InvitationTtl = Annotated[int, Field(ge=0, le=7 * 24 * 3600), BeforeValidator(_integral)]
+
+
+class Invitation(BaseModel):
+    id: str
+    project_id: str
+    owner: str
+    note: str
+    created_at: datetime | None
+    expires_at: datetime | None
+    revoked: bool
+    used_by: str
+    used_at: datetime | None
+
+    @classmethod
+    def from_pb(cls, m: control_pb2.Invitation) -> Invitation:
+        return cls(
+            id=m.id,
+            project_id=m.project_id,
+            owner=m.owner,
+            note=m.note,
+            created_at=_ts(m, "created_at"),
+            expires_at=_ts(m, "expires_at"),
+            revoked=m.revoked,
+            used_by=m.used_by,
+            used_at=_ts(m, "used_at"),
+        )
+
+
+class CreateInvitation(Request):
+    ttl_seconds: InvitationTtl = Field(default=0, description="0 = 24 hours; at most 7 days")
+    note: Annotated[str, Field(max_length=200)] = ""
+
+
+class InvitationSecret(BaseModel):
+    """The secret is shown once: send ``link`` (a dashboard path) to the person invited."""
+
+    invitation: Invitation
+    secret: str
+    link: str
+
+
+class AcceptInvitation(Request):
+    secret: Annotated[str, Field(min_length=1, max_length=256)]
+    name: Annotated[str, Field(max_length=64)] = Field(
+        default="", description="the new account's name; ignored when signed in"
+    )
+    email: Email = ""
+
+
+class InvitationAccepted(BaseModel):
+    project: Project
+    user: User
+    token: TokenSecret | None = Field(
+        default=None, description="the new account's API token (only when one was created)"
+    )

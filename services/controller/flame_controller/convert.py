@@ -27,6 +27,7 @@ from .store.records import (
     CodeRecord,
     DatasetRecord,
     DesignRecord,
+    InvitationRecord,
     JobRecord,
     LogLineRecord,
     MetricRecord,
@@ -317,3 +318,17 @@ def endpoints(items: list[EndpointView]) -> control_pb2.ListEndpointsResponse:
 
 def page(next_token: str) -> common_pb2.PageResponse:
     return common_pb2.PageResponse(next_page_token=next_token)
+
+
+def invitation(rec: InvitationRecord) -> control_pb2.Invitation:
+    return control_pb2.Invitation(
+        id=rec.id,
+        project_id=rec.project_id,
+        owner=rec.owner,
+        note=rec.note,
+        created_at=ts(rec.created_at),
+        expires_at=ts(rec.expires_at),
+        revoked=rec.revoked,
+        used_by=rec.used_by,
+        used_at=ts(rec.used_at),
+    )

@@ -34,6 +34,7 @@ from .domain import (
     code,
     datasets,
     designs,
+    invitations,
     jobs,
     nodes,
     projects,
@@ -80,11 +81,21 @@ QUERIES = frozenset(
         "GetLogs",
         "GetMetrics",
         "ListEndpoints",
+        "ListInvitations",
     }
 )
 # High-volume reports from tasks: state, but not worth an audit entry each.
 TELEMETRY = frozenset({"AppendLogs", "ReportMetrics", "AppendServiceLogs"})
-_TARGET_FIELDS = ("id", "job_id", "design_id", "task_id", "node_id", "user_id", "name")
+_TARGET_FIELDS = (
+    "id",
+    "job_id",
+    "design_id",
+    "task_id",
+    "node_id",
+    "user_id",
+    "name",
+    "project_id",
+)
 
 
 def _target(request: Any) -> str:
@@ -800,3 +811,60 @@ class ControlPlaneServicer(control_pb2_grpc.ControlPlaneServicer):
         lines = [convert.shipped_line(x) for x in request.lines]
         await service_logs.append_service_logs(self.ctx, request.source, lines)
         return EMPTY
+
+    # ---- project invitations ---------------------------------------------------------------
+    @rpc
+    @idempotent(control_pb2.InvitationSecret.FromString)
+    async def CreateInvitation(
+        self, request: control_pb2.CreateInvitationRequest, context: Context
+    ) -> control_pb2.InvitationSecret:
+        issued = await invitations.create_invitation(
+            self.ctx,
+            caller_of(context),
+            request.project_id,
+            ttl_seconds=request.ttl_seconds,
+            note=request.note,
+        )
+        return control_pb2.InvitationSecret(
+            invitation=convert.invitation(issued.record), secret=issued.secret
+        )
+
+    @rpc
+    async def ListInvitations(
+        self, request: control_pb2.ListInvitationsRequest, context: Context
+    ) -> control_pb2.ListInvitationsResponse:
+        got = await invitations.list_invitations(
+            self.ctx,
+            caller_of(context),
+            request.project_id,
+            limit=request.page.limit,
+            after=request.page.page_token,
+        )
+        return control_pb2.ListInvitationsResponse(
+            items=[convert.invitation(i) for i in got.items],
+            page=convert.page(got.next_page_token),
+        )
+
+    @rpc
+    async def RevokeInvitation(
+        self, request: control_pb2.GetRequest, context: Context
+    ) -> control_pb2.Invitation:
+        rec = await invitations.revoke_invitation(self.ctx, caller_of(context), request.id)
+        return convert.invitation(rec)
+
+    @rpc
+    async def AcceptInvitation(
+        self, request: control_pb2.AcceptInvitationRequest, context: Context
+    ) -> control_pb2.InvitationAccepted:
+        joined = await invitations.accept_invitation(
+            self.ctx,
+            Caller.from_metadata(metadata_of(context)),
+            request.secret,
+            name=request.name,
+            email=request.email,
+        )
+        return control_pb2.InvitationAccepted(
+            project=convert.project(joined.project),
+            user=convert.user(joined.user),
+            token=convert.token(joined.token) if joined.token is not None else None,
+        )

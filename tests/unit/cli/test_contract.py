@@ -24,6 +24,9 @@ PAIRS = [
     (api.Logs, cli.Logs),
     (api.Metric, cli.Metric),
     (api.Metrics, cli.Metrics),
+    (api.Invitation, cli.Invitation),
+    (api.InvitationSecret, cli.InvitationSecret),
+    (api.InvitationAccepted, cli.InvitationAccepted),
 ]
 
 

@@ -339,6 +339,26 @@ class ControlPlaneStub:
                 request_serializer=flame_dot_v1_dot_control__pb2.AppendServiceLogsRequest.SerializeToString,
                 response_deserializer=flame_dot_v1_dot_control__pb2.Empty.FromString,
                 _registered_method=True)
+        self.CreateInvitation = channel.unary_unary(
+                '/flame.v1.ControlPlane/CreateInvitation',
+                request_serializer=flame_dot_v1_dot_control__pb2.CreateInvitationRequest.SerializeToString,
+                response_deserializer=flame_dot_v1_dot_control__pb2.InvitationSecret.FromString,
+                _registered_method=True)
+        self.ListInvitations = channel.unary_unary(
+                '/flame.v1.ControlPlane/ListInvitations',
+                request_serializer=flame_dot_v1_dot_control__pb2.ListInvitationsRequest.SerializeToString,
+                response_deserializer=flame_dot_v1_dot_control__pb2.ListInvitationsResponse.FromString,
+                _registered_method=True)
+        self.RevokeInvitation = channel.unary_unary(
+                '/flame.v1.ControlPlane/RevokeInvitation',
+                request_serializer=flame_dot_v1_dot_control__pb2.GetRequest.SerializeToString,
+                response_deserializer=flame_dot_v1_dot_control__pb2.Invitation.FromString,
+                _registered_method=True)
+        self.AcceptInvitation = channel.unary_unary(
+                '/flame.v1.ControlPlane/AcceptInvitation',
+                request_serializer=flame_dot_v1_dot_control__pb2.AcceptInvitationRequest.SerializeToString,
+                response_deserializer=flame_dot_v1_dot_control__pb2.InvitationAccepted.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -729,6 +749,32 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateInvitation(self, request, context):
+        """project invitations: one-time links to join a project (owner or admin makes and revokes)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInvitations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeInvitation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcceptInvitation(self, request, context):
+        """works without a caller: a person with no account gets one (never admin) and its token
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1026,6 +1072,26 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.AppendServiceLogs,
                     request_deserializer=flame_dot_v1_dot_control__pb2.AppendServiceLogsRequest.FromString,
                     response_serializer=flame_dot_v1_dot_control__pb2.Empty.SerializeToString,
+            ),
+            'CreateInvitation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateInvitation,
+                    request_deserializer=flame_dot_v1_dot_control__pb2.CreateInvitationRequest.FromString,
+                    response_serializer=flame_dot_v1_dot_control__pb2.InvitationSecret.SerializeToString,
+            ),
+            'ListInvitations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInvitations,
+                    request_deserializer=flame_dot_v1_dot_control__pb2.ListInvitationsRequest.FromString,
+                    response_serializer=flame_dot_v1_dot_control__pb2.ListInvitationsResponse.SerializeToString,
+            ),
+            'RevokeInvitation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeInvitation,
+                    request_deserializer=flame_dot_v1_dot_control__pb2.GetRequest.FromString,
+                    response_serializer=flame_dot_v1_dot_control__pb2.Invitation.SerializeToString,
+            ),
+            'AcceptInvitation': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcceptInvitation,
+                    request_deserializer=flame_dot_v1_dot_control__pb2.AcceptInvitationRequest.FromString,
+                    response_serializer=flame_dot_v1_dot_control__pb2.InvitationAccepted.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2630,6 +2696,114 @@ class ControlPlane:
             '/flame.v1.ControlPlane/AppendServiceLogs',
             flame_dot_v1_dot_control__pb2.AppendServiceLogsRequest.SerializeToString,
             flame_dot_v1_dot_control__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateInvitation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flame.v1.ControlPlane/CreateInvitation',
+            flame_dot_v1_dot_control__pb2.CreateInvitationRequest.SerializeToString,
+            flame_dot_v1_dot_control__pb2.InvitationSecret.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInvitations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flame.v1.ControlPlane/ListInvitations',
+            flame_dot_v1_dot_control__pb2.ListInvitationsRequest.SerializeToString,
+            flame_dot_v1_dot_control__pb2.ListInvitationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeInvitation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flame.v1.ControlPlane/RevokeInvitation',
+            flame_dot_v1_dot_control__pb2.GetRequest.SerializeToString,
+            flame_dot_v1_dot_control__pb2.Invitation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcceptInvitation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flame.v1.ControlPlane/AcceptInvitation',
+            flame_dot_v1_dot_control__pb2.AcceptInvitationRequest.SerializeToString,
+            flame_dot_v1_dot_control__pb2.InvitationAccepted.FromString,
             options,
             channel_credentials,
             insecure,

@@ -125,6 +125,12 @@ class ControlPlaneStub:
     """id = job id"""
     AppendServiceLogs: _grpc.UnaryUnaryMultiCallable[_control_pb2.AppendServiceLogsRequest, _control_pb2.Empty]
     """distributed logs: the apiserver's and the notifier's events about a job, batched"""
+    CreateInvitation: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateInvitationRequest, _control_pb2.InvitationSecret]
+    """project invitations: one-time links to join a project (owner or admin makes and revokes)"""
+    ListInvitations: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListInvitationsRequest, _control_pb2.ListInvitationsResponse]
+    RevokeInvitation: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.Invitation]
+    AcceptInvitation: _grpc.UnaryUnaryMultiCallable[_control_pb2.AcceptInvitationRequest, _control_pb2.InvitationAccepted]
+    """works without a caller: a person with no account gets one (never admin) and its token"""
 
 @_typing.type_check_only
 class ControlPlaneAsyncStub(ControlPlaneStub):
@@ -222,6 +228,12 @@ class ControlPlaneAsyncStub(ControlPlaneStub):
     """id = job id"""
     AppendServiceLogs: _aio.UnaryUnaryMultiCallable[_control_pb2.AppendServiceLogsRequest, _control_pb2.Empty]  # type: ignore[assignment]
     """distributed logs: the apiserver's and the notifier's events about a job, batched"""
+    CreateInvitation: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateInvitationRequest, _control_pb2.InvitationSecret]  # type: ignore[assignment]
+    """project invitations: one-time links to join a project (owner or admin makes and revokes)"""
+    ListInvitations: _aio.UnaryUnaryMultiCallable[_control_pb2.ListInvitationsRequest, _control_pb2.ListInvitationsResponse]  # type: ignore[assignment]
+    RevokeInvitation: _aio.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.Invitation]  # type: ignore[assignment]
+    AcceptInvitation: _aio.UnaryUnaryMultiCallable[_control_pb2.AcceptInvitationRequest, _control_pb2.InvitationAccepted]  # type: ignore[assignment]
+    """works without a caller: a person with no account gets one (never admin) and its token"""
 
 class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
     """The controller's API. Internal: only the apiserver and the notifier call it.
@@ -670,5 +682,35 @@ class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.Empty, _abc.Awaitable[_control_pb2.Empty]]:
         """distributed logs: the apiserver's and the notifier's events about a job, batched"""
+
+    @_abc_1.abstractmethod
+    def CreateInvitation(
+        self,
+        request: _control_pb2.CreateInvitationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.InvitationSecret, _abc.Awaitable[_control_pb2.InvitationSecret]]:
+        """project invitations: one-time links to join a project (owner or admin makes and revokes)"""
+
+    @_abc_1.abstractmethod
+    def ListInvitations(
+        self,
+        request: _control_pb2.ListInvitationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListInvitationsResponse, _abc.Awaitable[_control_pb2.ListInvitationsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeInvitation(
+        self,
+        request: _control_pb2.GetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.Invitation, _abc.Awaitable[_control_pb2.Invitation]]: ...
+
+    @_abc_1.abstractmethod
+    def AcceptInvitation(
+        self,
+        request: _control_pb2.AcceptInvitationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.InvitationAccepted, _abc.Awaitable[_control_pb2.InvitationAccepted]]:
+        """works without a caller: a person with no account gets one (never admin) and its token"""
 
 def add_ControlPlaneServicer_to_server(servicer: ControlPlaneServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

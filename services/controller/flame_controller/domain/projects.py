@@ -82,6 +82,7 @@ async def update_project(
 
 async def delete_project(ctx: Ctx, caller: Caller, project_id: str) -> None:
     await _owned_project(ctx, caller, project_id)
+    await ctx.store.delete_invitations(project_id)
     await ctx.store.delete_project(project_id)
     log.info("project.deleted", project_id=project_id, by=caller.subject)
 

@@ -20,7 +20,7 @@ log = structlog.get_logger(__name__)
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 
-def _check_email(email: str) -> str:
+def check_email(email: str) -> str:
     if email and (len(email) > 254 or not EMAIL_RE.match(email)):
         raise InvalidArgument(f"email {email!r} is not a valid address")
     return email
@@ -31,7 +31,7 @@ async def create_user(
 ) -> UserRecord:
     require_admin(caller)
     user = UserRecord(
-        id=new_id(), name=check_name(name, "user"), email=_check_email(email), admin=admin
+        id=new_id(), name=check_name(name, "user"), email=check_email(email), admin=admin
     )
     created = await ctx.store.create_user(user)
     log.info("user.created", user_id=created.id, name=name, admin=admin, by=caller.subject)
@@ -73,7 +73,7 @@ async def update_user(
     user = await get_user(ctx, caller, user_id)
     changes: dict[str, object] = {}
     if email is not None:
-        changes["email"] = _check_email(email)
+        changes["email"] = check_email(email)
     if admin is not None and admin != user.admin:
         if not caller.is_admin:
             raise PermissionDenied("only an admin may change the admin flag")

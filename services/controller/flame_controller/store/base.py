@@ -37,6 +37,7 @@ from flame_controller.store.records import (
     DatasetRecord,
     DesignRecord,
     IdempotencyRecord,
+    InvitationRecord,
     JobRecord,
     LogLineRecord,
     MetricRecord,
@@ -136,6 +137,24 @@ class Store(Protocol):
         ...
 
     async def delete_project(self, project_id: str) -> None: ...
+
+    # -- invitations -----------------------------------------------------------------------
+    async def create_invitation(self, invitation: InvitationRecord) -> InvitationRecord: ...
+    async def get_invitation(self, invitation_id: str) -> InvitationRecord: ...
+    async def get_invitation_by_hash(self, token_hash: str) -> InvitationRecord: ...
+    async def list_invitations(
+        self, *, project_id: str, limit: int = DEFAULT_PAGE_SIZE, after: str | None = None
+    ) -> Page[InvitationRecord]: ...
+    async def cas_invitation(
+        self, invitation_id: str, expected_version: int, changes: Mapping[str, Any]
+    ) -> InvitationRecord:
+        """Apply ``changes`` only if the invitation is still at ``expected_version``
+        (``Conflict`` otherwise); bumps the version."""
+        ...
+
+    async def delete_invitations(self, project_id: str) -> int:
+        """Delete every invitation of a project; how many."""
+        ...
 
     # -- nodes -----------------------------------------------------------------------------
     async def create_node(self, node: NodeRecord) -> NodeRecord: ...

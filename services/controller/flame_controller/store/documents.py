@@ -49,6 +49,7 @@ from flame_controller.store.records import (
     DatasetRecord,
     DesignRecord,
     IdempotencyRecord,
+    InvitationRecord,
     JobRecord,
     JobState,
     LogLineRecord,
@@ -369,6 +370,40 @@ class DocumentStore(ABC):
 
     async def delete_project(self, project_id: str) -> None:
         await self._remove(K.PROJECTS, project_id, "project")
+
+    # ------------------------------------------------------------------ invitations
+    async def create_invitation(self, invitation: InvitationRecord) -> InvitationRecord:
+        return await self._create(K.INVITATIONS, invitation)
+
+    async def get_invitation(self, invitation_id: str) -> InvitationRecord:
+        return await self._fetch(K.INVITATIONS, InvitationRecord, invitation_id, "invitation")
+
+    async def get_invitation_by_hash(self, token_hash: str) -> InvitationRecord:
+        rows = await self._find(K.INVITATIONS, Eq("token_hash", token_hash), ("id",), 1)
+        if not rows:
+            raise NotFound("invitation not found")
+        return self._decode(K.INVITATIONS, InvitationRecord, rows[0][1])
+
+    async def list_invitations(
+        self, *, project_id: str, limit: int = DEFAULT_PAGE_SIZE, after: str | None = None
+    ) -> Page[InvitationRecord]:
+        cond = Eq("project_id", project_id)
+        return await self._page(K.INVITATIONS, InvitationRecord, cond, limit, after)
+
+    async def cas_invitation(
+        self, invitation_id: str, expected_version: int, changes: Mapping[str, Any]
+    ) -> InvitationRecord:
+        return await self._modify(
+            K.INVITATIONS,
+            InvitationRecord,
+            invitation_id,
+            changes,
+            "invitation",
+            expected_version=expected_version,
+        )
+
+    async def delete_invitations(self, project_id: str) -> int:
+        return await self._delete(K.INVITATIONS, Eq("project_id", project_id))
 
     # ------------------------------------------------------------------ nodes
     async def create_node(self, node: NodeRecord) -> NodeRecord:

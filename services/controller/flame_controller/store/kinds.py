@@ -12,6 +12,7 @@ from flame_controller.store.records import (
     DatasetRecord,
     DesignRecord,
     IdempotencyRecord,
+    InvitationRecord,
     JobRecord,
     LogLineRecord,
     MetricRecord,
@@ -68,6 +69,15 @@ PROJECTS = Kind(
     ("owner", "name", "created_at"),
     unique=(("owner", "name"),),
     indexes=(("created_at",),),
+)
+INVITATIONS = Kind(
+    "invitations",
+    InvitationRecord,
+    ("token_hash", "project_id", "created_at", "version"),
+    unique=(("token_hash",),),
+    indexes=(("project_id",), ("created_at",)),
+    immutable=frozenset({"id", "project_id", "owner", "token_hash", "created_at", "version"}),
+    versioned=True,
 )
 NODES = Kind("nodes", NodeRecord, _OWNED, unique=(("owner", "name"),), indexes=_OWNED_INDEXES)
 DATASETS = Kind(
@@ -148,4 +158,5 @@ ALL_KINDS: tuple[Kind, ...] = (
     METRICS,
     AUDIT,
     IDEMPOTENCY,
+    INVITATIONS,
 )

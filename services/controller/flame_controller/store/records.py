@@ -115,6 +115,26 @@ class ProjectRecord(Record):
     created_at: UtcDatetime = Field(default_factory=utcnow)
 
 
+class InvitationRecord(Record):
+    """A one-time link to join a project, stored by the sha256 of its secret.
+
+    It is usable while ``used_by`` is empty, ``revoked`` is false and ``expires_at`` is in the
+    future; redeeming it sets ``used_by`` with a compare-and-set on ``version``, so a link
+    opened twice at once joins exactly one person."""
+
+    id: str
+    project_id: str
+    owner: str  # who invited (the project's owner or an admin)
+    token_hash: str  # unique
+    note: str = ""  # free text the owner sees in the list (e.g. whom it was for)
+    expires_at: UtcDatetime
+    revoked: bool = False
+    used_by: str = ""  # the user who joined with it
+    used_at: UtcDatetime | None = None
+    created_at: UtcDatetime = Field(default_factory=utcnow)
+    version: int = 0
+
+
 class NodeRecord(Record):
     id: str
     name: str  # unique per owner

@@ -38,8 +38,9 @@ async function failure(resp) {
   return new ApiError(resp.status, code, detail);
 }
 
-export async function api(method, path, body) {
+export async function api(method, path, body, { anonymous = false } = {}) {
   const init = { method, headers: headers() };
+  if (anonymous) delete init.headers.Authorization;
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);

@@ -4,12 +4,16 @@ import { h, notFound } from "./dom.js";
 import { jobsPage } from "./jobs.js";
 import { jobPage } from "./job.js";
 import { logsPage } from "./logs.js";
+import { joinPage } from "./join.js";
 import { nodesPage } from "./nodes.js";
+import { projectPage, projectsPage } from "./projects.js";
 
 const ROUTES = [
   [/^#\/jobs\/([^/]+)\/logs$/, logsPage, "jobs"],
   [/^#\/jobs\/([^/]+)$/, jobPage, "jobs"],
   [/^#\/nodes$/, nodesPage, "nodes"],
+  [/^#\/projects\/([^/]+)$/, projectPage, "projects"],
+  [/^#\/projects$/, projectsPage, "projects"],
   [/^(#\/?|#\/jobs|)$/, jobsPage, "jobs"],
 ];
 
@@ -48,6 +52,8 @@ function signInForm(message) {
 async function route() {
   active?.abort();
   active = new AbortController();
+  const joining = location.hash.match(/^#\/join\/([^/]+)$/);
+  if (joining) return joinPage(main(), [decodeURIComponent(joining[1])], active.signal);
   if (!token()) return signInForm();
   let me;
   try {
