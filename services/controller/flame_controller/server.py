@@ -20,9 +20,11 @@ from flame_service.grpc_server import (
     start_health_server,
     start_server,
 )
+from flame_service.metrics_endpoint import MetricsServer, start_metrics_server
 
 from .bootstrap import bootstrap_admin
 from .domain.context import Ctx
+from .observability import ControllerMetrics
 from .servicer import ControlPlaneServicer
 from .settings import ControllerSettings
 from .store import open_store
@@ -70,6 +72,11 @@ class RunningController:
     health: health.aio.HealthServicer | None = None
     health_server: grpc.aio.Server | None = None  # the plaintext health-only port, if any
     health_port: int | None = None
+    metrics: MetricsServer | None = None  # the /metrics port, if on
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics.port if self.metrics else None
 
     @property
     def address(self) -> str:
@@ -87,6 +94,8 @@ class RunningController:
         await self.server.stop(grace)
         if self.health_server is not None:
             await self.health_server.stop(0)
+        if self.metrics is not None:
+            await self.metrics.stop()
         await self.store.close()
         if self.ctx.tracking_accounts is not None:
             await self.ctx.tracking_accounts.close()
@@ -193,6 +202,14 @@ async def serve(
             except BaseException:
                 await server.stop(0)
                 raise
+        try:
+            observed = ControllerMetrics(store)
+            metrics = await start_metrics_server(settings, observed.registry, observed.refresh)
+        except BaseException:
+            await server.stop(0)
+            if health_server is not None:
+                await health_server.stop(0)
+            raise
     except BaseException:
         await store.close()
         raise
@@ -206,6 +223,7 @@ async def serve(
         health=health_servicer,
         health_server=health_server,
         health_port=health_port,
+        metrics=metrics,
     )
     if gate is not None:
         kicker.listeners.append(gate.kick)
@@ -223,6 +241,7 @@ async def serve(
         "controller.started",
         port=port,
         health_port=health_port,
+        metrics_port=running.metrics_port,
         leader_election=gate is not None,
         store=settings.store_uri.split("?")[0],
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flame_service.metrics_endpoint import MetricsEndpointSettings
 from flame_service.sandbox import SandboxMode
 
 DEFAULT_COMMAND = ["{python}", "-m", "flame.launch", "config.json"]
@@ -18,7 +19,7 @@ def default_home() -> Path:
     return Path(os.environ.get("FLAMELET_HOME") or Path.home() / ".flamelet")
 
 
-class FlameletSettings(BaseSettings):
+class FlameletSettings(BaseSettings, MetricsEndpointSettings):
     model_config = SettingsConfigDict(env_prefix="FLAME_FLAMELET_", extra="ignore")
 
     home: Path = Field(default_factory=default_home)

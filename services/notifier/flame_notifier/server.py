@@ -9,12 +9,14 @@ import structlog
 from grpc_health.v1 import health
 
 from flame_notifier.controller import ControllerClient
+from flame_notifier.observability import notifier_registry
 from flame_notifier.presence import PresenceReporter
 from flame_notifier.queues import EventQueues
 from flame_notifier.servicer import NotifierServicer
 from flame_notifier.settings import NotifierSettings
 from flame_proto.v1 import notifier_pb2_grpc
 from flame_service.grpc_server import start_health_server, start_server
+from flame_service.metrics_endpoint import MetricsServer, start_metrics_server
 
 log = structlog.get_logger(__name__)
 
@@ -28,11 +30,18 @@ class Running:
     _controller: ControllerClient
     health_port: int | None = None  # the plaintext health-only port, if any
     _health_server: grpc.aio.Server | None = None
+    metrics: MetricsServer | None = None  # the /metrics port, if on
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics.port if self.metrics else None
 
     async def stop(self, grace: float = 1.0) -> None:
         await self._server.stop(grace)
         if self._health_server is not None:
             await self._health_server.stop(0)
+        if self.metrics is not None:
+            await self.metrics.stop()
         await self.presence.stop()
         await self._controller.close()
         log.info("notifier.stopped", port=self.port)
@@ -74,11 +83,20 @@ async def serve(settings: NotifierSettings | None = None) -> Running:
             await server.stop(0)
             await controller.close()
             raise
+    try:
+        metrics = await start_metrics_server(settings, notifier_registry(queues))
+    except BaseException:
+        await server.stop(0)
+        if health_server is not None:
+            await health_server.stop(0)
+        await controller.close()
+        raise
     presence.start()
     log.info(
         "notifier.started",
         port=port,
         health_port=health_port,
+        metrics_port=metrics.port if metrics else None,
         controller=settings.controller_address,
     )
     return Running(
@@ -89,4 +107,5 @@ async def serve(settings: NotifierSettings | None = None) -> Running:
         _controller=controller,
         health_port=health_port,
         _health_server=health_server,
+        metrics=metrics,
     )
