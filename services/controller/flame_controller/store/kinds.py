@@ -15,6 +15,7 @@ from flame_controller.store.records import (
     JobRecord,
     LogLineRecord,
     MetricRecord,
+    NodeHealthRecord,
     NodeRecord,
     ProjectRecord,
     Record,
@@ -118,6 +119,14 @@ METRICS = Kind(
     indexes=(("job_id", "n"),),
     hidden=("n",),
 )
+NODE_HEALTH = Kind(
+    "node_health",
+    NodeHealthRecord,
+    ("node_id", "n"),
+    key=lambda doc: log_key(doc["node_id"], doc["n"]),
+    indexes=(("node_id", "n"),),
+    hidden=("n",),
+)
 
 AUDIT = Kind(
     "audit",
@@ -145,6 +154,7 @@ ALL_KINDS: tuple[Kind, ...] = (
     TASKS,
     LOGS,
     METRICS,
+    NODE_HEALTH,
     AUDIT,
     IDEMPOTENCY,
 )
