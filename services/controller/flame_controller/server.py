@@ -175,6 +175,7 @@ async def serve(
                 u for u in (settings.tracking_uri, *settings.tracking_allowed_uris) if u
             ),
             trusted_ca=settings.security().ca,
+            node_health_keep=settings.node_health_keep,
         )
         factories = list(default_workers(settings) if workers is None else workers)
         health_servicer = health.aio.HealthServicer()
