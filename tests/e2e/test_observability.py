@@ -8,6 +8,8 @@ series and their values; flamelets' health samples reach `GET /v1/nodes/{id}/hea
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,6 +126,25 @@ def test_every_service_serves_its_series_after_a_job(cluster: Cluster, job: str)
         assert value(node, "flame_node_network_recv_bytes_total") > 0
         assert value(node, "flame_flamelet_health_reports_total") >= 1
     print("scrape sizes (bytes):", figures)
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "flame.json"
+
+
+def test_the_grafana_dashboard_only_uses_series_the_services_serve(
+    cluster: Cluster, job: str
+) -> None:
+    served: set[str] = set()
+    for service in cluster.state.metrics:
+        served |= set(scrape(cluster, service)[0])
+    exprs = [
+        t["expr"] for panel in json.loads(DASHBOARD.read_text())["panels"] for t in panel["targets"]
+    ]
+    assert len(exprs) >= 15
+    for expr in exprs:
+        names = set(re.findall(r"\bflame_[a-z0-9_]+", expr))
+        assert names, expr
+        assert names <= served, f"{expr}: {sorted(names - served)} not served"
 
 
 def test_scrapes_without_the_token_are_refused(cluster: Cluster) -> None:
