@@ -54,14 +54,20 @@ def _get(cluster: Cluster, url: str, token: str | None) -> httpx.Response:
         return client.get(url, headers=headers)
 
 
+FIGURES: dict[str, tuple[int, int, int]] = {}  # service -> (families, samples, bytes)
+
+
 def scrape(cluster: Cluster, service: str) -> tuple[Samples, int]:
     token = Path(cluster.state.metrics_token_file).read_text().strip()
     resp = _get(cluster, cluster.state.metrics[service], token)
     assert resp.status_code == 200, resp.text
     samples: Samples = {}
-    for family in text_string_to_metric_families(resp.text):
+    families = list(text_string_to_metric_families(resp.text))
+    for family in families:
         for s in family.samples:
             samples.setdefault(s.name, []).append((s.labels, s.value))
+    count = sum(len(v) for v in samples.values())
+    FIGURES[service] = (len(families), count, len(resp.content))
     return samples, len(resp.content)
 
 
@@ -126,6 +132,7 @@ def test_every_service_serves_its_series_after_a_job(cluster: Cluster, job: str)
         assert value(node, "flame_node_network_recv_bytes_total") > 0
         assert value(node, "flame_flamelet_health_reports_total") >= 1
     print("scrape sizes (bytes):", figures)
+    print("families, samples, bytes per service:", FIGURES)
 
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "flame.json"
