@@ -212,6 +212,8 @@ class Agent:
         get through, and the other loops deal with a refused credential)."""
         probe = HealthProbe(self.home)
         interval = self.settings.health_interval
+        # CPU use is measured between two readings: give the first one a second's interval
+        await self._pause(min(1.0, interval or 1.0))
         while not self._stopping.is_set():
             try:
                 self.last_health = await probe.sample()
