@@ -197,6 +197,11 @@ def test_user_a_starts_a_job_and_watches_it_live(
     for name in cluster.datasets:
         expect(page.locator("#nodes")).to_contain_text(name)
     expect(page.locator("#nodes .state-online")).to_have_count(len(cluster.state.nodes))
+    # CPU and memory over time: each node's recent health samples as an inline SVG line
+    sparks = page.locator("#nodes svg.spark")
+    expect(sparks).to_have_count(len(cluster.state.nodes))
+    expect(sparks.first).to_have_attribute("aria-label", re.compile(r"^CPU \d+ %, memory \d+ %"))
+    assert page.locator("#nodes polyline.spark-mem").count() == len(cluster.state.nodes)
     page.screenshot(path=tmp_path / "nodes.png", full_page=True)
     assert serious_violations(page) == []
 

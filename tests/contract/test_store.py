@@ -26,6 +26,7 @@ from flame_controller.store import (
     LogLineRecord,
     LogRetention,
     MetricRecord,
+    NodeHealthRecord,
     NodeRecord,
     ProjectRecord,
     Store,
@@ -826,6 +827,54 @@ async def test_delete_job_removes_its_tasks_logs_and_metrics(store: Store) -> No
     assert len(await store.list_tasks(job_id="j2")) == 1
     assert len(await store.read_logs("j2")) == 1
     assert len(await store.read_metrics("j2")) == 1
+
+
+def health(node_id: str, i: int) -> NodeHealthRecord:
+    return NodeHealthRecord(
+        node_id=node_id,
+        at=at(i),
+        cpu_percent=float(i % 101),
+        cpu_count=4,
+        load1=0.5,
+        memory_used_bytes=i * 1000,
+        memory_total_bytes=10**9,
+        disk_used_bytes=i,
+        disk_total_bytes=10**12,
+        net_sent_bytes=i * 7,
+        net_recv_bytes=i * 9,
+        gpus=[]
+        if i % 2
+        else [
+            {
+                "index": 0,
+                "name": "G",
+                "utilization_percent": 12.5,
+                "memory_used_bytes": 1,
+                "memory_total_bytes": 2,
+            }
+        ],
+    )
+
+
+async def test_node_health_keeps_the_newest_samples_per_node(store: Store) -> None:
+    for i in range(7):
+        await store.append_node_health(health("n1", i), keep=5)
+        await store.append_node_health(health("n2", 100 + i), keep=2)
+    assert await store.read_node_health("n1", 100) == [health("n1", i) for i in range(2, 7)]
+    assert await store.read_node_health("n1", 2) == [health("n1", 5), health("n1", 6)]
+    assert await store.read_node_health("n2", 100) == [health("n2", 105), health("n2", 106)]
+    assert await store.read_node_health("n3", 10) == []
+    with pytest.raises(InvalidArgument):
+        await store.append_node_health(health("n1", 9), keep=0)
+
+
+async def test_delete_node_removes_its_health(store: Store) -> None:
+    for node_id in ("n1", "n2"):
+        await store.create_node(NodeRecord(id=node_id, name=node_id, owner="u1"))
+        await store.append_node_health(health(node_id, 1), keep=3)
+    await store.delete_node("n1")
+    assert await store.read_node_health("n1", 10) == []
+    assert len(await store.read_node_health("n2", 10)) == 1
 
 
 # ---------------------------------------------------------------- reconciliation queue

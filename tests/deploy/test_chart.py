@@ -90,6 +90,7 @@ VARIANTS: dict[str, dict] = {
         "networkPolicy": {"kubeApiServer": {"cidrs": ["10.0.0.1/32"]}},
     },
     # Development: no TLS, no Kubernetes deployer (every role on flamelets), no MLflow.
+    "metrics-off": {"metrics": {"enabled": False}},
     "plain": {
         "tls": {"enabled": False},
         "controller": {"deployer": {"kind": "none"}},
@@ -736,3 +737,39 @@ def test_generated_certificates_work_for_mutual_tls(renders, tmp_path):
             )
     finally:
         server.stop(None)
+
+
+def test_metrics_ports_tokens_and_annotations(renders):
+    _, docs = renders["default"]
+    pods = {
+        name: _one(docs, "Deployment", f"{FULL}-{name}")["spec"]["template"]
+        for name in ("apiserver", "controller", "notifier")
+    }
+    for name, port in (("controller", 10122), ("notifier", 10121)):
+        template = pods[name]
+        container = template["spec"]["containers"][0]
+        env = _env(container)
+        prefix = f"FLAME_{name.upper()}_METRICS_"
+        assert env[prefix + "PORT"]["value"] == str(port)
+        assert env[prefix + "TOKEN_FILE"]["value"] == "/etc/flame/metrics/token"
+        assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in container["ports"]
+        assert template["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    api = pods["apiserver"]
+    assert _env(api["spec"]["containers"][0])["FLAME_APISERVER_METRICS_TOKEN_FILE"]
+    assert api["metadata"]["annotations"]["prometheus.io/scheme"] == "https"
+    for template in pods.values():
+        (volume,) = [v for v in template["spec"]["volumes"] if v["name"] == "metrics-token"]
+        assert volume["secret"]["items"] == [{"key": "metrics-token", "path": "token"}]
+    secret = _one(docs, "Secret", f"{FULL}-credentials")
+    assert "metrics-token" in secret["data"]
+    policy = _one(docs, "NetworkPolicy", f"{FULL}-controller")
+    assert any(
+        {"protocol": "TCP", "port": 10122} in rule.get("ports", [])
+        for rule in policy["spec"]["ingress"]
+    )
+
+    _, off = renders["metrics-off"]
+    for name in ("apiserver", "controller", "notifier"):
+        template = _one(off, "Deployment", f"{FULL}-{name}")["spec"]["template"]
+        assert not any("METRICS" in n for n in _env(template["spec"]["containers"][0]))
+        assert "prometheus.io/scrape" not in template["metadata"].get("annotations", {})

@@ -30,6 +30,7 @@ from flame.cli.resources import (
     Metrics,
     Node,
     NodeCreated,
+    NodeHealth,
     Project,
     Task,
     TokenInfo,
@@ -249,6 +250,10 @@ class FlameClient:
 
     def get_node(self, node_id: str) -> Node:
         return self._get(Node, f"/v1/nodes/{node_id}")
+
+    def node_health(self, node_id: str, limit: int = 0) -> list[NodeHealth]:
+        """The node's newest health samples, oldest first (0: all the control plane keeps)."""
+        return self._items(NodeHealth, f"/v1/nodes/{node_id}/health", limit=limit)
 
     def update_node(self, node_id: str, labels: dict[str, str], replace: bool = False) -> Node:
         body = {"labels": labels, "replace_labels": replace}

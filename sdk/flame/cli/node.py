@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from flame.cli.common import group, parse_labels, session
-from flame.cli.output import Format, OutputOpt, render
+from flame.cli.output import Format, OutputOpt, plain, render
+from flame.cli.resources import NodeHealth
 
 app = group("Nodes: create one, then run `flamelet login --token <enrolment token>` on it.")
 COLUMNS = ("id", "name", "presence", "enrolled", "revoked", "labels", "last_seen")
@@ -43,9 +44,45 @@ def list_(
 
 @app.command("get")
 def get(node_id: str, output: OutputOpt = Format.table) -> None:
-    """Show one node."""
+    """Show one node and its latest health sample."""
     with session() as client:
-        render(client.get_node(node_id), output)
+        node = client.get_node(node_id)
+        latest = client.node_health(node_id, limit=1)
+    health = latest[-1] if latest else None
+    if output != Format.table:
+        render({**plain(node), "health": plain(health)}, output)
+        return
+    render(node, output)
+    if health is None:
+        typer.echo("health: no sample reported yet")
+    else:
+        at = health.at.strftime("%Y-%m-%d %H:%M:%S") if health.at else "-"
+        render(health_rows(health), output, title=f"health at {at}")
+
+
+def health_rows(h: NodeHealth) -> dict[str, str]:
+    """A health sample as a person reads it."""
+    rows = {
+        "cpu": f"{h.cpu_percent:.1f} % of {h.cpu_count} CPUs (load {h.load1:.2f})",
+        "memory": f"{_bytes(h.memory_used_bytes)} of {_bytes(h.memory_total_bytes)}",
+        "disk": f"{_bytes(h.disk_used_bytes)} of {_bytes(h.disk_total_bytes)}",
+        "network": f"sent {_bytes(h.net_sent_bytes)}, received {_bytes(h.net_recv_bytes)}",
+    }
+    for gpu in h.gpus:
+        rows[f"gpu {gpu.index}"] = (
+            f"{gpu.name} {gpu.utilization_percent:.0f} %, "
+            f"{_bytes(gpu.memory_used_bytes)} of {_bytes(gpu.memory_total_bytes)}"
+        )
+    return rows
+
+
+def _bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
 
 
 @app.command("update")

@@ -109,6 +109,31 @@ class Node(Resource):
     created_at: datetime | None = None
 
 
+class GpuHealth(Resource):
+    index: int
+    name: str = ""
+    utilization_percent: float = 0.0
+    memory_used_bytes: int = 0
+    memory_total_bytes: int = 0
+
+
+class NodeHealth(Resource):
+    """One health sample of a node (``GET /v1/nodes/{id}/health``)."""
+
+    node_id: str
+    at: datetime | None = None
+    cpu_percent: float = 0.0
+    cpu_count: int = 0
+    load1: float = 0.0
+    memory_used_bytes: int = 0
+    memory_total_bytes: int = 0
+    disk_used_bytes: int = 0
+    disk_total_bytes: int = 0
+    net_sent_bytes: int = 0
+    net_recv_bytes: int = 0
+    gpus: list[GpuHealth] = Field(default_factory=list)
+
+
 class NodeCreated(Resource):
     node: Node
     enrolment_token: str

@@ -38,6 +38,8 @@ log = structlog.get_logger(__name__)
 
 
 Env = dict[str, str]
+# the ports a stack keeps in its identity (flamelets add flamelet-<name>-metrics)
+STACK_PORTS = ("controller", "notifier", "api", "mlflow", "controller-metrics", "notifier-metrics")
 
 
 def _check_sandbox() -> None:
@@ -77,6 +79,10 @@ class StackState:
     ca_file: str = ""  # the stack CA's certificate; "" when the stack runs in plaintext
     procs: list[Proc] = field(default_factory=list)
     nodes: dict[str, str] = field(default_factory=dict)  # node name -> flamelet home
+    # Prometheus endpoints: apiserver, controller, notifier, flamelet-<node> -> URL; every one
+    # asks for the bearer token in ``metrics_token_file`` (the apiserver also takes the admin's)
+    metrics: dict[str, str] = field(default_factory=dict)
+    metrics_token_file: str = ""
 
     def save(self) -> None:
         _write_private(Path(self.home) / "stack.json", json.dumps(asdict(self), indent=2))
@@ -220,8 +226,13 @@ class Stack:
             notifier=f"127.0.0.1:{ports['notifier']}",
             ca_file=str(self._pki() / "ca.pem") if self.tls else "",
         )
+        state.metrics = {
+            "apiserver": f"{state.api_url}/metrics",
+            "controller": f"http://127.0.0.1:{ports['controller-metrics']}/metrics",
+            "notifier": f"http://127.0.0.1:{ports['notifier-metrics']}/metrics",
+        }
         try:
-            for name, argv, env in self._services(state, ports["api"]):
+            for name, argv, env in self._services(state, ports):
                 state.procs.append(self._spawn(name, argv, env))
             state.save()
             done(f"started {', '.join(p.name for p in state.procs)} in {self.home}")
@@ -259,11 +270,23 @@ class Stack:
             raise
         return state
 
-    def _services(self, state: StackState, api_port: int) -> list[tuple[str, list[str], Env]]:
+    def _services(
+        self, state: StackState, ports: dict[str, int]
+    ) -> list[tuple[str, list[str], Env]]:
         """What runs the control plane: (name, argv, the environment the stack sets)."""
         data = self.home / "data"
         data.mkdir(exist_ok=True)
         secrets_dir = self._secrets(state)
+        api_port = ports["api"]
+
+        def metrics(prefix: str, port: int) -> Env:
+            # loopback only, and only for whoever holds the stack's metrics token
+            return {
+                f"{prefix}METRICS_PORT": str(port),
+                f"{prefix}METRICS_HOST": "127.0.0.1",
+                f"{prefix}METRICS_TOKEN_FILE": state.metrics_token_file,
+            }
+
         # secrets travel as files only they can read, never in the environment or argv
         common = {
             "FLAME_LOG_JSON": "true",
@@ -289,6 +312,7 @@ class Stack:
             "FLAME_CONTROLLER_NOTIFIER_ADDRESS": state.notifier,
             "FLAME_CONTROLLER_APISERVER_URL": state.api_url,
             "FLAME_CONTROLLER_ADMIN_TOKEN_FILE": str(secrets_dir / "admin.token"),
+            **metrics("FLAME_CONTROLLER_", ports["controller-metrics"]),
         }
         if state.mlflow_url:  # jobs log to the stack's MLflow, each as its own account
             controller["FLAME_CONTROLLER_TRACKING_URI"] = state.mlflow_url
@@ -305,6 +329,7 @@ class Stack:
                     **tls("FLAME_NOTIFIER_"),
                     "FLAME_NOTIFIER_LISTEN": state.notifier,
                     "FLAME_NOTIFIER_CONTROLLER_ADDRESS": state.controller,
+                    **metrics("FLAME_NOTIFIER_", ports["notifier-metrics"]),
                 },
             ),
             (
@@ -317,6 +342,7 @@ class Stack:
                     "FLAME_APISERVER_NOTIFIER_ADDRESS": state.notifier,
                     "FLAME_APISERVER_LISTEN_HOST": "127.0.0.1",
                     "FLAME_APISERVER_PORT": str(api_port),
+                    "FLAME_APISERVER_METRICS_TOKEN_FILE": state.metrics_token_file,
                 },
             ),
         ]
@@ -408,6 +434,10 @@ class Stack:
         service = folder / "service.token"
         if not service.exists():
             _write_private(service, secrets.token_urlsafe(32))
+        scrape = folder / "metrics.token"
+        if not scrape.exists():
+            _write_private(scrape, secrets.token_urlsafe(32))
+        state.metrics_token_file = str(scrape)
         return folder
 
     def _identity(self) -> tuple[dict[str, int], str]:
@@ -418,7 +448,8 @@ class Stack:
         # Earlier versions could pick one port twice; such a stack never started, so nothing
         # (no flamelet) can depend on its ports: choose new ones.
         if saved is not None and len(set(saved["ports"].values())) == len(saved["ports"]):
-            ports, token = {k: int(v) for k, v in saved["ports"].items()}, str(saved["admin_token"])
+            token = str(saved["admin_token"])
+            ports = {n: self._port(n) for n in STACK_PORTS}  # adds what an older `up` lacked
             for name, port in ports.items():
                 with socket.socket() as sock:
                     # as the servers do: connections of the last run in TIME_WAIT are no conflict
@@ -431,11 +462,21 @@ class Stack:
                             "stop what uses it or start with a fresh --home"
                         ) from exc
             return ports, token
-        names = ("controller", "notifier", "api", "mlflow")
-        ports = dict(zip(names, free_ports(len(names)), strict=True))
+        ports = dict(zip(STACK_PORTS, free_ports(len(STACK_PORTS)), strict=True))
         token = str(saved["admin_token"]) if saved else f"flm_user_{secrets.token_urlsafe(32)}"
         _write_private(path, json.dumps({"ports": ports, "admin_token": token}))
         return ports, token
+
+    def _port(self, name: str) -> int:
+        """The port ``name`` keeps in this home's identity, chosen (and kept) the first time."""
+        path = self.home / "identity.json"
+        saved = json.loads(path.read_text())
+        ports = {k: int(v) for k, v in saved["ports"].items()}
+        if name not in ports:
+            taken = set(ports.values())
+            ports[name] = next(p for p in free_ports(len(taken) + 1) if p not in taken)
+            _write_private(path, json.dumps({**saved, "ports": ports}))
+        return ports[name]
 
     def add_node(self, state: StackState, name: str) -> None:
         """Enrol and start one more flamelet in a running stack (stopped with the stack)."""
@@ -448,10 +489,17 @@ class Stack:
         flamelet = _script("flamelet")
         if not (node_home / "identity.json").exists():  # not enrolled by an earlier `up`
             _enroll(state, api, name, node_home, flamelet)
+        port = self._port(f"flamelet-{name}-metrics")
+        env = {
+            "FLAME_FLAMELET_METRICS_PORT": str(port),
+            "FLAME_FLAMELET_METRICS_HOST": "127.0.0.1",
+            "FLAME_FLAMELET_METRICS_TOKEN_FILE": state.metrics_token_file,
+        }
         state.procs.append(
-            self._spawn(f"flamelet-{name}", [flamelet, "run", "--home", str(node_home)], {})
+            self._spawn(f"flamelet-{name}", [flamelet, "run", "--home", str(node_home)], env)
         )
         state.nodes[name] = str(node_home)
+        state.metrics[f"flamelet-{name}"] = f"http://127.0.0.1:{port}/metrics"
 
     def down(self, state: StackState | None = None, grace: float = 10.0) -> list[str]:
         state = state or StackState.load(self.home)

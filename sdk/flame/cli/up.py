@@ -50,6 +50,10 @@ def up_command(
         typer.echo(f"{name:<11} {node_home}")
     if not state.nodes:
         typer.echo("nodes       -")
+    for name, url in state.metrics.items():
+        typer.echo(f"{'metrics':<11} {url}  ({name})")
+    if state.metrics_token_file:
+        typer.echo(f"{'':<11} scrape with: Authorization: Bearer <{state.metrics_token_file}>")
     typer.echo(f"admin token {state.admin_token}")
     if login:
         saved = Login(server=state.api_url, token=state.admin_token, ca_file=state.ca_file or None)

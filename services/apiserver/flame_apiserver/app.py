@@ -69,6 +69,7 @@ def create_app(
     app.state.settings = settings
     app.state.controller = controller
     app.state.metrics = RequestMetrics()
+    app.state.metrics_token = settings.metrics_token()
     app.state.auth_throttle = AuthThrottle(
         settings.auth_failure_limit, settings.auth_failure_window_seconds
     )

@@ -272,6 +272,69 @@ class Node(BaseModel):
         )
 
 
+class GpuHealth(BaseModel):
+    index: int = Field(ge=0, le=1024)
+    name: str = Field(default="", max_length=256)
+    utilization_percent: float = Field(ge=0, le=100)
+    memory_used_bytes: int = Field(ge=0)
+    memory_total_bytes: int = Field(ge=0)
+
+
+class HealthMeasurements(BaseModel):
+    cpu_percent: float = Field(ge=0, le=100)
+    cpu_count: int = Field(default=0, ge=0, le=1_000_000)
+    load1: float = Field(default=0.0, ge=0)
+    memory_used_bytes: int = Field(ge=0)
+    memory_total_bytes: int = Field(ge=0)
+    disk_used_bytes: int = Field(ge=0)
+    disk_total_bytes: int = Field(ge=0)
+    net_sent_bytes: int = Field(default=0, ge=0)
+    net_recv_bytes: int = Field(default=0, ge=0)
+    gpus: list[GpuHealth] = Field(default_factory=list, max_length=64)
+
+    def to_pb(self, **extra: Any) -> control_pb2.NodeHealthSample:
+        fields = self.model_dump(exclude={"gpus", "node_id", "at"})
+        gpus = [control_pb2.GpuHealth(**g.model_dump()) for g in self.gpus]
+        return control_pb2.NodeHealthSample(gpus=gpus, **fields, **extra)
+
+
+class ReportHealth(HealthMeasurements):
+    """``POST /v1/agent/health``: what a node's agent measured (the node is its credential's)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class NodeHealth(HealthMeasurements):
+    node_id: str
+    at: datetime | None
+
+    @classmethod
+    def from_pb(cls, m: control_pb2.NodeHealthSample) -> NodeHealth:
+        return cls(
+            node_id=m.node_id,
+            at=_ts(m, "at"),
+            cpu_percent=m.cpu_percent,
+            cpu_count=m.cpu_count,
+            load1=m.load1,
+            memory_used_bytes=m.memory_used_bytes,
+            memory_total_bytes=m.memory_total_bytes,
+            disk_used_bytes=m.disk_used_bytes,
+            disk_total_bytes=m.disk_total_bytes,
+            net_sent_bytes=m.net_sent_bytes,
+            net_recv_bytes=m.net_recv_bytes,
+            gpus=[
+                GpuHealth(
+                    index=g.index,
+                    name=g.name,
+                    utilization_percent=g.utilization_percent,
+                    memory_used_bytes=g.memory_used_bytes,
+                    memory_total_bytes=g.memory_total_bytes,
+                )
+                for g in m.gpus
+            ],
+        )
+
+
 class CreateNode(Request):
     name: Name
     project_id: Ref = ""

@@ -8,10 +8,12 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flame_service.connect import Security
+from flame_service.metrics_endpoint import MetricsEndpointSettings
 
 
-class ServiceSettings(BaseSettings):
-    """Fields every service has. Subclass per service with its own ``env_prefix``."""
+class ServiceSettings(BaseSettings, MetricsEndpointSettings):
+    """Fields every service has. Subclass per service with its own ``env_prefix``; the
+    ``metrics_*`` fields (FLAME_<SVC>_METRICS_PORT/HOST/TOKEN_FILE) come from the mixin."""
 
     model_config = SettingsConfigDict(env_prefix="FLAME_", extra="ignore")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -31,6 +32,7 @@ from .store.records import (
     JobRecord,
     LogLineRecord,
     MetricRecord,
+    NodeHealthRecord,
     NodeRecord,
     ProjectRecord,
     TaskRecord,
@@ -331,4 +333,35 @@ def invitation(rec: InvitationRecord) -> control_pb2.Invitation:
         revoked=rec.revoked,
         used_by=rec.used_by,
         used_at=ts(rec.used_at),
+    )
+
+
+_HEALTH_FIELDS = (
+    "cpu_percent",
+    "cpu_count",
+    "load1",
+    "memory_used_bytes",
+    "memory_total_bytes",
+    "disk_used_bytes",
+    "disk_total_bytes",
+    "net_sent_bytes",
+    "net_recv_bytes",
+)
+_GPU_FIELDS = ("index", "name", "utilization_percent", "memory_used_bytes", "memory_total_bytes")
+
+
+def health_in(msg: control_pb2.NodeHealthSample) -> dict[str, Any]:
+    """A reported sample's measurements (the node and the time are the controller's)."""
+    return {
+        **{f: getattr(msg, f) for f in _HEALTH_FIELDS},
+        "gpus": [{f: getattr(g, f) for f in _GPU_FIELDS} for g in msg.gpus],
+    }
+
+
+def health(rec: NodeHealthRecord) -> control_pb2.NodeHealthSample:
+    return control_pb2.NodeHealthSample(
+        node_id=rec.node_id,
+        at=ts(rec.at),
+        gpus=[control_pb2.GpuHealth(**g.model_dump()) for g in rec.gpus],
+        **{f: getattr(rec, f) for f in _HEALTH_FIELDS},
     )

@@ -22,10 +22,12 @@ from flame_service.grpc_server import (
     start_server,
 )
 from flame_service.logship import LogShipper
+from flame_service.metrics_endpoint import MetricsServer, start_metrics_server
 
 from .bootstrap import bootstrap_admin
 from .domain import service_logs
 from .domain.context import Ctx
+from .observability import ControllerMetrics
 from .servicer import ControlPlaneServicer
 from .settings import ControllerSettings
 from .store import open_store
@@ -73,6 +75,11 @@ class RunningController:
     health: health.aio.HealthServicer | None = None
     health_server: grpc.aio.Server | None = None  # the plaintext health-only port, if any
     health_port: int | None = None
+    metrics: MetricsServer | None = None  # the /metrics port, if on
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics.port if self.metrics else None
 
     @property
     def address(self) -> str:
@@ -90,6 +97,8 @@ class RunningController:
         await self.server.stop(grace)
         if self.health_server is not None:
             await self.health_server.stop(0)
+        if self.metrics is not None:
+            await self.metrics.stop()
         await self.store.close()
         if self.ctx.tracking_accounts is not None:
             await self.ctx.tracking_accounts.close()
@@ -162,6 +171,14 @@ async def serve(
         server, port, health_server, health_port = await _start_servers(
             settings, ControlPlaneServicer(ctx, service_token), health_servicer, elected=elected
         )
+        try:
+            observed = ControllerMetrics(store)
+            metrics = await start_metrics_server(settings, observed.registry, observed.refresh)
+        except BaseException:
+            await server.stop(0)
+            if health_server is not None:
+                await health_server.stop(0)
+            raise
     except BaseException:
         await store.close()
         raise
@@ -175,6 +192,7 @@ async def serve(
         health=health_servicer,
         health_server=health_server,
         health_port=health_port,
+        metrics=metrics,
     )
     if shipper is not None and settings.ship_service_logs:
         sink = functools.partial(service_logs.append_service_logs, ctx, "controller")
@@ -184,6 +202,7 @@ async def serve(
         "controller.started",
         port=port,
         health_port=health_port,
+        metrics_port=running.metrics_port,
         leader_election=gate is not None,
         store=settings.store_uri.split("?")[0],
     )
@@ -211,6 +230,7 @@ def _context(settings: ControllerSettings, store: Store, kicker: Kicker) -> Ctx:
             u for u in (settings.tracking_uri, *settings.tracking_allowed_uris) if u
         ),
         trusted_ca=settings.security().ca,
+        node_health_keep=settings.node_health_keep,
     )
 
 

@@ -82,10 +82,11 @@ QUERIES = frozenset(
         "GetMetrics",
         "ListEndpoints",
         "ListInvitations",
+        "GetNodeHealth",
     }
 )
 # High-volume reports from tasks: state, but not worth an audit entry each.
-TELEMETRY = frozenset({"AppendLogs", "ReportMetrics", "AppendServiceLogs"})
+TELEMETRY = frozenset({"AppendLogs", "ReportMetrics", "AppendServiceLogs", "ReportNodeHealth"})
 _TARGET_FIELDS = (
     "id",
     "job_id",
@@ -400,6 +401,20 @@ class ControlPlaneServicer(control_pb2_grpc.ControlPlaneServicer):
             labels=dict(request.labels),
         )
         return convert.node_secret(got)
+
+    @rpc
+    async def ReportNodeHealth(
+        self, request: control_pb2.NodeHealthSample, context: Context
+    ) -> control_pb2.Empty:
+        await nodes.report_health(self.ctx, caller_of(context), convert.health_in(request))
+        return EMPTY
+
+    @rpc
+    async def GetNodeHealth(
+        self, request: control_pb2.NodeHealthRequest, context: Context
+    ) -> control_pb2.NodeHealthResponse:
+        got = await nodes.get_health(self.ctx, caller_of(context), request.node_id, request.limit)
+        return control_pb2.NodeHealthResponse(samples=[convert.health(s) for s in got])
 
     @rpc
     async def GetNode(self, request: control_pb2.GetRequest, context: Context) -> control_pb2.Node:

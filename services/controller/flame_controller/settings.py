@@ -21,6 +21,8 @@ class ControllerSettings(ServiceSettings):
     store_uri: str = ""  # default: sqlite:///<data_dir>/flame.db
     listen: str = "127.0.0.1:10102"
     notifier_address: str = "127.0.0.1:10101"
+    # health samples kept per node, the newest (GET /v1/nodes/{id}/health)
+    node_health_keep: int = Field(default=240, ge=1, le=100_000)
     apiserver_url: str = "http://127.0.0.1:10100"  # written into task configs for discovery
     # The MLflow server jobs log to unless their spec names another (flamectl up: its own)
     tracking_uri: str | None = None

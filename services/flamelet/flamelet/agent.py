@@ -41,6 +41,7 @@ from flamelet.errors import (
     Unavailable,
 )
 from flamelet.events import CONNECTED, STOP, EventSource
+from flamelet.health import HealthProbe, HealthSample
 from flamelet.home import DatasetRegistry, Identity
 from flamelet.ledger import Entry, Ledger, Phase
 from flamelet.settings import FlameletSettings
@@ -82,6 +83,10 @@ class Agent:
         self._stopping = asyncio.Event()
         self._lock_file: IO[str] | None = None
         self.reconciled = 0  # completed reconcile passes (observability, tests)
+        self.connected = False  # holds a notifier subscription (observability)
+        self.last_health: HealthSample | None = None
+        self.health_reports = 0  # samples the control plane accepted
+        self.health_failures = 0
 
     # ---- life cycle
     def stop(self) -> None:
@@ -99,15 +104,18 @@ class Agent:
                 asyncio.create_task(self._reconcile_loop(), name="reconcile"),
                 asyncio.create_task(self._housekeeping_loop(), name="housekeeping"),
             ]
+            health = asyncio.create_task(self._health_loop(), name="health")
             stopping = asyncio.create_task(self._stopping.wait())
             done, _ = await asyncio.wait([*loops, stopping], return_when=asyncio.FIRST_COMPLETED)
             loops[0].cancel()  # the event stream only ends when cancelled
             if stopping in done:
                 # Let a pass that is under way finish (a status report in flight gets recorded).
                 await asyncio.wait(loops[1:], timeout=5.0)
-            for t in [*loops, stopping, *self._background]:
+            for t in [*loops, health, stopping, *self._background]:
                 t.cancel()
-            await asyncio.gather(*loops, stopping, *self._background, return_exceptions=True)
+            await asyncio.gather(
+                *loops, health, stopping, *self._background, return_exceptions=True
+            )
             for t in done:
                 if t is not stopping and not t.cancelled() and t.exception() is not None:
                     exc = t.exception()
@@ -180,6 +188,7 @@ class Agent:
             try:
                 async for ev in self._events.subscribe(self.ledger.event_seq):
                     if ev.kind == CONNECTED:
+                        self.connected = True
                         log.info("notifier.connected", after_seq=self.ledger.event_seq)
                         backoff.reset()
                         self._kick.set()
@@ -195,7 +204,36 @@ class Agent:
                 raise
             except Exception as exc:
                 log.warning("notifier.unavailable", error=str(exc))
+            finally:
+                self.connected = False
             await self._pause(backoff.next())
+
+    async def _health_loop(self) -> None:
+        """Measure the node and report it; a failed report is only logged (the next one may
+        get through, and the other loops deal with a refused credential)."""
+        probe = HealthProbe(self.home)
+        interval = self.settings.health_interval
+        # CPU use is measured between two readings: give the first one a second's interval
+        await self._pause(min(1.0, interval or 1.0))
+        while not self._stopping.is_set():
+            try:
+                self.last_health = await probe.sample()
+                if interval is not None:
+                    await self._api.report_health(self.last_health)
+                    self.health_reports += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.health_failures += 1
+                log.warning("health.report_failed", error=str(exc))
+            await self._pause(interval or 15.0)
+
+    def task_phases(self) -> dict[str, int]:
+        """Ledger entries by phase (``done`` counts finished tasks still kept)."""
+        counts = dict.fromkeys((p.value for p in Phase), 0)
+        for e in self.ledger.entries():
+            counts[e.phase.value] += 1
+        return counts
 
     async def _handle_event(self, seq: int, kind: str, task_id: str) -> None:
         if seq > self.ledger.event_seq:

@@ -10,6 +10,7 @@ import httpx
 
 from flame_service.connect import PLAINTEXT, Security, http_client
 from flamelet.errors import ApiError, NotFound, Unauthorized, Unavailable
+from flamelet.health import HealthSample
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class AgentApi(Protocol):
     async def get_code(self, task_id: str) -> bytes: ...
     async def report_status(self, task_id: str, state: str, reason: str, attempt: int) -> None: ...
     async def append_logs(self, lines: list[LogLine]) -> None: ...
+    async def report_health(self, sample: HealthSample) -> None: ...
 
 
 def _raise_for(resp: httpx.Response) -> None:
@@ -188,3 +190,6 @@ class RestClient:
             for ln in lines
         ]
         await self._request("POST", "/v1/agent/logs", json={"lines": payload})
+
+    async def report_health(self, sample: HealthSample) -> None:
+        await self._request("POST", "/v1/agent/health", json=sample.to_json())

@@ -16,11 +16,13 @@ import typer
 
 from flame_service.connect import PLAINTEXT, Security
 from flame_service.logging import configure_logging
+from flame_service.metrics_endpoint import start_metrics_server
 from flamelet.agent import Agent
 from flamelet.api import RestClient
 from flamelet.errors import FlameletError, Unauthorized
 from flamelet.events import GrpcEventSource
 from flamelet.home import DatasetRegistry, Identity, LocalDataset, dataset_size
+from flamelet.observability import flamelet_registry
 from flamelet.samples import count_samples
 from flamelet.settings import FlameletSettings
 
@@ -278,9 +280,12 @@ def run(home: HomeOpt = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, agent.stop)
+        metrics = await start_metrics_server(settings, flamelet_registry(agent))
         try:
             await agent.run()
         finally:
+            if metrics is not None:
+                await metrics.stop()
             await api.close()
             await events.close()
 

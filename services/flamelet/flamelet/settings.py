@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flame_service.metrics_endpoint import MetricsEndpointSettings
 from flame_service.sandbox import SandboxMode
 
 DEFAULT_COMMAND = ["{python}", "-m", "flame.launch", "config.json"]
@@ -18,7 +19,7 @@ def default_home() -> Path:
     return Path(os.environ.get("FLAMELET_HOME") or Path.home() / ".flamelet")
 
 
-class FlameletSettings(BaseSettings):
+class FlameletSettings(BaseSettings, MetricsEndpointSettings):
     model_config = SettingsConfigDict(env_prefix="FLAME_FLAMELET_", extra="ignore")
 
     home: Path = Field(default_factory=default_home)
@@ -41,6 +42,9 @@ class FlameletSettings(BaseSettings):
     # Finished tasks whose work dir (code, logs, checkpoints) and ledger entry are kept; older
     # ones are removed once the control plane has their final state and logs.
     keep_finished_tasks: int = Field(default=100, ge=0)
+    # a health sample (CPU, memory, disk, network, GPUs) goes to the control plane this often;
+    # None: never (the /metrics port, FLAME_FLAMELET_METRICS_PORT, still shows the latest)
+    health_interval: float | None = Field(default=15.0, gt=0)
     log_level: str = "info"
     log_json: bool | None = None  # None: JSON unless stderr is a terminal
     # The CA the control plane's certificates are checked against when `flamelet login` is not

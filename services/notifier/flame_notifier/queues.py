@@ -45,6 +45,7 @@ class _NodeQueue:
     acked_seq: int = 0
     generation: int = 0  # bumped by every new subscription; older streams end
     streams: int = 0
+    delivered_seq: int = 0  # the highest seq any stream of this node has yielded
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def wake(self) -> None:
@@ -67,6 +68,8 @@ class EventQueues:
         self._on_presence = on_presence
         self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._seq = self._clock_ms()
+        self.pushed = 0  # events queued since start
+        self.redelivered = 0  # events yielded again (a resubscription replayed them)
 
     def _node(self, node_id: str) -> _NodeQueue:
         q = self._nodes.get(node_id)
@@ -98,6 +101,7 @@ class EventQueues:
             at=at or datetime.now(UTC),
         )
         q.pending.append(event)
+        self.pushed += 1
         q.last_seq = event.seq
         while len(q.pending) > self._max_pending:
             dropped = q.pending.popleft()
@@ -125,6 +129,10 @@ class EventQueues:
     def pending(self, node_id: str) -> list[Event]:
         q = self._nodes.get(node_id)
         return list(q.pending) if q else []
+
+    def depths(self) -> dict[str, int]:
+        """Unacknowledged events per node."""
+        return {n: len(q.pending) for n, q in sorted(self._nodes.items())}
 
     def agents(self) -> list[AgentInfo]:
         return [
@@ -158,6 +166,9 @@ class EventQueues:
                     if q.generation != generation:
                         return
                     cursor = event.seq
+                    if event.seq <= q.delivered_seq:
+                        self.redelivered += 1
+                    q.delivered_seq = max(q.delivered_seq, event.seq)
                     yield event
                 if q.generation != generation:
                     return

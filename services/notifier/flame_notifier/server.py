@@ -11,6 +11,7 @@ import structlog
 from grpc_health.v1 import health
 
 from flame_notifier.controller import ControllerClient
+from flame_notifier.observability import notifier_registry
 from flame_notifier.presence import PresenceReporter
 from flame_notifier.queues import EventQueues
 from flame_notifier.servicer import NotifierServicer
@@ -18,6 +19,7 @@ from flame_notifier.settings import NotifierSettings
 from flame_proto.v1 import notifier_pb2_grpc
 from flame_service.grpc_server import start_health_server, start_server
 from flame_service.logship import LogShipper
+from flame_service.metrics_endpoint import MetricsServer, start_metrics_server
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +34,11 @@ class Running:
     health_port: int | None = None  # the plaintext health-only port, if any
     _health_server: grpc.aio.Server | None = None
     _shipping: asyncio.Task[None] | None = None
+    metrics: MetricsServer | None = None  # the /metrics port, if on
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics.port if self.metrics else None
 
     async def stop(self, grace: float = 1.0) -> None:
         await self._server.stop(grace)
@@ -41,6 +48,8 @@ class Running:
                 await self._shipping
         if self._health_server is not None:
             await self._health_server.stop(0)
+        if self.metrics is not None:
+            await self.metrics.stop()
         await self.presence.stop()
         await self._controller.close()
         log.info("notifier.stopped", port=self.port)
@@ -86,6 +95,14 @@ async def serve(
             await server.stop(0)
             await controller.close()
             raise
+    try:
+        metrics = await start_metrics_server(settings, notifier_registry(queues))
+    except BaseException:
+        await server.stop(0)
+        if health_server is not None:
+            await health_server.stop(0)
+        await controller.close()
+        raise
     presence.start()
     shipping = None
     if shipper is not None:
@@ -94,6 +111,7 @@ async def serve(
         "notifier.started",
         port=port,
         health_port=health_port,
+        metrics_port=metrics.port if metrics else None,
         controller=settings.controller_address,
     )
     return Running(
@@ -105,4 +123,5 @@ async def serve(
         health_port=health_port,
         _health_server=health_server,
         _shipping=shipping,
+        metrics=metrics,
     )

@@ -10,6 +10,7 @@ import pytest
 
 from flame_apiserver import ApiserverSettings, create_app
 from flame_proto.v1 import control_pb2
+from tests.unit.apiserver.conftest import ADMIN_TOKEN, NODE_TOKEN, USER_TOKEN
 
 PROBLEM = "application/problem+json"
 SCHEMA = {"roles": [{"name": "trainer"}, {"name": "aggregator"}], "channels": []}
@@ -263,7 +264,11 @@ async def test_health_ready_and_metrics(api) -> None:
     assert (await api.client.get("/readyz")).status_code == 200
     await api.call("GET", "/v1/designs/d-missing")
     await api.call("GET", "/v1/designs/d-other")
-    text = (await api.client.get("/metrics")).text
+    assert (await api.client.get("/metrics")).status_code == 401
+    assert (await api.call("GET", "/metrics", token="flm_not_a_token")).status_code == 401
+    assert (await api.call("GET", "/metrics", token=USER_TOKEN)).status_code == 403
+    assert (await api.call("GET", "/metrics", token=NODE_TOKEN)).status_code == 403
+    text = (await api.call("GET", "/metrics", token=ADMIN_TOKEN)).text
     line = next(
         ln
         for ln in text.splitlines()
@@ -273,6 +278,26 @@ async def test_health_ready_and_metrics(api) -> None:
     )
     assert line.endswith(" 2.0")
     assert "flame_apiserver_request_seconds_bucket" in text
+
+
+async def test_metrics_token_reads_metrics_and_nothing_else(api, tmp_path) -> None:
+    token_file = tmp_path / "metrics.token"
+    token_file.write_text("flm_metrics_scraper\n")
+    settings = api.settings.model_copy(update={"metrics_token_file": token_file})
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            scraper = {"Authorization": "Bearer flm_metrics_scraper"}
+            resp = await client.get("/metrics", headers=scraper)
+            assert resp.status_code == 200
+            assert "flame_apiserver_request_seconds" in resp.text
+            # the metrics token is no API token: the controller does not know it
+            assert (await client.get("/v1/jobs", headers=scraper)).status_code == 401
+            wrong = {"Authorization": "Bearer flm_metrics_scrapeR"}
+            assert (await client.get("/metrics", headers=wrong)).status_code == 401
+    finally:
+        await app.state.controller.close()
 
 
 async def test_unknown_routes_and_methods_are_problem_json(api) -> None:

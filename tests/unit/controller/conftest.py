@@ -95,6 +95,7 @@ def design_json() -> str:
 @pytest.fixture
 async def controller(tmp_path: Path) -> AsyncIterator[RunningController]:
     settings = ControllerSettings(
+        node_health_keep=3,  # small, so tests see old samples dropped
         data_dir=tmp_path / "data",
         store_uri="sqlite://:memory:",
         listen="127.0.0.1:0",

@@ -68,6 +68,7 @@ class FakeApiServer:
     requests: int = 0
     reject_logs: bool = False  # answer log uploads with 404 (the task was deleted meanwhile)
     hidden: set[str] = field(default_factory=set)  # listed, but 404 on fetch (another node)
+    health: list[dict[str, Any]] = field(default_factory=list)  # samples the node reported
 
     def add_task(
         self,
@@ -205,6 +206,13 @@ class FakeApiServer:
             if not self.keep_scheduled:
                 t["state"] = body["state"]
             return t
+
+        @api.post("/v1/agent/health", response_model=None)
+        async def health(body: dict[str, Any], request: Request) -> Any:
+            if not authorised(request):
+                return problem(401, "unauthenticated", "bad credential")
+            self.health.append(body)
+            return Response(status_code=204)
 
         @api.post("/v1/agent/logs", response_model=None)
         async def logs(body: dict[str, Any], request: Request) -> Any:

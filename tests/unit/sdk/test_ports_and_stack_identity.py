@@ -16,12 +16,15 @@ def test_free_ports_are_distinct_and_bindable() -> None:
     assert all(1024 <= p <= 65535 for p in ports)
 
 
-def test_a_new_home_gets_four_distinct_ports_kept_privately(tmp_path: Path) -> None:
+NAMES = ["api", "controller", "controller-metrics", "mlflow", "notifier", "notifier-metrics"]
+
+
+def test_a_new_home_gets_distinct_ports_kept_privately(tmp_path: Path) -> None:
     stack = Stack(tmp_path / "home")
     stack.home.mkdir(parents=True)
     ports, token = stack._identity()
-    assert sorted(ports) == ["api", "controller", "mlflow", "notifier"]
-    assert len(set(ports.values())) == 4
+    assert sorted(ports) == NAMES
+    assert len(set(ports.values())) == len(NAMES)
     assert stack._identity() == (ports, token)  # a second `up` reuses them
     assert stat.S_IMODE((stack.home / "identity.json").stat().st_mode) == 0o600
 
@@ -38,5 +41,19 @@ def test_an_identity_with_one_port_twice_gets_new_ports_and_keeps_its_token(
     )
     ports, token = stack._identity()
     assert token == "flm_user_kept"
-    assert len(set(ports.values())) == 4
+    assert len(set(ports.values())) == len(NAMES)
     assert json.loads((stack.home / "identity.json").read_text())["ports"] == ports
+
+
+def test_an_older_identity_keeps_its_ports_and_gains_the_metrics_ports(tmp_path: Path) -> None:
+    stack = Stack(tmp_path / "home")
+    stack.home.mkdir(parents=True)
+    old = dict(zip(["controller", "notifier", "api", "mlflow"], free_ports(4), strict=True))
+    (stack.home / "identity.json").write_text(json.dumps({"ports": old, "admin_token": "flm_x"}))
+    ports, token = stack._identity()
+    assert token == "flm_x"
+    assert {k: ports[k] for k in old} == old
+    assert sorted(ports) == NAMES and len(set(ports.values())) == len(NAMES)
+    node = stack._port("flamelet-node-0-metrics")
+    assert node not in ports.values()
+    assert stack._port("flamelet-node-0-metrics") == node  # kept for the next `up`

@@ -257,6 +257,51 @@ comes whole from your Secret. */}}
 {{- end }}
 {{- end }}
 
+{{/* Prometheus /metrics (metrics.enabled): the token volume, its mount, the env of one
+service (ctx, service: CONTROLLER|NOTIFIER|APISERVER, port: its own metrics port or none for
+the apiserver, which serves /metrics on its API port) and the scrape annotations. */}}
+{{- define "flame.metricsVolume" -}}
+{{- if .Values.metrics.enabled }}
+- name: metrics-token
+  secret:
+    secretName: {{ include "flame.credentialsSecret" . }}
+    defaultMode: 0440
+    items:
+      - key: metrics-token
+        path: token
+{{- end }}
+{{- end }}
+
+{{- define "flame.metricsVolumeMount" -}}
+{{- if .Values.metrics.enabled }}
+- name: metrics-token
+  mountPath: /etc/flame/metrics
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "flame.metricsEnv" -}}
+{{- if .ctx.Values.metrics.enabled }}
+{{- if .port }}
+- name: FLAME_{{ .service }}_METRICS_PORT
+  value: {{ .port | quote }}
+- name: FLAME_{{ .service }}_METRICS_HOST
+  value: "0.0.0.0"
+{{- end }}
+- name: FLAME_{{ .service }}_METRICS_TOKEN_FILE
+  value: /etc/flame/metrics/token
+{{- end }}
+{{- end }}
+
+{{- define "flame.metricsAnnotations" -}}
+{{- if and .ctx.Values.metrics.enabled .ctx.Values.metrics.podAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | quote }}
+prometheus.io/path: /metrics
+prometheus.io/scheme: {{ .scheme | default "http" }}
+{{- end }}
+{{- end }}
+
 {{- define "flame.serviceTokenEnv" -}}
 - name: FLAME_SERVICE_TOKEN_FILE
   value: /etc/flame/service/token
@@ -269,6 +314,17 @@ comes whole from your Secret. */}}
 - podSelector:
     matchLabels:
       {{- include "flame.selectorLabels" . | nindent 6 }}
+{{- end }}
+{{/* Ingress to a metrics port (metrics.enabled), from metrics.allowFrom or anyone. */}}
+{{- define "flame.np.metrics" -}}
+{{- if .ctx.Values.metrics.enabled }}
+- ports:
+    - {protocol: TCP, port: {{ .port }}}
+  {{- with .ctx.Values.metrics.allowFrom }}
+  from:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
 {{- end }}
 {{- define "flame.np.dns" -}}
 - to:

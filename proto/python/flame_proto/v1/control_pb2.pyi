@@ -2205,3 +2205,138 @@ class InvitationAccepted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InvitationAccepted: _TypeAlias = InvitationAccepted  # noqa: Y015
+
+@_typing.final
+class GpuHealth(_message.Message):
+    """---- node health ------------------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    UTILIZATION_PERCENT_FIELD_NUMBER: _builtins.int
+    MEMORY_USED_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    name: _builtins.str
+    utilization_percent: _builtins.float
+    memory_used_bytes: _builtins.int
+    memory_total_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        name: _builtins.str = ...,
+        utilization_percent: _builtins.float = ...,
+        memory_used_bytes: _builtins.int = ...,
+        memory_total_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "name", b"name", "utilization_percent", b"utilization_percent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GpuHealth: _TypeAlias = GpuHealth  # noqa: Y015
+
+@_typing.final
+class NodeHealthSample(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    CPU_PERCENT_FIELD_NUMBER: _builtins.int
+    CPU_COUNT_FIELD_NUMBER: _builtins.int
+    LOAD1_FIELD_NUMBER: _builtins.int
+    MEMORY_USED_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    DISK_USED_BYTES_FIELD_NUMBER: _builtins.int
+    DISK_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    NET_SENT_BYTES_FIELD_NUMBER: _builtins.int
+    NET_RECV_BYTES_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """set by the controller from the caller when reporting"""
+    cpu_percent: _builtins.float
+    cpu_count: _builtins.int
+    load1: _builtins.float
+    memory_used_bytes: _builtins.int
+    memory_total_bytes: _builtins.int
+    disk_used_bytes: _builtins.int
+    """the file system of the agent's home folder"""
+    disk_total_bytes: _builtins.int
+    net_sent_bytes: _builtins.int
+    """counters since the node booted"""
+    net_recv_bytes: _builtins.int
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuHealth]:
+        """empty without an NVIDIA GPU (or without nvidia-smi)"""
+
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        cpu_percent: _builtins.float = ...,
+        cpu_count: _builtins.int = ...,
+        load1: _builtins.float = ...,
+        memory_used_bytes: _builtins.int = ...,
+        memory_total_bytes: _builtins.int = ...,
+        disk_used_bytes: _builtins.int = ...,
+        disk_total_bytes: _builtins.int = ...,
+        net_sent_bytes: _builtins.int = ...,
+        net_recv_bytes: _builtins.int = ...,
+        gpus: _abc.Iterable[Global___GpuHealth] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "cpu_count", b"cpu_count", "cpu_percent", b"cpu_percent", "disk_total_bytes", b"disk_total_bytes", "disk_used_bytes", b"disk_used_bytes", "gpus", b"gpus", "load1", b"load1", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "net_recv_bytes", b"net_recv_bytes", "net_sent_bytes", b"net_sent_bytes", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeHealthSample: _TypeAlias = NodeHealthSample  # noqa: Y015
+
+@_typing.final
+class NodeHealthRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    limit: _builtins.int
+    """newest samples, oldest first; 0: all that are kept"""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeHealthRequest: _TypeAlias = NodeHealthRequest  # noqa: Y015
+
+@_typing.final
+class NodeHealthResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def samples(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeHealthSample]: ...
+    def __init__(
+        self,
+        *,
+        samples: _abc.Iterable[Global___NodeHealthSample] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["samples", b"samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeHealthResponse: _TypeAlias = NodeHealthResponse  # noqa: Y015

@@ -359,6 +359,16 @@ class ControlPlaneStub:
                 request_serializer=flame_dot_v1_dot_control__pb2.AcceptInvitationRequest.SerializeToString,
                 response_deserializer=flame_dot_v1_dot_control__pb2.InvitationAccepted.FromString,
                 _registered_method=True)
+        self.ReportNodeHealth = channel.unary_unary(
+                '/flame.v1.ControlPlane/ReportNodeHealth',
+                request_serializer=flame_dot_v1_dot_control__pb2.NodeHealthSample.SerializeToString,
+                response_deserializer=flame_dot_v1_dot_control__pb2.Empty.FromString,
+                _registered_method=True)
+        self.GetNodeHealth = channel.unary_unary(
+                '/flame.v1.ControlPlane/GetNodeHealth',
+                request_serializer=flame_dot_v1_dot_control__pb2.NodeHealthRequest.SerializeToString,
+                response_deserializer=flame_dot_v1_dot_control__pb2.NodeHealthResponse.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -775,6 +785,20 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportNodeHealth(self, request, context):
+        """node health: a node's agent reports samples; users read a node's recent ones
+        node credential
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNodeHealth(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1092,6 +1116,16 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.AcceptInvitation,
                     request_deserializer=flame_dot_v1_dot_control__pb2.AcceptInvitationRequest.FromString,
                     response_serializer=flame_dot_v1_dot_control__pb2.InvitationAccepted.SerializeToString,
+            ),
+            'ReportNodeHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportNodeHealth,
+                    request_deserializer=flame_dot_v1_dot_control__pb2.NodeHealthSample.FromString,
+                    response_serializer=flame_dot_v1_dot_control__pb2.Empty.SerializeToString,
+            ),
+            'GetNodeHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNodeHealth,
+                    request_deserializer=flame_dot_v1_dot_control__pb2.NodeHealthRequest.FromString,
+                    response_serializer=flame_dot_v1_dot_control__pb2.NodeHealthResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2804,6 +2838,60 @@ class ControlPlane:
             '/flame.v1.ControlPlane/AcceptInvitation',
             flame_dot_v1_dot_control__pb2.AcceptInvitationRequest.SerializeToString,
             flame_dot_v1_dot_control__pb2.InvitationAccepted.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportNodeHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flame.v1.ControlPlane/ReportNodeHealth',
+            flame_dot_v1_dot_control__pb2.NodeHealthSample.SerializeToString,
+            flame_dot_v1_dot_control__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNodeHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flame.v1.ControlPlane/GetNodeHealth',
+            flame_dot_v1_dot_control__pb2.NodeHealthRequest.SerializeToString,
+            flame_dot_v1_dot_control__pb2.NodeHealthResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -131,6 +131,11 @@ class ControlPlaneStub:
     RevokeInvitation: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.Invitation]
     AcceptInvitation: _grpc.UnaryUnaryMultiCallable[_control_pb2.AcceptInvitationRequest, _control_pb2.InvitationAccepted]
     """works without a caller: a person with no account gets one (never admin) and its token"""
+    ReportNodeHealth: _grpc.UnaryUnaryMultiCallable[_control_pb2.NodeHealthSample, _control_pb2.Empty]
+    """node health: a node's agent reports samples; users read a node's recent ones
+    node credential
+    """
+    GetNodeHealth: _grpc.UnaryUnaryMultiCallable[_control_pb2.NodeHealthRequest, _control_pb2.NodeHealthResponse]
 
 @_typing.type_check_only
 class ControlPlaneAsyncStub(ControlPlaneStub):
@@ -234,6 +239,11 @@ class ControlPlaneAsyncStub(ControlPlaneStub):
     RevokeInvitation: _aio.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.Invitation]  # type: ignore[assignment]
     AcceptInvitation: _aio.UnaryUnaryMultiCallable[_control_pb2.AcceptInvitationRequest, _control_pb2.InvitationAccepted]  # type: ignore[assignment]
     """works without a caller: a person with no account gets one (never admin) and its token"""
+    ReportNodeHealth: _aio.UnaryUnaryMultiCallable[_control_pb2.NodeHealthSample, _control_pb2.Empty]  # type: ignore[assignment]
+    """node health: a node's agent reports samples; users read a node's recent ones
+    node credential
+    """
+    GetNodeHealth: _aio.UnaryUnaryMultiCallable[_control_pb2.NodeHealthRequest, _control_pb2.NodeHealthResponse]  # type: ignore[assignment]
 
 class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
     """The controller's API. Internal: only the apiserver and the notifier call it.
@@ -712,5 +722,22 @@ class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.InvitationAccepted, _abc.Awaitable[_control_pb2.InvitationAccepted]]:
         """works without a caller: a person with no account gets one (never admin) and its token"""
+
+    @_abc_1.abstractmethod
+    def ReportNodeHealth(
+        self,
+        request: _control_pb2.NodeHealthSample,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.Empty, _abc.Awaitable[_control_pb2.Empty]]:
+        """node health: a node's agent reports samples; users read a node's recent ones
+        node credential
+        """
+
+    @_abc_1.abstractmethod
+    def GetNodeHealth(
+        self,
+        request: _control_pb2.NodeHealthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.NodeHealthResponse, _abc.Awaitable[_control_pb2.NodeHealthResponse]]: ...
 
 def add_ControlPlaneServicer_to_server(servicer: ControlPlaneServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

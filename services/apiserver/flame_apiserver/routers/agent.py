@@ -17,6 +17,7 @@ from flame_apiserver.models import (
     Endpoint,
     Items,
     RegisterEndpoint,
+    ReportHealth,
     ReportMetrics,
     Task,
     TaskBundle,
@@ -98,6 +99,11 @@ async def append_logs(body: AppendLogs, caller: NodeCaller, ctl: Ctl) -> None:
             line.at.CopyFrom(at)
         lines.append(line)
     await ctl.call(ctl.stub.AppendLogs, control_pb2.AppendLogsRequest(lines=lines), caller)
+
+
+@router.post("/agent/health", status_code=204, response_class=Response)
+async def report_health(body: ReportHealth, caller: NodeCaller, ctl: Ctl) -> None:
+    await ctl.call(ctl.stub.ReportNodeHealth, body.to_pb(), caller)
 
 
 @router.post("/agent/tasks/{task_id}/metrics", status_code=204, response_class=Response)

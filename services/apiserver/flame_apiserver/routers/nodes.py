@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Path, Request, Response
+from fastapi import Path, Query, Request, Response
 
 from flame_apiserver.auth import Ctl, UserCaller, client_address, throttle
-from flame_apiserver.models import CreateNode, Enroll, Enrolled, Node, NodeCreated, Page, UpdateNode
+from flame_apiserver.models import (
+    CreateNode,
+    Enroll,
+    Enrolled,
+    Items,
+    Node,
+    NodeCreated,
+    NodeHealth,
+    Page,
+    UpdateNode,
+)
 from flame_apiserver.problems import ApiProblem, problem_responses
 from flame_apiserver.routers.common import IdempotencyKey, PageQuery, v1_router
 from flame_proto.v1 import control_pb2
@@ -58,6 +68,19 @@ async def list_nodes(page: PageQuery, caller: UserCaller, ctl: Ctl) -> Page[Node
 @router.get("/nodes/{id}", response_model=Node)
 async def get_node(id: Id, caller: UserCaller, ctl: Ctl) -> Node:
     return Node.from_pb(await ctl.call(ctl.stub.GetNode, control_pb2.GetRequest(id=id), caller))
+
+
+@router.get("/nodes/{id}/health", response_model=Items[NodeHealth])
+async def node_health(
+    id: Id,
+    caller: UserCaller,
+    ctl: Ctl,
+    limit: Annotated[int, Query(ge=0, le=100_000)] = 0,
+) -> Items[NodeHealth]:
+    """The node's newest health samples, oldest first (``limit`` 0: all that are kept)."""
+    req = control_pb2.NodeHealthRequest(node_id=id, limit=limit)
+    resp = await ctl.call(ctl.stub.GetNodeHealth, req, caller)
+    return Items[NodeHealth](items=[NodeHealth.from_pb(s) for s in resp.samples])
 
 
 @router.patch("/nodes/{id}", response_model=Node)

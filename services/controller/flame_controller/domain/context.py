@@ -51,6 +51,8 @@ class Ctx:
     # the tracking server's accounts (None: it has none); the tracking URIs a job may name
     tracking_accounts: TrackingAccounts | None = None
     tracking_uris: frozenset[str] = frozenset()
+    # health samples kept per node (the newest; flamelets report one every 15 s by default)
+    node_health_keep: int = 240
 
     @cached_property
     def data_plane_ca(self) -> Authority | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 import structlog
 
@@ -17,14 +18,16 @@ from flame_service.errors import (
     Unauthenticated,
 )
 
-from ..store.records import NodeRecord, new_id, utcnow
+from ..store.records import NodeHealthRecord, NodeRecord, new_id, utcnow
 from .access import (
     check_name,
     check_project_for_create,
     ensure_owner,
     fetch,
     get_visible,
+    job_of_task_credential,
     list_visible,
+    require_node,
     require_user,
     unfinished_task_of,
 )
@@ -156,3 +159,24 @@ async def report_presence(
         return  # an older report arriving late changes nothing
     await ctx.store.update_node(node_id, {"presence": presence, "last_seen": when})
     log.info("node.presence", node_id=node_id, presence=presence)
+
+
+async def report_health(ctx: Ctx, caller: Caller, measured: Mapping[str, Any]) -> None:
+    """A node's agent reports a health sample of its own node, stamped with the time it came."""
+    require_node(caller)
+    if job_of_task_credential(caller) is not None:
+        raise PermissionDenied("a task credential cannot report its node's health")
+    node = await fetch(ctx.store.get_node(caller.subject), "node", caller.subject)
+    if node.revoked:
+        raise PermissionDenied("this node's credential was revoked")
+    sample = NodeHealthRecord.model_validate({**measured, "node_id": node.id, "at": utcnow()})
+    await ctx.store.append_node_health(sample, keep=ctx.node_health_keep)
+
+
+async def get_health(ctx: Ctx, caller: Caller, node_id: str, limit: int) -> list[NodeHealthRecord]:
+    """The newest samples of a node the caller can see, oldest first."""
+    node = await get_node(ctx, caller, node_id)
+    if limit < 0:
+        raise InvalidArgument("limit must not be negative")
+    keep = ctx.node_health_keep
+    return await ctx.store.read_node_health(node.id, min(limit, keep) if limit else keep)

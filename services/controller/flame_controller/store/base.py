@@ -41,6 +41,7 @@ from flame_controller.store.records import (
     JobRecord,
     LogLineRecord,
     MetricRecord,
+    NodeHealthRecord,
     NodeRecord,
     ProjectRecord,
     TaskRecord,
@@ -168,7 +169,16 @@ class Store(Protocol):
         after: str | None = None,
     ) -> Page[NodeRecord]: ...
     async def update_node(self, node_id: str, changes: Mapping[str, Any]) -> NodeRecord: ...
-    async def delete_node(self, node_id: str) -> None: ...
+    async def delete_node(self, node_id: str) -> None:
+        """Removes the node and its health samples."""
+
+    async def append_node_health(self, sample: NodeHealthRecord, keep: int) -> None:
+        """Store a sample and drop all but the ``keep`` newest of its node."""
+        ...
+
+    async def read_node_health(self, node_id: str, limit: int) -> list[NodeHealthRecord]:
+        """The ``limit`` newest samples of a node, oldest first."""
+        ...
 
     # -- datasets --------------------------------------------------------------------------
     async def create_dataset(self, dataset: DatasetRecord) -> DatasetRecord: ...

@@ -54,6 +54,7 @@ from flame_controller.store.records import (
     JobState,
     LogLineRecord,
     MetricRecord,
+    NodeHealthRecord,
     NodeRecord,
     ProjectRecord,
     Record,
@@ -428,6 +429,22 @@ class DocumentStore(ABC):
 
     async def delete_node(self, node_id: str) -> None:
         await self._remove(K.NODES, node_id, "node")
+        await self._delete(K.NODE_HEALTH, Eq("node_id", node_id))
+
+    async def append_node_health(self, sample: NodeHealthRecord, keep: int) -> None:
+        if keep < 1:
+            raise InvalidArgument("keep at least one health sample")
+        async with self._append_lock:
+            n = await self._insert_numbered(
+                K.NODE_HEALTH, f"health:{sample.node_id}", "n", [self._doc(sample)]
+            )
+            await self._delete(
+                K.NODE_HEALTH, And((Eq("node_id", sample.node_id), Lte("n", n - keep)))
+            )
+
+    async def read_node_health(self, node_id: str, limit: int) -> list[NodeHealthRecord]:
+        rows = await self._find(K.NODE_HEALTH, Eq("node_id", node_id), ("-n",), max(1, limit))
+        return [self._decode(K.NODE_HEALTH, NodeHealthRecord, doc) for _, doc in reversed(rows)]
 
     # ------------------------------------------------------------------ datasets
     async def create_dataset(self, dataset: DatasetRecord) -> DatasetRecord:

@@ -16,6 +16,7 @@ from flame_controller.store.records import (
     JobRecord,
     LogLineRecord,
     MetricRecord,
+    NodeHealthRecord,
     NodeRecord,
     ProjectRecord,
     Record,
@@ -129,6 +130,14 @@ METRICS = Kind(
     indexes=(("job_id", "n"),),
     hidden=("n",),
 )
+NODE_HEALTH = Kind(
+    "node_health",
+    NodeHealthRecord,
+    ("node_id", "n"),
+    key=lambda doc: log_key(doc["node_id"], doc["n"]),
+    indexes=(("node_id", "n"),),
+    hidden=("n",),
+)
 
 AUDIT = Kind(
     "audit",
@@ -156,6 +165,7 @@ ALL_KINDS: tuple[Kind, ...] = (
     TASKS,
     LOGS,
     METRICS,
+    NODE_HEALTH,
     AUDIT,
     IDEMPOTENCY,
     INVITATIONS,

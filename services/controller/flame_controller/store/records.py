@@ -149,6 +149,31 @@ class NodeRecord(Record):
     created_at: UtcDatetime = Field(default_factory=utcnow)
 
 
+class GpuSample(Record):
+    index: int = Field(ge=0)
+    name: str = ""
+    utilization_percent: float = Field(ge=0, le=100)
+    memory_used_bytes: int = Field(ge=0)
+    memory_total_bytes: int = Field(ge=0)
+
+
+class NodeHealthRecord(Record):
+    """One health sample a node's agent reported; the store keeps the last few per node."""
+
+    node_id: str
+    at: UtcDatetime
+    cpu_percent: float = Field(ge=0, le=100)
+    cpu_count: int = Field(default=0, ge=0)
+    load1: float = Field(default=0.0, ge=0)
+    memory_used_bytes: int = Field(ge=0)
+    memory_total_bytes: int = Field(ge=0)
+    disk_used_bytes: int = Field(ge=0)
+    disk_total_bytes: int = Field(ge=0)
+    net_sent_bytes: int = Field(default=0, ge=0)  # counters since the node booted
+    net_recv_bytes: int = Field(default=0, ge=0)
+    gpus: list[GpuSample] = Field(default_factory=list, max_length=64)
+
+
 class DatasetRecord(Record):
     id: str
     name: str  # unique per owner
