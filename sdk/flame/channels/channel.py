@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import structlog
@@ -166,11 +166,20 @@ class Channel:
         return await self._inbox.get(peer, timeout)
 
     async def recv_any(
-        self, peers: Sequence[str] | None = None, timeout: float | None = None
+        self,
+        peers: Collection[str] | None = None,
+        timeout: float | None = None,
+        *,
+        checked: bool = False,
     ) -> tuple[str, Message]:
-        wanted = self.peers() if peers is None else list(peers)
-        for p in wanted:
-            self._check_peer(p)
+        """The first message from any of ``peers`` (every peer when None). ``checked``: the
+        caller knows they are all peers of this channel (e.g. a broadcast reached them), so
+        they are not checked again: a receive then costs O(log n) however many it waits for,
+        and a loop that takes n answers stays linear in n."""
+        wanted: Collection[str] = self._peers.keys() if peers is None else peers
+        if not checked:
+            for p in wanted:
+                self._check_peer(p)
         if not wanted:
             raise ChannelError(f"{self.me} has no peers to receive from on channel {self.name}")
         return await self._inbox.get_any(wanted, timeout)
