@@ -25,8 +25,9 @@ from typing import Any
 import structlog
 
 from flame.channels.discovery import Discovery, MemoryDiscovery
-from flame.channels.factory import ChannelSet, open_channels
+from flame.channels.factory import ChannelSet, open_channels, settings_for
 from flame.channels.inproc import InprocHub
+from flame.channels.settings import ChannelSettings
 from flame.config import Backend, DesignSchema, DiscoverySettings, JobSpec, TaskConfig
 from flame.errors import ConfigError, FlameError
 from flame.heterogeneity import Heterogeneity
@@ -117,22 +118,31 @@ def simulate(
     a folder (tracking, processes or checkpoints) gets a new one under ``$FLAME_HOME/runs``
     (:mod:`flame.paths`); one that does not writes no file.
     """
-    return asyncio.run(
-        simulate_async(
-            job,
-            roles,
-            datasets,
-            backend=backend,
-            processes=processes,
-            workdir=workdir,
-            track=track,
-            checkpoint=checkpoint,
-            job_id=job_id,
-            overrides=overrides,
-            on_round=on_round,
-            heterogeneity=heterogeneity,
+    # The coroutine asyncio.run runs returns nothing: its runner may format its task's repr
+    # (with the result in it) while restoring the SIGINT handler, a cost that grew with every
+    # task's weights (issue 21). The result leaves through ``box`` instead.
+    box: list[SimulationResult] = []
+
+    async def run() -> None:
+        box.append(
+            await simulate_async(
+                job,
+                roles,
+                datasets,
+                backend=backend,
+                processes=processes,
+                workdir=workdir,
+                track=track,
+                checkpoint=checkpoint,
+                job_id=job_id,
+                overrides=overrides,
+                on_round=on_round,
+                heterogeneity=heterogeneity,
+            )
         )
-    )
+
+    asyncio.run(run())
+    return box[0]
 
 
 async def simulate_async(
@@ -271,10 +281,15 @@ async def run_tasks(
     if backend == "grpc" and discovery is None:
         discovery = MemoryDiscovery()
     channel_sets: dict[str, ChannelSet] = {}
+    base = ChannelSettings()  # the environment, read once for every task (not per task)
     try:
         for cfg in configs:
             channel_sets[cfg.task_id] = await open_channels(
-                cfg, hub=hub, backend=backend, discovery=discovery
+                cfg,
+                hub=hub,
+                backend=backend,
+                discovery=discovery,
+                settings=settings_for(cfg, base),
             )
         role_objs = {
             cfg.task_id: make_role(
