@@ -11,6 +11,7 @@ The same user code runs unchanged under the control plane.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import re
@@ -305,6 +306,10 @@ async def run_tasks(
                 if isinstance(role, Trainer):
                     role.device = heterogeneity
         key = _key_task(role_objs)
+        # The job's set-up (configs, channels, roles: millions of objects at 10,000 trainers)
+        # lives until the end: kept out of the garbage collector's full passes, which would
+        # otherwise walk all of it again and again during the run (issue 21).
+        gc.freeze()
 
         async def run_one(task_id: str, role: Role) -> RoleResult:
             try:
@@ -343,6 +348,7 @@ async def run_tasks(
                 log.warning("task.failed", task_id=tid, error=str(exc))
         return results
     finally:
+        gc.unfreeze()
         for cs in channel_sets.values():
             await cs.close()
 
