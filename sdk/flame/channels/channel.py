@@ -87,14 +87,15 @@ class Channel:
         return self._closed
 
     # -- sending -----------------------------------------------------------------------------
-    def _stamp(self, msg: Message) -> Message:
-        """The message as it goes on the wire: from me, on this channel, in this job."""
+    def stamp(self, msg: Message) -> Message:
+        """The message as it goes on the wire: from me, on this channel, in this job (stamp a
+        message sent to many peers once: sending a stamped message copies nothing)."""
         if msg.sender == self.me and msg.channel == self.name and msg.job_id == self.job_id:
             return msg
         return dataclasses.replace(msg, sender=self.me, channel=self.name, job_id=self.job_id)
 
     async def send(self, peer: str, msg: Message) -> None:
-        await self._send(peer, self._stamp(msg), None)
+        await self._send(peer, self.stamp(msg), None)
 
     async def _send(self, peer: str, msg: Message, digest: tuple[int, bytes] | None) -> None:
         if self._closed:
@@ -114,7 +115,7 @@ class Channel:
         targets = self.peers() if peers is None else list(peers)
         for p in targets:
             self._check_peer(p)
-        stamped = self._stamp(msg)
+        stamped = self.stamp(msg)
         check_sendable(stamped.weights)
         digest = payload_digest(stamped.weights) if self.auth is not None else None
         results = await asyncio.gather(
