@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from flame import aio
 from flame.channels.discovery import Discovery, MemoryDiscovery
 from flame.channels.factory import ChannelSet, open_channels, settings_for
 from flame.channels.inproc import InprocHub
@@ -119,31 +120,23 @@ def simulate(
     a folder (tracking, processes or checkpoints) gets a new one under ``$FLAME_HOME/runs``
     (:mod:`flame.paths`); one that does not writes no file.
     """
-    # The coroutine asyncio.run runs returns nothing: its runner may format its task's repr
-    # (with the result in it) while restoring the SIGINT handler, a cost that grew with every
-    # task's weights (issue 21). The result leaves through ``box`` instead.
-    box: list[SimulationResult] = []
-
-    async def run() -> None:
-        box.append(
-            await simulate_async(
-                job,
-                roles,
-                datasets,
-                backend=backend,
-                processes=processes,
-                workdir=workdir,
-                track=track,
-                checkpoint=checkpoint,
-                job_id=job_id,
-                overrides=overrides,
-                on_round=on_round,
-                heterogeneity=heterogeneity,
-            )
+    # flame.aio.run: the end of the run costs nothing that grows with the result (issue 21)
+    return aio.run(
+        simulate_async(
+            job,
+            roles,
+            datasets,
+            backend=backend,
+            processes=processes,
+            workdir=workdir,
+            track=track,
+            checkpoint=checkpoint,
+            job_id=job_id,
+            overrides=overrides,
+            on_round=on_round,
+            heterogeneity=heterogeneity,
         )
-
-    asyncio.run(run())
-    return box[0]
+    )
 
 
 async def simulate_async(
