@@ -16,12 +16,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 
 import structlog
 
+from flame import aio
 from flame.channels.factory import open_channels
 from flame.config import TaskConfig, load_task_config
 from flame.errors import ConfigError, FlameError, QuorumLost
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         cls = load_role_class(role_code_path(args.config, config.role))
         on_round = RoundWriter(args.rounds_file) if args.rounds_file else None
-        result = asyncio.run(run_task(config, cls, track=not args.no_track, on_round=on_round))
+        result = aio.run(run_task(config, cls, track=not args.no_track, on_round=on_round))
         write_result(config.workdir, result)
     except ConfigError as exc:
         print(f"flame.launch: configuration error: {exc}", file=sys.stderr)

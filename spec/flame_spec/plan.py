@@ -231,18 +231,32 @@ def plan_tasks(
                     tid = task_id(job_id, role.name, index)
                     bare.append(PlannedTask(tid, role.name, index, dict(entry)))
                     index += 1
-    linked = [_with_peers(t, design, bare) for t in bare]
+    members = _members(bare)
+    linked = [_with_peers(t, design, members) for t in bare]
     return _with_sample_limits(linked, design)
 
 
-def _with_peers(task: PlannedTask, design: DesignSchema, tasks: list[PlannedTask]) -> PlannedTask:
+Members = dict[tuple[str, str, str], list[PlannedTask]]
+
+
+def _members(tasks: list[PlannedTask]) -> Members:
+    """Tasks by (role, channel, group), in task order: each task finds its peers without
+    looking at every task (planning 10,000 trainers stays linear)."""
+    members: Members = {}
+    for t in tasks:
+        for chan_name, group in t.groups.items():
+            members.setdefault((t.role, chan_name, group), []).append(t)
+    return members
+
+
+def _with_peers(task: PlannedTask, design: DesignSchema, members: Members) -> PlannedTask:
     peers: dict[str, list[PeerRef]] = {}
     for chan_name, group in task.groups.items():
         other = design.channel(chan_name).other_end(task.role)
         found = [
             PeerRef(task_id=p.id, role=p.role)
-            for p in tasks
-            if p.role == other and p.groups.get(chan_name) == group and p.id != task.id
+            for p in members.get((other, chan_name, group), [])
+            if p.id != task.id
         ]
         if not found and other != task.role:
             raise _fail(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import structlog
@@ -87,14 +87,15 @@ class Channel:
         return self._closed
 
     # -- sending -----------------------------------------------------------------------------
-    def _stamp(self, msg: Message) -> Message:
-        """The message as it goes on the wire: from me, on this channel, in this job."""
+    def stamp(self, msg: Message) -> Message:
+        """The message as it goes on the wire: from me, on this channel, in this job (stamp a
+        message sent to many peers once: sending a stamped message copies nothing)."""
         if msg.sender == self.me and msg.channel == self.name and msg.job_id == self.job_id:
             return msg
         return dataclasses.replace(msg, sender=self.me, channel=self.name, job_id=self.job_id)
 
     async def send(self, peer: str, msg: Message) -> None:
-        await self._send(peer, self._stamp(msg), None)
+        await self._send(peer, self.stamp(msg), None)
 
     async def _send(self, peer: str, msg: Message, digest: tuple[int, bytes] | None) -> None:
         if self._closed:
@@ -114,7 +115,7 @@ class Channel:
         targets = self.peers() if peers is None else list(peers)
         for p in targets:
             self._check_peer(p)
-        stamped = self._stamp(msg)
+        stamped = self.stamp(msg)
         check_sendable(stamped.weights)
         digest = payload_digest(stamped.weights) if self.auth is not None else None
         results = await asyncio.gather(
@@ -166,11 +167,20 @@ class Channel:
         return await self._inbox.get(peer, timeout)
 
     async def recv_any(
-        self, peers: Sequence[str] | None = None, timeout: float | None = None
+        self,
+        peers: Collection[str] | None = None,
+        timeout: float | None = None,
+        *,
+        checked: bool = False,
     ) -> tuple[str, Message]:
-        wanted = self.peers() if peers is None else list(peers)
-        for p in wanted:
-            self._check_peer(p)
+        """The first message from any of ``peers`` (every peer when None). ``checked``: the
+        caller knows they are all peers of this channel (e.g. a broadcast reached them), so
+        they are not checked again: a receive then costs O(log n) however many it waits for,
+        and a loop that takes n answers stays linear in n."""
+        wanted: Collection[str] = self._peers.keys() if peers is None else peers
+        if not checked:
+            for p in wanted:
+                self._check_peer(p)
         if not wanted:
             raise ChannelError(f"{self.me} has no peers to receive from on channel {self.name}")
         return await self._inbox.get_any(wanted, timeout)

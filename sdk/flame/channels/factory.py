@@ -85,11 +85,12 @@ def backend_of(config: TaskConfig, channel: str, override: Backend | None = None
     return config.channels[channel].backend
 
 
-def _settings_for(config: TaskConfig) -> ChannelSettings:
-    """``ChannelSettings()`` (env ``FLAME_CHANNEL_*``), the send timeout capped by the job's
-    ``round_timeout`` unless set in the environment: a send that outlives the round is of no
-    use to anyone."""
-    settings = ChannelSettings()
+def settings_for(config: TaskConfig, base: ChannelSettings | None = None) -> ChannelSettings:
+    """``base`` (default ``ChannelSettings()``, env ``FLAME_CHANNEL_*``), the send timeout
+    capped by the job's ``round_timeout`` unless set in the environment: a send that outlives
+    the round is of no use to anyone. A caller opening many tasks' channels reads the
+    environment once and passes it as ``base``."""
+    settings = base or ChannelSettings()
     if "send_timeout" not in settings.model_fields_set:
         bounded = min(settings.send_timeout, config.job.round_timeout)
         settings = settings.model_copy(update={"send_timeout": bounded})
@@ -109,11 +110,11 @@ async def open_channels(
     :class:`Channel` per channel over it.
 
     ``hub`` is needed for inproc channels; ``discovery`` replaces the one the config names
-    (grpc only); ``settings`` defaults to :func:`_settings_for` the config.
+    (grpc only); ``settings`` defaults to :func:`settings_for` the config.
     """
     ctx = TransportContext(
         config=config,
-        settings=settings or _settings_for(config),
+        settings=settings or settings_for(config),
         hub=hub,
         discovery=discovery,
     )

@@ -66,6 +66,7 @@ from flame.protocol import (
     Update,
 )
 from flame.roles.base import Role, RoleResult, pack, unpack, weighted_metrics
+from flame.roles.joins import JoinCount
 from flame.roles.topology import group_leaders
 from flame.selection import Selector, make_selector
 from flame.tensors import Weights, check_update
@@ -158,7 +159,8 @@ class Aggregator(Role):
         self.prev_weights: Weights = {}
         self.extras: Weights = {}
         self.final = False
-        self.participants: list[str] = []
+        self._participants: list[str] = []
+        self._selected: frozenset[str] = frozenset()  # the same, for O(1) membership
         self.assigned: list[str] | None = None
         self.received: list[Received] = []
         self.silent: set[str] = set()
@@ -179,6 +181,16 @@ class Aggregator(Role):
             )
             down = [p for p in down if p in leaders] or down
         self.candidates = sorted(down)
+
+    @property
+    def participants(self) -> list[str]:
+        """This round's participants (assign a new list to change them)."""
+        return self._participants
+
+    @participants.setter
+    def participants(self, peers: list[str]) -> None:
+        self._participants = peers
+        self._selected = frozenset(peers)
 
     def _down_role(self) -> str:
         assert self.topology.downstream is not None
@@ -357,7 +369,7 @@ class Aggregator(Role):
         if not isinstance(given, dict):
             raise ConfigError(f"instruct() returned {type(given).__name__}, not a dict")
         for peer, value in given.items():
-            if peer not in self.participants:
+            if peer not in self._selected:
                 raise ConfigError(
                     f"instruct() names {peer!r}, which is not a participant of round {self.round}"
                 )
@@ -428,14 +440,16 @@ class Aggregator(Role):
 
             sent = await asyncio.gather(*(one(p) for p in self.participants))
             reached = [p for ps in sent for p in ps]
-        self.silent.update(p for p in self.participants if p not in reached)
+        got = set(reached)
+        self.silent.update(p for p in self.participants if p not in got)
         self.participants = reached
 
     @tasklet
     async def collect(self) -> None:
         assert self.topology.downstream is not None
         chan = self.channels[self.topology.downstream]
-        pending = set(self.participants)
+        pending = set(self.participants)  # each message costs O(1) here (issue 21: linear)
+        joins = JoinCount(self.participants, self.joined, self.config.job.min_trainers)
         self.received = []
         self.declined = {}
         began = self.clock()
@@ -443,17 +457,18 @@ class Aggregator(Role):
         deadline: float | None = None
         waited = False  # for joins: the clock did not start with the round
         while pending:
-            if deadline is None and self.clock_can_start(self.participants):
+            if deadline is None and joins.enough:
                 deadline = await self.start_clock(self.clock() - began if waited else 0.0)
             waited = deadline is None
             remaining = (give_up if deadline is None else deadline) - self.clock()
             if remaining <= 0:
                 break
-            try:
-                peer, msg = await chan.recv_any(sorted(pending), timeout=remaining)
+            try:  # distribute reached every participant: they are peers of the channel
+                peer, msg = await chan.recv_any(pending, timeout=remaining, checked=True)
             except PeerTimeout:
                 break
             self.note_joined(peer, msg)
+            joins.note(peer)
             if msg.kind == Join.KIND:
                 continue
             if msg.round < self.round and msg.kind in _ANSWERS:
@@ -499,7 +514,7 @@ class Aggregator(Role):
             raise RejectedUpdate(
                 f"round {msg.round} is not the expected round {expected_round}", peer
             )
-        if peer not in self.participants:
+        if peer not in self._selected:
             raise RejectedUpdate("not selected for this round", peer)
         update = (FinalEval if self.final else Update).read(msg)
         if self.final:
@@ -641,7 +656,7 @@ class Aggregator(Role):
         deadline = self.clock() + self.config.job.round_timeout
         while pending and (remaining := deadline - self.clock()) > 0:
             try:
-                peer, answer = await chan.recv_any(sorted(pending), timeout=remaining)
+                peer, answer = await chan.recv_any(pending, timeout=remaining, checked=True)
             except PeerTimeout:
                 break
             if answer.kind != EvalReport.KIND or answer.round != self.round:

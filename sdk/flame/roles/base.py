@@ -192,6 +192,7 @@ class Role:
         """Send ``msg`` to every peer concurrently; returns those it reached (the others are
         logged: a dead or unreachable peer costs one send timeout, not one per peer)."""
         chan = self.channels[channel]
+        msg = chan.stamp(msg)  # once for every peer
 
         async def one(peer: str) -> bool:
             try:
