@@ -4,8 +4,9 @@ nothing readable by default, and a job's top aggregator logging as the job's own
 When a job starts, the controller (as the server's admin) makes the job's experiment
 (``<owner>/<experiment or job name>``, so tenants never share one) and registered model
 (``<job name>-<job id>``), an account for the job that may edit exactly those two, and an account
-for the owner that may read them. Passwords are derived from the data-plane secret (HKDF, as the
-task keys are), so nothing new is stored and every controller replica computes the same ones;
+for the owner that may read them (and move the model's aliases). Passwords are derived from the
+data-plane secret (HKDF, as the task keys are), so nothing new is stored and every controller
+replica computes the same ones;
 the job's password reaches only its top aggregator, inside its config.
 """
 
@@ -154,9 +155,14 @@ class TrackingAccounts:
             await self._ensure_user(username)
         experiment_id = await self._experiment(names.experiment)
         await self._model(names.model_name)
-        for username, permission in ((names.username, "EDIT"), (reader, "READ")):
-            await self._grant(username, "experiment", experiment_id, permission)
-            await self._grant(username, "registered_model", names.model_name, permission)
+        # the job's account writes its runs and versions; the owner reads the runs and may
+        # edit the model (move its aliases: ``flamectl model alias``)
+        for username, run_access, model_access in (
+            (names.username, "EDIT", "EDIT"),
+            (reader, "READ", "EDIT"),
+        ):
+            await self._grant(username, "experiment", experiment_id, run_access)
+            await self._grant(username, "registered_model", names.model_name, model_access)
         log.info(
             "tracking.prepared",
             experiment=names.experiment,

@@ -14,27 +14,35 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from flame.serving.model_card import ModelCard
 from flame.tracking import MlflowTracker, NullTracker
 
-PREDICT = """
+ROLE = """
 import numpy as np
-def predict(weights, x):
-    return np.asarray(x) @ weights["w"] + weights["b"]
+from flame import Aggregator
+
+class Linear(Aggregator):
+    def initialize(self):
+        width = int(self.hyperparameters["width"])
+        self.model = {"w": np.zeros((width, 1), np.float32), "b": np.zeros(1, np.float32)}
 """
 
 
 def _run_job(uri: str, tmp_path: Path, name: str) -> tuple[MlflowTracker, dict]:
-    predict_py = tmp_path / "predict.py"
-    predict_py.write_text(PREDICT)
+    role = tmp_path / "aggregator"
+    role.mkdir(exist_ok=True)
+    (role / "main.py").write_text(ROLE)
+    example = np.zeros((1, 2), np.float32)
+    card = ModelCard(role, "main.py", "Linear", {"width": 2}, 0, example, example[:, :1])
     tracker = MlflowTracker(
         tracking_uri=uri,
         experiment=name,
         run_name=f"{name}-run",
         selection_metric="accuracy",
         register_as=name,
-        predict_source=str(predict_py),
         system_metrics_interval=0.2,
     )
+    tracker.describe_model(card)
     tracker.start({"rounds": 3, "optimizer": {"name": "fedavg"}}, {"flame.job_id": "job-1"})
     accuracies = [0.5, 0.9, 0.7]
     models = {}
