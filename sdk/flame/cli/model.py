@@ -1,8 +1,9 @@
 """``flamectl model``: the registered models of your jobs on the platform's MLflow server.
 
 Every command signs in to MLflow with your own tracking login (``flamectl tracking
-credentials``), so MLflow itself decides what you may see: your jobs' models, nothing else (you
-may also move their aliases). A model you may not read is reported as not found, as the API
+credentials``), so MLflow itself decides what you may see: your jobs' models, nothing else. That
+login only reads: ``alias`` goes through the apiserver, which checks the model is your job's. A
+model you may not read is reported as not found, as the API
 does for other tenants' resources. ``serve`` downloads the model and runs MLflow's scoring
 server on it, in this Python environment.
 """
@@ -134,13 +135,12 @@ def alias(
     version: str,
     alias: Annotated[str, typer.Argument(help="e.g. prod; an existing alias moves")],
 ) -> None:
-    """Point ALIAS of a model at one of its versions (NAME@ALIAS then loads that version)."""
-    if not version.isdigit():
-        raise ApiError(400, "invalid_argument", f"version {version!r} is not a number")
-    with _registry() as registry:
-        registry.get_model_version(name, version)  # not yours, or no such version: not found
-        registry.set_registered_model_alias(name, alias, version)
-    typer.echo(f"{name}@{alias} -> version {version}")
+    """Point ALIAS of a model at one of its versions (NAME@ALIAS then loads that version).
+
+    Through the apiserver: your MLflow login only reads; ``@best`` stays the job's selection."""
+    with session() as client:
+        got = client.set_model_alias(name, alias, version)
+    typer.echo(f"{got['model']}@{got['alias']} -> version {got['version']}")
 
 
 def _download(registry: Any, version: Any, target: Path) -> Path:

@@ -4,9 +4,8 @@ nothing readable by default, and a job's top aggregator logging as the job's own
 When a job starts, the controller (as the server's admin) makes the job's experiment
 (``<owner>/<experiment or job name>``, so tenants never share one) and registered model
 (``<job name>-<job id>``), an account for the job that may edit exactly those two, and an account
-for the owner that may read them (and move the model's aliases). Passwords are derived from the
-data-plane secret (HKDF, as the task keys are), so nothing new is stored and every controller
-replica computes the same ones;
+for the owner that may read them. Passwords are derived from the data-plane secret (HKDF, as the
+task keys are), so nothing new is stored and every controller replica computes the same ones;
 the job's password reaches only its top aggregator, inside its config.
 """
 
@@ -155,14 +154,9 @@ class TrackingAccounts:
             await self._ensure_user(username)
         experiment_id = await self._experiment(names.experiment)
         await self._model(names.model_name)
-        # the job's account writes its runs and versions; the owner reads the runs and may
-        # edit the model (move its aliases: ``flamectl model alias``)
-        for username, run_access, model_access in (
-            (names.username, "EDIT", "EDIT"),
-            (reader, "READ", "EDIT"),
-        ):
-            await self._grant(username, "experiment", experiment_id, run_access)
-            await self._grant(username, "registered_model", names.model_name, model_access)
+        for username, permission in ((names.username, "EDIT"), (reader, "READ")):
+            await self._grant(username, "experiment", experiment_id, permission)
+            await self._grant(username, "registered_model", names.model_name, permission)
         log.info(
             "tracking.prepared",
             experiment=names.experiment,
@@ -175,3 +169,19 @@ class TrackingAccounts:
         username = user_username(user_id)
         await self._ensure_user(username)
         return username, self.password(username)
+
+    async def set_alias(self, model: str, alias: str, version: str) -> bool:
+        """Point ``model@alias`` at an existing ``version``; False when there is no such version."""
+        code, _ = await self._call(
+            "GET", "/api/2.0/mlflow/model-versions/get", params={"name": model, "version": version}
+        )
+        if code != 200:
+            return False
+        body = {"name": model, "alias": alias, "version": version}
+        code, answer = await self._call(
+            "POST", "/api/2.0/mlflow/registered-models/alias", json=body
+        )
+        if code != 200:
+            raise Unavailable(f"cannot set {model}@{alias}: {answer}")
+        log.info("tracking.alias_set", model=model, alias=alias, version=version)
+        return True

@@ -123,6 +123,8 @@ class ControlPlaneStub:
     """grpc data-plane peer discovery: tasks of one job find each other's endpoints"""
     ListEndpoints: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.ListEndpointsResponse]
     """id = job id"""
+    SetModelAlias: _grpc.UnaryUnaryMultiCallable[_control_pb2.SetModelAliasRequest, _control_pb2.ModelAlias]
+    """registered models: point an alias of one of the caller's jobs' models at one of its versions"""
 
 @_typing.type_check_only
 class ControlPlaneAsyncStub(ControlPlaneStub):
@@ -218,6 +220,8 @@ class ControlPlaneAsyncStub(ControlPlaneStub):
     """grpc data-plane peer discovery: tasks of one job find each other's endpoints"""
     ListEndpoints: _aio.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.ListEndpointsResponse]  # type: ignore[assignment]
     """id = job id"""
+    SetModelAlias: _aio.UnaryUnaryMultiCallable[_control_pb2.SetModelAliasRequest, _control_pb2.ModelAlias]  # type: ignore[assignment]
+    """registered models: point an alias of one of the caller's jobs' models at one of its versions"""
 
 class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
     """The controller's API. Internal: only the apiserver and the notifier call it.
@@ -658,5 +662,13 @@ class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.ListEndpointsResponse, _abc.Awaitable[_control_pb2.ListEndpointsResponse]]:
         """id = job id"""
+
+    @_abc_1.abstractmethod
+    def SetModelAlias(
+        self,
+        request: _control_pb2.SetModelAliasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ModelAlias, _abc.Awaitable[_control_pb2.ModelAlias]]:
+        """registered models: point an alias of one of the caller's jobs' models at one of its versions"""
 
 def add_ControlPlaneServicer_to_server(servicer: ControlPlaneServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
