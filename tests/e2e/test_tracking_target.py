@@ -97,6 +97,7 @@ def test_a_job_without_a_tracking_uri_logs_to_the_stacks_mlflow(
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    monkeypatch.chdir(tmp_path)  # whatever MLflow's client writes by default stays here
     cluster = start_cluster(tmp_path / "stack", nodes=3, shards=3, mlflow=True)
     try:
         job = cluster.submit(
@@ -147,11 +148,17 @@ def test_a_job_without_a_tracking_uri_logs_to_the_stacks_mlflow(
         assert "version 1" in owner("model", "alias", name, model.version, "prod").stdout
         got = json.loads(owner("model", "get", f"{name}@prod", "-o", "json").stdout)
         assert got["version"] == model.version and "prod" in got["aliases"]
+        # @best stays the job's selection (refused: 1); there is no version 99 (not found: 3)
+        for argv, code in (((name, model.version, "best"), 1), ((name, "99", "prod"), 3)):
+            refused = owner("model", "alias", *argv, check=False)
+            assert refused.returncode == code, (argv, refused.stdout, refused.stderr)
         weights = load_file(next((tmp_path / "dl").rglob("weights.safetensors")))
         x = digits_split(0).x_test
         expected = _torch_predictions(weights, x)
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", login.username)
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", login.password)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)  # MLflow's own loader, as a user runs it
+        monkeypatch.setenv("MLFLOW_REGISTRY_URI", url)
         loaded = mlflow_pyfunc.load_model(f"models:/{name}@prod")
         np.testing.assert_array_equal(np.asarray(loaded.predict(x)), expected)
         served = _serve_and_predict(tmp_path / "owner.yaml", f"{name}@prod", x)
