@@ -258,6 +258,17 @@ class MlflowTracker:
     def describe_model(self, card: ModelCard) -> None:
         self.card = card
 
+    def _write_card(self, folder: Path) -> tuple[Path, Path] | None:
+        """The role's source and card for the model, or None: it is then logged without a
+        way to predict (its weights still), rather than not at all."""
+        if self.card is None:
+            return None
+        try:
+            return self.card.write(folder)
+        except (OSError, ValueError) as exc:
+            log.warning("model.predictor_not_logged", error=f"{type(exc).__name__}: {exc}")
+            return None
+
     def _log_best_model(self) -> str | None:
         import mlflow.pyfunc
         from mlflow.models import infer_signature
@@ -269,8 +280,9 @@ class MlflowTracker:
             artifacts = {"weights": str(weights_file)}
             extra: dict[str, Any] = {}
             requirements = ["mlflow", "numpy", "safetensors"]
-            if self.card is not None:
-                code, card = self.card.write(Path(tmp))
+            shipped = self._write_card(Path(tmp))
+            if self.card is not None and shipped is not None:
+                code, card = shipped
                 artifacts |= {"code": str(code), "predictor": str(card)}
                 extra = {
                     "signature": infer_signature(self.card.input_example, self.card.output_example),

@@ -29,7 +29,8 @@ def start(model_dir: Path, *, host: str = "127.0.0.1", port: int = 5001) -> subp
     # MLflow starts ``uvicorn`` by name: this environment's comes first
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = {**os.environ, **NO_TELEMETRY, "PATH": path}
-    return subprocess.Popen(argv, env=env, start_new_session=True)
+    # its request log goes to stderr: stdout stays for what the caller prints
+    return subprocess.Popen(argv, env=env, stdout=sys.stderr, start_new_session=True)
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300.0) -> None:
