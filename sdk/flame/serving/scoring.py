@@ -30,7 +30,7 @@ def start(model_dir: Path, *, host: str = "127.0.0.1", port: int = 5001) -> subp
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = {**os.environ, **NO_TELEMETRY, "PATH": path}
     # its request log goes to stderr: stdout stays for what the caller prints
-    return subprocess.Popen(argv, env=env, stdout=sys.stderr, start_new_session=True)
+    return subprocess.Popen(argv, env=env, stdout=2, start_new_session=True)
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300.0) -> None:
