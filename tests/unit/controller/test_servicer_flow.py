@@ -198,7 +198,7 @@ def test_every_rpc_of_control_proto_is_implemented() -> None:
 
     service = control_pb2.DESCRIPTOR.services_by_name["ControlPlane"]
     rpcs = {m.name for m in service.methods}
-    assert len(rpcs) == 58
+    assert len(rpcs) == 59
     base = control_pb2_grpc.ControlPlaneServicer
     missing = [n for n in rpcs if getattr(ControlPlaneServicer, n) is getattr(base, n)]
     assert missing == []
