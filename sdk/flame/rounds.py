@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from flame.tensors import Weights
 from flame.tracking import Tracker, TrackingResult
+
+if TYPE_CHECKING:
+    from flame.serving.model_card import ModelCard
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +49,9 @@ class RoundTee:
 
     def log_json(self, name: str, data: dict[str, Any]) -> None:
         self.inner.log_json(name, data)
+
+    def describe_model(self, card: ModelCard) -> None:
+        self.inner.describe_model(card)
 
     def finish(self, status: str = "FINISHED") -> TrackingResult:
         return self.inner.finish(status)

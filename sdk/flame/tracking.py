@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 import structlog
@@ -32,6 +32,9 @@ from flame.outbox import Outbox
 from flame.tensors import Weights, copy_weights
 from flame.tensors import to_bytes as weights_to_bytes
 from flame_spec.retry import Backoff
+
+if TYPE_CHECKING:
+    from flame.serving.model_card import ModelCard
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +59,9 @@ class Tracker(Protocol):
 
     def log_json(self, name: str, data: dict[str, Any]) -> None: ...
 
+    def describe_model(self, card: ModelCard) -> None:
+        """How the model predicts (logged with the best model: signature, example, code)."""
+
     def finish(self, status: str = "FINISHED") -> TrackingResult: ...
 
 
@@ -72,6 +78,9 @@ class NullTracker:
         return None
 
     def log_json(self, name: str, data: dict[str, Any]) -> None:
+        return None
+
+    def describe_model(self, card: ModelCard) -> None:
         return None
 
     def finish(self, status: str = "FINISHED") -> TrackingResult:
@@ -121,7 +130,6 @@ class MlflowTracker:
         selection_metric: str = "accuracy",
         mode: str = "max",
         register_as: str | None = None,
-        predict_source: str | None = None,
         system_metrics_interval: float = 1.0,
         artifact_location: str | None = None,
     ) -> None:
@@ -132,7 +140,7 @@ class MlflowTracker:
         self.run_name = run_name
         self.best = BestModel(selection_metric, mode)
         self.register_as = register_as
-        self.predict_source = predict_source
+        self.card: ModelCard | None = None
         self.system_metrics_interval = system_metrics_interval
         self.run_id: str | None = None
         self._monitor: Any = None
@@ -247,23 +255,48 @@ class MlflowTracker:
         if batch:
             self.client.log_batch(self.run_id, metrics=batch)
 
+    def describe_model(self, card: ModelCard) -> None:
+        self.card = card
+
+    def _write_card(self, folder: Path) -> tuple[Path, Path] | None:
+        """The role's source and card for the model, or None: it is then logged without a
+        way to predict (its weights still), rather than not at all."""
+        if self.card is None:
+            return None
+        try:
+            return self.card.write(folder)
+        except (OSError, ValueError) as exc:
+            log.warning("model.predictor_not_logged", error=f"{type(exc).__name__}: {exc}")
+            return None
+
     def _log_best_model(self) -> str | None:
         import mlflow.pyfunc
+        from mlflow.models import infer_signature
 
         assert self.run_id is not None and self.best.weights is not None
         with tempfile.TemporaryDirectory() as tmp:
             weights_file = Path(tmp) / "weights.safetensors"
             weights_file.write_bytes(weights_to_bytes(self.best.weights))
             artifacts = {"weights": str(weights_file)}
-            if self.predict_source and Path(self.predict_source).is_file():
-                artifacts["predict_py"] = self.predict_source
+            extra: dict[str, Any] = {}
+            requirements = ["mlflow", "numpy", "safetensors"]
+            shipped = self._write_card(Path(tmp))
+            if self.card is not None and shipped is not None:
+                code, card = shipped
+                artifacts |= {"code": str(code), "predictor": str(card)}
+                extra = {
+                    "signature": infer_signature(self.card.input_example, self.card.output_example),
+                    "input_example": self.card.input_example,
+                }
+                requirements += ["flame-sdk", *_framework_requirements(code)]
             model_dir = Path(tmp) / "model"
             mlflow.pyfunc.save_model(
                 str(model_dir),
                 python_model=str(_MODEL_CODE),
                 artifacts=artifacts,
-                pip_requirements=["mlflow", "numpy", "safetensors"],
+                pip_requirements=requirements,
                 metadata={"flame_best_round": self.best.round, "flame_metrics": self.best.metrics},
+                **extra,
             )
             self.client.log_artifacts(self.run_id, str(model_dir), "best_model")
         if not self.register_as:
@@ -372,6 +405,9 @@ class ControlPlaneReporter:
     def log_json(self, name: str, data: dict[str, Any]) -> None:
         return None  # the control plane keeps metrics; the report is in MLflow
 
+    def describe_model(self, card: ModelCard) -> None:
+        return None
+
     def drain(self) -> bool:
         """Keep sending what waits until it is all acknowledged or ``drain_timeout`` passed;
         True when nothing is left."""
@@ -419,6 +455,9 @@ class CompositeTracker:
     def log_json(self, name: str, data: dict[str, Any]) -> None:
         self.primary.log_json(name, data)
 
+    def describe_model(self, card: ModelCard) -> None:
+        self.primary.describe_model(card)
+
     def finish(self, status: str = "FINISHED") -> TrackingResult:
         result = self.primary.finish(status)
         if self._reports is not None and self.reporter is not None:
@@ -465,6 +504,9 @@ class BackgroundTracker:
     def log_json(self, name: str, data: dict[str, Any]) -> None:
         self._calls.put(lambda: self.inner.log_json(name, data))
 
+    def describe_model(self, card: ModelCard) -> None:
+        self._calls.put(lambda: self.inner.describe_model(card))
+
     def finish(self, status: str = "FINISHED") -> TrackingResult:
         self._calls.put(None)
         self._worker.join()
@@ -487,7 +529,13 @@ def local_artifact_location(tracking_uri: str) -> str | None:
     return (db.parent / "mlartifacts").as_uri()
 
 
-def make_tracker(config: TaskConfig, *, predict_source: str | None = None) -> Tracker:
+def _framework_requirements(code: Path) -> list[str]:
+    """torch when the role's code uses it (the model is rebuilt by that code)."""
+    uses_torch = any("import torch" in p.read_text(errors="replace") for p in code.rglob("*.py"))
+    return ["torch"] if uses_torch else []
+
+
+def make_tracker(config: TaskConfig) -> Tracker:
     """The tracker for one task: MLflow (+ control-plane metrics) for the top aggregator,
     nothing for everyone else. The caller decides whether this task is the top aggregator."""
     spec: TrackingSpec = config.job.tracking
@@ -502,7 +550,6 @@ def make_tracker(config: TaskConfig, *, predict_source: str | None = None) -> Tr
         selection_metric=spec.selection_metric,
         mode=spec.mode,
         register_as=(access.model_name or config.job_name) if spec.register_model else None,
-        predict_source=predict_source,
     )
     disc = config.discovery
     reporter = None

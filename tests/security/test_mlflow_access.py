@@ -172,6 +172,37 @@ def test_an_owner_reads_their_jobs_and_nothing_else(
         assert alias.status_code == 403  # re-pointing @best would run other code in its loaders
 
 
+def test_the_controller_moves_an_alias_only_to_an_existing_version(
+    server: str, jobs: tuple[JobTracking, ...]
+) -> None:
+    """``flamectl model alias`` (the owner's login stays read-only): as admin, to a version the
+    job made; a version that does not exist is refused and changes nothing."""
+    a, _ = jobs
+    with _api(server, _login(a.username)) as job:
+        run = job.post("/runs/create", json={"experiment_id": _experiment_id(server, a.experiment)})
+        run_id = run.json()["run"]["info"]["run_id"]
+        made = job.post(
+            "/model-versions/create",
+            json={"name": a.model_name, "source": f"runs:/{run_id}/m", "run_id": run_id},
+        )
+        assert made.status_code == 200, made.text
+        version = str(made.json()["model_version"]["version"])
+
+    async def move(to: str) -> bool:
+        accounts = TrackingAccounts(server, ADMIN, SECRET)
+        try:
+            return await accounts.set_alias(a.model_name, "prod", to)
+        finally:
+            await accounts.close()
+
+    assert asyncio.run(move(version))
+    assert not asyncio.run(move("9999"))
+    with _api(server, _login(user_username("usr-alice"))) as alice:
+        got = alice.get("/registered-models/alias", params={"name": a.model_name, "alias": "prod"})
+        assert got.status_code == 200, got.text
+        assert str(got.json()["model_version"]["version"]) == version
+
+
 def test_passwords_are_derived_per_account_and_never_printed() -> None:
     accounts = TrackingAccounts("http://unused", ADMIN, SECRET)
     one, two = accounts.password("flame-job-1"), accounts.password("flame-job-2")

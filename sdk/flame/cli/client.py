@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
@@ -194,6 +195,11 @@ class FlameClient:
     def tracking_credentials(self) -> TrackingLogin:
         """This user's login on the platform's MLflow server (reads their jobs' runs)."""
         return self._get(TrackingLogin, "/v1/tracking/credentials")
+
+    def set_model_alias(self, name: str, alias: str, version: str) -> dict[str, str]:
+        """Point ``name@alias`` at ``version`` (one of your jobs' models)."""
+        path = f"/v1/models/{quote(name, safe='')}/aliases/{quote(alias, safe='')}"
+        return dict(self.request("PUT", path, json={"version": version}).json())
 
     def revoke_token(self, token_id: str) -> None:
         self._delete(f"/v1/tokens/{token_id}")

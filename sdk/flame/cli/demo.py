@@ -59,6 +59,7 @@ def live_addresses(state: StackState, run_uri: str | None, model: str | None) ->
         if model:
             name = model.removeprefix("models:/").split("@", 1)[0]
             lines.append(f"the model:  {state.mlflow_url}/#/models/{name}  ({model})")
+            lines.append(f"serve it:   flamectl model serve {name}@best  (Ctrl-C stops it)")
     return lines
 
 

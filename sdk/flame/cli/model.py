@@ -1,13 +1,17 @@
 """``flamectl model``: the registered models of your jobs on the platform's MLflow server.
 
 Every command signs in to MLflow with your own tracking login (``flamectl tracking
-credentials``), so MLflow itself decides what you may see: your jobs' models, nothing else. A
-model you may not read is reported as not found, as the API does for other tenants' resources.
+credentials``), so MLflow itself decides what you may see: your jobs' models, nothing else. That
+login only reads: ``alias`` goes through the apiserver, which checks the model is your job's. A
+model you may not read is reported as not found, as the API
+does for other tenants' resources. ``serve`` downloads the model and runs MLflow's scoring
+server on it, in this Python environment.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -125,23 +129,70 @@ def get(
         render(_version_info(_version(registry, ref)), output)
 
 
+@app.command("alias")
+def alias(
+    name: str,
+    version: str,
+    alias: Annotated[str, typer.Argument(help="e.g. prod; an existing alias moves")],
+) -> None:
+    """Point ALIAS of a model at one of its versions (NAME@ALIAS then loads that version).
+
+    Through the apiserver: your MLflow login only reads; ``@best`` stays the job's selection."""
+    with session() as client:
+        got = client.set_model_alias(name, alias, version)
+    typer.echo(f"{got['model']}@{got['alias']} -> version {got['version']}")
+
+
+def _download(registry: Any, version: Any, target: Path) -> Path:
+    import mlflow.artifacts
+
+    target.mkdir(parents=True, exist_ok=True)
+    uri = f"models:/{version.name}/{version.version}"
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
+
+
+@app.command("serve")
+def serve(
+    ref: Annotated[str, typer.Argument(help="NAME or NAME@ALIAS (default: the newest version)")],
+    port: Annotated[int, typer.Option(help="port of the inference endpoint")] = 5001,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+) -> None:
+    """Serve a model over HTTP until Ctrl-C: POST /invocations {"inputs": [[...]]}."""
+    from flame.serving import scoring
+
+    with tempfile.TemporaryDirectory(prefix="flame-serve-") as tmp:
+        with _registry() as registry:
+            version = _version(registry, ref)
+            path = _download(registry, version, Path(tmp))
+        proc = scoring.start(path, host=host, port=port)
+        url = f"http://{host}:{port}"
+        try:
+            try:
+                scoring.wait_ready(url, proc)
+            except scoring.ScoringError as exc:
+                raise ApiError(503, "unavailable", str(exc)) from None
+            typer.echo(f"serving {version.name} version {version.version} at {url}/invocations")
+            typer.echo("press Ctrl-C to stop", err=True)
+            proc.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            scoring.stop(proc)
+
+
 @app.command("download")
 def download(
     ref: Annotated[str, typer.Argument(help="NAME or NAME@ALIAS (default: the newest version)")],
     to: Annotated[Path, typer.Option("--to", help="folder to write the model into")] = Path(),
 ) -> None:
     """Write the model (MLflow pyfunc folder with its safetensors weights) into a folder."""
-    import mlflow.artifacts
-
     with _registry() as registry:
         version = _version(registry, ref)
         target = to.expanduser().resolve() / f"{version.name}-v{version.version}"
         if target.exists() and any(target.iterdir()):
             raise ApiError(409, "already_exists", f"{target} exists and is not empty")
-        target.mkdir(parents=True, exist_ok=True)
-        uri = f"models:/{version.name}/{version.version}"
-        path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target))
-    weights = sorted(Path(path).rglob("*.safetensors"))
+        path = _download(registry, version, target)
+    weights = sorted(path.rglob("*.safetensors"))
     typer.echo(f"model {version.name} version {version.version} written to {path}")
     for w in weights:
         typer.echo(f"  weights: {w}")

@@ -5,6 +5,7 @@ bool)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -34,3 +35,26 @@ def set_weights(model: Mapping[str, np.ndarray], weights: Weights) -> Weights:
         name: np.array(weights[name], dtype=np.asarray(model[name]).dtype, copy=True)
         for name in model
     }
+
+
+def predict(model: Mapping[str, np.ndarray], inputs: Any) -> np.ndarray:
+    """The affine map ``inputs @ w + b`` (``b`` optional), in ``w``'s dtype: the default for a
+    dict model; a role whose dict model is anything else declares its own ``predict``."""
+    w = model.get("w")
+    if w is None or np.asarray(w).ndim != 2:
+        raise ConfigError(
+            "the default predict of a dict model needs a 2-d tensor 'w' (features x outputs); "
+            f"this model has {sorted(model)}: declare predict(self, inputs) in the role"
+        )
+    w = np.asarray(w)
+    out = np.asarray(inputs, dtype=w.dtype) @ w
+    if "b" in model:
+        out = out + np.asarray(model["b"], dtype=w.dtype)
+    return np.asarray(out)
+
+
+def input_example(model: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    w = model.get("w")
+    if w is None or np.asarray(w).ndim != 2:
+        return None
+    return np.zeros((1, np.asarray(w).shape[0]), dtype=np.asarray(w).dtype)

@@ -65,3 +65,34 @@ def _as_tensor(value: np.ndarray) -> torch.Tensor:
 def to_tensors(weights: Weights, device: Any = "cpu") -> dict[str, torch.Tensor]:
     """Weights as torch tensors (e.g. the global model for a FedProx proximal term)."""
     return {k: _as_tensor(v).to(device) for k, v in weights.items()}
+
+
+def _input_dtype(model: torch.nn.Module) -> torch.dtype:
+    for param in model.parameters():
+        if param.is_floating_point():
+            return param.dtype
+    return torch.float32
+
+
+def predict(model: torch.nn.Module, inputs: Any) -> np.ndarray:
+    """The model's forward pass on ``inputs`` (as the dtype and device of its first float
+    parameter), in eval mode and without gradients; the output as NumPy."""
+    dtype = _input_dtype(model)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = _as_tensor(np.asarray(inputs)).to(dtype=dtype, device=device)
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    if dtype == torch.bfloat16:
+        out = out.to(torch.float32)
+    return np.asarray(out.detach().to("cpu").numpy())
+
+
+def input_example(model: torch.nn.Module) -> np.ndarray | None:
+    """Zeros shaped for the first layer when it is a ``Linear`` (its ``in_features``)."""
+    first = next((m for m in model.modules() if not list(m.children())), None)
+    if not isinstance(first, torch.nn.Linear):
+        return None
+    dtype = _input_dtype(model)
+    dtype = torch.float32 if dtype == torch.bfloat16 else dtype  # NumPy has no bfloat16
+    return np.asarray(torch.zeros((1, first.in_features), dtype=dtype).numpy())

@@ -69,6 +69,7 @@ from flame.roles.base import Role, RoleResult, pack, unpack, weighted_metrics
 from flame.roles.joins import JoinCount
 from flame.roles.topology import group_leaders
 from flame.selection import Selector, make_selector
+from flame.serving.model_card import describe
 from flame.tensors import Weights, check_update
 from flame.tracking import BestModel, tracking_tags
 
@@ -222,6 +223,9 @@ class Aggregator(Role):
             return
         self.global_weights = self.weights
         self.tracker.start(self._params(), tracking_tags(self.config))
+        card = describe(self)  # how the registered model will predict
+        if card is not None:
+            self.tracker.describe_model(card)
         self.resume()
 
     def _params(self) -> dict[str, Any]:

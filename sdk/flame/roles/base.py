@@ -16,6 +16,8 @@ from flame.composer import Composable
 from flame.config import TaskConfig
 from flame.errors import FlameError, PeerTimeout, QuorumLost
 from flame.frameworks import get_weights, set_weights
+from flame.frameworks import input_example as default_input_example
+from flame.frameworks import predict as default_predict
 from flame.messages import Message
 from flame.protocol import Abort
 from flame.roles.topology import Topology, topology_of
@@ -24,6 +26,21 @@ from flame.tracking import NullTracker, Tracker, TrackingResult
 
 Clock = Callable[[], float]
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PredictionJob:
+    hyperparameters: dict[str, Any]
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PredictionConfig:
+    """What a role made by :meth:`Role.for_prediction` sees of its job."""
+
+    job: PredictionJob
+    role: str = "predictor"
+    task_id: str = "predict"
 
 
 @dataclass(frozen=True)
@@ -118,6 +135,28 @@ class Role:
     def evaluate(self) -> dict[str, float]:
         """Metrics of ``self.model`` on local test data (empty: nothing to report)."""
         return {}
+
+    def predict(self, inputs: Any) -> Any:
+        """What the model predicts for a batch ``inputs`` (a NumPy array); this is what the
+        registered model's ``predict`` and ``flamectl model serve`` answer. Default: the
+        framework's (a torch module's forward pass; ``inputs @ w + b`` for a dict model)."""
+        return default_predict(self.model, inputs)
+
+    def input_example(self) -> Any:
+        """A small batch ``predict`` accepts, logged with the model (its signature is inferred
+        from it). Default: one row of zeros when the model says its input width, else None."""
+        return default_input_example(self.model)
+
+    @classmethod
+    def for_prediction(cls, hyperparameters: dict[str, Any], seed: int = 0) -> Role:
+        """An instance that only predicts (how a registered model is served): ``initialize``
+        runs with ``self.hyperparameters`` and ``self.config.job.seed``; no channels, no data."""
+        role = cls.__new__(cls)
+        role.config = PredictionConfig(job=PredictionJob(dict(hyperparameters), seed))  # type: ignore[assignment]
+        role.model = None
+        role.round = 0
+        role.log = structlog.get_logger(f"flame.predict.{cls.__name__}")
+        return role
 
     async def call_user(self, fn: Callable[[], T]) -> T:
         """Run a (blocking) user hook without stalling the event loop's transports."""

@@ -151,6 +151,24 @@ class TokenSecret(BaseModel):
         )
 
 
+class SetModelAlias(BaseModel):
+    """Which version of the model the alias points at."""
+
+    version: str = Field(pattern=r"^[0-9]{1,18}$")
+
+
+class ModelAlias(BaseModel):
+    """``model@alias`` now loads ``version``."""
+
+    model: str
+    alias: str
+    version: str
+
+    @classmethod
+    def from_pb(cls, m: control_pb2.ModelAlias) -> ModelAlias:
+        return cls(model=m.model, alias=m.alias, version=m.version)
+
+
 class TrackingCredentials(BaseModel):
     """The caller's login on the platform's MLflow server: it reads their jobs' runs and models."""
 

@@ -801,6 +801,19 @@ class ControlPlaneServicer(control_pb2_grpc.ControlPlaneServicer):
         )
 
     @rpc
+    async def SetModelAlias(
+        self, request: control_pb2.SetModelAliasRequest, context: Context
+    ) -> control_pb2.ModelAlias:
+        got = await tracking.set_model_alias(
+            self.ctx,
+            caller_of(context),
+            model=request.model,
+            alias=request.alias,
+            version=request.version,
+        )
+        return control_pb2.ModelAlias(model=got.model, alias=got.alias, version=got.version)
+
+    @rpc
     async def RegisterEndpoint(
         self, request: control_pb2.EndpointRegistration, context: Context
     ) -> control_pb2.Empty:

@@ -169,3 +169,19 @@ class TrackingAccounts:
         username = user_username(user_id)
         await self._ensure_user(username)
         return username, self.password(username)
+
+    async def set_alias(self, model: str, alias: str, version: str) -> bool:
+        """Point ``model@alias`` at an existing ``version``; False when there is no such version."""
+        code, _ = await self._call(
+            "GET", "/api/2.0/mlflow/model-versions/get", params={"name": model, "version": version}
+        )
+        if code != 200:
+            return False
+        body = {"name": model, "alias": alias, "version": version}
+        code, answer = await self._call(
+            "POST", "/api/2.0/mlflow/registered-models/alias", json=body
+        )
+        if code != 200:
+            raise Unavailable(f"cannot set {model}@{alias}: {answer}")
+        log.info("tracking.alias_set", model=model, alias=alias, version=version)
+        return True

@@ -11,7 +11,7 @@ from hypothesis.extra.numpy import array_shapes
 from torch import nn
 
 from flame.errors import ConfigError
-from flame.frameworks import get_weights, set_weights
+from flame.frameworks import get_weights, input_example, predict, set_weights
 from flame.tensors import WIRE_DTYPES, from_bytes, to_bytes
 
 
@@ -211,3 +211,31 @@ def test_numpy_models_of_every_shape_and_dtype_round_trip_over_the_wire(
         assert back[name].shape == value.shape and back[name].dtype == value.dtype, name
         np.testing.assert_array_equal(back[name], value)
         assert back[name].flags.writeable  # the model owns its arrays
+
+
+def test_default_predict_of_a_torch_module_is_its_forward_pass_in_eval_mode() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 3))
+    model.train()  # predict switches to eval: dropout off, so two calls agree
+    x = np.random.default_rng(0).normal(size=(6, 4))  # float64 in: cast to the params' float32
+    got = predict(model, x)
+    assert got.dtype == np.float32 and got.shape == (6, 3)
+    np.testing.assert_array_equal(got, predict(model, x))
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(x.astype(np.float32))).numpy()
+    np.testing.assert_array_equal(got, expected)
+    example = input_example(model)
+    assert example is not None and example.shape == (1, 4) and example.dtype == np.float32
+    assert input_example(nn.Sequential(nn.Conv2d(1, 2, 3))) is None  # width unknown
+
+
+def test_default_predict_of_a_dict_model_is_affine_and_needs_w() -> None:
+    model = {"w": np.arange(6, dtype=np.float32).reshape(3, 2), "b": np.ones(2, np.float32)}
+    x = np.array([[1.0, 0.0, 2.0]])
+    np.testing.assert_array_equal(predict(model, x), [[9.0, 12.0]])
+    assert predict(model, x).dtype == np.float32
+    example = input_example(model)
+    assert example is not None and example.shape == (1, 3)
+    with pytest.raises(ConfigError, match="declare predict"):
+        predict({"theta": np.zeros(3)}, x)
+    assert input_example({"theta": np.zeros(3)}) is None

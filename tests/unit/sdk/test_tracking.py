@@ -14,27 +14,35 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from flame.serving.model_card import ModelCard
 from flame.tracking import MlflowTracker, NullTracker
 
-PREDICT = """
+ROLE = """
 import numpy as np
-def predict(weights, x):
-    return np.asarray(x) @ weights["w"] + weights["b"]
+from flame import Aggregator
+
+class Linear(Aggregator):
+    def initialize(self):
+        width = int(self.hyperparameters["width"])
+        self.model = {"w": np.zeros((width, 1), np.float32), "b": np.zeros(1, np.float32)}
 """
 
 
 def _run_job(uri: str, tmp_path: Path, name: str) -> tuple[MlflowTracker, dict]:
-    predict_py = tmp_path / "predict.py"
-    predict_py.write_text(PREDICT)
+    role = tmp_path / "aggregator"
+    role.mkdir(exist_ok=True)
+    (role / "main.py").write_text(ROLE)
+    example = np.zeros((1, 2), np.float32)
+    card = ModelCard(role, "main.py", "Linear", {"width": 2}, 0, example, example[:, :1])
     tracker = MlflowTracker(
         tracking_uri=uri,
         experiment=name,
         run_name=f"{name}-run",
         selection_metric="accuracy",
         register_as=name,
-        predict_source=str(predict_py),
         system_metrics_interval=0.2,
     )
+    tracker.describe_model(card)
     tracker.start({"rounds": 3, "optimizer": {"name": "fedavg"}}, {"flame.job_id": "job-1"})
     accuracies = [0.5, 0.9, 0.7]
     models = {}
@@ -222,3 +230,51 @@ def test_control_plane_metrics_do_not_wait_for_a_slow_mlflow() -> None:
         "run_uri": "http://mlflow/run",
         "model_uri": "models:/j@best",
     }
+
+
+CLASSIFIER = """
+import numpy as np
+from flame import Aggregator
+
+class Classifier(Aggregator):
+    def initialize(self):
+        k = int(self.hyperparameters["classes"])
+        self.model = {"w": np.zeros((3, k), np.float32), "b": np.zeros(k, np.float32)}
+
+    def predict(self, inputs):  # declared by the role: the class, not the scores
+        return super().predict(inputs).argmax(1)
+
+    def input_example(self):
+        return np.eye(3, dtype=np.float32)
+"""
+
+
+def test_a_role_declares_how_its_registered_model_predicts(tmp_path: Path) -> None:
+    import mlflow
+    import mlflow.pyfunc
+
+    from flame.roles.loader import load_role_class
+    from flame.serving.model_card import describe
+
+    (tmp_path / "aggregator").mkdir()
+    (tmp_path / "aggregator" / "main.py").write_text(CLASSIFIER)
+    role = load_role_class(tmp_path / "aggregator" / "main.py").for_prediction({"classes": 4})
+    role.initialize()
+    card = describe(role)
+    assert card is not None and card.output_example.tolist() == [0, 0, 0]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker(
+        tracking_uri=uri, experiment="clf", run_name="clf-run", register_as="clf"
+    )
+    tracker.describe_model(card)
+    tracker.start({}, {})
+    w = np.array([[0, 1, 0, 0], [0, 0, 0, 2], [3, 0, 0, 0]], np.float32)
+    tracker.offer_model(1, {"w": w, "b": np.zeros(4, np.float32)}, {"accuracy": 1.0})
+    result = tracker.finish()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    model = mlflow.pyfunc.load_model(result.model_uri)
+    x = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0]], np.float32)
+    assert model.predict(x).tolist() == [1, 3, 0, 0]
+    assert model.metadata.get_input_schema() is not None
+    assert model.metadata.get_output_schema() is not None

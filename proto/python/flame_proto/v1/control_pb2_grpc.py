@@ -369,6 +369,11 @@ class ControlPlaneStub:
                 request_serializer=flame_dot_v1_dot_control__pb2.NodeHealthRequest.SerializeToString,
                 response_deserializer=flame_dot_v1_dot_control__pb2.NodeHealthResponse.FromString,
                 _registered_method=True)
+        self.SetModelAlias = channel.unary_unary(
+                '/flame.v1.ControlPlane/SetModelAlias',
+                request_serializer=flame_dot_v1_dot_control__pb2.SetModelAliasRequest.SerializeToString,
+                response_deserializer=flame_dot_v1_dot_control__pb2.ModelAlias.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -799,6 +804,13 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetModelAlias(self, request, context):
+        """registered models: point an alias of one of the caller's jobs' models at one of its versions
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1126,6 +1138,11 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.GetNodeHealth,
                     request_deserializer=flame_dot_v1_dot_control__pb2.NodeHealthRequest.FromString,
                     response_serializer=flame_dot_v1_dot_control__pb2.NodeHealthResponse.SerializeToString,
+            ),
+            'SetModelAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetModelAlias,
+                    request_deserializer=flame_dot_v1_dot_control__pb2.SetModelAliasRequest.FromString,
+                    response_serializer=flame_dot_v1_dot_control__pb2.ModelAlias.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2892,6 +2909,33 @@ class ControlPlane:
             '/flame.v1.ControlPlane/GetNodeHealth',
             flame_dot_v1_dot_control__pb2.NodeHealthRequest.SerializeToString,
             flame_dot_v1_dot_control__pb2.NodeHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetModelAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flame.v1.ControlPlane/SetModelAlias',
+            flame_dot_v1_dot_control__pb2.SetModelAliasRequest.SerializeToString,
+            flame_dot_v1_dot_control__pb2.ModelAlias.FromString,
             options,
             channel_credentials,
             insecure,

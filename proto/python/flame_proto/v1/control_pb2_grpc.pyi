@@ -136,6 +136,8 @@ class ControlPlaneStub:
     node credential
     """
     GetNodeHealth: _grpc.UnaryUnaryMultiCallable[_control_pb2.NodeHealthRequest, _control_pb2.NodeHealthResponse]
+    SetModelAlias: _grpc.UnaryUnaryMultiCallable[_control_pb2.SetModelAliasRequest, _control_pb2.ModelAlias]
+    """registered models: point an alias of one of the caller's jobs' models at one of its versions"""
 
 @_typing.type_check_only
 class ControlPlaneAsyncStub(ControlPlaneStub):
@@ -244,6 +246,8 @@ class ControlPlaneAsyncStub(ControlPlaneStub):
     node credential
     """
     GetNodeHealth: _aio.UnaryUnaryMultiCallable[_control_pb2.NodeHealthRequest, _control_pb2.NodeHealthResponse]  # type: ignore[assignment]
+    SetModelAlias: _aio.UnaryUnaryMultiCallable[_control_pb2.SetModelAliasRequest, _control_pb2.ModelAlias]  # type: ignore[assignment]
+    """registered models: point an alias of one of the caller's jobs' models at one of its versions"""
 
 class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
     """The controller's API. Internal: only the apiserver and the notifier call it.
@@ -739,5 +743,13 @@ class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.NodeHealthRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.NodeHealthResponse, _abc.Awaitable[_control_pb2.NodeHealthResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetModelAlias(
+        self,
+        request: _control_pb2.SetModelAliasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ModelAlias, _abc.Awaitable[_control_pb2.ModelAlias]]:
+        """registered models: point an alias of one of the caller's jobs' models at one of its versions"""
 
 def add_ControlPlaneServicer_to_server(servicer: ControlPlaneServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -12,7 +12,9 @@ from flame_apiserver.models import (
     CreateToken,
     CreateUser,
     Items,
+    ModelAlias,
     Page,
+    SetModelAlias,
     TokenInfo,
     TokenSecret,
     TrackingCredentials,
@@ -109,6 +111,20 @@ async def tracking_credentials(caller: UserCaller, ctl: Ctl) -> TrackingCredenti
     registered models of your jobs, and nothing else."""
     resp = await ctl.call(ctl.stub.GetTrackingCredentials, control_pb2.Empty(), caller)
     return TrackingCredentials.from_pb(resp)
+
+
+@router.put("/models/{name}/aliases/{alias}", response_model=ModelAlias)
+async def set_model_alias(
+    name: Annotated[str, Path(min_length=1, max_length=256)],
+    alias: Annotated[str, Path(min_length=1, max_length=64)],
+    body: SetModelAlias,
+    caller: UserCaller,
+    ctl: Ctl,
+) -> ModelAlias:
+    """Point an alias of one of your jobs' registered models at one of its versions (``@best``
+    stays the job's selection). Another tenant's model: not found."""
+    req = control_pb2.SetModelAliasRequest(model=name, alias=alias, version=body.version)
+    return ModelAlias.from_pb(await ctl.call(ctl.stub.SetModelAlias, req, caller))
 
 
 @router.delete("/tokens/{id}", status_code=204, response_class=Response)
