@@ -367,6 +367,45 @@ def test_scaffold_control_variates_travel_with_the_model() -> None:
     assert res.history[-1]["accuracy"] >= base.history[-1]["accuracy"] - 0.01
 
 
+class ResendsRound3(NumpyAggregator):  # type: ignore[misc]
+    """Sends round 3's model twice, as a top aggregator restarted from its checkpoint does with
+    the round it had not finished."""
+
+    async def distribute(self) -> None:  # type: ignore[override]
+        await super().distribute.run()
+        if self.round == 3:
+            await super().distribute.run()
+
+
+class CountingScaffoldTrainer(ScaffoldTrainer):  # type: ignore[misc]
+    trained: ClassVar[list[tuple[str, int]]] = []
+
+    def train(self) -> None:
+        self.trained.append((self.config.task_id, self.round))
+        super().train()
+
+
+def test_a_resent_round_is_answered_again_not_trained_again() -> None:
+    def scaffold(aggregator: type[Role]) -> flame.SimulationResult:
+        CountingScaffoldTrainer.trained.clear()
+        return flame.simulate(
+            JOB,
+            roles={**ROLES, "trainer": CountingScaffoldTrainer, "aggregator": aggregator},
+            datasets=DIRICHLET,
+            overrides={**HP, "rounds": 5, "optimizer": {"name": "scaffold"}},
+        )
+
+    base = scaffold(NumpyAggregator)
+    with capture_logs() as logs:
+        res = scaffold(ResendsRound3)
+    trained = CountingScaffoldTrainer.trained
+    assert len(trained) == len(set(trained)) == 50  # every trainer trained each round once
+    again = [e for e in logs if e["event"] == "round.answered_again"]
+    assert len(again) == 10 and {e["round"] for e in again} == {3}
+    for name in base.weights:  # the control variates moved once per round
+        np.testing.assert_array_equal(res.weights[name], base.weights[name])
+
+
 class BrokenEvaluation(NumpyAggregator):  # type: ignore[misc]
     def evaluate(self) -> dict[str, float]:
         if self.round == 2:
