@@ -10,6 +10,10 @@ field                accepted values
 ``rounds``           1 … 100,000
 ``min_trainers``     1 … 100,000
 ``round_timeout``    seconds, > 0 and ≤ 86,400 (one day)
+``quorum_grace``     seconds, 0 … 86,400 (default 300): how long the job may stay
+                     below ``min_trainers`` (the aggregator keeps the model and waits
+                     for trainers to come back) before it fails with quorum lost;
+                     0 fails at once
 ``max_run_time``     seconds, > 0 and ≤ 2,592,000 (30 days)
 ``seed``             0 … 2**63 - 1
 ``evaluation``       ``{"every": k, "fraction": f}``: after every k-th round, an
@@ -37,6 +41,7 @@ from flame_spec.types import JsonObject, SpecModel
 MAX_ROUNDS = 100_000
 MAX_ROUND_TIMEOUT = 86_400.0
 MAX_RUN_TIME = 30 * 86_400.0
+DEFAULT_QUORUM_GRACE = 300.0  # five minutes: a node's reboot or a trainer's restart fits
 
 #: What a job does. ``training``: federated training (one data-consumer role); ``vertical``:
 #: private set intersection then split learning between parties that hold different columns
@@ -127,6 +132,8 @@ class JobSpec(SpecModel):
     min_trainers: int = Field(default=1, ge=1, le=MAX_ROUNDS)
     max_run_time: float = Field(default=3600.0, gt=0, le=MAX_RUN_TIME)  # seconds
     round_timeout: float = Field(default=60.0, gt=0, le=MAX_ROUND_TIMEOUT)  # per round, seconds
+    # how long fewer than min_trainers may be left before the job fails, seconds
+    quorum_grace: float = Field(default=DEFAULT_QUORUM_GRACE, ge=0, le=MAX_ROUND_TIMEOUT)
     backend: Backend | None = None  # overrides every channel's backend when set
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)

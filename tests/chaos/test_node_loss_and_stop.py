@@ -1,7 +1,8 @@
 """Chaos: a trainer's node dies mid-round, and `flamectl job stop` cleans up every process.
 
 * With ≥ min_trainers trainers left the job completes (the aggregator goes on after its round
-  timeout); with fewer it ends `failed` with the reason.
+  timeout); with fewer for longer than the job's quorum_grace it ends `failed` with the
+  reason.
 * `flamectl job stop` → every process of the job is gone within 10 s (checked by pid).
 """
 
@@ -90,6 +91,7 @@ def test_job_fails_with_a_reason_below_min_trainers(cluster: Cluster) -> None:
         rounds=8,
         min_trainers=3,
         round_timeout=5,
+        quorum_grace=10,  # the node stays away for longer
     )
     wait_for_round(cluster, job, 2)
     _lose_node(cluster, "node-1")

@@ -90,7 +90,13 @@ def test_launch_fails_cleanly_when_no_trainer_ever_answers(tmp_path: Path) -> No
     with QuorumLost and exit code 3 instead of hanging."""
     jd = load_job_dir(JOB)
     spec = jd.spec.model_copy(
-        update={"rounds": 2, "round_timeout": 1.0, "min_trainers": 1, "backend": "mqtt"}
+        update={
+            "rounds": 2,
+            "round_timeout": 1.0,
+            "min_trainers": 1,
+            "quorum_grace": 0.0,
+            "backend": "mqtt",
+        }
     )
     configs = expand(
         jd.design,

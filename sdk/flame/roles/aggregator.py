@@ -19,10 +19,13 @@
   (``update.rejected``) and left out. A :class:`~flame.protocol.Decline` is counted at once
   (``round.declined``; metric ``declined``); an update that did part of its work (``steps`` of
   ``planned_steps``) counts with that share of its samples (metric ``partial``).
-* ``aggregate``: top: the strategy (FedAvg, FedAdam, Krum, ...); fewer than ``min_trainers``
-  trainers answered (updates and declines) -> :class:`QuorumLost`; a round with no usable
-  update (all declined, or no work done) keeps the global model (``round.no_update``) and the
-  job goes on; middle: sample-weighted mean of its group.
+* ``aggregate``: top: the strategy (FedAvg, FedAdam, Krum, ...); a round where fewer than
+  ``min_trainers`` trainers answered (updates and declines) keeps the global model
+  (``quorum.waiting``) and the next round starts only once enough trainers are back (any
+  message from a silent one readmits it; ``quorum.back``); below ``min_trainers`` for longer
+  than the job's ``quorum_grace`` -> :class:`QuorumLost` (``quorum_grace`` 0: at once). A
+  round with no usable update (all declined, or no work done) keeps the global model
+  (``round.no_update``) and the job goes on; middle: sample-weighted mean of its group.
 * ``upload``: top: log metrics, offer the model to the tracker, checkpoint, tell the
   coordinator; middle: send the group's model up. With the job's ``evaluation``
   (``{"every": k, "fraction": f}``), every k-th step the top first asks a share f of the
@@ -165,6 +168,7 @@ class Aggregator(Role):
         self.assigned: list[str] | None = None
         self.received: list[Received] = []
         self.silent: set[str] = set()
+        self.quorum_lost_at: float | None = None  # when the job fell below min_trainers
         # peers that have joined (sent Join or any answer) -> how many trainers each stands for
         self.joined: dict[str, int] = {}
         self._announced = False  # middle: told the top aggregator that its group has joined
@@ -325,6 +329,8 @@ class Aggregator(Role):
             self.final = self.round > self.config.job.rounds
             assert self.selector is not None
             await self._readmit()
+            if not self.final:
+                await self.await_quorum()
             alive = [c for c in self.candidates if c not in self.silent]
             if self.final:
                 self.participants = list(self.candidates)
@@ -383,19 +389,70 @@ class Aggregator(Role):
                 )
         return {**inherited, **given}
 
-    async def _readmit(self) -> None:
-        """A silent peer that has sent anything since (a late update) is alive again."""
+    async def _readmit(self, wait: float = 0.0) -> None:
+        """A silent peer that has sent anything since (a late update) is alive again; waits up
+        to ``wait`` seconds for the first one."""
         if not self.silent or self.topology.downstream is None:
             return
         chan = self.channels[self.topology.downstream]
         while self.silent:
             try:
-                peer, msg = await chan.recv_any(sorted(self.silent), timeout=0)
+                peer, msg = await chan.recv_any(sorted(self.silent), timeout=wait)
             except PeerTimeout:
                 return
+            wait = 0.0
             self.silent.discard(peer)
             self.note_joined(peer, msg)
             self.log.info("peer.back", peer=peer, late_kind=msg.kind, late_round=msg.round)
+
+    def alive_trainers(self) -> int:
+        """How many trainers the peers below that are not silent stand for."""
+        return sum(self.joined.get(p, 1) for p in self.candidates if p not in self.silent)
+
+    def below_quorum(self, trainers: int) -> None:
+        """Only ``trainers`` trainers are left: start (or go on) counting the job's
+        ``quorum_grace``; :class:`QuorumLost` once it has run out."""
+        job = self.config.job
+        now = self.clock()
+        if self.quorum_lost_at is None:
+            self.quorum_lost_at = now
+            self.log.warning(
+                "quorum.waiting",
+                round=self.round,
+                trainers=trainers,
+                min_trainers=job.min_trainers,
+                grace=job.quorum_grace,
+            )
+        if now - self.quorum_lost_at >= job.quorum_grace:
+            raise QuorumLost(
+                f"round {self.round}: {trainers} trainer(s) left for "
+                f"{now - self.quorum_lost_at:.1f}s (quorum_grace {job.quorum_grace:g}s), "
+                f"min_trainers is {job.min_trainers}"
+            )
+
+    def quorum_regained(self, trainers: int) -> None:
+        if self.quorum_lost_at is not None:
+            self.log.info(
+                "quorum.back",
+                round=self.round,
+                trainers=trainers,
+                after=round(self.clock() - self.quorum_lost_at, 3),
+            )
+        self.quorum_lost_at = None
+
+    async def await_quorum(self) -> None:
+        """Below ``min_trainers`` since an earlier round: wait for silent trainers to come back
+        (any message readmits one) for what is left of ``quorum_grace``. Returns at once when
+        no silent peer is left to wait for: the round then shows who is there."""
+        need = self.config.job.min_trainers
+        while self.quorum_lost_at is not None and self.silent:
+            alive = self.alive_trainers()
+            if alive >= need:
+                self.quorum_regained(alive)
+                return
+            self.below_quorum(alive)  # raises once the grace is over
+            left = self.quorum_lost_at + self.config.job.quorum_grace - self.clock()
+            await self._readmit(wait=max(left, 0.0))
 
     def note_joined(self, peer: str, msg: Message) -> None:
         """``peer`` has joined: it sent :class:`Join`, or any answer at all."""
@@ -552,10 +609,17 @@ class Aggregator(Role):
         if self.is_top:
             answered = contributors + len(self.declined)
             if answered < self.config.job.min_trainers:
-                raise QuorumLost(
-                    f"round {self.round}: {answered} trainer(s) answered, "
-                    f"min_trainers is {self.config.job.min_trainers}"
+                self.below_quorum(answered)  # raises once quorum_grace is over
+                self.log.warning(
+                    "round.no_update",
+                    round=self.round,
+                    reason=(
+                        f"{answered} trainer(s) answered, min_trainers is "
+                        f"{self.config.job.min_trainers}: the global model is kept"
+                    ),
                 )
+                return
+            self.quorum_regained(answered)
             assert self.strategy is not None and self.selector is not None
             updates = [r.contribution() for r in self.received]
             if not any(u.num_samples > 0 for u in updates):

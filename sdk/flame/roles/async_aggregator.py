@@ -8,7 +8,8 @@ validates it and hands it to the strategy's buffer; ``apply`` flushes the buffer
 ``k`` updates, which makes a new global model (one "round"). After ``spec.rounds`` flushes the
 final model goes to every trainer and their evaluations are collected, as in the synchronous
 chain. A trainer silent for ``round_timeout`` is dropped from the pool (re-admitted if it speaks
-again); fewer live trainers than ``min_trainers`` -> :class:`QuorumLost`. Until ``min_trainers``
+again); with fewer live trainers than ``min_trainers`` it waits for silent ones to come back,
+for at most the job's ``quorum_grace``, then :class:`QuorumLost`. Until ``min_trainers``
 of the busy trainers (all, if fewer) have joined, the wait is ``max_run_time`` instead, so slow
 task start-up is no timeout.
 """
@@ -21,7 +22,7 @@ from typing import Any
 from flame.aggregation.fedbuff import FedBuff
 from flame.composer import Composable, Loop, tasklet
 from flame.config import TaskConfig
-from flame.errors import FlameError, PeerTimeout, QuorumLost, RejectedUpdate
+from flame.errors import FlameError, PeerTimeout, RejectedUpdate
 from flame.protocol import Abort, Decline, Join, Model, Update
 from flame.roles.aggregator import Aggregator, Received
 from flame.roles.base import pack, weighted_metrics
@@ -70,19 +71,20 @@ class AsyncAggregator(Aggregator):
         for peer in reached:
             self.in_flight[peer] = self.round
 
-    def _check_quorum(self) -> None:
-        alive = [c for c in self.candidates if c not in self.silent]
-        if len(alive) < self.config.job.min_trainers:
-            raise QuorumLost(
-                f"{len(alive)} trainer(s) left, min_trainers is {self.config.job.min_trainers}"
-            )
+    async def _check_quorum(self) -> None:
+        alive = self.alive_trainers()
+        if alive >= self.config.job.min_trainers:
+            self.quorum_regained(alive)
+            return
+        self.below_quorum(alive)  # raises once quorum_grace is over
+        await self.await_quorum()
 
     @tasklet
     async def collect_one(self) -> None:
         self._flushed = False
         if self.final:
             return
-        self._check_quorum()
+        await self._check_quorum()
         if not self.in_flight:
             raise FlameError("no trainer could be started (the selector chose nobody)")
         assert self.topology.downstream is not None
@@ -95,7 +97,7 @@ class AsyncAggregator(Aggregator):
             self.log.warning("round.timeout", round=self.round, missing=sorted(self.in_flight))
             self.silent.update(self.in_flight)
             self.in_flight.clear()
-            self._check_quorum()
+            await self._check_quorum()
             return
         self.note_joined(peer, msg)
         if msg.kind == Join.KIND:

@@ -11,6 +11,12 @@ One chain serves every topology; each tasklet does nothing where the topology ha
   leader uploads the group's model.
 * distributed: no aggregator; ``fetch`` just counts rounds, ``reduce`` averages over all trainers.
 
+A model the trainer has already answered (the same round, the same weights and instructions:
+an aggregator restarted from its checkpoint resends the round it had not finished) is answered
+with the kept answer instead of training again, so state a trainer carries between rounds (a
+SCAFFOLD control variate, a generator) moves once per round, as in an undisturbed run
+(``round.answered_again``).
+
 Each round the trainer first evaluates the model it received (its local test split) and sends
 those metrics with its update, so the metrics of round r belong to the global model after r - 1
 aggregations; a final ``done`` message makes every trainer evaluate the final model.
@@ -18,7 +24,9 @@ aggregations; a final ``done`` message makes every trainer evaluate the final mo
 
 from __future__ import annotations
 
-from dataclasses import replace
+import hashlib
+import json
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -39,9 +47,30 @@ from flame.protocol import (
     Model,
     Update,
 )
+from flame.roles.async_aggregator import is_async_job
 from flame.roles.base import Role, pack, unpack
 from flame.roles.collectives import allreduce_sum
 from flame.tensors import Weights
+
+
+def model_digest(msg: Message) -> str:
+    """What identifies a model message: its round, weights (names, dtypes, shapes, bytes) and
+    instructions."""
+    h = hashlib.sha256(f"{msg.kind}:{msg.round}:".encode())
+    h.update(json.dumps(msg.meta, sort_keys=True).encode())
+    for name in sorted(msg.weights or {}):
+        array = np.ascontiguousarray((msg.weights or {})[name])
+        h.update(f"|{name}:{array.dtype.str}:{array.shape}|".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class KeptAnswer:
+    """The answer a trainer gave to one model (:func:`model_digest`)."""
+
+    model: str
+    body: Update | Decline
 
 
 class Trainer(Role):
@@ -85,6 +114,9 @@ class Trainer(Role):
         self._out_eval = 0.0
         self._out_trainers = 1
         self._started = 0.0
+        self._model_digest = ""
+        self._kept: KeptAnswer | None = None  # the last round's answer
+        self._again: Update | Decline | None = None  # this round's model was answered already
         topo = self.topology
         self.group: list[str] = []
         self.is_leader = True
@@ -150,12 +182,25 @@ class Trainer(Role):
                 await self._answer_evaluation(topo.upstream, self._incoming)
                 self._incoming = await self.recv_from(topo.upstream, self.upstream_peer, "model")
             self._accept(self._incoming)
+            self._answer_again(self._incoming)
         elif topo.upstream is None:  # distributed: rounds are counted locally
             self.round += 1
             self.final = self.round > self.config.job.rounds
             self._started = self.clock()
             if self.round == 1 and self.model is not None:
                 self.global_weights = self.weights
+
+    def _answer_again(self, msg: Message) -> None:
+        """A resend of the model this trainer last answered gets the same answer (synchronous
+        rounds only, and not in a hybrid group, whose members train together; FedBuff may hand
+        a trainer the same model again on purpose)."""
+        self._again = None
+        if self.final or self.topology.peer is not None or is_async_job(self.config):
+            return
+        self._model_digest = model_digest(msg)
+        if self._kept is not None and self._kept.model == self._model_digest:
+            self._again = self._kept.body
+            self.log.info("round.answered_again", round=self.round)
 
     def _accept(self, msg: Message) -> None:
         if msg.kind not in (Model.KIND, Final.KIND):
@@ -218,7 +263,8 @@ class Trainer(Role):
 
     @tasklet
     async def step(self) -> None:
-        await self.call_user(self._step)
+        if self._again is None:
+            await self.call_user(self._step)
 
     def _step(self) -> None:
         if self.global_weights:
@@ -296,8 +342,12 @@ class Trainer(Role):
         topo = self.topology
         if self.syncs_upstream:
             assert topo.upstream is not None and self.upstream_peer is not None
+            if self._again is not None:
+                await self.channels[topo.upstream].send(self.upstream_peer, self._again.message())
+                return
             if self.declined is not None and not self.final and self._out_samples <= 0:
                 decline = Decline(round=self.round, reason=self.declined)
+                self._keep(decline)
                 await self.channels[topo.upstream].send(self.upstream_peer, decline.message())
                 return
             kind = FinalEval if self.final else Update
@@ -313,6 +363,8 @@ class Trainer(Role):
             )
             if not self.final and self._out_trainers == 1:
                 update = replace(update, steps=self.steps_done, planned_steps=self.steps_planned)
+            if isinstance(update, Update) and not self.final:
+                self._keep(update)
             await self.channels[topo.upstream].send(self.upstream_peer, update.message())
         elif topo.upstream is None:
             entry: dict[str, Any] = {
@@ -325,6 +377,10 @@ class Trainer(Role):
                 self.load_weights(self.global_weights)
         if self.final:
             self.finished = True
+
+    def _keep(self, body: Update | Decline) -> None:
+        if self.topology.peer is None and self._model_digest:
+            self._kept = KeptAnswer(self._model_digest, body)
 
     @tasklet
     def finish(self) -> None:

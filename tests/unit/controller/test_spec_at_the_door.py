@@ -52,6 +52,9 @@ BAD: list[tuple[str, Any]] = [
     ("optimizer", {"name": "fedadam", "kwargs": {"eta": NAN}}),
     ("optimizer", {"name": "krum", "kwargs": {"f": 1}}),  # needs 2f + 3 = 5 trainers, has 3
     ("min_trainers", True),
+    ("quorum_grace", -1),
+    ("quorum_grace", 86_401),
+    ("quorum_grace", NAN),
 ]
 
 

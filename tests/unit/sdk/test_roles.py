@@ -9,7 +9,7 @@ import importlib.util
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -225,15 +225,85 @@ def test_a_dead_trainer_costs_one_timeout_then_the_job_goes_on() -> None:
     assert accuracy(res.weights) > 0.85
 
 
-def test_below_min_trainers_the_job_fails_with_a_clear_error() -> None:
+def test_below_min_trainers_without_grace_the_job_fails_at_once_with_a_clear_error() -> None:
     started = time.monotonic()
     with pytest.raises(QuorumLost, match="min_trainers is 10"):
         flame.simulate(
             JOB,
             roles={**ROLES, "trainer": DiesInRound3},
-            overrides={**HP, "rounds": 6, "round_timeout": 2.0, "min_trainers": 10},
+            overrides={
+                **HP,
+                "rounds": 6,
+                "round_timeout": 2.0,
+                "min_trainers": 10,
+                "quorum_grace": 0,
+            },
         )
     assert time.monotonic() - started < 30
+
+
+def test_below_min_trainers_for_longer_than_the_grace_the_job_fails_after_about_the_grace() -> None:
+    grace, timeout = 4.0, 2.0
+    started = time.monotonic()
+    with capture_logs() as logs, pytest.raises(QuorumLost, match="min_trainers is 10") as err:
+        flame.simulate(
+            JOB,
+            roles={**ROLES, "trainer": DiesInRound3},
+            overrides={
+                **HP,
+                "rounds": 6,
+                "round_timeout": timeout,
+                "min_trainers": 10,
+                "quorum_grace": grace,
+            },
+        )
+    elapsed = time.monotonic() - started
+    waiting = [e for e in logs if e["event"] == "quorum.waiting"]
+    assert len(waiting) == 1 and waiting[0]["round"] == 3 and waiting[0]["trainers"] == 9
+    left_for = float(str(err.value).split(" left for ")[1].split("s ")[0])
+    print(f"quorum lost after {left_for:.2f}s below min_trainers (grace {grace}s)")
+    assert grace <= left_for < grace + timeout + 5.0
+    assert f"quorum_grace {grace:g}s" in str(err.value)
+    assert elapsed < 60  # no hang
+
+
+class AwayInRound2(NumpyTrainer):  # type: ignore[misc]
+    """Trainer 4 misses round 2's deadline by far (gone for a while) and then comes back: its
+    late update readmits it."""
+
+    async def upload(self) -> None:  # type: ignore[override]
+        if self.config.index == 4 and self.round == 2:
+            await asyncio.sleep(self.config.job.round_timeout + 1.5)
+        await super().upload.run()
+
+
+def test_a_trainer_back_within_the_grace_lets_the_job_complete() -> None:
+    with capture_logs() as logs:
+        res = flame.simulate(
+            JOB,
+            roles={**ROLES, "trainer": AwayInRound2},
+            overrides={
+                **HP,
+                "rounds": 6,
+                "round_timeout": 2.0,
+                "min_trainers": 10,
+                "quorum_grace": 60.0,
+            },
+        )
+    events = [e["event"] for e in logs]
+    assert "quorum.waiting" in events and "quorum.back" in events
+    back = next(e for e in logs if e["event"] == "quorum.back")
+    assert back["trainers"] == 10
+    no_update = [e for e in logs if e["event"] == "round.no_update"]
+    assert no_update and all("min_trainers is 10" in e["reason"] for e in no_update)
+    assert [h["round"] for h in res.history] == list(range(7))
+    assert res.history[-1]["trainers"] == 10
+    # the rounds under quorum kept the model: the job ends where an undisturbed one with that
+    # many fewer rounds does (full-batch gradient descent: deterministic)
+    base = run(overrides={"rounds": 6 - len(no_update)})
+    for name in base.weights:
+        np.testing.assert_allclose(res.weights[name], base.weights[name], rtol=0, atol=1e-6)
+    assert accuracy(res.weights) > 0.85
 
 
 class SlowInRound2(NumpyTrainer):  # type: ignore[misc]
@@ -295,6 +365,45 @@ def test_scaffold_control_variates_travel_with_the_model() -> None:
     )
     assert all(h["trainers"] == 10 for h in res.history)  # no update rejected
     assert res.history[-1]["accuracy"] >= base.history[-1]["accuracy"] - 0.01
+
+
+class ResendsRound3(NumpyAggregator):  # type: ignore[misc]
+    """Sends round 3's model twice, as a top aggregator restarted from its checkpoint does with
+    the round it had not finished."""
+
+    async def distribute(self) -> None:  # type: ignore[override]
+        await super().distribute.run()
+        if self.round == 3:
+            await super().distribute.run()
+
+
+class CountingScaffoldTrainer(ScaffoldTrainer):  # type: ignore[misc]
+    trained: ClassVar[list[tuple[str, int]]] = []
+
+    def train(self) -> None:
+        self.trained.append((self.config.task_id, self.round))
+        super().train()
+
+
+def test_a_resent_round_is_answered_again_not_trained_again() -> None:
+    def scaffold(aggregator: type[Role]) -> flame.SimulationResult:
+        CountingScaffoldTrainer.trained.clear()
+        return flame.simulate(
+            JOB,
+            roles={**ROLES, "trainer": CountingScaffoldTrainer, "aggregator": aggregator},
+            datasets=DIRICHLET,
+            overrides={**HP, "rounds": 5, "optimizer": {"name": "scaffold"}},
+        )
+
+    base = scaffold(NumpyAggregator)
+    with capture_logs() as logs:
+        res = scaffold(ResendsRound3)
+    trained = CountingScaffoldTrainer.trained
+    assert len(trained) == len(set(trained)) == 50  # every trainer trained each round once
+    again = [e for e in logs if e["event"] == "round.answered_again"]
+    assert len(again) == 10 and {e["round"] for e in again} == {3}
+    for name in base.weights:  # the control variates moved once per round
+        np.testing.assert_array_equal(res.weights[name], base.weights[name])
 
 
 class BrokenEvaluation(NumpyAggregator):  # type: ignore[misc]
