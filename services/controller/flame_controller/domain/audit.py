@@ -1,7 +1,7 @@
 """The audit log: every state-changing call, who made it, on what, when, and how it ended.
 
 The gRPC edge records one entry per call it serves (queries and telemetry excepted: see
-``QUERIES`` and ``TELEMETRY`` in :mod:`flame_controller.servicer`); admins read it.
+``QUERIES`` and ``TELEMETRY`` in :mod:`flame_controller.servicer.calls`); admins read it.
 """
 
 from __future__ import annotations
