@@ -35,7 +35,8 @@ $(STAMP): $(MANIFESTS)
 # requirements.lock: every third-party package of requirements.in (the dev tools and the repo's
 # packages with all their extras) pinned with its hashes. The repo's own packages are left out
 # (installed editable with --no-deps above). Run after changing a pyproject.toml or
-# requirements-dev.txt; pip-tools lives in its own venv.
+# requirements-dev.txt; pip-tools lives in its own venv. It resolves from pip's configured
+# indexes and find-links: torch 2.13.0 must resolve to the CPU wheel (2.13.0+cpu).
 lock:
 	test -x $(LOCKVENV)/bin/pip-compile || { $(PY) -m venv $(LOCKVENV) && $(LOCKVENV)/bin/pip install -q pip-tools; }
 	$(LOCKVENV)/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
