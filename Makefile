@@ -4,9 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 PACKAGES := proto spec services/common services/controller services/apiserver services/notifier services/flamelet sdk
 STAMP := $(VENV)/.installed
-MANIFESTS := $(foreach p,$(PACKAGES),$(p)/pyproject.toml) requirements-dev.txt
+MANIFESTS := $(foreach p,$(PACKAGES),$(p)/pyproject.toml) requirements.lock
+LOCKVENV := .venv-lock
 
-.PHONY: install system test lint proto proto-check demo bench clean
+.PHONY: install system test lint lock proto proto-check demo bench clean
 
 install: system $(STAMP)
 
@@ -27,8 +28,22 @@ system:
 $(STAMP): $(MANIFESTS)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements-dev.txt $(foreach p,$(PACKAGES),-e ./$(p))
+	$(BIN)/pip install -q --require-hashes -r requirements.lock
+	$(BIN)/pip install -q --no-deps $(foreach p,$(PACKAGES),-e ./$(p))
 	touch $(STAMP)
+
+# requirements.lock: every third-party package of requirements.in (the dev tools and the repo's
+# packages with all their extras) pinned with its hashes. The repo's own packages are left out
+# (installed editable with --no-deps above). Run after changing a pyproject.toml or
+# requirements-dev.txt; pip-tools lives in its own venv. It resolves from pip's configured
+# indexes and find-links: torch 2.13.0 must resolve to the CPU wheel (2.13.0+cpu).
+lock:
+	test -x $(LOCKVENV)/bin/pip-compile || { $(PY) -m venv $(LOCKVENV) && $(LOCKVENV)/bin/pip install -q pip-tools; }
+	$(LOCKVENV)/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
+	  --no-emit-index-url --no-emit-find-links -o requirements.lock requirements.in
+	awk '/^# WARNING: pip install will require|^# Consider using a hashable URL/ {next} \
+	  /^[A-Za-z0-9_.-]+ @ file:/ {skip=1; next} skip && /^ +#/ {next} {skip=0; print}' \
+	  requirements.lock > requirements.lock.tmp && mv requirements.lock.tmp requirements.lock
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
@@ -53,4 +68,4 @@ bench: install
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOCKVENV) .pytest_cache .mypy_cache .ruff_cache
