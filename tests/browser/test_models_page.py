@@ -101,7 +101,7 @@ def test_the_models_page_shows_versions_and_aliases_and_downloads_one(
 ) -> None:
     tab = open_tab(browser)
     page = sign_in(tab, cluster.state.api_url, cluster.state.admin_token)
-    page.get_by_role("link", name="Models").click()
+    page.get_by_role("link", name="Models", exact=True).click()
     expect(page.get_by_role("heading", name="Models", exact=True)).to_be_visible()
     section = page.locator(f'section.model[data-model="{model}"]')
     expect(section.get_by_role("heading", name=model)).to_be_visible()

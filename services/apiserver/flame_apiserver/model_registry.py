@@ -91,7 +91,10 @@ async def list_models(client: httpx.AsyncClient) -> list[dict[str, Any]]:
 
 async def list_versions(client: httpx.AsyncClient, name: str) -> list[dict[str, Any]]:
     """The versions of one model, newest first (reading the model first: not yours, not found)."""
-    _check(await client.get(f"{API}/registered-models/get", params={"name": name}))
+    got = _check(await client.get(f"{API}/registered-models/get", params={"name": name}))
+    aliases: dict[str, list[str]] = {}  # MLflow's version search leaves them out
+    for a in got.get("registered_model", {}).get("aliases", []):
+        aliases.setdefault(str(a["version"]), []).append(a["alias"])
     found: list[dict[str, Any]] = []
     token = ""
     while True:
@@ -102,7 +105,23 @@ async def list_versions(client: httpx.AsyncClient, name: str) -> list[dict[str, 
         found += [version_summary(v) for v in body.get("model_versions", []) if v["name"] == name]
         token = body.get("next_page_token", "")
         if not token:
+            for v in found:
+                v["aliases"] = sorted(set(v["aliases"]) | set(aliases.get(v["version"], [])))
             return sorted(found, key=lambda v: -int(v["version"]))
+
+
+async def _resolve(client: httpx.AsyncClient, uri: str) -> str:
+    """The artifact proxy folder of a version's download URI; ``runs:/<run>/<path>`` (a model
+    logged in a run) is the run's artifact folder joined with that path."""
+    parts = urlsplit(uri)
+    if parts.scheme == "runs":
+        run_id, _, sub = parts.path.strip("/").partition("/")
+        if not run_id:
+            raise ApiProblem(502, "tracking_error", f"the tracking server gave a bad URI {uri!r}")
+        got = _check(await client.get(f"{API}/runs/get", params={"run_id": run_id}))
+        base = str(got.get("run", {}).get("info", {}).get("artifact_uri", ""))
+        return artifact_root(f"{base.rstrip('/')}/{sub}" if sub else base)
+    return artifact_root(uri)
 
 
 def _segment(name: str) -> str:
@@ -116,6 +135,7 @@ def artifact_root(uri: str) -> str:
     """The relative folder on MLflow's artifact proxy that an ``mlflow-artifacts:`` URI names."""
     parts = urlsplit(uri)
     if parts.scheme != "mlflow-artifacts":
+        log.info("model_not_downloadable", uri=uri)
         raise ApiProblem(
             409, "not_downloadable", "this model's files are not served by the tracking server"
         )
@@ -156,7 +176,7 @@ async def zip_version(
     params = {"name": name, "version": version}
     _check(await client.get(f"{API}/model-versions/get", params=params))
     where = _check(await client.get(f"{API}/model-versions/get-download-uri", params=params))
-    root = artifact_root(str(where.get("artifact_uri", "")))
+    root = await _resolve(client, str(where.get("artifact_uri", "")))
     files: list[tuple[str, int]] = []
     await _walk(client, root, "", files, cap)
     top = f"{name}-v{version}".replace("/", "_")
