@@ -17,7 +17,7 @@ from flame_apiserver.routers.common import v1_router
 from flame_proto.v1 import control_pb2
 from flame_service.connect import http_client
 
-router = v1_router("models", 400, 401, 403, 404, 409, 413, 502)
+router = v1_router("models", 400, 401, 403, 404, 409, 413, 422, 429, 502, 503)
 Name = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[^'/\\]+$")]
 Version = Annotated[str, Path(pattern=r"^[1-9][0-9]{0,9}$")]
 
