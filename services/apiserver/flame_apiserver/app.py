@@ -26,6 +26,7 @@ from flame_apiserver.routers import (
     jobs,
     nodes,
     projects,
+    registry,
 )
 from flame_apiserver.settings import ApiserverSettings
 from flame_apiserver.throttle import AuthThrottle
@@ -86,6 +87,7 @@ def create_app(
         jobs,
         events,
         agent,
+        registry,
     )
     for module in routers:
         app.include_router(module.router)

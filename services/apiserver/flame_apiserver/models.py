@@ -769,3 +769,24 @@ class InvitationAccepted(BaseModel):
     token: TokenSecret | None = Field(
         default=None, description="the new account's API token (only when one was created)"
     )
+
+
+class RegisteredModel(BaseModel):
+    """One of your jobs' registered models on the platform's MLflow server."""
+
+    name: str
+    description: str = ""
+    latest_version: str = ""
+    aliases: dict[str, str] = Field(default_factory=dict, description="alias → version")
+    updated_at_ms: int = 0
+
+
+class ModelVersion(BaseModel):
+    """One version of a registered model."""
+
+    name: str
+    version: str
+    aliases: list[str] = Field(default_factory=list)
+    run_id: str = ""
+    status: str = ""
+    created_at_ms: int = 0

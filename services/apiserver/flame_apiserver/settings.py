@@ -18,6 +18,8 @@ class ApiserverSettings(ServiceSettings):
     max_body_bytes: int = 1024 * 1024  # JSON bodies
     max_code_bytes: int = 64 * 1024 * 1024  # code zips (POST /v1/designs/{id}/code)
     rpc_timeout_seconds: float = 30.0
+    # GET /v1/models/{name}/versions/{version}/download: the largest model folder it zips
+    model_download_max_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     # repeated failed authentication from one address: 429 once this many failed in the window
     auth_failure_limit: int = Field(default=30, ge=1)
     auth_failure_window_seconds: float = Field(default=60.0, gt=0)

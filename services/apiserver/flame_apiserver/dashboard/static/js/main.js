@@ -1,10 +1,11 @@
-// Routes (#/jobs, #/jobs/<id>, #/jobs/<id>/logs, #/nodes), sign-in and sign-out.
+// Routes (#/jobs, #/jobs/<id>, #/jobs/<id>/logs, #/nodes, #/models), sign-in and sign-out.
 import { ApiError, clearToken, get, setToken, token } from "./api.js";
 import { h, notFound } from "./dom.js";
 import { jobsPage } from "./jobs.js";
 import { jobPage } from "./job.js";
 import { logsPage } from "./logs.js";
 import { joinPage } from "./join.js";
+import { modelsPage } from "./models.js";
 import { nodesPage } from "./nodes.js";
 import { projectPage, projectsPage } from "./projects.js";
 
@@ -12,6 +13,7 @@ const ROUTES = [
   [/^#\/jobs\/([^/]+)\/logs$/, logsPage, "jobs"],
   [/^#\/jobs\/([^/]+)$/, jobPage, "jobs"],
   [/^#\/nodes$/, nodesPage, "nodes"],
+  [/^#\/models$/, modelsPage, "models"],
   [/^#\/projects\/([^/]+)$/, projectPage, "projects"],
   [/^#\/projects$/, projectsPage, "projects"],
   [/^(#\/?|#\/jobs|)$/, jobsPage, "jobs"],
