@@ -35,6 +35,8 @@ CONFIG = SchemathesisConfig.from_dict(
                 ("GET", r"^/v1/(users|projects|nodes|datasets|designs|jobs)$"),
                 ("POST", r"^/v1/(designs|jobs)$"),
                 ("PATCH", r"^/v1/(designs|jobs)/\{id\}$"),
+                # "best", "latest" and v<n> fit the alias pattern but are the platform's own
+                ("PUT", r"^/v1/models/\{name\}/aliases/\{alias\}$"),
             ]
         ],
     }

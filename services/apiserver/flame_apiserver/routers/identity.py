@@ -116,7 +116,7 @@ async def tracking_credentials(caller: UserCaller, ctl: Ctl) -> TrackingCredenti
 @router.put("/models/{name}/aliases/{alias}", response_model=ModelAlias)
 async def set_model_alias(
     name: Annotated[str, Path(min_length=1, max_length=256)],
-    alias: Annotated[str, Path(min_length=1, max_length=64)],
+    alias: Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")],
     body: SetModelAlias,
     caller: UserCaller,
     ctl: Ctl,
