@@ -19,6 +19,8 @@ from subprocess import CompletedProcess
 
 import httpx
 import mlflow.pyfunc as mlflow_pyfunc
+import mlflow.tracking._model_registry.utils as mlflow_registry_utils
+import mlflow.tracking._tracking_service.utils as mlflow_tracking_utils
 import numpy as np
 import pytest
 import torch
@@ -159,6 +161,10 @@ def test_a_job_without_a_tracking_uri_logs_to_the_stacks_mlflow(
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", login.password)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)  # MLflow's own loader, as a user runs it
         monkeypatch.setenv("MLFLOW_REGISTRY_URI", url)
+        # an earlier test in this process may have set MLflow's process-wide URIs, which win
+        # over the environment: point them here too, for this test only
+        monkeypatch.setattr(mlflow_tracking_utils, "_tracking_uri", url)
+        monkeypatch.setattr(mlflow_registry_utils, "_registry_uri", url)
         loaded = mlflow_pyfunc.load_model(f"models:/{name}@prod")
         np.testing.assert_array_equal(np.asarray(loaded.predict(x)), expected)
         served = _serve_and_predict(tmp_path / "owner.yaml", f"{name}@prod", x)
