@@ -10,7 +10,9 @@ import re
 import time
 
 import structlog
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from flame_apiserver.middleware import StatusRecorder
 
 log = structlog.get_logger(__name__)
 
@@ -27,16 +29,10 @@ class JobRequestLog:
         if match is None or scope["method"] not in CHANGES:
             await self.app(scope, receive, send)
             return
-        status = 500
         start = time.perf_counter()
-
-        async def record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        record = StatusRecorder(send)
         await self.app(scope, receive, record)
+        status = record.status
         if status < 400:
             log.info(
                 "job.request",

@@ -77,6 +77,20 @@ class RequestMetrics:
         )
 
 
+class StatusRecorder:
+    """A ``send`` that passes every message on and keeps the response's status (500 until the
+    response starts: what a client sees when the app raised)."""
+
+    def __init__(self, send: Send) -> None:
+        self.status = 500
+        self._send = send
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self._send(message)
+
+
 class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: RequestMetrics) -> None:
         self.app = app
@@ -86,18 +100,12 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500
         start = time.perf_counter()
-
-        async def record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        record = StatusRecorder(send)
         try:
             await self.app(scope, receive, record)
         finally:
+            status = record.status
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
