@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
@@ -22,6 +21,7 @@ from tests.e2e.jobs_harness import (
     aggregator_result,
     start_cluster,
     task_starts,
+    wait_ready,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -47,19 +47,6 @@ def baseline(cluster: Cluster) -> dict:
     return aggregator_result(cluster, job)
 
 
-def _wait_ready(cluster: Cluster, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with cluster.state.client(timeout=1) as api:
-                if api.get("/readyz").status_code == 200:
-                    return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError("control plane not ready again")
-
-
 def _same_model(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
     return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
@@ -77,7 +64,7 @@ def _kill_during(
         moments.append(round(time.monotonic() - started, 2))
         time.sleep(rng.uniform(0.0, 0.5))
         cluster.stack.respawn(cluster.state, service)
-        _wait_ready(cluster)
+        wait_ready(cluster, timeout=60.0)
     return moments
 
 

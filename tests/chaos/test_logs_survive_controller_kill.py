@@ -14,12 +14,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from flame.cli.code import zip_folder
 from flame.cli.resources import LogLine
-from tests.e2e.jobs_harness import EXAMPLES, Cluster, example_spec, start_cluster
+from tests.e2e.jobs_harness import EXAMPLES, Cluster, example_spec, start_cluster, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -75,19 +74,6 @@ def _all_lines(cluster: Cluster, job: str, **filters: str) -> list[LogLine]:
         after = page.last_seq
 
 
-def _wait_ready(cluster: Cluster, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with cluster.state.client(timeout=1) as api:
-                if api.get("/readyz").status_code == 200:
-                    return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError("control plane not ready again")
-
-
 def test_ten_thousand_lines_survive_a_controller_kill(cluster: Cluster, tmp_path: Path) -> None:
     job = _printer_job(cluster, tmp_path / "code")
     deadline = time.monotonic() + 300
@@ -100,7 +86,7 @@ def test_ten_thousand_lines_survive_a_controller_kill(cluster: Cluster, tmp_path
     killed_at = time.monotonic()
     time.sleep(2.0)  # the flamelets' shipments meanwhile get 503 and are kept
     cluster.stack.respawn(cluster.state, "controller")
-    _wait_ready(cluster)
+    wait_ready(cluster, timeout=120.0)
     print(f"controller SIGKILLed with {stored} of {TASKS * LINES} task lines stored")
 
     assert cluster.wait(job, timeout=600) == "completed", cluster.reason(job)

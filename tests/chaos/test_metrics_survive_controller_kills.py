@@ -13,12 +13,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
 from flame.datasets import load_shard
-from tests.e2e.jobs_harness import Cluster, aggregator_result, start_cluster, wait_for_round
+from tests.e2e.jobs_harness import (
+    Cluster,
+    aggregator_result,
+    start_cluster,
+    wait_for_round,
+    wait_ready,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -35,19 +40,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     finally:
         c.client.close()
         c.stack.down(c.state)
-
-
-def _wait_ready(cluster: Cluster, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with cluster.state.client(timeout=1) as api:
-                if api.get("/readyz").status_code == 200:
-                    return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError("control plane not ready again")
 
 
 def _model_accuracy(cluster: Cluster, weights: dict) -> float:
@@ -73,7 +65,7 @@ def test_every_step_survives_three_controller_kills(cluster: Cluster) -> None:
         kills.append(time.monotonic())
         time.sleep(rng.uniform(1.0, 3.0))  # reports meanwhile get 503
         cluster.stack.respawn(cluster.state, "controller")
-        _wait_ready(cluster)
+        wait_ready(cluster, timeout=120.0)
     assert cluster.wait(job, timeout=900) == "completed", cluster.reason(job)
 
     reported = cluster.client.get_metrics(job).metrics

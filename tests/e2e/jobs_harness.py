@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from flame.cli.client import FlameClient
 from flame.cli.code import zip_folder
 from flame.cli.stack import Stack, StackState, _script
@@ -134,3 +136,17 @@ def wait_for_round(cluster: Cluster, job_id: str, step: int, timeout: float = 18
         assert state not in TERMINAL, f"job ended ({state}) before round {step}"
         assert time.monotonic() < deadline, f"no round {step} within {timeout}s"
         time.sleep(0.1)
+
+
+def wait_ready(cluster: Cluster, timeout: float) -> None:
+    """Until the control plane answers ready again (after a chaos test killed part of it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with cluster.state.client(timeout=1) as api:
+                if api.get("/readyz").status_code == 200:
+                    return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("control plane not ready again")
