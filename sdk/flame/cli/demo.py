@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from rich.console import Console
 
 from flame.cli.client import FlameClient
 from flame.cli.code import zip_folder
+from flame.cli.interrupt import wait_for_interrupt
 from flame.cli.job import watch_job
 from flame.cli.stack import Stack, StackError, StackState, _script
 from flame.connect import PLAINTEXT, Security, sync_http_client
@@ -61,26 +60,6 @@ def live_addresses(state: StackState, run_uri: str | None, model: str | None) ->
             lines.append(f"the model:  {state.mlflow_url}/#/models/{name}  ({model})")
             lines.append(f"serve it:   flamectl model serve {name}@best  (Ctrl-C stops it)")
     return lines
-
-
-def wait_for_interrupt(stop: threading.Event | None = None) -> None:
-    """Block until Ctrl-C / SIGINT / SIGTERM (or ``stop`` is set).
-
-    Both signals get a handler of their own: a process started in the background by a
-    non-interactive shell inherits SIGINT as *ignored*, and Python then never turns it into
-    KeyboardInterrupt (the demo used to hang there until it was killed)."""
-    stop = stop or threading.Event()
-    previous = {
-        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:

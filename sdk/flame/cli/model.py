@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ import typer
 
 from flame.cli.client import ApiError
 from flame.cli.common import group, session
+from flame.cli.interrupt import wait_for_interrupt
 from flame.cli.output import Format, OutputOpt, render
 from flame.cli.resources import Resource
 from flame_spec.privacy import NO_TELEMETRY
@@ -173,9 +175,14 @@ def serve(
                 raise ApiError(503, "unavailable", str(exc)) from None
             typer.echo(f"serving {version.name} version {version.version} at {url}/invocations")
             typer.echo("press Ctrl-C to stop", err=True)
-            proc.wait()
-        except KeyboardInterrupt:
-            pass
+            ended = threading.Event()  # the server stopping by itself ends the wait too
+
+            def watch() -> None:
+                proc.wait()
+                ended.set()
+
+            threading.Thread(target=watch, daemon=True).start()
+            wait_for_interrupt(ended)
         finally:
             scoring.stop(proc)
 
