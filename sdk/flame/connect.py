@@ -48,6 +48,9 @@ class Security:
 
 
 PLAINTEXT = Security()
+# an idle pooled connection is dropped before the server's keep-alive ends (uvicorn's is 5 s):
+# reusing one the server is closing fails with "Server disconnected"
+HTTP_LIMITS = httpx.Limits(keepalive_expiry=1.0)
 
 
 def grpc_channel(
@@ -121,6 +124,7 @@ def http_client(
         timeout=timeout,
         verify=ssl_context(security),
         transport=transport,
+        limits=HTTP_LIMITS,
     )
 
 
@@ -139,6 +143,7 @@ def sync_http_client(
         timeout=timeout,
         verify=ssl_context(security),
         transport=transport,
+        limits=HTTP_LIMITS,
     )
 
 

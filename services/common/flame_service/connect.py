@@ -20,6 +20,9 @@ import httpx
 from flame_service.auth import SERVICE_KEY
 
 MAX_MESSAGE_BYTES = 128 * 1024 * 1024  # code bundles up to the 64 MiB cap fit with headroom
+# an idle pooled connection is dropped before the server's own keep-alive ends (gunicorn's is
+# 2 s, uvicorn's 5 s): reusing one the server is closing fails with "Server disconnected"
+HTTP_LIMITS = httpx.Limits(keepalive_expiry=1.0)
 GRPC_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -168,4 +171,5 @@ def http_client(
         timeout=timeout,
         verify=ssl_context(security),
         transport=transport,
+        limits=HTTP_LIMITS,
     )

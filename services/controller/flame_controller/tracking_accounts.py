@@ -83,8 +83,13 @@ class TrackingAccounts:
         return tracking_password(self._secret, username)
 
     async def _call(self, method: str, path: str, **kw: Any) -> tuple[int, dict[str, Any]]:
+        """One call; a pooled connection the server closed under it is retried once on a new
+        one (every call here may be repeated: creates accept "already exists")."""
         try:
-            resp = await self._http.request(method, path, **kw)
+            try:
+                resp = await self._http.request(method, path, **kw)
+            except httpx.RemoteProtocolError:
+                resp = await self._http.request(method, path, **kw)
         except httpx.HTTPError as exc:
             raise Unavailable(
                 f"the tracking server at {self.uri} cannot be reached: {exc}"
