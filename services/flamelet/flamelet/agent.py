@@ -156,7 +156,7 @@ class Agent:
             elif (
                 e.phase == Phase.RUNNING
                 and e.pid is not None
-                and runner.alive(e.pid, e.create_time)
+                and runner.alive(e.pid, e.create_time, e.start_id)
             ):
                 log.info("task.adopted", task_id=e.task_id, attempt=e.attempt, pid=e.pid)
                 if e.stop_requested:
@@ -324,7 +324,12 @@ class Agent:
                 await self._refuse(entry, f"cannot start the task process: {exc}")
                 return
             self.ledger.put(
-                entry.with_(phase=Phase.RUNNING, pid=started.pid, create_time=started.create_time)
+                entry.with_(
+                    phase=Phase.RUNNING,
+                    pid=started.pid,
+                    create_time=started.create_time,
+                    start_id=started.start_id,
+                )
             )
             self._procs[entry.key] = started.process
             self._spawn(self._await_exit(started.process))
@@ -444,7 +449,9 @@ class Agent:
     async def _stop(self, entry: Entry, why: str) -> None:
         assert entry.pid is not None
         try:
-            note = await runner.stop_group(entry.pid, entry.create_time, self.settings.stop_grace)
+            note = await runner.stop_group(
+                entry.pid, entry.create_time, entry.start_id, self.settings.stop_grace
+            )
             self._stop_notes[entry.key] = f"{why}; {note}"
         finally:
             self._stops_in_flight.discard(entry.key)
@@ -522,7 +529,7 @@ class Agent:
         if proc is not None:
             if proc.returncode is None:
                 return e
-        elif e.pid is not None and runner.alive(e.pid, e.create_time):
+        elif e.pid is not None and runner.alive(e.pid, e.create_time, e.start_id):
             return e
         self._procs.pop(e.key, None)
         code = runner.read_exit_code(Path(e.workdir))

@@ -22,7 +22,7 @@ LEDGER_FILE = "ledger.json"
 
 class Phase(StrEnum):
     STARTING = "starting"  # recorded before the process is spawned
-    RUNNING = "running"  # pid + create_time known
+    RUNNING = "running"  # pid + create_time (+ start_id) known
     DONE = "done"  # exited, refused or lost; ``outcome`` says how
 
 
@@ -36,6 +36,7 @@ class Entry(BaseModel):
     phase: Phase = Phase.STARTING
     pid: int | None = None
     create_time: float | None = None
+    start_id: str | None = None  # runner.process_start_id (absent in older ledgers)
     stop_requested: bool = False
     outcome: str = ""  # completed | failed (when phase is done)
     reason: str = ""

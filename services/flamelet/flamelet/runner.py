@@ -33,6 +33,7 @@ class Limits:
 class Started:
     pid: int
     create_time: float
+    start_id: str | None
     process: asyncio.subprocess.Process
 
 
@@ -76,21 +77,39 @@ async def spawn(cmd: list[str], workdir: Path, env: dict[str, str], limits: Limi
             stderr=err,
             start_new_session=True,
         )
+    start_id = process_start_id(proc.pid)
     try:
         create_time = psutil.Process(proc.pid).create_time()
     except psutil.NoSuchProcess:  # already exited and reaped: the exit file tells the outcome
         create_time = time.time()
-    return Started(pid=proc.pid, create_time=create_time, process=proc)
+    return Started(pid=proc.pid, create_time=create_time, start_id=start_id, process=proc)
 
 
-def alive(pid: int, create_time: float | None) -> bool:
+def process_start_id(pid: int) -> str | None:
+    """Which process ``pid`` is, whatever the wall clock does: the boot it runs in and when it
+    started, in clock ticks since that boot (Linux ``/proc``; None without it or once gone)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # after "pid (comm)": the name may hold anything
+    return f"{boot}:{fields[19]}" if len(fields) > 19 else None
+
+
+def alive(pid: int, create_time: float | None, start_id: str | None = None) -> bool:
     """Is ``pid`` still the process we started (not a recycled pid, not a zombie)?
 
-    The start times are compared with 1 s of slack: psutil derives them from the boot time,
-    which moves when the wall clock is adjusted."""
+    Recognised by ``start_id`` (:func:`process_start_id`) when it was recorded. Without it,
+    by psutil's ``create_time`` with 1 s of slack: that one is derived from the wall clock's
+    idea of the boot time, so a clock stepped by more (NTP, a resumed VM) makes a running
+    task look gone."""
     try:
         proc = psutil.Process(pid)
-        if create_time is not None and abs(proc.create_time() - create_time) > 1.0:
+        if start_id is not None:
+            if process_start_id(pid) != start_id:
+                return False
+        elif create_time is not None and abs(proc.create_time() - create_time) > 1.0:
             return False
         return proc.status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -106,11 +125,13 @@ def group_pids(pgid: int) -> list[int]:
     return out
 
 
-async def stop_group(pid: int, create_time: float | None, grace: float) -> str:
+async def stop_group(
+    pid: int, create_time: float | None, start_id: str | None, grace: float
+) -> str:
     """SIGTERM the task's process group, SIGKILL what is left after ``grace`` seconds.
 
     Returns what happened, for the status reason."""
-    if not alive(pid, create_time):
+    if not alive(pid, create_time, start_id):
         return "already exited"
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGTERM)

@@ -141,6 +141,28 @@ async def test_restart_readopts_running_task(node: Node) -> None:
     assert fake.log_lines("t3") == ["waiting", "released"]
 
 
+async def test_a_wall_clock_step_while_the_agent_is_down_fails_nothing(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flamelet recognises the task it re-adopts by its start time: a wall clock stepped
+    while it was down (NTP, a resumed VM) moves psutil's create_time, not the task's start."""
+    fake = node.fake
+    fake.add_task("t3", {"trainer/main.py": LONG})
+    agent, api = node.agent()
+    async with Running(agent, api):
+        await eventually(lambda: fake.states("t3") == ["running"], what="running")
+    boot_time = psutil._pslinux.boot_time  # what psutil adds to a process's ticks since boot
+    monkeypatch.setattr("psutil._pslinux.boot_time", lambda: boot_time() + 5.0)
+
+    agent2, api2 = node.agent()
+    async with Running(agent2, api2):
+        await eventually(lambda: agent2.reconciled >= 3, what="reconcile after restart")
+        (node.data / "release").write_text("go")
+        await eventually(lambda: len(fake.states("t3")) > 1, what="the outcome")
+    assert fake.states("t3") == ["running", "completed"], fake.statuses[-1]
+    assert fake.statuses[-1][2] == "exit code 0"
+
+
 async def test_stop_event_kills_the_process_group(node: Node) -> None:
     fake = node.fake
     fake.add_task("t4", {"trainer/main.py": LONG})
