@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 
 import flamelet
+from flame_service.process_identity import process_start_id
 from flame_spec.privacy import without_telemetry
 
 EXIT_FILE = "exit_code"
@@ -83,18 +84,6 @@ async def spawn(cmd: list[str], workdir: Path, env: dict[str, str], limits: Limi
     except psutil.NoSuchProcess:  # already exited and reaped: the exit file tells the outcome
         create_time = time.time()
     return Started(pid=proc.pid, create_time=create_time, start_id=start_id, process=proc)
-
-
-def process_start_id(pid: int) -> str | None:
-    """Which process ``pid`` is, whatever the wall clock does: the boot it runs in and when it
-    started, in clock ticks since that boot (Linux ``/proc``; None without it or once gone)."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()  # after "pid (comm)": the name may hold anything
-    return f"{boot}:{fields[19]}" if len(fields) > 19 else None
 
 
 def alive(pid: int, create_time: float | None, start_id: str | None = None) -> bool:

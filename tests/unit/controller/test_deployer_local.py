@@ -178,6 +178,25 @@ async def test_reused_pid_is_not_taken_for_the_task(tmp_path: Path) -> None:
     assert me.is_running()
 
 
+async def test_a_wall_clock_step_while_the_controller_is_down_does_not_lose_a_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted controller re-finds a running task by its start (boot id and start tick):
+    psutil's create_time moves with a wall clock stepped meanwhile (NTP, a resumed VM)."""
+    handle = await deployer(tmp_path).start(launch())
+    boot_time = psutil._pslinux.boot_time  # type: ignore[attr-defined]
+    monkeypatch.setattr("psutil._pslinux.boot_time", lambda: boot_time() + 5.0)
+    restarted = deployer(tmp_path)
+    try:
+        for h in (handle, restarted.handle_for("job-1", "aggregator-0-abc", 1)):
+            assert (await restarted.observe(h)).state == "running"
+    finally:
+        await restarted.stop(handle)
+    # a start id of another process (a reused pid) is still not the task
+    other = {**json.loads(handle), "pid": os.getpid(), "sid": "another-boot:1"}
+    assert (await restarted.observe(json.dumps(other))).state == "missing"
+
+
 async def test_a_restart_keeps_the_checkpoints(tmp_path: Path) -> None:
     d = deployer(tmp_path)
     first = await d.start(launch("exit", 1))

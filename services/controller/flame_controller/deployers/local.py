@@ -5,10 +5,10 @@ Per task a work dir ``<data_dir>/tasks/<job id>/<task id>/``, prepared by
 ``tmp/``), also holds::
 
     stdout.log stderr.log
-    process.json     {"pid", "create_time"} of the running process
+    process.json     {"pid", "create_time", "start_id"} of the running process
     run.sh           runs the task command and writes exit_code when it ends
 
-The handle it returns is a small JSON document: job id, task id, pid and process create time.
+The handle it returns is a small JSON document: job id, task id, pid and the process's start.
 
 The process is ``[python, *launch_args, "config.json"]`` (default ``python -m flame.launch``)
 run through a tiny ``/bin/sh`` script (``run.sh``) that records the exit code in ``exit_code`` (so a
@@ -19,9 +19,11 @@ sends SIGTERM to the process group, then SIGKILL after a grace period.  The whol
 a bubblewrap sandbox (:mod:`flame_service.sandbox`) that sees only the Python environment and
 the task's own work dir: not the control plane's home, store, blobs or other tasks.
 
-A process is identified by pid *and* psutil ``create_time``, so a reused pid is never mistaken
-for the task (nor killed).  ``start`` first looks at ``process.json``: when the task's process
-still runs it is adopted, not started again.
+A process is identified by pid *and* its start (boot id and start tick,
+:mod:`flame_service.process_identity`; psutil's ``create_time`` for records made before), so a
+reused pid is never mistaken for the task (nor killed), and a wall clock stepped while the
+controller was down does not make a running task look gone.  ``start`` first looks at
+``process.json``: when the task's process still runs it is adopted, not started again.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flame_service.errors import FailedPrecondition
 from flame_service.files import write_atomic
+from flame_service.process_identity import process_start_id
 from flame_service.sandbox import Sandbox, SandboxMode, SandboxUnavailable, choose_sandbox
 from flame_service.taskdir import prepare_task_dir
 from flame_spec.privacy import NO_TELEMETRY
@@ -65,7 +68,7 @@ printf '%s' "$rc" > exit_code.tmp && mv exit_code.tmp exit_code
 exit "$rc"
 """
 STREAMS = ("stdout", "stderr")
-_CREATE_TIME_TOLERANCE = 0.05  # seconds; create_time is derived from boot time + ticks
+_CREATE_TIME_TOLERANCE = 0.05  # seconds; only for records without a start_id
 
 
 class LocalDeployerSettings(BaseSettings):
@@ -158,7 +161,9 @@ class LocalDeployer:
         """The process ``process.json`` names in the task's work dir."""
         try:
             data = json.loads((self.workdir(job_id, task_id) / "process.json").read_text())
-            return ProcessId(int(data["pid"]), float(data["create_time"]))
+            sid = data.get("start_id")
+            start_id = str(sid) if sid else None
+            return ProcessId(int(data["pid"]), float(data["create_time"]), start_id)
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -171,7 +176,10 @@ class LocalDeployer:
         """The live process with this identity, or None (gone, zombie or a reused pid)."""
         try:
             proc = psutil.Process(ident.pid)
-            if abs(proc.create_time() - ident.create_time) > _CREATE_TIME_TOLERANCE:
+            if ident.start_id is not None:
+                if process_start_id(ident.pid) != ident.start_id:
+                    return None
+            elif abs(proc.create_time() - ident.create_time) > _CREATE_TIME_TOLERANCE:
                 return None
             if proc.status() == psutil.STATUS_ZOMBIE:
                 return None
@@ -242,11 +250,9 @@ class LocalDeployer:
             create_time = 0.0
         self._children[launch.task_id] = child
         self._watch(launch.task_id, child.wait)
-        ident = ProcessId(child.pid, create_time)
-        write_atomic(
-            workdir / "process.json",
-            json.dumps({"pid": ident.pid, "create_time": ident.create_time}).encode(),
-        )
+        ident = ProcessId(child.pid, create_time, process_start_id(child.pid))
+        record = {"pid": ident.pid, "create_time": ident.create_time, "start_id": ident.start_id}
+        write_atomic(workdir / "process.json", json.dumps(record).encode())
         return ident
 
     async def observe(self, handle: str) -> Observed:

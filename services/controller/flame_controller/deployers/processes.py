@@ -19,10 +19,14 @@ from flame_service.taskdir import describe_exit, failure_line
 
 @dataclass(frozen=True)
 class ProcessId:
-    """A process as it was started: its pid and start time (a pid alone may be reused)."""
+    """A process as it was started: its pid and start (a pid alone may be reused).
+
+    ``start_id`` (:func:`flame_service.process_identity.process_start_id`) names it whatever
+    the wall clock does; identities recorded before it existed have only ``create_time``."""
 
     pid: int
     create_time: float
+    start_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class LocalHandle:
         body: dict[str, Any] = {"job": self.job_id, "task": self.task_id}
         if self.ident is not None:
             body.update(pid=self.ident.pid, ct=self.ident.create_time)
+            if self.ident.start_id:
+                body.update(sid=self.ident.start_id)
         return json.dumps(body, separators=(",", ":"))
 
     @classmethod
@@ -45,7 +51,8 @@ class LocalHandle:
             body = json.loads(handle)
             ident = None
             if body.get("pid"):
-                ident = ProcessId(int(body["pid"]), float(body["ct"]))
+                sid = body.get("sid")
+                ident = ProcessId(int(body["pid"]), float(body["ct"]), str(sid) if sid else None)
             return cls(str(body["job"]), str(body["task"]), ident)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a local deployer handle: {handle!r}") from exc
