@@ -17,6 +17,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict
 from flame_spec.errors import FieldProblem
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")
+# An e-mail address: something@something, without control characters or spaces of any kind.
+# Spelled out rather than ``\s``, whose meaning differs between Python's re, Rust's regex
+# (pydantic) and ECMA-262 (what OpenAPI clients and schemathesis read): \x1c-\x1f and \x85 are
+# spaces to Python only, so one address was valid to one and not to the other.
+_ADDRESS_PART = r"[^@\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]+"
+EMAIL_PATTERN = rf"^({_ADDRESS_PART}@{_ADDRESS_PART})?$"
 MAX_JSON_DEPTH = 16
 MAX_JSON_ITEMS = 10_000
 

@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from flame_proto.v1 import common_pb2, control_pb2
+from flame_spec.types import EMAIL_PATTERN
 
 T = TypeVar("T")
 Presence = Literal["unknown", "online", "offline"]
@@ -41,7 +42,7 @@ TtlSeconds = Annotated[int, Field(ge=0, le=MAX_TTL_SECONDS), BeforeValidator(_in
 # schemathesis) know them; the controller stays the authority and checks them again.
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", max_length=64)]
 Ref = Annotated[str, Field(max_length=256)]  # an id (or empty)
-Email = Annotated[str, Field(pattern=r"^([^@\s]+@[^@\s]+)?$", max_length=254)]
+Email = Annotated[str, Field(pattern=EMAIL_PATTERN, max_length=254)]
 Description = Annotated[str, Field(max_length=2000)]
 LabelKey = Annotated[str, Field(min_length=1, max_length=63)]
 Labels = Annotated[dict[LabelKey, Annotated[str, Field(max_length=253)]], Field(max_length=64)]

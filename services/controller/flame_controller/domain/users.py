@@ -8,6 +8,7 @@ import structlog
 
 from flame_service.auth import Caller
 from flame_service.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from flame_spec.types import EMAIL_PATTERN
 
 from ..jobs.states import ACTIVE_JOB_STATES
 from ..store.records import JobRecord, UserRecord, new_id
@@ -17,11 +18,11 @@ from .results import Listing
 from .tokens import revoke_all, usable_admins
 
 log = structlog.get_logger(__name__)
-EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
+EMAIL_RE = re.compile(EMAIL_PATTERN)
 
 
 def check_email(email: str) -> str:
-    if email and (len(email) > 254 or not EMAIL_RE.match(email)):
+    if email and (len(email) > 254 or not EMAIL_RE.fullmatch(email)):
         raise InvalidArgument(f"email {email!r} is not a valid address")
     return email
 
