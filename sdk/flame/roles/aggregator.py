@@ -265,6 +265,8 @@ class Aggregator(Role):
             self.tracker.log_round(
                 int(entry["round"]), {k: v for k, v in entry.items() if k != "round"}
             )
+        # after the final round (its trainers have their final model and are gone): finish
+        self.final = self.finished = bool(ckpt.extra.get("finished", False))
         self.silent = set(ckpt.extra.get("silent", []))
         self.joined = {str(p): int(n) for p, n in dict(ckpt.extra.get("joined", {})).items()}
         if ckpt.best_weights is not None:
@@ -290,7 +292,11 @@ class Aggregator(Role):
                 best_weights=self.best.weights,
                 best_metrics=self.best.metrics,
                 history=self.history,
-                extra={"silent": sorted(self.silent), "joined": dict(sorted(self.joined.items()))},
+                extra={
+                    "silent": sorted(self.silent),
+                    "joined": dict(sorted(self.joined.items())),
+                    "finished": self.final,
+                },
             ),
         )
 
@@ -694,8 +700,7 @@ class Aggregator(Role):
             # the tracker keeps its best by the same rule: it only needs the improvements
             self.tracker.offer_model(step, self.best.weights, metrics)
         self.log.info("round.finished", round=self.round, step=step, metrics=metrics)
-        if not self.final:
-            self.save()
+        self.save()  # the final round too: a restart after it re-reports, it does not redo it
         topo = self.topology
         if topo.coordinator is not None:
             coord = self.config.peers(topo.coordinator)[0]

@@ -45,3 +45,51 @@ def test_a_resumed_aggregator_reports_every_round_of_its_checkpoint(tmp_path: Pa
     assert [r["round"] for r in again] == list(range(7))  # 0-2 from the checkpoint, then 3-6
     assert again[:3] == first  # the same values as the first attempt reported
     assert again == resumed.history
+
+
+def test_a_restart_after_the_final_round_reports_it_and_does_not_run_it_again(
+    tmp_path: Path,
+) -> None:
+    """Killed after the final evaluation (its trainers got their final model and ended): the
+    restarted aggregator re-reports every step, the last one included, and only finishes. Seen
+    on the stack: it ran the final round again, waited 60 s for trainers that had gone, and
+    the job's last accuracy was never reported."""
+    base = load_role_class(JOB / "aggregator" / "main.py")
+    assert issubclass(base, Aggregator)
+
+    class CrashingAggregator(base):  # type: ignore[misc, valid-type]
+        def save(self) -> None:
+            super().save()
+            if self.final:
+                raise FlameError("simulated crash after the final round")
+
+    first: list[dict[str, Any]] = []
+    with pytest.raises(FlameError, match="simulated crash"):
+        flame.simulate(
+            JOB,
+            roles={"aggregator": CrashingAggregator},
+            overrides=SPEC,
+            workdir=tmp_path,
+            checkpoint=True,
+            on_round=first.append,
+        )
+    assert [r["round"] for r in first] == list(range(7))
+
+    class FinishingAggregator(base):  # type: ignore[misc, valid-type]
+        rounds_run = 0
+
+        async def fetch(self) -> None:  # type: ignore[override]
+            FinishingAggregator.rounds_run += 1
+            raise FlameError("the restarted aggregator started another round")
+
+    again: list[dict[str, Any]] = []
+    resumed = flame.simulate(
+        JOB,
+        roles={"aggregator": FinishingAggregator},
+        overrides={**SPEC, "max_run_time": 5},  # its trainers wait for nothing
+        workdir=tmp_path,
+        checkpoint=True,
+        on_round=again.append,
+    )
+    assert FinishingAggregator.rounds_run == 0
+    assert again == first == resumed.history
