@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 
 import flame
 from flame.errors import QuorumLost
+from flame.protocol import Join
 from flame.roles import Aggregator, Coordinator, Role, load_role_class
 
 EXAMPLES = Path(__file__).parents[3] / "examples"
@@ -467,5 +468,39 @@ def test_fedbuff_takes_an_answer_for_an_older_model_as_stale_not_as_the_current_
     events = [e["event"] for e in logs]
     assert "update.rejected" not in events
     assert "update.stale" in events
+    for name in base.weights:
+        np.testing.assert_array_equal(res.weights[name], base.weights[name])
+
+
+class LosesTheRound4Model(Aggregator):
+    """A middle aggregator that loses round 4's model from above and says it is back with
+    round 3's, as one SIGKILLed right after that model arrived does once restarted."""
+
+    lost = False
+
+    async def _next_model(self) -> Any:
+        msg = await super()._next_model()
+        if msg.round == 4 and not self.lost:
+            self.lost = True
+            assert self.topology.upstream is not None
+            top = self.config.peers(self.topology.upstream)[0]
+            back = Join(round=3, trainers=sum(self.joined.values()), resumed=True)
+            await self.send_all(self.topology.upstream, [top], back.message())
+            msg = await super()._next_model()
+        return msg
+
+
+def test_the_top_sends_a_resumed_middle_aggregator_the_round_it_waits_on_again() -> None:
+    spec = {"rounds": 6, "round_timeout": 10}
+    base = run("hierarchical", overrides=spec)
+    with capture_logs() as logs:
+        res = flame.simulate(
+            EXAMPLES / "hierarchical",
+            roles={**ROLES, "middle-aggregator": LosesTheRound4Model},
+            overrides={**HP, **spec},
+        )
+    resent = [e for e in logs if e["event"] == "round.resent"]
+    assert sorted(e["round"] for e in resent) == [4, 4]
+    assert "round.timeout" not in [e["event"] for e in logs]
     for name in base.weights:
         np.testing.assert_array_equal(res.weights[name], base.weights[name])
