@@ -157,17 +157,18 @@ def _accuracy_steps(cluster: Cluster, job_id: str, timeout: float = 120.0) -> se
         time.sleep(0.5)
 
 
-# Kills end 5 rounds before the last: a round takes ~0.1 s and a step's metrics show up later,
-# so a kill "after step 17" could land in the final round, after the trainers had the final
-# model, evaluated it and exited; the restarted aggregator's final round then finds nobody and
-# the last step has no accuracy (the model is still the same).
+# Kills are asked for by step 10: a round takes ~0.1 s and a step's metrics show up seconds
+# later, so a kill "after step 17" (even "after 14", once) landed in the final round, after the
+# trainers had the final model, evaluated it and exited: the restarted aggregator's final round
+# then finds nobody and the last step has no accuracy (the model is still the same).
+KILL_STEPS = range(2, ROUNDS // 2 + 1, 2)
 @pytest.mark.parametrize("optimizer", sorted(JOBS))
 def test_a_top_aggregator_killed_five_times_ends_with_the_undisturbed_model(
     cluster: Cluster, baselines: dict[str, dict], optimizer: str
 ) -> None:
     baseline = _baseline(cluster, baselines, optimizer)
     rng = random.Random(f"{optimizer}-17")
-    at = sorted(rng.sample(range(2, ROUNDS - 4, 3), KILLS))
+    at = sorted(rng.sample(KILL_STEPS, KILLS))
     job = _submit(cluster, optimizer, f"agg-kill-{optimizer}")
     seen = -1
     for step in at:
@@ -234,7 +235,7 @@ def test_a_middle_aggregator_killed_three_times_ends_with_the_undisturbed_model(
     assert cluster.wait(undisturbed) == "completed", cluster.reason(undisturbed)
     baseline = aggregator_result(cluster, undisturbed, role="top-aggregator")
     steps = _accuracy_steps(cluster, undisturbed)
-    at = sorted(random.Random("middle-17").sample(range(2, ROUNDS - 4, 3), MIDDLE_KILLS))
+    at = sorted(random.Random("middle-17").sample(KILL_STEPS, MIDDLE_KILLS))
     job = _hierarchical(cluster, "middle-kill")
     middle = _middle_task(cluster.client, job, "g1")
     seen = -1
