@@ -8,7 +8,8 @@ safetensors), so the bytes do not change (``tests/unit/sdk/test_protocol.py`` pi
 type                kind                        meta
 ==================  ==========================  ===============================================
 :class:`Join`       ``join``                    ``trainers`` — a trainer (or a middle aggregator
-                                                for its group) is ready for rounds
+                                                for its group) is ready for rounds (+ ``resumed``:
+                                                a restarted middle aggregator)
 :class:`Model`      ``weights``                 ``instructions`` (only when given) — the
                                                 global model for round r, and what this
                                                 trainer is asked to do in it
@@ -168,10 +169,17 @@ class Join(Body):
     KIND: ClassVar[str] = "join"
 
     trainers: int = 1
+    # a restarted middle aggregator that resumed from its checkpoint (``round``: the last model
+    # it had from above, 0 for none): an aggregator waiting on it for a later round sends that
+    # round's model again, which the dead attempt may have taken with it
+    resumed: bool | None = None
 
     @classmethod
     def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
-        return {"trainers": _int(meta, "trainers", 1, low=0)}
+        resumed = meta.get("resumed")
+        if resumed is not None and not isinstance(resumed, bool):
+            raise ValueError(f"resumed {resumed!r} is not a boolean")
+        return {"trainers": _int(meta, "trainers", 1, low=0), "resumed": resumed}
 
 
 @dataclass(frozen=True)

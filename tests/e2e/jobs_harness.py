@@ -96,12 +96,13 @@ def start_cluster(home: Path, nodes: int, shards: int, *, mlflow: bool = False) 
     return Cluster(stack=stack, state=state, client=client, datasets=names)
 
 
-def aggregator_result(cluster: Cluster, job_id: str) -> dict[str, Any]:
-    """The final global weights the (deployer-run) aggregator of ``job_id`` left in its workdir."""
+def aggregator_result(cluster: Cluster, job_id: str, role: str = "aggregator") -> dict[str, Any]:
+    """The final global weights the (deployer-run) aggregator of ``job_id`` (its ``role``: the
+    top one's) left in its workdir."""
     from flame.tensors import from_bytes
 
     folder = Path(cluster.state.home) / "data" / "tasks" / job_id
-    results = list(folder.glob("aggregator-*/result.safetensors"))
+    results = list(folder.glob(f"{role}-*/result.safetensors"))
     assert len(results) == 1, f"expected one aggregator result under {folder}, found {results}"
     return from_bytes(results[0].read_bytes())
 

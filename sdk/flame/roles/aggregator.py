@@ -33,6 +33,14 @@
   and logs their sample-weighted metrics as ``eval/<name>`` in the same step (trainers
   directly below the top aggregator only).
 
+A middle aggregator checkpoints the model it got from above (with its instructions, and the
+coordinator's assignment) before it hands it down. Restarted, it runs that round again (its
+trainers give their kept answers, :mod:`flame.roles.trainer`), skips a model from above for a
+round it has already had, and says it is back (:class:`~flame.protocol.Join` with ``resumed``):
+the aggregator above, still waiting on it for a later round, sends that round's model again
+(the dead attempt may have taken it along). So a SIGKILLed middle aggregator, restarted by the
+control plane, ends the job with the undisturbed model.
+
 Asynchronous FedBuff (optimizer ``fedbuff``) uses :class:`AsyncAggregator`'s chain instead,
 built from the same pieces.
 """
@@ -179,6 +187,7 @@ class Aggregator(Role):
         self.declined: dict[str, str] = {}  # this round's declines: participant -> reason
         self.round_metrics: dict[str, float] = {}
         self._round_started = 0.0
+        self._replay: Message | None = None  # middle: the model to run again after a restart
         down = self.config.peers(topo.downstream)
         if topo.downstream in self.config.channels and self._hybrid_peer_channel():
             leaders = group_leaders(
@@ -224,6 +233,7 @@ class Aggregator(Role):
     async def init(self) -> None:
         await self.call_user(self.initialize)
         if not self.is_top:
+            await self.resume_middle()
             return
         self.global_weights = self.weights
         self.tracker.start(self._params(), tracking_tags(self.config))
@@ -275,6 +285,67 @@ class Aggregator(Role):
             self.best.metrics = dict(ckpt.best_metrics)
             self.tracker.offer_model(ckpt.best_round or 0, ckpt.best_weights, ckpt.best_metrics)
         self.log.info("checkpoint.resumed", round=self.round, path=self.config.checkpoint_dir)
+
+    async def resume_middle(self) -> None:
+        """A middle aggregator: run the round of its checkpoint's model again and tell the
+        aggregator above that it is back; without a checkpoint, write an empty one (round 0),
+        so that an attempt killed before its first model still knows it is a restart."""
+        if not self.config.checkpoint_dir:
+            return
+        ckpt = load_checkpoint(self.config.checkpoint_dir)
+        if ckpt is None:
+            self._save_middle(None)
+            return
+        state = dict(ckpt.extra.get("middle", {}))
+        self.round = ckpt.round
+        self.silent = set(state.get("silent", []))
+        self.joined = {str(p): int(n) for p, n in dict(state.get("joined", {})).items()}
+        assigned = state.get("assigned")
+        self.assigned = None if assigned is None else [str(p) for p in assigned]
+        if ckpt.round > 0:
+            instructions = state.get("instructions")
+            body = (
+                Final(round=ckpt.round, weights=ckpt.weights)
+                if state.get("final")
+                else Model(
+                    round=ckpt.round,
+                    weights=ckpt.weights,
+                    instructions=None
+                    if instructions is None
+                    else Instructions.from_json(instructions),
+                )
+            )
+            self._replay = body.message()
+        topo = self.topology
+        assert topo.upstream is not None
+        top = self.config.peers(topo.upstream)[0]
+        back = Join(round=ckpt.round, trainers=sum(self.joined.values()), resumed=True)
+        await self.send_all(topo.upstream, [top], back.message())
+        self.log.info("checkpoint.resumed", round=self.round, path=self.config.checkpoint_dir)
+
+    def _save_middle(self, msg: Message | None) -> None:
+        """A middle aggregator's checkpoint: the model ``msg`` from above (none: round 0)."""
+        if not self.config.checkpoint_dir:
+            return
+        instructions = None
+        if msg is not None and msg.kind == Model.KIND:
+            given = Model.expect(msg).instructions
+            instructions = None if given is None else given.to_json()
+        state = {
+            "final": msg is not None and msg.kind == Final.KIND,
+            "instructions": instructions,
+            "assigned": self.assigned,
+            "joined": dict(sorted(self.joined.items())),
+            "silent": sorted(self.silent),
+        }
+        save_checkpoint(
+            self.config.checkpoint_dir,
+            AggregatorCheckpoint(
+                round=0 if msg is None else msg.round,
+                weights={} if msg is None else dict(msg.weights or {}),
+                extra={"middle": state},
+            ),
+        )
 
     def save(self) -> None:
         if not self.config.checkpoint_dir or self.strategy is None or self.selector is None:
@@ -345,16 +416,10 @@ class Aggregator(Role):
             self.extras = self.strategy.to_trainers() if self.strategy is not None else {}
             self.instructions = {} if self.final else self._instructions({})
             return
-        topo = self.topology
-        if topo.coordinator is not None:
-            coord = self.config.peers(topo.coordinator)[0]
-            assign = Assign.expect(await self.recv_from(topo.coordinator, coord, "assignment"))
-            self.assigned = sorted(assign.trainers or [])
-        assert topo.upstream is not None
-        top = self.config.peers(topo.upstream)[0]
-        msg = await self.recv_from(topo.upstream, top, "model")
-        if msg.kind not in (Model.KIND, Final.KIND):
-            raise FlameError(f"unexpected {msg.kind!r} from {top}")
+        msg, self._replay = self._replay, None
+        if msg is None:
+            msg = await self._next_model()
+            self._save_middle(msg)
         self.round = msg.round
         self.final = msg.kind == Final.KIND
         self.global_weights, self.extras = unpack(msg.weights)
@@ -369,6 +434,24 @@ class Aggregator(Role):
         self.instructions = self._instructions(
             {p: group for p in self.participants} if group is not None else {}
         )
+
+    async def _next_model(self) -> Message:
+        """A middle aggregator's next model from above (after the coordinator's assignment),
+        skipping one for a round it has had already (sent again to a restarted attempt)."""
+        topo = self.topology
+        if topo.coordinator is not None:
+            coord = self.config.peers(topo.coordinator)[0]
+            assign = Assign.expect(await self.recv_from(topo.coordinator, coord, "assignment"))
+            self.assigned = sorted(assign.trainers or [])
+        assert topo.upstream is not None
+        top = self.config.peers(topo.upstream)[0]
+        while True:
+            msg = await self.recv_from(topo.upstream, top, "model")
+            if msg.kind not in (Model.KIND, Final.KIND):
+                raise FlameError(f"unexpected {msg.kind!r} from {top}")
+            if msg.kind == Final.KIND or msg.round > self.round:
+                return msg
+            self.log.info("model.again", round=msg.round, current=self.round)
 
     def instruct(self, participants: list[str]) -> dict[str, Instructions]:
         """Per-trainer instructions for this round (override it, or give the selector an
@@ -464,11 +547,14 @@ class Aggregator(Role):
         """``peer`` has joined: it sent :class:`Join`, or any answer at all."""
         if msg.kind == Join.KIND:
             try:
-                self.joined[peer] = Join.read(msg).trainers
+                join = Join.read(msg)
             except RejectedUpdate as exc:
                 self.log.warning("join.rejected", sender=peer, reason=exc.reason)
-        else:
-            self.joined.setdefault(peer, 1)
+                return
+            if not join.resumed:
+                self.joined[peer] = join.trainers
+                return
+        self.joined.setdefault(peer, 1)
 
     def clock_can_start(self, peers: list[str] | set[str]) -> bool:
         """May a round over ``peers`` start its clock: have ``min_trainers`` of them (all of
@@ -490,6 +576,13 @@ class Aggregator(Role):
             self._announced = True
         return self.clock() + self.config.job.round_timeout
 
+    def model_for(self, peer: str, payload: Weights | None = None) -> Message:
+        """This round's model as ``peer`` gets it (with its own instructions, if any)."""
+        payload = pack(self.global_weights, self.extras) if payload is None else payload
+        if self.final:
+            return Final(round=self.round, weights=payload).message()
+        return Model(self.round, payload, instructions=self.instructions.get(peer)).message()
+
     @tasklet
     async def distribute(self) -> None:
         assert self.topology.downstream is not None
@@ -502,8 +595,7 @@ class Aggregator(Role):
         else:  # each participant gets its own instructions, nobody else's
 
             async def one(peer: str) -> list[str]:
-                body = Model(self.round, payload, instructions=self.instructions.get(peer))
-                return await self.send_all(chan, [peer], body.message())
+                return await self.send_all(chan, [peer], self.model_for(peer, payload))
 
             sent = await asyncio.gather(*(one(p) for p in self.participants))
             reached = [p for ps in sent for p in ps]
@@ -537,6 +629,7 @@ class Aggregator(Role):
             self.note_joined(peer, msg)
             joins.note(peer)
             if msg.kind == Join.KIND:
+                await self._resend_if_resumed(peer, msg)
                 continue
             if msg.round < self.round and msg.kind in _ANSWERS:
                 self.log.info("update.stale", sender=peer, round=msg.round, current=self.round)
@@ -569,6 +662,19 @@ class Aggregator(Role):
                 self.silent.update(pending)
         self.silent.difference_update(r.sender for r in self.received)
         self.silent.difference_update(self.declined)
+
+    async def _resend_if_resumed(self, peer: str, msg: Message) -> None:
+        """A restarted middle aggregator is back with an earlier round's model than the one it
+        is waited on for: send it this round's model again (``round.resent``)."""
+        try:
+            join = Join.read(msg)
+        except RejectedUpdate:
+            return
+        if not join.resumed or msg.round >= self.round:
+            return
+        assert self.topology.downstream is not None
+        self.log.info("round.resent", round=self.round, peer=peer, had=msg.round)
+        await self.send_all(self.topology.downstream, [peer], self.model_for(peer))
 
     def validate(self, peer: str, msg: Message, expected_round: int | None = None) -> Received:
         """Check one message against this job, round and the global model."""

@@ -12,6 +12,20 @@ again); with fewer live trainers than ``min_trainers`` it waits for silent ones 
 for at most the job's ``quorum_grace``, then :class:`QuorumLost`. Until ``min_trainers``
 of the busy trainers (all, if fewer) have joined, the wait is ``max_run_time`` instead, so slow
 task start-up is no timeout.
+
+Restarts: the checkpoint is written at each flush (round, model, the empty buffer, the models
+of the last ``max_staleness`` rounds, the selector and its RNG). A restarted aggregator ends
+with the undisturbed model only where the job is deterministic at all, which FedBuff is only
+with one trainer at a time (selector ``c`` = 1): with more, which updates fill a buffer, and
+how stale each is, follows from the order they arrive in, i.e. from timing. Even ``k`` = ``c``
+= the number of trainers is not enough: a trainer that answers is handed the current model
+again at once and may take two places in the buffer before a slower one answers. With
+``c`` = 1 the resumed aggregator replays the same sequence of trainers and models, provided a
+trainer's answer follows from the model and round it gets (the kept-answer rule of synchronous
+rounds is off here: FedBuff may hand a trainer the same model twice on purpose). An answer for
+an older model than the one a trainer is busy with (one it finished for the killed attempt,
+then gave again to the resumed one) is dropped as stale (``update.stale``), never taken as its
+answer to the current model.
 """
 
 from __future__ import annotations
@@ -101,6 +115,11 @@ class AsyncAggregator(Aggregator):
             return
         self.note_joined(peer, msg)
         if msg.kind == Join.KIND:
+            return
+        if msg.kind in (Update.KIND, Decline.KIND) and msg.round < self.in_flight[peer]:
+            # an answer to a model it had before (it answered a restarted aggregator's resend
+            # as well): its answer to the model it trains on now is still to come
+            self.log.info("update.stale", sender=peer, round=msg.round, current=self.round)
             return
         base = self.in_flight.pop(peer)
         if msg.kind == Abort.KIND:

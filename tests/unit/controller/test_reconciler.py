@@ -471,11 +471,13 @@ async def test_a_killed_aggregator_is_started_again_in_its_task_folder(
     assert rec.of("STOP_TASK") == []
 
 
+@pytest.mark.parametrize("reporter", ["itself", "another task"])
 async def test_restarts_are_counted_in_a_row_without_progress(
-    tmp_path: Path, store: Store, notifier: Any
+    tmp_path: Path, store: Store, notifier: Any, reporter: str
 ) -> None:
-    """An aggregator that reports a new round between crashes is restarted every time; the
-    limit is for crash loops."""
+    """An aggregator whose job reports a new round between its crashes is restarted every
+    time; the limit is for crash loops. The round may come from another task (a middle
+    aggregator reports no metrics: the top one does)."""
     rec, address = notifier
     await create_job(store)
     r = make_reconciler(
@@ -488,7 +490,8 @@ async def test_restarts_are_counted_in_a_row_without_progress(
             await eventually(lambda k=kill: len(starts(tmp_path, agg)) == k, what="started")
             await eventually(lambda: _state_is(aggregator(store), "running"), what="running")
             # this attempt finishes a round (its metrics reach the control plane), then dies
-            metric = MetricRecord(job_id="job-1", task_id=agg.id, key="accuracy", value=0.5)
+            by = agg.id if reporter == "itself" else "top-aggregator-0"
+            metric = MetricRecord(job_id="job-1", task_id=by, key="accuracy", value=0.5)
             await store.append_metrics([metric.model_copy(update={"step": kill})])
             role_process(await aggregator(store)).send_signal(signal.SIGKILL)
         await eventually(lambda: len(starts(tmp_path, agg)) == 5, what="fifth start")

@@ -20,7 +20,7 @@ from flame.checkpoint import (
     save_checkpoint,
 )
 from flame.errors import ConfigError, FlameError
-from flame.roles import Aggregator, load_role_class
+from flame.roles import Aggregator, Role, load_role_class
 from flame.tensors import WIRE_DTYPES, Weights, check_update
 
 JOB = Path(__file__).parents[3] / "examples" / "central-numpy"
@@ -175,3 +175,56 @@ def test_every_shape_and_dtype_survives_a_checkpoint_exactly(
             assert have[name].shape == value.shape and have[name].dtype == value.dtype, name
             np.testing.assert_array_equal(have[name], value)
     check_update(got.weights, weights, "checkpoint")  # a resuming aggregator accepts it
+
+
+def test_a_restarted_middle_aggregator_runs_its_checkpointed_round_again(tmp_path: Path) -> None:
+    """A middle aggregator checkpoints the model it got from above before it hands it down;
+    started again it runs that round again and skips the same model when the (resumed) top
+    sends it once more, and the job ends with the undisturbed model."""
+    from structlog.testing import capture_logs
+
+    class CrashingMiddle(Aggregator):
+        async def distribute(self) -> None:  # type: ignore[override]
+            if self.round == 4:
+                raise FlameError("simulated crash of a middle aggregator in round 4")
+            await super().distribute.run()
+
+    def roles(middle: type[Aggregator]) -> dict[str, type[Role]]:
+        return {
+            "trainer": load_role_class(JOB / "trainer" / "main.py"),
+            "top-aggregator": load_role_class(JOB / "aggregator" / "main.py"),
+            "middle-aggregator": middle,
+        }
+
+    hierarchical = JOB.parent / "hierarchical"
+    # quorum_grace 0: the top, left without its groups, ends the run at once
+    spec = {"rounds": 6, "quorum_grace": 0, "hyperparameters": {"lr": 1.0, "local_steps": 5}}
+    clean = flame.simulate(hierarchical, roles=roles(Aggregator), overrides=spec)
+    with pytest.raises(FlameError):
+        flame.simulate(
+            hierarchical,
+            roles=roles(CrashingMiddle),
+            overrides=spec,
+            workdir=tmp_path,
+            checkpoint=True,
+        )
+    with capture_logs() as logs:
+        resumed = flame.simulate(
+            hierarchical,
+            roles=roles(Aggregator),
+            overrides=spec,
+            workdir=tmp_path,
+            checkpoint=True,
+        )
+
+    def middles(event: str) -> list[int]:
+        return sorted(
+            e["round"]
+            for e in logs
+            if e["event"] == event and "middle-aggregator" in e.get("task_id", "")
+        )
+
+    assert middles("checkpoint.resumed") == [4, 4]
+    assert middles("model.again") == [4, 4]
+    for name, value in clean.weights.items():
+        np.testing.assert_array_equal(resumed.weights[name], value)

@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 
 import flame
 from flame.errors import QuorumLost
+from flame.protocol import Join
 from flame.roles import Aggregator, Coordinator, Role, load_role_class
 
 EXAMPLES = Path(__file__).parents[3] / "examples"
@@ -435,3 +436,71 @@ def test_a_middle_aggregator_keeps_every_tensors_shape_and_dtype() -> None:
     mean = _weighted_mean([got(1.0, 1.0, 3), got(3.0, 3.0, 4)])
     assert mean["w"].shape == () and mean["w"].dtype == np.float32 and float(mean["w"]) == 2.5
     assert mean["steps"].shape == () and mean["steps"].dtype == np.int64 and int(mean["steps"]) == 4
+
+
+class AnswersFirstModelTwice(NumpyTrainer):  # type: ignore[misc]
+    """Sends its first update twice, as a trainer does that finished training after its
+    aggregator was killed and then answers the model the restarted one sends again."""
+
+    async def upload(self) -> None:  # type: ignore[override]
+        await super().upload.run()
+        if not self.final and not getattr(self, "_answered_twice", False):
+            self._answered_twice = True
+            await super().upload.run()
+
+
+def test_fedbuff_takes_an_answer_for_an_older_model_as_stale_not_as_the_current_one() -> None:
+    """FedBuff with one trainer at a time (c = 1) is deterministic; an extra answer for a model
+    a trainer had before is dropped (``update.stale``), not taken (nor rejected) as its answer
+    to the model it trains on now, so the job ends with the model it has without the extras."""
+    spec = {
+        "rounds": 6,
+        "optimizer": {"name": "fedbuff", "kwargs": {"k": 3}},
+        "selector": {"name": "fedbuff", "kwargs": {"c": 1}},
+    }
+    base = run("async", overrides=spec)
+    with capture_logs() as logs:
+        res = flame.simulate(
+            EXAMPLES / "async",
+            roles={**ROLES, "trainer": AnswersFirstModelTwice},
+            overrides={**HP, **spec},
+        )
+    events = [e["event"] for e in logs]
+    assert "update.rejected" not in events
+    assert "update.stale" in events
+    for name in base.weights:
+        np.testing.assert_array_equal(res.weights[name], base.weights[name])
+
+
+class LosesTheRound4Model(Aggregator):
+    """A middle aggregator that loses round 4's model from above and says it is back with
+    round 3's, as one SIGKILLed right after that model arrived does once restarted."""
+
+    lost = False
+
+    async def _next_model(self) -> Any:
+        msg = await super()._next_model()
+        if msg.round == 4 and not self.lost:
+            self.lost = True
+            assert self.topology.upstream is not None
+            top = self.config.peers(self.topology.upstream)[0]
+            back = Join(round=3, trainers=sum(self.joined.values()), resumed=True)
+            await self.send_all(self.topology.upstream, [top], back.message())
+            msg = await super()._next_model()
+        return msg
+
+
+def test_the_top_sends_a_resumed_middle_aggregator_the_round_it_waits_on_again() -> None:
+    spec = {"rounds": 6, "round_timeout": 10}
+    base = run("hierarchical", overrides=spec)
+    with capture_logs() as logs:
+        res = flame.simulate(
+            EXAMPLES / "hierarchical",
+            roles={**ROLES, "middle-aggregator": LosesTheRound4Model},
+            overrides={**HP, **spec},
+        )
+    resent = [e for e in logs if e["event"] == "round.resent"]
+    assert sorted(e["round"] for e in resent) == [4, 4]
+    assert "round.timeout" not in [e["event"] for e in logs]
+    for name in base.weights:
+        np.testing.assert_array_equal(res.weights[name], base.weights[name])

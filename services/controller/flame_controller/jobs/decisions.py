@@ -133,7 +133,7 @@ FINAL_EXITS: Mapping[int, str] = {2: "configuration error", 3: "quorum lost"}
 # task.info keys of a restarted task
 RESTART_AT = "restart_at"  # when its next attempt may start
 RESTART_STREAK = "restart_streak"  # restarts in a row without a new round reported between
-RESTART_STEP = "restart_step"  # the last metric step it had reported when it was restarted
+RESTART_STEP = "restart_step"  # the last metric step of its job when it was restarted
 
 ExitStep = Literal["completed", "failed", "restart"]
 
@@ -143,8 +143,9 @@ class RestartPolicy:
     """How often a deployer-run task whose process died is started again (in the same task
     folder, so an aggregator resumes from its checkpoint), and how long to wait before each
     attempt (capped exponential backoff with full jitter). ``max_restarts`` bounds the restarts
-    in a row that made no progress: an attempt that reported a new round before it died starts
-    the count again, so a long job survives occasional crashes while a crash loop ends."""
+    in a row that made no progress: an attempt during which its job reported a new round
+    (by any task: a middle aggregator reports none itself) starts the count again, so a long
+    job survives occasional crashes while a crash loop ends."""
 
     max_restarts: int = 3
     backoff_initial: float = 0.5
@@ -152,8 +153,8 @@ class RestartPolicy:
 
 
 def restart_streak(task: TaskRecord, last_step: int | None) -> int:
-    """Restarts in a row without progress before this exit: none when the attempt that just
-    ended reported a metric step beyond the one stored at its restart."""
+    """Restarts in a row without progress before this exit: none when the job reported a
+    metric step (``last_step``) beyond the one stored at this task's restart."""
     streak = int(task.info.get(RESTART_STREAK, 0))
     before = task.info.get(RESTART_STEP)
     if streak and last_step is not None and (before is None or last_step > int(before)):

@@ -19,10 +19,10 @@ Steps, per job:
   A deployer-run process that died otherwise is started again in the same task folder (so an
   aggregator resumes from its checkpoint): ``running → scheduled`` with the next ``attempt``,
   after a backoff stored as ``info.restart_at``, each restart a transition whose reason names
-  the exit; after ``restarts.max_restarts`` of them in a row without the task reporting a new
-  metric step in between, or on an exit code no restart can change (configuration error,
-  quorum lost), the task is ``failed``. ``deploying → running`` once no task waits to be
-  started.
+  the exit; after ``restarts.max_restarts`` of them in a row without the job reporting a new
+  metric step in between (any task's: a middle aggregator reports none itself), or on an exit
+  code no restart can change (configuration error, quorum lost), the task is ``failed``.
+  ``deploying → running`` once no task waits to be started.
 * A data-consumer task whose node is deleted or revoked fails with that reason. A node that is
   merely offline (its agent is down: its tasks may well run on) fails nothing by itself: the
   job fails when a task is known dead or its aggregator lost quorum, and the agent reports its
@@ -384,7 +384,7 @@ class Reconciler:
                 await fx.ship_output(task, final=False)
                 return False
             await fx.ship_output(task, final=True)
-            last_step = await self._last_step(task)
+            last_step = await self._job_step(task)
             streak = restart_streak(task, last_step)
             ended = after_exit(task, seen, self.restarts.max_restarts, streak)
             assert ended is not None
@@ -396,9 +396,10 @@ class Reconciler:
             return True
         return False
 
-    async def _last_step(self, task: TaskRecord) -> int | None:
-        """The last metric step the task reported (its progress), None when none."""
-        metrics = await self.store.read_metrics(task.job_id, task_id=task.id)
+    async def _job_step(self, task: TaskRecord) -> int | None:
+        """The last metric step the task's job reported (its progress: a middle aggregator
+        reports none itself, the top one does), None when none."""
+        metrics = await self.store.read_metrics(task.job_id)
         return max((m.step for m in metrics), default=None)
 
     async def _restart(
