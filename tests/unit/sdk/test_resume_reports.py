@@ -4,6 +4,7 @@ control plane keeps the first value of each step, so those it had count once."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +18,23 @@ JOB = Path(__file__).parents[3] / "examples" / "central-numpy"
 SPEC = {"rounds": 6}
 
 
-def test_a_resumed_aggregator_reports_every_round_of_its_checkpoint(tmp_path: Path) -> None:
+def _base() -> type[Aggregator]:
     base = load_role_class(JOB / "aggregator" / "main.py")
     assert issubclass(base, Aggregator)
+    return base
 
-    class CrashingAggregator(base):  # type: ignore[misc, valid-type]
+
+def _crash(tmp_path: Path, after: Callable[[Aggregator], bool]) -> list[dict[str, Any]]:
+    """Run the job with checkpoints until the aggregator crashes right after a save for which
+    ``after`` holds; the rounds it reported."""
+
+    class CrashingAggregator(_base()):  # type: ignore[misc]
         def save(self) -> None:
             super().save()
-            if self.round == 3:
-                raise FlameError("simulated crash after round 3")
+            if after(self):
+                raise FlameError("simulated crash")
 
-    first: list[dict[str, Any]] = []
+    reported: list[dict[str, Any]] = []
     with pytest.raises(FlameError, match="simulated crash"):
         flame.simulate(
             JOB,
@@ -35,8 +42,13 @@ def test_a_resumed_aggregator_reports_every_round_of_its_checkpoint(tmp_path: Pa
             overrides=SPEC,
             workdir=tmp_path,
             checkpoint=True,
-            on_round=first.append,
+            on_round=reported.append,
         )
+    return reported
+
+
+def test_a_resumed_aggregator_reports_every_round_of_its_checkpoint(tmp_path: Path) -> None:
+    first = _crash(tmp_path, lambda agg: agg.round == 3)
     assert [r["round"] for r in first] == [0, 1, 2]
     again: list[dict[str, Any]] = []
     resumed = flame.simulate(
@@ -54,28 +66,10 @@ def test_a_restart_after_the_final_round_reports_it_and_does_not_run_it_again(
     restarted aggregator re-reports every step, the last one included, and only finishes. Seen
     on the stack: it ran the final round again, waited 60 s for trainers that had gone, and
     the job's last accuracy was never reported."""
-    base = load_role_class(JOB / "aggregator" / "main.py")
-    assert issubclass(base, Aggregator)
-
-    class CrashingAggregator(base):  # type: ignore[misc, valid-type]
-        def save(self) -> None:
-            super().save()
-            if self.final:
-                raise FlameError("simulated crash after the final round")
-
-    first: list[dict[str, Any]] = []
-    with pytest.raises(FlameError, match="simulated crash"):
-        flame.simulate(
-            JOB,
-            roles={"aggregator": CrashingAggregator},
-            overrides=SPEC,
-            workdir=tmp_path,
-            checkpoint=True,
-            on_round=first.append,
-        )
+    first = _crash(tmp_path, lambda agg: agg.final)
     assert [r["round"] for r in first] == list(range(7))
 
-    class FinishingAggregator(base):  # type: ignore[misc, valid-type]
+    class FinishingAggregator(_base()):  # type: ignore[misc]
         rounds_run = 0
 
         async def fetch(self) -> None:  # type: ignore[override]
