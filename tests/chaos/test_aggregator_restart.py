@@ -162,6 +162,8 @@ def _accuracy_steps(cluster: Cluster, job_id: str, timeout: float = 120.0) -> se
 # trainers had the final model, evaluated it and exited: the restarted aggregator's final round
 # then finds nobody and the last step has no accuracy (the model is still the same).
 KILL_STEPS = range(2, ROUNDS // 2 + 1, 2)
+
+
 @pytest.mark.parametrize("optimizer", sorted(JOBS))
 def test_a_top_aggregator_killed_five_times_ends_with_the_undisturbed_model(
     cluster: Cluster, baselines: dict[str, dict], optimizer: str
