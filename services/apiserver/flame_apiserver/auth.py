@@ -24,7 +24,7 @@ _SCOPES: dict[int, Scope] = {
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-def controller(request: Request) -> Controller:
+async def controller(request: Request) -> Controller:  # async: a def would hop to a thread
     ctl: Controller = request.app.state.controller
     return ctl
 
