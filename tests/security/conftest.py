@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from flame_apiserver import ApiserverSettings, create_app
 from flame_controller.server import RunningController, serve
@@ -23,10 +24,14 @@ class Edge:
     controller: RunningController
     app_settings: ApiserverSettings
 
-    def client(self, token: str | None = None) -> httpx.AsyncClient:
+    def app(self) -> FastAPI:
+        """One apiserver process (each client gets its own unless given one)."""
+        return create_app(self.app_settings)
+
+    def client(self, token: str | None = None, app: FastAPI | None = None) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_app(self.app_settings)),
+            transport=httpx.ASGITransport(app=app or self.app()),
             base_url="http://flame",
             headers=headers,
         )

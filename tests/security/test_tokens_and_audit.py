@@ -52,6 +52,26 @@ async def test_a_revoked_token_is_refused(edge: Edge) -> None:
         assert (await api.get("/v1/whoami")).status_code == 401
 
 
+async def test_a_token_revoked_through_another_apiserver_stops_within_the_cache_bound(
+    edge: Edge,
+) -> None:
+    user_id, token = await _user_with_token(edge, "elsewhere")
+    near = edge.app()  # the apiserver process the token's holder uses
+    cache = near.state.auth_cache
+    now = [0.0]
+    cache.clock = lambda: now[0]
+    async with edge.client(token, app=near) as api:
+        assert (await api.get("/v1/whoami")).status_code == 200
+        tokens = (await api.get(f"/v1/users/{user_id}/tokens")).json()["items"]
+        async with edge.client(ADMIN_TOKEN) as admin:  # another apiserver process
+            assert (await admin.delete(f"/v1/tokens/{tokens[0]['id']}")).status_code == 204
+        now[0] = cache.ttl - 0.001
+        assert (await api.get("/v1/whoami")).status_code == 200  # still remembered here
+        now[0] = cache.ttl
+        resp = await api.get("/v1/whoami")
+        assert resp.status_code == 401 and "revoked" in resp.json()["detail"]
+
+
 async def test_every_change_is_audited_and_only_admins_read_the_log(edge: Edge) -> None:
     user_id, token = await _user_with_token(edge, "alice")
     async with edge.client(token) as api:

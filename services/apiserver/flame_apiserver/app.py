@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
+from flame_apiserver.auth_cache import AuthCache, ForgetCallersOnChange
 from flame_apiserver.controller import Controller
 from flame_apiserver.dashboard import mount_dashboard
 from flame_apiserver.job_request_log import JobRequestLog
@@ -74,6 +75,7 @@ def create_app(
     app.state.auth_throttle = AuthThrottle(
         settings.auth_failure_limit, settings.auth_failure_window_seconds
     )
+    app.state.auth_cache = AuthCache(settings.auth_cache_seconds)
     install_handlers(app)
     route_methods = []
     routers = (
@@ -103,5 +105,6 @@ def create_app(
     )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(JobRequestLog)
+    app.add_middleware(ForgetCallersOnChange, cache=app.state.auth_cache)
     _ = Problem  # registered in components through the routes' responses
     return app

@@ -1,4 +1,5 @@
-"""Bearer-token authentication: every request asks the controller who the token belongs to."""
+"""Bearer-token authentication: the controller says who a token belongs to; the answer is kept
+for ``auth_cache_seconds`` (see :mod:`flame_apiserver.auth_cache` for the bound)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from flame_apiserver.auth_cache import AuthCache
 from flame_apiserver.controller import Controller
 from flame_apiserver.problems import ApiProblem
 from flame_apiserver.throttle import AuthThrottle
@@ -22,7 +24,7 @@ _SCOPES: dict[int, Scope] = {
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-def controller(request: Request) -> Controller:
+async def controller(request: Request) -> Controller:  # async: a def would hop to a thread
     ctl: Controller = request.app.state.controller
     return ctl
 
@@ -32,6 +34,11 @@ Ctl = Annotated[Controller, Depends(controller)]
 
 def throttle(request: Request) -> AuthThrottle:
     found: AuthThrottle = request.app.state.auth_throttle
+    return found
+
+
+def auth_cache(request: Request) -> AuthCache:
+    found: AuthCache = request.app.state.auth_cache
     return found
 
 
@@ -48,6 +55,12 @@ async def authenticate(
         raise ApiProblem(401, "unauthenticated", "missing bearer token", _CHALLENGE)
     guard, client = throttle(request), client_address(request)
     guard.check(client, credentials.credentials)
+    cache = auth_cache(request)
+    cached = cache.get(credentials.credentials)
+    if cached is not None:
+        guard.succeeded(credentials.credentials)
+        return cached
+    generation = cache.generation
     try:
         principal = await ctl.call(
             ctl.stub.Authenticate,
@@ -64,7 +77,9 @@ async def authenticate(
         guard.failed(client)
         raise ApiProblem(401, "unauthenticated", "unknown token", _CHALLENGE)
     guard.succeeded(credentials.credentials)
-    return Caller(scope=scope, subject=principal.subject, read_only=principal.read_only)
+    caller = Caller(scope=scope, subject=principal.subject, read_only=principal.read_only)
+    cache.put(credentials.credentials, caller, generation)
+    return caller
 
 
 AnyCaller = Annotated[Caller, Depends(authenticate)]

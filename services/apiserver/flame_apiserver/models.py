@@ -11,6 +11,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from google.protobuf.message import Message
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import from_json
 
 from flame_proto.v1 import common_pb2, control_pb2
 from flame_spec.types import EMAIL_PATTERN
@@ -60,9 +61,15 @@ def _ts(msg: Message, field: str) -> datetime | None:
 
 
 def _json_object(text: str) -> dict[str, Any]:
+    """A stored JSON object (a job's spec, a design's schema): pydantic's parser, several
+    times faster than ``json.loads`` (a page of 50 jobs parses 50 specs); the few texts it
+    refuses and Python accepts (a lone surrogate escape) go to ``json.loads``."""
     if not text:
         return {}
-    value = json.loads(text)
+    try:
+        value = from_json(text)
+    except ValueError:
+        value = json.loads(text)
     return value if isinstance(value, dict) else {}
 
 

@@ -23,6 +23,9 @@ class ApiserverSettings(ServiceSettings):
     # repeated failed authentication from one address: 429 once this many failed in the window
     auth_failure_limit: int = Field(default=30, ge=1)
     auth_failure_window_seconds: float = Field(default=60.0, gt=0)
+    # who a token stands for is asked of the controller at most this often per token and
+    # process: a credential revoked elsewhere passes for at most this long (0 = ask every time)
+    auth_cache_seconds: float = Field(default=2.0, ge=0, le=60)
     # GET /v1/jobs/{id}/events: how often it asks the controller what changed, and how long a
     # quiet stream waits before a keep-alive comment; after a job has ended its stream still
     # carries what arrives late (logs shipped after the final status) for this long

@@ -50,6 +50,7 @@ class FakeControlPlane(control_pb2_grpc.ControlPlaneServicer):
     idempotency_keys: list[str | None] = field(default_factory=list)  # one per recorded call
     designs: dict[str, control_pb2.Design] = field(default_factory=dict)
     code: dict[str, bytes] = field(default_factory=dict)
+    authentications: list[str] = field(default_factory=list)  # the tokens asked about
 
     def _record(self, name: str, request: Any, context: grpc.aio.ServicerContext) -> Caller | None:
         metadata = context.invocation_metadata() or ()
@@ -78,6 +79,7 @@ class FakeControlPlane(control_pb2_grpc.ControlPlaneServicer):
         return control_pb2.GetLogsResponse(lines=[line], last_seq=7, dropped=3)
 
     async def Authenticate(self, request, context):
+        self.authentications.append(request.token)
         if request.token not in TOKENS:
             await self._fail(context, "UNAUTHENTICATED", "unauthenticated")
         scope, subject = TOKENS[request.token]

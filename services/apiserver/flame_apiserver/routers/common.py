@@ -18,7 +18,7 @@ def v1_router(tag: str, *errors: int) -> APIRouter:
     )
 
 
-def _page(
+async def _page(  # async: FastAPI runs a def dependency in a worker thread
     limit: Annotated[int, Query(ge=0, le=500, description="0 = server default (50)")] = 0,
     page_token: Annotated[str, Query(max_length=1024)] = "",
     project_id: Annotated[str, Query(max_length=256, description="only this project")] = "",
