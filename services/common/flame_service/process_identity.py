@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psutil
+
 
 def process_start_id(pid: int) -> str | None:
     """``<boot id>:<start tick>`` of ``pid`` (Linux ``/proc``; None without it or once gone)."""
@@ -20,3 +22,21 @@ def process_start_id(pid: int) -> str | None:
         return None
     fields = stat.rsplit(")", 1)[-1].split()  # after "pid (comm)": the name may hold anything
     return f"{boot}:{fields[19]}" if len(fields) > 19 else None  # field 22: starttime
+
+
+def live_process(
+    pid: int, create_time: float | None, start_id: str | None, tolerance: float
+) -> psutil.Process | None:
+    """The live (not zombie) process ``pid`` if it is the one recorded: by ``start_id`` when
+    there is one, else by psutil's ``create_time`` within ``tolerance`` seconds (records made
+    before start ids; that one moves with the wall clock). None when gone or a reused pid."""
+    try:
+        proc = psutil.Process(pid)
+        if start_id is not None:
+            if process_start_id(pid) != start_id:
+                return None
+        elif create_time is not None and abs(proc.create_time() - create_time) > tolerance:
+            return None
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None

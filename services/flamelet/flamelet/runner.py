@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 
 import flamelet
-from flame_service.process_identity import process_start_id
+from flame_service.process_identity import live_process, process_start_id
 from flame_spec.privacy import without_telemetry
 
 EXIT_FILE = "exit_code"
@@ -93,16 +93,7 @@ def alive(pid: int, create_time: float | None, start_id: str | None = None) -> b
     by psutil's ``create_time`` with 1 s of slack: that one is derived from the wall clock's
     idea of the boot time, so a clock stepped by more (NTP, a resumed VM) makes a running
     task look gone."""
-    try:
-        proc = psutil.Process(pid)
-        if start_id is not None:
-            if process_start_id(pid) != start_id:
-                return False
-        elif create_time is not None and abs(proc.create_time() - create_time) > 1.0:
-            return False
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
+    return live_process(pid, create_time, start_id, tolerance=1.0) is not None
 
 
 def group_pids(pgid: int) -> list[int]:

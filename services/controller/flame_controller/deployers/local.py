@@ -47,7 +47,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flame_service.errors import FailedPrecondition
 from flame_service.files import write_atomic
-from flame_service.process_identity import process_start_id
+from flame_service.process_identity import live_process, process_start_id
 from flame_service.sandbox import Sandbox, SandboxMode, SandboxUnavailable, choose_sandbox
 from flame_service.taskdir import prepare_task_dir
 from flame_spec.privacy import NO_TELEMETRY
@@ -174,18 +174,9 @@ class LocalDeployer:
     @staticmethod
     def _process(ident: ProcessId) -> psutil.Process | None:
         """The live process with this identity, or None (gone, zombie or a reused pid)."""
-        try:
-            proc = psutil.Process(ident.pid)
-            if ident.start_id is not None:
-                if process_start_id(ident.pid) != ident.start_id:
-                    return None
-            elif abs(proc.create_time() - ident.create_time) > _CREATE_TIME_TOLERANCE:
-                return None
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return None
-            return proc
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            return None
+        return live_process(
+            ident.pid, ident.create_time, ident.start_id, tolerance=_CREATE_TIME_TOLERANCE
+        )
 
     def _lock(self, task_id: str) -> asyncio.Lock:
         return self._locks.setdefault(task_id, asyncio.Lock())
