@@ -543,18 +543,21 @@ class Aggregator(Role):
             left = self.quorum_lost_at + self.config.job.quorum_grace - self.clock()
             await self._readmit(wait=max(left, 0.0))
 
-    def note_joined(self, peer: str, msg: Message) -> None:
-        """``peer`` has joined: it sent :class:`Join`, or any answer at all."""
+    def note_joined(self, peer: str, msg: Message) -> Join | None:
+        """``peer`` has joined: it sent :class:`Join` (returned, once read), or any answer."""
         if msg.kind == Join.KIND:
             try:
                 join = Join.read(msg)
             except RejectedUpdate as exc:
                 self.log.warning("join.rejected", sender=peer, reason=exc.reason)
-                return
+                return None
             if not join.resumed:
                 self.joined[peer] = join.trainers
-                return
+                return join
+        else:
+            join = None
         self.joined.setdefault(peer, 1)
+        return join
 
     def clock_can_start(self, peers: list[str] | set[str]) -> bool:
         """May a round over ``peers`` start its clock: have ``min_trainers`` of them (all of
@@ -626,10 +629,11 @@ class Aggregator(Role):
                 peer, msg = await chan.recv_any(pending, timeout=remaining, checked=True)
             except PeerTimeout:
                 break
-            self.note_joined(peer, msg)
+            join = self.note_joined(peer, msg)
             joins.note(peer)
             if msg.kind == Join.KIND:
-                await self._resend_if_resumed(peer, msg)
+                if join is not None:
+                    await self._resend_if_resumed(peer, join, msg.round)
                 continue
             if msg.round < self.round and msg.kind in _ANSWERS:
                 self.log.info("update.stale", sender=peer, round=msg.round, current=self.round)
@@ -663,17 +667,13 @@ class Aggregator(Role):
         self.silent.difference_update(r.sender for r in self.received)
         self.silent.difference_update(self.declined)
 
-    async def _resend_if_resumed(self, peer: str, msg: Message) -> None:
-        """A restarted middle aggregator is back with an earlier round's model than the one it
-        is waited on for: send it this round's model again (``round.resent``)."""
-        try:
-            join = Join.read(msg)
-        except RejectedUpdate:
-            return
-        if not join.resumed or msg.round >= self.round:
+    async def _resend_if_resumed(self, peer: str, join: Join, had: int) -> None:
+        """A restarted middle aggregator is back with an earlier round's model (``had``) than
+        the one it is waited on for: send it this round's model again (``round.resent``)."""
+        if not join.resumed or had >= self.round:
             return
         assert self.topology.downstream is not None
-        self.log.info("round.resent", round=self.round, peer=peer, had=msg.round)
+        self.log.info("round.resent", round=self.round, peer=peer, had=had)
         await self.send_all(self.topology.downstream, [peer], self.model_for(peer))
 
     def validate(self, peer: str, msg: Message, expected_round: int | None = None) -> Received:
