@@ -212,6 +212,12 @@ async def test_a_peer_that_left_is_not_waited_for_forever(broker: Broker) -> Non
     try:
         transport = t1["param"].transport  # type: ignore[attr-defined]
         transport.settings = fast
+        # agg's cleared presence reaches t1 through the broker: a send before it would still
+        # find agg there (CI once sent first and the test saw no PeerTimeout)
+        deadline = time.monotonic() + 60
+        while transport._presence("agg").is_set():
+            assert time.monotonic() < deadline, "t1 never saw agg leave"
+            await asyncio.sleep(0.02)
         with pytest.raises(PeerTimeout, match="not connected"):
             await t1["param"].send("agg", Message("update"))
     finally:
