@@ -536,21 +536,24 @@ def _framework_requirements(code: Path) -> list[str]:
 
 
 def make_tracker(config: TaskConfig) -> Tracker:
-    """The tracker for one task: MLflow (+ control-plane metrics) for the top aggregator,
-    nothing for everyone else. The caller decides whether this task is the top aggregator."""
+    """The tracker for one task: MLflow (unless the job turned it off) and the control plane's
+    metrics for the top aggregator, nothing for everyone else. The caller decides whether this
+    task is the top aggregator."""
     spec: TrackingSpec = config.job.tracking
     access = config.tracking  # the names and account the control plane made for this job
     if access.username and access.password:  # MLflow's client reads its login from here
         os.environ["MLFLOW_TRACKING_USERNAME"] = access.username
         os.environ["MLFLOW_TRACKING_PASSWORD"] = access.password
-    mlflow_tracker = MlflowTracker(
-        tracking_uri=config.tracking_uri or default_tracking_uri(config.workdir),
-        experiment=access.experiment or spec.experiment or config.job_name,
-        run_name=f"{config.job_name}-{config.job_id[:8]}",
-        selection_metric=spec.selection_metric,
-        mode=spec.mode,
-        register_as=(access.model_name or config.job_name) if spec.register_model else None,
-    )
+    mlflow_tracker: Tracker = NullTracker()
+    if spec.enabled:
+        mlflow_tracker = MlflowTracker(
+            tracking_uri=config.tracking_uri or default_tracking_uri(config.workdir),
+            experiment=access.experiment or spec.experiment or config.job_name,
+            run_name=f"{config.job_name}-{config.job_id[:8]}",
+            selection_metric=spec.selection_metric,
+            mode=spec.mode,
+            register_as=(access.model_name or config.job_name) if spec.register_model else None,
+        )
     disc = config.discovery
     reporter = None
     if disc.kind == "control-plane" and disc.url and disc.token:

@@ -103,12 +103,22 @@ class SelectorSpec(_Choice):
 
 
 class TrackingSpec(SpecModel):
+    """Where the top aggregator logs the run to MLflow. ``enabled: false`` logs nothing there
+    (no run, no registered model); the round metrics still reach the control plane."""
+
+    enabled: bool = True
     uri: str | None = Field(default=None, max_length=2048)  # default: the platform's server
     experiment: str | None = Field(default=None, min_length=1, max_length=256)  # default: job
     selection_metric: str = Field(default="accuracy", min_length=1, max_length=250)
     mode: Literal["max", "min"] = "max"
     # "register" would shadow BaseModel.register; the JSON key stays "register"
     register_model: bool = Field(default=True, alias="register")
+
+    @model_validator(mode="after")
+    def _uri_needs_tracking(self) -> TrackingSpec:
+        if not self.enabled and self.uri is not None:
+            raise FieldProblem("uri", "is set but tracking is disabled (enabled: false)")
+        return self
 
 
 class EvaluationSpec(SpecModel):

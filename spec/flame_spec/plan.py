@@ -360,10 +360,11 @@ def task_configs(
     dataset_uris: Mapping[str, str] | None = None,
 ) -> list[TaskConfig]:
     """One :class:`TaskConfig` per planned task. ``tracking_uri`` is the platform's tracking
-    server, used unless the spec names one (the one place that decides where a job logs).
+    server, used unless the spec names one or turns tracking off (the one place that decides
+    where a job logs).
     ``dataset_uris`` (dataset id -> local uri) fills in where each dataset is when that is known
     here (simulation); on the control plane the node that owns the data fills it in."""
-    tracking_uri = spec.tracking.uri or tracking_uri
+    tracking_uri = (spec.tracking.uri or tracking_uri) if spec.tracking.enabled else None
     configs: list[TaskConfig] = []
     for t in tasks:
         channels = {

@@ -55,6 +55,8 @@ BAD: list[tuple[str, Any]] = [
     ("quorum_grace", -1),
     ("quorum_grace", 86_401),
     ("quorum_grace", NAN),
+    ("tracking", {"enabled": False, "uri": "http://127.0.0.1:5000"}),  # which one is meant?
+    ("tracking", {"enabled": "no"}),
 ]
 
 

@@ -278,3 +278,22 @@ def test_a_role_declares_how_its_registered_model_predicts(tmp_path: Path) -> No
     assert model.predict(x).tolist() == [1, 3, 0, 0]
     assert model.metadata.get_input_schema() is not None
     assert model.metadata.get_output_schema() is not None
+
+
+def test_a_job_with_tracking_turned_off_logs_nothing_to_mlflow(tmp_path: Path) -> None:
+    import flame
+    from flame.tracking import default_tracking_uri
+
+    example = Path(__file__).resolve().parents[3] / "examples" / "central-numpy"
+    off = {"rounds": 2, "tracking": {"enabled": False}}
+    result = flame.simulate(example, workdir=tmp_path / "off", track=True, overrides=off)
+    assert result.tracking is not None and result.tracking.run_id is None
+    assert result.tracking.model_uri is None
+    assert [h["round"] for h in result.history] == [0, 1, 2]  # the curve is still there
+    assert not list((tmp_path / "off").rglob("mlflow.db"))
+    assert not list((tmp_path / "off").rglob("mlartifacts"))
+
+    on = flame.simulate(example, workdir=tmp_path / "on", track=True, overrides={"rounds": 2})
+    assert on.tracking is not None and on.tracking.run_id
+    client = MlflowClient(tracking_uri=default_tracking_uri(tmp_path / "on"))
+    assert [m.step for m in client.get_metric_history(on.tracking.run_id, "accuracy")] == [0, 1, 2]

@@ -67,3 +67,22 @@ def test_one_unknown_count_below_a_sender_leaves_it_unbounded(example: str) -> N
     top = next(tid for tid in plan if "aggregator" in tid and not tid.startswith("middle"))
     assert 0 in plan[top].values()
     assert any(v > 0 for v in plan[top].values())  # the rest stay bounded
+
+
+@pytest.mark.parametrize(
+    ("tracking", "told"), [({}, "http://mlflow:5000"), ({"enabled": False}, None)]
+)
+def test_tasks_learn_the_tracking_server_only_when_the_job_tracks(
+    tracking: dict[str, bool], told: str | None
+) -> None:
+    from flame_spec import task_configs
+
+    design = parse_design(json.loads((EXAMPLES / "central" / "design.json").read_text()))
+    raw = json.loads((EXAMPLES / "central" / "job.json").read_text())
+    spec = parse_job_spec({**raw, "tracking": tracking})
+    infos = {n: DatasetInfo(id=n, name=n, num_samples=10) for n in names("central")}
+    tasks = plan_tasks(design, spec, "job-1", infos)
+    configs = task_configs(
+        design, spec, tasks, job_id="job-1", job_name="j", tracking_uri="http://mlflow:5000"
+    )
+    assert {c.tracking_uri for c in configs} == {told}

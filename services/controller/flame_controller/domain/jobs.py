@@ -72,9 +72,12 @@ def _check_tracking_uri(ctx: Ctx, spec: JobSpec) -> None:
 def _tracking_names(
     ctx: Ctx, job_id: str, job_name: str, owner: str, spec: JobSpec
 ) -> JobTracking | None:
-    """The job's experiment, model and account on the tracking server, if it has accounts."""
+    """The job's experiment, model and account on the tracking server, if it has accounts and
+    the job logs there."""
     accounts = ctx.tracking_accounts
-    if accounts is None or (spec.tracking.uri or ctx.tracking_uri) != accounts.uri:
+    if not spec.tracking.enabled or accounts is None:
+        return None
+    if (spec.tracking.uri or ctx.tracking_uri) != accounts.uri:
         return None
     return names_for(job_id, job_name, owner, spec.tracking.experiment)
 
