@@ -107,9 +107,16 @@ def plain_loop(rounds: int = ROUNDS, seed: int = 0) -> dict[str, Any]:
     }
 
 
-def one_job(cluster: Cluster, design: tuple[str, int], name: str) -> dict[str, Any]:
+def one_job(
+    cluster: Cluster,
+    design: tuple[str, int],
+    name: str,
+    example: str = "central",
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Run one job of ``example`` (``overrides`` replace spec fields) and time its phases."""
     client = cluster.client
-    spec = job_spec(cluster, "central", rounds=ROUNDS, backend="grpc")
+    spec = job_spec(cluster, example, rounds=ROUNDS, backend="grpc", **overrides)
     job = client.create_job(name, design[0], spec, code_version=design[1])
     started = time.time()
     client.start_job(job.id)

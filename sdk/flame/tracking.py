@@ -2,9 +2,10 @@
 
 Only the top aggregator tracks; trainers get :class:`NullTracker` (privacy: their own logs go to
 the control plane). :class:`MlflowTracker` logs params, per-round metrics with ``step=round``
-(one ``log_batch`` per round), MLflow system metrics and tags, keeps the best global model by the
-job's selection metric and at the end logs it (safetensors weights in a models-from-code pyfunc)
-and registers it as ``<job name>`` with alias ``best``. Under the control plane,
+(one ``log_batch`` per round, or one for all the rounds that waited), MLflow system metrics and
+tags, keeps the best global model by the job's selection metric and at the end logs it
+(safetensors weights in a models-from-code pyfunc) and registers it as ``<job name>`` with alias
+``best``. Under the control plane,
 :class:`ControlPlaneReporter` also sends the round metrics to the apiserver for
 ``flamectl job watch``. Everything uses ``MlflowClient`` with an explicit tracking URI: no global
 MLflow state, so several simulated jobs can share one process.
@@ -143,7 +144,9 @@ class MlflowTracker:
         self.card: ModelCard | None = None
         self.system_metrics_interval = system_metrics_interval
         self.run_id: str | None = None
+        self._experiment_id: str | None = None
         self._monitor: Any = None
+        self._unsent: list[Any] = []  # mlflow Metrics of rounds not yet sent (see flush)
 
     @property
     def client(self) -> Any:
@@ -168,7 +171,7 @@ class MlflowTracker:
             )
         )
         run = self.client.create_run(exp_id, run_name=self.run_name, tags=tags)
-        self.run_id = run.info.run_id
+        self.run_id, self._experiment_id = run.info.run_id, exp_id
         flat: dict[str, str] = {}
         _flatten("", params, flat)
         items = [Param(k, v) for k, v in sorted(flat.items())]
@@ -176,6 +179,10 @@ class MlflowTracker:
             self.client.log_batch(self.run_id, params=items[i : i + 100])
         self._start_system_metrics()
         log.info("tracking.started", run_id=self.run_id, uri=self.tracking_uri)
+        # Logging the model at the end needs MLflow's model modules, seconds of imports on a
+        # loaded machine: take them now, while the rounds run, not after the last one.
+        import mlflow.models
+        import mlflow.pyfunc  # noqa: F401
 
     def _start_system_metrics(self) -> None:
         try:
@@ -193,14 +200,24 @@ class MlflowTracker:
             self._monitor = None
 
     def log_round(self, rnd: int, metrics: dict[str, float]) -> None:
+        """Keep a round's metrics for the next :meth:`flush` (one request for every round that
+        waited: a worker that fell behind catches up in one call, not one per round)."""
         from mlflow.entities import Metric
 
         if self.run_id is None:
             raise RuntimeError("tracker not started")
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, rnd) for k, v in metrics.items() if math.isfinite(v)]
-        for i in range(0, len(batch), 1000):  # MLflow caps a batch at 1000 metrics
-            self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+        self._unsent += [
+            Metric(k, float(v), now, rnd) for k, v in metrics.items() if math.isfinite(v)
+        ]
+
+    def flush(self) -> None:
+        """Send the metrics :meth:`log_round` kept, in order."""
+        while self._unsent:
+            assert self.run_id is not None
+            batch = self._unsent[:1000]  # MLflow caps a batch at 1000 metrics
+            self.client.log_batch(self.run_id, metrics=batch)
+            del self._unsent[: len(batch)]
 
     def log_json(self, name: str, data: dict[str, Any]) -> None:
         """A JSON artifact of the run (a job kind's result: statistics, a cross-site matrix)."""
@@ -219,6 +236,7 @@ class MlflowTracker:
     def finish(self, status: str = "FINISHED") -> TrackingResult:
         if self.run_id is None:
             return TrackingResult()
+        self.flush()
         if self._monitor is not None:
             try:
                 self._monitor.finish()
@@ -232,10 +250,9 @@ class MlflowTracker:
         if self.best.weights is not None:
             model_uri = self._log_best_model()
         self.client.set_terminated(self.run_id, status=status)
-        exp = self.client.get_run(self.run_id).info.experiment_id
         result = TrackingResult(
             run_id=self.run_id,
-            run_uri=f"{self.tracking_uri}#/experiments/{exp}/runs/{self.run_id}",
+            run_uri=f"{self.tracking_uri}#/experiments/{self._experiment_id}/runs/{self.run_id}",
             model_uri=model_uri,
             best_round=self.best.round,
             best_metrics=dict(self.best.metrics),
@@ -469,9 +486,10 @@ class CompositeTracker:
 
 class BackgroundTracker:
     """Runs another tracker's calls on one worker thread, in order, so tracking I/O (an MLflow
-    ``log_batch``, the metrics POST) never sits on the training round's path. ``finish`` drains
-    the queue and returns the inner result. A failing call is logged and the job goes on:
-    losing a metric must not lose the training run."""
+    ``log_batch``, the metrics POST) never sits on the training round's path. Whenever the queue
+    runs empty it calls the inner tracker's ``flush``, if it has one: what the inner tracker
+    batched goes out then. ``finish`` drains the queue and returns the inner result. A failing
+    call is logged and the job goes on: losing a metric must not lose the training run."""
 
     def __init__(self, inner: Tracker) -> None:
         self.inner = inner
@@ -480,11 +498,18 @@ class BackgroundTracker:
         self._worker.start()
 
     def _drain(self) -> None:
+        flush = getattr(self.inner, "flush", None)  # sends what the inner tracker batched
         while (call := self._calls.get()) is not None:
-            try:
-                call()
-            except Exception as exc:
-                log.warning("tracking.call_failed", error=repr(exc))
+            self._run(call)
+            if flush is not None and self._calls.empty():
+                self._run(flush)
+
+    @staticmethod
+    def _run(call: Callable[[], None]) -> None:
+        try:
+            call()
+        except Exception as exc:
+            log.warning("tracking.call_failed", error=repr(exc))
 
     def call(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the worker, after everything queued before it."""

@@ -190,6 +190,36 @@ def test_background_tracker_keeps_order_off_the_caller_thread_and_survives_failu
     ]
 
 
+def test_rounds_that_waited_for_a_busy_tracker_reach_mlflow_in_one_request(tmp_path: Path) -> None:
+    from flame.tracking import BackgroundTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    inner = MlflowTracker(tracking_uri=uri, experiment="busy", run_name="busy-run")
+    batches: list[int] = []
+    inner.start({}, {})
+    send = inner.client.log_batch
+
+    def counted(run_id: str, metrics: list = (), **kw: object) -> None:  # type: ignore[assignment]
+        rounds = [m for m in metrics if not m.key.startswith("system/")]
+        if rounds:
+            batches.append(len(rounds))
+        send(run_id, metrics=metrics, **kw)
+
+    inner.client.log_batch = counted
+    tracker = BackgroundTracker(inner)
+    busy = threading.Event()
+    tracker.call(lambda: busy.wait(60))  # the worker is held up (e.g. by MLflow's imports)
+    for rnd in range(25):
+        tracker.log_round(rnd, {"accuracy": rnd / 100, "loss": 1 - rnd / 100})
+    busy.set()
+    tracker.log_round(25, {"accuracy": 0.25, "loss": 0.75})
+    result = tracker.finish()
+    history = MlflowClient(tracking_uri=uri).get_metric_history(result.run_id, "accuracy")
+    assert [(m.step, m.value) for m in history] == [(r, r / 100) for r in range(26)]
+    # the 25 rounds that waited went out together (round 25 with them, or right after)
+    assert batches[0] >= 50 and sum(batches) == 52 and len(batches) <= 2, batches
+
+
 def test_control_plane_metrics_do_not_wait_for_a_slow_mlflow() -> None:
     from flame.tracking import CompositeTracker, ControlPlaneReporter, TrackingResult
 
