@@ -11,6 +11,7 @@ the job's password reaches only its top aggregator, inside its config.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from dataclasses import dataclass
 from typing import Any
@@ -155,13 +156,21 @@ class TrackingAccounts:
     async def prepare(self, names: JobTracking, owner: str) -> None:
         """The job's experiment, model and account, and the owner's read access (idempotent)."""
         reader = user_username(owner)
-        for username in (names.username, reader):
-            await self._ensure_user(username)
-        experiment_id = await self._experiment(names.experiment)
-        await self._model(names.model_name)
-        for username, permission in ((names.username, "EDIT"), (reader, "READ")):
-            await self._grant(username, "experiment", experiment_id, permission)
-            await self._grant(username, "registered_model", names.model_name, permission)
+        # independent calls go together: a job's start waits for all of them
+        await asyncio.gather(self._ensure_user(names.username), self._ensure_user(reader))
+        experiment_id, _ = await asyncio.gather(
+            self._experiment(names.experiment), self._model(names.model_name)
+        )
+        await asyncio.gather(
+            *(
+                self._grant(username, kind, resource, permission)
+                for username, permission in ((names.username, "EDIT"), (reader, "READ"))
+                for kind, resource in (
+                    ("experiment", experiment_id),
+                    ("registered_model", names.model_name),
+                )
+            )
+        )
         log.info(
             "tracking.prepared",
             experiment=names.experiment,
