@@ -16,8 +16,13 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
+import os
 import sys
+import threading
 from pathlib import Path
+from typing import NoReturn
 
 import structlog
 
@@ -101,5 +106,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def leave(code: int) -> NoReturn:
+    """End the process with ``code`` as a normal exit would, without the interpreter's teardown:
+    freeing every module of a task that imported MLflow takes ~1 s on a loaded machine, on the
+    path of every job's end. What a normal exit does first is done here too, in its order:
+    the threads the task left running (its user code's) are waited for, exit handlers run, the
+    standard streams are flushed."""
+    shutdown = getattr(threading, "_shutdown", None)  # joins non-daemon threads, as at exit
+    if shutdown is not None:
+        shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed, or its pipe is gone
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())
