@@ -212,12 +212,22 @@ class MlflowTracker:
         ]
 
     def flush(self) -> None:
-        """Send the metrics :meth:`log_round` kept, in order."""
+        """Send the metrics :meth:`log_round` kept, in order. MLflow refuses a whole batch for
+        one bad name: a refused batch is sent again round by round, and a round it still
+        refuses is logged and dropped, so it neither holds up nor takes down the others."""
         while self._unsent:
-            assert self.run_id is not None
             batch = self._unsent[:1000]  # MLflow caps a batch at 1000 metrics
-            self.client.log_batch(self.run_id, metrics=batch)
             del self._unsent[: len(batch)]
+            try:
+                self.client.log_batch(self.run_id, metrics=batch)
+            except Exception:
+                for step in sorted({m.step for m in batch}):
+                    try:
+                        self.client.log_batch(
+                            self.run_id, metrics=[m for m in batch if m.step == step]
+                        )
+                    except Exception as exc:
+                        log.warning("tracking.round_refused", step=step, error=str(exc))
 
     def log_json(self, name: str, data: dict[str, Any]) -> None:
         """A JSON artifact of the run (a job kind's result: statistics, a cross-site matrix)."""

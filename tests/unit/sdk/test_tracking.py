@@ -220,6 +220,19 @@ def test_rounds_that_waited_for_a_busy_tracker_reach_mlflow_in_one_request(tmp_p
     assert batches[0] >= 50 and sum(batches) == 52 and len(batches) <= 2, batches
 
 
+def test_a_round_mlflow_refuses_does_not_hold_up_the_next(tmp_path: Path) -> None:
+    from flame.tracking import BackgroundTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = BackgroundTracker(MlflowTracker(tracking_uri=uri, experiment="x", run_name="x"))
+    tracker.start({}, {})
+    tracker.log_round(0, {"accuracy": 0.5, "../elsewhere": 1.0})  # a name MLflow refuses
+    tracker.log_round(1, {"accuracy": 0.6})
+    result = tracker.finish()
+    history = MlflowClient(tracking_uri=uri).get_metric_history(result.run_id, "accuracy")
+    assert (1, 0.6) in [(m.step, m.value) for m in history]
+
+
 def test_control_plane_metrics_do_not_wait_for_a_slow_mlflow() -> None:
     from flame.tracking import CompositeTracker, ControlPlaneReporter, TrackingResult
 
