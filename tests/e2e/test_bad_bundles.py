@@ -231,7 +231,10 @@ def test_node_token_cannot_reach_another_nodes_task(cluster: Cluster) -> None:
 
     after = next(t for t in cluster.client.list_tasks(job.job_id) if t.id == task.id)
     assert (after.state, after.attempt, after.reason) == (task.state, task.attempt, task.reason)
-    assert cluster.client.get_logs(job.job_id).lines == []
+    # the controller's own events about the job (job.created) may be there by now; nothing of
+    # the task is (a CI run under a CPU hog saw the service line and failed on `== []`)
+    lines = cluster.client.get_logs(job.job_id).lines
+    assert [x for x in lines if x.task_id == task.id or "forged" in x.line] == []
     assert cluster.client.get_metrics(job.job_id).metrics == []
     assert evidence_of_runs(cluster, job.job_id) == []
     denied = [
