@@ -14,57 +14,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.control_plane_round import ROUNDS, one_job
+from benchmarks.control_plane_round import EXAMPLE, ROUNDS, one_job, phase_medians, phase_plot
 from benchmarks.job_start import TRAINERS, machine, new_design
 from benchmarks.run import RESULTS, save
 from tests.e2e.jobs_harness import start_cluster
 
-EXAMPLE = "central-numpy"
 TARGET_RATIO = 1.05
-PHASES = ("running_to_first_metrics_s", "steady_per_round_s", "last_metrics_to_completed_s")
 KINDS = {"on": {}, "off": {"tracking": {"enabled": False}}}
-
-
-def median_of(jobs: list[dict[str, Any]], key: str) -> float:
-    return round(statistics.median(j[key] for j in jobs), 4)
-
-
-def plot(medians: dict[str, dict[str, float]], path: Path) -> bool:
-    """Stacked bars: where a job's wall time goes, with tracking and without."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, ax = plt.subplots(figsize=(7, 3))
-    labels = {
-        "start_to_all_running_s": "start -> all tasks running",
-        "running_to_first_metrics_s": "-> first round's metrics",
-        "rounds_s": f"{ROUNDS} rounds",
-        "last_metrics_to_completed_s": "last metrics -> job completed",
-    }
-    colors = dict(zip(labels, ("tab:gray", "tab:blue", "tab:green", "tab:orange"), strict=True))
-    for row, kind in enumerate(("off", "on")):
-        left = 0.0
-        for key, label in labels.items():
-            width = medians[kind][key]
-            ax.barh(row, width, left=left, color=colors[key], label=label if row == 0 else None)
-            left += width
-    ax.set_yticks([0, 1], ["tracking off", "MLflow tracking"])
-    ax.set_xlabel("seconds (median job)")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
 
 
 def main(reps: int = 3) -> dict[str, Any]:
@@ -84,17 +45,7 @@ def main(reps: int = 3) -> dict[str, Any]:
         finally:
             cluster.client.close()
             cluster.stack.down(cluster.state)
-    medians: dict[str, dict[str, float]] = {}
-    for kind, runs in jobs.items():
-        m = {key: median_of(runs, key) for key in ("job_wall_s", "start_to_all_running_s", *PHASES)}
-        m["rounds_s"] = round(
-            m["job_wall_s"]
-            - m["start_to_all_running_s"]
-            - m["running_to_first_metrics_s"]
-            - m["last_metrics_to_completed_s"],
-            4,
-        )
-        medians[kind] = m
+    medians = {kind: phase_medians(runs) for kind, runs in jobs.items()}
     ratio = medians["on"]["job_wall_s"] / medians["off"]["job_wall_s"]
     png = RESULTS / "mlflow_cost.png"
     row = (
@@ -113,7 +64,9 @@ def main(reps: int = 3) -> dict[str, Any]:
         "target_ratio": TARGET_RATIO,
         "within_target": ratio <= TARGET_RATIO,
         "table_row": row,
-        "plot": str(png.relative_to(Path(__file__).parent)) if plot(medians, png) else None,
+        "plot": str(png.relative_to(Path(__file__).parent))
+        if phase_plot({"tracking off": medians["off"], "MLflow tracking": medians["on"]}, png)
+        else None,
     }
 
 

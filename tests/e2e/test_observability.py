@@ -131,6 +131,11 @@ def test_every_service_serves_its_series_after_a_job(cluster: Cluster, job: str)
         assert 0 <= value(node, "flame_node_cpu_percent") <= 100
         assert value(node, "flame_node_network_recv_bytes_total") > 0
         assert value(node, "flame_flamelet_health_reports_total") >= 1
+        # its trainer ended: a process for the next task of its dataset is started ahead
+        eventually(
+            lambda n=name: value(scrape(cluster, n)[0], "flame_flamelet_warm_runners_idle") == 1,
+            what="a warm runner",
+        )
     print("scrape sizes (bytes):", figures)
     print("families, samples, bytes per service:", FIGURES)
 

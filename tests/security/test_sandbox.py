@@ -136,7 +136,11 @@ import json, os, sys
 cfg = json.load(open("config.json"))
 data = cfg["dataset"]["uri"]
 out = {"dataset": open(os.path.join(data, "shard.txt")).read()}
-targets = {"identity": "TARGET_IDENTITY", "other task": "TARGET_OTHER"}
+targets = {
+    "identity": "TARGET_IDENTITY",
+    "other task": "TARGET_OTHER",
+    "other dataset": "TARGET_DATASET",
+}
 for name, path in ((n, os.environ[v]) for n, v in targets.items()):
     try:
         open(path).read()
@@ -152,13 +156,18 @@ print(json.dumps(out), flush=True)
 """
 
 
+@pytest.mark.parametrize("warm", [0, 2], ids=["cold", "warm"])
 async def test_a_nodes_task_sees_its_dataset_read_only_and_not_the_nodes_identity(
-    tmp_path: Path, fake_api: FakeApiServer, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fake_api: FakeApiServer, monkeypatch: pytest.MonkeyPatch, warm: int
 ) -> None:
-    home, data = tmp_path / "home", tmp_path / "data"
-    data.mkdir()
-    (data / "shard.txt").write_text("rows")
+    """Also when the task runs in a warm runner (started before the task, flamelet.warm):
+    it sees its own dataset, not the node's other one, for which a runner waits too."""
+    home, data, other_data = tmp_path / "home", tmp_path / "data", tmp_path / "other-data"
+    for folder in (data, other_data):
+        folder.mkdir()
+        (folder / "shard.txt").write_text("rows")
     DatasetRegistry(home).add(LocalDataset(name="digits", path=str(data), id="ds-1"))
+    DatasetRegistry(home).add(LocalDataset(name="faces", path=str(other_data), id="ds-2"))
     identity = home / "identity.json"
     identity.write_text("{}")
     other = home / "tasks" / "other-0" / "config.json"
@@ -166,13 +175,25 @@ async def test_a_nodes_task_sees_its_dataset_read_only_and_not_the_nodes_identit
     other.write_text("{}")
     monkeypatch.setenv("FLAME_TARGET_IDENTITY", str(identity))
     monkeypatch.setenv("FLAME_TARGET_OTHER", str(other))
-    fake_api.add_task("t1", {"trainer/main.py": NODE_ATTACK.replace("TARGET_", "FLAME_TARGET_")})
-    settings = settings_for(home, sandbox="auto")
+    monkeypatch.setenv("FLAME_TARGET_DATASET", str(other_data / "shard.txt"))
+    settings = settings_for(home, sandbox="auto", warm_runners=warm)
     api = RestClient(fake_api.url, CRED)
     ident = Identity(server=fake_api.url, node_id=NODE, credential=CRED, notifier="unused")
     agent = Agent(ident, api, FakeEvents(), settings)
     async with Running(agent, api):
+        if warm:
+            await eventually(lambda: len(agent.warm.idle()) == 2, timeout=120, what="runners")
+        fake_api.add_task(
+            "t1", {"trainer/main.py": NODE_ATTACK.replace("TARGET_", "FLAME_TARGET_")}
+        )
         await eventually(lambda: fake_api.log_lines("t1", "stdout"), timeout=120, what="output")
     seen = json.loads(fake_api.log_lines("t1", "stdout")[-1])
-    assert seen == {"dataset": "rows", "identity": None, "other task": None, "write dataset": None}
+    assert seen == {
+        "dataset": "rows",
+        "identity": None,
+        "other task": None,
+        "other dataset": None,
+        "write dataset": None,
+    }
     assert not (data / "planted.txt").exists()
+    assert agent.warm.handed == (1 if warm else 0)

@@ -15,6 +15,7 @@ import hashlib
 import re
 import shutil
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
@@ -30,7 +31,7 @@ from flame_spec import SpecError, TaskConfig
 from flame_spec.requirements import FILE_NAME as REQUIREMENTS_FILE
 from flame_spec.requirements import parse_requirements
 from flame_spec.retry import Backoff
-from flamelet import runner
+from flamelet import runner, warm
 from flamelet.api import AgentApi, LogLine, TaskInfo
 from flamelet.errors import (
     AlreadyRunning,
@@ -44,7 +45,7 @@ from flamelet.events import CONNECTED, STOP, EventSource
 from flamelet.health import HealthProbe, HealthSample
 from flamelet.home import DatasetRegistry, Identity
 from flamelet.ledger import Entry, Ledger, Phase
-from flamelet.settings import FlameletSettings
+from flamelet.settings import DEFAULT_COMMAND, FlameletSettings
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +54,30 @@ _SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
 _ROLE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")
 _READ_CHUNK = 1024 * 1024
 MARK_ATTEMPT = 10**12  # a log line's mark: attempt * MARK_ATTEMPT + where it ends in its file
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A task's verified bundle and config, and where its dataset is on this node."""
+
+    task_id: str
+    role: str
+    code: bytes
+    config: TaskConfig
+    dataset_uri: str | None
+    warmable: bool  # the node's command starts with its Python: a warm runner can run it
+
+    @property
+    def visible_dataset(self) -> str | None:
+        """The dataset folder the task's sandbox shows (read-only), if there is one."""
+        return self.dataset_uri if self.dataset_uri and Path(self.dataset_uri).exists() else None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    cmd: list[str]  # the whole command, sandbox included
+    env: dict[str, str]
+    order: list[str] | None  # the command after the interpreter, when a warm runner can run it
 
 
 class Agent:
@@ -77,6 +102,16 @@ class Agent:
         self._sandbox_chosen: Sandbox | None = None
         self._stop_notes: dict[str, str] = {}
         self._stops_in_flight: set[str] = set()
+        self._handing: set[str] = set()  # attempts whose process is being swapped (warm -> cold)
+        self.warm = warm.WarmPool(
+            self.home / "tasks",
+            settings.python,
+            self._limits,
+            size=settings.warm_runners,
+            imports=settings.warm_imports,
+            idle_seconds=settings.warm_idle_seconds,
+        )
+        self._warm_kind: dict[str, str | None] = {}  # attempt -> the dataset its runner shows
         self._background: set[asyncio.Task[None]] = set()
         self._kick = asyncio.Event()
         self._wake = asyncio.Event()
@@ -99,6 +134,9 @@ class Agent:
         structlog.contextvars.bind_contextvars(node_id=self.identity.node_id)
         try:
             self._recover()
+            for dataset in list(self.datasets.all().values())[: self.settings.warm_runners]:
+                shown = dataset.path if Path(dataset.path).exists() else None
+                self._spawn(self._refill_warm(shown))
             loops = [
                 asyncio.create_task(self._event_loop(), name="events"),
                 asyncio.create_task(self._reconcile_loop(), name="reconcile"),
@@ -116,6 +154,7 @@ class Agent:
             await asyncio.gather(
                 *loops, health, stopping, *self._background, return_exceptions=True
             )
+            await self.warm.close()
             for t in done:
                 if t is not stopping and not t.cancelled() and t.exception() is not None:
                     exc = t.exception()
@@ -161,6 +200,9 @@ class Agent:
                 log.info("task.adopted", task_id=e.task_id, attempt=e.attempt, pid=e.pid)
                 if e.stop_requested:
                     self._spawn_stop(e, "stop requested before the flamelet restarted")
+        in_use = {Path(e.workdir).resolve() for e in self.ledger.entries() if e.workdir}
+        for folder in warm.stale_workdirs(self.home / "tasks", in_use):
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -304,37 +346,87 @@ class Agent:
                     task_id=task.id, attempt=task.attempt, job_id=task.job_id, workdir=str(workdir)
                 )
             )
+            ready: warm.WarmRunner | None = None
             try:
-                cmd, env = await self._prepare(task, workdir)
+                fetched = await self._fetch(task)
+                ready = await self.warm.take(fetched.visible_dataset) if fetched.warmable else None
+                if ready is not None:  # the task's work dir is the one its runner sees
+                    workdir = ready.workdir
+                    entry = self.ledger.put(entry.with_(workdir=str(workdir)))
+                prepared = await self._prepare(fetched, workdir)
             except (Unavailable, Unauthorized):
                 # Nothing started: forget the attempt so the next pass tries again.
                 self.ledger.remove(entry.key)
+                if ready is not None:
+                    await self.warm.discard(ready)
                 shutil.rmtree(workdir, ignore_errors=True)
                 raise
-            except (BundleRejected, ApiError, FlameletError) as exc:
-                await self._refuse(entry, str(exc))
-                return
-            except Exception as exc:  # malformed answers, disk errors: never leave it half-done
-                log.exception("task.prepare_failed", task_id=task.id)
-                await self._refuse(entry, f"{type(exc).__name__}: {exc}")
+            except Exception as exc:
+                if ready is not None:
+                    await self.warm.discard(ready, keep_workdir=True)
+                if isinstance(exc, BundleRejected | ApiError | FlameletError):
+                    await self._refuse(entry, str(exc))
+                else:  # malformed answers, disk errors: never leave it half-done
+                    log.exception("task.prepare_failed", task_id=task.id)
+                    await self._refuse(entry, f"{type(exc).__name__}: {exc}")
                 return
             try:
-                started = await runner.spawn(cmd, workdir, env, self._limits)
+                started = await self._launch(entry, prepared, ready)
             except OSError as exc:
                 await self._refuse(entry, f"cannot start the task process: {exc}")
                 return
-            self.ledger.put(
-                entry.with_(
-                    phase=Phase.RUNNING,
-                    pid=started.pid,
-                    create_time=started.create_time,
-                    start_id=started.start_id,
-                )
-            )
+            if prepared.order is not None:  # this kind of task can run warm: keep one ready
+                self._warm_kind[entry.key] = fetched.visible_dataset
             self._procs[entry.key] = started.process
             self._spawn(self._await_exit(started.process))
-            log.info("task.started", attempt=task.attempt, pid=started.pid, cmd=cmd)
+            log.info(
+                "task.started",
+                attempt=task.attempt,
+                pid=started.pid,
+                cmd=prepared.cmd,
+                warm=ready is not None and prepared.order is not None,
+            )
             self._wake.set()
+
+    async def _launch(
+        self, entry: Entry, prepared: Prepared, ready: warm.WarmRunner | None
+    ) -> runner.Started:
+        """Run the prepared task: in its warm runner when it has one (the ledger records the
+        runner's pid before the order goes out), else in a new process."""
+        workdir = Path(entry.workdir)
+        self._handing.add(entry.key)
+        try:
+            if ready is not None and prepared.order is not None:
+                self._record_running(entry, ready.started)
+                try:
+                    await self.warm.hand_over(ready, prepared.order, prepared.env)
+                    return ready.started
+                except OSError as exc:  # it died since it was taken: start the task cold
+                    log.warning("warm.lost", task_id=entry.task_id, error=str(exc))
+            if ready is not None:
+                await self.warm.discard(ready, keep_workdir=True)
+                (workdir / runner.EXIT_FILE).unlink(missing_ok=True)
+            started = await runner.spawn(prepared.cmd, workdir, prepared.env, self._limits)
+            self._record_running(entry, started)
+            return started
+        finally:
+            self._handing.discard(entry.key)
+
+    def _record_running(self, entry: Entry, started: runner.Started) -> None:
+        self.ledger.put(
+            entry.with_(
+                phase=Phase.RUNNING,
+                pid=started.pid,
+                create_time=started.create_time,
+                start_id=started.start_id,
+            )
+        )
+
+    async def _refill_warm(self, dataset: str | None) -> None:
+        try:
+            await self.warm.fill(dataset, await self._sandbox())
+        except Exception as exc:  # never fatal: tasks then start cold
+            log.warning("warm.fill_failed", error=str(exc))
 
     async def _refuse(self, entry: Entry, reason: str) -> None:
         log.error("task.refused", task_id=entry.task_id, attempt=entry.attempt, reason=reason)
@@ -346,8 +438,8 @@ class Agent:
             await self._api.append_logs([line])
         self._wake.set()
 
-    async def _prepare(self, task: TaskInfo, workdir: Path) -> tuple[list[str], dict[str, str]]:
-        """Fetch, verify and unpack the bundle; write config.json. Nothing runs on failure."""
+    async def _fetch(self, task: TaskInfo) -> Fetched:
+        """Fetch and verify the task's bundle and config. Nothing is written."""
         meta = await self._api.get_task(task.id)
         if meta.task.node_id and meta.task.node_id != self.identity.node_id:
             raise BundleRejected(f"the task belongs to node {meta.task.node_id}")
@@ -369,32 +461,40 @@ class Agent:
                 f"invalid task config: {SpecError.of('task config', exc)}"
             ) from None
         dataset_uri = self._dataset_path(config)
-        shutil.rmtree(workdir, ignore_errors=True)  # a fresh folder for every attempt
+        warmable = self.settings.command[:1] == DEFAULT_COMMAND[:1]
+        return Fetched(task.id, role, code, config, dataset_uri, warmable)
+
+    async def _prepare(self, fetched: Fetched, workdir: Path) -> Prepared:
+        """Unpack the bundle into ``workdir``; write config.json. Nothing runs on failure."""
+        if not workdir.name.startswith(warm.WORKDIR_PREFIX):  # a runner's folder is new
+            shutil.rmtree(workdir, ignore_errors=True)  # a fresh folder for every attempt
         try:
             config_path = prepare_task_dir(
                 workdir,
-                code,
-                config,
+                fetched.code,
+                fetched.config,
                 token=self.identity.credential,
-                dataset_uri=dataset_uri,
+                dataset_uri=fetched.dataset_uri,
                 max_bytes=self.settings.max_bundle_bytes,
             )
         except FlameServiceError as exc:
             raise BundleRejected(f"unsafe code bundle: {exc.message}") from exc
-        python = await self._python_for(workdir / "code" / role)
+        python = await self._python_for(workdir / "code" / fetched.role)
         values = {
             "python": python,
             "config": str(config_path),
-            "role": role,
+            "role": fetched.role,
             "workdir": str(workdir),
-            "task_id": task.id,
+            "task_id": fetched.task_id,
         }
         cmd = [part.format(**values) for part in self.settings.command]
         env = runner.clean_env(workdir, {"FLAME_TASK_CONFIG": str(config_path)})
-        visible = [dataset_uri] if dataset_uri and Path(dataset_uri).exists() else []
+        visible = [fetched.visible_dataset] if fetched.visible_dataset else []
         if python != self.settings.python:  # the role's cached environment, read-only
             visible.append(str(Path(python).parent.parent))
-        return (await self._sandbox()).wrap(cmd, workdir, visible), env
+        # a warm runner is the node's own Python: it can run the command after the interpreter
+        order = cmd[1:] if fetched.warmable and python == self.settings.python else None
+        return Prepared((await self._sandbox()).wrap(cmd, workdir, visible), env, order)
 
     async def _sandbox(self) -> Sandbox:
         if self._sandbox_chosen is None:
@@ -479,6 +579,7 @@ class Agent:
                 except Exception as exc:
                     log.warning("task.tend_failed", task_id=e.task_id, error=str(exc))
             self._prune()
+            await self.warm.expire()
             await self._pause(self.settings.poll_interval, self._wake)
 
     def _prune(self) -> None:
@@ -523,8 +624,8 @@ class Agent:
 
     def _check_exit(self, e: Entry) -> Entry:
         e = self.ledger.get(e.task_id, e.attempt) or e
-        if e.key in self._stops_in_flight:
-            return e  # the outcome is decided when the stop has finished
+        if e.key in self._stops_in_flight or e.key in self._handing:
+            return e  # the outcome is decided when the stop (or the start) has finished
         proc = self._procs.get(e.key)
         if proc is not None:
             if proc.returncode is None:
@@ -548,6 +649,8 @@ class Agent:
             if why:
                 reason += f": {why}"
         log.info("task.exited", task_id=e.task_id, attempt=e.attempt, outcome=outcome, why=reason)
+        if e.key in self._warm_kind:  # the next task like it finds a runner ready
+            self._spawn(self._refill_warm(self._warm_kind.pop(e.key)))
         return self.ledger.update(e.key, phase=Phase.DONE, outcome=outcome, reason=reason)
 
     async def _ship_logs(self, e: Entry) -> Entry:

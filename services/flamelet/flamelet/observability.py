@@ -27,6 +27,18 @@ class AgentCollector(Collector):
         for phase, n in agent.task_phases().items():
             tasks.add_metric([node, phase], n)
         yield tasks
+        yield _gauge(
+            "flame_flamelet_warm_runners_idle",
+            "Task processes started ahead, waiting for a task",
+            len(agent.warm.idle()),
+            node,
+        )
+        yield _counter(
+            "flame_flamelet_warm_starts",
+            "Tasks that ran in a process started ahead (the rest started cold)",
+            agent.warm.handed,
+            node,
+        )
         yield CounterMetricFamily(
             "flame_flamelet_health_reports",
             "Health samples the control plane accepted",

@@ -49,9 +49,16 @@ def clean_env(workdir: Path, extra: dict[str, str] | None = None) -> dict[str, s
     return without_telemetry(env)
 
 
-async def spawn(cmd: list[str], workdir: Path, env: dict[str, str], limits: Limits) -> Started:
+async def spawn(
+    cmd: list[str],
+    workdir: Path,
+    env: dict[str, str],
+    limits: Limits,
+    stdin: int = asyncio.subprocess.DEVNULL,
+) -> Started:
     """Start ``cmd`` under ``flamelet.supervise`` in its own session, cwd = ``workdir``,
-    stdout/stderr appended to files in ``workdir``."""
+    stdout/stderr appended to files in ``workdir``; ``stdin=PIPE`` gives the caller a pipe to
+    it (a warm runner's order, :mod:`flamelet.warm`)."""
     sup = [
         sys.executable,
         "-m",
@@ -73,7 +80,7 @@ async def spawn(cmd: list[str], workdir: Path, env: dict[str, str], limits: Limi
             *sup,
             cwd=workdir,
             env=sup_env,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=stdin,
             stdout=out,
             stderr=err,
             start_new_session=True,

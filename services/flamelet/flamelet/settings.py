@@ -27,6 +27,12 @@ class FlameletSettings(BaseSettings, MetricsEndpointSettings):
     # The task command, run in the task's work dir. Placeholders: {python}, {config} (absolute
     # path of config.json), {role}, {workdir}, {task_id}.
     command: list[str] = Field(default_factory=lambda: list(DEFAULT_COMMAND))
+    # Task processes started ahead of their tasks (flamelet.warm): at most this many idle, one
+    # per dataset, each for at most warm_idle_seconds; 0: every task starts a new interpreter.
+    warm_runners: int = Field(default=2, ge=0, le=16)
+    # modules they import beforehand besides the SDK (e.g. ["torch"] on a node that trains torch)
+    warm_imports: list[str] = Field(default_factory=list)
+    warm_idle_seconds: float = Field(default=900.0, gt=0)
     max_open_files: int = Field(default=1024, ge=16)
     cpu_seconds: int | None = Field(default=None, ge=1)
     address_space_bytes: int | None = Field(default=None, ge=64 * 1024 * 1024)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import stat
 from pathlib import Path
 
@@ -59,14 +61,21 @@ def runs(node: Node) -> list[str]:
     return p.read_text().split() if p.exists() else []
 
 
-async def test_runs_task_once_ships_logs_and_reports(node: Node) -> None:
+@pytest.mark.parametrize("warm", [0, 2], ids=["cold", "warm"])
+async def test_runs_task_once_ships_logs_and_reports(node: Node, warm: int) -> None:
     fake = node.fake
     fake.keep_scheduled = True  # the control plane keeps offering the task: it must not rerun
-    fake.add_task("t1", {"trainer/main.py": TRACE})
-    agent, api = node.agent(max_open_files=200)
+    agent, api = node.agent(max_open_files=200, warm_runners=warm)
     async with Running(agent, api):
+        # warm: the runner the agent started for the node's dataset runs the task, and the task
+        # sees what a task started cold sees (below)
+        ready = await eventually(agent.warm.idle, what="a warm runner") if warm else []
+        fake.add_task("t1", {"trainer/main.py": TRACE})
         await eventually(lambda: "completed" in fake.states("t1"), what="completed")
         await eventually(lambda: agent.reconciled >= 3, what="more reconcile passes")
+    assert agent.warm.handed == (1 if warm else 0)
+    if warm:
+        assert [e.pid for e in Ledger(node.home).entries()] == [ready[0].started.pid]
     assert fake.states("t1") == ["running", "completed"]
     assert fake.statuses[-1][2] == "exit code 0"
     assert fake.log_lines("t1", "stdout") == ["hello 0", "hello 1", "hello 2"]
@@ -335,8 +344,8 @@ async def test_only_the_newest_finished_tasks_keep_their_work_dirs(node: Node) -
             await eventually(lambda t=task_id: "completed" in fake.states(t), what=task_id)
         ledger_keys = lambda: sorted(e.task_id for e in Ledger(node.home).entries())  # noqa: E731
         await eventually(lambda: ledger_keys() == ["p3", "p4"], what="older tasks pruned")
-    workdirs = sorted(p.name.rsplit("-", 1)[0] for p in (node.home / "tasks").iterdir())
-    assert workdirs == ["p3", "p4"]
+    kept = [json.loads((p / "config.json").read_text()) for p in (node.home / "tasks").iterdir()]
+    assert sorted(c["task_id"] for c in kept) == ["p3", "p4"]  # and no idle runner's folder
     assert fake.log_lines("p0", "stdout") == ["hello 0", "hello 1", "hello 2"]  # shipped first
 
     agent2, api2 = node.agent(keep_finished_tasks=2)  # pruned tasks are not run again
@@ -405,3 +414,42 @@ async def test_bad_requirements_are_refused_with_the_reason(
     status = node.fake.statuses[-1]
     assert status[1] == "failed" and reason in status[2], status
     assert runs(node) == []
+
+
+async def test_a_warm_runner_is_ready_again_after_each_task_and_gone_with_the_agent(
+    node: Node,
+) -> None:
+    fake = node.fake
+    agent, api = node.agent(warm_runners=2)
+    async with Running(agent, api):
+        pids = []
+        for task_id in ("w1", "w2"):
+            ready = await eventually(agent.warm.idle, what="a runner for the dataset")
+            assert [r.dataset for r in ready] == [str(node.data)]
+            pids.append(ready[0].started.pid)
+            fake.add_task(task_id, {"trainer/main.py": TRACE})
+            await eventually(lambda t=task_id: "completed" in fake.states(t), what=task_id)
+        idle = await eventually(agent.warm.idle, what="a runner for the next task")
+    assert agent.warm.handed == 2 and runs(node) == ["w1", "w2"]
+    by_task = {e.task_id: e.pid for e in Ledger(node.home).entries()}
+    assert [by_task["w1"], by_task["w2"]] == pids  # each task had its own process
+    # the agent stopped: its idle runner is killed and its folder removed
+    assert not psutil.pid_exists(idle[0].started.pid) or (
+        psutil.Process(idle[0].started.pid).status() == psutil.STATUS_ZOMBIE
+    )
+    assert not idle[0].workdir.exists()
+
+
+async def test_a_runner_killed_while_idle_leaves_the_task_to_a_cold_start(node: Node) -> None:
+    fake = node.fake
+    agent, api = node.agent(warm_runners=2)
+    async with Running(agent, api):
+        ready = await eventually(agent.warm.idle, what="a warm runner")
+        os.killpg(ready[0].started.pid, signal.SIGKILL)  # an operator, or the OOM killer
+        await ready[0].started.process.wait()
+        fake.add_task("k1", {"trainer/main.py": TRACE})
+        await eventually(lambda: "completed" in fake.states("k1"), what="completed")
+        await eventually(agent.warm.idle, what="a new runner after the task")
+    assert agent.warm.handed == 0 and not agent.warm.broken
+    assert fake.states("k1") == ["running", "completed"]
+    assert fake.log_lines("k1", "stdout") == ["hello 0", "hello 1", "hello 2"]
