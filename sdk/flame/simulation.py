@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from flame.channels.inproc import InprocHub
 from flame.channels.settings import ChannelSettings
 from flame.config import Backend, DesignSchema, DiscoverySettings, JobSpec, TaskConfig
 from flame.errors import ConfigError, FlameError
+from flame.forkserver import ForkedTask, ForkServer
 from flame.heterogeneity import Heterogeneity
 from flame.jobdir import JobDir, load_job_dir
 from flame.paths import new_run_dir
@@ -372,38 +372,35 @@ async def _run_processes(
             )
             for c in configs
         ]
-    procs: dict[str, asyncio.subprocess.Process] = {}
+    procs: dict[str, ForkedTask] = {}
     logs: dict[str, Path] = {}
     key = min(c.task_id for c in configs)
     rounds: RoundReader | None = None
-    for cfg in configs:
-        task_dir = root / "tasks" / cfg.task_id
-        code_dir = task_dir / "code" / cfg.role
-        code_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(jobdir.role_code(cfg.role), code_dir / "main.py")
-        cfg = cfg.model_copy(update={"workdir": str(task_dir)})
-        (task_dir / "config.json").write_text(cfg.model_dump_json(by_alias=True, indent=1))
-        logs[cfg.task_id] = task_dir / "task.log"
-        args = [sys.executable, "-m", "flame.launch", str(task_dir / "config.json")]
-        if not track:
-            args.append("--no-track")
-        if topology_of(cfg).is_top:
-            key = cfg.task_id
-            if on_round is not None:  # the task streams its rounds through a file
-                rounds = RoundReader(task_dir / ROUNDS_FILE)
-                args += ["--rounds-file", str(task_dir / ROUNDS_FILE)]
-        with logs[cfg.task_id].open("wb") as out:
-            procs[cfg.task_id] = await asyncio.create_subprocess_exec(
-                *args, stdout=out, stderr=asyncio.subprocess.STDOUT, cwd=str(task_dir)
-            )
-    deadline = configs[0].job.max_run_time
-    follower = (
-        asyncio.create_task(_follow(rounds, on_round))
-        if rounds is not None and on_round is not None
-        else None
-    )
+    follower: asyncio.Task[None] | None = None
+    # each task a process of its own, forked with the SDK imported and generated data made
+    forks = ForkServer([c.dataset.uri for c in configs if c.dataset is not None])
+    await forks.start()
     try:
-        await asyncio.wait_for(procs[key].wait(), timeout=deadline)
+        for cfg in configs:
+            task_dir = root / "tasks" / cfg.task_id
+            code_dir = task_dir / "code" / cfg.role
+            code_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(jobdir.role_code(cfg.role), code_dir / "main.py")
+            cfg = cfg.model_copy(update={"workdir": str(task_dir)})
+            (task_dir / "config.json").write_text(cfg.model_dump_json(by_alias=True, indent=1))
+            logs[cfg.task_id] = task_dir / "task.log"
+            args = ["-m", "flame.launch", str(task_dir / "config.json")]
+            if not track:
+                args.append("--no-track")
+            if topology_of(cfg).is_top:
+                key = cfg.task_id
+                if on_round is not None:  # the task streams its rounds through a file
+                    rounds = RoundReader(task_dir / ROUNDS_FILE)
+                    args += ["--rounds-file", str(task_dir / ROUNDS_FILE)]
+            procs[cfg.task_id] = await forks.fork(cfg.task_id, args, task_dir, logs[cfg.task_id])
+        if rounds is not None and on_round is not None:
+            follower = asyncio.create_task(_follow(rounds, on_round))
+        await asyncio.wait_for(procs[key].wait(), timeout=configs[0].job.max_run_time)
         others = [p.wait() for tid, p in procs.items() if tid != key]
         await asyncio.wait_for(asyncio.gather(*others), timeout=configs[0].job.round_timeout + 10)
     except TimeoutError:
@@ -413,10 +410,7 @@ async def _run_processes(
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
             _deliver(rounds, on_round)  # what was written after the last poll
-        for p in procs.values():
-            if p.returncode is None:
-                p.kill()
-                await p.wait()
+        await forks.close()  # kills what is still running
     if procs[key].returncode != 0:
         tail = logs[key].read_text(errors="replace")[-3000:]
         raise FlameError(f"task {key} exited with {procs[key].returncode}:\n{tail}")

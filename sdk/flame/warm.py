@@ -25,6 +25,7 @@ import json
 import os
 import runpy
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,12 @@ def run(argv: list[str]) -> None:
         if len(argv) < 2:
             raise ValueError("-m needs a module name")
         sys.argv = [argv[1], *argv[2:]]  # run_module puts the module's path in argv[0]
+        # imported ahead on purpose (flame.launch): runpy's warning about it is noise here
+        warnings.filterwarnings(
+            "ignore",
+            message=r".*found in sys\.modules after import of package",
+            category=RuntimeWarning,
+        )
         runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
         return
     sys.argv = list(argv)
