@@ -173,7 +173,15 @@ def main() -> dict[str, object]:
     gbps = {k: round(input_bytes / t / 1e9, 2) for k, t in timings.items()}
     vs_copy = {k: round(timings["copy"] / t, 2) for k, t in timings.items()}
     png = RESULTS / "aggregation.png"
+    row = (
+        f"| aggregation | FedAvg over {N_UPDATES} x {SIZE // 1_000_000}M float32 updates: "
+        f"{gbps['flame_fedavg']:.1f} GB/s of input = {vs_copy['flame_fedavg']:.2f}x copying "
+        f"them once ({gbps['copy']:.1f} GB/s); numpy stacked matvec "
+        f"{vs_copy['numpy_stacked_matvec']:.2f}x, torch add_ {vs_copy['torch_add_']:.2f}x, "
+        f"python sum {vs_copy['python_sum']:.2f}x | ~1x a copy |"
+    )
     return {
+        "table_row": row,
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),

@@ -137,7 +137,14 @@ def main(reps: int = 5, nodes: int = TRAINERS) -> dict[str, Any]:
             cluster.client.close()
             cluster.stack.down(cluster.state)
     from_create = [r["from_create_s"] for r in runs]
+    row = (
+        f"| job_start | central, {TRAINERS} trainers on {nodes} flamelets: create request -> "
+        f"every task running, median {statistics.median(from_create):.2f} s (max "
+        f"{max(from_create):.2f} s) over {reps} jobs; `flamectl up` with {nodes} nodes "
+        f"{stack_up:.1f} s | <= {TARGET_SECONDS:g} s |"
+    )
     return {
+        "table_row": row,
         "machine": {**before, "load_average_1min_after": round(os.getloadavg()[0], 2)},
         "setup": {"nodes": nodes, "trainers": TRAINERS, "example": "central", "reps": reps},
         "stack_up_s": round(stack_up, 2),

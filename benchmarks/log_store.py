@@ -91,7 +91,26 @@ def main() -> dict[str, Any]:
         "us per call, event about no job": round(_per_call(LogShipper()), 2),
     }
     configure_logging("bench", "info")
-    return {"lines": LINES, "batch": BATCH, "jobs": JOBS, "store": store, "shipping": shipping}
+    capped = "caps 5000/job, 8000 total"
+    sqlite, mongo = store["sqlite-file"], store["mongomock"]
+    bare = shipping["us per call, no shipper"]
+    row = (
+        f"| log_store | {LINES:,} lines appended in batches of {BATCH}, lines/s without caps / "
+        f"with caps deleting: SQLite {sqlite['no caps']['lines_per_s']:,} / "
+        f"{sqlite[capped]['lines_per_s']:,}, mongomock "
+        f"{mongo['no caps']['lines_per_s']:,} / {mongo[capped]['lines_per_s']:,}"
+        f"; a log call with shipping "
+        f"{shipping['us per call, event about a job'] / bare:.2f}x one without ({bare:.0f} us) "
+        "| shipping ~1x a log call |"
+    )
+    return {
+        "lines": LINES,
+        "batch": BATCH,
+        "jobs": JOBS,
+        "store": store,
+        "shipping": shipping,
+        "table_row": row,
+    }
 
 
 if __name__ == "__main__":
