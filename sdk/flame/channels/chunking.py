@@ -126,9 +126,10 @@ def chunks_of(
 
 
 class Reassembly:
-    """Collects the chunks of one message, in order, into one preallocated buffer."""
+    """Collects the chunks of one message, in order, into one preallocated buffer; ``hashed``
+    (a channel that checks signatures) also takes the payload's SHA-256 on the way."""
 
-    def __init__(self, first: data_pb2.Chunk, max_bytes: int) -> None:
+    def __init__(self, first: data_pb2.Chunk, max_bytes: int, *, hashed: bool = True) -> None:
         if first.index != 0 or not first.HasField("header"):
             raise ChannelError(f"message {first.message_id}: first chunk has no header")
         if first.count < 1 or first.total_bytes < 0:
@@ -145,7 +146,7 @@ class Reassembly:
         self.buffer = bytearray(first.total_bytes)
         self.next_index = 0
         self.filled = 0
-        self._sha = hashlib.sha256()
+        self._sha = hashlib.sha256() if hashed else None
         self.add(first)
 
     @property
@@ -163,16 +164,17 @@ class Reassembly:
         if end > self.total_bytes:
             raise ChannelError(f"message {self.message_id}: more data than announced")
         self.buffer[self.filled : end] = chunk.data
-        self._sha.update(chunk.data)
+        if self._sha is not None:
+            self._sha.update(chunk.data)
         self.filled = end
         self.next_index += 1
         if self.complete and self.filled != self.total_bytes:
             raise ChannelError(f"message {self.message_id}: payload is short")
 
     @property
-    def digest(self) -> tuple[int, bytes]:
-        """Size and SHA-256 of the payload received (what a signature covers)."""
-        return self.total_bytes, self._sha.digest()
+    def digest(self) -> tuple[int, bytes] | None:
+        """Size and SHA-256 of the payload received (what a signature covers), if hashed."""
+        return None if self._sha is None else (self.total_bytes, self._sha.digest())
 
     def message(self) -> Message:
         if not self.complete:

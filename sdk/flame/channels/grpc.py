@@ -76,7 +76,9 @@ class _Servicer(data_pb2_grpc.DataChannelServicer):
             # a retry of a message we already have: acknowledge without reading it again
             return data_pb2.Receipt(message_id=first.message_id, bytes_received=0)
         try:
-            whole = Reassembly(first, self._transport.settings.max_message_bytes)
+            whole = Reassembly(
+                first, self._transport.settings.max_message_bytes, hashed=chan.auth is not None
+            )
             async for chunk in it:
                 whole.add(chunk)
             msg = whole.message()

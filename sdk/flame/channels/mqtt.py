@@ -261,7 +261,9 @@ class MqttTransport:
                 old = self._partial.pop(key, None)
                 if old is not None and old.message_id != chunk.message_id:
                     log.warning("message.incomplete_dropped", sender=env.sender, id=old.message_id)
-                whole = Reassembly(chunk, self.settings.max_message_bytes)
+                whole = Reassembly(
+                    chunk, self.settings.max_message_bytes, hashed=chan.auth is not None
+                )
             else:
                 found = [k for k, r in self._partial.items() if r.message_id == chunk.message_id]
                 if not found:
