@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.e2e.jobs_harness import Cluster, start_cluster, wait_for_round
+from tests.e2e.jobs_harness import Cluster, node_workdirs, start_cluster, wait_for_round
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -35,19 +35,21 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def _job_processes(cluster: Cluster, job_id: str) -> list[psutil.Process]:
-    """Live task processes of ``job_id``: deployer-run ones work in <data>/tasks/<job>/..., node
-    ones in <flamelet home>/tasks/<task id>-<attempt>."""
+    """Live task processes of ``job_id`` and the supervisors around them: deployer-run ones
+    work in <data>/tasks/<job>/..., node ones in the folder the node's ledger names (a process
+    started ahead runs ``flame.warm``, :mod:`flamelet.warm`)."""
     task_ids = {t.id for t in cluster.client.list_tasks(job_id)}
+    on_nodes = set(node_workdirs(cluster, task_ids))
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if "flame.launch" not in " ".join(proc.info["cmdline"] or []):
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if "flame.launch" not in cmdline and "flame.warm" not in cmdline:
                 continue
             cwd = proc.cwd()
         except psutil.Error:
             continue
-        name = Path(cwd).name
-        if job_id in cwd or any(name.startswith(f"{t}-") or name == t for t in task_ids):
+        if job_id in cwd or Path(cwd).resolve() in on_nodes:
             found.append(proc)
     return found
 
@@ -109,7 +111,7 @@ def test_flamectl_job_stop_leaves_no_process_behind(cluster: Cluster, tmp_path: 
     )
     wait_for_round(cluster, job, 1)
     procs = _job_processes(cluster, job)  # task processes and the supervisors around them
-    tasks = [p for p in procs if p.cmdline()[1:3] == ["-m", "flame.launch"]]
+    tasks = [p for p in procs if p.cmdline()[1:3] in (["-m", "flame.launch"], ["-m", "flame.warm"])]
     assert len(tasks) == 4, [p.cmdline() for p in procs]  # 3 trainers + the aggregator
     env = {**os.environ, "FLAME_CONFIG": str(tmp_path / "flamectl.yaml")}
     flamectl = [str(Path(sys.executable).parent / "flamectl")]

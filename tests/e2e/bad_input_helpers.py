@@ -20,7 +20,14 @@ import psutil
 
 from flame.cli.client import FlameClient
 from flame.cli.code import zip_folder
-from tests.e2e.jobs_harness import EXAMPLES, TERMINAL, Cluster, register_dataset, task_starts
+from tests.e2e.jobs_harness import (
+    EXAMPLES,
+    TERMINAL,
+    Cluster,
+    node_workdirs,
+    register_dataset,
+    task_starts,
+)
 
 
 def example_zip(example: str, extra: dict[str, bytes] | None = None) -> bytes:
@@ -181,7 +188,7 @@ def task_dirs(cluster: Cluster, job_id: str) -> list[Path]:
     for home in cluster.state.nodes.values():
         for tid in ids:
             dirs += list((Path(home) / "tasks").glob(f"{tid}-*"))
-    return dirs
+    return dirs + node_workdirs(cluster, set(ids))
 
 
 def evidence_of_runs(cluster: Cluster, job_id: str) -> list[str]:

@@ -96,6 +96,20 @@ def start_cluster(home: Path, nodes: int, shards: int, *, mlflow: bool = False) 
     return Cluster(stack=stack, state=state, client=client, datasets=names)
 
 
+def node_workdirs(cluster: Cluster, task_ids: set[str]) -> list[Path]:
+    """The work folders the flamelets gave these tasks (from each node's task ledger): named
+    ``<task id>-<attempt>``, or ``warm-...`` for a task run by a process started ahead
+    (flamelet.warm)."""
+    from flamelet.ledger import Ledger
+
+    return [
+        Path(e.workdir).resolve()
+        for home in cluster.state.nodes.values()
+        for e in Ledger(Path(home)).entries()
+        if e.task_id in task_ids and e.workdir
+    ]
+
+
 def aggregator_result(cluster: Cluster, job_id: str, role: str = "aggregator") -> dict[str, Any]:
     """The final global weights the (deployer-run) aggregator of ``job_id`` (its ``role``: the
     top one's) left in its workdir."""

@@ -362,8 +362,8 @@ class Agent:
                 shutil.rmtree(workdir, ignore_errors=True)
                 raise
             except Exception as exc:
-                if ready is not None:
-                    await self.warm.discard(ready, keep_workdir=True)
+                if ready is not None:  # nothing ran: nothing of the runner is left either
+                    await self.warm.discard(ready)
                 if isinstance(exc, BundleRejected | ApiError | FlameletError):
                     await self._refuse(entry, str(exc))
                 else:  # malformed answers, disk errors: never leave it half-done
