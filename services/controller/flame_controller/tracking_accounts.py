@@ -76,6 +76,9 @@ class TrackingAccounts:
         self.uri = uri.rstrip("/")
         self._secret = secret
         self._http = http_client(self.uri, basic_auth=admin, timeout=30, transport=transport)
+        # accounts known to have the derived password: checked once per controller's life, not
+        # on every job start (MLflow hashes a password it sets: ~1 s of its CPU under load)
+        self._verified: set[str] = set()
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -104,16 +107,19 @@ class TrackingAccounts:
         return resp.status_code, body
 
     async def _ensure_user(self, username: str) -> None:
+        if username in self._verified:
+            return
         login = {"username": username, "password": self.password(username)}
         code, body = await self._call("POST", "/api/2.0/mlflow/users/create", json=login)
-        if code == 200:
-            return
-        if body.get("error_code") != _EXISTS:
-            raise Unavailable(f"cannot create tracking account {username}: {body}")
-        # exists: make sure it has the password we derive (a rotated secret, an old server)
-        code, body = await self._call("PATCH", "/api/2.0/mlflow/users/update-password", json=login)
         if code != 200:
-            raise Unavailable(f"cannot set the password of tracking account {username}: {body}")
+            if body.get("error_code") != _EXISTS:
+                raise Unavailable(f"cannot create tracking account {username}: {body}")
+            # exists: make sure it has the password we derive (a rotated secret, an old server)
+            path = "/api/2.0/mlflow/users/update-password"
+            code, body = await self._call("PATCH", path, json=login)
+            if code != 200:
+                raise Unavailable(f"cannot set the password of tracking account {username}: {body}")
+        self._verified.add(username)
 
     async def _experiment(self, name: str) -> str:
         code, body = await self._call(
@@ -156,6 +162,19 @@ class TrackingAccounts:
     async def prepare(self, names: JobTracking, owner: str) -> None:
         """The job's experiment, model and account, and the owner's read access (idempotent)."""
         reader = user_username(owner)
+        try:
+            await self._prepare(names, reader)
+        except Unavailable:  # an account may be gone (a reset server): check both again
+            self._verified -= {names.username, reader}
+            raise
+        log.info(
+            "tracking.prepared",
+            experiment=names.experiment,
+            model=names.model_name,
+            account=names.username,
+        )
+
+    async def _prepare(self, names: JobTracking, reader: str) -> None:
         # independent calls go together: a job's start waits for all of them
         await asyncio.gather(self._ensure_user(names.username), self._ensure_user(reader))
         experiment_id, _ = await asyncio.gather(
@@ -170,12 +189,6 @@ class TrackingAccounts:
                     ("registered_model", names.model_name),
                 )
             )
-        )
-        log.info(
-            "tracking.prepared",
-            experiment=names.experiment,
-            model=names.model_name,
-            account=names.username,
         )
 
     async def user_credentials(self, user_id: str) -> tuple[str, str]:

@@ -63,3 +63,22 @@ async def test_setting_an_alias_on_a_missing_version_changes_nothing() -> None:
     finally:
         await accounts.close()
     assert seen == [("GET", "/api/2.0/mlflow/model-versions/get")]
+
+
+async def test_an_owners_account_is_set_up_once_not_at_every_job_start() -> None:
+    calls: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if request.url.path.endswith("/users/create"):  # both accounts exist already
+            return httpx.Response(400, json={"error_code": "RESOURCE_ALREADY_EXISTS"})
+        return httpx.Response(200, json={"experiment": {"experiment_id": "7"}})
+
+    accounts = _accounts(httpx.MockTransport(answer))
+    try:
+        await accounts.user_credentials("u-1")
+        await accounts.user_credentials("u-1")
+    finally:
+        await accounts.close()
+    # the first time: created or its password (derived from the secret) set; then remembered
+    assert calls == ["/api/2.0/mlflow/users/create", "/api/2.0/mlflow/users/update-password"]
