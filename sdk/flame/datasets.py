@@ -181,9 +181,15 @@ def _generated(kind: str, spec: str, n: int) -> tuple[Shard, ...]:
     raise ConfigError(f"unknown generated dataset {kind}://{spec}")
 
 
+def is_generated(uri: str) -> bool:
+    """A ``<kind>://...`` uri that :func:`load_shard` makes rather than reads (``file://`` is
+    a path)."""
+    return "://" in uri and not uri.startswith("file://")
+
+
 def load_shard(uri: str) -> Shard:
     """Load a shard from an ``.npz`` path or a generated-dataset uri (see module docstring)."""
-    if "://" in uri and not uri.startswith("file://"):
+    if is_generated(uri):
         kind, rest = uri.split("://", 1)
         try:
             spec, n_text, i_text = rest.split("/")
@@ -206,7 +212,7 @@ def count_samples(uri: str) -> int:
     what a local run registers for the dataset, as a node does on the control plane, so an
     update that claims more is refused here as it would be there."""
     try:
-        if "://" in uri and not uri.startswith("file://"):
+        if is_generated(uri):
             return len(load_shard(uri).y_train)
         with np.load(Path(uri.removeprefix("file://")), allow_pickle=False) as data:
             return int(data["y_train"].shape[0])

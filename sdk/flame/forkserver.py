@@ -37,6 +37,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from flame.datasets import is_generated
 from flame.warm import run, warm_up
 
 
@@ -166,7 +167,7 @@ class ForkServer:
     """The caller's side: start the server, fork tasks, learn how they end."""
 
     def __init__(self, datasets: list[str] | None = None) -> None:
-        self.datasets = [uri for uri in datasets or [] if "://" in uri and "file://" not in uri]
+        self.datasets = [uri for uri in datasets or [] if is_generated(uri)]
         self._proc: asyncio.subprocess.Process | None = None
         self._tasks: dict[int, ForkedTask] = {}
         self._forked: dict[str, asyncio.Future[int]] = {}

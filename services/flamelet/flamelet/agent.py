@@ -56,6 +56,11 @@ _READ_CHUNK = 1024 * 1024
 MARK_ATTEMPT = 10**12  # a log line's mark: attempt * MARK_ATTEMPT + where it ends in its file
 
 
+def shown(dataset_path: str | None) -> str | None:
+    """The dataset folder a task's sandbox shows (read-only): the path, if it exists."""
+    return dataset_path if dataset_path and Path(dataset_path).exists() else None
+
+
 @dataclass(frozen=True)
 class Fetched:
     """A task's verified bundle and config, and where its dataset is on this node."""
@@ -65,12 +70,7 @@ class Fetched:
     code: bytes
     config: TaskConfig
     dataset_uri: str | None
-    warmable: bool  # the node's command starts with its Python: a warm runner can run it
-
-    @property
-    def visible_dataset(self) -> str | None:
-        """The dataset folder the task's sandbox shows (read-only), if there is one."""
-        return self.dataset_uri if self.dataset_uri and Path(self.dataset_uri).exists() else None
+    visible_dataset: str | None  # shown(dataset_uri)
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,8 @@ class Agent:
             idle_seconds=settings.warm_idle_seconds,
         )
         self._warm_kind: dict[str, str | None] = {}  # attempt -> the dataset its runner shows
+        # the node's command starts with its Python: a warm runner can run it
+        self._warmable = settings.command[:1] == DEFAULT_COMMAND[:1]
         self._background: set[asyncio.Task[None]] = set()
         self._kick = asyncio.Event()
         self._wake = asyncio.Event()
@@ -135,8 +137,7 @@ class Agent:
         try:
             self._recover()
             for dataset in list(self.datasets.all().values())[: self.settings.warm_runners]:
-                shown = dataset.path if Path(dataset.path).exists() else None
-                self._spawn(self._refill_warm(shown))
+                self._spawn(self._refill_warm(shown(dataset.path)))
             loops = [
                 asyncio.create_task(self._event_loop(), name="events"),
                 asyncio.create_task(self._reconcile_loop(), name="reconcile"),
@@ -349,10 +350,12 @@ class Agent:
             ready: warm.WarmRunner | None = None
             try:
                 fetched = await self._fetch(task)
-                ready = await self.warm.take(fetched.visible_dataset) if fetched.warmable else None
+                ready = await self.warm.take(fetched.visible_dataset) if self._warmable else None
                 if ready is not None:  # the task's work dir is the one its runner sees
                     workdir = ready.workdir
                     entry = self.ledger.put(entry.with_(workdir=str(workdir)))
+                else:
+                    shutil.rmtree(workdir, ignore_errors=True)  # a fresh folder every attempt
                 prepared = await self._prepare(fetched, workdir)
             except (Unavailable, Unauthorized):
                 # Nothing started: forget the attempt so the next pass tries again.
@@ -461,13 +464,10 @@ class Agent:
                 f"invalid task config: {SpecError.of('task config', exc)}"
             ) from None
         dataset_uri = self._dataset_path(config)
-        warmable = self.settings.command[:1] == DEFAULT_COMMAND[:1]
-        return Fetched(task.id, role, code, config, dataset_uri, warmable)
+        return Fetched(task.id, role, code, config, dataset_uri, shown(dataset_uri))
 
     async def _prepare(self, fetched: Fetched, workdir: Path) -> Prepared:
         """Unpack the bundle into ``workdir``; write config.json. Nothing runs on failure."""
-        if not workdir.name.startswith(warm.WORKDIR_PREFIX):  # a runner's folder is new
-            shutil.rmtree(workdir, ignore_errors=True)  # a fresh folder for every attempt
         try:
             config_path = prepare_task_dir(
                 workdir,
@@ -493,7 +493,7 @@ class Agent:
         if python != self.settings.python:  # the role's cached environment, read-only
             visible.append(str(Path(python).parent.parent))
         # a warm runner is the node's own Python: it can run the command after the interpreter
-        order = cmd[1:] if fetched.warmable and python == self.settings.python else None
+        order = cmd[1:] if self._warmable and python == self.settings.python else None
         return Prepared((await self._sandbox()).wrap(cmd, workdir, visible), env, order)
 
     async def _sandbox(self) -> Sandbox:
