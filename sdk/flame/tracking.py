@@ -2,17 +2,19 @@
 
 Only the top aggregator tracks; trainers get :class:`NullTracker` (privacy: their own logs go to
 the control plane). :class:`MlflowTracker` logs params, per-round metrics with ``step=round``
-(one ``log_batch`` per round, or one for all the rounds that waited), MLflow system metrics and
-tags, keeps the best global model by the job's selection metric and at the end logs it
-(safetensors weights in a models-from-code pyfunc) and registers it as ``<job name>`` with alias
-``best``. Under the control plane,
-:class:`ControlPlaneReporter` also sends the round metrics to the apiserver for
-``flamectl job watch``. Everything uses ``MlflowClient`` with an explicit tracking URI: no global
-MLflow state, so several simulated jobs can share one process.
+(one ``log_batch`` per round, or one for all the rounds that waited), system metrics under
+MLflow's names and tags, keeps the best global model by the job's selection metric and at the end
+logs it (safetensors weights in a models-from-code pyfunc) and registers it as ``<job name>`` with
+alias ``best``. It writes through a :mod:`flame.mlflow_store`: a tracking server's REST API
+(MLflow itself is not imported) or ``MlflowClient`` for a local store, always with an explicit
+tracking URI (no global MLflow state: several simulated jobs can share one process). Under the
+control plane, :class:`ControlPlaneReporter` also sends the round metrics to the apiserver for
+``flamectl job watch``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import queue
@@ -25,11 +27,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
+import numpy as np
 import structlog
 
 from flame.config import TaskConfig, TrackingSpec
 from flame.connect import PLAINTEXT, Security, sync_http_client
+from flame.mlflow_store import MetricPoint, RunStore, store_for
 from flame.outbox import Outbox
+from flame.serving.pyfunc_folder import write_pyfunc_folder
+from flame.system_metrics import SystemSampler
 from flame.tensors import Weights, copy_weights
 from flame.tensors import to_bytes as weights_to_bytes
 from flame_spec.retry import Backoff
@@ -38,8 +44,6 @@ if TYPE_CHECKING:
     from flame.serving.model_card import ModelCard
 
 log = structlog.get_logger(__name__)
-
-_MODEL_CODE = Path(__file__).parent / "serving" / "weights_model.py"
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,7 @@ class MlflowTracker:
     ) -> None:
         self.tracking_uri = tracking_uri
         self.artifact_location = artifact_location or local_artifact_location(tracking_uri)
-        self._client: Any = None
+        self._store: RunStore | None = None
         self.experiment = experiment
         self.run_name = run_name
         self.best = BestModel(selection_metric, mode)
@@ -145,85 +149,57 @@ class MlflowTracker:
         self.system_metrics_interval = system_metrics_interval
         self.run_id: str | None = None
         self._experiment_id: str | None = None
-        self._monitor: Any = None
-        self._unsent: list[Any] = []  # mlflow Metrics of rounds not yet sent (see flush)
+        self._sampler: SystemSampler | None = None
+        self._unsent: list[MetricPoint] = []  # round metrics not yet sent (see flush)
 
     @property
-    def client(self) -> Any:
-        """The MLflow client, made on first use: importing mlflow takes seconds of CPU, which
-        :class:`BackgroundTracker` spends on its own thread rather than before the first round."""
-        if self._client is None:
-            from mlflow import MlflowClient
-
-            uri = self.tracking_uri
-            self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        return self._client
+    def store(self) -> RunStore:
+        """Where the run goes, made on first use (on :class:`BackgroundTracker`'s thread)."""
+        if self._store is None:
+            self._store = store_for(self.tracking_uri)
+        return self._store
 
     def start(self, params: dict[str, Any], tags: dict[str, str]) -> None:
-        from mlflow.entities import Param
-
-        exp = self.client.get_experiment_by_name(self.experiment)
-        exp_id = (
-            exp.experiment_id
-            if exp
-            else self.client.create_experiment(
-                self.experiment, artifact_location=self.artifact_location
-            )
-        )
-        run = self.client.create_run(exp_id, run_name=self.run_name, tags=tags)
-        self.run_id, self._experiment_id = run.info.run_id, exp_id
+        exp_id = self.store.experiment(self.experiment, self.artifact_location)
+        self.run_id = self.store.create_run(exp_id, self.run_name, tags)
+        self._experiment_id = exp_id
         flat: dict[str, str] = {}
         _flatten("", params, flat)
-        items = [Param(k, v) for k, v in sorted(flat.items())]
+        items = sorted(flat.items())
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
-        self._start_system_metrics()
+            self.store.log_batch(self.run_id, params=items[i : i + 100])
+        self._sampler = SystemSampler(self.system_metrics_interval)
+        self._sampler.start()
         log.info("tracking.started", run_id=self.run_id, uri=self.tracking_uri)
-        # Logging the model at the end needs MLflow's model modules, seconds of imports on a
-        # loaded machine: take them now, while the rounds run, not after the last one.
-        import mlflow.models
-        import mlflow.pyfunc  # noqa: F401
-
-    def _start_system_metrics(self) -> None:
-        try:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-            self._monitor = SystemMetricsMonitor(
-                self.run_id,
-                sampling_interval=self.system_metrics_interval,
-                samples_before_logging=1,
-                tracking_uri=self.tracking_uri,
-            )
-            self._monitor.start()
-        except Exception as exc:  # system metrics are best effort (e.g. psutil missing)
-            log.warning("tracking.system_metrics_unavailable", error=str(exc))
-            self._monitor = None
 
     def log_round(self, rnd: int, metrics: dict[str, float]) -> None:
         """Keep a round's metrics for the next :meth:`flush` (one request for every round that
         waited: a worker that fell behind catches up in one call, not one per round)."""
-        from mlflow.entities import Metric
-
         if self.run_id is None:
             raise RuntimeError("tracker not started")
         now = int(time.time() * 1000)
         self._unsent += [
-            Metric(k, float(v), now, rnd) for k, v in metrics.items() if math.isfinite(v)
+            MetricPoint(k, float(v), now, rnd) for k, v in metrics.items() if math.isfinite(v)
         ]
 
     def flush(self) -> None:
-        """Send the metrics :meth:`log_round` kept, in order. MLflow refuses a whole batch for
-        one bad name: a refused batch is sent again round by round, and a round it still
-        refuses is logged and dropped, so it neither holds up nor takes down the others."""
+        """Send the metrics :meth:`log_round` kept, with the system samples taken since the
+        last flush, in order. MLflow refuses a whole batch for one bad name: a refused batch is
+        sent again round by round, and a round it still refuses is logged and dropped, so it
+        neither holds up nor takes down the others."""
+        if self.run_id is None:
+            return
+        if self._sampler is not None:
+            self._unsent += self._sampler.take()
         while self._unsent:
             batch = self._unsent[:1000]  # MLflow caps a batch at 1000 metrics
             del self._unsent[: len(batch)]
             try:
-                self.client.log_batch(self.run_id, metrics=batch)
+                self.store.log_batch(self.run_id, metrics=batch)
             except Exception:
                 for step in sorted({m.step for m in batch}):
                     try:
-                        self.client.log_batch(
+                        self.store.log_batch(
                             self.run_id, metrics=[m for m in batch if m.step == step]
                         )
                     except Exception as exc:
@@ -233,7 +209,7 @@ class MlflowTracker:
         """A JSON artifact of the run (a job kind's result: statistics, a cross-site matrix)."""
         if self.run_id is None:
             raise RuntimeError("tracker not started")
-        self.client.log_dict(self.run_id, data, name)
+        self.store.log_text(self.run_id, json.dumps(data, indent=2), name)
 
     def offer_model(self, rnd: int, weights: Weights, metrics: dict[str, float]) -> None:
         if self.best.offer(rnd, weights, metrics):
@@ -246,20 +222,13 @@ class MlflowTracker:
     def finish(self, status: str = "FINISHED") -> TrackingResult:
         if self.run_id is None:
             return TrackingResult()
+        if self._sampler is not None:
+            self._sampler.stop()  # its last sample goes with the flush
         self.flush()
-        if self._monitor is not None:
-            try:
-                self._monitor.finish()
-                # MLflow's sampler drops what it collected since its last publish when it is
-                # stopped; a job shorter than one interval would have no system metrics at all.
-                self._monitor.collect_metrics()
-                self._log_system_sample(self._monitor.aggregate_metrics())
-            except Exception as exc:
-                log.warning("tracking.system_metrics_finish_failed", error=str(exc))
         model_uri = None
         if self.best.weights is not None:
             model_uri = self._log_best_model()
-        self.client.set_terminated(self.run_id, status=status)
+        self.store.set_terminated(self.run_id, status)
         result = TrackingResult(
             run_id=self.run_id,
             run_uri=f"{self.tracking_uri}#/experiments/{self._experiment_id}/runs/{self.run_id}",
@@ -271,16 +240,6 @@ class MlflowTracker:
             "tracking.finished", run_id=self.run_id, model_uri=model_uri, best_round=self.best.round
         )
         return result
-
-    def _log_system_sample(self, sample: dict[str, float]) -> None:
-        from mlflow.entities import Metric
-
-        assert self.run_id is not None
-        now = int(time.time() * 1000)
-        step = getattr(self._monitor, "_logging_step", 0)
-        batch = [Metric(f"system/{k}", float(v), now, step) for k, v in sample.items()]
-        if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
 
     def describe_model(self, card: ModelCard) -> None:
         self.card = card
@@ -297,45 +256,39 @@ class MlflowTracker:
             return None
 
     def _log_best_model(self) -> str | None:
-        import mlflow.pyfunc
-        from mlflow.models import infer_signature
-
         assert self.run_id is not None and self.best.weights is not None
         with tempfile.TemporaryDirectory() as tmp:
             weights_file = Path(tmp) / "weights.safetensors"
             weights_file.write_bytes(weights_to_bytes(self.best.weights))
-            artifacts = {"weights": str(weights_file)}
-            extra: dict[str, Any] = {}
+            artifacts = {"weights": weights_file}
             requirements = ["mlflow", "numpy", "safetensors"]
+            examples: dict[str, Any] = {}
             shipped = self._write_card(Path(tmp))
             if self.card is not None and shipped is not None:
                 code, card = shipped
-                artifacts |= {"code": str(code), "predictor": str(card)}
-                extra = {
-                    "signature": infer_signature(self.card.input_example, self.card.output_example),
-                    "input_example": self.card.input_example,
+                artifacts |= {"code": code, "predictor": card}
+                examples = {
+                    "input_example": np.asarray(self.card.input_example),
+                    "output_example": np.asarray(self.card.output_example),
                 }
                 requirements += ["flame-sdk", *_framework_requirements(code)]
             model_dir = Path(tmp) / "model"
-            mlflow.pyfunc.save_model(
-                str(model_dir),
-                python_model=str(_MODEL_CODE),
-                artifacts=artifacts,
-                pip_requirements=requirements,
-                metadata={"flame_best_round": self.best.round, "flame_metrics": self.best.metrics},
-                **extra,
+            write_pyfunc_folder(
+                model_dir,
+                artifacts,
+                requirements=requirements,
+                model_metadata={
+                    "flame_best_round": self.best.round,
+                    "flame_metrics": self.best.metrics,
+                },
+                **examples,
             )
-            self.client.log_artifacts(self.run_id, str(model_dir), "best_model")
+            self.store.log_artifacts(self.run_id, model_dir, "best_model")
+        source = f"runs:/{self.run_id}/best_model"
         if not self.register_as:
-            return f"runs:/{self.run_id}/best_model"
-        try:
-            self.client.get_registered_model(self.register_as)
-        except Exception:
-            self.client.create_registered_model(self.register_as)
-        version = self.client.create_model_version(
-            self.register_as, source=f"runs:/{self.run_id}/best_model", run_id=self.run_id
-        )
-        self.client.set_registered_model_alias(self.register_as, "best", version.version)
+            return source
+        version = self.store.register(self.register_as, source, self.run_id)
+        self.store.set_alias(self.register_as, "best", version)
         return f"models:/{self.register_as}@best"
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -89,8 +90,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.slow
-def test_mlflow_tracker_against_a_real_tracking_server(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` with its artifact proxy, as the control plane runs one."""
+    tmp = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
     server = subprocess.Popen(
         [
@@ -105,9 +108,9 @@ def test_mlflow_tracker_against_a_real_tracking_server(tmp_path: Path) -> None:
             "--workers",
             "1",
             "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
+            f"sqlite:///{tmp / 'server.db'}",
             "--artifacts-destination",
-            str(tmp_path / "artifacts"),
+            str(tmp / "artifacts"),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -124,8 +127,7 @@ def test_mlflow_tracker_against_a_real_tracking_server(tmp_path: Path) -> None:
             assert server.poll() is None, "mlflow server exited"
             assert time.monotonic() < deadline, "mlflow server did not become healthy"
             time.sleep(0.2)
-        tracker, models = _run_job(uri, tmp_path, "digits-remote")
-        _check(uri, tracker, models, "digits-remote")
+        yield uri
     finally:
         server.terminate()
         try:
@@ -133,6 +135,65 @@ def test_mlflow_tracker_against_a_real_tracking_server(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@pytest.mark.slow
+def test_mlflow_tracker_against_a_real_tracking_server(
+    tmp_path: Path, tracking_server: str
+) -> None:
+    tracker, models = _run_job(tracking_server, tmp_path, "digits-remote")
+    _check(tracking_server, tracker, models, "digits-remote")
+
+
+TRACK_WITHOUT_MLFLOW = """
+import sys
+import numpy as np
+from flame.tracking import MlflowTracker
+
+tracker = MlflowTracker(tracking_uri=sys.argv[1], experiment="lean", run_name="lean-run",
+                        register_as="lean", system_metrics_interval=0.1)
+tracker.start({"rounds": 2}, {"flame.job_id": "job-2"})
+for rnd in (1, 2):
+    tracker.log_round(rnd, {"accuracy": rnd / 4})
+    tracker.offer_model(rnd, {"w": np.full(3, rnd, np.float32)}, {"accuracy": rnd / 4})
+    tracker.flush()
+result = tracker.finish()
+print(result.model_uri, result.run_id)
+print(sorted(m for m in sys.modules if m == "mlflow" or m.startswith("mlflow.")))
+"""
+
+
+@pytest.mark.slow
+def test_an_aggregator_tracks_to_a_server_without_importing_mlflow(
+    tmp_path: Path, tracking_server: str
+) -> None:
+    """MLflow's imports cost every tracked job seconds of CPU (issue 21); a tracking server
+    is written to over its REST API, and the model it gets loads with MLflow as before."""
+    import mlflow
+    import mlflow.pyfunc
+
+    out = subprocess.run(
+        [sys.executable, "-c", TRACK_WITHOUT_MLFLOW, tracking_server],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    ).stdout.splitlines()
+    assert out[-1] == "[]", f"the tracker imported {out[-1]}"
+    model_uri, run_id = out[-2].split()
+    assert model_uri == "models:/lean@best"
+    client = MlflowClient(tracking_uri=tracking_server, registry_uri=tracking_server)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params == {"rounds": "2"}
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "accuracy")] == [
+        (1, 0.25),
+        (2, 0.5),
+    ]
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    mlflow.set_tracking_uri(tracking_server)
+    mlflow.set_registry_uri(tracking_server)
+    model = mlflow.pyfunc.load_model(model_uri)
+    np.testing.assert_array_equal(model.unwrap_python_model().weights["w"], np.full(3, 2.0))
 
 
 def test_null_tracker_tracks_nothing() -> None:
@@ -197,7 +258,7 @@ def test_rounds_that_waited_for_a_busy_tracker_reach_mlflow_in_one_request(tmp_p
     inner = MlflowTracker(tracking_uri=uri, experiment="busy", run_name="busy-run")
     batches: list[int] = []
     inner.start({}, {})
-    send = inner.client.log_batch
+    send = inner.store.log_batch
 
     def counted(run_id: str, metrics: list = (), **kw: object) -> None:  # type: ignore[assignment]
         rounds = [m for m in metrics if not m.key.startswith("system/")]
@@ -205,7 +266,7 @@ def test_rounds_that_waited_for_a_busy_tracker_reach_mlflow_in_one_request(tmp_p
             batches.append(len(rounds))
         send(run_id, metrics=metrics, **kw)
 
-    inner.client.log_batch = counted
+    inner.store.log_batch = counted  # type: ignore[method-assign]
     tracker = BackgroundTracker(inner)
     busy = threading.Event()
     tracker.call(lambda: busy.wait(60))  # the worker is held up (e.g. by MLflow's imports)
