@@ -569,6 +569,8 @@ def test_external_everything(renders):
     assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == "http://minio.minio.svc:9000"
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "minio-keys"
     assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-db"
+    # no job runner and GenAI workers in the tracking server's pod (as `flamectl up`)
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false"
     _, controller = _controller(docs)
     cenv = _env(controller)
     assert cenv["FLAME_CONTROLLER_APISERVER_URL"]["value"] == "https://flame.example.com"

@@ -22,6 +22,7 @@ import mlflow.pyfunc as mlflow_pyfunc
 import mlflow.tracking._model_registry.utils as mlflow_registry_utils
 import mlflow.tracking._tracking_service.utils as mlflow_tracking_utils
 import numpy as np
+import psutil
 import pytest
 import torch
 from safetensors.numpy import load_file
@@ -108,6 +109,10 @@ def test_a_job_without_a_tracking_uri_logs_to_the_stacks_mlflow(
         assert cluster.wait(job) == "completed", cluster.reason(job)
         metrics = cluster.client.get_metrics(job)
         assert metrics.run_uri.startswith(cluster.state.mlflow_url)
+        # the tracking server is one web server: no job runner or GenAI workers beside it
+        (server,) = [p for p in cluster.state.procs if p.name == "mlflow"]
+        workers = [c.cmdline() for c in psutil.Process(server.pid).children(recursive=True)]
+        assert len(workers) <= 1 and not any("jobs" in " ".join(c) for c in workers), workers
         url = cluster.state.mlflow_url
         anonymous = httpx.post(f"{url}/api/2.0/mlflow/experiments/search", json={}, timeout=30)
         assert anonymous.status_code == 401

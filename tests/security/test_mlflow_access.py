@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from flame.cli.stack import MLFLOW_SERVER_ENV
 from flame_controller.tracking_accounts import (
     JobTracking,
     TrackingAccounts,
@@ -43,6 +44,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(ini)}
     env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = "k" * 32
+    env |= MLFLOW_SERVER_ENV
     argv = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth"]
     argv += ["--workers", "1", "--host", "127.0.0.1", "--port", str(port)]
     argv += ["--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}"]

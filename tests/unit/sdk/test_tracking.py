@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from flame.cli.stack import MLFLOW_SERVER_ENV
 from flame.serving.model_card import ModelCard
 from flame.tracking import MlflowTracker, NullTracker
 
@@ -114,6 +116,7 @@ def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, **MLFLOW_SERVER_ENV},
     )
     try:
         uri = f"http://127.0.0.1:{port}"
