@@ -32,6 +32,7 @@ from flame.aggregation.base import (
 )
 from flame.aggregation.kernels import cast_back, compute_dtype, is_trained, weighted_sum
 from flame.aggregation.params import AdaptiveParams, FedAdagradParams, Params
+from flame.aggregation.streaming import MeanFold
 from flame.errors import ConfigError
 from flame.tensors import Weights, copy_weights
 
@@ -58,6 +59,20 @@ class _Adaptive:
         ordered = canonical(updates)
         check_compatible(global_weights, ordered)
         fractions = sample_fractions(ordered)
+        # The sample-weighted mean per tensor, in the compute dtype (fresh arrays, used as scratch).
+        means = {
+            name: weighted_sum([u.weights[name] for u in ordered], fractions, x.dtype)
+            for name, x in global_weights.items()
+        }
+        return self.step(global_weights, means)
+
+    def begin(self, global_weights: Weights, rnd: int) -> _AdaptiveFold:
+        """Streaming (:mod:`flame.aggregation.streaming`): the step on the streamed average."""
+        return _AdaptiveFold(self, global_weights)
+
+    def step(self, global_weights: Weights, means: Weights) -> Weights:
+        """The optimizer step from ``x`` to the next model, given the sample-weighted mean of
+        every tensor in its compute dtype (``means`` is consumed: its arrays are scratch)."""
         trained = {k: x for k, x in global_weights.items() if is_trained(x.dtype)}
         if not self.m:
             self.m = {k: np.zeros(x.shape, compute_dtype(x.dtype)) for k, x in trained.items()}
@@ -70,8 +85,7 @@ class _Adaptive:
             )
         result: Weights = {}
         for name, x in global_weights.items():
-            # The sample-weighted mean, in the compute dtype (a fresh array, used as scratch).
-            avg = weighted_sum([u.weights[name] for u in ordered], fractions, x.dtype)
+            avg = means.pop(name)
             if name not in trained:  # integer/bool state: an adaptive step would round to 0
                 result[name] = cast_back(avg, x.dtype)
                 continue
@@ -112,6 +126,18 @@ class _Adaptive:
             raise ConfigError(f"{self.name}: state tensors are not a matching set of m/ and v/")
         self.m = copy_weights(m)
         self.v = copy_weights(v)
+
+
+class _AdaptiveFold(MeanFold):
+    """Streams the sample-weighted mean; :meth:`result` takes the optimizer's step on it."""
+
+    def __init__(self, rule: _Adaptive, global_weights: Weights) -> None:
+        super().__init__(global_weights)
+        self.rule = rule
+        self.global_weights = global_weights
+
+    def result(self) -> Weights:
+        return self.rule.step(self.global_weights, self.mean())
 
 
 class FedAdagrad(_Adaptive):

@@ -14,6 +14,7 @@ from flame.aggregation.base import (
 )
 from flame.aggregation.kernels import weighted_mean
 from flame.aggregation.params import FedAvgParams, FedProxParams
+from flame.aggregation.streaming import MeanFold
 from flame.tensors import Weights
 
 
@@ -36,6 +37,10 @@ class FedAvg:
 
     def aggregate(self, global_weights: Weights, updates: Sequence[Update], rnd: int) -> Weights:
         return fedavg(global_weights, updates)
+
+    def begin(self, global_weights: Weights, rnd: int) -> MeanFold:
+        """Streaming FedAvg (:mod:`flame.aggregation.streaming`)."""
+        return MeanFold(global_weights)
 
     def to_trainers(self) -> Weights:
         return {}
