@@ -56,10 +56,17 @@ import numpy as np
 
 from flame.aggregation import Strategy, StrategyState, make_strategy
 from flame.aggregation import Update as Contribution
-from flame.aggregation.kernels import weighted_mean
+from flame.aggregation.streaming import Fold, Streaming
 from flame.checkpoint import AggregatorCheckpoint, load_checkpoint, save_checkpoint
 from flame.composer import Composable, Loop, tasklet
-from flame.errors import ConfigError, FlameError, PeerTimeout, QuorumLost, RejectedUpdate
+from flame.errors import (
+    AggregationError,
+    ConfigError,
+    FlameError,
+    PeerTimeout,
+    QuorumLost,
+    RejectedUpdate,
+)
 from flame.instructions import Instructions
 from flame.messages import Message
 from flame.protocol import (
@@ -77,6 +84,7 @@ from flame.protocol import (
     Update,
 )
 from flame.roles.base import Role, RoleResult, pack, unpack, weighted_metrics
+from flame.roles.folding import GroupMean, SenderOrder
 from flame.roles.joins import JoinCount
 from flame.roles.topology import group_leaders
 from flame.selection import Selector, make_selector
@@ -87,10 +95,11 @@ from flame.tracking import BestModel, tracking_tags
 
 @dataclass(frozen=True)
 class Received:
-    """What one participant sent back this round (after validation)."""
+    """What one participant sent back this round (after validation). Once its tensors are
+    folded into the round's aggregate, the aggregator keeps it without them."""
 
     sender: str
-    update: Update  # its metadata (samples, metrics, ...); FinalEval in the final round
+    update: Update  # its metadata (samples, metrics, ...) without tensors; FinalEval at the end
     weights: Weights
     extras: Weights
 
@@ -155,6 +164,10 @@ class Aggregator(Role):
     aggregator); optionally ``evaluate`` for server-side metrics (logged as ``server/<name>``).
     Whether a task is a top or a middle aggregator follows from its channels."""
 
+    #: Updates that arrive before a participant named earlier has answered wait (to be folded in
+    #: sender order) in memory up to this many bytes in all, then on disk in the work dir.
+    hold_bytes: int = 64 << 20
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         topo = self.topology
@@ -175,6 +188,10 @@ class Aggregator(Role):
         self._selected: frozenset[str] = frozenset()  # the same, for O(1) membership
         self.assigned: list[str] | None = None
         self.received: list[Received] = []
+        # this round's running aggregate (streaming rules and middle aggregators), and what
+        # feeds it in sender order; None: the strategy aggregates the round's updates at once
+        self._fold: Fold | GroupMean | None = None
+        self._order: SenderOrder[Received] | None = None
         self.silent: set[str] = set()
         self.quorum_lost_at: float | None = None  # when the job fell below min_trainers
         # peers that have joined (sent Join or any answer) -> how many trainers each stands for
@@ -614,58 +631,105 @@ class Aggregator(Role):
         joins = JoinCount(self.participants, self.joined, self.config.job.min_trainers)
         self.received = []
         self.declined = {}
+        self._begin_fold()
         began = self.clock()
         give_up = began + self.wait_timeout
         deadline: float | None = None
         waited = False  # for joins: the clock did not start with the round
-        while pending:
-            if deadline is None and joins.enough:
-                deadline = await self.start_clock(self.clock() - began if waited else 0.0)
-            waited = deadline is None
-            remaining = (give_up if deadline is None else deadline) - self.clock()
-            if remaining <= 0:
-                break
-            try:  # distribute reached every participant: they are peers of the channel
-                peer, msg = await chan.recv_any(pending, timeout=remaining, checked=True)
-            except PeerTimeout:
-                break
-            join = self.note_joined(peer, msg)
-            joins.note(peer)
-            if msg.kind == Join.KIND:
-                if join is not None:
-                    await self._resend_if_resumed(peer, join, msg.round)
-                continue
-            if msg.round < self.round and msg.kind in _ANSWERS:
-                self.log.info("update.stale", sender=peer, round=msg.round, current=self.round)
-                continue
-            pending.discard(peer)
-            if msg.kind == Abort.KIND:
-                self.aborts[peer] = Abort.read(msg).reason
-                self.log.warning("peer.aborted", peer=peer, reason=self.aborts[peer])
-                continue
-            if msg.kind == Skip.KIND:
-                continue
-            if msg.kind == Decline.KIND:
-                try:
-                    self.declined[peer] = Decline.read(msg).reason
-                except RejectedUpdate as exc:
-                    self.declined[peer] = f"(unreadable: {exc.reason})"
-                self.log.info(
-                    "round.declined", round=self.round, peer=peer, reason=self.declined[peer]
-                )
-                continue
-            try:
-                self.received.append(self.validate(peer, msg))
-            except RejectedUpdate as exc:
-                self.log.warning(
-                    "update.rejected", sender=peer, reason=exc.reason, round=self.round
-                )
+        try:
+            while pending:
+                if deadline is None and joins.enough:
+                    deadline = await self.start_clock(self.clock() - began if waited else 0.0)
+                waited = deadline is None
+                remaining = (give_up if deadline is None else deadline) - self.clock()
+                if remaining <= 0:
+                    break
+                try:  # distribute reached every participant: they are peers of the channel
+                    peer, msg = await chan.recv_any(pending, timeout=remaining, checked=True)
+                except PeerTimeout:
+                    break
+                await self._take(peer, msg, pending, joins)
+                del msg  # folded or held: waiting for the next one must not keep its tensors
+        finally:
+            if self._order is not None:
+                self._order.close()  # fold what waited on a participant that never answered
         if pending:
             self.log.warning("round.timeout", round=self.round, missing=sorted(pending))
             if not self.final:
                 self.silent.update(pending)
         self.silent.difference_update(r.sender for r in self.received)
         self.silent.difference_update(self.declined)
+
+    def _begin_fold(self) -> None:
+        """Start this round's running aggregate, if the round's rule can stream."""
+        self._fold = self._order = None
+        if self.final:
+            return
+        if not self.is_top:
+            self._fold = GroupMean(self.global_weights, self.extras)
+        elif isinstance(self.strategy, Streaming):
+            self._fold = self.strategy.begin(self.global_weights, self.round)
+        else:
+            return
+        self._order = SenderOrder(
+            self._add_to_fold,
+            self.participants,
+            hold_bytes=self.hold_bytes,
+            spill_dir=self.config.workdir,
+        )
+
+    def _add_to_fold(self, received: Received) -> None:
+        if isinstance(self._fold, GroupMean):
+            self._fold.add(received)
+        elif self._fold is not None:
+            self._fold.add(received.contribution())
+
+    async def _take(self, peer: str, msg: Message, pending: set[str], joins: JoinCount) -> None:
+        """One message from a participant during :meth:`collect`."""
+        join = self.note_joined(peer, msg)
+        joins.note(peer)
+        if msg.kind == Join.KIND:
+            if join is not None:
+                await self._resend_if_resumed(peer, join, msg.round)
+            return
+        if msg.round < self.round and msg.kind in _ANSWERS:
+            self.log.info("update.stale", sender=peer, round=msg.round, current=self.round)
+            return
+        pending.discard(peer)
+        if msg.kind == Abort.KIND:
+            self.aborts[peer] = Abort.read(msg).reason
+            self.log.warning("peer.aborted", peer=peer, reason=self.aborts[peer])
+        elif msg.kind == Decline.KIND:
+            try:
+                self.declined[peer] = Decline.read(msg).reason
+            except RejectedUpdate as exc:
+                self.declined[peer] = f"(unreadable: {exc.reason})"
+            self.log.info("round.declined", round=self.round, peer=peer, reason=self.declined[peer])
+        elif msg.kind != Skip.KIND:
+            try:
+                self.received.append(self._accept(self.validate(peer, msg)))
+                return
+            except RejectedUpdate as exc:
+                self.log.warning(
+                    "update.rejected", sender=peer, reason=exc.reason, round=self.round
+                )
+        if self._order is not None:
+            self._order.skip(peer)  # it adds nothing to this round's aggregate
+
+    def _accept(self, received: Received) -> Received:
+        """Hand a valid update to the round's fold (to be added in sender order) and keep only
+        its metadata; without a fold (a rule that needs every update at once) keep it whole."""
+        if self._order is None or self._fold is None:
+            return received
+        try:  # a rule's own refusal (e.g. a sender twice) before the update is held or added
+            if isinstance(self._fold, GroupMean):
+                self._fold.check(received)
+            else:
+                self._fold.check(received.contribution())
+        except AggregationError as exc:
+            raise RejectedUpdate(str(exc), received.sender) from exc
+        self._order.offer(received)
+        return replace(received, weights={}, extras={})
 
     async def _resend_if_resumed(self, peer: str, join: Join, had: int) -> None:
         """A restarted middle aggregator is back with an earlier round's model (``had``) than
@@ -692,6 +756,7 @@ class Aggregator(Role):
         update = (FinalEval if self.final else Update).read(msg)
         if self.final:
             return Received(peer, update, {}, {})
+        payload, update = update.weights, replace(update, weights=None)  # one reference only
         limit = self.sample_limits.get(peer)
         if limit is not None and update.num_samples > limit:
             raise RejectedUpdate(
@@ -699,9 +764,10 @@ class Aggregator(Role):
                 f"{limit}",
                 peer,
             )
-        if update.weights is None:
+        if payload is None:
             raise RejectedUpdate("update carries no weights", peer)
-        weights, extras = unpack(update.weights)
+        weights, extras = unpack(payload)
+        del payload
         check_update(weights, self.global_weights, peer)
         if self.extras:
             check_update(extras, self.extras, peer)
@@ -709,6 +775,7 @@ class Aggregator(Role):
 
     @tasklet
     def aggregate(self) -> None:
+        fold, self._fold, self._order = self._fold, None, None  # this round's, used up here
         items = [(r.metrics, r.eval_samples) for r in self.received]
         self.round_metrics = weighted_metrics(items)
         contributors = sum(r.trainers for r in self.received)
@@ -745,7 +812,12 @@ class Aggregator(Role):
                     declined=self.declined,
                 )
                 return
-            self.global_weights = self.strategy.aggregate(self.global_weights, updates, self.round)
+            assert not isinstance(fold, GroupMean)  # a middle aggregator's
+            self.global_weights = (
+                self.strategy.aggregate(self.global_weights, updates, self.round)
+                if fold is None
+                else fold.result()
+            )
             for r in self.received:
                 loss = r.metrics.get("loss")
                 self.selector.report(
@@ -754,9 +826,10 @@ class Aggregator(Role):
                     duration=r.duration,
                 )
         elif self.received:
-            self.global_weights = _weighted_mean(self.received)
-            if any(r.extras for r in self.received):
-                self.extras = _weighted_mean(self.received, extras=True)
+            assert isinstance(fold, GroupMean)
+            self.global_weights, extras = fold.result()
+            if extras is not None:
+                self.extras = extras
 
     @tasklet
     async def upload(self) -> None:
@@ -858,12 +931,3 @@ class Aggregator(Role):
             return {}
         self.load_weights(weights)
         return {k: float(v) for k, v in self.evaluate().items()}
-
-
-def _weighted_mean(received: list[Received], *, extras: bool = False) -> Weights:
-    """A middle aggregator's sample-weighted mean of its group (every dtype and shape kept)."""
-    done = [r.num_samples * r.work for r in received]  # partial work counts with its share
-    total = sum(done)
-    shares = np.array([(n / total if total > 0 else 1.0 / len(received)) for n in done])
-    models = [r.extras if extras else r.weights for r in received]
-    return weighted_mean(models, shares)

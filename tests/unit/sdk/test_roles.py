@@ -425,19 +425,6 @@ def test_a_crash_in_aggregator_code_stops_every_task_promptly() -> None:
     assert len(failed) == 10 and "ValueError" in failed[0]["error"]
 
 
-def test_a_middle_aggregator_keeps_every_tensors_shape_and_dtype() -> None:
-    from flame.protocol import Update
-    from flame.roles.aggregator import Received, _weighted_mean
-
-    def got(n: float, w: float, steps: int) -> Received:
-        weights = {"w": np.array(w, np.float32), "steps": np.array(steps, np.int64)}
-        return Received("t", Update(num_samples=n), weights, {})
-
-    mean = _weighted_mean([got(1.0, 1.0, 3), got(3.0, 3.0, 4)])
-    assert mean["w"].shape == () and mean["w"].dtype == np.float32 and float(mean["w"]) == 2.5
-    assert mean["steps"].shape == () and mean["steps"].dtype == np.int64 and int(mean["steps"]) == 4
-
-
 class AnswersFirstModelTwice(NumpyTrainer):  # type: ignore[misc]
     """Sends its first update twice, as a trainer does that finished training after its
     aggregator was killed and then answers the model the restarted one sends again."""
