@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from safetensors.numpy import load_file, save_file
+import numpy as np
 
 from flame.aggregation.base import pack_extras, split_extras
 from flame.aggregation.streaming import RunningSum, nbytes
@@ -74,7 +74,8 @@ class SenderOrder(Generic[A]):
         self._next = 0  # index in _order of the first sender not yet dealt with
         self._held: dict[str, A] = {}
         self._held_bytes = 0
-        self._spilled: dict[str, tuple[A, Path]] = {}  # sender -> (answer without tensors, file)
+        # sender -> (the answer without its tensors, their folder, their names in file order)
+        self._spilled: dict[str, tuple[A, Path, list[str]]] = {}
         self._gone: set[str] = set()  # senders that will add nothing this round
         self.hold_bytes = hold_bytes
         self._spill_parent = spill_dir
@@ -91,19 +92,20 @@ class SenderOrder(Generic[A]):
             self._held_bytes += size
         else:
             self._spill(answer)
-        self._drain()
+        self._drain(from_disk=False)
         self.peak_held = max(self.peak_held, len(self._held) + len(self._spilled))
 
     def skip(self, sender: str) -> None:
         """``sender`` adds nothing this round (declined, rejected, gave up)."""
         self._gone.add(sender)
-        self._drain()
+        self._drain(from_disk=False)
 
     def close(self) -> None:
-        """The round is over: whoever has not answered never will; add what is held."""
+        """The round is over: whoever has not answered never will; add what is held (call it
+        with no update in hand)."""
         self._gone.update(self._order)
         try:
-            self._drain()
+            self._drain(from_disk=True)
         finally:
             self._held.clear()
             self._spilled.clear()
@@ -114,7 +116,10 @@ class SenderOrder(Generic[A]):
     def _is_next(self, sender: str) -> bool:
         return self._next < len(self._order) and self._order[self._next] == sender
 
-    def _drain(self) -> None:
+    def _drain(self, *, from_disk: bool) -> None:
+        """Add every answer whose turn has come. Answers on disk are read back only when the
+        round is over (``from_disk``): until then a caller may have an update in hand, and
+        reading one back beside it would need a fourth model's memory."""
         while self._next < len(self._order):
             sender = self._order[self._next]
             if sender in self._held:
@@ -123,23 +128,32 @@ class SenderOrder(Generic[A]):
                 self._add(answer)
                 del answer  # the fold has it: nothing here keeps its tensors alive
             elif sender in self._spilled:
+                if not from_disk:
+                    return
                 self._add(self._unspill(sender))
             elif sender not in self._gone:
                 return
             self._next += 1
 
     def _spill(self, answer: A) -> None:
+        """Write ``answer``'s tensors to disk, one ``.npy`` file each: NumPy writes an array
+        straight from its memory and reads it straight into a new one, where a serialised
+        container (safetensors) would build a second copy of the whole update first."""
         if self._spill_dir is None:
             self._spill_dir = Path(tempfile.mkdtemp(prefix="held-", dir=self._spill_parent))
-        path = self._spill_dir / f"{len(self._spilled)}.safetensors"
-        save_file(pack_extras(answer.weights, answer.extras), str(path))
+        folder = self._spill_dir / str(len(self._spilled))
+        folder.mkdir()
+        tensors = pack_extras(answer.weights, answer.extras)
+        for i, array in enumerate(tensors.values()):
+            np.save(folder / f"{i}.npy", array, allow_pickle=False)
         bare = dataclasses.replace(answer, weights={}, extras={})  # type: ignore[type-var]
-        self._spilled[answer.sender] = (bare, path)
+        self._spilled[answer.sender] = (bare, folder, list(tensors))
 
     def _unspill(self, sender: str) -> A:
-        bare, path = self._spilled.pop(sender)
-        weights, extras = split_extras(load_file(str(path)))
-        path.unlink()
+        bare, folder, names = self._spilled.pop(sender)
+        tensors = {n: np.load(folder / f"{i}.npy", allow_pickle=False) for i, n in enumerate(names)}
+        shutil.rmtree(folder)
+        weights, extras = split_extras(tensors)
         return dataclasses.replace(bare, weights=weights, extras=extras)  # type: ignore[type-var]
 
 

@@ -42,7 +42,9 @@ def test_answers_are_added_in_sender_order_whatever_order_they_arrive_in(
     assert added == []
     order.skip("b")
     order.offer(_answer("a", 1.0))
-    assert [s for s, *_ in added] == ["a", "c"]
+    # c's turn has come: added at once from memory; from disk once the round is over (read
+    # back now, beside an update in hand, it would take a fourth model's memory)
+    assert [s for s, *_ in added] == (["a", "c"] if hold_bytes else ["a"])
     order.close()  # d never answered
     assert added == [("a", 1.0, 2.0), ("c", 3.0, 6.0), ("e", 5.0, 10.0)]
     assert list(tmp_path.iterdir()) == []  # nothing left on disk
