@@ -16,7 +16,11 @@
   ``max_run_time``. Each
   update is validated (job, round, sender, names/shapes/dtypes, finite values, no more training
   samples claimed than its data owners registered) and a bad one is logged
-  (``update.rejected``) and left out. A :class:`~flame.protocol.Decline` is counted at once
+  (``update.rejected``) and left out. A valid one is folded into the round's running aggregate
+  at once, in sender order (:mod:`flame.roles.folding`), when the rule can stream (FedAvg,
+  FedProx, the adaptive rules; a middle aggregator's group mean), so the aggregator's memory
+  does not grow with the number of trainers; other rules get every update at ``aggregate``.
+  A :class:`~flame.protocol.Decline` is counted at once
   (``round.declined``; metric ``declined``); an update that did part of its work (``steps`` of
   ``planned_steps``) counts with that share of its samples (metric ``partial``).
 * ``aggregate``: top: the strategy (FedAvg, FedAdam, Krum, ...); a round where fewer than
