@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import quote, urlparse
@@ -178,9 +179,15 @@ class RestStore:
             self._artifact_uris[run_id] = body["run"]["info"]["artifact_uri"]
         return self._artifact_uris[run_id]
 
-    def _put(self, root: str, rel: str, data: bytes) -> None:
+    def _put(self, root: str, rel: str, data: bytes | Path) -> None:
+        """Upload ``data`` (a file is streamed, never read whole) as ``rel`` under ``root``."""
         folder = urlparse(root).path.lstrip("/")  # mlflow-artifacts:/<exp>/<run>/artifacts
-        self._ok("PUT", f"{ARTIFACTS}/{quote(f'{folder}/{rel}')}", content=data)
+        path = f"{ARTIFACTS}/{quote(f'{folder}/{rel}')}"
+        if isinstance(data, bytes):
+            self._ok("PUT", path, content=data)
+            return
+        with data.open("rb") as stream:
+            self._ok("PUT", path, content=stream)
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         root = self._artifact_root(run_id)
@@ -194,22 +201,26 @@ class RestStore:
         if not root.startswith("mlflow-artifacts:"):  # only MLflow's own client can write there
             ClientStore(self.uri).log_artifacts(run_id, local_dir, artifact_path)
             return
-        for file in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-            self._put(
-                root, f"{artifact_path}/{file.relative_to(local_dir).as_posix()}", file.read_bytes()
-            )
+        files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+        # a model folder is about ten small files: one round trip each, a few at a time
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            rel = [f"{artifact_path}/{f.relative_to(local_dir).as_posix()}" for f in files]
+            for upload in [
+                pool.submit(self._put, root, r, f) for r, f in zip(rel, files, strict=True)
+            ]:
+                upload.result()
 
     def register(self, name: str, source: str, run_id: str) -> str:
-        code, _ = self._call("GET", f"{API}/registered-models/get", params={"name": name})
-        if code != 200:  # the control plane makes it beforehand; a local server may not have it
+        version = {"name": name, "source": source, "run_id": run_id}
+        code, body = self._call("POST", f"{API}/model-versions/create", json=version)
+        if code != 200 and body.get("error_code") == _MISSING:
+            # the control plane makes the model beforehand; another server may not have it
             code, body = self._call("POST", f"{API}/registered-models/create", json={"name": name})
             if code != 200 and body.get("error_code") != _EXISTS:
                 raise StoreError(f"cannot create registered model {name!r}: HTTP {code}: {body}")
-        body = self._ok(
-            "POST",
-            f"{API}/model-versions/create",
-            json={"name": name, "source": source, "run_id": run_id},
-        )
+            code, body = self._call("POST", f"{API}/model-versions/create", json=version)
+        if code != 200:
+            raise StoreError(f"cannot register {source} as {name!r}: HTTP {code}: {body}")
         return str(body["model_version"]["version"])
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
