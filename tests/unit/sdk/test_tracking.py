@@ -254,6 +254,46 @@ def test_background_tracker_keeps_order_off_the_caller_thread_and_survives_failu
     ]
 
 
+class _Batching:
+    """An inner tracker that keeps rounds until ``flush``, and counts the flushes that sent."""
+
+    def __init__(self) -> None:
+        self.kept: list[int] = []
+        self.sent: list[list[int]] = []
+
+    def log_round(self, rnd: int, metrics: dict) -> None:
+        self.kept.append(rnd)
+
+    def flush(self) -> None:
+        if self.kept:
+            self.sent.append(self.kept)
+            self.kept = []
+
+    def finish(self, status: str = "FINISHED") -> object:
+        self.flush()
+        return None
+
+
+def test_quick_rounds_reach_mlflow_in_a_few_requests_not_one_each() -> None:
+    """Rounds of a few milliseconds would cost the tracking server a request each, on the
+    cores the rounds run on: the worker sends what waited at most once per interval."""
+    from flame.tracking import BackgroundTracker
+
+    inner = _Batching()
+    tracker = BackgroundTracker(inner, flush_every=1.0)  # type: ignore[arg-type]
+    started = time.monotonic()
+    for rnd in range(30):
+        tracker.log_round(rnd, {"accuracy": 0.5})
+        time.sleep(0.01)
+    elapsed = time.monotonic() - started
+    deadline = time.monotonic() + 60
+    while sum(map(len, inner.sent)) < 30 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the rounds that waited go out within an interval, with no call
+    assert [r for batch in inner.sent for r in batch] == list(range(30))
+    assert len(inner.sent) <= 2 + elapsed / 1.0, inner.sent
+    tracker.finish()
+
+
 def test_rounds_that_waited_for_a_busy_tracker_reach_mlflow_in_one_request(tmp_path: Path) -> None:
     from flame.tracking import BackgroundTracker
 
