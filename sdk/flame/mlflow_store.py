@@ -37,12 +37,17 @@ class MetricPoint(NamedTuple):
 
 
 class StoreError(Exception):
-    """The tracking store refused a call or could not be reached (with its reason)."""
+    """The tracking store refused a call (``status``: its HTTP status) or could not be reached
+    (``status`` None)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RunStore(Protocol):
-    def experiment(self, name: str, artifact_location: str | None) -> str:
-        """The id of experiment ``name``, made when it does not exist."""
+    def experiment(self, name: str, artifact_location: str | None, *, create: bool = True) -> str:
+        """The id of experiment ``name``, made when it does not exist (else StoreError 404)."""
 
     def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str: ...
 
@@ -122,16 +127,16 @@ class RestStore:
     def _ok(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
         code, body = self._call(method, path, **kw)
         if code != 200:
-            raise StoreError(f"{method} {path}: HTTP {code}: {body.get('message', body)}")
+            raise StoreError(f"{method} {path}: HTTP {code}: {body.get('message', body)}", code)
         return body
 
-    def experiment(self, name: str, artifact_location: str | None) -> str:
+    def experiment(self, name: str, artifact_location: str | None, *, create: bool = True) -> str:
         path = f"{API}/experiments/get-by-name"
         code, body = self._call("GET", path, params={"experiment_name": name})
         if code == 200:
             return str(body["experiment"]["experiment_id"])
-        if body.get("error_code") != _MISSING:
-            raise StoreError(f"GET {path}: HTTP {code}: {body.get('message', body)}")
+        if body.get("error_code") != _MISSING or not create:
+            raise StoreError(f"GET {path}: HTTP {code}: {body.get('message', body)}", code)
         request: dict[str, Any] = {"name": name}
         if artifact_location:
             request["artifact_location"] = artifact_location
@@ -139,7 +144,7 @@ class RestStore:
         if code == 200:
             return str(body["experiment_id"])
         if body.get("error_code") == _EXISTS:  # made meanwhile by someone else
-            return self.experiment(name, artifact_location)
+            return self.experiment(name, artifact_location, create=False)
         raise StoreError(f"cannot create experiment {name!r}: HTTP {code}: {body}")
 
     def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
@@ -246,10 +251,12 @@ class ClientStore:
 
         self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
 
-    def experiment(self, name: str, artifact_location: str | None) -> str:
+    def experiment(self, name: str, artifact_location: str | None, *, create: bool = True) -> str:
         exp = self._client.get_experiment_by_name(name)
         if exp is not None:
             return str(exp.experiment_id)
+        if not create:
+            raise StoreError(f"no experiment {name!r}", 404)
         return str(self._client.create_experiment(name, artifact_location=artifact_location))
 
     def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:

@@ -32,7 +32,7 @@ import structlog
 
 from flame.config import TaskConfig, TrackingSpec
 from flame.connect import PLAINTEXT, Security, sync_http_client
-from flame.mlflow_store import MetricPoint, RunStore, store_for
+from flame.mlflow_store import MetricPoint, RunStore, StoreError, store_for
 from flame.outbox import Outbox
 from flame.serving.pyfunc_folder import write_pyfunc_folder
 from flame.system_metrics import SystemSampler
@@ -137,6 +137,8 @@ class MlflowTracker:
         register_as: str | None = None,
         system_metrics_interval: float = 1.0,
         artifact_location: str | None = None,
+        prepared_by_platform: bool = False,
+        account_wait: float = 300.0,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.artifact_location = artifact_location or local_artifact_location(tracking_uri)
@@ -147,6 +149,9 @@ class MlflowTracker:
         self.register_as = register_as
         self.card: ModelCard | None = None
         self.system_metrics_interval = system_metrics_interval
+        # the control plane makes the experiment, the model and our account, beside the job
+        self.prepared_by_platform = prepared_by_platform
+        self.account_wait = account_wait
         self.run_id: str | None = None
         self._experiment_id: str | None = None
         self._sampler: SystemSampler | None = None
@@ -160,7 +165,11 @@ class MlflowTracker:
         return self._store
 
     def start(self, params: dict[str, Any], tags: dict[str, str]) -> None:
-        exp_id = self.store.experiment(self.experiment, self.artifact_location)
+        exp_id = self._when_ready(
+            lambda: self.store.experiment(
+                self.experiment, self.artifact_location, create=not self.prepared_by_platform
+            )
+        )
         self.run_id = self.store.create_run(exp_id, self.run_name, tags)
         self._experiment_id = exp_id
         flat: dict[str, str] = {}
@@ -171,6 +180,22 @@ class MlflowTracker:
         self._sampler = SystemSampler(self.system_metrics_interval)
         self._sampler.start()
         log.info("tracking.started", run_id=self.run_id, uri=self.tracking_uri)
+
+    def _when_ready(self, call: Callable[[], str]) -> str:
+        """``call``, again while the control plane is still making the job's account (401),
+        its grant (403) and experiment (404) beside the job's deployment: the job's aggregator
+        may ask first. Gives up after ``account_wait`` seconds (a wrong login stays refused)."""
+        waiting = {401, 403, 404} if self.prepared_by_platform else set()
+        backoff = Backoff(0.1, 2.0)
+        deadline = time.monotonic() + self.account_wait
+        while True:
+            try:
+                return call()
+            except StoreError as exc:
+                if exc.status not in waiting or time.monotonic() >= deadline:
+                    raise
+                log.info("tracking.waiting_for_account", uri=self.tracking_uri)
+                time.sleep(min(backoff.next(), max(0.0, deadline - time.monotonic())))
 
     def log_round(self, rnd: int, metrics: dict[str, float]) -> None:
         """Keep a round's metrics for the next :meth:`flush` (one request for every round that
@@ -568,6 +593,7 @@ def make_tracker(config: TaskConfig) -> Tracker:
             selection_metric=spec.selection_metric,
             mode=spec.mode,
             register_as=(access.model_name or config.job_name) if spec.register_model else None,
+            prepared_by_platform=bool(access.experiment and access.username),
         )
     disc = config.discovery
     reporter = None

@@ -212,3 +212,50 @@ def test_passwords_are_derived_per_account_and_never_printed() -> None:
     assert one == TrackingAccounts("http://unused", ADMIN, SECRET).password("flame-job-1")
     assert one != TrackingAccounts("http://unused", ADMIN, b"u" * 32).password("flame-job-1")
     assert ADMIN[1] not in repr(accounts)
+
+
+def test_a_jobs_tracker_waits_for_the_account_the_control_plane_makes_beside_it(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The controller makes a job's account, experiment and model beside the job's deployment,
+    not before it: the job's aggregator may ask first, and its run starts once they exist (in
+    the job's experiment, never one it made itself)."""
+    import numpy as np
+
+    from flame.tracking import BackgroundTracker, MlflowTracker
+
+    names = names_for("jobccccccccccccccc", "late", "usr-carol", None)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", names.username)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", _login(names.username)[1])
+    tracker = BackgroundTracker(
+        MlflowTracker(
+            tracking_uri=server,
+            experiment=names.experiment,
+            run_name="late-run",
+            register_as=names.model_name,
+            prepared_by_platform=True,
+        )
+    )
+    tracker.start({"rounds": 1}, {})  # nothing exists yet: no account, no experiment
+    tracker.log_round(1, {"accuracy": 0.5})
+    tracker.offer_model(1, {"w": np.ones(2, np.float32)}, {"accuracy": 0.5})
+    time.sleep(1.0)  # the tracker's first requests are refused meanwhile
+
+    async def prepare() -> None:
+        accounts = TrackingAccounts(server, ADMIN, SECRET)
+        try:
+            await accounts.prepare(names, "usr-carol")
+        finally:
+            await accounts.close()
+
+    asyncio.run(prepare())
+    result = tracker.finish()
+    assert result.model_uri == f"models:/{names.model_name}@best", result
+    with _api(server, ADMIN) as admin:
+        run = admin.get("/runs/get", params={"run_id": result.run_id}).json()["run"]
+        assert run["info"]["experiment_id"] == _experiment_id(server, names.experiment)
+        assert run["info"]["status"] == "FINISHED"
+    with _api(server, _login(names.username)) as job:
+        # the job holds EDIT as granted, not MANAGE as the experiment's creator would
+        mine = _experiment_id(server, names.experiment)
+        assert job.post("/experiments/delete", json={"experiment_id": mine}).status_code == 403

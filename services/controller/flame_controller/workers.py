@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from .deployers.base import Deployer
 from .deployers.local import LocalDeployer
 from .domain.context import Ctx
+from .domain.jobs import prepare_tracking
 from .domain.tokens import TaskCredentials
 from .jobs.decisions import RestartPolicy
 from .jobs.notifier_client import GrpcNotifier
@@ -45,4 +48,5 @@ def reconciler_factory(ctx: Ctx, settings: ControllerSettings) -> Reconciler:
         notifier,
         credentials=TaskCredentials(ctx),
         restarts=restarts,
+        tracking=partial(prepare_tracking, ctx) if ctx.tracking_accounts is not None else None,
     )

@@ -760,3 +760,42 @@ async def test_a_short_absence_is_waited_out(tmp_path: Path, store: Store, notif
         assert (await store.get_task(trainer.id)).state == "running"
         await set_desired(store, r, "stopped")
         await eventually(lambda: _job_is(store, "terminated"), what="stopped")
+
+
+async def test_tracking_is_set_up_beside_the_deployment_retried_and_redone_after_a_restart(
+    tmp_path: Path, store: Store, notifier: Any
+) -> None:
+    """The job's account, experiment and model on the tracking server are made while its
+    tasks deploy, not before: a tracking server that is slow or down holds up nothing (the
+    aggregator waits for its account); a failed set-up is tried again, and a restarted
+    controller makes sure of them again for the jobs still running."""
+    rec, address = notifier
+    await create_job(store)
+    calls: list[str] = []
+    release = asyncio.Event()
+
+    async def slow_then_down_then_up(job: JobRecord) -> None:
+        calls.append(job.id)
+        if len(calls) == 1:
+            await release.wait()  # a slow tracking server
+            raise RuntimeError("tracking server unavailable")
+
+    r = make_reconciler(
+        store, make_deployer(tmp_path), address, interval=60.0, tracking=slow_then_down_then_up
+    )
+    async with running(r):
+        await bring_to_running(store, r, rec)  # while the first set-up still waits
+        assert calls == ["job-1"]
+        release.set()  # it fails; the reconciler tries again after a backoff
+        await eventually(lambda: len(calls) == 2, what="set-up tried again")
+        await r.reconcile_once()
+        assert len(calls) == 2  # done: not again in this controller's life
+    r2 = make_reconciler(
+        store, make_deployer(tmp_path), address, interval=60.0, tracking=slow_then_down_then_up
+    )
+    async with running(r2):
+        await eventually(lambda: len(calls) == 3, what="set-up made sure of after a restart")
+        agg = await aggregator(store)
+        await set_desired(store, r2, "stopped")
+        await eventually(lambda: _job_is(store, "terminated"), what="terminated")
+    assert not alive(pid_of(agg))

@@ -82,7 +82,10 @@ def _tracking_names(
     return names_for(job_id, job_name, owner, spec.tracking.experiment)
 
 
-async def _prepare_tracking(ctx: Ctx, job: JobRecord) -> None:
+async def prepare_tracking(ctx: Ctx, job: JobRecord) -> None:
+    """The job's experiment, model and account on the tracking server (idempotent). The
+    reconciler calls it beside the job's deployment: the job's aggregator waits for its account
+    (:class:`flame.tracking.MlflowTracker`), the start of the job does not."""
     spec = parse_job_spec(job.spec)
     names = _tracking_names(ctx, job.id, job.name, job.owner, spec)
     if names is not None and ctx.tracking_accounts is not None:
@@ -342,7 +345,6 @@ async def _set_desired(ctx: Ctx, caller: Caller, job_id: str, desired: str, verb
                 raise FailedPrecondition(f"job {job_id!r} already ended ({job.state})")
             if desired == "running":
                 job = await _finish_update(ctx, job)
-                await _prepare_tracking(ctx, job)
             try:
                 updated = await ctx.store.cas_job(
                     job_id,

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
 import structlog
@@ -74,6 +74,7 @@ from .states import GIVEN_UP, LIVE_TASK_STATES
 
 log = structlog.get_logger(__name__)
 MAX_STEPS_PER_JOB = 100
+TRACKING_RETRY = (1.0, 30.0)  # backoff of a job's tracking set-up that failed (first, most)
 
 __all__ = ["PermanentError", "Reconciler", "TemporaryError"]
 
@@ -99,6 +100,7 @@ class Reconciler:
         node_grace: float = 10.0,
         restarts: RestartPolicy | None = None,
         clock: Callable[[], datetime] = utcnow,
+        tracking: Callable[[JobRecord], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.deployer = deployer
@@ -117,6 +119,14 @@ class Reconciler:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.passes = 0
+        # A running job's account, experiment and model on the tracking server, made beside
+        # its deployment rather than before it (its aggregator waits for its account, not the
+        # job for the tracking server). Kept per process: a restarted controller makes them
+        # again for the jobs still running (every step of it is idempotent).
+        self._tracking = tracking
+        self._tracked: set[str] = set()
+        self._tracking_calls: dict[str, asyncio.Task[None]] = {}
+        self._tracking_failures: dict[str, int] = {}  # job id -> failed attempts in a row
 
     @property
     def notifier(self) -> Notifier | None:
@@ -163,6 +173,10 @@ class Reconciler:
         """End the loop (running tasks keep running) and close the notifier channel."""
         self._stopping = True
         self._wake.set()
+        for call in list(self._tracking_calls.values()):
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
         task, self._task = self._task, None
         if task is not None and task is not asyncio.current_task():
             with contextlib.suppress(asyncio.CancelledError):
@@ -240,9 +254,37 @@ class Reconciler:
             return 0.0
 
     # -- one step --------------------------------------------------------------------------
+    def _ensure_tracking(self, job: JobRecord) -> None:
+        """Set up ``job``'s tracking in the background, once per process, while it runs."""
+        if job.terminal or job.desired_state != "running":
+            self._tracked.discard(job.id)
+            self._tracking_failures.pop(job.id, None)
+            return
+        if self._tracking is None or job.id in self._tracked or job.id in self._tracking_calls:
+            return
+        self._tracking_calls[job.id] = asyncio.create_task(self._set_up_tracking(job))
+
+    async def _set_up_tracking(self, job: JobRecord) -> None:
+        assert self._tracking is not None
+        try:
+            await self._tracking(job)
+        except Exception as exc:  # the tracking server is down or refuses: try again later
+            failures = self._tracking_failures.get(job.id, 0) + 1
+            self._tracking_failures[job.id] = failures
+            delay = backoff_delay(failures, *TRACKING_RETRY)
+            log.warning("tracking.prepare_failed", job_id=job.id, error=str(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            self._wake.set()
+        else:
+            self._tracked.add(job.id)
+            self._tracking_failures.pop(job.id, None)
+        finally:
+            self._tracking_calls.pop(job.id, None)
+
     async def _step(self, job: JobRecord, tasks: list[TaskRecord]) -> bool:
         """Take the next step for ``job``; True when something was written."""
         fx = self.effects
+        self._ensure_tracking(job)
         now = self.clock()
         action = job_action(job, now)
         if action == "cleanup":
