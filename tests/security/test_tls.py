@@ -153,7 +153,8 @@ async def _send(endpoint: str, creds: grpc.ChannelCredentials | None) -> grpc.St
 
     async with channel:
         try:
-            await data_pb2_grpc.DataChannelStub(channel).Send(chunks(), timeout=20)
+            async for _ in data_pb2_grpc.DataChannelStub(channel).Stream(chunks(), timeout=20):
+                pass
         except grpc.aio.AioRpcError as exc:
             return exc.code()
     return grpc.StatusCode.OK

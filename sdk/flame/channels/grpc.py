@@ -2,10 +2,17 @@
 
 One :class:`GrpcTransport` per task owns the server (shared by all the task's grpc channels,
 demultiplexed by ``Envelope.channel`` and ``receiver``) and one client connection per peer.
-``send`` streams the message as chunks of at most ``grpc_chunk_bytes`` and returns when the
-receiver's ``Receipt`` arrives, i.e. the message sits in the receiver's inbox. gRPC's flow
-control gives back-pressure. On ``UNAVAILABLE`` the sender re-resolves the peer and retries
-with capped backoff until the send timeout; the receiver drops the duplicates this may cause.
+A sender keeps one ``Stream`` call open per peer and sends every message to that peer on it:
+a new RPC per message cost more than the message itself for small ones (per-call machinery and
+its asyncio callbacks were ~35% of a task's CPU). ``send`` writes the message as chunks of at
+most ``grpc_chunk_bytes`` and returns when the receiver's ``Receipt`` for it arrives, i.e. the
+message sits in the receiver's inbox; only then does the next message to that peer start, so a
+stream carries one message at a time and messages arrive in order. gRPC's flow control gives
+back-pressure. A refused message ends the stream with a status code (raised at the sender as
+:class:`ChannelError`); the next send opens a new stream. When the stream or the peer is lost
+(``UNAVAILABLE``, the stream ended between or inside messages) the sender re-resolves the peer
+and resends with capped backoff until the send timeout; the receiver drops the duplicates this
+may cause.
 """
 
 from __future__ import annotations
@@ -46,51 +53,163 @@ class _Unavailable(Exception):
     """The peer's server is not reachable right now (not up yet, restarting): retry."""
 
 
+# How a call ends when the peer (not the message) is the problem: it is not up (yet), it went
+# away, or it closed the stream between messages. INTERNAL too: a stream that breaks under a
+# write reports it whatever happened (grpc/grpc#36066), and our receivers refuse messages in
+# receipts, never by ending the stream. The message is sent again until the send timeout.
+_LOST = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.OK,
+        grpc.StatusCode.INTERNAL,
+    }
+)
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class _Refused(ChannelError):
+    """A well-framed message the receiver will not take: answered with a refusing ``Receipt``
+    (``code`` says why) and the stream goes on. ``unread``: its other chunks are still to come
+    (it was refused on its header) and are read past, unkept."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, *, unread: bool) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.unread = unread
+
+
+class _Garbled(ChannelError):
+    """Chunks that do not frame whole messages: the stream cannot go on (INVALID_ARGUMENT)."""
+
+
 class _Servicer(data_pb2_grpc.DataChannelServicer):
+    """Takes the messages of one peer's stream one after another and answers each with a
+    ``Receipt``. Nothing from the peer is trusted: a chunk sequence that does not frame whole
+    messages (chunk 0 with the header, then 1 .. count-1 of the same message) ends the stream."""
+
     def __init__(self, transport: GrpcTransport) -> None:
         self._transport = transport
+        self.idle: set[asyncio.Task[object]] = set()  # handlers waiting between messages
+        self.closing = False
 
-    async def Send(
+    async def Stream(
         self,
         request_iterator: AsyncIterator[data_pb2.Chunk],
         context: grpc.aio.ServicerContext[data_pb2.Chunk, data_pb2.Receipt],
-    ) -> data_pb2.Receipt:
-        it = aiter(request_iterator)
+    ) -> AsyncIterator[data_pb2.Receipt]:
+        chunks = aiter(request_iterator)
+        while (first := await self._next_message(chunks)) is not None:
+            try:
+                yield await self._receive(first, chunks)
+            except _Refused as exc:
+                self._rejected(first, exc)
+                yield data_pb2.Receipt(
+                    message_id=first.message_id, refused=exc.code.value[0], reason=str(exc)
+                )
+                if exc.unread:  # after the refusal went out, so a sender can stop early
+                    await self._skip_rest(first, chunks, context)
+            except _Garbled as exc:
+                self._rejected(first, exc)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    async def _next_message(self, chunks: AsyncIterator[data_pb2.Chunk]) -> data_pb2.Chunk | None:
+        """The first chunk of the stream's next message; None when the sender closed its side
+        or this task is closing (a stream between messages holds nothing to finish)."""
+        me = asyncio.current_task()
+        assert me is not None  # grpc.aio runs each call in a task of its own
+        self.idle.add(me)
         try:
-            first = await anext(it)
-        except StopAsyncIteration:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty stream")
+            return await anext(chunks, None)
+        except asyncio.CancelledError:
+            if self.closing:  # close() ended the wait: finish the call (OK), not abort it
+                me.uncancel()
+                return None
+            raise
+        finally:
+            self.idle.discard(me)
+
+    async def _receive(
+        self, first: data_pb2.Chunk, chunks: AsyncIterator[data_pb2.Chunk]
+    ) -> data_pb2.Receipt:
+        """Read the rest of the message ``first`` starts and put it in its channel's inbox."""
+        if first.index != 0 or not first.HasField("header"):
+            raise _Garbled(f"message {first.message_id}: chunk {first.index} starts no message")
         env = first.header
         chan = self._transport.channel_for(env.channel, env.receiver)
         if chan is None:
-            await context.abort(
+            raise _Refused(
                 grpc.StatusCode.NOT_FOUND,
                 f"task {env.receiver!r} has no grpc channel {env.channel!r} here",
+                unread=True,
             )
         try:
             fresh = chan.admit(env.sender, env.receiver, env.job_id, first.message_id)
         except ChannelError as exc:
-            log.warning("message.rejected", channel=env.channel, sender=env.sender, reason=str(exc))
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            raise _Refused(grpc.StatusCode.PERMISSION_DENIED, str(exc), unread=True) from exc
         if not fresh:
-            # a retry of a message we already have: acknowledge without reading it again
+            # a resend of a message we already have (its receipt was lost): skip it unread
+            await _skip(first, chunks)
             return data_pb2.Receipt(message_id=first.message_id, bytes_received=0)
         try:
             whole = Reassembly(
                 first, self._transport.settings.max_message_bytes, hashed=chan.auth is not None
             )
-            async for chunk in it:
-                whole.add(chunk)
-            msg = whole.message()
+        except ChannelError as exc:  # too large, or a nonsensical size
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc), unread=True) from exc
+        try:
+            while not whole.complete:
+                whole.add(await _next_of(first, chunks))
         except ChannelError as exc:
-            log.warning("message.rejected", channel=env.channel, sender=env.sender, reason=str(exc))
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise _Garbled(str(exc)) from exc
+        try:
+            msg = whole.message()
+        except ChannelError as exc:  # not safetensors
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc), unread=False) from exc
         try:
             chan.deliver(msg, whole.digest)
         except ChannelError as exc:  # not from whom it claims, stale or replayed
-            log.warning("message.rejected", channel=env.channel, sender=env.sender, reason=str(exc))
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            raise _Refused(grpc.StatusCode.PERMISSION_DENIED, str(exc), unread=False) from exc
         return data_pb2.Receipt(message_id=first.message_id, bytes_received=whole.total_bytes)
+
+    async def _skip_rest(
+        self,
+        first: data_pb2.Chunk,
+        chunks: AsyncIterator[data_pb2.Chunk],
+        context: grpc.aio.ServicerContext[data_pb2.Chunk, data_pb2.Receipt],
+    ) -> None:
+        try:
+            await _skip(first, chunks)
+        except _Garbled as exc:
+            self._rejected(first, exc)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    @staticmethod
+    def _rejected(first: data_pb2.Chunk, exc: ChannelError) -> None:
+        env = first.header
+        log.warning("message.rejected", channel=env.channel, sender=env.sender, reason=str(exc))
+
+
+async def _next_of(first: data_pb2.Chunk, chunks: AsyncIterator[data_pb2.Chunk]) -> data_pb2.Chunk:
+    """The next chunk of the message ``first`` started; the stream may not end inside it."""
+    chunk = await anext(chunks, None)
+    if chunk is None:
+        raise _Garbled(f"message {first.message_id}: the stream ended inside it")
+    return chunk
+
+
+async def _skip(first: data_pb2.Chunk, chunks: AsyncIterator[data_pb2.Chunk]) -> None:
+    """Read past the other chunks of a message without keeping them, checking that they are
+    that message's, in order: the stream must still be framed for the message after it."""
+    if first.count < 1:
+        raise _Garbled(f"message {first.message_id}: bad chunk count")
+    for index in range(1, first.count):
+        chunk = await _next_of(first, chunks)
+        if chunk.message_id != first.message_id or chunk.index != index:
+            raise _Garbled(
+                f"message {first.message_id}: chunk {chunk.index} of {chunk.message_id} "
+                f"where its chunk {index} was expected"
+            )
 
 
 class GrpcTransport:
@@ -119,7 +238,8 @@ class GrpcTransport:
         self._advertise_host = advertise_host or _reachable(bind_host)
         self._channels: dict[tuple[str, str], Channel] = {}
         self._server: grpc.aio.Server | None = None
-        self._peers: dict[str, grpc.aio.Channel] = {}
+        self._servicer = _Servicer(self)
+        self._links: dict[str, _Link] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.endpoint = ""
         self._closed = False
@@ -146,7 +266,7 @@ class GrpcTransport:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        data_pb2_grpc.add_DataChannelServicer_to_server(_Servicer(self), server)
+        data_pb2_grpc.add_DataChannelServicer_to_server(self._servicer, server)
         port = grpc_listen(server, self._bind, self.security)
         if port == 0:
             raise ChannelError(f"{self.task_id}: cannot listen on {self._bind}")
@@ -157,22 +277,23 @@ class GrpcTransport:
         log.info("grpc.serving", task_id=self.task_id, endpoint=self.endpoint)
         return self.endpoint
 
-    async def _connection(self, peer: str, timeout: float) -> grpc.aio.Channel:
-        conn = self._peers.get(peer)
-        if conn is None:
+    async def _link(self, peer: str, timeout: float) -> _Link:
+        link = self._links.get(peer)
+        if link is None:
             endpoint = await self._discovery.resolve(peer, timeout)
-            conn = self._peers[peer] = grpc_channel(
+            conn = grpc_channel(
                 endpoint, self.security, _CLIENT_OPTIONS, server_name=DATA_PLANE_NAME
             )
-        return conn
+            link = self._links[peer] = _Link(conn)
+        return link
 
     async def _forget(self, peer: str) -> None:
-        conn = self._peers.pop(peer, None)
-        if conn is not None:
-            await conn.close()
+        link = self._links.pop(peer, None)
+        if link is not None:
+            await link.conn.close()
 
     async def send(self, channel: str, peer: str, msg: Message) -> None:
-        """Deliver ``msg`` to ``peer``'s inbox; retry on UNAVAILABLE until the send timeout.
+        """Deliver ``msg`` to ``peer``'s inbox; retry on a lost peer until the send timeout.
 
         Sends to one peer go one at a time, in call order, so they arrive in order.
         """
@@ -204,34 +325,132 @@ class GrpcTransport:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         raise PeerTimeout(late)
-                    conn = await self._connection(peer, remaining)
+                    link = await self._link(peer, remaining)
                     try:
-                        await data_pb2_grpc.DataChannelStub(conn).Send(
-                            _stream(chunks_of(msg, peer, s.grpc_chunk_bytes, payload)),
-                            timeout=deadline - loop.time(),
-                        )
-                    except grpc.aio.AioRpcError as exc:
-                        code = exc.code()
-                        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                            raise PeerTimeout(late) from exc
-                        if code != grpc.StatusCode.UNAVAILABLE:
-                            detail = f"{code.name}: {exc.details()}"
-                            raise ChannelError(f"{self.task_id} -> {peer}: {detail}") from exc
+                        async with asyncio.timeout_at(deadline):
+                            await self._attempt(link, peer, msg, payload)
+                    except TimeoutError as exc:
+                        link.drop()  # the stream is inside the message: unusable
+                        raise PeerTimeout(late) from exc
+                    except _Unavailable:
                         await self._forget(peer)  # it may come back elsewhere: resolve again
-                        raise _Unavailable(exc.details() or "unavailable") from exc
+                        raise
         except _Unavailable as exc:
             raise PeerTimeout(f"{late} (last: {exc})") from exc
+
+    async def _attempt(self, link: _Link, peer: str, msg: Message, payload: Payload) -> None:
+        """Send ``msg`` once on ``link``'s stream and wait for its receipt."""
+        call = link.stream()
+        chunks = chunks_of(msg, peer, self.settings.grpc_chunk_bytes, payload)
+        try:
+            receipt, whole = await _exchange(call, chunks)
+        except _Broken:
+            link.drop()
+            code, details = await call.code(), await call.details()
+            if code in _LOST:
+                raise _Unavailable(f"{code.name}: {details}") from None
+            raise ChannelError(f"{self.task_id} -> {peer}: {code.name}: {details}") from None
+        except BaseException:
+            link.drop()  # cancelled inside the message: the stream cannot carry the next one
+            raise
+        if not whole:
+            link.drop()  # answered before the message was all written: the rest is not coming
+        if receipt.message_id != msg.message_id:  # a receiver answering out of turn
+            link.drop()
+            raise ChannelError(f"{self.task_id} -> {peer}: receipt for another message")
+        if receipt.refused:
+            code = _CODES.get(receipt.refused, grpc.StatusCode.UNKNOWN)
+            raise ChannelError(f"{self.task_id} -> {peer}: {code.name}: {receipt.reason}")
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for peer in list(self._peers):
+        for peer in list(self._links):
             await self._forget(peer)
         if self._server is not None:
+            self._servicer.closing = True
+            for handler in list(self._servicer.idle):
+                handler.cancel()  # a peer's stream between messages: nothing to finish
             await self._server.stop(grace=0.5)
         if self._owns_discovery:
             await self._discovery.close()
+
+
+class _Link:
+    """The connection to one peer and the stream its messages currently go on."""
+
+    def __init__(self, conn: grpc.aio.Channel) -> None:
+        self.conn = conn
+        # the stub method, built once per connection rather than once per message
+        self._open = data_pb2_grpc.DataChannelStub(conn).Stream
+        self._call: grpc.aio.StreamStreamCall[data_pb2.Chunk, data_pb2.Receipt] | None = None
+
+    def stream(self) -> grpc.aio.StreamStreamCall[data_pb2.Chunk, data_pb2.Receipt]:
+        """The open stream, or a new one when the last has ended (refused, or the receiver
+        closed it between messages). No deadline: it lives as long as the peer; each send
+        bounds its own wait."""
+        if self._call is None or self._call.done():
+            self._call = self._open()
+        return self._call
+
+    def drop(self) -> None:
+        """Abandon the stream (its state is unknown or it has failed): cancel it."""
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+
+class _Broken(Exception):
+    """The call ended before the message's receipt came: its status says why."""
+
+
+async def _exchange(
+    call: grpc.aio.StreamStreamCall[data_pb2.Chunk, data_pb2.Receipt],
+    chunks: Iterator[data_pb2.Chunk],
+) -> tuple[data_pb2.Receipt, bool]:
+    """Write one message's chunks and read its receipt; also whether all of it was written.
+
+    A message of several chunks is read for while it is written: a receiver that refuses it
+    on its header answers at once, and the sender stops instead of streaming the rest.
+    """
+    first = next(chunks)
+    await _write(call, first)
+    if first.count == 1:
+        return await _read(call), True
+    reading = asyncio.ensure_future(_read(call))
+    try:
+        for chunk in chunks:
+            if reading.done():
+                return reading.result(), False
+            await _write(call, chunk)
+        return await reading, True
+    finally:
+        if not reading.done():
+            reading.cancel()
+        elif not reading.cancelled():
+            reading.exception()  # a failed write said first that the call broke
+
+
+async def _write(
+    call: grpc.aio.StreamStreamCall[data_pb2.Chunk, data_pb2.Receipt], chunk: data_pb2.Chunk
+) -> None:
+    try:
+        await call.write(chunk)
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        raise _Broken from None
+
+
+async def _read(
+    call: grpc.aio.StreamStreamCall[data_pb2.Chunk, data_pb2.Receipt],
+) -> data_pb2.Receipt:
+    try:
+        answer = await call.read()
+    except grpc.aio.AioRpcError:
+        raise _Broken from None
+    if not isinstance(answer, data_pb2.Receipt):  # EOF: the receiver ended the stream
+        raise _Broken
+    return answer
 
 
 def _reachable(bind_host: str) -> str:
@@ -242,12 +461,6 @@ def _reachable(bind_host: str) -> str:
         except OSError:
             return "127.0.0.1"
     return bind_host
-
-
-async def _stream(chunks: Iterator[data_pb2.Chunk]) -> AsyncIterator[data_pb2.Chunk]:
-    """Feed a chunk generator to grpc.aio; built lazily so only one chunk is in memory."""
-    for chunk in chunks:
-        yield chunk
 
 
 def transport(ctx: TransportContext) -> GrpcTransport:

@@ -123,21 +123,35 @@ Global___Chunk: _TypeAlias = Chunk  # noqa: Y015
 
 @_typing.final
 class Receipt(_message.Message):
+    """The receiver's answer to one message. `refused` != 0: the message is not in the receiver's
+    inbox; it is the gRPC status code that says why (NOT_FOUND, PERMISSION_DENIED,
+    INVALID_ARGUMENT) and `reason` the explanation. A refusal travels as a Receipt, not as the
+    stream's status: the stream stays usable, and grpc.aio clients lose a status that arrives
+    while they write (grpc/grpc#36066).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     BYTES_RECEIVED_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     bytes_received: _builtins.int
+    """0 for a duplicate (acknowledged, dropped) or a refusal"""
+    refused: _builtins.int
+    reason: _builtins.str
     def __init__(
         self,
         *,
         message_id: _builtins.str = ...,
         bytes_received: _builtins.int = ...,
+        refused: _builtins.int = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "message_id", b"message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "message_id", b"message_id", "reason", b"reason", "refused", b"refused"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

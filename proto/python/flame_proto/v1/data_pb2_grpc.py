@@ -26,8 +26,12 @@ if _version_not_supported:
 
 
 class DataChannelStub:
-    """Each task that uses the grpc backend serves this; peers stream chunks to it.
-    gRPC flow control gives back-pressure: a slow receiver slows the sender.
+    """Each task that uses the grpc backend serves this. A sender keeps one Stream open per peer and
+    sends every message to that peer on it, one after another: a message's chunks are contiguous
+    (chunk 0 first, then 1 .. count-1) and the receiver answers each message with one Receipt
+    (once it sits in the receiver's inbox, or refused) before the next message starts. A chunk
+    sequence that does not frame messages so ends the stream with INVALID_ARGUMENT. gRPC flow
+    control gives back-pressure: a slow receiver slows the sender.
     """
 
     def __init__(self, channel):
@@ -36,19 +40,23 @@ class DataChannelStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Send = channel.stream_unary(
-                '/flame.v1.DataChannel/Send',
+        self.Stream = channel.stream_stream(
+                '/flame.v1.DataChannel/Stream',
                 request_serializer=flame_dot_v1_dot_data__pb2.Chunk.SerializeToString,
                 response_deserializer=flame_dot_v1_dot_data__pb2.Receipt.FromString,
                 _registered_method=True)
 
 
 class DataChannelServicer:
-    """Each task that uses the grpc backend serves this; peers stream chunks to it.
-    gRPC flow control gives back-pressure: a slow receiver slows the sender.
+    """Each task that uses the grpc backend serves this. A sender keeps one Stream open per peer and
+    sends every message to that peer on it, one after another: a message's chunks are contiguous
+    (chunk 0 first, then 1 .. count-1) and the receiver answers each message with one Receipt
+    (once it sits in the receiver's inbox, or refused) before the next message starts. A chunk
+    sequence that does not frame messages so ends the stream with INVALID_ARGUMENT. gRPC flow
+    control gives back-pressure: a slow receiver slows the sender.
     """
 
-    def Send(self, request_iterator, context):
+    def Stream(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -57,8 +65,8 @@ class DataChannelServicer:
 
 def add_DataChannelServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Send': grpc.stream_unary_rpc_method_handler(
-                    servicer.Send,
+            'Stream': grpc.stream_stream_rpc_method_handler(
+                    servicer.Stream,
                     request_deserializer=flame_dot_v1_dot_data__pb2.Chunk.FromString,
                     response_serializer=flame_dot_v1_dot_data__pb2.Receipt.SerializeToString,
             ),
@@ -71,12 +79,16 @@ def add_DataChannelServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class DataChannel:
-    """Each task that uses the grpc backend serves this; peers stream chunks to it.
-    gRPC flow control gives back-pressure: a slow receiver slows the sender.
+    """Each task that uses the grpc backend serves this. A sender keeps one Stream open per peer and
+    sends every message to that peer on it, one after another: a message's chunks are contiguous
+    (chunk 0 first, then 1 .. count-1) and the receiver answers each message with one Receipt
+    (once it sits in the receiver's inbox, or refused) before the next message starts. A chunk
+    sequence that does not frame messages so ends the stream with INVALID_ARGUMENT. gRPC flow
+    control gives back-pressure: a slow receiver slows the sender.
     """
 
     @staticmethod
-    def Send(request_iterator,
+    def Stream(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -86,10 +98,10 @@ class DataChannel:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.stream_unary(
+        return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/flame.v1.DataChannel/Send',
+            '/flame.v1.DataChannel/Stream',
             flame_dot_v1_dot_data__pb2.Chunk.SerializeToString,
             flame_dot_v1_dot_data__pb2.Receipt.FromString,
             options,

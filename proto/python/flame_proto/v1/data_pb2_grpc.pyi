@@ -27,35 +27,47 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class DataChannelStub:
-    """Each task that uses the grpc backend serves this; peers stream chunks to it.
-    gRPC flow control gives back-pressure: a slow receiver slows the sender.
+    """Each task that uses the grpc backend serves this. A sender keeps one Stream open per peer and
+    sends every message to that peer on it, one after another: a message's chunks are contiguous
+    (chunk 0 first, then 1 .. count-1) and the receiver answers each message with one Receipt
+    (once it sits in the receiver's inbox, or refused) before the next message starts. A chunk
+    sequence that does not frame messages so ends the stream with INVALID_ARGUMENT. gRPC flow
+    control gives back-pressure: a slow receiver slows the sender.
     """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> DataChannelAsyncStub: ...
-    Send: _grpc.StreamUnaryMultiCallable[_data_pb2.Chunk, _data_pb2.Receipt]
+    Stream: _grpc.StreamStreamMultiCallable[_data_pb2.Chunk, _data_pb2.Receipt]
 
 @_typing.type_check_only
 class DataChannelAsyncStub(DataChannelStub):
-    """Each task that uses the grpc backend serves this; peers stream chunks to it.
-    gRPC flow control gives back-pressure: a slow receiver slows the sender.
+    """Each task that uses the grpc backend serves this. A sender keeps one Stream open per peer and
+    sends every message to that peer on it, one after another: a message's chunks are contiguous
+    (chunk 0 first, then 1 .. count-1) and the receiver answers each message with one Receipt
+    (once it sits in the receiver's inbox, or refused) before the next message starts. A chunk
+    sequence that does not frame messages so ends the stream with INVALID_ARGUMENT. gRPC flow
+    control gives back-pressure: a slow receiver slows the sender.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    Send: _aio.StreamUnaryMultiCallable[_data_pb2.Chunk, _data_pb2.Receipt]  # type: ignore[assignment]
+    Stream: _aio.StreamStreamMultiCallable[_data_pb2.Chunk, _data_pb2.Receipt]  # type: ignore[assignment]
 
 class DataChannelServicer(metaclass=_abc_1.ABCMeta):
-    """Each task that uses the grpc backend serves this; peers stream chunks to it.
-    gRPC flow control gives back-pressure: a slow receiver slows the sender.
+    """Each task that uses the grpc backend serves this. A sender keeps one Stream open per peer and
+    sends every message to that peer on it, one after another: a message's chunks are contiguous
+    (chunk 0 first, then 1 .. count-1) and the receiver answers each message with one Receipt
+    (once it sits in the receiver's inbox, or refused) before the next message starts. A chunk
+    sequence that does not frame messages so ends the stream with INVALID_ARGUMENT. gRPC flow
+    control gives back-pressure: a slow receiver slows the sender.
     """
 
     @_abc_1.abstractmethod
-    def Send(
+    def Stream(
         self,
         request_iterator: _MaybeAsyncIterator[_data_pb2.Chunk],
         context: _ServicerContext,
-    ) -> _typing.Union[_data_pb2.Receipt, _abc.Awaitable[_data_pb2.Receipt]]: ...
+    ) -> _typing.Union[_abc.Iterator[_data_pb2.Receipt], _abc.AsyncIterator[_data_pb2.Receipt]]: ...
 
 def add_DataChannelServicer_to_server(servicer: DataChannelServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
