@@ -160,12 +160,13 @@ class Reassembly:
             raise ChannelError(
                 f"message {self.message_id}: chunk {chunk.index} where {self.next_index} expected"
             )
-        end = self.filled + len(chunk.data)
+        data = chunk.data  # each read of a bytes field copies it out of the protobuf message
+        end = self.filled + len(data)
         if end > self.total_bytes:
             raise ChannelError(f"message {self.message_id}: more data than announced")
-        self.buffer[self.filled : end] = chunk.data
+        self.buffer[self.filled : end] = data
         if self._sha is not None:
-            self._sha.update(chunk.data)
+            self._sha.update(data)
         self.filled = end
         self.next_index += 1
         if self.complete and self.filled != self.total_bytes:

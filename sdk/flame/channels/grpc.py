@@ -99,7 +99,9 @@ class _Servicer(data_pb2_grpc.DataChannelServicer):
         context: grpc.aio.ServicerContext[data_pb2.Chunk, data_pb2.Receipt],
     ) -> AsyncIterator[data_pb2.Receipt]:
         chunks = aiter(request_iterator)
-        while (first := await self._next_message(chunks)) is not None:
+        me = asyncio.current_task()
+        assert me is not None  # grpc.aio runs each call in a task of its own
+        while (first := await self._next_message(me, chunks)) is not None:
             try:
                 yield await self._receive(first, chunks)
             except _Refused as exc:
@@ -113,11 +115,12 @@ class _Servicer(data_pb2_grpc.DataChannelServicer):
                 self._rejected(first, exc)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
-    async def _next_message(self, chunks: AsyncIterator[data_pb2.Chunk]) -> data_pb2.Chunk | None:
+    async def _next_message(
+        self, me: asyncio.Task[object], chunks: AsyncIterator[data_pb2.Chunk]
+    ) -> data_pb2.Chunk | None:
         """The first chunk of the stream's next message; None when the sender closed its side
-        or this task is closing (a stream between messages holds nothing to finish)."""
-        me = asyncio.current_task()
-        assert me is not None  # grpc.aio runs each call in a task of its own
+        or this task is closing (a stream between messages holds nothing to finish). ``me``:
+        the call's task, which close() cancels while it waits here."""
         self.idle.add(me)
         try:
             return await anext(chunks, None)
@@ -308,7 +311,13 @@ class GrpcTransport:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + s.send_timeout
         payload = Payload.of(msg.weights)  # no copy; raises here on an unsendable tensor
-        late = f"{self.task_id} -> {peer}: not delivered within {s.send_timeout:g}s"
+        try:
+            # the usual case, one attempt on the open stream, without the retry machinery
+            # (building it cost more per message than the rest of the sender's Python)
+            await self._once(peer, msg, payload, deadline)
+            return
+        except _Unavailable as exc:
+            log.info("grpc.retry", peer=peer, details=str(exc), delay=0.0)
 
         def on_retry(exc: BaseException, delay: float) -> None:
             log.info("grpc.retry", peer=peer, details=str(exc), delay=delay)
@@ -317,26 +326,34 @@ class GrpcTransport:
             async for attempt in retrying(
                 initial=s.retry_initial,
                 maximum=s.retry_max,
-                deadline=s.send_timeout,
+                deadline=max(0.0, deadline - loop.time()),
                 retry=lambda exc: isinstance(exc, _Unavailable),
                 on_retry=on_retry,
             ):
                 with attempt:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        raise PeerTimeout(late)
-                    link = await self._link(peer, remaining)
-                    try:
-                        async with asyncio.timeout_at(deadline):
-                            await self._attempt(link, peer, msg, payload)
-                    except TimeoutError as exc:
-                        link.drop()  # the stream is inside the message: unusable
-                        raise PeerTimeout(late) from exc
-                    except _Unavailable:
-                        await self._forget(peer)  # it may come back elsewhere: resolve again
-                        raise
+                    await self._once(peer, msg, payload, deadline)
         except _Unavailable as exc:
-            raise PeerTimeout(f"{late} (last: {exc})") from exc
+            raise PeerTimeout(f"{self._late(peer)} (last: {exc})") from exc
+
+    def _late(self, peer: str) -> str:
+        return f"{self.task_id} -> {peer}: not delivered within {self.settings.send_timeout:g}s"
+
+    async def _once(self, peer: str, msg: Message, payload: Payload, deadline: float) -> None:
+        """One attempt to deliver ``msg`` before ``deadline`` (event-loop time). Raises
+        :class:`_Unavailable` when the peer or the stream is lost (worth another attempt)."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise PeerTimeout(self._late(peer))
+        link = await self._link(peer, remaining)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._attempt(link, peer, msg, payload)
+        except TimeoutError as exc:
+            link.drop()  # the stream is inside the message: unusable
+            raise PeerTimeout(self._late(peer)) from exc
+        except _Unavailable:
+            await self._forget(peer)  # it may come back elsewhere: resolve again
+            raise
 
     async def _attempt(self, link: _Link, peer: str, msg: Message, payload: Payload) -> None:
         """Send ``msg`` once on ``link``'s stream and wait for its receipt."""
