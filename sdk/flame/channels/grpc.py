@@ -8,8 +8,9 @@ its asyncio callbacks were ~35% of a task's CPU). ``send`` writes the message as
 most ``grpc_chunk_bytes`` and returns when the receiver's ``Receipt`` for it arrives, i.e. the
 message sits in the receiver's inbox; only then does the next message to that peer start, so a
 stream carries one message at a time and messages arrive in order. gRPC's flow control gives
-back-pressure. A refused message ends the stream with a status code (raised at the sender as
-:class:`ChannelError`); the next send opens a new stream. When the stream or the peer is lost
+back-pressure. A message the receiver refuses is answered with a refusing ``Receipt`` (raised at
+the sender as :class:`ChannelError`) and the stream goes on; chunks that do not frame whole
+messages end the stream (INVALID_ARGUMENT). When the stream or the peer is lost
 (``UNAVAILABLE``, the stream ended between or inside messages) the sender re-resolves the peer
 and resends with capped backoff until the send timeout; the receiver drops the duplicates this
 may cause.
