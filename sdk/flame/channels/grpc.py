@@ -67,6 +67,7 @@ _LOST = frozenset(
     }
 )
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+STOP_GRACE = 0.5  # seconds a closing task lets calls inside a message finish
 
 
 class _Refused(ChannelError):
@@ -93,6 +94,11 @@ class _Servicer(data_pb2_grpc.DataChannelServicer):
         self._transport = transport
         self.idle: set[asyncio.Task[object]] = set()  # handlers waiting between messages
         self.closing = False
+
+    @property
+    def _stall(self) -> float:
+        """How long a message may pause between its chunks (the senders' send timeout)."""
+        return self._transport.settings.send_timeout
 
     async def Stream(
         self,
@@ -153,7 +159,7 @@ class _Servicer(data_pb2_grpc.DataChannelServicer):
             raise _Refused(grpc.StatusCode.PERMISSION_DENIED, str(exc), unread=True) from exc
         if not fresh:
             # a resend of a message we already have (its receipt was lost): skip it unread
-            await _skip(first, chunks)
+            await _skip(first, chunks, self._stall)
             return data_pb2.Receipt(message_id=first.message_id, bytes_received=0)
         try:
             whole = Reassembly(
@@ -163,7 +169,7 @@ class _Servicer(data_pb2_grpc.DataChannelServicer):
             raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc), unread=True) from exc
         try:
             while not whole.complete:
-                whole.add(await _next_of(first, chunks))
+                whole.add(await _next_of(first, chunks, self._stall))
         except ChannelError as exc:
             raise _Garbled(str(exc)) from exc
         try:
@@ -183,7 +189,7 @@ class _Servicer(data_pb2_grpc.DataChannelServicer):
         context: grpc.aio.ServicerContext[data_pb2.Chunk, data_pb2.Receipt],
     ) -> None:
         try:
-            await _skip(first, chunks)
+            await _skip(first, chunks, self._stall)
         except _Garbled as exc:
             self._rejected(first, exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -194,21 +200,29 @@ class _Servicer(data_pb2_grpc.DataChannelServicer):
         log.warning("message.rejected", channel=env.channel, sender=env.sender, reason=str(exc))
 
 
-async def _next_of(first: data_pb2.Chunk, chunks: AsyncIterator[data_pb2.Chunk]) -> data_pb2.Chunk:
-    """The next chunk of the message ``first`` started; the stream may not end inside it."""
-    chunk = await anext(chunks, None)
+async def _next_of(
+    first: data_pb2.Chunk, chunks: AsyncIterator[data_pb2.Chunk], stall: float
+) -> data_pb2.Chunk:
+    """The next chunk of the message ``first`` started; the stream may not end inside it, nor
+    pause in it for ``stall`` seconds (the sender's send timeout: it has given up by then, and
+    a message left half-sent would keep its buffer as long as the stream stays open)."""
+    try:
+        async with asyncio.timeout(stall):
+            chunk = await anext(chunks, None)
+    except TimeoutError:
+        raise _Garbled(f"message {first.message_id}: no chunk for {stall:g}s inside it") from None
     if chunk is None:
         raise _Garbled(f"message {first.message_id}: the stream ended inside it")
     return chunk
 
 
-async def _skip(first: data_pb2.Chunk, chunks: AsyncIterator[data_pb2.Chunk]) -> None:
+async def _skip(first: data_pb2.Chunk, chunks: AsyncIterator[data_pb2.Chunk], stall: float) -> None:
     """Read past the other chunks of a message without keeping them, checking that they are
     that message's, in order: the stream must still be framed for the message after it."""
     if first.count < 1:
         raise _Garbled(f"message {first.message_id}: bad chunk count")
     for index in range(1, first.count):
-        chunk = await _next_of(first, chunks)
+        chunk = await _next_of(first, chunks, stall)
         if chunk.message_id != first.message_id or chunk.index != index:
             raise _Garbled(
                 f"message {first.message_id}: chunk {chunk.index} of {chunk.message_id} "
@@ -390,7 +404,7 @@ class GrpcTransport:
             self._servicer.closing = True
             for handler in list(self._servicer.idle):
                 handler.cancel()  # a peer's stream between messages: nothing to finish
-            await self._server.stop(grace=0.5)
+            await self._server.stop(grace=STOP_GRACE)
         if self._owns_discovery:
             await self._discovery.close()
 
