@@ -6,6 +6,7 @@ config (``TaskConfig.tls``) or the CLI's settings. No other module picks plainte
 
 from __future__ import annotations
 
+import os
 import ssl
 import tempfile
 from collections.abc import Sequence
@@ -142,6 +143,36 @@ def sync_http_client(
         headers=_headers(token),
         timeout=timeout,
         verify=ssl_context(security),
+        transport=transport,
+        limits=HTTP_LIMITS,
+    )
+
+
+def mlflow_http_client(
+    base_url: str, *, timeout: float = 60.0, transport: httpx.BaseTransport | None = None
+) -> httpx.Client:
+    """A blocking HTTP client for an MLflow tracking server, with the login and TLS settings
+    MLflow's own client reads from the environment: ``MLFLOW_TRACKING_USERNAME`` and
+    ``_PASSWORD`` (or ``_TOKEN``), ``MLFLOW_TRACKING_SERVER_CERT_PATH``,
+    ``MLFLOW_TRACKING_INSECURE_TLS``."""
+    env = os.environ
+    auth: httpx.BasicAuth | None = None
+    headers: dict[str, str] = {}
+    if env.get("MLFLOW_TRACKING_USERNAME") and env.get("MLFLOW_TRACKING_PASSWORD"):
+        auth = httpx.BasicAuth(env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
+    elif env.get("MLFLOW_TRACKING_TOKEN"):
+        headers = _headers(env["MLFLOW_TRACKING_TOKEN"])
+    verify: bool | str = True
+    if env.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        verify = False
+    elif env.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        verify = env["MLFLOW_TRACKING_SERVER_CERT_PATH"]
+    return httpx.Client(
+        base_url=base_url.rstrip("/"),
+        auth=auth,
+        headers=headers,
+        verify=verify,
+        timeout=timeout,
         transport=transport,
         limits=HTTP_LIMITS,
     )

@@ -13,7 +13,6 @@ not a server (``sqlite:///...``, a folder: local simulations) goes through
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,8 @@ from typing import Any, NamedTuple, Protocol
 from urllib.parse import quote, urlparse
 
 import httpx
+
+from flame.connect import mlflow_http_client
 
 API = "/api/2.0/mlflow"
 ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
@@ -88,26 +89,7 @@ class RestStore:
 
     def __init__(self, uri: str, *, transport: httpx.BaseTransport | None = None) -> None:
         self.uri = uri.rstrip("/")
-        env = os.environ
-        auth: httpx.BasicAuth | None = None
-        headers: dict[str, str] = {}
-        if env.get("MLFLOW_TRACKING_USERNAME") and env.get("MLFLOW_TRACKING_PASSWORD"):
-            auth = httpx.BasicAuth(env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
-        elif env.get("MLFLOW_TRACKING_TOKEN"):
-            headers["Authorization"] = f"Bearer {env['MLFLOW_TRACKING_TOKEN']}"
-        verify: bool | str = True
-        if env.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
-            verify = False
-        elif env.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
-            verify = env["MLFLOW_TRACKING_SERVER_CERT_PATH"]
-        self._http = httpx.Client(
-            base_url=self.uri,
-            auth=auth,
-            headers=headers,
-            verify=verify,
-            timeout=60.0,
-            transport=transport,
-        )
+        self._http = mlflow_http_client(self.uri, timeout=60.0, transport=transport)
         self._artifact_uris: dict[str, str] = {}  # run id -> its artifact root
 
     def close(self) -> None:
