@@ -70,7 +70,8 @@ class SenderOrder(Generic[A]):
         spill_dir: str | Path | None = None,
     ) -> None:
         self._add = add
-        self._order = sorted(set(senders))
+        self._members = frozenset(senders)  # membership in O(1): a round may have 10,000
+        self._order = sorted(self._members)
         self._next = 0  # index in _order of the first sender not yet dealt with
         self._held: dict[str, A] = {}
         self._held_bytes = 0
@@ -84,7 +85,7 @@ class SenderOrder(Generic[A]):
 
     def offer(self, answer: A) -> None:
         """``answer`` arrived: add it now if its turn has come, else hold it."""
-        if answer.sender not in self._order:
+        if answer.sender not in self._members:
             raise AggregationError(f"{answer.sender!r} is not a participant of this round")
         size = nbytes(answer.weights) + nbytes(answer.extras)
         if self._held_bytes + size <= self.hold_bytes or self._is_next(answer.sender):
