@@ -477,10 +477,6 @@ class CompositeTracker:
         return result
 
 
-def _FLUSH_DUE() -> None:
-    """Marks a wake-up of :class:`BackgroundTracker`'s worker for a flush that waited."""
-
-
 class BackgroundTracker:
     """Runs another tracker's calls on one worker thread, in order, so tracking I/O (an MLflow
     ``log_batch``, the metrics POST) never sits on the training round's path. When the queue
@@ -506,11 +502,11 @@ class BackgroundTracker:
             wait = max(0.0, due - time.monotonic()) if unsent else None
             try:
                 call = self._calls.get(timeout=wait)
-            except queue.Empty:  # the flush that waited for its time
-                call = _FLUSH_DUE
-            if call is None:
-                return
-            if call is not _FLUSH_DUE:
+            except queue.Empty:
+                pass  # woken for the flush that waited for its time
+            else:
+                if call is None:
+                    return
                 self._run(call)
                 unsent = flush is not None
             if unsent and self._calls.empty() and time.monotonic() >= due:

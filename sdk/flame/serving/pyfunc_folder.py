@@ -33,6 +33,12 @@ def _version(package: str) -> str | None:
         return None
 
 
+def _pinned(package: str) -> str:
+    """``package==<installed version>``, or the bare name when it is not installed."""
+    version = _version(package)
+    return f"{package}=={version}" if version else package
+
+
 def _tensor_spec(example: np.ndarray) -> str:
     """MLflow's schema of a batch of ``example``-like tensors (any number of rows)."""
     shape = [-1, *example.shape[1:]]
@@ -65,8 +71,7 @@ def write_pyfunc_folder(
         saved[name] = {"path": f"artifacts/{src.name}"}
     python = ".".join(map(str, sys.version_info[:3]))
     (dest / "requirements.txt").write_text("\n".join(requirements))
-    build = [f"pip=={_version('pip')}" if _version("pip") else "pip"]
-    build += [f"setuptools=={_version('setuptools')}" if _version("setuptools") else "setuptools"]
+    build = [_pinned("pip"), _pinned("setuptools")]
     (dest / "python_env.yaml").write_text(
         yaml.safe_dump(
             {
