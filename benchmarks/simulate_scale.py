@@ -16,6 +16,7 @@ Targets (reported, never asserted): <= 1.3x the plain loop per round at 10 train
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -36,6 +37,7 @@ from flame import Aggregator, Trainer
 from flame.aggregation import Update, make_strategy
 from flame.channels.factory import ChannelSet
 from flame.plan import expand
+from flame.tensors import to_bytes
 from flame_spec import parse_design, parse_job_spec
 
 HERE = Path(__file__).parent
@@ -150,14 +152,16 @@ def plain_loop(n: int, rounds: int) -> tuple[list[float], list[float]]:
     return walls, cpus
 
 
-def simulated(n: int, rounds: int) -> dict[str, Any]:
+def simulated(n: int, rounds: int, backend: str = "inproc") -> dict[str, Any]:
     """One ``flame.simulate``: wall seconds of each round (its history), CPU seconds of rounds
-    2..R (between the ``on_round`` calls: one thread runs every task), the whole run."""
+    2..R (between the ``on_round`` calls: one thread runs every task; not meaningful on Ray),
+    the whole run, and the SHA-256 of the final weights."""
     marks: list[float] = []
     started = time.perf_counter()
     result = flame.simulate(
         (DESIGN, spec(n, rounds)),
         roles=ROLES,
+        backend=backend,  # type: ignore[arg-type]
         on_round=lambda _: marks.append(time.process_time()),
     )
     whole = time.perf_counter() - started
@@ -166,6 +170,7 @@ def simulated(n: int, rounds: int) -> dict[str, Any]:
         "cpus": [b - a for a, b in itertools.pairwise(marks[:-1])],
         "whole": whole,
         "rounds_done": len(result.history) - 1,
+        "weights_sha256": hashlib.sha256(to_bytes(result.weights)).hexdigest(),
     }
 
 
@@ -218,23 +223,55 @@ def memory_probe(n: int) -> dict[str, Any]:
     }
 
 
-def largest(n: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The largest size: its simulation runs in a fresh process (which measures its memory
-    too), then the plain loop here."""
+def ray_probe(n: int) -> dict[str, Any]:
+    """Run in a fresh process: the same job on a local Ray cluster (one host per CPU), Ray's
+    start included in the whole run."""
+    _quiet()
+    sim = simulated(n, ROUNDS[n], backend="ray")
+    import ray
+
+    return {**sim, "hosts": int(ray.cluster_resources().get("CPU", 1))}
+
+
+def fresh(*args: str) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.simulate_scale", "--memory", str(n)],
+        [sys.executable, "-m", "benchmarks.simulate_scale", *args],
         cwd=HERE.parent,
         capture_output=True,
         text=True,
         check=True,
     )
-    sim = dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def on_ray(n: int, inproc_sha256: str) -> dict[str, Any]:
+    """The largest size over Ray, against the inproc run's final weights."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return {"trainers": n, "skipped": "ray is not installed"}
+    sim = fresh("--ray", str(n))
+    return {
+        "trainers": n,
+        "hosts": sim["hosts"],
+        "rounds_done": sim["rounds_done"],
+        "seconds": round(sim["whole"], 3),
+        "ms_per_round": round(statistics.median(sim["walls"][1:]) * 1000, 1),
+        "same_weights_as_inproc": sim["weights_sha256"] == inproc_sha256,
+    }
+
+
+def largest(n: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The largest size: its simulation runs in a fresh process (which measures its memory
+    too), then the plain loop here."""
+    sim = fresh("--memory", str(n))
     mem = {
         "trainers": n,
         "rounds_done": sim["rounds_done"],
         "seconds": round(sim["whole"], 3),
         "peak_rss_mb": sim["peak_rss_mb"],
         "mb_per_trainer": sim["mb_per_trainer"],
+        "weights_sha256": sim["weights_sha256"],
     }
     return row(n, [plain_loop(n, ROUNDS[n])], [sim]), mem
 
@@ -314,6 +351,8 @@ def main(sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--memory":
         print(json.dumps(memory_probe(int(sys.argv[2]))))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--ray":
+        print(json.dumps(ray_probe(int(sys.argv[2]))))
     else:
         from benchmarks.run import main as run
 

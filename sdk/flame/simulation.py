@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -42,7 +42,7 @@ from flame.roles.loader import load_role_class, make_role
 from flame.roles.topology import topology_of
 from flame.roles.trainer import Trainer
 from flame.rounds import OnRound, RoundReader, RoundTee
-from flame.tensors import Weights, from_bytes
+from flame.tensors import Weights, from_bytes, to_bytes
 from flame.tracking import NullTracker, Tracker, TrackingResult, make_tracker
 from flame_spec import SpecError, dump, parse_design, parse_job_spec
 from flame_spec.privacy import NO_TELEMETRY
@@ -69,6 +69,10 @@ class SimulationResult:
     def final_metrics(self) -> dict[str, Any]:
         return dict(self.history[-1]) if self.history else {}
 
+
+#: Where a simulated job's tasks run: one event loop (inproc, or grpc / mqtt over loopback), or
+#: the processes of a Ray cluster (:mod:`flame.ray_backend`).
+SimBackend = Literal["inproc", "grpc", "mqtt", "ray"]
 
 JobSource = (
     str | Path | JobDir | tuple[DesignSchema | Mapping[str, Any], JobSpec | Mapping[str, Any]]
@@ -97,7 +101,7 @@ def simulate(
     roles: Mapping[str, type[Role]] | None = None,
     datasets: Mapping[str, str] | None = None,
     *,
-    backend: Backend = "inproc",
+    backend: SimBackend = "inproc",
     processes: bool = False,
     workdir: str | Path | None = None,
     track: bool = False,
@@ -106,6 +110,7 @@ def simulate(
     overrides: Mapping[str, Any] | None = None,
     on_round: OnRound | None = None,
     heterogeneity: Heterogeneity | None = None,
+    hosts: int | None = None,
 ) -> SimulationResult:
     """Run ``job`` (a job dir, or ``(design, spec)``) locally; see the module docstring.
 
@@ -116,7 +121,9 @@ def simulate(
     ``<workdir>/checkpoints``; ``overrides`` replaces job spec fields (e.g. ``{"rounds": 3}``);
     ``on_round`` is called with each round's metrics (``{"round": n, ...}``, as in ``history``)
     as soon as the round ends; ``heterogeneity`` simulates unavailable and straggling trainers
-    (:mod:`flame.heterogeneity`; in one process only). Without ``workdir``, a run that needs
+    (:mod:`flame.heterogeneity`; in one process only). ``backend="ray"`` spreads the tasks
+    over ``hosts`` Ray actors (default: one per CPU of the cluster; :mod:`flame.ray_backend`).
+    Without ``workdir``, a run that needs
     a folder (tracking, processes or checkpoints) gets a new one under ``$FLAME_HOME/runs``
     (:mod:`flame.paths`); one that does not writes no file.
     """
@@ -135,6 +142,7 @@ def simulate(
             overrides=overrides,
             on_round=on_round,
             heterogeneity=heterogeneity,
+            hosts=hosts,
         )
     )
 
@@ -144,7 +152,7 @@ async def simulate_async(
     roles: Mapping[str, type[Role]] | None = None,
     datasets: Mapping[str, str] | None = None,
     *,
-    backend: Backend = "inproc",
+    backend: SimBackend = "inproc",
     processes: bool = False,
     workdir: str | Path | None = None,
     track: bool = False,
@@ -153,6 +161,7 @@ async def simulate_async(
     overrides: Mapping[str, Any] | None = None,
     on_round: OnRound | None = None,
     heterogeneity: Heterogeneity | None = None,
+    hosts: int | None = None,
 ) -> SimulationResult:
     # A local run writes only under its folder: no MLflow installation id in the user's config.
     os.environ.update(NO_TELEMETRY)
@@ -162,7 +171,8 @@ async def simulate_async(
             spec = parse_job_spec({**dump(spec), **dict(overrides)})
         except SpecError as exc:
             raise ConfigError(str(exc)) from None
-    spec = spec.model_copy(update={"backend": backend})
+    channels: Backend = "inproc" if backend == "ray" else backend  # inproc inside a Ray host
+    spec = spec.model_copy(update={"backend": channels})
     job_name = _slug(name)
     job_id = job_id or f"local-{job_name}"
     ds = dict(jobdir.datasets if jobdir else {})
@@ -188,20 +198,32 @@ async def simulate_async(
         discovery=discovery,
     )
     started = time.perf_counter()
-    if processes:
+    if backend == "ray" and (processes or heterogeneity is not None):
+        raise ConfigError("backend='ray' runs tasks in Ray's processes, without heterogeneity")
+    if backend == "ray":
+        from flame.ray_backend import run_on_ray
+
+        results = await run_on_ray(
+            configs,
+            _classes(design, roles, jobdir),
+            track=track,
+            on_round=on_round,
+            hosts=hosts,
+        )
+    elif processes:
         if jobdir is None:
             raise ConfigError("processes=True needs a job directory (code is imported per task)")
-        if backend == "inproc":
+        if channels == "inproc":
             raise ConfigError("processes=True needs the grpc or mqtt backend")
         if heterogeneity is not None:
             raise ConfigError("heterogeneity is simulated in one process (processes=False)")
-        results = await _run_processes(configs, jobdir, Path(wd), backend, track, on_round)
+        results = await _run_processes(configs, jobdir, Path(wd), channels, track, on_round)
     else:
         classes = _classes(design, roles, jobdir)
         results = await run_tasks(
             configs,
             classes,
-            backend=backend,
+            backend=channels,
             track=track,
             on_round=on_round,
             heterogeneity=heterogeneity,
@@ -263,11 +285,14 @@ async def run_tasks(
     discovery: Discovery | None = None,
     on_round: OnRound | None = None,
     heterogeneity: Heterogeneity | None = None,
+    wait_all: bool = False,
 ) -> dict[str, RoleResult]:
     """Run every task of a job in this event loop; returns each finished task's result.
 
     The job fails (the top aggregator's error is raised) only when the task that holds the
     result fails; a trainer that dies is the aggregator's business (timeouts, quorum).
+    ``wait_all``: the tasks are a share of a job whose result is held elsewhere (the Ray
+    backend's hosts): every one is waited for, and a failure is logged, not raised.
     """
     if not configs:
         raise ConfigError("the job has no tasks")
@@ -314,10 +339,13 @@ async def run_tasks(
             tid: asyncio.create_task(run_one(tid, r), name=tid) for tid, r in role_objs.items()
         }
         try:
-            await asyncio.wait([tasks[key]])
-            main_error = tasks[key].exception()
+            if wait_all:
+                await asyncio.wait(tasks.values())
+            else:
+                await asyncio.wait([tasks[key]])
+            main_error = None if wait_all else tasks[key].exception()
             others = [t for tid, t in tasks.items() if tid != key]
-            if others:
+            if others and not wait_all:
                 grace = configs[0].job.round_timeout if main_error is None else 1.0
                 _, pending = await asyncio.wait(others, timeout=grace)
                 for t in pending:
@@ -438,15 +466,10 @@ def _deliver(rounds: RoundReader | None, on_round: OnRound | None) -> None:
             log.warning("rounds.callback_failed", error=repr(exc))
 
 
-def write_result(workdir: str | Path, result: RoleResult) -> None:
-    """What ``flame.launch`` leaves in the task's workdir: final weights + history JSON."""
-    from flame.tensors import to_bytes
-
-    folder = Path(workdir)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / RESULT_WEIGHTS).write_bytes(to_bytes(result.weights))
+def result_body(result: RoleResult) -> dict[str, Any]:
+    """A task's result without its weights, as JSON-safe values (what ``result.json`` holds)."""
     tracking = result.tracking.__dict__ if result.tracking is not None else None
-    body = {
+    return {
         "task_id": result.task_id,
         "role": result.role,
         "is_top": result.is_top,
@@ -454,7 +477,28 @@ def write_result(workdir: str | Path, result: RoleResult) -> None:
         "tracking": tracking,
         "report": result.report,
     }
-    (folder / RESULT_JSON).write_text(json.dumps(body, indent=1, default=str))
+
+
+def result_from(body: Mapping[str, Any], weights: bytes) -> RoleResult:
+    """The inverse of :func:`result_body` and :func:`flame.tensors.to_bytes` of the weights."""
+    tracking = TrackingResult(**body["tracking"]) if body.get("tracking") else None
+    return RoleResult(
+        task_id=body["task_id"],
+        role=body["role"],
+        is_top=body["is_top"],
+        weights=from_bytes(weights),
+        history=body["history"],
+        tracking=tracking,
+        report=body.get("report") or {},
+    )
+
+
+def write_result(workdir: str | Path, result: RoleResult) -> None:
+    """What ``flame.launch`` leaves in the task's workdir: final weights + history JSON."""
+    folder = Path(workdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RESULT_WEIGHTS).write_bytes(to_bytes(result.weights))
+    (folder / RESULT_JSON).write_text(json.dumps(result_body(result), indent=1, default=str))
 
 
 def read_result(workdir: str | Path) -> RoleResult | None:
@@ -462,14 +506,4 @@ def read_result(workdir: str | Path) -> RoleResult | None:
     if not (folder / RESULT_JSON).exists():
         return None
     body = json.loads((folder / RESULT_JSON).read_text())
-    weights = from_bytes((folder / RESULT_WEIGHTS).read_bytes())
-    tracking = TrackingResult(**body["tracking"]) if body.get("tracking") else None
-    return RoleResult(
-        task_id=body["task_id"],
-        role=body["role"],
-        is_top=body["is_top"],
-        weights=weights,
-        history=body["history"],
-        tracking=tracking,
-        report=body.get("report") or {},
-    )
+    return result_from(body, (folder / RESULT_WEIGHTS).read_bytes())

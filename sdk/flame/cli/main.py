@@ -87,6 +87,7 @@ class Backend(StrEnum):
     inproc = "inproc"
     grpc = "grpc"
     mqtt = "mqtt"
+    ray = "ray"
 
 
 class RunOutput(StrEnum):
@@ -103,9 +104,9 @@ def run(
             "--local", exists=True, file_okay=False, help="job folder: design, spec and code"
         ),
     ],
-    backend: Annotated[Backend, typer.Option(help="channel backend of the simulation")] = (
-        Backend.inproc
-    ),
+    backend: Annotated[
+        Backend, typer.Option(help="channel backend of the simulation (ray: over a Ray cluster)")
+    ] = (Backend.inproc),
     processes: Annotated[bool, typer.Option(help="one process per role instance")] = False,
     rounds: Annotated[int | None, typer.Option(min=1, help="override the spec's rounds")] = None,
     track: Annotated[bool, typer.Option(help="log to MLflow")] = True,

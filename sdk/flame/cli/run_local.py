@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from flame.config import Backend
-from flame.simulation import SimulationResult, simulate
+from flame.simulation import SimBackend, SimulationResult, simulate
 
 SHOWN = ("accuracy", "loss", "trainers", "round_time")
 
@@ -42,7 +41,7 @@ def tracking_store(result: SimulationResult) -> str | None:
 
 def run_local_command(
     job_dir: str | Path,
-    backend: Backend = "inproc",
+    backend: SimBackend = "inproc",
     processes: bool = False,
     *,
     workdir: str | Path | None = None,

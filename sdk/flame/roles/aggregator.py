@@ -780,8 +780,9 @@ class Aggregator(Role):
     @tasklet
     def aggregate(self) -> None:
         fold, self._fold, self._order = self._fold, None, None  # this round's, used up here
-        items = [(r.metrics, r.eval_samples) for r in self.received]
-        self.round_metrics = weighted_metrics(items)
+        # in sender order, as the fold: the same figures to the last bit however they arrived
+        ordered = sorted(self.received, key=lambda r: r.sender)
+        self.round_metrics = weighted_metrics([(r.metrics, r.eval_samples) for r in ordered])
         contributors = sum(r.trainers for r in self.received)
         self.round_metrics["trainers"] = float(contributors)
         self.prev_weights = self.global_weights

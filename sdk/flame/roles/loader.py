@@ -18,13 +18,25 @@ from flame.tracking import Tracker
 _BASES: set[str] = {"Role", "Trainer", "Aggregator", "Coordinator", "AsyncAggregator"}
 
 
+USER_MODULE_PREFIX = "flame_user_"  # the modules load_role_class makes of users' files
+
+
+def code_file_of(cls: type[Role]) -> Path | None:
+    """The file ``cls`` was imported from by :func:`load_role_class`, if it was (such a module
+    is not importable by name in another process: that process loads the file again)."""
+    module = sys.modules.get(cls.__module__)
+    if not cls.__module__.startswith(USER_MODULE_PREFIX) or module is None:
+        return None
+    return Path(module.__file__) if module.__file__ else None
+
+
 def load_role_class(main_py: str | Path) -> type[Role]:
     """Import ``main_py`` and return the single :class:`Role` subclass defined in it."""
     path = Path(main_py).resolve()
     if not path.is_file():
         raise ConfigError(f"role code {path} does not exist")
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
-    name = f"flame_user_{path.parent.name.replace('-', '_')}_{digest}"
+    name = f"{USER_MODULE_PREFIX}{path.parent.name.replace('-', '_')}_{digest}"
     module = sys.modules.get(name)
     if module is None:
         spec = importlib.util.spec_from_file_location(name, path)

@@ -1,0 +1,276 @@
+"""``flame.simulate(..., backend="ray")``: one simulated job spread over the processes of a Ray
+cluster, for simulations larger than one process.
+
+The job's tasks are split over ``hosts`` Ray actors (default: one per CPU of the cluster). Every
+task without a dataset (aggregators, coordinators) lives on host 0, and the trainers are shared
+out evenly. Inside a host the tasks run as under ``backend="inproc"``: one event loop, one hub.
+A message for a task on another host is encoded once (the envelope the grpc and mqtt backends
+carry), queued for that host, and handed over in batches: one actor call carries everything
+queued for a host while the previous call was under way, so a broadcast to 5,000 trainers of
+another host is one call, and the model's bytes cross once per host. The receiving host decodes
+each envelope once and gives each receiver its own copy of the tensors, as inproc does.
+
+The aggregator folds updates in sender order (:mod:`flame.roles.folding`), so where the trainers
+run changes nothing: the final weights are inproc's, bit for bit, for the same job and seed.
+
+Which cluster: the one ``ray.init`` was called for; without that call, a local one is started
+(no dashboard, no usage statistics) and lives until the process exits, so later runs reuse it.
+Only bytes, JSON text and the role classes cross Ray, whose own protocol is pickle between the
+processes of one cluster: the cluster must be the user's own (whoever reaches a Ray cluster runs
+code on it). Heterogeneity is simulated in one process only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import structlog
+
+from flame.channels.inproc import InprocHub
+from flame.config import TaskConfig
+from flame.errors import ChannelError, ConfigError, FlameError
+from flame.messages import Message
+from flame.roles.base import Role, RoleResult
+from flame.roles.loader import code_file_of, load_role_class
+from flame.rounds import OnRound
+from flame.tensors import to_bytes
+from flame_spec.privacy import NO_TELEMETRY
+
+log = structlog.get_logger(__name__)
+
+#: What one message for another host is in transit: (receiver task id, encoded envelope).
+Parcel = tuple[str, bytes]
+#: Per role name, its class, or the file each host imports it from (see :func:`portable`).
+Roles = Mapping[str, type[Role] | str]
+
+ROUNDS_POLL = 0.2  # seconds between two looks at the top aggregator's new rounds
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "backend='ray' needs Ray: pip install 'flame-sdk[ray]' (or pip install ray)"
+        ) from None
+    return ray
+
+
+def place(configs: Sequence[TaskConfig], hosts: int) -> list[list[TaskConfig]]:
+    """Tasks without a dataset on host 0, the others shared out in turn (host 0 first)."""
+    shares: list[list[TaskConfig]] = [[] for _ in range(hosts)]
+    data = [c for c in configs if c.dataset is not None]
+    shares[0].extend(c for c in configs if c.dataset is None)
+    for i, cfg in enumerate(data):
+        shares[i % hosts].append(cfg)
+    return [s for s in shares if s]
+
+
+def portable(classes: Mapping[str, type[Role]]) -> dict[str, type[Role] | str]:
+    """What each host can rebuild the role classes from: a class that
+    :func:`~flame.roles.loader.load_role_class` imported from a file goes as that file's path
+    (its module exists only in this process); any other goes as itself (Ray pickles an
+    importable class by name, and one of ``__main__`` by value)."""
+    out: dict[str, type[Role] | str] = {}
+    for name, cls in classes.items():
+        path = code_file_of(cls)
+        out[name] = str(path) if path is not None else cls
+    return out
+
+
+class RayHub(InprocHub):
+    """The inproc hub of one host; a receiver on another host gets the message through Ray."""
+
+    def __init__(self, job_id: str, here: int, where: Mapping[str, int], hosts: Sequence[Any]):
+        super().__init__(job_id)
+        self._here = here
+        self._where = where
+        self._hosts = hosts
+        self._queues: dict[int, list[Parcel]] = {}
+        self._encoded: dict[int, dict[str, bytes]] = {}  # host -> message id -> envelope
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    def deliver(self, receiver: str, msg: Message) -> None:
+        host = self._where.get(receiver, self._here)
+        if host == self._here:
+            super().deliver(receiver, msg)
+            return
+        # encoded now, as the sender's tensors are now (it may train on them in place next)
+        encoded = self._encoded.setdefault(host, {})
+        data = encoded.get(msg.message_id)
+        if data is None:
+            data = encoded[msg.message_id] = msg.encode()
+        queue = self._queues.get(host)
+        if queue is None:  # nothing on its way to that host: start a hand-over
+            queue = self._queues[host] = []
+            task = asyncio.get_running_loop().create_task(self._hand_over(host))
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+        queue.append((receiver, data))
+
+    async def _hand_over(self, host: int) -> None:
+        """Send what is queued for ``host``, one call at a time, until nothing is."""
+        while self._queues.get(host):
+            batch = self._queues[host]
+            self._queues[host] = []
+            self._encoded.pop(host, None)
+            try:
+                await self._hosts[host].deliver.remote(batch)
+            except Exception as exc:  # the host is gone: its tasks miss these, as on a wire
+                log.warning("ray.delivery_failed", host=host, messages=len(batch), error=repr(exc))
+        self._queues.pop(host, None)
+
+    def deliver_parcels(self, parcels: Sequence[Parcel]) -> None:
+        """Messages from another host, for tasks of this one."""
+        decoded: dict[int, Message] = {}  # one decode per envelope (a batch shares its bytes)
+        for receiver, data in parcels:
+            try:
+                msg = decoded.get(id(data))
+                if msg is None:
+                    msg = decoded[id(data)] = Message.decode(data)
+                super().deliver(receiver, msg)
+            except ChannelError as exc:
+                log.warning("ray.message_dropped", receiver=receiver, error=str(exc))
+
+
+class TaskHost:
+    """One Ray actor's share of the job's tasks (made a Ray actor class by :func:`run_on_ray`)."""
+
+    def __init__(self, index: int, job_id: str, log_level: int | None = None) -> None:
+        os.environ.update(NO_TELEMETRY)
+        if log_level is not None:  # the driver's level (flame.logs), else structlog's default
+            structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(log_level))
+        self.index = index
+        self.job_id = job_id
+        self.hub: RayHub | None = None
+        self.rounds: list[dict[str, Any]] = []
+
+    def connect(self, hosts: list[Any], where: dict[str, int]) -> None:
+        self.hub = RayHub(self.job_id, self.index, where, hosts)
+
+    async def deliver(self, parcels: list[Parcel]) -> None:
+        assert self.hub is not None, "connect first"
+        self.hub.deliver_parcels(parcels)
+
+    def rounds_from(self, start: int) -> list[dict[str, Any]]:
+        return self.rounds[start:]
+
+    async def run(
+        self, configs: list[str], roles: Roles, track: bool, lead: bool
+    ) -> list[tuple[dict[str, Any], bytes]]:
+        """Run this host's tasks (``configs``: each a TaskConfig's JSON); ``lead``: this host
+        holds the job's result, so its end ends the run (else every task is waited for)."""
+        from flame.simulation import result_body, run_tasks
+
+        tasks = [TaskConfig.model_validate_json(c) for c in configs]
+        classes = {
+            name: load_role_class(cls) if isinstance(cls, str) else cls
+            for name, cls in roles.items()
+        }
+        results = await run_tasks(
+            tasks,
+            classes,
+            backend="inproc",
+            track=track,
+            hub=self.hub,
+            on_round=self.rounds.append if lead else None,
+            wait_all=not lead,
+        )
+        return [(result_body(r), to_bytes(r.weights)) for r in results.values()]
+
+
+async def run_on_ray(
+    configs: list[TaskConfig],
+    classes: Mapping[str, type[Role]],
+    *,
+    track: bool = False,
+    on_round: OnRound | None = None,
+    hosts: int | None = None,
+) -> dict[str, RoleResult]:
+    """Run the job's tasks over ``hosts`` Ray actors; returns each finished task's result."""
+    from flame.simulation import result_from
+
+    ray = _ray()
+    if not ray.is_initialized():
+        os.environ.update(NO_TELEMETRY)
+        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=True)
+    cpus = max(1.0, float(ray.cluster_resources().get("CPU", 1)))
+    wanted = hosts or int(cpus)
+    if wanted < 1:
+        raise ConfigError(f"hosts must be at least 1, not {wanted}")
+    shares = place(configs, wanted)
+    where = {c.task_id: i for i, share in enumerate(shares) for c in share}
+    actor = ray.remote(num_cpus=min(1.0, cpus / len(shares)))(TaskHost)
+    level = logging.getLogger().getEffectiveLevel() if structlog.is_configured() else None
+    handles = [actor.remote(i, configs[0].job_id, level) for i in range(len(shares))]
+    roles = portable(classes)
+    job = configs[0].job
+    rounds = _Rounds(handles[0], on_round) if on_round is not None else None
+    follower = asyncio.create_task(rounds.follow()) if rounds is not None else None
+    try:
+        await asyncio.gather(*(h.connect.remote(handles, where) for h in handles))
+        texts = [[c.model_dump_json(by_alias=True) for c in share] for share in shares]
+        runs = [
+            asyncio.ensure_future(h.run.remote(text, roles, track, i == 0))
+            for i, (h, text) in enumerate(zip(handles, texts, strict=True))
+        ]
+        try:
+            await asyncio.wait_for(runs[0], timeout=job.max_run_time)
+        except TimeoutError:
+            raise FlameError(
+                f"the job did not end within max_run_time ({job.max_run_time} s)"
+            ) from None
+        if runs[1:]:
+            await asyncio.wait(runs[1:], timeout=job.round_timeout)
+    finally:
+        if follower is not None:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+        if rounds is not None:
+            await rounds.pull()  # what the top aggregator logged after the last look
+        for h in handles:
+            ray.kill(h)
+    packed: list[tuple[dict[str, Any], bytes]] = []
+    for i, run in enumerate(runs):
+        if not run.done():
+            log.warning("ray.host_unfinished", host=i)
+            continue
+        try:
+            packed.extend(run.result())
+        except ray.exceptions.RayTaskError as exc:
+            if i == 0:  # the top aggregator's own error, raised as inproc raises it
+                raise exc.cause from None
+            log.warning("ray.host_failed", host=i, error=str(exc.cause))
+    results = [result_from(body, weights) for body, weights in packed]
+    return {r.task_id: r for r in results}
+
+
+class _Rounds:
+    """The top aggregator's rounds, handed to ``on_round`` in this process as they end."""
+
+    def __init__(self, host: Any, on_round: OnRound) -> None:
+        self.host = host
+        self.on_round = on_round
+        self.seen = 0
+
+    async def pull(self) -> None:
+        try:
+            entries = await self.host.rounds_from.remote(self.seen)
+        except Exception as exc:
+            log.warning("rounds.unreadable", error=repr(exc))
+            return
+        for entry in entries:
+            self.seen += 1
+            try:
+                self.on_round(entry)
+            except Exception as exc:
+                log.warning("rounds.callback_failed", error=repr(exc))
+
+    async def follow(self) -> None:
+        while True:
+            await self.pull()
+            await asyncio.sleep(ROUNDS_POLL)
