@@ -50,9 +50,18 @@ class Outbox:
             self._refill()
         return self._memory[0] if self._memory else None
 
-    def pop(self) -> None:
-        """The oldest batch was acknowledged."""
-        if self.peek() is not None:
+    def peek_many(self, limit: int) -> list[Batch]:
+        """The oldest batches not yet acknowledged, at most ``limit`` (at least the oldest one
+        when there is one; fewer than ``limit`` may be in memory)."""
+        if self.peek() is None:
+            return []
+        return [self._memory[i] for i in range(min(limit, len(self._memory)))]
+
+    def pop(self, count: int = 1) -> None:
+        """The oldest ``count`` batches were acknowledged."""
+        for _ in range(count):
+            if self.peek() is None:
+                return
             self._memory.popleft()
 
     def _refill(self) -> None:

@@ -322,19 +322,25 @@ class _NotAccepted(Exception):
 
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+MAX_REPORT_METRICS = 10_000  # values per request the apiserver takes
+MERGED_BATCHES = 256  # rounds per request at most
 
 
 class ControlPlaneReporter:
     """Sends round metrics (and at the end the run/model URIs) to the apiserver so that
     ``flamectl job watch`` shows the curve.
 
-    Nothing reported is dropped: every batch goes into an :class:`~flame.outbox.Outbox` and
-    leaves it only once the control plane acknowledged it. A batch it does not take now (a
-    transport error, 429 or 5xx while it restarts) stays, in order, and is sent again with
+    Nothing reported is dropped: every round's batch goes into an :class:`~flame.outbox.Outbox`
+    and leaves it only once the control plane acknowledged it. :meth:`flush` sends what waits,
+    the rounds since the last one merged into one request (up to ``MAX_REPORT_METRICS``
+    values): a job of short rounds costs the control plane a request per flush, not per round
+    (:class:`CompositeTracker` flushes at most once a second). A request it does not take now
+    (a transport error, 429 or 5xx while it restarts) stays, in order, and is sent again with
     capped, jittered backoff on later calls; :meth:`finish` keeps trying up to
     ``drain_timeout`` seconds. The control plane keeps one value per task, metric and step, so
-    a batch sent twice (acknowledged, but the answer was lost) counts once. A batch it refuses
-    (4xx: it would be refused again) is logged and dropped. Calls never sleep except in
+    a batch sent twice (acknowledged, but the answer was lost) counts once. A round it refuses
+    (4xx: it would be refused again) is logged and dropped, and only that round: when a merged
+    request is refused, its rounds go again one by one. Calls never sleep except in
     :meth:`finish`, so the round path (or the worker thread it runs on) is never held up.
     Batches beyond ``memory_limit`` wait in ``spill`` (a file in the task's folder)."""
 
@@ -362,9 +368,11 @@ class ControlPlaneReporter:
         self._drain_timeout = drain_timeout
         self._clock = clock
         self._sleep = sleep
+        self._one_by_one = 0  # the next batches go alone (a merged request was refused)
 
-    def _post(self, body: dict[str, Any]) -> None:
-        """Send one batch; :class:`_NotAccepted` when it is worth sending again."""
+    def _post(self, body: dict[str, Any]) -> bool:
+        """Send one request: True when taken, False when refused; :class:`_NotAccepted` when
+        it is worth sending again."""
         try:
             resp = self.http.post(self.path, json=body)
         except httpx.TransportError as exc:
@@ -373,25 +381,53 @@ class ControlPlaneReporter:
             raise _NotAccepted(f"HTTP {resp.status_code}")
         if resp.status_code >= 400:
             log.warning("metrics.refused", status=resp.status_code, body=resp.text[:200])
+            return False
+        return True
+
+    def _next(self) -> tuple[dict[str, Any], int]:
+        """The next request: the oldest batch, with the rounds after it merged in (metrics
+        only, up to ``MAX_REPORT_METRICS`` values), and how many batches it holds."""
+        batches = self.outbox.peek_many(1 if self._one_by_one else MERGED_BATCHES)
+        merged: list[dict[str, Any]] = []
+        count = 0
+        for batch in batches:
+            if batch.keys() != {"metrics"}:
+                break
+            if len(merged) + len(batch["metrics"]) > MAX_REPORT_METRICS:
+                break
+            merged.extend(batch["metrics"])
+            count += 1
+        if count <= 1:
+            return batches[0], 1
+        return {"metrics": merged}, count
 
     def _flush(self) -> bool:
         """Send what waits, oldest first, until one is not accepted; True when all went."""
-        while (batch := self.outbox.peek()) is not None:
+        while len(self.outbox):
+            body, count = self._next()
             try:
-                self._post(batch)
+                taken = self._post(body)
             except _NotAccepted as exc:
                 delay = self._backoff.next()
                 self._next_try = self._clock() + delay
                 log.info("metrics.report_retry", error=str(exc), waiting=len(self.outbox))
                 return False
-            self.outbox.pop()
             self._backoff.reset()
+            if not taken and count > 1:  # one of them is refused: each goes on its own
+                self._one_by_one = count
+                continue
+            self.outbox.pop(count)
+            self._one_by_one = max(0, self._one_by_one - count)
         return True
+
+    def flush(self) -> None:
+        """Send what waits, unless a refusal's backoff has not run out."""
+        if self._clock() >= self._next_try:
+            self._flush()
 
     def _report(self, body: dict[str, Any]) -> None:
         self.outbox.put(body)
-        if self._clock() >= self._next_try:
-            self._flush()
+        self.flush()
 
     def start(self, params: dict[str, Any], tags: dict[str, str]) -> None:
         return None
@@ -402,7 +438,7 @@ class ControlPlaneReporter:
             for k, v in metrics.items()
             if math.isfinite(v)
         ]
-        self._report({"metrics": items})
+        self.outbox.put({"metrics": items})  # sent by the next flush
 
     def offer_model(self, rnd: int, weights: Weights, metrics: dict[str, float]) -> None:
         return None
@@ -439,6 +475,9 @@ class ControlPlaneReporter:
 #: How often a job's round metrics (and system samples) go to MLflow at most: its UI refreshes
 #: no faster, and a 20-round job of 3 ms rounds then costs the tracking server a few requests.
 MLFLOW_FLUSH_SECONDS = 1.0
+#: The same for the control plane's copy (``flamectl job watch``, the dashboard's curves): a
+#: request per round was two services' work per round on the cores the rounds run on.
+REPORT_FLUSH_SECONDS = 1.0
 
 
 class CompositeTracker:
@@ -449,7 +488,11 @@ class CompositeTracker:
     def __init__(self, primary: Tracker, reporter: ControlPlaneReporter | None) -> None:
         self.primary = BackgroundTracker(primary, flush_every=MLFLOW_FLUSH_SECONDS)
         self.reporter = reporter
-        self._reports = BackgroundTracker(reporter) if reporter is not None else None
+        self._reports = (
+            BackgroundTracker(reporter, flush_every=REPORT_FLUSH_SECONDS)
+            if reporter is not None
+            else None
+        )
 
     def start(self, params: dict[str, Any], tags: dict[str, str]) -> None:
         self.primary.start(params, tags)

@@ -71,10 +71,26 @@ def test_batches_refused_with_503_are_kept_and_sent_again_in_order(api: Api) -> 
     r = reporter(api.url)
     for step in range(5):
         r.log_round(step, {"accuracy": step / 10})
+        r.flush()  # the control plane is restarting: every round waits
     r.finish()
     assert api.steps() == [0, 1, 2, 3, 4]
-    assert [b["metrics"][0]["value"] for b in api.accepted] == [0.0, 0.1, 0.2, 0.3, 0.4]
+    assert [m["value"] for b in api.accepted for m in b["metrics"]] == [0.0, 0.1, 0.2, 0.3, 0.4]
     assert len(r.outbox) == 0
+
+
+def test_the_rounds_since_the_last_flush_go_in_one_request() -> None:
+    api = Api()
+    try:
+        r = reporter(api.url)
+        for step in range(30):
+            r.log_round(step, {"accuracy": step / 100, "loss": 1.0})
+        r.flush()
+        r.log_round(30, {"accuracy": 0.3})
+        r.finish()
+        assert api.requests == 2
+        assert api.steps() == [s for s in range(30) for _ in range(2)] + [30]
+    finally:
+        api.close()
 
 
 def test_reporting_never_waits_for_a_control_plane_that_is_down(tmp_path: Path) -> None:
@@ -105,14 +121,15 @@ def test_reporting_never_waits_for_a_control_plane_that_is_down(tmp_path: Path) 
         api.close()
 
 
-def test_a_refused_batch_is_dropped_and_the_rest_go_on() -> None:
-    api = Api(script=[400])
+def test_a_refused_round_is_dropped_and_the_rest_go_on() -> None:
+    # the merged request is refused, then (sent alone) round 0; rounds 1 and 2 are taken
+    api = Api(script=[400, 400])
     try:
         r = reporter(api.url)
-        r.log_round(0, {"accuracy": 0.1})
-        r.log_round(1, {"accuracy": 0.2})
+        for step in range(3):
+            r.log_round(step, {"accuracy": step / 10})
         r.finish()
-        assert api.steps() == [1] and api.requests == 2
+        assert api.steps() == [1, 2] and api.requests == 4
     finally:
         api.close()
 
