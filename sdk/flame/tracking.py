@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -433,8 +434,9 @@ class ControlPlaneReporter:
         return None
 
     def log_round(self, rnd: int, metrics: dict[str, float]) -> None:
+        at = datetime.now(UTC).isoformat()  # when the round ended, not when the flush went
         items = [
-            {"key": k, "value": float(v), "step": rnd}
+            {"key": k, "value": float(v), "step": rnd, "at": at}
             for k, v in metrics.items()
             if math.isfinite(v)
         ]

@@ -691,6 +691,9 @@ class NewMetric(Request):
     key: Annotated[str, Field(min_length=1, max_length=250)]
     value: float = Field(allow_inf_nan=False)
     step: Int53 = 0
+    at: datetime | None = Field(
+        None, strict=False, description="when it was measured (default: when it arrives)"
+    )
 
 
 class ReportMetrics(Request):

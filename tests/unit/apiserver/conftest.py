@@ -156,6 +156,10 @@ class FakeControlPlane(control_pb2_grpc.ControlPlaneServicer):
         self._record("AppendLogs", request, context)
         return control_pb2.Empty()
 
+    async def ReportMetrics(self, request, context):
+        self._record("ReportMetrics", request, context)
+        return control_pb2.Empty()
+
 
 @dataclass
 class Api:

@@ -224,6 +224,21 @@ async def test_agent_logs_are_forwarded_with_timestamps(api) -> None:
     assert_problem(bad, 422, "invalid_argument")
 
 
+async def test_agent_metrics_are_forwarded_with_the_time_they_were_measured(api) -> None:
+    metrics = [
+        {"key": "accuracy", "value": 0.9, "step": 3, "at": "2026-01-02T03:04:05Z"},
+        {"key": "loss", "value": 0.1, "step": 3},
+    ]
+    resp = await api.call(
+        "POST", "/v1/agent/tasks/t-1/metrics", token="flm_node_n1", json={"metrics": metrics}
+    )
+    assert resp.status_code == 204, resp.text
+    _, _, request = api.fake.calls[-1]
+    assert [(m.key, m.step) for m in request.metrics] == [("accuracy", 3), ("loss", 3)]
+    assert request.metrics[0].at.seconds == 1767323045
+    assert not request.metrics[1].HasField("at")
+
+
 async def test_job_logs_filter_by_source_node_and_level_and_report_dropped(api) -> None:
     resp = await api.call(
         "GET", "/v1/jobs/j-1/logs?source=controller&node_id=n-1&level=warning&after_seq=2"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -462,6 +462,33 @@ async def test_a_metrics_report_sent_again_counts_once(world: World) -> None:
         ("accuracy", 0.7, 1),
         ("accuracy", 0.8, 2),
     ]
+
+
+async def test_a_metric_keeps_the_time_its_round_ended_but_never_a_future_one(
+    world: World,
+) -> None:
+    # the reporter sends rounds in batches: each metric carries when it was measured
+    ctx = world.ctx
+    aggregator = await tokens.authenticate(
+        ctx, await tokens.issue_task_credential(ctx, world.job.id)
+    )
+    measured = datetime.now(UTC) - timedelta(seconds=30)
+    ahead = datetime.now(UTC) + timedelta(days=1)  # a node whose clock runs ahead
+    await agent.report_metrics(
+        ctx,
+        aggregator,
+        task_id=world.aggregator.id,
+        metrics=[
+            NewMetric("accuracy", 0.5, 1, at=measured),
+            NewMetric("accuracy", 0.6, 2, at=ahead),
+        ],
+        run_uri="",
+        model_uri="",
+    )
+    after = datetime.now(UTC)
+    first, second = (await agent.get_metrics(ctx, world.alice, world.job.id)).metrics
+    assert abs((first.at - measured).total_seconds()) < 0.01
+    assert second.at <= after
 
 
 async def test_endpoints_for_grpc_discovery(world: World) -> None:

@@ -356,8 +356,9 @@ def test_control_plane_metrics_do_not_wait_for_a_slow_mlflow() -> None:
     posted: list[dict] = []
 
     class Reporter(ControlPlaneReporter):
-        def _post(self, body: dict) -> None:
+        def _post(self, body: dict) -> bool:
             posted.append(body)
+            return True
 
     mlflow = SlowMlflow()
     tracker = CompositeTracker(mlflow, Reporter("http://api", "token", "agg-0"))
@@ -366,7 +367,8 @@ def test_control_plane_metrics_do_not_wait_for_a_slow_mlflow() -> None:
     deadline = time.monotonic() + 10
     while not posted and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert posted == [{"metrics": [{"key": "accuracy", "value": 0.5, "step": 0}]}]
+    (sent,) = posted
+    assert [(m["key"], m["value"], m["step"]) for m in sent["metrics"]] == [("accuracy", 0.5, 0)]
     assert mlflow.calls == []  # MLflow is still starting
     mlflow.release.set()
     result = tracker.finish()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Path, Response
@@ -86,6 +87,12 @@ async def report_status(task_id: TaskId, body: TaskStatus, caller: NodeCaller, c
     return Task.from_pb(await ctl.call(ctl.stub.ReportTaskStatus, req, caller))
 
 
+def _timestamp(at: datetime) -> Timestamp:
+    value = Timestamp()
+    value.FromDatetime(at)
+    return value
+
+
 @router.post("/agent/logs", status_code=204, response_class=Response)
 async def append_logs(body: AppendLogs, caller: NodeCaller, ctl: Ctl) -> None:
     lines = []
@@ -94,9 +101,7 @@ async def append_logs(body: AppendLogs, caller: NodeCaller, ctl: Ctl) -> None:
             task_id=item.task_id, stream=item.stream, line=item.line, mark=item.mark
         )
         if item.at is not None:
-            at = Timestamp()
-            at.FromDatetime(item.at)
-            line.at.CopyFrom(at)
+            line.at.CopyFrom(_timestamp(item.at))
         lines.append(line)
     await ctl.call(ctl.stub.AppendLogs, control_pb2.AppendLogsRequest(lines=lines), caller)
 
@@ -112,7 +117,12 @@ async def report_metrics(
 ) -> None:
     req = control_pb2.MetricsReport(
         task_id=task_id,
-        metrics=[control_pb2.Metric(key=m.key, value=m.value, step=m.step) for m in body.metrics],
+        metrics=[
+            control_pb2.Metric(
+                key=m.key, value=m.value, step=m.step, at=_timestamp(m.at) if m.at else None
+            )
+            for m in body.metrics
+        ],
         run_uri=body.run_uri,
         model_uri=body.model_uri,
     )

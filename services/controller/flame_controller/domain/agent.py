@@ -243,7 +243,7 @@ async def report_metrics(
                 key=m.key,
                 value=m.value,
                 step=m.step,
-                at=m.at or now,
+                at=min(m.at, now) if m.at else now,  # when the round ended, by the task's clock
             )
         )
     if records:
