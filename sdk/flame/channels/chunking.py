@@ -5,11 +5,16 @@ The payload is safetensors bytes (the same format :func:`flame.tensors.to_bytes`
 
 * the sender writes the safetensors header and then slices each array's own memory into chunks
   (:func:`chunks_of`), so sending costs one chunk of extra memory, not a copy of the model;
-* the receiver writes chunks into one preallocated ``bytearray`` (:class:`Reassembly`) and
-  parses the tensors as writable views into it (:func:`parse_safetensors`): one copy in total.
+  each serialised chunk is written in one copy from the arrays (protobuf would copy the data
+  into a ``Chunk`` and again when serialising it);
+* the receiver reads a serialised chunk's fields but leaves its data where it arrived
+  (:func:`decode_chunk`: a view, not protobuf's two copies), writes it into one buffer of the
+  announced size (:class:`Reassembly`) and parses the tensors as writable views into that
+  buffer (:func:`parse_safetensors`): one copy in total.
 
 Chunk 0 carries the envelope header (an ``Envelope`` with an empty payload) and ``count``,
-``total_bytes``; every chunk carries the next part of the payload, in order.
+``total_bytes``; every chunk carries the next part of the payload, in order. On the wire a
+chunk is an ordinary serialised ``data_pb2.Chunk`` (any protobuf library reads and writes it).
 """
 
 from __future__ import annotations
@@ -78,8 +83,9 @@ class Payload:
         parts = (memoryview(prefix), *(_bytes_of(arr) for _, arr in arrays if arr.size))
         return cls(parts, len(prefix) + offset)
 
-    def pieces(self, size: int) -> Iterator[bytes]:
-        """The payload in pieces of exactly ``size`` bytes (the last may be shorter)."""
+    def pieces(self, size: int) -> Iterator[list[memoryview]]:
+        """The payload in pieces of exactly ``size`` bytes (the last may be shorter), each as
+        views of the parts it spans (nothing is copied)."""
         pending: list[memoryview] = []
         pending_len = 0
         for part in self.parts:
@@ -90,10 +96,10 @@ class Payload:
                 pending_len += take
                 pos += take
                 if pending_len == size:
-                    yield b"".join(pending)
+                    yield pending
                     pending, pending_len = [], 0
         if pending_len:
-            yield b"".join(pending)
+            yield pending
 
 
 def _bytes_of(arr: np.ndarray) -> memoryview:
@@ -101,36 +107,139 @@ def _bytes_of(arr: np.ndarray) -> memoryview:
     return memoryview(arr.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
+def chunk_count(total_bytes: int, chunk_bytes: int) -> int:
+    """How many chunks :func:`chunks_of` makes of a payload of ``total_bytes``."""
+    return max(1, math.ceil(total_bytes / chunk_bytes))
+
+
+_DATA = 6  # data_pb2.Chunk's data field: the last, so protobuf serialises it last too
+_DATA_TAG = bytes([_DATA << 3 | 2])  # its key (length-delimited)
+
+
 def chunks_of(
     msg: Message, receiver: str, chunk_bytes: int, payload: Payload | None = None
-) -> Iterator[data_pb2.Chunk]:
-    """``msg`` for ``receiver`` as chunks of at most ``chunk_bytes`` payload bytes each.
+) -> Iterator[bytes]:
+    """``msg`` for ``receiver`` as serialised ``data_pb2.Chunk`` s of at most ``chunk_bytes``
+    payload bytes each: the bytes protobuf would write, but built in one copy of the data.
 
     ``payload`` is ``Payload.of(msg.weights)`` when the caller has built it already (building
     it first also surfaces an unsendable dtype before anything goes on the wire).
     """
     if payload is None:
         payload = Payload.of(msg.weights)
-    count = max(1, math.ceil(payload.total_bytes / chunk_bytes))
+    count = chunk_count(payload.total_bytes, chunk_bytes)
     header = msg.header(receiver)
     pieces = payload.pieces(chunk_bytes)
     for index in range(count):
-        yield data_pb2.Chunk(
+        fields = data_pb2.Chunk(
             message_id=msg.message_id,
             index=index,
             count=count,
             total_bytes=payload.total_bytes,
             header=header if index == 0 else None,
-            data=next(pieces, b""),
-        )
+        ).SerializeToString()
+        data = next(pieces, [])
+        size = sum(len(p) for p in data)
+        yield b"".join((fields, _DATA_TAG, _varint(size), *data)) if size else fields
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A received ``data_pb2.Chunk``: its fields, and its data as a view into the bytes it
+    arrived in. ``header`` is None unless the chunk carries one (chunk 0)."""
+
+    message_id: str
+    index: int
+    count: int
+    total_bytes: int
+    header: data_pb2.Envelope | None
+    data: memoryview
+
+
+def decode_chunk(raw: bytes) -> Chunk:
+    """Parse a serialised ``data_pb2.Chunk`` without copying its data out of ``raw``.
+
+    The data field is found by walking the protobuf framing; protobuf parses the rest (a few
+    small fields). A chunk with more than one data field is refused (no sender writes one).
+    """
+    view = memoryview(raw)
+    span = _data_span(view)
+    if span is None:
+        rest, data = raw, view[:0]
+    else:
+        field, begin, end = span
+        rest, data = bytes(view[:field]) + bytes(view[end:]), view[begin:end]
+    try:
+        fields = data_pb2.Chunk.FromString(rest)
+    except Exception as exc:  # protobuf DecodeError
+        raise ChannelError("not a chunk") from exc
+    return Chunk(
+        fields.message_id,
+        fields.index,
+        fields.count,
+        fields.total_bytes,
+        fields.header if fields.HasField("header") else None,
+        data,
+    )
+
+
+def _data_span(buf: memoryview) -> tuple[int, int, int] | None:
+    """Where the data field sits in a serialised chunk: (field start, data start, data end)."""
+    span = None
+    pos, n = 0, len(buf)
+    while pos < n:
+        start = pos
+        key, pos = _read_varint(buf, pos)
+        wire = key & 7
+        if wire == 0:
+            _, pos = _read_varint(buf, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            length, pos = _read_varint(buf, pos)
+            if key >> 3 == _DATA:
+                if span is not None:
+                    raise ChannelError("not a chunk: two data fields")
+                span = (start, pos, pos + length)
+            pos += length
+        else:
+            raise ChannelError("not a chunk: unknown wire type")
+    if pos != n:
+        raise ChannelError("not a chunk: truncated")
+    return span
+
+
+def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while shift < 64:
+        if pos >= len(buf):
+            raise ChannelError("not a chunk: truncated")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise ChannelError("not a chunk: bad varint")
 
 
 class Reassembly:
     """Collects the chunks of one message, in order, into one preallocated buffer; ``hashed``
     (a channel that checks signatures) also takes the payload's SHA-256 on the way."""
 
-    def __init__(self, first: data_pb2.Chunk, max_bytes: int, *, hashed: bool = True) -> None:
-        if first.index != 0 or not first.HasField("header"):
+    def __init__(self, first: Chunk, max_bytes: int, *, hashed: bool = True) -> None:
+        if first.index != 0 or first.header is None:
             raise ChannelError(f"message {first.message_id}: first chunk has no header")
         if first.count < 1 or first.total_bytes < 0:
             raise ChannelError(f"message {first.message_id}: bad chunk count or size")
@@ -144,6 +253,7 @@ class Reassembly:
         self.count = first.count
         self.total_bytes = first.total_bytes
         self.buffer = bytearray(first.total_bytes)
+        self._view = memoryview(self.buffer)
         self.next_index = 0
         self.filled = 0
         self._sha = hashlib.sha256() if hashed else None
@@ -153,18 +263,18 @@ class Reassembly:
     def complete(self) -> bool:
         return self.next_index == self.count
 
-    def add(self, chunk: data_pb2.Chunk) -> None:
+    def add(self, chunk: Chunk) -> None:
         if chunk.message_id != self.message_id:
             raise ChannelError(f"chunk of {chunk.message_id} inside message {self.message_id}")
         if chunk.index != self.next_index:
             raise ChannelError(
                 f"message {self.message_id}: chunk {chunk.index} where {self.next_index} expected"
             )
-        data = chunk.data  # each read of a bytes field copies it out of the protobuf message
+        data = chunk.data
         end = self.filled + len(data)
         if end > self.total_bytes:
             raise ChannelError(f"message {self.message_id}: more data than announced")
-        self.buffer[self.filled : end] = data
+        self._view[self.filled : end] = data
         if self._sha is not None:
             self._sha.update(data)
         self.filled = end

@@ -26,7 +26,7 @@ import grpc
 import structlog
 
 from flame.channels.channel import Channel
-from flame.channels.chunking import Payload, Reassembly, chunks_of
+from flame.channels.chunking import Chunk, Payload, Reassembly, chunk_count, chunks_of, decode_chunk
 from flame.channels.discovery import Discovery, StaticDiscovery, discovery_from
 from flame.channels.inbox import Inbox
 from flame.channels.settings import ChannelSettings
@@ -34,7 +34,7 @@ from flame.channels.transport import TransportContext
 from flame.connect import PLAINTEXT, Security, grpc_channel, grpc_listen
 from flame.errors import ChannelError, PeerTimeout
 from flame.messages import Message
-from flame_proto.v1 import data_pb2, data_pb2_grpc
+from flame_proto.v1 import data_pb2
 from flame_spec.pki import DATA_PLANE_NAME
 from flame_spec.retry import retrying
 
@@ -85,7 +85,7 @@ class _Garbled(ChannelError):
     """Chunks that do not frame whole messages: the stream cannot go on (INVALID_ARGUMENT)."""
 
 
-class _Servicer(data_pb2_grpc.DataChannelServicer):
+class _Servicer:
     """Takes the messages of one peer's stream one after another and answers each with a
     ``Receipt``. Nothing from the peer is trusted: a chunk sequence that does not frame whole
     messages (chunk 0 with the header, then 1 .. count-1 of the same message) ends the stream."""
@@ -102,8 +102,8 @@ class _Servicer(data_pb2_grpc.DataChannelServicer):
 
     async def Stream(
         self,
-        request_iterator: AsyncIterator[data_pb2.Chunk],
-        context: grpc.aio.ServicerContext[data_pb2.Chunk, data_pb2.Receipt],
+        request_iterator: AsyncIterator[Chunk],
+        context: grpc.aio.ServicerContext[Chunk, data_pb2.Receipt],
     ) -> AsyncIterator[data_pb2.Receipt]:
         chunks = aiter(request_iterator)
         me = asyncio.current_task()
@@ -123,8 +123,8 @@ class _Servicer(data_pb2_grpc.DataChannelServicer):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     async def _next_message(
-        self, me: asyncio.Task[object], chunks: AsyncIterator[data_pb2.Chunk]
-    ) -> data_pb2.Chunk | None:
+        self, me: asyncio.Task[object], chunks: AsyncIterator[Chunk]
+    ) -> Chunk | None:
         """The first chunk of the stream's next message; None when the sender closed its side
         or this task is closing (a stream between messages holds nothing to finish). ``me``:
         the call's task, which close() cancels while it waits here."""
@@ -139,11 +139,9 @@ class _Servicer(data_pb2_grpc.DataChannelServicer):
         finally:
             self.idle.discard(me)
 
-    async def _receive(
-        self, first: data_pb2.Chunk, chunks: AsyncIterator[data_pb2.Chunk]
-    ) -> data_pb2.Receipt:
+    async def _receive(self, first: Chunk, chunks: AsyncIterator[Chunk]) -> data_pb2.Receipt:
         """Read the rest of the message ``first`` starts and put it in its channel's inbox."""
-        if first.index != 0 or not first.HasField("header"):
+        if first.index != 0 or first.header is None:
             raise _Garbled(f"message {first.message_id}: chunk {first.index} starts no message")
         env = first.header
         chan = self._transport.channel_for(env.channel, env.receiver)
@@ -184,9 +182,9 @@ class _Servicer(data_pb2_grpc.DataChannelServicer):
 
     async def _skip_rest(
         self,
-        first: data_pb2.Chunk,
-        chunks: AsyncIterator[data_pb2.Chunk],
-        context: grpc.aio.ServicerContext[data_pb2.Chunk, data_pb2.Receipt],
+        first: Chunk,
+        chunks: AsyncIterator[Chunk],
+        context: grpc.aio.ServicerContext[Chunk, data_pb2.Receipt],
     ) -> None:
         try:
             await _skip(first, chunks, self._stall)
@@ -195,14 +193,12 @@ class _Servicer(data_pb2_grpc.DataChannelServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     @staticmethod
-    def _rejected(first: data_pb2.Chunk, exc: ChannelError) -> None:
-        env = first.header
+    def _rejected(first: Chunk, exc: ChannelError) -> None:
+        env = first.header or data_pb2.Envelope()
         log.warning("message.rejected", channel=env.channel, sender=env.sender, reason=str(exc))
 
 
-async def _next_of(
-    first: data_pb2.Chunk, chunks: AsyncIterator[data_pb2.Chunk], stall: float
-) -> data_pb2.Chunk:
+async def _next_of(first: Chunk, chunks: AsyncIterator[Chunk], stall: float) -> Chunk:
     """The next chunk of the message ``first`` started; the stream may not end inside it, nor
     pause in it for ``stall`` seconds (the sender's send timeout: it has given up by then, and
     a message left half-sent would keep its buffer as long as the stream stays open)."""
@@ -216,7 +212,7 @@ async def _next_of(
     return chunk
 
 
-async def _skip(first: data_pb2.Chunk, chunks: AsyncIterator[data_pb2.Chunk], stall: float) -> None:
+async def _skip(first: Chunk, chunks: AsyncIterator[Chunk], stall: float) -> None:
     """Read past the other chunks of a message without keeping them, checking that they are
     that message's, in order: the stream must still be framed for the message after it."""
     if first.count < 1:
@@ -284,7 +280,7 @@ class GrpcTransport:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        data_pb2_grpc.add_DataChannelServicer_to_server(self._servicer, server)
+        _serve_data_channel(self._servicer, server)
         port = grpc_listen(server, self._bind, self.security)
         if port == 0:
             raise ChannelError(f"{self.task_id}: cannot listen on {self._bind}")
@@ -373,9 +369,10 @@ class GrpcTransport:
     async def _attempt(self, link: _Link, peer: str, msg: Message, payload: Payload) -> None:
         """Send ``msg`` once on ``link``'s stream and wait for its receipt."""
         call = link.stream()
-        chunks = chunks_of(msg, peer, self.settings.grpc_chunk_bytes, payload)
+        size = self.settings.grpc_chunk_bytes
+        chunks = chunks_of(msg, peer, size, payload)
         try:
-            receipt, whole = await _exchange(call, chunks)
+            receipt, whole = await _exchange(call, chunks, chunk_count(payload.total_bytes, size))
         except _Broken:
             link.drop()
             code, details = await call.code(), await call.details()
@@ -414,11 +411,14 @@ class _Link:
 
     def __init__(self, conn: grpc.aio.Channel) -> None:
         self.conn = conn
-        # the stub method, built once per connection rather than once per message
-        self._open = data_pb2_grpc.DataChannelStub(conn).Stream
-        self._call: grpc.aio.StreamStreamCall[data_pb2.Chunk, data_pb2.Receipt] | None = None
+        # the method, built once per connection rather than once per message; it writes
+        # chunks serialised already (chunking.chunks_of)
+        self._open: grpc.aio.StreamStreamMultiCallable[bytes, data_pb2.Receipt] = (
+            conn.stream_stream(_STREAM, response_deserializer=data_pb2.Receipt.FromString)
+        )
+        self._call: grpc.aio.StreamStreamCall[bytes, data_pb2.Receipt] | None = None
 
-    def stream(self) -> grpc.aio.StreamStreamCall[data_pb2.Chunk, data_pb2.Receipt]:
+    def stream(self) -> grpc.aio.StreamStreamCall[bytes, data_pb2.Receipt]:
         """The open stream, or a new one when the last has ended (refused, or the receiver
         closed it between messages). No deadline: it lives as long as the peer; each send
         bounds its own wait."""
@@ -433,22 +433,40 @@ class _Link:
             self._call = None
 
 
+_SERVICE = "flame.v1.DataChannel"
+_STREAM = f"/{_SERVICE}/Stream"
+
+
+def _serve_data_channel(servicer: _Servicer, server: grpc.aio.Server) -> None:
+    """``data_pb2_grpc.add_DataChannelServicer_to_server``, but chunks arrive as
+    :func:`decode_chunk` reads them: their data a view into the received bytes, not copied out
+    by protobuf twice."""
+    handlers = {
+        "Stream": grpc.stream_stream_rpc_method_handler(
+            servicer.Stream,
+            request_deserializer=decode_chunk,
+            response_serializer=data_pb2.Receipt.SerializeToString,
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
+    server.add_registered_method_handlers(_SERVICE, handlers)
+
+
 class _Broken(Exception):
     """The call ended before the message's receipt came: its status says why."""
 
 
 async def _exchange(
-    call: grpc.aio.StreamStreamCall[data_pb2.Chunk, data_pb2.Receipt],
-    chunks: Iterator[data_pb2.Chunk],
+    call: grpc.aio.StreamStreamCall[bytes, data_pb2.Receipt], chunks: Iterator[bytes], count: int
 ) -> tuple[data_pb2.Receipt, bool]:
-    """Write one message's chunks and read its receipt; also whether all of it was written.
+    """Write one message's ``count`` chunks and read its receipt; also whether all of it was
+    written.
 
     A message of several chunks is read for while it is written: a receiver that refuses it
     on its header answers at once, and the sender stops instead of streaming the rest.
     """
-    first = next(chunks)
-    await _write(call, first)
-    if first.count == 1:
+    await _write(call, next(chunks))
+    if count == 1:
         return await _read(call), True
     reading = asyncio.ensure_future(_read(call))
     try:
@@ -464,18 +482,14 @@ async def _exchange(
             reading.exception()  # a failed write said first that the call broke
 
 
-async def _write(
-    call: grpc.aio.StreamStreamCall[data_pb2.Chunk, data_pb2.Receipt], chunk: data_pb2.Chunk
-) -> None:
+async def _write(call: grpc.aio.StreamStreamCall[bytes, data_pb2.Receipt], chunk: bytes) -> None:
     try:
         await call.write(chunk)
     except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
         raise _Broken from None
 
 
-async def _read(
-    call: grpc.aio.StreamStreamCall[data_pb2.Chunk, data_pb2.Receipt],
-) -> data_pb2.Receipt:
+async def _read(call: grpc.aio.StreamStreamCall[bytes, data_pb2.Receipt]) -> data_pb2.Receipt:
     try:
         answer = await call.read()
     except grpc.aio.AioRpcError:

@@ -29,7 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from flame.channels.channel import Channel
-from flame.channels.chunking import Reassembly, chunks_of
+from flame.channels.chunking import Chunk, Reassembly, chunks_of, decode_chunk
 from flame.channels.inbox import Inbox
 from flame.channels.settings import ChannelSettings
 from flame.channels.transport import TransportContext
@@ -37,7 +37,6 @@ from flame.config import MqttSettings
 from flame.connect import PLAINTEXT, Security, mqtt_client
 from flame.errors import ChannelError, PeerTimeout
 from flame.messages import Message
-from flame_proto.v1 import data_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -239,20 +238,21 @@ class MqttTransport:
         chan = self._channels.get(channel)
         if chan is None or chan.closed or who != self.task_id:
             return
-        chunk = data_pb2.Chunk()
         try:
-            chunk.ParseFromString(payload)
-        except Exception:  # protobuf DecodeError
+            chunk = decode_chunk(payload)
+        except ChannelError:
             log.warning("message.rejected", channel=channel, reason="not a chunk")
             return
         self._chunk(chan, chunk)
 
-    def _chunk(self, chan: Channel, chunk: data_pb2.Chunk) -> None:
+    def _chunk(self, chan: Channel, chunk: Chunk) -> None:
         if chunk.index > 0 and chan.seen(chunk.message_id):
             return
         try:
             if chunk.index == 0:
                 env = chunk.header
+                if env is None:
+                    raise ChannelError("first chunk has no header")
                 if env.job_id != self.job_id:  # the topic's job, whatever the channel knows
                     raise ChannelError(f"message of job {env.job_id!r}, not this job")
                 if not chan.admit(env.sender, env.receiver, env.job_id, chunk.message_id):
@@ -330,7 +330,7 @@ class MqttTransport:
                     client = self._client
                     if client is None:
                         raise ChannelError(f"{self.task_id}: mqtt transport closed while sending")
-                    info = client.publish(topic, chunk.SerializeToString(), qos=1)
+                    info = client.publish(topic, chunk, qos=1)
                     pending.append(self._expect_ack(info))
                 while pending:
                     await self._until(pending.pop(0), deadline, peer)

@@ -8,10 +8,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from flame.channels.chunking import Payload, Reassembly, chunks_of, parse_safetensors
+from flame.channels.chunking import (
+    Chunk,
+    Payload,
+    Reassembly,
+    chunks_of,
+    decode_chunk,
+    parse_safetensors,
+)
 from flame.errors import ChannelError
 from flame.messages import Message
 from flame.tensors import from_bytes, to_bytes
+from flame_proto.v1 import data_pb2
 
 DTYPES = [np.float32, np.float64, np.float16, np.int64, np.int32, np.int8, np.uint8, np.bool_]
 
@@ -27,6 +35,10 @@ def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
     for k in a:
         assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
         assert a[k].tobytes() == b[k].tobytes(), k
+
+
+def _chunks(msg: Message, size: int) -> list[Chunk]:
+    return [decode_chunk(c) for c in chunks_of(msg, "agg", size)]
 
 
 def _joined(payload: Payload) -> bytes:
@@ -48,7 +60,7 @@ def test_our_payload_is_safetensors_and_theirs_parses_here(w: dict[str, np.ndarr
 @given(weights_st, st.integers(1, 64))
 def test_chunks_reassemble_to_the_same_message(w: dict[str, np.ndarray], size: int) -> None:
     msg = Message("update", 3, {"n": 5}, w, sender="t1", job_id="j", channel="c")
-    chunks = list(chunks_of(msg, "agg", size))
+    chunks = _chunks(msg, size)
     assert all(len(c.data) <= size for c in chunks)
     assert [c.index for c in chunks] == list(range(len(chunks)))
     whole = Reassembly(chunks[0], 1 << 30)
@@ -67,7 +79,7 @@ def test_chunks_reassemble_to_the_same_message(w: dict[str, np.ndarray], size: i
 
 
 def test_a_message_without_weights_is_one_chunk() -> None:
-    chunks = list(chunks_of(Message("done"), "agg", 1024))
+    chunks = _chunks(Message("done"), 1024)
     assert len(chunks) == 1 and chunks[0].total_bytes == 0
     assert Reassembly(chunks[0], 10).message().weights is None
 
@@ -127,7 +139,7 @@ def test_malformed_payloads_are_refused(buf: bytearray) -> None:
 
 def test_reassembly_refuses_out_of_order_oversized_and_short_streams() -> None:
     w = {"w": np.arange(100, dtype=np.float32)}
-    chunks = list(chunks_of(Message("update", weights=w), "agg", 100))
+    chunks = _chunks(Message("update", weights=w), 100)
     with pytest.raises(ChannelError):
         Reassembly(chunks[1], 1 << 20)  # no header
     with pytest.raises(ChannelError):
@@ -148,7 +160,7 @@ def test_the_payload_is_hashed_only_for_channels_that_check_signatures() -> None
     from flame.channels.auth import payload_digest
 
     w = {"w": np.arange(1000, dtype=np.float32)}
-    chunks = list(chunks_of(Message("update", weights=w), "agg", 512))
+    chunks = _chunks(Message("update", weights=w), 512)
     signed, plain = Reassembly(chunks[0], 1 << 20), Reassembly(chunks[0], 1 << 20, hashed=False)
     for c in chunks[1:]:
         signed.add(c)
@@ -156,3 +168,55 @@ def test_the_payload_is_hashed_only_for_channels_that_check_signatures() -> None
     assert signed.digest == payload_digest(w)  # what the sender signed
     assert plain.digest is None  # 1 GB costs no SHA-256 pass where nothing checks it
     assert np.array_equal(plain.message().weights["w"], w["w"])  # type: ignore[index]
+
+
+@settings(max_examples=40, deadline=None)
+@given(weights_st, st.integers(1, 64))
+def test_our_chunks_are_the_bytes_protobuf_writes(w: dict[str, np.ndarray], size: int) -> None:
+    msg = Message("update", 3, {"n": 5}, w, sender="t1", job_id="j", channel="c")
+    payload = _joined(Payload.of(w))
+    for index, raw in enumerate(chunks_of(msg, "agg", size)):
+        theirs = data_pb2.Chunk.FromString(raw)  # any protobuf library reads them
+        assert theirs.index == index
+        assert theirs.data == payload[index * size : (index + 1) * size]
+        assert raw == theirs.SerializeToString()  # and would have written the same bytes
+
+
+def _pb_chunk(data: bytes, index: int = 1) -> data_pb2.Chunk:
+    header = data_pb2.Envelope(message_id="m", kind="update") if index == 0 else None
+    return data_pb2.Chunk(
+        message_id="m", index=index, count=3, total_bytes=10, header=header, data=data
+    )
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_a_received_chunk_keeps_its_data_where_it_arrived(index: int) -> None:
+    raw = _pb_chunk(b"0123456789", index).SerializeToString()
+    chunk = decode_chunk(raw)
+    assert chunk.data.obj is raw and bytes(chunk.data) == b"0123456789"  # a view, not a copy
+    assert (chunk.message_id, chunk.index, chunk.count, chunk.total_bytes) == ("m", index, 3, 10)
+    assert (chunk.header is not None) == (index == 0)
+    assert chunk.header is None or chunk.header.kind == "update"
+
+
+def test_a_chunk_is_read_whatever_order_its_fields_come_in() -> None:
+    data = _pb_chunk(b"abc").SerializeToString()
+    rest = _pb_chunk(b"").SerializeToString()
+    chunk = decode_chunk(data[len(rest) :] + rest)  # the data field first, then the others
+    assert (bytes(chunk.data), chunk.message_id, chunk.index) == (b"abc", "m", 1)
+    assert bytes(decode_chunk(rest).data) == b""
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _pb_chunk(b"abc").SerializeToString()[:-1],  # cut inside the data
+        _pb_chunk(b"abc").SerializeToString() + b"\x32\x01x",  # a second data field
+        b"\x0f\x00",  # wire type 7 does not exist
+        b"\x10" + b"\xff" * 11,  # a varint that never ends
+        b"\x0a\x02\xff\xfe",  # message_id is not UTF-8
+    ],
+)
+def test_a_garbled_chunk_is_refused(raw: bytes) -> None:
+    with pytest.raises(ChannelError):
+        decode_chunk(raw)

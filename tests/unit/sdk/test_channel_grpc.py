@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,8 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 import flame.channels.grpc as grpc_channels
-from flame.channels import ChannelSet, open_channels
-from flame.channels.chunking import chunks_of
+from flame.channels import ChannelSet, chunking, open_channels
 from flame.channels.discovery import MemoryDiscovery
 from flame.channels.settings import ChannelSettings
 from flame.config import (
@@ -44,6 +43,11 @@ async def _until_retried(logs: list[dict[str, object]], times: int = 2) -> None:
     while sum(e["event"] == "grpc.retry" for e in logs) < times:
         assert asyncio.get_running_loop().time() < deadline, "the sender did not retry"
         await asyncio.sleep(0.01)
+
+
+def pb_chunks(msg: Message, receiver: str, size: int) -> Iterator[data_pb2.Chunk]:
+    """What a peer writing ``data_pb2.Chunk`` s with protobuf itself would send."""
+    return (data_pb2.Chunk.FromString(c) for c in chunking.chunks_of(msg, receiver, size))
 
 
 def _free_port() -> int:
@@ -186,10 +190,10 @@ async def test_the_server_refuses_what_is_not_for_it(served: Served) -> None:
         return Message("update", weights=w, sender=sender, job_id=job_id, channel=channel)
 
     refused = [  # well-framed messages it will not take: refused in a receipt, the stream goes on
-        (list(chunks_of(msg(job_id="other-job"), "agg", 1024)), grpc.StatusCode.PERMISSION_DENIED),
-        (list(chunks_of(msg(sender="intruder"), "agg", 1024)), grpc.StatusCode.PERMISSION_DENIED),
-        (list(chunks_of(msg(channel="nope"), "agg", 1024)), grpc.StatusCode.NOT_FOUND),
-        (list(chunks_of(msg(), "someone-else", 1024)), grpc.StatusCode.NOT_FOUND),
+        (list(pb_chunks(msg(job_id="other-job"), "agg", 1024)), grpc.StatusCode.PERMISSION_DENIED),
+        (list(pb_chunks(msg(sender="intruder"), "agg", 1024)), grpc.StatusCode.PERMISSION_DENIED),
+        (list(pb_chunks(msg(channel="nope"), "agg", 1024)), grpc.StatusCode.NOT_FOUND),
+        (list(pb_chunks(msg(), "someone-else", 1024)), grpc.StatusCode.NOT_FOUND),
     ]
     for chunks, code in refused:
         receipts, status = await _exchange(endpoint, chunks)
@@ -198,7 +202,7 @@ async def test_the_server_refuses_what_is_not_for_it(served: Served) -> None:
     all_at_once, status = await _exchange(endpoint, [c for chunks, _ in refused for c in chunks])
     assert (_refusals(all_at_once), status) == ([c for _, c in refused], grpc.StatusCode.OK)
     with capture_logs() as logs:
-        truncated, status = await _exchange(endpoint, list(chunks_of(msg(), "agg", 1024))[:2])
+        truncated, status = await _exchange(endpoint, list(pb_chunks(msg(), "agg", 1024))[:2])
     assert truncated == [] and status in ABORTED
     rejected = [e["reason"] for e in logs if e["event"] == "message.rejected"]
     assert len(rejected) == 1 and "the stream ended inside it" in rejected[0]
@@ -207,11 +211,11 @@ async def test_the_server_refuses_what_is_not_for_it(served: Served) -> None:
         await agg["param"].recv("t1", timeout=0.2)  # none of it was delivered
 
     good = msg()
-    (receipt,), code = await _exchange(endpoint, list(chunks_of(good, "agg", 1024)))
+    (receipt,), code = await _exchange(endpoint, list(pb_chunks(good, "agg", 1024)))
     assert code == grpc.StatusCode.OK
     assert receipt.message_id == good.message_id and receipt.bytes_received > 4000
     assert not receipt.refused
-    (again,), _ = await _exchange(endpoint, list(chunks_of(good, "agg", 1024)))
+    (again,), _ = await _exchange(endpoint, list(pb_chunks(good, "agg", 1024)))
     assert again.bytes_received == 0  # a retry of a delivered message is acknowledged, dropped
     assert not again.refused
     assert (await agg["param"].recv("t1", timeout=1)).message_id == good.message_id
@@ -227,8 +231,8 @@ def _msg(job: str, at_round: int = 0) -> Message:
 async def test_one_stream_carries_messages_one_after_another(served: Served) -> None:
     job, endpoint, agg = served.job, served.endpoint, served.agg
     a, b, c = (_msg(job, r) for r in (1, 2, 3))
-    chunks = [*chunks_of(a, "agg", 1024), *chunks_of(b, "agg", 1024), *chunks_of(a, "agg", 1024)]
-    chunks += chunks_of(c, "agg", 1024)
+    chunks = [*pb_chunks(a, "agg", 1024), *pb_chunks(b, "agg", 1024), *pb_chunks(a, "agg", 1024)]
+    chunks += pb_chunks(c, "agg", 1024)
     receipts, code = await _exchange(endpoint, chunks)
     assert code == grpc.StatusCode.OK
     assert [r.message_id for r in receipts] == [m.message_id for m in (a, b, a, c)]
@@ -242,11 +246,11 @@ async def test_one_stream_carries_messages_one_after_another(served: Served) -> 
 async def test_a_hostile_chunk_sequence_on_a_stream_is_refused(served: Served) -> None:
     job, endpoint, agg = served.job, served.endpoint, served.agg
     good, a, b = _msg(job, 1), _msg(job, 2), _msg(job, 3)
-    ok = list(chunks_of(good, "agg", 1024))
-    ca, cb = list(chunks_of(a, "agg", 1024)), list(chunks_of(b, "agg", 1024))
+    ok = list(pb_chunks(good, "agg", 1024))
+    ca, cb = list(pb_chunks(a, "agg", 1024)), list(pb_chunks(b, "agg", 1024))
     assert len(ca) > 2
     extra = data_pb2.Chunk(message_id=a.message_id, index=len(ca), count=len(ca))
-    foreign = list(chunks_of(_msg("other-job"), "agg", 1024))
+    foreign = list(pb_chunks(_msg("other-job"), "agg", 1024))
     cases = {
         "interleaved": [*ok, ca[0], cb[0], *ca[1:], *cb[1:]],
         "no header": [*ok, *ca[1:]],
@@ -273,7 +277,7 @@ async def test_a_hostile_chunk_sequence_on_a_stream_is_refused(served: Served) -
 
 async def test_an_oversized_message_is_refused_before_its_data(served: Served) -> None:
     job, endpoint = served.job, served.endpoint
-    first = next(chunks_of(_msg(job), "agg", 1024))
+    first = next(pb_chunks(_msg(job), "agg", 1024))
     first.count, first.total_bytes = 10_000, SETTINGS.max_message_bytes + 1
     async with grpc.aio.insecure_channel(endpoint) as conn:
         call = data_pb2_grpc.DataChannelStub(conn).Stream(timeout=5)
@@ -593,7 +597,7 @@ async def test_a_message_left_half_sent_does_not_hold_its_buffer() -> None:
     )
     try:
         endpoint = await discovery.resolve("agg", 1)
-        chunks = list(chunks_of(_msg(job), "agg", 1024))
+        chunks = list(pb_chunks(_msg(job), "agg", 1024))
         async with grpc.aio.insecure_channel(endpoint) as conn:
             call = data_pb2_grpc.DataChannelStub(conn).Stream(timeout=120)
             with capture_logs() as logs:

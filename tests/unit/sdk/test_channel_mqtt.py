@@ -191,7 +191,7 @@ async def test_strangers_and_garbage_on_our_topic_are_ignored(broker: Broker) ->
         other_job = Message("update", sender="t1", job_id="other", channel="param")
         for m in (intruder, other_job):
             for c in chunks_of(m, "agg", 1024):
-                raw.publish(topic, c.SerializeToString(), qos=1).wait_for_publish(5)
+                raw.publish(topic, c, qos=1).wait_for_publish(5)
         raw.publish(topic, b"\xff\xfenot a chunk", qos=1).wait_for_publish(5)
         await t1["param"].send("agg", Message("update", round=7))
         got = await agg["param"].recv("t1", timeout=5)
