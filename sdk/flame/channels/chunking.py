@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -234,6 +235,21 @@ def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
     raise ChannelError("not a chunk: bad varint")
 
 
+LAZY_BYTES = 4 << 20  # payloads from this size on are received into a map (see _zeroed)
+
+
+def _zeroed(size: int) -> bytearray | mmap.mmap:
+    """``size`` zero bytes to receive a payload into. From :data:`LAZY_BYTES` on, a private
+    anonymous map: its memory is committed page by page as the payload is written into it,
+    whereas ``bytearray`` zeroes (so commits) all of it when the first chunk announces the size.
+    A peer that announces a large message and then stalls has the receiver commit only what it
+    sent, and the page faults of a large model (≈ 0.4 s per GB on a VM) are spread over its
+    transfer instead of holding up the event loop at its first chunk."""
+    if size < LAZY_BYTES:
+        return bytearray(size)
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+
 class Reassembly:
     """Collects the chunks of one message, in order, into one preallocated buffer; ``hashed``
     (a channel that checks signatures) also takes the payload's SHA-256 on the way."""
@@ -252,7 +268,10 @@ class Reassembly:
         self.header = first.header
         self.count = first.count
         self.total_bytes = first.total_bytes
-        self.buffer = bytearray(first.total_bytes)
+        try:
+            self.buffer = _zeroed(first.total_bytes)
+        except (OSError, MemoryError) as exc:
+            raise ChannelError(f"message {first.message_id}: no memory for it") from exc
         self._view = memoryview(self.buffer)
         self.next_index = 0
         self.filled = 0
@@ -294,7 +313,7 @@ class Reassembly:
         return Message.from_header(self.header, weights)
 
 
-def parse_safetensors(buf: bytearray) -> Weights:
+def parse_safetensors(buf: bytearray | mmap.mmap) -> Weights:
     """Parse safetensors bytes into writable arrays that are views into ``buf`` (no copy).
 
     Checks what safetensors' own loader checks: the header is a JSON object of known dtypes,

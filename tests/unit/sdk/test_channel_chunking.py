@@ -1,14 +1,18 @@
+import gc
 import hashlib
 import json
+import mmap
 import struct
 
 import numpy as np
+import psutil
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from flame.channels.chunking import (
+    LAZY_BYTES,
     Chunk,
     Payload,
     Reassembly,
@@ -220,3 +224,50 @@ def test_a_chunk_is_read_whatever_order_its_fields_come_in() -> None:
 def test_a_garbled_chunk_is_refused(raw: bytes) -> None:
     with pytest.raises(ChannelError):
         decode_chunk(raw)
+
+
+def _announcing(total_bytes: int, data: bytes) -> Chunk:
+    return decode_chunk(
+        data_pb2.Chunk(
+            message_id="m",
+            index=0,
+            count=2,
+            total_bytes=total_bytes,
+            header=data_pb2.Envelope(message_id="m"),
+            data=data,
+        ).SerializeToString()
+    )
+
+
+def test_a_large_message_commits_memory_as_its_data_arrives_not_when_announced() -> None:
+    rss = psutil.Process().memory_info
+    before = rss().rss
+    whole = Reassembly(_announcing(1 << 30, b"x" * 1000), 2 << 30)  # 1 GiB claimed, 1 kB sent
+    assert rss().rss - before < 64 << 20
+    del whole
+
+
+def test_tensors_received_into_a_large_buffer_outlive_it_and_are_writable() -> None:
+    w = {"a": np.arange(LAZY_BYTES // 4, dtype=np.float32), "b": np.ones(3, np.int64)}
+    chunks = _chunks(Message("update", weights=w), 1 << 20)
+    whole = Reassembly(chunks[0], 1 << 30)
+    for c in chunks[1:]:
+        whole.add(c)
+    back = whole.message().weights
+    del whole, chunks
+    gc.collect()
+    assert back is not None
+    _same(back, w)
+    back["a"] += 1
+    assert back["a"][-1] == w["a"][-1] + 1
+
+
+def test_a_message_the_receiver_has_no_memory_for_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_memory(*args: object, **kwargs: object) -> None:
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(mmap, "mmap", no_memory)
+    with pytest.raises(ChannelError, match="no memory"):
+        Reassembly(_announcing(1 << 30, b"x"), 2 << 30)
