@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import uuid
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ class Message:
     sender: str = ""
     job_id: str = ""
     channel: str = ""
-    message_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    message_id: str = field(default_factory=lambda: secrets.token_hex(16))  # 128 random bits
     sent_at_ms: int = 0  # set with the signature (flame.channels.auth), 0 when unsigned
     signature: bytes = b""
 
@@ -49,7 +49,19 @@ class Message:
         )
 
     def with_signature(self, sent_at_ms: int, signature: bytes) -> Message:
-        return dataclasses.replace(self, sent_at_ms=sent_at_ms, signature=signature)
+        return self.evolve(sent_at_ms=sent_at_ms, signature=signature)
+
+    def evolve(self, **changes: Any) -> Message:
+        """A copy with ``changes`` (fields of this class): ``dataclasses.replace`` without its
+        generic machinery, on the path of every message (stamping, per-receiver copies)."""
+        bad = changes.keys() - _FIELDS
+        if bad:
+            raise TypeError(f"Message has no field(s) {sorted(bad)}")
+        new = object.__new__(type(self))
+        state = new.__dict__
+        state.update(self.__dict__)
+        state.update(changes)
+        return new
 
     def meta_json(self) -> str:
         return json.dumps(self.meta, separators=(",", ":"))
@@ -97,3 +109,6 @@ class Message:
         except Exception as exc:  # protobuf DecodeError
             raise ChannelError("not a flame envelope") from exc
         return cls.from_envelope(env)
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(Message))

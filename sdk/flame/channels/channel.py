@@ -19,7 +19,6 @@ Semantics every backend honours (``tests/contract/test_channels.py`` runs them o
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -36,6 +35,9 @@ if TYPE_CHECKING:
     from flame.channels.transport import Transport
 
 log = structlog.get_logger(__name__)
+
+# the digest passed for a payload that was checked but need not be digested (no keys)
+_CHECKED: tuple[int, bytes] = (-1, b"")
 
 
 class BroadcastError(ChannelError):
@@ -69,6 +71,8 @@ class Channel:
         self.auth = auth
         self._peers: dict[str, PeerRef] = {p.task_id: p for p in peers}
         self._inbox: Inbox = transport.attach(self)
+        # False when every send of the transport completes without waiting (inproc)
+        self._sends_wait: bool = getattr(transport, "sends_wait", True)
         self._closed = False
 
     # -- peers -------------------------------------------------------------------------------
@@ -92,19 +96,70 @@ class Channel:
         message sent to many peers once: sending a stamped message copies nothing)."""
         if msg.sender == self.me and msg.channel == self.name and msg.job_id == self.job_id:
             return msg
-        return dataclasses.replace(msg, sender=self.me, channel=self.name, job_id=self.job_id)
+        return msg.evolve(sender=self.me, channel=self.name, job_id=self.job_id)
 
     async def send(self, peer: str, msg: Message) -> None:
         await self._send(peer, self.stamp(msg), None)
 
     async def _send(self, peer: str, msg: Message, digest: tuple[int, bytes] | None) -> None:
+        """Send a stamped message; ``digest``: its payload's, when it was checked (and, with
+        keys, digested) already for every peer it goes to."""
         if self._closed:
             raise ChannelError(f"channel {self.name} of {self.me} is closed")
         self._check_peer(peer)
-        check_sendable(msg.weights)  # every backend refuses what the wire cannot carry
+        # every backend refuses what the wire cannot carry (the payload's digest does too)
         if self.auth is not None:
             msg = self.auth.seal(msg, peer, digest or payload_digest(msg.weights))
+        elif digest is None:
+            check_sendable(msg.weights)
         await self.transport.send(self.name, peer, msg)
+
+    async def send_each(self, peers: Sequence[str], msg: Message) -> list[Exception | None]:
+        """Send ``msg`` (one message id, so each peer dedups alike) to every one of ``peers``
+        concurrently; per peer, None once it was delivered, else the exception its send
+        raised. The message is stamped, checked and (with keys) its payload digested once for
+        all of them. Over a transport whose sends never wait (inproc) they run one after the
+        other, which is the same without a task per send."""
+        stamped = self.stamp(msg)
+        digest: tuple[int, bytes] | None = None
+        refused: ChannelError | None = None
+        if peers:
+            try:
+                if self.auth is None:
+                    check_sendable(stamped.weights)
+                    digest = _CHECKED
+                else:
+                    digest = payload_digest(stamped.weights)
+            except ChannelError as exc:
+                refused = exc
+
+        async def one(peer: str) -> None:
+            if refused is not None:
+                if self._closed:
+                    raise ChannelError(f"channel {self.name} of {self.me} is closed")
+                self._check_peer(peer)
+                raise refused
+            await self._send(peer, stamped, digest)
+
+        if not self._sends_wait:
+            results: list[Exception | None] = []
+            for p in peers:
+                try:
+                    await one(p)
+                except Exception as exc:
+                    results.append(exc)
+                else:
+                    results.append(None)
+            # a send yields to the other tasks once, as one over the network does
+            await asyncio.sleep(0)
+            return results
+        gathered = await asyncio.gather(*(one(p) for p in peers), return_exceptions=True)
+        out: list[Exception | None] = []
+        for r in gathered:
+            if isinstance(r, BaseException) and not isinstance(r, Exception):
+                raise r  # cancelled
+            out.append(r)
+        return out
 
     async def broadcast(self, msg: Message, peers: Iterable[str] | None = None) -> None:
         """Send ``msg`` to every peer concurrently; one message id, so each peer dedups alike.
@@ -117,15 +172,12 @@ class Channel:
             self._check_peer(p)
         stamped = self.stamp(msg)
         check_sendable(stamped.weights)
-        digest = payload_digest(stamped.weights) if self.auth is not None else None
-        results = await asyncio.gather(
-            *(self._send(p, stamped, digest) for p in targets), return_exceptions=True
-        )
+        results = await self.send_each(targets, stamped)
         failed: dict[str, ChannelError] = {}
         for peer, r in zip(targets, results, strict=True):
             if isinstance(r, ChannelError):
                 failed[peer] = r
-            elif isinstance(r, BaseException):
+            elif r is not None:
                 raise r
         if failed:
             raise BroadcastError([p for p in targets if p not in failed], failed)

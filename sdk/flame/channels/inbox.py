@@ -124,39 +124,53 @@ class Inbox:
         return sender, msg
 
     async def get(self, peer: str, timeout: float | None = None) -> Message:
-        _, msg = await self.get_any([peer], timeout, what=f"peer {peer}")
+        _, msg = await self.get_any((peer,), timeout, one=True)
         return msg
 
     async def get_any(
-        self, peers: Collection[str] | None, timeout: float | None = None, *, what: str = ""
+        self, peers: Collection[str] | None, timeout: float | None = None, *, one: bool = False
     ) -> tuple[str, Message]:
+        """The oldest message among ``peers`` (every sender when None), waiting up to
+        ``timeout`` seconds for one (``one``: a receive from the one peer in ``peers``)."""
+        got = self._pop(peers)
+        if got is not None:  # the common case in a round: no future, no timer
+            return got
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
-            got = self._pop(peers)
-            if got is not None:
-                return got
             if self._closed:
                 raise ChannelError(f"channel {self.channel} of {self.me} is closed")
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
+                what = f"peer {next(iter(peers or ()), '')}" if one else _which(peers)
                 raise PeerTimeout(
                     f"{self.me}: no message on channel {self.channel} from "
-                    f"{what or _which(peers)} within {timeout:g}s"
+                    f"{what} within {timeout:g}s"
                 )
             fut: asyncio.Future[None] = loop.create_future()
             self._waiters.add(fut)
+            # a put or the timer wakes the waiter (no wait_for: it costs a task's worth of
+            # callbacks per receive)
+            timer = None if remaining is None else loop.call_later(remaining, _wake_one, fut)
             try:
-                await asyncio.wait_for(fut, remaining)
-            except TimeoutError:
-                pass
+                await fut
             finally:
                 self._waiters.discard(fut)
+                if timer is not None:
+                    timer.cancel()
+            got = self._pop(peers)
+            if got is not None:
+                return got
 
     def close(self) -> None:
         """Wake every waiter with ChannelError; later puts are dropped. Idempotent."""
         self._closed = True
         self._wake()
+
+
+def _wake_one(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _which(peers: Collection[str] | None) -> str:

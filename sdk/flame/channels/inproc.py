@@ -6,7 +6,6 @@ task that trains in place never changes what another task received (as with a re
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -55,7 +54,7 @@ class InprocHub:
             box.put(msg)  # logs and drops the duplicate without copying tensors
             return
         if msg.weights is not None:
-            msg = dataclasses.replace(msg, weights=copy_weights(msg.weights))
+            msg = msg.evolve(weights=copy_weights(msg.weights))
         box.put(msg)
 
 
@@ -63,6 +62,7 @@ class InprocTransport:
     """A task's end of the hub: sends are deliveries into the receiver's inbox."""
 
     name = "inproc"
+    sends_wait = False  # a send is a delivery into the receiver's inbox: it never waits
 
     def __init__(self, hub: InprocHub) -> None:
         self.hub = hub

@@ -231,21 +231,17 @@ class Role:
         """Send ``msg`` to every peer concurrently; returns those it reached (the others are
         logged: a dead or unreachable peer costs one send timeout, not one per peer)."""
         chan = self.channels[channel]
-        msg = chan.stamp(msg)  # once for every peer
-
-        async def one(peer: str) -> bool:
-            try:
-                await chan.send(peer, msg)
-            except FlameError as err:
-                if quiet:
-                    self.log.debug("send.failed", peer=peer, kind=msg.kind, error=str(err))
-                else:
-                    self.log.warning("peer.unreachable", peer=peer, error=str(err))
-                return False
-            return True
-
-        reached = await asyncio.gather(*(one(p) for p in peers))
-        return [p for p, ok in zip(peers, reached, strict=True) if ok]
+        reached: list[str] = []
+        for peer, err in zip(peers, await chan.send_each(peers, msg), strict=True):
+            if err is None:
+                reached.append(peer)
+            elif not isinstance(err, FlameError):
+                raise err
+            elif quiet:
+                self.log.debug("send.failed", peer=peer, kind=msg.kind, error=str(err))
+            else:
+                self.log.warning("peer.unreachable", peer=peer, error=str(err))
+        return reached
 
     async def recv_from(self, channel: str, peer: str, what: str) -> Message:
         """The next message from ``peer``; an ABORT raises, silence past the timeout raises."""
