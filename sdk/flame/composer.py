@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
+from types import CoroutineType
 from typing import Any, Generic, TypeVar, overload
 
 Step = Callable[[], Any]  # returns None or an awaitable
@@ -44,7 +45,7 @@ class Tasklet(Composable):
 
     async def run(self) -> None:
         result = self.fn()
-        if inspect.isawaitable(result):
+        if result is not None and (type(result) is CoroutineType or inspect.isawaitable(result)):
             await result
 
     def __repr__(self) -> str:

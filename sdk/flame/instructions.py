@@ -71,6 +71,15 @@ class Instructions:
     params: dict[str, Scalar] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if (  # nothing asked (every trainer's every round without instructions): nothing to check
+            self.local_epochs is None
+            and self.local_steps is None
+            and self.lr is None
+            and self.deadline is None
+            and type(self.params) is dict
+            and not self.params
+        ):
+            return
         object.__setattr__(self, "local_epochs", _positive_int("local_epochs", self.local_epochs))
         object.__setattr__(self, "local_steps", _positive_int("local_steps", self.local_steps))
         object.__setattr__(self, "lr", _positive_float("lr", self.lr))

@@ -94,15 +94,16 @@ class Body:
         return Message(kind=self.KIND, round=self.round, meta=self.meta(), weights=self.weights)
 
     @classmethod
-    def read(cls: type[B], msg: Message) -> B:
-        """``msg`` as this type; :class:`RejectedUpdate` says why it is not one."""
+    def read(cls: type[B], msg: Message, *, tensors: bool = True) -> B:
+        """``msg`` as this type; :class:`RejectedUpdate` says why it is not one. ``tensors``
+        False: without the message's tensors (a caller that takes them from ``msg``)."""
         if msg.kind != cls.KIND:
             raise RejectedUpdate(f"expected {cls.KIND!r}, got {msg.kind!r}", msg.sender)
         try:
             values = cls._parse(msg.meta, msg.round)
         except (TypeError, ValueError) as exc:
             raise RejectedUpdate(f"malformed {cls.KIND!r}: {exc}", msg.sender) from None
-        return cls(round=msg.round, weights=msg.weights, **values)
+        return cls(round=msg.round, weights=msg.weights if tensors else None, **values)
 
     @classmethod
     def expect(cls: type[B], msg: Message) -> B:

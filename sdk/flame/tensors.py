@@ -37,6 +37,7 @@ WIRE_DTYPES: dict[str, np.dtype] = {
     "U8": np.dtype("u1"),
     "BOOL": np.dtype("bool"),
 }
+_ALWAYS_FINITE = frozenset("biu")  # dtype kinds with no inf or nan
 _WIRE_KINDS = {(dt.kind, dt.itemsize) for dt in WIRE_DTYPES.values()}
 
 
@@ -75,9 +76,9 @@ def check_update(
 ) -> None:
     """Raise :class:`RejectedUpdate` unless ``update`` matches ``reference`` in names, shapes and
     dtypes and every value is finite."""
-    missing = reference.keys() - update.keys()
-    extra = update.keys() - reference.keys()
-    if missing or extra:
+    if update.keys() != reference.keys():
+        missing = reference.keys() - update.keys()
+        extra = update.keys() - reference.keys()
         raise RejectedUpdate(
             f"tensor names differ (missing={sorted(missing)}, unexpected={sorted(extra)})", sender
         )
@@ -87,7 +88,8 @@ def check_update(
             raise RejectedUpdate(f"{name}: shape {got.shape} != expected {ref.shape}", sender)
         if got.dtype != ref.dtype:
             raise RejectedUpdate(f"{name}: dtype {got.dtype} != expected {ref.dtype}", sender)
-        if not np.all(np.isfinite(got)):
+        # integers and booleans are always finite
+        if got.dtype.kind not in _ALWAYS_FINITE and not np.isfinite(got).all():
             raise RejectedUpdate(f"{name}: non-finite values", sender)
 
 

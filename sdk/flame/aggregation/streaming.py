@@ -72,6 +72,11 @@ def _axpy(acc: np.ndarray, x: np.ndarray, a: float, first: bool) -> None:
     if first:
         np.multiply(flat_x, coeff, out=flat_acc, casting="unsafe")
         return
+    if flat_acc.size <= BLOCK:  # one block: the same two operations, without the loop
+        tmp = np.empty(flat_acc.size, dtype=acc.dtype)
+        np.multiply(flat_x, coeff, out=tmp, casting="unsafe")
+        flat_acc += tmp
+        return
     scratch = np.empty(min(BLOCK, flat_acc.size), dtype=acc.dtype)
     for start in range(0, flat_acc.size, BLOCK):
         stop = min(start + BLOCK, flat_acc.size)

@@ -136,6 +136,11 @@ class Received:
         """The share of its planned local work it did (1.0 unless it reported partial work)."""
         return self.update.work
 
+    @property
+    def weighted_samples(self) -> int:
+        """Its samples weighted by the share of its work it did (what the rule weights by)."""
+        return round(self.num_samples * self.work)
+
     def contribution(self, base_round: int | None = None) -> Contribution:
         """What the aggregation rule gets from this participant: its samples weighted by the
         share of work it did; ``meta`` keeps the raw ``samples`` and the ``steps`` it did."""
@@ -149,7 +154,7 @@ class Received:
         return Contribution(
             sender=self.sender,
             weights=self.weights,
-            num_samples=round(self.num_samples * self.work),
+            num_samples=self.weighted_samples,
             base_round=self.base_round if base_round is None else base_round,
             extras=self.extras,
             meta=meta,
@@ -195,7 +200,7 @@ class Aggregator(Role):
         # this round's running aggregate (streaming rules and middle aggregators), and what
         # feeds it in sender order; None: the strategy aggregates the round's updates at once
         self._fold: Fold | GroupMean | None = None
-        self._order: SenderOrder[Received] | None = None
+        self._order: SenderOrder[Received | Contribution] | None = None
         self.silent: set[str] = set()
         self.quorum_lost_at: float | None = None  # when the job fell below min_trainers
         # peers that have joined (sent Join or any answer) -> how many trainers each stands for
@@ -682,11 +687,13 @@ class Aggregator(Role):
             spill_dir=self.config.workdir,
         )
 
-    def _add_to_fold(self, received: Received) -> None:
+    def _add_to_fold(self, answer: Received | Contribution) -> None:
         if isinstance(self._fold, GroupMean):
-            self._fold.add(received)
+            assert isinstance(answer, Received)
+            self._fold.add(answer)
         elif self._fold is not None:
-            self._fold.add(received.contribution())
+            assert isinstance(answer, Contribution)
+            self._fold.add(answer)
 
     async def _take(self, peer: str, msg: Message, pending: set[str], joins: JoinCount) -> None:
         """One message from a participant during :meth:`collect`."""
@@ -725,15 +732,17 @@ class Aggregator(Role):
         its metadata; without a fold (a rule that needs every update at once) keep it whole."""
         if self._order is None or self._fold is None:
             return received
+        answer: Received | Contribution = received  # what the fold adds
         try:  # a rule's own refusal (e.g. a sender twice) before the update is held or added
             if isinstance(self._fold, GroupMean):
                 self._fold.check(received)
             else:
-                self._fold.check(received.contribution())
+                answer = received.contribution()
+                self._fold.check(answer)
         except AggregationError as exc:
             raise RejectedUpdate(str(exc), received.sender) from exc
-        self._order.offer(received)
-        return replace(received, weights={}, extras={})
+        self._order.offer(answer)
+        return Received(received.sender, received.update, {}, {})
 
     async def _resend_if_resumed(self, peer: str, join: Join, had: int) -> None:
         """A restarted middle aggregator is back with an earlier round's model (``had``) than
@@ -757,10 +766,11 @@ class Aggregator(Role):
             )
         if peer not in self._selected:
             raise RejectedUpdate("not selected for this round", peer)
-        update = (FinalEval if self.final else Update).read(msg)
+        # the tensors are taken from the message: the update keeps none (one reference only)
+        update = (FinalEval if self.final else Update).read(msg, tensors=False)
         if self.final:
             return Received(peer, update, {}, {})
-        payload, update = update.weights, replace(update, weights=None)  # one reference only
+        payload = msg.weights
         limit = self.sample_limits.get(peer)
         if limit is not None and update.num_samples > limit:
             raise RejectedUpdate(
@@ -805,14 +815,15 @@ class Aggregator(Role):
                 return
             self.quorum_regained(answered)
             assert self.strategy is not None and self.selector is not None
-            updates = [r.contribution() for r in self.received]
-            if not any(u.num_samples > 0 for u in updates):
+            # a fold has had the contributions already; the rule gets them all at once
+            updates = [r.contribution() for r in self.received] if fold is None else []
+            if not any(r.weighted_samples > 0 for r in self.received):
                 self.log.warning(
                     "round.no_update",
                     round=self.round,
                     reason=(
-                        f"{len(self.declined)} declined, {len(updates)} update(s) with no work "
-                        "done: the global model is kept"
+                        f"{len(self.declined)} declined, {len(self.received)} update(s) with "
+                        "no work done: the global model is kept"
                     ),
                     declined=self.declined,
                 )

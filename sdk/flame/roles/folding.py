@@ -87,8 +87,13 @@ class SenderOrder(Generic[A]):
         """``answer`` arrived: add it now if its turn has come, else hold it."""
         if answer.sender not in self._members:
             raise AggregationError(f"{answer.sender!r} is not a participant of this round")
+        if self._is_next(answer.sender):  # its turn: added at once, never held
+            self._add(answer)
+            self._next += 1
+            self._drain(from_disk=False)
+            return
         size = nbytes(answer.weights) + nbytes(answer.extras)
-        if self._held_bytes + size <= self.hold_bytes or self._is_next(answer.sender):
+        if self._held_bytes + size <= self.hold_bytes:
             self._held[answer.sender] = answer
             self._held_bytes += size
         else:

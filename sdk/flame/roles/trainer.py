@@ -57,11 +57,13 @@ def model_digest(msg: Message) -> str:
     """What identifies a model message: its round, weights (names, dtypes, shapes, bytes) and
     instructions."""
     h = hashlib.sha256(f"{msg.kind}:{msg.round}:".encode())
-    h.update(json.dumps(msg.meta, sort_keys=True).encode())
-    for name in sorted(msg.weights or {}):
-        array = np.ascontiguousarray((msg.weights or {})[name])
+    h.update(json.dumps(msg.meta, sort_keys=True).encode() if msg.meta else b"{}")
+    weights = msg.weights or {}
+    for name in sorted(weights):
+        array = np.asarray(weights[name])
         h.update(f"|{name}:{array.dtype.str}:{array.shape}|".encode())
-        h.update(array.tobytes())
+        # the array's own memory when it is contiguous (no copy); 0-d arrays included
+        h.update((array if array.flags.c_contiguous else np.ascontiguousarray(array)).data)
     return h.hexdigest()
 
 
@@ -208,9 +210,8 @@ class Trainer(Role):
         self._started = self.clock()
         self.round = msg.round
         self.final = msg.kind == Final.KIND
-        self.instructions = Instructions()
-        if not self.final:
-            self.instructions = Model.expect(msg).instructions or Instructions()
+        given = None if self.final else Model.expect(msg).instructions
+        self.instructions = given or Instructions()
         self.global_weights, self.extras = unpack(msg.weights)
 
     async def _answer_evaluation(self, channel: str, msg: Message) -> None:
@@ -351,6 +352,7 @@ class Trainer(Role):
                 await self.channels[topo.upstream].send(self.upstream_peer, decline.message())
                 return
             kind = FinalEval if self.final else Update
+            alone = not self.final and self._out_trainers == 1  # its own work: say how much
             update = kind(
                 round=self.round,
                 weights=None if self.final else self._out,
@@ -360,9 +362,9 @@ class Trainer(Role):
                 trainers=self._out_trainers,
                 base_round=self.round,
                 duration=self.clock() - self._started,
+                steps=self.steps_done if alone else None,
+                planned_steps=self.steps_planned if alone else None,
             )
-            if not self.final and self._out_trainers == 1:
-                update = replace(update, steps=self.steps_done, planned_steps=self.steps_planned)
             if isinstance(update, Update) and not self.final:
                 self._keep(update)
             await self.channels[topo.upstream].send(self.upstream_peer, update.message())
