@@ -83,12 +83,12 @@ class Body:
     def meta(self) -> dict[str, Any]:
         """The JSON fields of this kind, in declaration order (that order is on the wire);
         optional fields that are ``None`` are left out."""
-        skip = ("round", "weights")
-        return {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if f.name not in skip and getattr(self, f.name) is not None
-        }
+        out: dict[str, Any] = {}
+        for name in _meta_fields(type(self)):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
 
     def message(self) -> Message:
         return Message(kind=self.KIND, round=self.round, meta=self.meta(), weights=self.weights)
@@ -118,6 +118,18 @@ class Body:
     def _parse(cls, meta: Mapping[str, Any], rnd: int) -> dict[str, Any]:
         """The typed fields from the wire's JSON (``rnd``: the envelope's round)."""
         return {}
+
+
+_META_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _meta_fields(cls: type[Body]) -> tuple[str, ...]:
+    """The JSON fields of a kind, in declaration order (looked up once per class)."""
+    names = _META_FIELDS.get(cls)
+    if names is None:
+        names = tuple(f.name for f in fields(cls) if f.name not in ("round", "weights"))
+        _META_FIELDS[cls] = names
+    return names
 
 
 # -- checks of JSON values ----------------------------------------------------------------------
