@@ -54,7 +54,7 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -201,6 +201,7 @@ class Aggregator(Role):
         # feeds it in sender order; None: the strategy aggregates the round's updates at once
         self._fold: Fold | GroupMean | None = None
         self._order: SenderOrder[Received | Contribution] | None = None
+        self._streaming: tuple[Strategy | None, bool] | None = None  # see _streams
         self.silent: set[str] = set()
         self.quorum_lost_at: float | None = None  # when the job fell below min_trainers
         # peers that have joined (sent Join or any answer) -> how many trainers each stands for
@@ -676,8 +677,8 @@ class Aggregator(Role):
             return
         if not self.is_top:
             self._fold = GroupMean(self.global_weights, self.extras)
-        elif isinstance(self.strategy, Streaming):
-            self._fold = self.strategy.begin(self.global_weights, self.round)
+        elif self._streams(self.strategy):
+            self._fold = cast(Streaming, self.strategy).begin(self.global_weights, self.round)
         else:
             return
         self._order = SenderOrder(
@@ -686,6 +687,14 @@ class Aggregator(Role):
             hold_bytes=self.hold_bytes,
             spill_dir=self.config.workdir,
         )
+
+    def _streams(self, strategy: Strategy | None) -> bool:
+        """Can ``strategy`` fold updates as they arrive? (A protocol check walks the class's
+        attributes: it is made once per strategy, not once per round.)"""
+        known = self._streaming
+        if known is None or known[0] is not strategy:
+            known = self._streaming = (strategy, isinstance(strategy, Streaming))
+        return known[1]
 
     def _add_to_fold(self, answer: Received | Contribution) -> None:
         if isinstance(self._fold, GroupMean):
