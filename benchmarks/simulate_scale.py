@@ -10,8 +10,13 @@ strategy, with no channels, messages or validation. Per-round times are the medi
 start-up and teardown. Memory at the largest size is measured in a fresh process: its peak RSS
 over the RSS before the run, per trainer.
 
+The largest size runs again with ``backend="ray"`` in a fresh process (a local Ray cluster,
+one host per CPU, Ray's start included), and its final weights are compared with the inproc
+run's (SHA-256 of the same safetensors bytes).
+
 Targets (reported, never asserted): <= 1.3x the plain loop per round at 10 trainers, <= 2x at
-1,000; 10,000 trainers complete 3 rounds with <= 0.2 MB per trainer.
+1,000; 10,000 trainers complete 3 rounds with <= 0.2 MB per trainer; over Ray, 10,000 trainers
+end with inproc's weights.
 """
 
 from __future__ import annotations
@@ -310,15 +315,23 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def table_row(rows: list[dict[str, Any]], mem: dict[str, Any]) -> str:
+def table_row(rows: list[dict[str, Any]], mem: dict[str, Any], ray: dict[str, Any]) -> str:
     """One row of the README's benchmark table."""
     ratios = ", ".join(
         f"{int(r['trainers']):,}: {r['ratio']:.2f}x ({r['cpu_ratio']:.2f}x CPU)" for r in rows
     )
+    if "skipped" in ray:
+        on_ray = f"Ray: {ray['skipped']}"
+    else:
+        same = "the same weights as inproc" if ray["same_weights_as_inproc"] else "OTHER weights"
+        on_ray = (
+            f"over Ray ({ray['hosts']} hosts): {int(ray['trainers']):,} trainers, "
+            f"{ray['rounds_done']} rounds in {ray['seconds']:.1f} s with Ray's start, {same}"
+        )
     return (
         f"| simulate_scale | `flame.simulate` per round / plain loop ({ratios}); "
-        f"{int(mem['trainers']):,} trainers: {mem['mb_per_trainer']:.3f} MB per trainer | "
-        "<= 1.3x at 10, <= 2x at 1,000, <= 0.2 MB |"
+        f"{int(mem['trainers']):,} trainers: {mem['mb_per_trainer']:.3f} MB per trainer; "
+        f"{on_ray} | <= 1.3x at 10, <= 2x at 1,000, <= 0.2 MB; Ray: runs 10,000, same weights |"
     )
 
 
@@ -328,6 +341,7 @@ def main(sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
     rows = [measure(n, repeats=3 if n <= 100 else 1) for n in sizes[:-1]]
     last, mem = largest(sizes[-1])
     rows.append(last)
+    over_ray = on_ray(sizes[-1], mem["weights_sha256"])
     png = RESULTS / "simulate_scale.png"
     by_n = {int(r["trainers"]): r["ratio"] for r in rows}
     return {
@@ -340,10 +354,12 @@ def main(sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
             "ratio_at_10": by_n.get(10, 0) <= TARGETS["ratio_at_10"],
             "ratio_at_1000": by_n.get(1_000, 0) <= TARGETS["ratio_at_1000"],
             "mb_per_trainer_at_10000": mem["mb_per_trainer"] <= TARGETS["mb_per_trainer_at_10000"],
+            "ray_same_weights_at_10000": bool(over_ray.get("same_weights_as_inproc")),
         },
         "rows": rows,
         "memory": mem,
-        "table_row": table_row(rows, mem),
+        "ray": over_ray,
+        "table_row": table_row(rows, mem, over_ray),
         "plot": str(png.relative_to(HERE)) if plot(rows, png) else None,
     }
 
