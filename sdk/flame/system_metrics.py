@@ -11,12 +11,30 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Any
 
 import psutil
 
 from flame.mlflow_store import MetricPoint
 
 PREFIX = "system/"
+
+
+def busy_percentage(before: Any, after: Any) -> float:
+    """The share of the CPUs' time between two ``psutil.cpu_times()`` that was not idle (guest
+    time is already counted in user time on Linux, so it is not added twice)."""
+
+    def idle(t: Any) -> float:
+        return float(t.idle + getattr(t, "iowait", 0.0))
+
+    def total(t: Any) -> float:
+        return float(sum(t)) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+
+    elapsed = total(after) - total(before)
+    if elapsed <= 0:
+        return 0.0
+    busy = elapsed - (idle(after) - idle(before))
+    return min(100.0, max(0.0, 100.0 * busy / elapsed))
 
 
 class SystemSampler:
@@ -30,7 +48,9 @@ class SystemSampler:
         self._step = 0
         net = psutil.net_io_counters()
         self._net0 = (net.bytes_recv, net.bytes_sent) if net is not None else (0, 0)
-        psutil.cpu_percent()  # starts the CPU counter: the first sample covers the interval
+        # this sampler's own CPU counter (psutil.cpu_percent() keeps one per process: two
+        # simulated jobs in one process would each see the time since the other's sample)
+        self._cpu = psutil.cpu_times()
         self._thread = threading.Thread(target=self._run, name="flame-system-metrics", daemon=True)
 
     def start(self) -> None:
@@ -42,7 +62,8 @@ class SystemSampler:
 
     def sample(self) -> None:
         """Take one sample now (a step of its own)."""
-        values = {"cpu_utilization_percentage": psutil.cpu_percent()}
+        cpu, self._cpu = self._cpu, psutil.cpu_times()
+        values = {"cpu_utilization_percentage": busy_percentage(cpu, self._cpu)}
         memory = psutil.virtual_memory()
         values["system_memory_usage_megabytes"] = memory.used / 1e6
         values["system_memory_usage_percentage"] = memory.used / memory.total * 100
