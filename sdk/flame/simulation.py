@@ -123,9 +123,8 @@ def simulate(
     as soon as the round ends; ``heterogeneity`` simulates unavailable and straggling trainers
     (:mod:`flame.heterogeneity`; in one process only). ``backend="ray"`` spreads the tasks
     over ``hosts`` Ray actors (default: one per CPU of the cluster; :mod:`flame.ray_backend`).
-    Without ``workdir``, a run that needs
-    a folder (tracking, processes or checkpoints) gets a new one under ``$FLAME_HOME/runs``
-    (:mod:`flame.paths`); one that does not writes no file.
+    Without ``workdir``, a run that needs a folder (tracking, processes or checkpoints) gets a
+    new one under ``$FLAME_HOME/runs`` (:mod:`flame.paths`); one that does not writes no file.
     """
     # flame.aio.run: the end of the run costs nothing that grows with the result (issue 21)
     return aio.run(
