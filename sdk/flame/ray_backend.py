@@ -15,9 +15,9 @@ run changes nothing: the final weights are inproc's, bit for bit, for the same j
 
 Which cluster: the one ``ray.init`` was called for; without that call, a local one is started
 (no dashboard, no usage statistics) and lives until the process exits, so later runs reuse it.
-Only bytes, JSON text and the role classes cross Ray, whose own protocol is pickle between the
-processes of one cluster: the cluster must be the user's own (whoever reaches a Ray cluster runs
-code on it). Heterogeneity is simulated in one process only.
+Only bytes, JSON text and the role classes (users' own files by value) cross Ray, whose own
+protocol is pickle between the processes of one cluster: the cluster must be the user's own
+(whoever reaches a Ray cluster runs code on it). Heterogeneity is simulated in one process only.
 """
 
 from __future__ import annotations
@@ -25,27 +25,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
 
+from flame.channels.inbox import Inbox
 from flame.channels.inproc import InprocHub
 from flame.config import TaskConfig
 from flame.errors import ChannelError, ConfigError, FlameError
 from flame.messages import Message
 from flame.roles.base import Role, RoleResult
-from flame.roles.loader import code_file_of, load_role_class
+from flame.roles.loader import USER_MODULE_PREFIX
 from flame.rounds import OnRound
 from flame.tensors import to_bytes
 from flame_spec.privacy import NO_TELEMETRY
 
 log = structlog.get_logger(__name__)
 
-#: What one message for another host is in transit: (receiver task id, encoded envelope).
-Parcel = tuple[str, bytes]
-#: Per role name, its class, or the file each host imports it from (see :func:`portable`).
-Roles = Mapping[str, type[Role] | str]
+#: What goes to another host: (channel, receiver task id, encoded envelope), or with None for
+#: the envelope: that task's end of the channel has closed.
+Parcel = tuple[str, str, bytes | None]
 
 ROUNDS_POLL = 0.2  # seconds between two looks at the top aggregator's new rounds
 
@@ -70,20 +71,22 @@ def place(configs: Sequence[TaskConfig], hosts: int) -> list[list[TaskConfig]]:
     return [s for s in shares if s]
 
 
-def portable(classes: Mapping[str, type[Role]]) -> dict[str, type[Role] | str]:
-    """What each host can rebuild the role classes from: a class that
-    :func:`~flame.roles.loader.load_role_class` imported from a file goes as that file's path
-    (its module exists only in this process); any other goes as itself (Ray pickles an
-    importable class by name, and one of ``__main__`` by value)."""
-    out: dict[str, type[Role] | str] = {}
-    for name, cls in classes.items():
-        path = code_file_of(cls)
-        out[name] = str(path) if path is not None else cls
-    return out
+def ship_user_code(ray: Any) -> None:
+    """Have Ray send the classes of users' files by value: a module that
+    :func:`~flame.roles.loader.load_role_class` made exists only in this process, so a class of
+    it (or one built on it, e.g. in ``__main__`` or a test) could not be found by name in a
+    host. An importable class still goes by name."""
+    for name, module in list(sys.modules.items()):
+        if name.startswith(USER_MODULE_PREFIX):
+            ray.cloudpickle.register_pickle_by_value(module)
 
 
 class RayHub(InprocHub):
-    """The inproc hub of one host; a receiver on another host gets the message through Ray."""
+    """The inproc hub of one host; a receiver on another host gets the message through Ray.
+
+    When a channel end of this host closes (its task ended), the other hosts are told, so that
+    a send to it fails at once there too, as inproc's does (a message already on its way is
+    dropped on arrival and logged)."""
 
     def __init__(self, job_id: str, here: int, where: Mapping[str, int], hosts: Sequence[Any]):
         super().__init__(job_id)
@@ -92,25 +95,41 @@ class RayHub(InprocHub):
         self._hosts = hosts
         self._queues: dict[int, list[Parcel]] = {}
         self._encoded: dict[int, dict[str, bytes]] = {}  # host -> message id -> envelope
+        self._gone: set[tuple[str, str]] = set()  # (channel, task) ends closed on other hosts
         self._flushing: set[asyncio.Task[None]] = set()
+
+    def new_inbox(self, channel: str, task_id: str) -> Inbox:
+        return Inbox(channel, task_id, on_close=lambda: self._closed_here(channel, task_id))
+
+    def _closed_here(self, channel: str, task_id: str) -> None:
+        for host in range(len(self._hosts)):
+            if host != self._here:
+                self._queue(host, (channel, task_id, None))
 
     def deliver(self, receiver: str, msg: Message) -> None:
         host = self._where.get(receiver, self._here)
         if host == self._here:
             super().deliver(receiver, msg)
             return
+        if (msg.channel, receiver) in self._gone:
+            raise ChannelError(
+                f"{msg.sender} -> {receiver} on channel {msg.channel}: receiver has closed"
+            )
         # encoded now, as the sender's tensors are now (it may train on them in place next)
         encoded = self._encoded.setdefault(host, {})
         data = encoded.get(msg.message_id)
         if data is None:
             data = encoded[msg.message_id] = msg.encode()
+        self._queue(host, (msg.channel, receiver, data))
+
+    def _queue(self, host: int, parcel: Parcel) -> None:
         queue = self._queues.get(host)
         if queue is None:  # nothing on its way to that host: start a hand-over
             queue = self._queues[host] = []
             task = asyncio.get_running_loop().create_task(self._hand_over(host))
             self._flushing.add(task)
             task.add_done_callback(self._flushing.discard)
-        queue.append((receiver, data))
+        queue.append(parcel)
 
     async def _hand_over(self, host: int) -> None:
         """Send what is queued for ``host``, one call at a time, until nothing is."""
@@ -125,9 +144,12 @@ class RayHub(InprocHub):
         self._queues.pop(host, None)
 
     def deliver_parcels(self, parcels: Sequence[Parcel]) -> None:
-        """Messages from another host, for tasks of this one."""
+        """What another host sent: messages for tasks of this one, and its closed ends."""
         decoded: dict[int, Message] = {}  # one decode per envelope (a batch shares its bytes)
-        for receiver, data in parcels:
+        for channel, receiver, data in parcels:
+            if data is None:
+                self._gone.add((channel, receiver))
+                continue
             try:
                 msg = decoded.get(id(data))
                 if msg is None:
@@ -160,17 +182,13 @@ class TaskHost:
         return self.rounds[start:]
 
     async def run(
-        self, configs: list[str], roles: Roles, track: bool, lead: bool
+        self, configs: list[str], classes: Mapping[str, type[Role]], track: bool, lead: bool
     ) -> list[tuple[dict[str, Any], bytes]]:
         """Run this host's tasks (``configs``: each a TaskConfig's JSON); ``lead``: this host
         holds the job's result, so its end ends the run (else every task is waited for)."""
         from flame.simulation import result_body, run_tasks
 
         tasks = [TaskConfig.model_validate_json(c) for c in configs]
-        classes = {
-            name: load_role_class(cls) if isinstance(cls, str) else cls
-            for name, cls in roles.items()
-        }
         results = await run_tasks(
             tasks,
             classes,
@@ -207,7 +225,7 @@ async def run_on_ray(
     actor = ray.remote(num_cpus=min(1.0, cpus / len(shares)))(TaskHost)
     level = logging.getLogger().getEffectiveLevel() if structlog.is_configured() else None
     handles = [actor.remote(i, configs[0].job_id, level) for i in range(len(shares))]
-    roles = portable(classes)
+    ship_user_code(ray)
     job = configs[0].job
     rounds = _Rounds(handles[0], on_round) if on_round is not None else None
     follower = asyncio.create_task(rounds.follow()) if rounds is not None else None
@@ -215,7 +233,7 @@ async def run_on_ray(
         await asyncio.gather(*(h.connect.remote(handles, where) for h in handles))
         texts = [[c.model_dump_json(by_alias=True) for c in share] for share in shares]
         runs = [
-            asyncio.ensure_future(h.run.remote(text, roles, track, i == 0))
+            asyncio.ensure_future(h.run.remote(text, classes, track, i == 0))
             for i, (h, text) in enumerate(zip(handles, texts, strict=True))
         ]
         try:

@@ -11,7 +11,7 @@ import asyncio
 import heapq
 import itertools
 from collections import OrderedDict, deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import structlog
 
@@ -33,9 +33,17 @@ class Inbox:
     they surface, and the heap is rebuilt when they outnumber the live ones.
     """
 
-    def __init__(self, channel: str, me: str, *, dedup_window: int = DEDUP_WINDOW) -> None:
+    def __init__(
+        self,
+        channel: str,
+        me: str,
+        *,
+        dedup_window: int = DEDUP_WINDOW,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         self.channel = channel
         self.me = me
+        self._on_close = on_close  # told once, when the inbox closes
         self._queues: dict[str, deque[tuple[int, Message]]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._dedup_window = dedup_window
@@ -164,8 +172,12 @@ class Inbox:
 
     def close(self) -> None:
         """Wake every waiter with ChannelError; later puts are dropped. Idempotent."""
+        if self._closed:
+            return
         self._closed = True
         self._wake()
+        if self._on_close is not None:
+            self._on_close()
 
 
 def _wake_one(fut: asyncio.Future[None]) -> None:

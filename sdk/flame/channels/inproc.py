@@ -34,15 +34,18 @@ class InprocHub:
     def inbox(self, channel: str, task_id: str) -> Inbox:
         box = self._inboxes.get((channel, task_id))
         if box is None:
-            box = self._inboxes[(channel, task_id)] = Inbox(channel, task_id)
+            box = self._inboxes[(channel, task_id)] = self.new_inbox(channel, task_id)
         return box
 
     def open_inbox(self, channel: str, task_id: str) -> Inbox:
         """The inbox for a (re)opened channel end: a closed one is replaced by a fresh one."""
         box = self.inbox(channel, task_id)
         if box.closed:
-            box = self._inboxes[(channel, task_id)] = Inbox(channel, task_id)
+            box = self._inboxes[(channel, task_id)] = self.new_inbox(channel, task_id)
         return box
+
+    def new_inbox(self, channel: str, task_id: str) -> Inbox:
+        return Inbox(channel, task_id)
 
     def deliver(self, receiver: str, msg: Message) -> None:
         box = self.inbox(msg.channel, receiver)

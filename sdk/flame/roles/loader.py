@@ -21,15 +21,6 @@ _BASES: set[str] = {"Role", "Trainer", "Aggregator", "Coordinator", "AsyncAggreg
 USER_MODULE_PREFIX = "flame_user_"  # the modules load_role_class makes of users' files
 
 
-def code_file_of(cls: type[Role]) -> Path | None:
-    """The file ``cls`` was imported from by :func:`load_role_class`, if it was (such a module
-    is not importable by name in another process: that process loads the file again)."""
-    module = sys.modules.get(cls.__module__)
-    if not cls.__module__.startswith(USER_MODULE_PREFIX) or module is None:
-        return None
-    return Path(module.__file__) if module.__file__ else None
-
-
 def load_role_class(main_py: str | Path) -> type[Role]:
     """Import ``main_py`` and return the single :class:`Role` subclass defined in it."""
     path = Path(main_py).resolve()

@@ -73,6 +73,31 @@ def test_the_top_aggregators_error_is_raised_as_inproc_raises_it() -> None:
         flame.simulate(JOB, roles=roles, backend="ray", hosts=2, overrides=ROUNDS)
 
 
+NumpyTrainer = load_role_class(JOB / "trainer" / "main.py")
+
+
+class BreaksInRoundTwo(NumpyTrainer):  # type: ignore[misc, valid-type]
+    """A class built on one from a user's file (Ray must ship both by value)."""
+
+    def train(self) -> None:
+        if self.config.index == 3 and self.round == 2:
+            raise RuntimeError("trainer 3 breaks")
+        super().train()
+
+
+def test_a_trainer_that_fails_on_another_host_is_dropped_as_inproc_drops_it() -> None:
+    roles = {
+        "trainer": BreaksInRoundTwo,
+        "aggregator": load_role_class(JOB / "aggregator" / "main.py"),
+    }
+    spec = {"rounds": 3, "min_trainers": 5, "round_timeout": 5}
+    alone = flame.simulate(JOB, roles=roles, overrides=spec)
+    spread = flame.simulate(JOB, roles=roles, backend="ray", hosts=2, overrides=spec)
+    assert [h["trainers"] for h in spread.history] == [10.0, 9.0, 9.0, 9.0]
+    assert same_weights(alone.weights, spread.weights)
+    assert len(spread.tasks) == len(alone.tasks) == 10  # the failed trainer has no result
+
+
 def test_what_ray_cannot_run_is_refused_before_anything_starts() -> None:
     with pytest.raises(ConfigError, match="ray"):
         flame.simulate(JOB, backend="ray", processes=True)
