@@ -216,11 +216,10 @@ async def run_on_ray(
     if not ray.is_initialized():
         os.environ.update(NO_TELEMETRY)
         ray.init(include_dashboard=False, configure_logging=False, log_to_driver=True)
+    if hosts is not None and hosts < 1:
+        raise ConfigError(f"hosts must be at least 1, not {hosts}")
     cpus = max(1.0, float(ray.cluster_resources().get("CPU", 1)))
-    wanted = hosts or int(cpus)
-    if wanted < 1:
-        raise ConfigError(f"hosts must be at least 1, not {wanted}")
-    shares = place(configs, wanted)
+    shares = place(configs, hosts or int(cpus))
     where = {c.task_id: i for i, share in enumerate(shares) for c in share}
     actor = ray.remote(num_cpus=min(1.0, cpus / len(shares)))(TaskHost)
     level = logging.getLogger().getEffectiveLevel() if structlog.is_configured() else None
@@ -242,6 +241,8 @@ async def run_on_ray(
             raise FlameError(
                 f"the job did not end within max_run_time ({job.max_run_time} s)"
             ) from None
+        except ray.exceptions.RayTaskError as exc:  # the top aggregator's own error, as inproc
+            raise exc.cause from exc  # raises it (Ray's, with the host's traceback, as cause)
         if runs[1:]:
             await asyncio.wait(runs[1:], timeout=job.round_timeout)
     finally:
@@ -259,10 +260,8 @@ async def run_on_ray(
             continue
         try:
             packed.extend(run.result())
-        except ray.exceptions.RayTaskError as exc:
-            if i == 0:  # the top aggregator's own error, raised as inproc raises it
-                raise exc.cause from None
-            log.warning("ray.host_failed", host=i, error=str(exc.cause))
+        except ray.exceptions.RayError as exc:  # a host of trainers only: its tasks' business
+            log.warning("ray.host_failed", host=i, error=str(exc))
     results = [result_from(body, weights) for body, weights in packed]
     return {r.task_id: r for r in results}
 

@@ -69,8 +69,9 @@ def test_the_top_aggregators_error_is_raised_as_inproc_raises_it() -> None:
         "trainer": load_role_class(JOB / "trainer" / "main.py"),
         "aggregator": FailingAggregator,
     }
-    with pytest.raises(ValueError, match="the aggregator's own bug"):
+    with pytest.raises(ValueError, match="the aggregator's own bug") as raised:
         flame.simulate(JOB, roles=roles, backend="ray", hosts=2, overrides=ROUNDS)
+    assert type(raised.value) is ValueError  # the error itself, not Ray's wrapper of it
 
 
 NumpyTrainer = load_role_class(JOB / "trainer" / "main.py")
@@ -103,6 +104,8 @@ def test_what_ray_cannot_run_is_refused_before_anything_starts() -> None:
         flame.simulate(JOB, backend="ray", processes=True)
     with pytest.raises(ConfigError, match="heterogeneity"):
         flame.simulate(JOB, backend="ray", heterogeneity=Heterogeneity())
+    with pytest.raises(ConfigError, match="hosts must be at least 1"):
+        flame.simulate(JOB, backend="ray", hosts=0)
 
 
 def test_without_ray_installed_the_error_says_how_to_get_it(
