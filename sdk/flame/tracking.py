@@ -335,10 +335,10 @@ class ControlPlaneReporter:
     and leaves it only once the control plane acknowledged it. :meth:`flush` sends what waits,
     the rounds since the last one merged into one request (up to ``MAX_REPORT_METRICS``
     values): a job of short rounds costs the control plane a request per flush, not per round
-    (:class:`CompositeTracker` flushes at most once a second). A request it does not take now
-    (a transport error, 429 or 5xx while it restarts) stays, in order, and is sent again with
-    capped, jittered backoff on later calls; :meth:`finish` keeps trying up to
-    ``drain_timeout`` seconds. The control plane keeps one value per task, metric and step, so
+    (:class:`CompositeTracker` flushes every ``REPORT_FLUSH_SECONDS`` at most). A request it
+    does not take now (a transport error, 429 or 5xx while it restarts) stays, in order, and
+    is sent again with capped, jittered backoff on later calls; :meth:`finish` keeps trying up
+    to ``drain_timeout`` seconds. The control plane keeps one value per task, metric and step, so
     a batch sent twice (acknowledged, but the answer was lost) counts once. A round it refuses
     (4xx: it would be refused again) is logged and dropped, and only that round: when a merged
     request is refused, its rounds go again one by one. Calls never sleep except in
@@ -477,9 +477,10 @@ class ControlPlaneReporter:
 #: How often a job's round metrics (and system samples) go to MLflow at most: its UI refreshes
 #: no faster, and a 20-round job of 3 ms rounds then costs the tracking server a few requests.
 MLFLOW_FLUSH_SECONDS = 1.0
-#: The same for the control plane's copy (``flamectl job watch``, the dashboard's curves): a
-#: request per round was two services' work per round on the cores the rounds run on.
-REPORT_FLUSH_SECONDS = 1.0
+#: The same for the control plane's copy (``flamectl job watch``, the dashboard's curves, and
+#: whatever waits on a round there): a request per round was two services' work per round on
+#: the cores the rounds run on; a quarter second keeps the curve that close to the job.
+REPORT_FLUSH_SECONDS = 0.25
 
 
 class CompositeTracker:

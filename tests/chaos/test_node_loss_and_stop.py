@@ -67,12 +67,17 @@ def _revive_node(cluster: Cluster, node: str) -> None:
         time.sleep(0.1)
 
 
+# long enough that the node is lost mid-job: a round takes tens of milliseconds, and the
+# control plane sees it up to a quarter second later (the reporter's batches)
+ROUNDS = 20
+
+
 def test_job_completes_when_a_trainer_node_dies_and_quorum_remains(cluster: Cluster) -> None:
     job = cluster.submit(
         "central",
         "node-loss-ok",
         {"default": cluster.datasets},
-        rounds=8,
+        rounds=ROUNDS,
         min_trainers=2,
         round_timeout=5,
     )
@@ -90,7 +95,7 @@ def test_job_fails_with_a_reason_below_min_trainers(cluster: Cluster) -> None:
         "central",
         "node-loss-fail",
         {"default": cluster.datasets},
-        rounds=8,
+        rounds=ROUNDS,
         min_trainers=3,
         round_timeout=5,
         quorum_grace=10,  # the node stays away for longer
