@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Route, expect
 
 from tests.browser.conftest import WAIT_MS, Tab, open_tab
 from tests.e2e.jobs_harness import EXAMPLES, Cluster, example_spec, start_cluster
@@ -234,3 +234,28 @@ def test_user_b_sees_none_of_user_a_and_a_urls_are_not_found(
     # a 404 answer is logged by Chromium as a failed resource load; nothing else may be
     errors = [e for e in tab.errors if "404" not in e]
     assert errors == []
+
+
+def test_a_late_not_found_does_not_replace_the_page_the_user_went_on_to(
+    cluster: Cluster, bob_token: str, browser: Browser
+) -> None:
+    """A job's 404 that comes back after the user has gone to another page leaves that page
+    on screen (CI once saw "Job not found" over the nodes page)."""
+    tab = open_tab(browser)
+    page = sign_in(tab, cluster.state.api_url, bob_token)
+    held: list[Route] = []
+    page.route(re.compile(r"/v1/jobs/[^/?]+$"), lambda route: held.append(route))
+    page.goto(f"{cluster.state.api_url}/dashboard/#/jobs/no-such-job/logs")
+    for _ in range(WAIT_MS // 50):  # until the request is held (handlers run while we wait)
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the job's request never came"
+    page.goto(f"{cluster.state.api_url}/dashboard/#/nodes")
+    expect(page.get_by_text("No nodes yet")).to_be_visible()
+    with page.expect_request_finished(lambda r: "/v1/jobs/no-such-job" in r.url):
+        held[0].continue_()
+    # two turns of the page's event loop: the 404's body is read, then its handler runs
+    page.evaluate("new Promise((r) => setTimeout(() => setTimeout(r, 0), 0))")
+    assert page.get_by_role("heading", name="Job not found").count() == 0
+    expect(page.get_by_role("heading", name="Nodes")).to_be_visible()

@@ -41,7 +41,10 @@ export function say(message) {
   say.timer = setTimeout(() => { box.textContent = ""; }, 6000);
 }
 
-export function notFound(main, what) {
+// A page's "not found", unless the user has already gone to another page (a late 404 must not
+// replace the page now on screen).
+export function notFound(main, what, signal) {
+  if (signal?.aborted) return;
   main.replaceChildren(h("h1", {}, `${what} not found`),
     h("p", {}, "It does not exist, or it is not yours to see. ", h("a", { href: "#/jobs" }, "Back to jobs")));
   document.title = "Not found · Flame";

@@ -25,7 +25,7 @@ export async function jobPage(main, [id], signal) {
   try {
     job = await get(`/v1/jobs/${encodeURIComponent(id)}`);
   } catch (exc) {
-    if (exc instanceof ApiError && exc.status === 404) return notFound(main, "Job");
+    if (exc instanceof ApiError && exc.status === 404) return notFound(main, "Job", signal);
     throw exc;
   }
   const [design, nodes, metrics] = await Promise.all([

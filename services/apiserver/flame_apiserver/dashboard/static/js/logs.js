@@ -10,7 +10,7 @@ export async function logsPage(main, [id], signal) {
   try {
     job = await get(`/v1/jobs/${encodeURIComponent(id)}`);
   } catch (exc) {
-    if (exc instanceof ApiError && exc.status === 404) return notFound(main, "Job");
+    if (exc instanceof ApiError && exc.status === 404) return notFound(main, "Job", signal);
     throw exc;
   }
   const tasks = (await get(`/v1/jobs/${encodeURIComponent(id)}/tasks`)).items

@@ -74,7 +74,7 @@ export async function projectPage(main, [projectId], signal) {
   try {
     project = await get(`/v1/projects/${id}`);
   } catch (exc) {
-    if (exc instanceof ApiError && exc.status === 404) return notFound(main, "Project");
+    if (exc instanceof ApiError && exc.status === 404) return notFound(main, "Project", signal);
     throw exc;
   }
   if (signal.aborted) return;
