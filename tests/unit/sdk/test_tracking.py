@@ -446,3 +446,47 @@ def test_a_job_with_tracking_turned_off_logs_nothing_to_mlflow(tmp_path: Path) -
     assert on.tracking is not None and on.tracking.run_id
     client = MlflowClient(tracking_uri=default_tracking_uri(tmp_path / "on"))
     assert [m.step for m in client.get_metric_history(on.tracking.run_id, "accuracy")] == [0, 1, 2]
+
+
+def test_the_models_fixed_files_go_while_the_job_runs_and_its_end_sends_two(
+    tmp_path: Path,
+) -> None:
+    """At a job's end the tracking server shares the cores with every ending task: each request
+    then took 0.1-0.4 s. What does not depend on the weights goes up as soon as the model is
+    described; the end sends the weights and MLmodel, and the model still loads whole."""
+    import mlflow
+    import mlflow.pyfunc
+
+    role = tmp_path / "aggregator"
+    role.mkdir()
+    (role / "main.py").write_text(ROLE)
+    example = np.zeros((1, 2), np.float32)
+    card = ModelCard(role, "main.py", "Linear", {"width": 2}, 0, example, example[:, :1])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker(tracking_uri=uri, experiment="early", run_name="r", register_as="early")
+    tracker.start({}, {})
+    sent: list[list[str]] = []
+    send = tracker.store.log_artifacts
+
+    def recorded(run_id: str, local_dir: Path, artifact_path: str) -> None:
+        files = [p for p in local_dir.rglob("*") if p.is_file()]
+        sent.append(sorted(p.relative_to(local_dir).as_posix() for p in files))
+        send(run_id, local_dir, artifact_path)
+
+    tracker.store.log_artifacts = recorded  # type: ignore[method-assign]
+    tracker.describe_model(card)
+    assert len(sent) == 1 and "artifacts/code/main.py" in sent[0]
+    assert "requirements.txt" in sent[0] and "input_example.json" in sent[0]
+    assert "MLmodel" not in sent[0] and "artifacts/weights.safetensors" not in sent[0]
+    for rnd, acc in enumerate([0.5, 0.9, 0.7], start=1):
+        w = {"w": np.full((2, 1), float(rnd), np.float32), "b": np.zeros(1, np.float32)}
+        tracker.log_round(rnd, {"accuracy": acc})
+        tracker.offer_model(rnd, w, {"accuracy": acc})
+    result = tracker.finish()
+    assert sent[1:] == [["MLmodel", "artifacts/weights.safetensors"]]
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    model = mlflow.pyfunc.load_model(result.model_uri)
+    np.testing.assert_allclose(model.predict(np.ones((1, 2), np.float32)), [[4.0]])
+    history = MlflowClient(tracking_uri=uri).get_metric_history(result.run_id, "accuracy")
+    assert [(m.step, m.value) for m in history] == [(1, 0.5), (2, 0.9), (3, 0.7)]
