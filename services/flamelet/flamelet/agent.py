@@ -31,7 +31,7 @@ from flame_spec import SpecError, TaskConfig
 from flame_spec.requirements import FILE_NAME as REQUIREMENTS_FILE
 from flame_spec.requirements import parse_requirements
 from flame_spec.retry import Backoff
-from flamelet import priority, runner, warm
+from flamelet import runner, warm
 from flamelet.api import AgentApi, LogLine, TaskInfo
 from flamelet.errors import (
     AlreadyRunning,
@@ -110,7 +110,6 @@ class Agent:
             size=settings.warm_runners,
             imports=settings.warm_imports,
             idle_seconds=settings.warm_idle_seconds,
-            idle_priority=priority.can_leave_idle(),
         )
         self._warm_kind: dict[str, str | None] = {}  # attempt -> the dataset its runner shows
         # the node's command starts with its Python: a warm runner can run it

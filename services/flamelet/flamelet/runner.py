@@ -55,18 +55,14 @@ async def spawn(
     env: dict[str, str],
     limits: Limits,
     stdin: int = asyncio.subprocess.DEVNULL,
-    *,
-    idle: bool = False,
 ) -> Started:
     """Start ``cmd`` under ``flamelet.supervise`` in its own session, cwd = ``workdir``,
     stdout/stderr appended to files in ``workdir``; ``stdin=PIPE`` gives the caller a pipe to
-    it (a warm runner's order, :mod:`flamelet.warm`); ``idle`` runs it at ``SCHED_IDLE``
-    (:mod:`flamelet.priority`)."""
+    it (a warm runner's order, :mod:`flamelet.warm`)."""
     sup = [
         sys.executable,
         "-m",
         "flamelet.supervise",
-        *(["--idle"] if idle else []),
         str(workdir / EXIT_FILE),
         str(limits.max_open_files),
         str(limits.cpu_seconds or 0),

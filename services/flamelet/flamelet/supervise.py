@@ -3,11 +3,9 @@
 Applies the resource limits, runs the task command, and records its exit status in a file, so
 a flamelet that restarted while the task ran still learns how it ended. Usage::
 
-    python -m flamelet.supervise [--idle] EXIT_FILE NOFILE CPU_SECONDS ADDRESS_SPACE -- CMD...
+    python -m flamelet.supervise EXIT_FILE NOFILE CPU_SECONDS ADDRESS_SPACE -- CMD...
 
-(``0`` for CPU_SECONDS / ADDRESS_SPACE means no limit.) ``--idle`` starts the command at
-Linux's ``SCHED_IDLE`` (a warm runner; its agent raises it when it hands it a task,
-:mod:`flamelet.priority`).
+(``0`` for CPU_SECONDS / ADDRESS_SPACE means no limit.)
 """
 
 from __future__ import annotations
@@ -29,9 +27,6 @@ def _limit(which: int, value: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    idle = argv[:1] == ["--idle"]
-    if idle:
-        argv = argv[1:]
     if len(argv) < 6 or argv[4] != "--":
         print(__doc__, file=sys.stderr)
         return 2
@@ -41,8 +36,6 @@ def main(argv: list[str]) -> int:
     _limit(resource.RLIMIT_AS, int(argv[3]))
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)  # set only so that this supervisor finds flamelet
-    if idle:  # inherited by the command; this process only waits
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     try:
         code = subprocess.run(argv[5:], check=False, env=env).returncode
     except OSError as exc:

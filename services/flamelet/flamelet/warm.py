@@ -14,8 +14,6 @@ The pool keeps at most one idle runner per dataset (and one for tasks without a 
 ``size`` in all, each for at most ``idle_seconds``; it starts one for a dataset when the agent
 starts (for the datasets registered then) and again whenever a task of that dataset ends.
 A runner whose agent goes away reads the end of its input and exits without running anything.
-Where the agent may raise it again (:mod:`flamelet.priority`), a runner starts at ``SCHED_IDLE``
-and is raised when handed its task: a refill then takes no CPU from a job still running.
 """
 
 from __future__ import annotations
@@ -35,7 +33,7 @@ from pathlib import Path
 import structlog
 
 from flame_service.sandbox import Sandbox
-from flamelet import priority, runner
+from flamelet import runner
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +63,6 @@ class WarmPool:
         size: int,
         imports: Sequence[str] = (),
         idle_seconds: float = 900.0,
-        idle_priority: bool = False,
     ) -> None:
         self.tasks_dir = tasks_dir
         self.python = python
@@ -73,7 +70,6 @@ class WarmPool:
         self.size = size
         self.imports = list(imports)
         self.idle_seconds = idle_seconds
-        self.idle_priority = idle_priority  # runners start at SCHED_IDLE (flamelet.priority)
         self._idle: dict[str | None, WarmRunner] = {}
         self._filling: set[str | None] = set()
         self.broken = False  # a runner died unused: this node's Python cannot run them
@@ -97,19 +93,14 @@ class WarmPool:
             cmd = sandbox.wrap([self.python, "-m", "flame.warm", *self.imports], workdir, visible)
             try:
                 started = await runner.spawn(
-                    cmd,
-                    workdir,
-                    runner.clean_env(workdir),
-                    self.limits,
-                    asyncio.subprocess.PIPE,
-                    idle=self.idle_priority,
+                    cmd, workdir, runner.clean_env(workdir), self.limits, asyncio.subprocess.PIPE
                 )
             except OSError as exc:
                 shutil.rmtree(workdir, ignore_errors=True)
                 log.warning("warm.start_failed", error=str(exc))
                 return
             self._idle[dataset] = WarmRunner(dataset, workdir, started, time.monotonic())
-            log.info("warm.ready", pid=started.pid, dataset=dataset, idle=self.idle_priority)
+            log.info("warm.ready", pid=started.pid, dataset=dataset)
         finally:
             self._filling.discard(dataset)
 
@@ -128,8 +119,6 @@ class WarmPool:
         :class:`OSError` (a broken pipe) when the runner is gone."""
         stdin = r.started.process.stdin
         assert stdin is not None
-        if self.idle_priority:  # a task never runs at idle priority
-            priority.leave_idle(r.started.pid)
         stdin.write(json.dumps({"argv": argv, "env": env}).encode() + b"\n")
         await stdin.drain()
         stdin.close()
