@@ -312,7 +312,7 @@ def main(
     floor_cpu = floor_closed["cpu_ms_per_request"]["floor"]
     row = (
         f"| rest_load | `GET /v1/jobs`, {TARGET_CLIENTS} clients each asking "
-        f"{per_client_rate:g} times a second: p99 **{p99} ms** (a bare uvicorn endpoint "
+        f"{per_client_rate:g}/s: p99 **{p99} ms** (a bare uvicorn endpoint "
         f"{floor_target['p99_ms']} ms), p50 {target['p50_ms']} ms, {target['errors']} errors. "
         f"Saturated ({closed['clients']} clients in a closed loop): p99 {closed['p99_ms']} ms = "
         f"{ratio(closed['p99_ms'], floor_closed['p99_ms'])}x the bare endpoint's "
