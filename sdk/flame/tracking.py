@@ -330,8 +330,12 @@ class MlflowTracker:
         sent: dict[str, str] = {}
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             rel = path.relative_to(folder).as_posix()
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            if self._model_files.get(rel) == digest or (fixed_only and rel in changing):
+            if fixed_only and rel in changing:
+                path.unlink()
+                continue
+            # only a file sent before is hashed: never the weights (a 1 GB model at the end)
+            digest = _sha256(path) if fixed_only or rel in self._model_files else ""
+            if digest and self._model_files.get(rel) == digest:
                 path.unlink()
             else:
                 sent[rel] = digest
@@ -652,6 +656,11 @@ def local_artifact_location(tracking_uri: str) -> str | None:
     if not db.is_absolute() or str(db) == ":memory:":
         return None
     return (db.parent / "mlartifacts").as_uri()
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _framework_requirements(code: Path) -> list[str]:
