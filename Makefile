@@ -7,9 +7,15 @@ STAMP := $(VENV)/.installed
 MANIFESTS := $(foreach p,$(PACKAGES),$(p)/pyproject.toml) requirements.lock
 LOCKVENV := .venv-lock
 
-.PHONY: install system test lint lock proto proto-check demo bench clean
+.PHONY: install system bytecode test lint lock proto proto-check demo bench clean
 
-install: system $(STAMP)
+install: system $(STAMP) bytecode
+
+# The repo's own packages compiled to bytecode, as pip does for a wheel (an editable install is
+# not): every task and service process would otherwise compile the SDK again (0.2 s of CPU
+# each) wherever PYTHONDONTWRITEBYTECODE is set, as on CI. Up to date, this takes 0.2 s.
+bytecode: $(STAMP)
+	$(BIN)/python -m compileall -q -j 0 $(PACKAGES) >/dev/null
 
 # System programs the tests need: bubblewrap sandboxes user code (flame_service.sandbox);
 # Debian's Chromium runs the dashboard's browser tests (Playwright never downloads a browser).

@@ -5,7 +5,8 @@ hyperparameters say (``mode``: ``exit`` with ``code``, or ``wait`` until the tes
 ``release`` port says go: over the network, which a sandboxed task keeps, and not through a
 file, which it cannot see).
 
-Backends: ``local`` (child processes) and ``kubernetes`` (Jobs, against the fake API server of
+Backends: ``local`` (child processes), ``local-warm`` (the same, each first attempt taken by a
+warm runner started ahead) and ``kubernetes`` (Jobs, against the fake API server of
 ``tests/fake_kubernetes`` on loopback, whose kubelet runs each pod's command as a process; one
 namespace per test). Kubernetes merges a container's stdout and stderr into one log, so the
 contract asks for every line, and the stream only where the backend keeps it."""
@@ -103,7 +104,7 @@ def kubernetes_settings(
     )
 
 
-@pytest.fixture(params=["local", "kubernetes"])
+@pytest.fixture(params=["local", "local-warm", "kubernetes"])
 async def factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DeployerFactory]:
     """Each call is a new deployer instance over the same state: a restarted controller."""
     made: list[Deployer] = []
@@ -113,14 +114,18 @@ async def factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         if request.param == "kubernetes":
             d = KubernetesDeployer(settings)
         else:
-            d = LocalDeployer(
+            warm = request.param == "local-warm"
+            d = local = LocalDeployer(
                 tmp_path / "data",
                 LocalDeployerSettings(
                     python=sys.executable,
                     launch_args=["code/aggregator/main.py"],
                     stop_grace_seconds=2,
+                    warm_runners=1 if warm else 0,
                 ),
             )
+            if warm:  # a first attempt runs in a process started ahead (prepare's runner)
+                local.fill_warm()
         made.append(d)
         return d
 

@@ -76,20 +76,26 @@ def _plant(tmp_path: Path) -> dict[str, str]:
     return targets
 
 
-async def _run(tmp_path: Path, sandbox: str) -> dict[str, bool | None]:
+async def _run(tmp_path: Path, sandbox: str, *, warm: bool = False) -> dict[str, bool | None]:
     targets = _plant(tmp_path)
     deployer = LocalDeployer(
         tmp_path / "data",
         LocalDeployerSettings(
-            python=sys.executable, launch_args=["code/agg/main.py"], sandbox=sandbox
+            python=sys.executable,
+            launch_args=["code/agg/main.py"],
+            sandbox=sandbox,
+            warm_runners=1 if warm else 0,
         ),
     )
+    if warm:  # the task runs in a process started before it (the SDK imported)
+        deployer.fill_warm()
     spec = parse_job_spec({"datasets": {"d": ["d"]}, "hyperparameters": {"targets": targets}})
     config = TaskConfig(
         job_id="job-1", job_name="j", task_id="agg-0-a", role="agg", design=DESIGN, job=spec
     )
     launch = Launch("job-1", "agg-0-a", "agg", 1, config, _zip(), "flm_task_secret")
     handle = await deployer.start(launch)
+    assert deployer.warm.handed == (1 if warm else 0)
     deadline = time.monotonic() + 120
     while (await deployer.observe(handle)).state == "running":
         assert time.monotonic() < deadline, "the task did not finish"
@@ -102,8 +108,11 @@ async def _run(tmp_path: Path, sandbox: str) -> dict[str, bool | None]:
     return result
 
 
-async def test_a_sandboxed_task_reads_none_of_the_control_planes_secrets(tmp_path: Path) -> None:
-    found = await _run(tmp_path, "auto")
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+async def test_a_sandboxed_task_reads_none_of_the_control_planes_secrets(
+    tmp_path: Path, warm: bool
+) -> None:
+    found = await _run(tmp_path, "auto", warm=warm)
     assert found == {name: None for name in found}
     assert len(found) == 4
 

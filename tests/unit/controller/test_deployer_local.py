@@ -239,3 +239,76 @@ async def test_output_is_read_in_complete_lines(tmp_path: Path) -> None:
         f.write(b"\nthree\n")
     again = await deployer(tmp_path).read_output(handle)
     assert again.lines == [("stdout", ""), ("stdout", "three")]
+
+
+async def test_a_warm_runner_takes_the_task_in_a_process_started_before_it(
+    tmp_path: Path,
+) -> None:
+    """Once prepared, the deployer keeps one runner started ahead (the SDK imported): the task
+    runs in that process, with the environment, config and sandbox of a cold start, and the
+    runner that replaces it starts when the task ends."""
+    settings = LocalDeployerSettings(
+        python=sys.executable,
+        launch_args=["code/aggregator/main.py"],
+        env={"FLAME_MQTT_HOST": "127.0.0.1", "SECRET_THING": "x"},
+        warm_runners=1,
+    )
+    d = LocalDeployer(tmp_path, settings)
+    left_by_a_dead_controller = tmp_path / "tasks" / ".warm" / "0123456789abcdef"
+    left_by_a_dead_controller.mkdir(parents=True)
+    await d.prepare()
+    await wait_for(lambda: d.warm.idle() == 1)
+    assert not left_by_a_dead_controller.exists()
+    ordered = time.time()
+    handle = await d.start(launch())
+    workdir = d.workdir("job-1", "aggregator-0-abc")
+    await wait_for(lambda: (workdir / "grandchild.pid").exists(), timeout=60)
+    assert d.warm.handed == 1 and d.warm.idle() == 0
+    runner_dir = workdir.resolve()
+    assert workdir.is_symlink() and runner_dir.parent == tmp_path / "tasks" / ".warm"
+    host_pid = next(
+        p.pid
+        for p in psutil.Process(pid_of(handle)).children(recursive=True)
+        if p.cmdline()[:3] == [sys.executable, "-m", "flame.warm"]
+    )
+    assert psutil.Process(host_pid).create_time() < ordered  # started ahead of its task
+    assert (await d.observe(handle)).state == "running"
+    seen = json.loads((workdir / "env.json").read_text())
+    env = seen["env"]
+    assert seen["cwd"] == str(runner_dir) and env["HOME"] == str(runner_dir)
+    assert env["FLAME_TASK_CONFIG"] == str(runner_dir / "config.json")
+    assert env["FLAME_TASK_ID"] == "aggregator-0-abc" and env["FLAME_MQTT_HOST"] == "127.0.0.1"
+    assert "SECRET_THING" not in env
+    assert seen["argv"] == ["code/aggregator/main.py", "config.json"]
+    cfg = TaskConfig.parse((workdir / "config.json").read_text())
+    assert cfg.workdir == str(runner_dir) and cfg.discovery.token == "flm_task_secret"
+    # a restarted controller finds it by the record in the (linked) folder
+    restarted = LocalDeployer(tmp_path, settings)
+    assert await restarted.adopt(restarted.handle_for("job-1", "aggregator-0-abc", 1))
+    (workdir / "release").touch()
+    await wait_for(lambda: _exited(d, handle))
+    obs = await d.observe(handle)
+    assert (obs.state, obs.exit_code) == ("exited", 0)
+    await wait_for(lambda: d.warm.idle() == 1, timeout=60)  # the replacement
+    await d.close()
+    assert d.warm.idle() == 0
+    assert [p for p in (tmp_path / "tasks" / ".warm").iterdir()] == [runner_dir]
+
+
+async def test_a_later_attempt_and_an_unsafe_bundle_leave_the_warm_runner_alone(
+    tmp_path: Path,
+) -> None:
+    settings = LocalDeployerSettings(
+        python=sys.executable, launch_args=["code/aggregator/main.py"], warm_runners=1
+    )
+    d = LocalDeployer(tmp_path, settings)
+    d.fill_warm()
+    with pytest.raises(InvalidArgument):
+        await d.start(launch(zip_bytes=code_zip({"../evil.py": "x"})))
+    assert not d.workdir("job-1", "aggregator-0-abc").exists()
+    await wait_for(lambda: d.warm.idle() == 1)  # the runner it took was replaced
+    d.workdir("job-1", "aggregator-0-abc").mkdir(parents=True)  # an earlier attempt ran cold
+    handle = await d.start(launch("exit", 0))
+    await wait_for(lambda: _exited(d, handle))
+    assert d.warm.handed == 0 and d.warm.idle() == 1
+    await d.close()

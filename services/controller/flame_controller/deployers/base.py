@@ -67,6 +67,11 @@ class Output:
 class Deployer(Protocol):
     name: str
 
+    async def prepare(self) -> None:
+        """Get ready to start tasks (the reconciler calls it as it starts; it returns at once):
+        the local deployer starts its warm runners."""
+        ...
+
     async def start(self, launch: Launch) -> str:
         """Run one attempt of a task; returns its handle. Idempotent per task attempt."""
         ...

@@ -148,6 +148,9 @@ class KubernetesDeployer:
                 log.debug("deployer.listener_gone", job=name)
 
     # -- start -------------------------------------------------------------------------------
+    async def prepare(self) -> None:
+        """Nothing to start ahead: each task is a Job, and its pod starts from the image."""
+
     async def start(self, launch: Launch) -> str:
         name = m.job_name(launch.job_id, launch.task_id, launch.attempt)
         handle = f"{self.namespace}/{name}"

@@ -19,6 +19,11 @@ sends SIGTERM to the process group, then SIGKILL after a grace period.  The whol
 a bubblewrap sandbox (:mod:`flame_service.sandbox`) that sees only the Python environment and
 the task's own work dir: not the control plane's home, store, blobs or other tasks.
 
+Once :meth:`LocalDeployer.prepare` ran (the reconciler calls it as it starts), a task's first
+attempt runs in a warm runner when one is idle (:mod:`.warm`): the same ``run.sh``, sandbox and
+environment, started ahead in ``tasks/.warm/<id>/`` with the SDK already imported; the task's
+folder is then a link to the runner's.
+
 A process is identified by pid *and* its start (boot id and start tick,
 :mod:`flame_service.process_identity`; psutil's ``create_time`` for records made before), so a
 reused pid is never mistaken for the task (nor killed), and a wall clock stepped while the
@@ -54,6 +59,8 @@ from flame_spec.privacy import NO_TELEMETRY
 
 from .base import Launch, Observed, Output
 from .processes import LocalHandle, ProcessId, describe, killpg, pid_free, signal_code, wait_gone
+from .warm import RECORD, WarmRunner, WarmRunners
+from .warm import discard as discard_runner
 
 log = structlog.get_logger(__name__)
 
@@ -87,6 +94,10 @@ class LocalDeployerSettings(BaseSettings):
     sandbox: SandboxMode = Field(
         default="auto", validation_alias=AliasChoices("FLAME_SANDBOX", "sandbox")
     )
+    # processes started ahead of their task (flame_controller.deployers.warm), once prepare()
+    # ran; 0: every task starts its own interpreter
+    warm_runners: int = Field(default=1, ge=0, le=16)
+    warm_imports: list[str] = Field(default_factory=list)  # modules they import besides the SDK
 
 
 class LocalDeployer:
@@ -104,6 +115,7 @@ class LocalDeployer:
         self._guard = threading.Lock()
         self._sandbox: Sandbox | None = None
         self._sandbox_lock = threading.Lock()
+        self.warm = WarmRunners(self.root / ".warm", self.settings.warm_runners)
 
     def sandbox(self) -> Sandbox:
         """The sandbox tasks run in, chosen on first use (:class:`FailedPrecondition` when
@@ -122,8 +134,9 @@ class LocalDeployer:
         """``listener(task_id)`` is called (from a watcher thread) when a task's process ends."""
         self._listener = listener
 
-    def _watch(self, task_id: str, wait: Callable[[], object]) -> None:
-        """One daemon thread per running process, blocked in ``wait`` until it ends."""
+    def _watch(self, task_id: str, wait: Callable[[], object], *, refill: bool = False) -> None:
+        """One daemon thread per running process, blocked in ``wait`` until it ends (then,
+        with ``refill``, it starts the warm runner that replaces the one the task took)."""
         with self._guard:
             if task_id in self._watched:
                 return
@@ -141,6 +154,8 @@ class LocalDeployer:
                 if listener is not None:
                     with contextlib.suppress(RuntimeError):  # its event loop may be gone
                         listener(task_id)
+                if refill:
+                    self.fill_warm()
 
         threading.Thread(target=run, name=f"watch-{task_id}", daemon=True).start()
 
@@ -160,7 +175,7 @@ class LocalDeployer:
     def _recorded(self, job_id: str, task_id: str) -> ProcessId | None:
         """The process ``process.json`` names in the task's work dir."""
         try:
-            data = json.loads((self.workdir(job_id, task_id) / "process.json").read_text())
+            data = json.loads((self.workdir(job_id, task_id) / RECORD).read_text())
             sid = data.get("start_id")
             start_id = str(sid) if sid else None
             return ProcessId(int(data["pid"]), float(data["create_time"]), start_id)
@@ -202,23 +217,48 @@ class LocalDeployer:
 
     def _start_sync(self, launch: Launch) -> ProcessId:
         workdir = self.workdir(launch.job_id, launch.task_id)
+        if not workdir.exists():  # a first attempt; a later one starts where the last ran
+            runner = self.warm.take() if self._warm_usable() else None
+            if runner is not None:
+                ident = self._start_warm(runner, launch, workdir)
+                if ident is not None:
+                    return ident
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for stale_file in ("exit_code", "exit_code.tmp", "process.json", "run.sh"):
+        for stale_file in ("exit_code", "exit_code.tmp", RECORD, "run.sh"):
             (workdir / stale_file).unlink(missing_ok=True)
         config_path = prepare_task_dir(workdir, launch.code, launch.config, token=launch.credential)
-        env = {
+        env = {**self._base_env(workdir), **self._task_env(launch, config_path)}
+        argv = [self.settings.python, *self.settings.launch_args, "config.json"]
+        child, ident = self._spawn(argv, workdir, env, stdin=subprocess.DEVNULL)
+        self._children[launch.task_id] = child
+        self._watch(launch.task_id, child.wait)
+        self._record(workdir, ident)
+        return ident
+
+    def _base_env(self, workdir: Path) -> dict[str, str]:
+        """A task's clean environment, but for what names its task."""
+        return {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "HOME": str(workdir),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "TMPDIR": str(workdir / "tmp"),
             "PYTHONUNBUFFERED": "1",
             **{k: v for k, v in self.settings.env.items() if k.startswith("FLAME_")},
+            **NO_TELEMETRY,
+        }
+
+    @staticmethod
+    def _task_env(launch: Launch, config_path: Path) -> dict[str, str]:
+        return {
             "FLAME_TASK_CONFIG": str(config_path),
             "FLAME_JOB_ID": launch.job_id,
             "FLAME_TASK_ID": launch.task_id,
-            **NO_TELEMETRY,
         }
-        argv = [self.settings.python, *self.settings.launch_args, "config.json"]
+
+    def _spawn(
+        self, argv: list[str], workdir: Path, env: dict[str, str], *, stdin: int
+    ) -> tuple[subprocess.Popen[bytes], ProcessId]:
+        """``argv`` through ``run.sh`` in the sandbox, in ``workdir``, in a session of its own."""
         sandbox = self.sandbox()
         write_atomic(workdir / "run.sh", _RUN_SH.format(command=shlex.join(argv)).encode())
         with (
@@ -229,7 +269,7 @@ class LocalDeployer:
                 sandbox.wrap(["/bin/sh", "run.sh"], workdir),
                 cwd=workdir,
                 env=env,
-                stdin=subprocess.DEVNULL,
+                stdin=stdin,
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
@@ -239,12 +279,69 @@ class LocalDeployer:
             create_time = psutil.Process(child.pid).create_time()
         except psutil.NoSuchProcess:  # exited at once (and reaped by nobody yet: unlikely)
             create_time = 0.0
-        self._children[launch.task_id] = child
-        self._watch(launch.task_id, child.wait)
-        ident = ProcessId(child.pid, create_time, process_start_id(child.pid))
+        return child, ProcessId(child.pid, create_time, process_start_id(child.pid))
+
+    @staticmethod
+    def _record(workdir: Path, ident: ProcessId) -> None:
         record = {"pid": ident.pid, "create_time": ident.create_time, "start_id": ident.start_id}
-        write_atomic(workdir / "process.json", json.dumps(record).encode())
-        return ident
+        write_atomic(workdir / RECORD, json.dumps(record).encode())
+
+    # -- warm runners ------------------------------------------------------------------------
+    async def prepare(self) -> None:
+        """Start the warm runners (in the background: this returns at once)."""
+        if self._warm_usable():
+            await asyncio.to_thread(self.warm.remove_stale)
+            self._fill_in_background()
+
+    def _warm_usable(self) -> bool:
+        """Runners can run the task command (``-m MODULE`` or a script, not ``-c``)."""
+        args = self.settings.launch_args
+        return self.settings.warm_runners > 0 and bool(args) and args[0] != "-c"
+
+    def _fill_in_background(self) -> None:
+        threading.Thread(target=self.fill_warm, name="deployer-warm", daemon=True).start()
+
+    def fill_warm(self) -> None:
+        """Start runners until the pool is full (blocking; each start returns at once)."""
+        try:
+            self.sandbox()
+        except FailedPrecondition:
+            return  # tasks cannot start either; each start says why
+        self.warm.fill(self._spawn_runner)
+
+    def _spawn_runner(self, workdir: Path) -> WarmRunner:
+        argv = [self.settings.python, "-m", "flame.warm", *self.settings.warm_imports]
+        child, ident = self._spawn(argv, workdir, self._base_env(workdir), stdin=subprocess.PIPE)
+        return WarmRunner(workdir, child, ident)
+
+    def _start_warm(self, runner: WarmRunner, launch: Launch, workdir: Path) -> ProcessId | None:
+        """Hand ``launch`` to ``runner``: unpack it into the runner's folder, record the runner
+        as the task's process and link the task's folder to it, then write the order (so a
+        controller that dies in between adopts the task). None when the runner died: the
+        caller starts the task cold."""
+        try:
+            config_path = prepare_task_dir(
+                runner.workdir, launch.code, launch.config, token=launch.credential
+            )
+        except BaseException:  # an unsafe bundle: nothing ran; the runner is let go
+            discard_runner(runner)
+            self._fill_in_background()
+            raise
+        self._record(runner.workdir, runner.ident)
+        workdir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        workdir.symlink_to(runner.workdir, target_is_directory=True)
+        argv = [*self.settings.launch_args, "config.json"]
+        try:
+            self.warm.hand_over(runner, argv, self._task_env(launch, config_path))
+        except OSError as exc:
+            log.warning("deployer.warm_gone", task_id=launch.task_id, error=str(exc))
+            workdir.unlink()
+            discard_runner(runner)
+            self._fill_in_background()
+            return None
+        self._children[launch.task_id] = runner.child
+        self._watch(launch.task_id, runner.child.wait, refill=True)
+        return runner.ident
 
     async def observe(self, handle: str) -> Observed:
         h = LocalHandle.decode(handle)
@@ -368,6 +465,7 @@ class LocalDeployer:
         del job_id
 
     async def close(self) -> None:
+        await asyncio.to_thread(self.warm.close)
         for child in self._children.values():
             child.poll()  # reap what has ended; running tasks keep running
         self._children.clear()

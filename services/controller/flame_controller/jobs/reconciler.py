@@ -144,6 +144,10 @@ class Reconciler:
         self._loop = asyncio.get_running_loop()
         if self.deployer is not None:
             self.deployer.set_listener(self._process_ended)
+            try:
+                await self.deployer.prepare()
+            except Exception:  # tasks still start, only not ahead
+                log.exception("reconciler.deployer_prepare_failed")
         log.info("reconciler.started", deployer=getattr(self.deployer, "name", None))
         try:
             await self._adopt_running()
