@@ -31,10 +31,10 @@ from flame.channels.factory import open_channels
 from flame.config import TaskConfig, load_task_config
 from flame.errors import ConfigError, FlameError, QuorumLost
 from flame.logs import configure as configure_logging
+from flame.results import tracker_for, write_result
 from flame.roles.base import Role, RoleResult
 from flame.roles.loader import load_role_class, make_role
 from flame.rounds import OnRound, RoundWriter
-from flame.simulation import tracker_for, write_result
 
 log = structlog.get_logger(__name__)
 

@@ -186,7 +186,8 @@ class TaskHost:
     ) -> list[tuple[dict[str, Any], bytes]]:
         """Run this host's tasks (``configs``: each a TaskConfig's JSON); ``lead``: this host
         holds the job's result, so its end ends the run (else every task is waited for)."""
-        from flame.simulation import result_body, run_tasks
+        from flame.results import result_body
+        from flame.simulation import run_tasks
 
         tasks = [TaskConfig.model_validate_json(c) for c in configs]
         results = await run_tasks(
@@ -210,7 +211,7 @@ async def run_on_ray(
     hosts: int | None = None,
 ) -> dict[str, RoleResult]:
     """Run the job's tasks over ``hosts`` Ray actors; returns each finished task's result."""
-    from flame.simulation import result_from
+    from flame.results import result_from
 
     ray = _ray()
     if not ray.is_initialized():

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import os
 import re
 import shutil
@@ -37,20 +36,19 @@ from flame.jobdir import JobDir, load_job_dir
 from flame.paths import new_run_dir
 from flame.plan import expand
 from flame.ports import free_ports
+from flame.results import read_result, tracker_for
 from flame.roles.base import Role, RoleResult
 from flame.roles.loader import load_role_class, make_role
 from flame.roles.topology import topology_of
 from flame.roles.trainer import Trainer
-from flame.rounds import OnRound, RoundReader, RoundTee
-from flame.tensors import Weights, from_bytes, to_bytes
-from flame.tracking import NullTracker, Tracker, TrackingResult, make_tracker
+from flame.rounds import OnRound, RoundReader
+from flame.tensors import Weights
+from flame.tracking import TrackingResult
 from flame_spec import SpecError, dump, parse_design, parse_job_spec
 from flame_spec.privacy import NO_TELEMETRY
 
 log = structlog.get_logger(__name__)
 
-RESULT_JSON = "result.json"
-RESULT_WEIGHTS = "result.safetensors"
 ROUNDS_FILE = "rounds.jsonl"
 
 
@@ -264,16 +262,6 @@ def _top_result(results: Mapping[str, RoleResult]) -> RoleResult:
     return results[trainers[0]]
 
 
-def tracker_for(config: TaskConfig, track: bool, on_round: OnRound | None = None) -> Tracker:
-    """MLflow for the top aggregator when ``track``, else nothing; ``on_round`` sees the top
-    aggregator's rounds either way."""
-    top = topology_of(config).is_top
-    tracker: Tracker = make_tracker(config) if track and top else NullTracker()
-    if top and on_round is not None:
-        tracker = RoundTee(tracker, on_round)
-    return tracker
-
-
 async def run_tasks(
     configs: list[TaskConfig],
     classes: Mapping[str, type[Role]],
@@ -463,46 +451,3 @@ def _deliver(rounds: RoundReader | None, on_round: OnRound | None) -> None:
             on_round(entry)
         except Exception as exc:
             log.warning("rounds.callback_failed", error=repr(exc))
-
-
-def result_body(result: RoleResult) -> dict[str, Any]:
-    """A task's result without its weights, as JSON-safe values (what ``result.json`` holds)."""
-    tracking = result.tracking.__dict__ if result.tracking is not None else None
-    return {
-        "task_id": result.task_id,
-        "role": result.role,
-        "is_top": result.is_top,
-        "history": result.history,
-        "tracking": tracking,
-        "report": result.report,
-    }
-
-
-def result_from(body: Mapping[str, Any], weights: bytes) -> RoleResult:
-    """The inverse of :func:`result_body` and :func:`flame.tensors.to_bytes` of the weights."""
-    tracking = TrackingResult(**body["tracking"]) if body.get("tracking") else None
-    return RoleResult(
-        task_id=body["task_id"],
-        role=body["role"],
-        is_top=body["is_top"],
-        weights=from_bytes(weights),
-        history=body["history"],
-        tracking=tracking,
-        report=body.get("report") or {},
-    )
-
-
-def write_result(workdir: str | Path, result: RoleResult) -> None:
-    """What ``flame.launch`` leaves in the task's workdir: final weights + history JSON."""
-    folder = Path(workdir)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / RESULT_WEIGHTS).write_bytes(to_bytes(result.weights))
-    (folder / RESULT_JSON).write_text(json.dumps(result_body(result), indent=1, default=str))
-
-
-def read_result(workdir: str | Path) -> RoleResult | None:
-    folder = Path(workdir)
-    if not (folder / RESULT_JSON).exists():
-        return None
-    body = json.loads((folder / RESULT_JSON).read_text())
-    return result_from(body, (folder / RESULT_WEIGHTS).read_bytes())

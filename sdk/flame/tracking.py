@@ -37,14 +37,13 @@ from flame.config import TaskConfig, TrackingSpec
 from flame.connect import PLAINTEXT, Security, sync_http_client
 from flame.mlflow_store import MetricPoint, RunStore, StoreError, store_for
 from flame.outbox import Outbox
-from flame.serving.pyfunc_folder import write_pyfunc_folder
-from flame.system_metrics import SystemSampler
 from flame.tensors import Weights, copy_weights
 from flame.tensors import to_bytes as weights_to_bytes
 from flame_spec.retry import Backoff
 
 if TYPE_CHECKING:
     from flame.serving.model_card import ModelCard
+    from flame.system_metrics import SystemSampler
 
 log = structlog.get_logger(__name__)
 
@@ -181,6 +180,8 @@ class MlflowTracker:
         items = sorted(flat.items())
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             self.store.log_batch(self.run_id, params=items[i : i + 100])
+        from flame.system_metrics import SystemSampler  # psutil: only a tracked run needs it
+
         self._sampler = SystemSampler(self.system_metrics_interval)
         self._sampler.start()
         log.info("tracking.started", run_id=self.run_id, uri=self.tracking_uri)
@@ -308,6 +309,8 @@ class MlflowTracker:
                 "output_example": np.asarray(self.card.output_example),
             }
             requirements += ["flame-sdk", *_framework_requirements(code)]
+        from flame.serving.pyfunc_folder import write_pyfunc_folder  # YAML: only here
+
         model_dir = tmp / "model"
         write_pyfunc_folder(
             model_dir,

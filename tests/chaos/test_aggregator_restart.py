@@ -114,14 +114,17 @@ def _aggregator_task(client: FlameClient, job_id: str) -> Task:
 def _task_process(
     cluster: Cluster, job_id: str, task_id: str, timeout: float = 120.0
 ) -> psutil.Process:
-    """A deployer-run task's `python -m flame.launch` process (below its run.sh and sandbox)."""
-    folder = Path(cluster.state.home) / "data" / "tasks" / job_id / task_id
+    """A deployer-run task's process (below its run.sh and sandbox): `python -m flame.launch`,
+    or `python -m flame.warm` when a warm runner took it (the task's folder links to its)."""
+    link = Path(cluster.state.home) / "data" / "tasks" / job_id / task_id
     deadline = time.monotonic() + timeout
     while True:
+        folder = link.resolve()
         for proc in psutil.process_iter(["cmdline"]):
             try:
                 cmd = proc.info["cmdline"] or []
-                if cmd[1:3] == ["-m", "flame.launch"] and Path(proc.cwd()) == folder:
+                runs_a_task = cmd[1:3] in (["-m", "flame.launch"], ["-m", "flame.warm"])
+                if runs_a_task and Path(proc.cwd()) == folder:
                     return proc
             except (psutil.Error, IndexError):
                 continue

@@ -290,6 +290,14 @@ async def test_a_warm_runner_takes_the_task_in_a_process_started_before_it(
     obs = await d.observe(handle)
     assert (obs.state, obs.exit_code) == ("exited", 0)
     await wait_for(lambda: d.warm.idle() == 1, timeout=60)  # the replacement
+    # a second attempt starts cold, in the same folder, seen by the same path
+    (workdir / "release").unlink()
+    (workdir / "env.json").unlink()
+    again = await d.start(launch())
+    await wait_for(lambda: (workdir / "env.json").exists(), timeout=60)
+    assert json.loads((workdir / "env.json").read_text())["cwd"] == str(runner_dir)
+    assert d.warm.handed == 1 and pid_of(again) != pid_of(handle)
+    await d.stop(again)
     await d.close()
     assert d.warm.idle() == 0
     assert [p for p in (tmp_path / "tasks" / ".warm").iterdir()] == [runner_dir]

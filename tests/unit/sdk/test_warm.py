@@ -11,8 +11,10 @@ from pathlib import Path
 SCRIPT = """
 import json, os, sys
 import helper  # next to the script: python puts the script's folder first on sys.path
+warmed = {name: name in sys.modules for name in ("numpy", "structlog", "rich", "click")}
+import click, rich.console  # the task's own code can use them
 json.dump({"argv": sys.argv, "name": __name__, "stdin": sys.stdin.read(), "helper": helper.X,
-           "env": os.environ.get("FLAME_TASK_CONFIG"), "warmed": "numpy" in sys.modules},
+           "env": os.environ.get("FLAME_TASK_CONFIG"), "warmed": warmed},
           open("seen.json", "w"))
 sys.exit(3)
 """
@@ -54,7 +56,9 @@ def test_a_script_runs_as_python_would_run_it(tmp_path: Path) -> None:
         "stdin": "",  # the order is not the task's input
         "helper": 7,
         "env": "c.json",
-        "warmed": True,  # imported before the order came (the SDK brings NumPy)
+        # imported before the order came (the SDK brings NumPy), but not rich or click: the
+        # SDK's libraries pull them in only for a terminal, and a task logs JSON
+        "warmed": {"numpy": True, "structlog": True, "rich": False, "click": False},
     }
 
 

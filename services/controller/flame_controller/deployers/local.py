@@ -223,6 +223,7 @@ class LocalDeployer:
                 ident = self._start_warm(runner, launch, workdir)
                 if ident is not None:
                     return ident
+        workdir = workdir.resolve()  # a warm runner's folder when one took the first attempt
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for stale_file in ("exit_code", "exit_code.tmp", RECORD, "run.sh"):
             (workdir / stale_file).unlink(missing_ok=True)
