@@ -4,9 +4,10 @@ The issue's workload (digits, 10 IID shards, numpy logistic regression, 20 round
 ``examples/central-numpy``) runs on an embedded stack with its MLflow server, as ``flamectl up``
 starts it, alternately with tracking on (the default: a run with params, per-round metrics and
 system metrics, the best model logged and registered) and off (``"tracking": {"enabled":
-false}``: the round metrics still reach the control plane). The first job of each kind is a
-warm-up and not counted. Reported: each job's phases (``control_plane_round.one_job``) and the
-median wall time with tracking over the median without. Target: <= 1.05.
+false}``: the round metrics still reach the control plane), each submitted to a quiet stack
+(``control_plane_round.settle``). The first job of each kind is a warm-up and not counted.
+Reported: each job's phases (``control_plane_round.one_job``) and the median wall time with
+tracking over the median without. Target: <= 1.05.
 Usage: python -m benchmarks.mlflow_cost [--reps 3]
 """
 
@@ -19,7 +20,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.control_plane_round import EXAMPLE, ROUNDS, one_job, phase_medians, phase_plot
+from benchmarks.control_plane_round import (
+    EXAMPLE,
+    ROUNDS,
+    one_job,
+    phase_medians,
+    phase_plot,
+    settle,
+)
 from benchmarks.job_start import TRAINERS, machine, new_design
 from benchmarks.run import RESULTS, save
 from tests.e2e.jobs_harness import start_cluster
@@ -37,6 +45,7 @@ def main(reps: int = 3) -> dict[str, Any]:
             design = new_design(cluster, EXAMPLE, "bench-mlflow")
             for rep in range(reps + 1):  # rep 0 warms both kinds up
                 for kind, overrides in KINDS.items():
+                    settle()
                     job = one_job(
                         cluster, design, f"bench-mlflow-{kind}-{rep}", EXAMPLE, **overrides
                     )
