@@ -311,6 +311,8 @@ async def test_a_later_attempt_and_an_unsafe_bundle_leave_the_warm_runner_alone(
     )
     d = LocalDeployer(tmp_path, settings)
     d.fill_warm()
+    await d.prepare()  # again (a reconciler restarted): its own idle runner's folder stays
+    assert d.warm.idle() == 1 and len(list((tmp_path / "tasks" / ".warm").iterdir())) == 1
     with pytest.raises(InvalidArgument):
         await d.start(launch(zip_bytes=code_zip({"../evil.py": "x"})))
     assert not d.workdir("job-1", "aggregator-0-abc").exists()

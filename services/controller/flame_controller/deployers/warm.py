@@ -86,7 +86,11 @@ class WarmRunners:
                     log.warning("deployer.warm_start_failed", error=str(exc))
                     return
                 with self._lock:
-                    self._idle.append(runner)
+                    if not self.closed:
+                        self._idle.append(runner)
+                if self.closed:  # closed while it started
+                    discard(runner)
+                    return
                 log.info("deployer.warm_ready", pid=runner.ident.pid)
         finally:
             self._filling.release()
@@ -141,9 +145,11 @@ class WarmRunners:
     def remove_stale(self) -> None:
         """Remove what runners of an earlier controller left that no task took (a folder
         without ``process.json``); their processes exit on their own at the end of input."""
+        with self._lock:
+            ours = {r.workdir for r in self._idle}
         with contextlib.suppress(FileNotFoundError):
             for path in self.folder.iterdir():
-                if path.is_dir() and not (path / RECORD).exists():
+                if path.is_dir() and path not in ours and not (path / RECORD).exists():
                     shutil.rmtree(path, ignore_errors=True)
 
 
