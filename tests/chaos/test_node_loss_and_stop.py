@@ -36,10 +36,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def _job_processes(cluster: Cluster, job_id: str) -> list[psutil.Process]:
     """Live task processes of ``job_id`` and the supervisors around them: deployer-run ones
-    work in <data>/tasks/<job>/..., node ones in the folder the node's ledger names (a process
-    started ahead runs ``flame.warm``, :mod:`flamelet.warm`)."""
+    work in <data>/tasks/<job>/<task> (a link to a warm runner's folder when one took it),
+    node ones in the folder the node's ledger names (a process started ahead runs
+    ``flame.warm``: :mod:`flamelet.warm`, :mod:`flame_controller.deployers.warm`)."""
     task_ids = {t.id for t in cluster.client.list_tasks(job_id)}
+    deployer_tasks = Path(cluster.state.home) / "data" / "tasks" / job_id
     on_nodes = set(node_workdirs(cluster, task_ids))
+    on_nodes |= {(deployer_tasks / task_id).resolve() for task_id in task_ids}
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:

@@ -193,7 +193,12 @@ def make_deployer(tmp_path: Path) -> LocalDeployer:
     return LocalDeployer(
         tmp_path / "data",
         LocalDeployerSettings(
-            python=sys.executable, launch_args=["code/aggregator/main.py"], stop_grace_seconds=2
+            python=sys.executable,
+            launch_args=["code/aggregator/main.py"],
+            stop_grace_seconds=2,
+            # every start cold, whichever wins the race with the pool's first runner (the
+            # deployer contract runs the warm path: tests/contract/test_deployers.py)
+            warm_runners=0,
         ),
     )
 
@@ -402,9 +407,15 @@ def starts(tmp_path: Path, task: TaskRecord) -> list[int]:
 
 def role_process(task: TaskRecord) -> psutil.Process:
     """The task's own python process, below the run.sh (and sandbox) the handle names (its
-    pid in starts.log is the one inside the sandbox's pid namespace)."""
+    pid in starts.log is the one inside the sandbox's pid namespace): the role's script, or
+    the warm runner that runs it (``python -m flame.warm``)."""
     below = psutil.Process(pid_of(task)).children(recursive=True)
-    (proc,) = [p for p in below if "code/aggregator/main.py" in " ".join(p.cmdline())]
+    (proc,) = [
+        p
+        for p in below
+        if "code/aggregator/main.py" in " ".join(p.cmdline())
+        or p.cmdline()[1:3] == ["-m", "flame.warm"]
+    ]
     return proc
 
 
