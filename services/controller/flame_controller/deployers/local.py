@@ -223,7 +223,8 @@ class LocalDeployer:
                 ident = self._start_warm(runner, launch, workdir)
                 if ident is not None:
                     return ident
-        workdir = workdir.resolve()  # a warm runner's folder when one took the first attempt
+        if workdir.is_symlink():  # a warm runner took the first attempt: run in its folder
+            workdir = workdir.resolve()
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for stale_file in ("exit_code", "exit_code.tmp", RECORD, "run.sh"):
             (workdir / stale_file).unlink(missing_ok=True)
