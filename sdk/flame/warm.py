@@ -29,7 +29,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-EXIT_UNUSED = 75  # EX_TEMPFAIL: no task was handed over; nothing ran
+from flame_spec.warm import EXIT_UNUSED
 
 
 def warm_up(modules: list[str]) -> None:

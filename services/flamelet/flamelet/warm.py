@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -33,12 +32,12 @@ from pathlib import Path
 import structlog
 
 from flame_service.sandbox import Sandbox
+from flame_spec.warm import failed_unused, order_line
 from flamelet import runner
 
 log = structlog.get_logger(__name__)
 
 WORKDIR_PREFIX = "warm-"
-EXIT_UNUSED = 75  # flame.warm's status when its input ended before an order
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ class WarmPool:
         :class:`OSError` (a broken pipe) when the runner is gone."""
         stdin = r.started.process.stdin
         assert stdin is not None
-        stdin.write(json.dumps({"argv": argv, "env": env}).encode() + b"\n")
+        stdin.write(order_line(argv, env))
         await stdin.drain()
         stdin.close()
         self.handed += 1
@@ -158,7 +157,7 @@ class WarmPool:
         except OSError:
             stderr = ""
         shutil.rmtree(r.workdir, ignore_errors=True)
-        if code is not None and 0 < code < 128 and code != EXIT_UNUSED:
+        if failed_unused(code):
             self.broken = True
             log.warning("warm.disabled", exit_code=code, stderr=stderr)
 

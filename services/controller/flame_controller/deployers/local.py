@@ -300,6 +300,11 @@ class LocalDeployer:
         args = self.settings.launch_args
         return self.settings.warm_runners > 0 and bool(args) and args[0] != "-c"
 
+    def _replace(self, runner: WarmRunner) -> None:
+        """Let ``runner`` go (it will not run a task) and start another."""
+        discard_runner(runner)
+        self._fill_in_background()
+
     def _fill_in_background(self) -> None:
         threading.Thread(target=self.fill_warm, name="deployer-warm", daemon=True).start()
 
@@ -326,8 +331,7 @@ class LocalDeployer:
                 runner.workdir, launch.code, launch.config, token=launch.credential
             )
         except BaseException:  # an unsafe bundle: nothing ran; the runner is let go
-            discard_runner(runner)
-            self._fill_in_background()
+            self._replace(runner)
             raise
         self._record(runner.workdir, runner.ident)
         workdir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -338,8 +342,7 @@ class LocalDeployer:
         except OSError as exc:
             log.warning("deployer.warm_gone", task_id=launch.task_id, error=str(exc))
             workdir.unlink()
-            discard_runner(runner)
-            self._fill_in_background()
+            self._replace(runner)
             return None
         self._children[launch.task_id] = runner.child
         self._watch(launch.task_id, runner.child.wait, refill=True)

@@ -19,7 +19,6 @@ anything; the next controller removes the folders of runners that were never han
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -32,11 +31,12 @@ from pathlib import Path
 
 import structlog
 
+from flame_spec.warm import failed_unused, order_line
+
 from .processes import ProcessId
 
 log = structlog.get_logger(__name__)
 
-EXIT_UNUSED = 75  # flame.warm's status when its input ended before an order
 RECORD = "process.json"  # written in a runner's folder when it is handed a task
 
 
@@ -110,7 +110,7 @@ class WarmRunners:
         stdin = runner.child.stdin
         assert stdin is not None
         try:
-            stdin.write(json.dumps({"argv": argv, "env": env}).encode() + b"\n")
+            stdin.write(order_line(argv, env))
             stdin.flush()
         finally:
             with contextlib.suppress(OSError):
@@ -124,7 +124,7 @@ class WarmRunners:
         code = runner.child.poll()
         if code is None:
             return True
-        if 0 < code < 128 and code != EXIT_UNUSED and not self.broken:
+        if failed_unused(code) and not self.broken:
             self.broken = True
             try:
                 stderr = (runner.workdir / "stderr.log").read_text(errors="replace")[-2000:]
