@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -40,6 +42,33 @@ from .store.records import (
     TransitionRecord,
     UserRecord,
 )
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class Remembered(Generic[In, Out]):
+    """``convert(record)``, kept for the last records converted. The store hands an unchanged
+    record out again as the same object (:mod:`.store.decoded`), so a listing asked for again
+    converts only what changed. Kept by identity, with the record held so its ``id()`` cannot
+    be reused; a message from here goes only into a response that copies it."""
+
+    def __init__(self, convert: Callable[[In], Out], size: int = 4096) -> None:
+        self._convert = convert
+        self._size = size
+        self._items: OrderedDict[int, tuple[In, Out]] = OrderedDict()
+
+    def __call__(self, record: In) -> Out:
+        found = self._items.get(id(record))
+        if found is not None and found[0] is record:
+            self._items.move_to_end(id(record))
+            return found[1]
+        out = self._convert(record)
+        self._items[id(record)] = (record, out)
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+        return out
+
 
 _PRESENCE = {
     "unknown": control_pb2.PRESENCE_UNSPECIFIED,
@@ -365,3 +394,7 @@ def health(rec: NodeHealthRecord) -> control_pb2.NodeHealthSample:
         gpus=[control_pb2.GpuHealth(**g.model_dump()) for g in rec.gpus],
         **{f: getattr(rec, f) for f in _HEALTH_FIELDS},
     )
+
+
+listed_job = Remembered(job)
+listed_task = Remembered(task)

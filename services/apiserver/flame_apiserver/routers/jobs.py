@@ -19,10 +19,13 @@ from flame_apiserver.models import (
     Task,
     UpdateJob,
 )
+from flame_apiserver.rendered import Rendered, json_response
 from flame_apiserver.routers.common import IdempotencyKey, PageQuery, dump, v1_router
 from flame_proto.v1 import control_pb2
 
 router = v1_router("jobs")
+_jobs = Rendered(Job)
+_tasks = Rendered(Task)
 Id = Annotated[str, Path(min_length=1, max_length=256)]
 
 
@@ -41,11 +44,9 @@ async def create_job(
 
 
 @router.get("/jobs", response_model=Page[Job])
-async def list_jobs(page: PageQuery, caller: UserCaller, ctl: Ctl) -> Page[Job]:
+async def list_jobs(page: PageQuery, caller: UserCaller, ctl: Ctl) -> Response:
     resp = await ctl.call(ctl.stub.ListJobs, page, caller)
-    return Page[Job](
-        items=[Job.from_pb(j) for j in resp.items], next_page_token=resp.page.next_page_token
-    )
+    return json_response(_jobs, resp.items, next_page_token=resp.page.next_page_token)
 
 
 @router.get("/jobs/{id}", response_model=Job)
@@ -79,9 +80,9 @@ async def stop_job(id: Id, caller: UserCaller, ctl: Ctl) -> Job:
 
 
 @router.get("/jobs/{id}/tasks", response_model=Items[Task])
-async def list_tasks(id: Id, caller: UserCaller, ctl: Ctl) -> Items[Task]:
+async def list_tasks(id: Id, caller: UserCaller, ctl: Ctl) -> Response:
     resp = await ctl.call(ctl.stub.ListTasks, control_pb2.GetRequest(id=id), caller)
-    return Items[Task](items=[Task.from_pb(t) for t in resp.items])
+    return json_response(_tasks, resp.items)
 
 
 @router.get("/jobs/{id}/logs", response_model=Logs)

@@ -22,7 +22,7 @@ class AgentCalls(ServicerBase):
         self, request: control_pb2.Empty, context: Context
     ) -> control_pb2.ListTasksResponse:
         got = await agent.list_assigned_tasks(self.ctx, caller_of(context))
-        return control_pb2.ListTasksResponse(items=[convert.task(t) for t in got])
+        return control_pb2.ListTasksResponse(items=[convert.listed_task(t) for t in got])
 
     @rpc
     async def FetchTask(

@@ -151,7 +151,7 @@ class WorkloadCalls(ServicerBase):
             after=request.page.page_token,
         )
         return control_pb2.ListJobsResponse(
-            items=[convert.job(j) for j in got.items], page=convert.page(got.next_page_token)
+            items=[convert.listed_job(j) for j in got.items], page=convert.page(got.next_page_token)
         )
 
     @rpc
@@ -187,7 +187,7 @@ class WorkloadCalls(ServicerBase):
         self, request: control_pb2.GetRequest, context: Context
     ) -> control_pb2.ListTasksResponse:
         got = await jobs.list_tasks(self.ctx, caller_of(context), request.id)
-        return control_pb2.ListTasksResponse(items=[convert.task(t) for t in got])
+        return control_pb2.ListTasksResponse(items=[convert.listed_task(t) for t in got])
 
     @rpc
     async def SetModelAlias(

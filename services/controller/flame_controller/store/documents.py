@@ -86,10 +86,14 @@ def parse_time(text: str) -> datetime:
     return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
 
 
-def encode_cursor(doc: Doc, key: str) -> str:
-    when = doc["created_at"]  # a datetime, or already formatted by a text-based backend
-    raw = f"{when if isinstance(when, str) else format_time(when)}|{key}".encode()
+def encode_cursor(when: datetime, key: str) -> str:
+    raw = f"{format_time(when)}|{key}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _created_at(record: Record) -> datetime:
+    when: datetime = getattr(record, "created_at")  # noqa: B009 - every paged kind has one
+    return when
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
@@ -137,6 +141,19 @@ class DocumentStore(ABC):
         self, kind: Kind, cond: Cond | None, order: Sequence[str], limit: int | None = None
     ) -> list[tuple[str, Doc]]:
         """Matching ``(key, doc)`` pairs; ``order`` lists fields, ``-field`` for descending."""
+
+    async def _find_records(
+        self,
+        kind: Kind,
+        model: type[R],
+        cond: Cond | None,
+        order: Sequence[str],
+        limit: int | None = None,
+    ) -> list[tuple[str, R]]:
+        """:meth:`_find`, each document read as its record. A backend that reads documents as
+        text may answer an unchanged one with the record it read before."""
+        rows = await self._find(kind, cond, order, limit)
+        return [(key, self._decode(kind, model, doc)) for key, doc in rows]
 
     @abstractmethod
     async def _update(
@@ -215,11 +232,11 @@ class DocumentStore(ABC):
             when, key = decode_cursor(after)
             later = Or((Gt("created_at", when), And((Eq("created_at", when), Gt("id", key)))))
             cond = all_of(cond, later)
-        rows = await self._find(kind, cond, ("created_at", "id"), limit + 1)
+        rows = await self._find_records(kind, model, cond, ("created_at", "id"), limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
-        items = [self._decode(kind, model, doc) for _, doc in rows]
-        next_cursor = encode_cursor(rows[-1][1], rows[-1][0]) if more else None
+        items = [record for _, record in rows]
+        next_cursor = encode_cursor(_created_at(items[-1]), rows[-1][0]) if more else None
         return Page(items, next_cursor)
 
     def _validate_changes(self, kind: Kind, current: Doc, changes: Mapping[str, Any]) -> Doc:
@@ -582,8 +599,8 @@ class DocumentStore(ABC):
     async def jobs_to_reconcile(self, now: datetime, *, due_only: bool = False) -> list[JobRecord]:
         due = Lte("next_check_at", now)
         cond: Cond = due if due_only else Or((In("state", _JOB_ACTIVE_STATES), due))
-        rows = await self._find(K.JOBS, cond, ("created_at", "id"))
-        jobs = [self._decode(K.JOBS, JobRecord, doc) for _, doc in rows]
+        rows = await self._find_records(K.JOBS, JobRecord, cond, ("created_at", "id"))
+        jobs = [job for _, job in rows]
         never = datetime.max.replace(tzinfo=UTC)
         jobs.sort(key=lambda j: (j.next_check_at or never, j.created_at, j.id))
         return jobs
@@ -629,8 +646,10 @@ class DocumentStore(ABC):
             Eq("node_id", node_id) if node_id is not None else None,
             In("state", tuple(states)) if states is not None else None,
         )
-        rows = await self._find(K.TASKS, cond, ("job_id", "role", "index", "id"))
-        return [self._decode(K.TASKS, TaskRecord, doc) for _, doc in rows]
+        rows = await self._find_records(
+            K.TASKS, TaskRecord, cond, ("job_id", "role", "index", "id")
+        )
+        return [task for _, task in rows]
 
     async def update_task(self, task_id: str, changes: Mapping[str, Any]) -> TaskRecord:
         return await self._modify(K.TASKS, TaskRecord, task_id, changes, "task")
@@ -749,8 +768,8 @@ class DocumentStore(ABC):
             Eq("task_id", task_id) if task_id is not None else None,
             Eq("key", key) if key is not None else None,
         )
-        rows = await self._find(K.METRICS, cond, ("n",))
-        return [self._decode(K.METRICS, MetricRecord, doc) for _, doc in rows]
+        rows = await self._find_records(K.METRICS, MetricRecord, cond, ("n",))
+        return [metric for _, metric in rows]
 
     # ------------------------------------------------------------------ audit
     async def append_audit(self, entry: AuditRecord) -> AuditRecord:

@@ -21,14 +21,18 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import aiosqlite
+from pydantic_core import from_json
 
 from flame_controller.store.blobs import BlobStore
+from flame_controller.store.decoded import DecodedRecords
 from flame_controller.store.documents import Doc, DocumentStore, format_time
 from flame_controller.store.kinds import ALL_KINDS, Kind
 from flame_controller.store.query import And, Cond, Contains, Eq, Gt, In, Lte, NotIn, Or
+from flame_controller.store.records import Record
 from flame_service.errors import AlreadyExists, FailedPrecondition, Unavailable
 
 T = TypeVar("T")
+R = TypeVar("R", bound=Record)
 KEY = "doc_key"
 SCHEMA_VERSION = 1
 
@@ -48,6 +52,11 @@ def _plain(value: Any) -> Any:
 
 def _encode(doc: Doc) -> str:
     return json.dumps(_plain(doc), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _parse(text: str) -> Doc:
+    doc: Doc = from_json(text)  # the same values as json.loads, in a quarter of the time
+    return doc
 
 
 def _param(value: Any) -> Any:
@@ -149,6 +158,7 @@ class SqliteStore(DocumentStore):
         # One statement at a time on the reader: while any statement is active, SQLite keeps the
         # connection's WAL snapshot, so interleaved reads would never see newer commits.
         self._read_lock = asyncio.Lock()
+        self._decoded = DecodedRecords()
         self._closed = False
 
     @classmethod
@@ -272,11 +282,31 @@ class SqliteStore(DocumentStore):
 
     async def _get(self, kind: Kind, key: str) -> Doc | None:
         rows = await self._read(f"SELECT doc FROM {kind.name} WHERE {KEY} = ?", (key,))  # noqa: S608
-        return json.loads(rows[0][0]) if rows else None
+        return _parse(rows[0][0]) if rows else None
 
     async def _find(
         self, kind: Kind, cond: Cond | None, order: Sequence[str], limit: int | None = None
     ) -> list[tuple[str, Doc]]:
+        return [(key, _parse(text)) for key, text in await self._select(kind, cond, order, limit)]
+
+    async def _find_records(
+        self,
+        kind: Kind,
+        model: type[R],
+        cond: Cond | None,
+        order: Sequence[str],
+        limit: int | None = None,
+    ) -> list[tuple[str, R]]:
+        def decode(text: str) -> R:
+            return self._decode(kind, model, _parse(text))
+
+        rows = await self._select(kind, cond, order, limit)
+        return [(key, self._decoded.get(kind.name, model, text, decode)) for key, text in rows]
+
+    async def _select(
+        self, kind: Kind, cond: Cond | None, order: Sequence[str], limit: int | None
+    ) -> list[tuple[str, str]]:
+        """Matching ``(key, stored text)`` pairs."""
         params: list[Any] = []
         sql = f"SELECT {KEY}, doc FROM {kind.name}"  # noqa: S608
         if cond is not None:
@@ -286,8 +316,7 @@ class SqliteStore(DocumentStore):
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        rows = await self._read(sql, params)
-        return [(row[0], json.loads(row[1])) for row in rows]
+        return [(row[0], row[1]) for row in await self._read(sql, params)]
 
     async def _rewrite(
         self, kind: Kind, key: str, change: Callable[[Doc], Doc | None]
@@ -300,7 +329,7 @@ class SqliteStore(DocumentStore):
                 row = await cur.fetchone()
             if row is None:
                 return None
-            doc = change(json.loads(row[0]))
+            doc = change(_parse(row[0]))
             if doc is None:
                 return None
             try:
@@ -310,7 +339,7 @@ class SqliteStore(DocumentStore):
                 )
             except sqlite3.IntegrityError as exc:
                 raise _duplicate(kind, exc) from exc
-            return json.loads(_encode(doc))
+            return _parse(_encode(doc))
 
         return await self._tx(rewrite)
 
