@@ -53,7 +53,7 @@ class Remembered(Generic[In, Out]):
     converts only what changed. Kept by identity, with the record held so its ``id()`` cannot
     be reused; a message from here goes only into a response that copies it."""
 
-    def __init__(self, convert: Callable[[In], Out], size: int = 4096) -> None:
+    def __init__(self, convert: Callable[[In], Out], size: int = 2048) -> None:
         self._convert = convert
         self._size = size
         self._items: OrderedDict[int, tuple[In, Out]] = OrderedDict()

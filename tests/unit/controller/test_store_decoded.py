@@ -18,14 +18,14 @@ def _job(i: int) -> JobRecord:
 
 
 def test_the_same_text_gives_the_same_record_and_other_text_a_new_one() -> None:
-    memo = DecodedRecords(size=2)
+    one, two, three = (_job(i).model_dump_json() for i in range(3))
+    memo = DecodedRecords(text_bytes=len(one) + len(two) + 1)  # room for two of them
     decoded: list[str] = []
 
     def decode(text: str) -> JobRecord:
         decoded.append(text)
         return JobRecord.model_validate_json(text)
 
-    one, two, three = (_job(i).model_dump_json() for i in range(3))
     first = memo.get("jobs", JobRecord, one, decode)
     assert memo.get("jobs", JobRecord, one, decode) is first
     assert decoded == [one]

@@ -17,15 +17,17 @@ from flame_controller.store.records import Record
 
 R = TypeVar("R", bound=Record)
 
-DEFAULT_SIZE = 4096  # records kept per store: a few MB at most
+DEFAULT_TEXT_BYTES = 8 << 20  # stored text behind the records kept, per store
 
 
 class DecodedRecords:
-    """A bounded, least-recently-used map of (kind, stored text) -> record."""
+    """A least-recently-used map of (kind, stored text) -> record, bounded by the total size of
+    the texts (a decoded record takes a few times its text in memory)."""
 
-    def __init__(self, size: int = DEFAULT_SIZE) -> None:
-        self.size = size
+    def __init__(self, text_bytes: int = DEFAULT_TEXT_BYTES) -> None:
+        self.text_bytes = text_bytes
         self._items: OrderedDict[tuple[str, str], Record] = OrderedDict()
+        self._held = 0  # characters of text behind the records kept
 
     def get(self, kind: str, model: type[R], text: str, decode: Callable[[str], R]) -> R:
         key = (kind, text)
@@ -34,9 +36,16 @@ class DecodedRecords:
             self._items.move_to_end(key)
             return found
         record = decode(text)
+        if len(text) > self.text_bytes:
+            return record
+        if found is not None:  # the same text read as another model: this one replaces it
+            del self._items[key]
+            self._held -= len(text)
         self._items[key] = record
-        if len(self._items) > self.size:
-            self._items.popitem(last=False)
+        self._held += len(text)
+        while self._held > self.text_bytes:
+            (_, dropped), _ = self._items.popitem(last=False)
+            self._held -= len(dropped)
         return record
 
     def __len__(self) -> int:
