@@ -8,7 +8,9 @@
 * ``distribute``: send the global model (+ the strategy's ``to_trainers()`` extras) to the
   participants, each with its own :class:`~flame.instructions.Instructions` for the round if
   :meth:`Aggregator.instruct` gave it any, or ``done`` with the final model after the last
-  round.
+  round. A participant it cannot reach is silent, unless it has never joined: its task is
+  still starting, so it stays in the round and ``collect`` sends it the model when its Join
+  arrives (``round.served_late``).
 * ``collect``: ``recv_any`` until every participant answered or ``round_timeout`` passed; the
   round's clock starts once ``min_trainers`` of its participants (all of them, if fewer) have
   joined (:class:`~flame.protocol.Join`, sent by a trainer when its ``load_data`` is done), so
@@ -203,6 +205,9 @@ class Aggregator(Role):
         self._order: SenderOrder[Received | Contribution] | None = None
         self._streaming: tuple[Strategy | None, bool] | None = None  # see _streams
         self.silent: set[str] = set()
+        # participants of this round that distribute could not reach and that have never
+        # joined: their tasks are still starting; each gets the model when its Join arrives
+        self.unserved: set[str] = set()
         self.quorum_lost_at: float | None = None  # when the job fell below min_trainers
         # peers that have joined (sent Join or any answer) -> how many trainers each stands for
         self.joined: dict[str, int] = {}
@@ -630,8 +635,12 @@ class Aggregator(Role):
             sent = await asyncio.gather(*(one(p) for p in self.participants))
             reached = [p for ps in sent for p in ps]
         got = set(reached)
-        self.silent.update(p for p in self.participants if p not in got)
-        self.participants = reached
+        missed = [p for p in self.participants if p not in got]
+        # One that has never joined is not down but not up yet (a task start slower than the
+        # send timeout): it stays in the round, and collect sends it the model on its Join.
+        self.unserved = set() if self.final else {p for p in missed if p not in self.joined}
+        self.silent.update(p for p in missed if p not in self.unserved)
+        self.participants = [p for p in self.participants if p in got or p in self.unserved]
 
     @tasklet
     async def collect(self) -> None:
@@ -709,7 +718,9 @@ class Aggregator(Role):
         join = self.note_joined(peer, msg)
         joins.note(peer)
         if msg.kind == Join.KIND:
-            if join is not None:
+            if peer in self.unserved:
+                await self._serve_late(peer, pending)
+            elif join is not None:
                 await self._resend_if_resumed(peer, join, msg.round)
             return
         if msg.round < self.round and msg.kind in _ANSWERS:
@@ -752,6 +763,18 @@ class Aggregator(Role):
             raise RejectedUpdate(str(exc), received.sender) from exc
         self._order.offer(answer)
         return Received(received.sender, received.update, {}, {})
+
+    async def _serve_late(self, peer: str, pending: set[str]) -> None:
+        """A participant whose task was still starting when the round's models went out has
+        joined: send it this round's model (``round.served_late``)."""
+        assert self.topology.downstream is not None
+        self.unserved.discard(peer)
+        self.log.info("round.served_late", round=self.round, peer=peer)
+        if not await self.send_all(self.topology.downstream, [peer], self.model_for(peer)):
+            pending.discard(peer)
+            self.silent.add(peer)
+            if self._order is not None:
+                self._order.skip(peer)
 
     async def _resend_if_resumed(self, peer: str, join: Join, had: int) -> None:
         """A restarted middle aggregator is back with an earlier round's model (``had``) than
