@@ -8,9 +8,10 @@
 * ``distribute``: send the global model (+ the strategy's ``to_trainers()`` extras) to the
   participants, each with its own :class:`~flame.instructions.Instructions` for the round if
   :meth:`Aggregator.instruct` gave it any, or ``done`` with the final model after the last
-  round. A participant it cannot reach is silent, unless it has never joined: its task is
-  still starting, so it stays in the round and ``collect`` sends it the model when its Join
-  arrives (``round.served_late``).
+  round. A participant it cannot reach is silent; but when too few were reached for the
+  round to count (below ``min_trainers``), one that has never joined is still starting: it
+  stays in the round, and ``collect`` sends it the model when its Join arrives
+  (``round.served_late``), waiting for it up to ``quorum_grace``.
 * ``collect``: ``recv_any`` until every participant answered or ``round_timeout`` passed; the
   round's clock starts once ``min_trainers`` of its participants (all of them, if fewer) have
   joined (:class:`~flame.protocol.Join`, sent by a trainer when its ``load_data`` is done), so
@@ -636,9 +637,11 @@ class Aggregator(Role):
             reached = [p for ps in sent for p in ps]
         got = set(reached)
         missed = [p for p in self.participants if p not in got]
-        # One that has never joined is not down but not up yet (a task start slower than the
-        # send timeout): it stays in the round, and collect sends it the model on its Join.
-        self.unserved = set() if self.final else {p for p in missed if p not in self.joined}
+        # Too few reached for the round to count, and some have never joined: those are not
+        # down but not up yet (a task start slower than the send timeout). They stay in the
+        # round, and collect sends each the model on its Join (for up to quorum_grace).
+        short = len(got) < self.config.job.min_trainers and not self.final
+        self.unserved = {p for p in missed if p not in self.joined} if short else set()
         self.silent.update(p for p in missed if p not in self.unserved)
         self.participants = [p for p in self.participants if p in got or p in self.unserved]
 
@@ -653,6 +656,8 @@ class Aggregator(Role):
         self._begin_fold()
         began = self.clock()
         give_up = began + self.wait_timeout
+        if self.unserved:  # tasks still starting: waited for as long as a lost quorum would be
+            give_up = min(give_up, began + self.config.job.quorum_grace)
         deadline: float | None = None
         waited = False  # for joins: the clock did not start with the round
         try:
