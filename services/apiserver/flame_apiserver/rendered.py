@@ -9,7 +9,6 @@ for the route's ``response_model``; the tests compare the two.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -17,6 +16,8 @@ from fastapi import Response
 from google.protobuf.message import Message
 from pydantic import BaseModel
 from pydantic_core import to_json
+
+from flame_service.lru import Lru
 
 DEFAULT_SIZE = 4096  # items kept per model: a few MB at most
 
@@ -35,20 +36,16 @@ class Rendered(Generic[M]):
 
     def __init__(self, model: type[M], size: int = DEFAULT_SIZE) -> None:
         self.model = model
-        self.size = size
-        self._items: OrderedDict[bytes, bytes] = OrderedDict()
+        self._items: Lru[bytes, bytes] = Lru(size)
 
     def __call__(self, message: Message) -> bytes:
         key = message.SerializeToString(deterministic=True)
         found = self._items.get(key)
         if found is not None:
-            self._items.move_to_end(key)
             return found
         item = self.model.from_pb(message)
         out: bytes = item.__pydantic_serializer__.to_json(item)
-        self._items[key] = out
-        if len(self._items) > self.size:
-            self._items.popitem(last=False)
+        self._items.put(key, out)
         return out
 
     def __len__(self) -> int:

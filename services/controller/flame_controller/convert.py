@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -13,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from flame_proto.v1 import common_pb2, control_pb2
 from flame_service.auth import Caller
 from flame_service.logship import ShippedLine
+from flame_service.lru import Lru
 
 from .domain.results import (
     CodeBundle,
@@ -55,18 +55,14 @@ class Remembered(Generic[In, Out]):
 
     def __init__(self, convert: Callable[[In], Out], size: int = 2048) -> None:
         self._convert = convert
-        self._size = size
-        self._items: OrderedDict[int, tuple[In, Out]] = OrderedDict()
+        self._items: Lru[int, tuple[In, Out]] = Lru(size)
 
     def __call__(self, record: In) -> Out:
         found = self._items.get(id(record))
-        if found is not None and found[0] is record:
-            self._items.move_to_end(id(record))
+        if found is not None:  # the record it was made from is held: the same object
             return found[1]
         out = self._convert(record)
-        self._items[id(record)] = (record, out)
-        if len(self._items) > self._size:
-            self._items.popitem(last=False)
+        self._items.put(id(record), (record, out))
         return out
 
 

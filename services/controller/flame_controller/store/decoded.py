@@ -9,11 +9,11 @@ document changes its text, so a changed document is never answered from here.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import TypeVar
 
 from flame_controller.store.records import Record
+from flame_service.lru import Lru
 
 R = TypeVar("R", bound=Record)
 
@@ -25,27 +25,14 @@ class DecodedRecords:
     the texts (a decoded record takes a few times its text in memory)."""
 
     def __init__(self, text_bytes: int = DEFAULT_TEXT_BYTES) -> None:
-        self.text_bytes = text_bytes
-        self._items: OrderedDict[tuple[str, str], Record] = OrderedDict()
-        self._held = 0  # characters of text behind the records kept
+        self._items: Lru[tuple[str, str], Record] = Lru(text_bytes)
 
     def get(self, kind: str, model: type[R], text: str, decode: Callable[[str], R]) -> R:
-        key = (kind, text)
-        found = self._items.get(key)
+        found = self._items.get((kind, text))
         if isinstance(found, model):
-            self._items.move_to_end(key)
             return found
-        record = decode(text)
-        if len(text) > self.text_bytes:
-            return record
-        if found is not None:  # the same text read as another model: this one replaces it
-            del self._items[key]
-            self._held -= len(text)
-        self._items[key] = record
-        self._held += len(text)
-        while self._held > self.text_bytes:
-            (_, dropped), _ = self._items.popitem(last=False)
-            self._held -= len(dropped)
+        record = decode(text)  # the same text read as another model: this one replaces it
+        self._items.put((kind, text), record, weight=len(text))
         return record
 
     def __len__(self) -> int:
