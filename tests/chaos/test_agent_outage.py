@@ -19,14 +19,11 @@ from tests.e2e.jobs_harness import Cluster, start_cluster, wait_for_round
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 OUTAGE = 60.0
-# long enough to outlast the outage on an idle machine (rounds take longer under load)
-SPEC = {
-    "rounds": 300,
-    "min_trainers": 3,
-    "seed": 0,
-    "round_timeout": 60,
-    "hyperparameters": {"lr": 0.5, "epochs": 100, "batch_size": 32, "hidden": 0},
-}
+# A job of at least 100 s (each round sleeps half a second) outlasts the outage on any machine:
+# the torch example with 100 epochs a round outlasted it by CPU, 300 rounds that took 6.5
+# minutes on a slow machine.
+PACED_JOB = str(Path(__file__).resolve().parent / "jobs" / "paced")
+SPEC = {"rounds": 200, "min_trainers": 3, "seed": 0, "round_timeout": 60}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +42,7 @@ def _presence(cluster: Cluster, node: str) -> str:
 
 
 def test_an_agent_outage_of_a_minute_fails_nothing(cluster: Cluster) -> None:
-    job = cluster.submit("central", "agent-outage", {"default": cluster.datasets}, **SPEC)
+    job = cluster.submit(PACED_JOB, "agent-outage", {"default": cluster.datasets}, **SPEC)
     wait_for_round(cluster, job, 2)
     cluster.stack.kill(cluster.state, "flamelet-node-1")  # the agent only: its trainer runs on
     down_at = time.monotonic()
