@@ -27,6 +27,9 @@ SERVICES = (
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # builds wheels, installs mlflow
+# Without byte-compiling every installed module (mlflow's thousands of files were most of this
+# test's time on a slow machine): what the two runs import is compiled as they import it.
+PIP_INSTALL = ("-q", "--no-compile")
 
 
 def _run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -82,7 +85,9 @@ def test_the_wheels_alone_simulate_and_the_server_extra_runs_a_stack(tmp_path: P
     env = _clean_env(home, venv)
 
     # 1. the sdk wheel alone: no service package, no full mlflow, no torch, no scikit-learn
-    _run([str(pip), "install", "-q", *(str(wheels[f]) for f in LIBRARIES)], env=env, cwd=work)
+    _run(
+        [str(pip), "install", *PIP_INSTALL, *(str(wheels[f]) for f in LIBRARIES)], env=env, cwd=work
+    )
     installed = _run([str(pip), "list", "--format=json"], env=env, cwd=work).stdout
     names = {p["name"].lower() for p in json.loads(installed)}
     assert {"flame-sdk", "flame-spec", "flame-proto", "mlflow-skinny"} <= names
@@ -103,7 +108,7 @@ def test_the_wheels_alone_simulate_and_the_server_extra_runs_a_stack(tmp_path: P
     # 2. the [server] extra (service wheels from this repo): `flamectl up` starts the stack
     extra = f"{wheels['sdk']}[server]"
     services = [str(wheels[f]) for f in SERVICES]
-    _run([str(pip), "install", "-q", extra, *services], env=env, cwd=work)
+    _run([str(pip), "install", *PIP_INSTALL, extra, *services], env=env, cwd=work)
     flamectl = venv / "bin" / "flamectl"
     stack_home = home / "stack"
     try:
