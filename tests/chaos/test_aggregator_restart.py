@@ -61,12 +61,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         c.stack.down(c.state)
 
 
+# the torch examples' hyperparameters with one epoch a round, not five
+ONE_EPOCH = {"hyperparameters": {"lr": 0.5, "epochs": 1, "batch_size": 32, "hidden": 0}}
 SCAFFOLD_JOB = str(Path(__file__).resolve().parent / "jobs" / "scaffold")  # NumPy SCAFFOLD client
 # optimizer -> (job folder, spec): FedAdam's moments and SCAFFOLD's server variate are in the
 # checkpoint. FedAvg runs the torch example (a torch model's checkpoint); the others the NumPy
 # one, whose rounds cost a fraction (each job here runs 200 rounds twice)
 JOBS: dict[str, tuple[str, dict]] = {
-    "fedavg": ("central", {"optimizer": {"name": "fedavg", "kwargs": {}}}),
+    "fedavg": ("central", {"optimizer": {"name": "fedavg", "kwargs": {}}, **ONE_EPOCH}),
     "fedadam": ("central-numpy", {"optimizer": {"name": "fedadam", "kwargs": {"eta": 0.1}}}),
     "scaffold": (SCAFFOLD_JOB, {"optimizer": {"name": "scaffold"}}),
     # FedBuff is deterministic only with one trainer at a time (c = 1): with more, the order in
@@ -236,7 +238,7 @@ MIDDLE_KILLS = 3
 def _hierarchical(cluster: Cluster, name: str) -> str:
     """Two groups: g1 (two trainers) and g2 (one) below their middle aggregators."""
     groups = {"g1": cluster.datasets[:2], "g2": cluster.datasets[2:]}
-    return cluster.submit("hierarchical", name, groups, **SPEC)
+    return cluster.submit("hierarchical", name, groups, **SPEC, **ONE_EPOCH)
 
 
 def _middle_task(client: FlameClient, job_id: str, group: str) -> Task:
