@@ -674,11 +674,7 @@ class Metric(BaseModel):
     key: str
     value: float
     step: int
-    at: datetime | None
-
-    @classmethod
-    def from_pb(cls, m: control_pb2.Metric) -> Metric:
-        return cls(key=m.key, value=m.value, step=m.step, at=_ts(m, "at"))
+    at: datetime | None  # the route writes its body itself: rendered.metrics_response
 
 
 class Metrics(BaseModel):

@@ -82,12 +82,16 @@ _SCOPE = {
 }
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def ts(value: datetime | None) -> Timestamp | None:
+    """``Timestamp.FromDatetime`` (a naive value is UTC) by integer arithmetic: protobuf's own is
+    pure Python and was most of the cost of a job's metrics, thousands of them per request."""
     if value is None:
         return None
-    out = Timestamp()
-    out.FromDatetime(value)
-    return out
+    delta = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - _EPOCH
+    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1_000)
 
 
 def from_ts(value: Timestamp, present: bool) -> datetime | None:

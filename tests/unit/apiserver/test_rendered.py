@@ -4,12 +4,13 @@ route's ``response_model``, and an item whose message changed is rendered again.
 from __future__ import annotations
 
 import json
+from datetime import UTC
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import TypeAdapter
 
-from flame_apiserver.models import Items, Job, Page, Task
-from flame_apiserver.rendered import Rendered, json_response
+from flame_apiserver.models import Items, Job, Metric, Metrics, Page, Task
+from flame_apiserver.rendered import Rendered, json_response, metrics_response
 from flame_proto.v1 import common_pb2, control_pb2
 
 
@@ -79,3 +80,35 @@ def test_an_item_is_rendered_once_until_its_message_changes() -> None:
     assert len(jobs) == 3  # bounded
     assert jobs(_job(1)) is not first  # dropped, then rendered again
     assert jobs(_job(1)) == first
+
+
+def _metrics(n: int) -> control_pb2.MetricsResponse:
+    values = [0.1, 1e-05, 1e16, -0.0, 2.5e-300, 123456789.125, 0.9417]
+    resp = control_pb2.MetricsResponse(run_uri="http://mlflow/#/runs/ü", model_uri="models:/m@best")
+    for i in range(n):
+        point = resp.metrics.add(key=f"accuracy-{i % 3}", value=values[i % len(values)], step=i)
+        if i % 5:  # every fifth without a time
+            # before 1970, whole seconds, nanos that are not whole microseconds
+            point.at.CopyFrom(_at(-86_401_000 + i * 1_000_003, (i * 123_456_789) % 1_000_000_000))
+    return resp
+
+
+def test_metrics_are_the_body_fastapi_writes() -> None:
+    for n in (0, 1, 200):
+        resp = _metrics(n)
+        reference = Metrics(
+            metrics=[
+                Metric(
+                    key=m.key,
+                    value=m.value,
+                    step=m.step,
+                    at=m.at.ToDatetime(tzinfo=UTC) if m.HasField("at") else None,
+                )
+                for m in resp.metrics
+            ],
+            run_uri=resp.run_uri,
+            model_uri=resp.model_uri,
+        )
+        body = metrics_response(resp).body
+        assert body == TypeAdapter(Metrics).dump_json(reference, by_alias=True)
+        assert len(json.loads(body)["metrics"]) == n

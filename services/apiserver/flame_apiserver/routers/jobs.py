@@ -13,13 +13,12 @@ from flame_apiserver.models import (
     Job,
     LogLine,
     Logs,
-    Metric,
     Metrics,
     Page,
     Task,
     UpdateJob,
 )
-from flame_apiserver.rendered import Rendered, json_response
+from flame_apiserver.rendered import Rendered, json_response, metrics_response
 from flame_apiserver.routers.common import IdempotencyKey, PageQuery, dump, v1_router
 from flame_proto.v1 import control_pb2
 
@@ -121,10 +120,6 @@ async def get_logs(
 
 
 @router.get("/jobs/{id}/metrics", response_model=Metrics)
-async def get_metrics(id: Id, caller: UserCaller, ctl: Ctl) -> Metrics:
+async def get_metrics(id: Id, caller: UserCaller, ctl: Ctl) -> Response:
     resp = await ctl.call(ctl.stub.GetMetrics, control_pb2.GetRequest(id=id), caller)
-    return Metrics(
-        metrics=[Metric.from_pb(m) for m in resp.metrics],
-        run_uri=resp.run_uri,
-        model_uri=resp.model_uri,
-    )
+    return metrics_response(resp)
