@@ -72,9 +72,9 @@ def utc_datetime(value: Timestamp) -> datetime:
 
 
 def metrics_response(resp: control_pb2.MetricsResponse) -> Response:
-    """A job's metrics, thousands of points for a long job that the dashboard asks for again
-    every few seconds, written by one serializer call: no model per point, and no second
-    validation of the whole list. The body is the ``Metrics`` model's, byte for byte."""
+    """A job's metrics (every point of the job: thousands for a long one) written by one
+    serializer call: no model per point, and no second validation of the whole list. The body
+    is the ``Metrics`` model's, byte for byte."""
     points = [
         {
             "key": m.key,

