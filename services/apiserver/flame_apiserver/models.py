@@ -6,7 +6,7 @@ objects here (strings on the wire to the controller)."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from google.protobuf.message import Message
@@ -14,6 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import from_json
 
 from flame_proto.v1 import common_pb2, control_pb2
+from flame_service.timestamps import to_datetime
 from flame_spec.types import EMAIL_PATTERN
 
 T = TypeVar("T")
@@ -54,10 +55,7 @@ Facts = Annotated[
 
 
 def _ts(msg: Message, field: str) -> datetime | None:
-    if not msg.HasField(field):
-        return None
-    value: datetime = getattr(msg, field).ToDatetime(tzinfo=UTC)
-    return value
+    return to_datetime(getattr(msg, field)) if msg.HasField(field) else None
 
 
 def _json_object(text: str) -> dict[str, Any]:

@@ -10,17 +10,16 @@ for the route's ``response_model``; the tests compare the two.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
 from fastapi import Response
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel
 from pydantic_core import to_json
 
 from flame_proto.v1 import control_pb2
 from flame_service.lru import Lru
+from flame_service.timestamps import to_datetime
 
 DEFAULT_SIZE = 4096  # items kept per model: a few MB at most
 
@@ -63,14 +62,6 @@ def json_response(rendered: Rendered[Any], messages: Iterable[Message], **fields
     return Response(body + b"}", media_type="application/json")
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def utc_datetime(value: Timestamp) -> datetime:
-    """``value.ToDatetime(tzinfo=UTC)`` by arithmetic (protobuf's own is pure Python)."""
-    return _EPOCH + timedelta(seconds=value.seconds, microseconds=value.nanos // 1_000)
-
-
 def metrics_response(resp: control_pb2.MetricsResponse) -> Response:
     """A job's metrics (every point of the job: thousands for a long one) written by one
     serializer call: no model per point, and no second validation of the whole list. The body
@@ -80,7 +71,7 @@ def metrics_response(resp: control_pb2.MetricsResponse) -> Response:
             "key": m.key,
             "value": m.value,
             "step": m.step,
-            "at": utc_datetime(m.at) if m.HasField("at") else None,
+            "at": to_datetime(m.at) if m.HasField("at") else None,
         }
         for m in resp.metrics
     ]

@@ -1,4 +1,4 @@
-"""Timestamps leave the controller as protobuf's own conversion would write them."""
+"""Timestamps convert both ways exactly as protobuf's own conversions do."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from flame_controller.convert import ts
+from flame_service.timestamps import to_datetime, to_timestamp
 
 
 def test_a_datetime_becomes_the_timestamp_protobuf_makes_of_it() -> None:
@@ -22,7 +22,18 @@ def test_a_datetime_becomes_the_timestamp_protobuf_makes_of_it() -> None:
     for value in values:
         expected = Timestamp()
         expected.FromDatetime(value)
-        got = ts(value)
-        assert got is not None
+        got = to_timestamp(value)
         assert (got.seconds, got.nanos) == (expected.seconds, expected.nanos), value
-    assert ts(None) is None
+
+
+def test_a_timestamp_becomes_the_datetime_protobuf_makes_of_it() -> None:
+    for seconds, nanos in [
+        (0, 0),
+        (-1, 999_999_999),  # before the epoch
+        (-2_100_000_000, 1),  # nanos below a microsecond are dropped
+        (1_796_683_201, 123_456_789),
+        (253_402_300_799, 999_999_999),
+    ]:
+        value = Timestamp(seconds=seconds, nanos=nanos)
+        got = to_datetime(value)
+        assert got == value.ToDatetime(tzinfo=UTC) and got.tzinfo == UTC, (seconds, nanos)
