@@ -3,7 +3,9 @@ undisturbed one does."""
 
 from __future__ import annotations
 
+import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes
+from safetensors.numpy import save as st_save
 
 import flame
 from flame.checkpoint import (
+    FILE_NAME,
+    HISTORY_NAME,
+    HISTORY_TAIL,
     AggregatorCheckpoint,
     checkpoint_path,
     load_checkpoint,
@@ -61,9 +67,102 @@ def test_round_trip_keeps_every_part(tmp_path: Path) -> None:
 def test_rewrite_replaces_atomically_and_leaves_no_temp_files(tmp_path: Path) -> None:
     save_checkpoint(tmp_path, sample(1))
     save_checkpoint(tmp_path, sample(2))
-    assert [p.name for p in tmp_path.iterdir()] == [checkpoint_path(tmp_path).name]
+    assert [p.name for p in tmp_path.iterdir()] == [FILE_NAME]
     got = load_checkpoint(tmp_path)
     assert got is not None and got.round == 2
+
+
+def _entry(rnd: int) -> dict[str, float]:
+    return {"round": rnd, "accuracy": 0.5 + rnd / 1e5, "loss": 1.0 / (rnd + 1), "trainers": 10.0}
+
+
+def _with_history(rounds: int) -> AggregatorCheckpoint:
+    return replace(sample(3), history=[_entry(r) for r in range(rounds)])
+
+
+def _lines(path: Path) -> list[dict[str, float]]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_a_long_jobs_saves_write_no_more_than_a_short_ones(tmp_path: Path) -> None:
+    """The history leaves the checkpoint file in batches: its size is bounded however long the
+    job has run, and each batch is appended once (rewriting it all made saves quadratic)."""
+    history = tmp_path / HISTORY_NAME
+    save_checkpoint(tmp_path, _with_history(HISTORY_TAIL))
+    assert not history.exists()  # a short job has one file
+    # the bound: a checkpoint holding a full tail of entries as long as the late rounds'
+    late = [_entry(r) for r in range(5000, 5000 + HISTORY_TAIL)]
+    save_checkpoint(tmp_path / "short", replace(sample(3), history=late))
+    bound = checkpoint_path(tmp_path / "short").stat().st_size + 32  # the counts' digits
+    save_checkpoint(tmp_path, _with_history(5000))
+    assert _lines(history) == [_entry(r) for r in range(5000)]
+    size = history.stat().st_size
+    for n in range(5001, 5001 + HISTORY_TAIL):
+        save_checkpoint(tmp_path, _with_history(n))
+        assert checkpoint_path(tmp_path).stat().st_size <= bound
+        assert history.stat().st_size == size  # the newest rounds are in the checkpoint
+    save_checkpoint(tmp_path, _with_history(5001 + HISTORY_TAIL))
+    assert _lines(history) == [_entry(r) for r in range(5001 + HISTORY_TAIL)]
+    got = load_checkpoint(tmp_path)
+    assert got is not None and got.history == [_entry(r) for r in range(5001 + HISTORY_TAIL)]
+
+
+def test_history_an_interrupted_save_appended_is_ignored_then_cut_off(tmp_path: Path) -> None:
+    rounds = HISTORY_TAIL + 1
+    save_checkpoint(tmp_path, _with_history(rounds))
+    history = tmp_path / HISTORY_NAME
+    with history.open("ab") as fh:  # a save that appended its lines, then died before its file
+        fh.write(b'{"round":3,"accur')
+    got = load_checkpoint(tmp_path)
+    assert got is not None and got.history == [_entry(r) for r in range(rounds)]
+    save_checkpoint(tmp_path, _with_history(rounds + 1))  # in the tail: the file is untouched
+    got = load_checkpoint(tmp_path)
+    assert got is not None and got.history == [_entry(r) for r in range(rounds + 1)]
+    longer = 2 * rounds + 1
+    save_checkpoint(tmp_path, _with_history(longer))  # an append: it cuts the torn line off
+    assert _lines(history) == [_entry(r) for r in range(longer)]
+    got = load_checkpoint(tmp_path)
+    assert got is not None and got.history == [_entry(r) for r in range(longer)]
+
+
+def test_a_shorter_history_starts_over_and_a_lost_one_is_reported(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, _with_history(200))
+    save_checkpoint(tmp_path, _with_history(2))
+    got = load_checkpoint(tmp_path)
+    assert got is not None and got.history == [_entry(0), _entry(1)]
+    save_checkpoint(tmp_path, _with_history(300))
+    history = tmp_path / HISTORY_NAME
+    assert _lines(history) == [_entry(r) for r in range(300)]
+    history.write_text(json.dumps(_entry(0)) + "\n")
+    with pytest.raises(ConfigError, match="unreadable"):
+        load_checkpoint(tmp_path)
+    history.unlink()
+    with pytest.raises(ConfigError, match="unreadable"):
+        load_checkpoint(tmp_path)
+
+
+def test_a_checkpoint_of_the_first_format_loads_and_carries_on(tmp_path: Path) -> None:
+    """Format 1 kept the history inline: a job checkpointed before it resumes after it."""
+    state = {
+        "version": 1,
+        "round": 2,
+        "strategy_data": {},
+        "selector": {},
+        "best_round": None,
+        "best_metrics": {},
+        "has_best": False,
+        "history": [_entry(0), _entry(1)],
+        "extra": {},
+    }
+    weights = {"model/w": np.ones(3, np.float32)}
+    checkpoint_path(tmp_path).write_bytes(
+        st_save(weights, metadata={"flame.state": json.dumps(state)})
+    )
+    got = load_checkpoint(tmp_path)
+    assert got is not None and got.round == 2 and got.history == [_entry(0), _entry(1)]
+    save_checkpoint(tmp_path, replace(got, round=3, history=[*got.history, _entry(2)]))
+    again = load_checkpoint(tmp_path)
+    assert again is not None and again.history == [_entry(r) for r in range(3)]
 
 
 def test_no_checkpoint_and_a_corrupt_one(tmp_path: Path) -> None:
