@@ -814,6 +814,28 @@ async def test_metrics(store: Store) -> None:
     assert await store.read_metrics("j1", task_id="nobody") == []
 
 
+async def test_metrics_since_a_position_reads_only_what_came_after(store: Store) -> None:
+    """A reader that keeps the position it read up to asks only for what was appended since:
+    the controller's dedupe of each report, and the metrics a watcher polls."""
+
+    def metric(task: str, step: int, job: str = "j1") -> MetricRecord:
+        return MetricRecord(job_id=job, task_id=task, key="k", value=step, step=step, at=at(step))
+
+    first = [metric("agg", 0), metric("t1", 0), metric("agg", 1)]
+    await store.append_metrics(first)
+    await store.append_metrics([metric("agg", 9, job="j2")])
+    got, pos = await store.metrics_since("j1")
+    assert got == first and pos > 0
+    assert await store.metrics_since("j1", pos) == ([], pos)  # nothing new: the same position
+    await store.append_metrics([metric("t1", 1), metric("agg", 2)])
+    got, later = await store.metrics_since("j1", pos)
+    assert got == [metric("t1", 1), metric("agg", 2)] and later > pos
+    mine, mine_pos = await store.metrics_since("j1", pos, task_id="agg")
+    assert mine == [metric("agg", 2)] and pos < mine_pos <= later
+    assert await store.metrics_since("j1", 0, task_id="nobody") == ([], 0)
+    assert await store.metrics_since("nope") == ([], 0)
+
+
 async def test_delete_job_removes_its_tasks_logs_and_metrics(store: Store) -> None:
     for job_id in ("j1", "j2"):
         await store.create_job(job(job_id))

@@ -444,7 +444,11 @@ class FlameClient:
                 params[name] = value
         return self._get(Logs, f"/v1/jobs/{job_id}/logs", **params)
 
-    def get_metrics(self, job_id: str) -> Metrics:
+    def get_metrics(self, job_id: str, after_seq: int = 0) -> Metrics:
+        """The job's metrics; with ``after_seq`` (a ``last_seq`` this returned before) only the
+        points stored since."""
+        if after_seq:
+            return self._get(Metrics, f"/v1/jobs/{job_id}/metrics", after_seq=after_seq)
         return self._get(Metrics, f"/v1/jobs/{job_id}/metrics")
 
 

@@ -200,8 +200,9 @@ def _rounds(job: Job) -> int | None:
     return None
 
 
-def _latest(metrics: list[Metric]) -> dict[str, Metric]:
-    latest: dict[str, Metric] = {}
+def _latest(metrics: list[Metric], latest: dict[str, Metric] | None = None) -> dict[str, Metric]:
+    """Each key's point at the highest step, from ``metrics`` and what ``latest`` had."""
+    latest = {} if latest is None else latest
     for m in metrics:
         if m.key not in latest or m.step >= latest[m.key].step:
             latest[m.key] = m
@@ -224,10 +225,13 @@ def watch_job(
         transient=False,
     ) as progress:
         bar = progress.add_task("job", total=total, state=current.state, metrics="")
+        latest: dict[str, Metric] = {}
+        seen = 0  # each poll asks for the points stored since the last (a long job has many)
         while True:
-            metrics = client.get_metrics(job_id).metrics
-            latest = _latest(metrics)
-            step = max((m.step for m in metrics), default=0)
+            got = client.get_metrics(job_id, after_seq=seen)
+            seen = max(seen, got.last_seq)
+            latest = _latest(got.metrics, latest)
+            step = max((m.step for m in latest.values()), default=0)
             shown = "  ".join(f"{k}={m.value:.4g}" for k, m in sorted(latest.items())[:4])
             progress.update(bar, completed=step, state=current.state, metrics=shown)
             if current.terminal:

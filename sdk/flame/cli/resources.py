@@ -248,3 +248,4 @@ class Metrics(Resource):
     metrics: list[Metric]
     run_uri: str = ""
     model_uri: str = ""
+    last_seq: int = 0  # ask with after_seq=last_seq for the points stored since

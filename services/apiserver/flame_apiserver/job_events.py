@@ -43,6 +43,7 @@ class JobWatch:
     job_desired: str = ""
     tasks: dict[str, tuple[str, int, str, str]] = field(default_factory=dict)
     points: set[tuple[str, int]] = field(default_factory=set)
+    metric_seq: int = 0
     log_seq: int = 0
 
     def job_events(self, job: control_pb2.Job) -> list[Event]:
@@ -77,9 +78,12 @@ class JobWatch:
             out.append(Event("task", data))
         return out
 
-    def metric_events(self, metrics: list[control_pb2.Metric]) -> list[Event]:
+    def metric_events(self, resp: control_pb2.MetricsResponse) -> list[Event]:
+        """The points of ``resp`` (those stored after ``metric_seq``) not sent yet; the next
+        read starts after them."""
+        self.metric_seq = max(self.metric_seq, resp.last_seq)
         out = []
-        for m in sorted(metrics, key=lambda m: (m.step, m.key)):
+        for m in sorted(resp.metrics, key=lambda m: (m.step, m.key)):
             point = (m.key, m.step)
             if point in self.points:
                 continue

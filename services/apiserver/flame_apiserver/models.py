@@ -679,6 +679,7 @@ class Metrics(BaseModel):
     metrics: list[Metric]
     run_uri: str
     model_uri: str
+    last_seq: int  # ask with after_seq=last_seq for the points stored since
 
 
 class NewMetric(Request):

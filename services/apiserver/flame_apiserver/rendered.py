@@ -75,5 +75,10 @@ def metrics_response(resp: control_pb2.MetricsResponse) -> Response:
         }
         for m in resp.metrics
     ]
-    body = {"metrics": points, "run_uri": resp.run_uri, "model_uri": resp.model_uri}
+    body = {
+        "metrics": points,
+        "run_uri": resp.run_uri,
+        "model_uri": resp.model_uri,
+        "last_seq": resp.last_seq,
+    }
     return Response(to_json(body), media_type="application/json")

@@ -327,6 +327,7 @@ def metrics(value: MetricsView) -> control_pb2.MetricsResponse:
         metrics=[metric(m) for m in value.metrics],
         run_uri=value.run_uri,
         model_uri=value.model_uri,
+        last_seq=value.last_seq,
     )
 
 

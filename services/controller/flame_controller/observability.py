@@ -64,6 +64,9 @@ class ControllerMetrics:
             "flame_nodes", "Enrolled nodes by presence", ["presence"], registry=self.registry
         )
         self._observed: set[tuple[str, int]] = set()
+        # per recent job: the highest step seen and the store position read up to, so that a
+        # scrape reads the metrics stored since the last one, not a long job's whole history
+        self._rounds: dict[str, tuple[int, int]] = {}
         self._last = 0.0
         self._lock = asyncio.Lock()
 
@@ -82,12 +85,15 @@ class ControllerMetrics:
             counts[job.state] = counts.get(job.state, 0) + 1
             if not self._recent(job, now):
                 continue
-            steps = [m.step for m in await self.store.read_metrics(job.id)]
-            rounds[job.id] = max(steps, default=0)
+            highest, read_to = self._rounds.get(job.id, (0, 0))
+            new, read_to = await self.store.metrics_since(job.id, read_to)
+            rounds[job.id] = max([highest, *(m.step for m in new)])
+            self._rounds[job.id] = (rounds[job.id], read_to)
             for task in await self.store.list_tasks(job_id=job.id):
                 self._observe_start(task)
         for state, n in counts.items():
             self.jobs.labels(state).set(n)
+        self._rounds = {job_id: self._rounds[job_id] for job_id in rounds}  # recent jobs only
         self.job_rounds.clear()
         for job_id, n in rounds.items():
             self.job_rounds.labels(job_id).set(n)

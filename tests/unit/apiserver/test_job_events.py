@@ -37,6 +37,7 @@ class MovingJob(FakeControlPlane):
     tasks: dict[str, control_pb2.Task] = field(default_factory=dict)
     metrics: list[control_pb2.Metric] = field(default_factory=list)
     logs: list[control_pb2.LogLine] = field(default_factory=list)
+    metrics_asked_after: list[int] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def Authenticate(self, request, context):
@@ -61,8 +62,11 @@ class MovingJob(FakeControlPlane):
 
     async def GetMetrics(self, request, context):
         await self._visible(request.id, context)
-        with self.lock:
-            return control_pb2.MetricsResponse(metrics=list(self.metrics))
+        with self.lock:  # a metric's position is its place in the list, from 1
+            self.metrics_asked_after.append(request.after_seq)
+            return control_pb2.MetricsResponse(
+                metrics=self.metrics[request.after_seq :], last_seq=len(self.metrics)
+            )
 
     async def GetLogs(self, request, context):
         await self._visible(request.job_id, context)
@@ -200,6 +204,9 @@ def test_points_task_changes_and_logs_arrive_while_the_job_runs_then_the_stream_
         order = [k for k, _ in rest]
         assert order.index("job") > max(i for i, k in enumerate(order) if k == "metric")
         assert rest[-1] == ("end", {"state": "completed"})
+    # each poll asked for the points after those it had (not the job's whole history again)
+    asked = served.fake.metrics_asked_after
+    assert asked[0] == 0 and 1 in asked and asked == sorted(asked) and asked[-1] == 3
 
 
 def test_the_task_filter_and_after_seq_choose_the_log_lines(served: Served) -> None:
@@ -245,5 +252,7 @@ def test_a_watch_sends_each_change_once() -> None:
     assert watch.task_events([task]) == []
     task.attempt = 2
     assert [e.data["attempt"] for e in watch.task_events([task])] == [2]
-    assert [e.data["step"] for e in watch.metric_events([metric(2, 1.0), metric(1, 0.5)])] == [1, 2]
-    assert watch.metric_events([metric(1, 0.5), metric(2, 1.0)]) == []
+    first = control_pb2.MetricsResponse(metrics=[metric(2, 1.0), metric(1, 0.5)], last_seq=2)
+    assert [e.data["step"] for e in watch.metric_events(first)] == [1, 2]
+    assert watch.metric_seq == 2  # the next read starts after the points sent
+    assert watch.metric_events(first) == []

@@ -84,7 +84,9 @@ def test_an_item_is_rendered_once_until_its_message_changes() -> None:
 
 def _metrics(n: int) -> control_pb2.MetricsResponse:
     values = [0.1, 1e-05, 1e16, -0.0, 2.5e-300, 123456789.125, 0.9417]
-    resp = control_pb2.MetricsResponse(run_uri="http://mlflow/#/runs/ü", model_uri="models:/m@best")
+    resp = control_pb2.MetricsResponse(
+        run_uri="http://mlflow/#/runs/ü", model_uri="models:/m@best", last_seq=7 * n + 3
+    )
     for i in range(n):
         point = resp.metrics.add(key=f"accuracy-{i % 3}", value=values[i % len(values)], step=i)
         if i % 5:  # every fifth without a time
@@ -108,6 +110,7 @@ def test_metrics_are_the_body_fastapi_writes() -> None:
             ],
             run_uri=resp.run_uri,
             model_uri=resp.model_uri,
+            last_seq=resp.last_seq,
         )
         body = metrics_response(resp).body
         assert body == TypeAdapter(Metrics).dump_json(reference, by_alias=True)

@@ -72,13 +72,15 @@ class ScriptedApi:
         if path == "/v1/jobs/j-1/metrics":
             rounds = min(self.gets, 3)
             metrics = [{"key": "accuracy", "value": 0.5 + r / 10, "step": r, "at": None}
-                       for r in range(1, rounds + 1)]  # fmt: skip
+                       for r in range(1, rounds + 1)] + self.extra_metrics  # fmt: skip
+            after = int(request.url.params.get("after_seq", 0))  # a point's place, from 1
             return httpx.Response(
                 200,
                 json={
-                    "metrics": metrics + self.extra_metrics,
+                    "metrics": metrics[after:],
                     "run_uri": "runs:/abc",
                     "model_uri": "models:/digits@best",
+                    "last_seq": len(metrics),
                 },
             )
         if path == "/v1/jobs/j-1/logs":

@@ -19,6 +19,14 @@ def test_watch_follows_the_job_to_completion_and_exits_0(cli) -> None:
     assert "models:/digits@best" in result.stdout
     assert "3/3" in result.output  # the progress bar reached the last round
     assert cli.api.gets == 4  # polled until the terminal state, no further
+    # each poll asked for the points after those it had, not the whole history again
+    asked = [
+        int(r.url.params.get("after_seq", 0))
+        for r in cli.api.requests
+        if r.url.path == "/v1/jobs/j-1/metrics"
+    ]
+    *polls, final = asked  # then the whole list once, for the summary
+    assert polls == sorted(polls) and polls[0] == 0 and polls[-1] > 0 and final == 0
 
 
 def test_watch_exits_6_when_the_job_fails_and_says_why(cli) -> None:

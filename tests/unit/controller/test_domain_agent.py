@@ -4,8 +4,10 @@ endpoints, task credentials, presence."""
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -439,6 +441,30 @@ async def test_metrics_and_run_links(world: World) -> None:
     assert len((await agent.get_metrics(ctx, world.alice, world.job.id)).metrics) == 2
 
 
+async def test_a_poller_asks_for_the_points_after_those_it_has(world: World) -> None:
+    ctx = world.ctx
+    aggregator = await tokens.authenticate(
+        ctx, await tokens.issue_task_credential(ctx, world.job.id)
+    )
+
+    async def send(*metrics: NewMetric) -> None:
+        await agent.report_metrics(
+            ctx, aggregator, task_id=world.aggregator.id, metrics=metrics, run_uri="", model_uri=""
+        )
+
+    await send(NewMetric("accuracy", 0.5, 1), NewMetric("loss", 2.0, 1))
+    first = await agent.get_metrics(ctx, world.alice, world.job.id)
+    assert len(first.metrics) == 2 and first.last_seq > 0
+    again = await agent.get_metrics(ctx, world.alice, world.job.id, first.last_seq)
+    assert again.metrics == [] and again.last_seq == first.last_seq
+    await send(NewMetric("accuracy", 0.6, 2))
+    new = await agent.get_metrics(ctx, world.alice, world.job.id, first.last_seq)
+    assert [(m.key, m.step) for m in new.metrics] == [("accuracy", 2)]
+    assert new.last_seq > first.last_seq
+    with pytest.raises(InvalidArgument, match="position"):
+        await agent.get_metrics(ctx, world.alice, world.job.id, -1)
+
+
 async def test_a_metrics_report_sent_again_counts_once(world: World) -> None:
     ctx = world.ctx
     aggregator = await tokens.authenticate(
@@ -462,6 +488,52 @@ async def test_a_metrics_report_sent_again_counts_once(world: World) -> None:
         ("accuracy", 0.7, 1),
         ("accuracy", 0.8, 2),
     ]
+
+
+async def test_a_long_jobs_reports_read_what_came_since_not_the_whole_history(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each report is checked against what the task stored before; the controller reads only
+    the metrics stored since its last look (reading them all made a long job's reports
+    quadratic), and still counts a repeat once, also after a restart with nothing cached."""
+    store = world.ctx.store
+    read = 0
+
+    def counting(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            nonlocal read
+            got = await method(*args, **kwargs)
+            read += len(got[0] if isinstance(got, tuple) else got)
+            return got
+
+        return wrapper
+
+    monkeypatch.setattr(store, "read_metrics", counting(store.read_metrics))
+    monkeypatch.setattr(store, "metrics_since", counting(store.metrics_since))
+    aggregator = await tokens.authenticate(
+        world.ctx, await tokens.issue_task_credential(world.ctx, world.job.id)
+    )
+
+    async def send(ctx: Ctx, *metrics: NewMetric) -> None:
+        await agent.report_metrics(
+            ctx, aggregator, task_id=world.aggregator.id, metrics=metrics, run_uri="", model_uri=""
+        )
+
+    rounds = 300
+    for step in range(rounds):
+        await send(
+            world.ctx, NewMetric("accuracy", step / rounds, step), NewMetric("loss", 1, step)
+        )
+    assert read <= 3 * 2 * rounds  # the whole history each time: about 90,000
+    await send(world.ctx, NewMetric("accuracy", 2.0, 5))  # a restarted aggregator repeats
+    restarted = Ctx(store=store)  # another controller process: nothing cached
+    await send(restarted, NewMetric("accuracy", 3.0, 7), NewMetric("accuracy", 0.5, rounds))
+    stored = [
+        (m.value, m.step)
+        for m in (await agent.get_metrics(world.ctx, world.alice, world.job.id)).metrics
+        if m.key == "accuracy"
+    ]
+    assert stored == [(s / rounds, s) for s in range(rounds)] + [(0.5, rounds)]
 
 
 async def test_a_metric_keeps_the_time_its_round_ended_but_never_a_future_one(

@@ -128,3 +128,12 @@ async def test_jobs_rounds_start_latency_and_nodes(store: Store) -> None:
     assert got[("flame_nodes", (("presence", "online"),))] == 2
     assert got[("flame_nodes", (("presence", "offline"),))] == 1
     assert got[("flame_nodes", (("presence", "unknown"),))] == 0
+    # later scrapes read what was stored since the last: the highest step is kept
+    await store.append_metrics(
+        [MetricRecord(job_id="j-0", task_id="t-0", key="acc", value=0.6, step=s) for s in (7, 2)]
+    )
+    await metrics.refresh()
+    assert _samples(metrics)[("flame_job_rounds", (("job_id", "j-0"),))] == 7
+    await store.append_metrics([MetricRecord(job_id="j-0", task_id="t-1", key="acc", value=1)])
+    await metrics.refresh()
+    assert _samples(metrics)[("flame_job_rounds", (("job_id", "j-0"),))] == 7

@@ -1882,14 +1882,43 @@ class MetricsReport(_message.Message):
 Global___MetricsReport: _TypeAlias = MetricsReport  # noqa: Y015
 
 @_typing.final
+class GetMetricsRequest(_message.Message):
+    """Field 1 as in GetRequest, which this request was before after_seq: old callers still fit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """job id"""
+    after_seq: _builtins.int
+    """only the metrics stored after this position (0: all of them)"""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        after_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMetricsRequest: _TypeAlias = GetMetricsRequest  # noqa: Y015
+
+@_typing.final
 class MetricsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     METRICS_FIELD_NUMBER: _builtins.int
     RUN_URI_FIELD_NUMBER: _builtins.int
     MODEL_URI_FIELD_NUMBER: _builtins.int
+    LAST_SEQ_FIELD_NUMBER: _builtins.int
     run_uri: _builtins.str
     model_uri: _builtins.str
+    last_seq: _builtins.int
+    """the position of the last metric returned: ask after it next time"""
     @_builtins.property
     def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___Metric]: ...
     def __init__(
@@ -1898,10 +1927,11 @@ class MetricsResponse(_message.Message):
         metrics: _abc.Iterable[Global___Metric] | None = ...,
         run_uri: _builtins.str = ...,
         model_uri: _builtins.str = ...,
+        last_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics", "model_uri", b"model_uri", "run_uri", b"run_uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_seq", b"last_seq", "metrics", b"metrics", "model_uri", b"model_uri", "run_uri", b"run_uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

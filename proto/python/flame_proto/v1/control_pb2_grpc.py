@@ -316,7 +316,7 @@ class ControlPlaneStub:
                 _registered_method=True)
         self.GetMetrics = channel.unary_unary(
                 '/flame.v1.ControlPlane/GetMetrics',
-                request_serializer=flame_dot_v1_dot_control__pb2.GetRequest.SerializeToString,
+                request_serializer=flame_dot_v1_dot_control__pb2.GetMetricsRequest.SerializeToString,
                 response_deserializer=flame_dot_v1_dot_control__pb2.MetricsResponse.FromString,
                 _registered_method=True)
         self.GetTrackingCredentials = channel.unary_unary(
@@ -730,8 +730,7 @@ class ControlPlaneServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetMetrics(self, request, context):
-        """id = job id
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -1086,7 +1085,7 @@ def add_ControlPlaneServicer_to_server(servicer, server):
             ),
             'GetMetrics': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMetrics,
-                    request_deserializer=flame_dot_v1_dot_control__pb2.GetRequest.FromString,
+                    request_deserializer=flame_dot_v1_dot_control__pb2.GetMetricsRequest.FromString,
                     response_serializer=flame_dot_v1_dot_control__pb2.MetricsResponse.SerializeToString,
             ),
             'GetTrackingCredentials': grpc.unary_unary_rpc_method_handler(
@@ -2637,7 +2636,7 @@ class ControlPlane:
             request,
             target,
             '/flame.v1.ControlPlane/GetMetrics',
-            flame_dot_v1_dot_control__pb2.GetRequest.SerializeToString,
+            flame_dot_v1_dot_control__pb2.GetMetricsRequest.SerializeToString,
             flame_dot_v1_dot_control__pb2.MetricsResponse.FromString,
             options,
             channel_credentials,

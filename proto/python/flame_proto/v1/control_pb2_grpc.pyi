@@ -115,8 +115,7 @@ class ControlPlaneStub:
     GetLogs: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetLogsRequest, _control_pb2.GetLogsResponse]
     ReportMetrics: _grpc.UnaryUnaryMultiCallable[_control_pb2.MetricsReport, _control_pb2.Empty]
     """metrics reported by tasks (per-round curves for `flamectl job watch`)"""
-    GetMetrics: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.MetricsResponse]
-    """id = job id"""
+    GetMetrics: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetMetricsRequest, _control_pb2.MetricsResponse]
     GetTrackingCredentials: _grpc.UnaryUnaryMultiCallable[_control_pb2.Empty, _control_pb2.TrackingCredentials]
     """the caller's login on the tracking server: it reads the runs and models of their jobs"""
     RegisterEndpoint: _grpc.UnaryUnaryMultiCallable[_control_pb2.EndpointRegistration, _control_pb2.Empty]
@@ -225,8 +224,7 @@ class ControlPlaneAsyncStub(ControlPlaneStub):
     GetLogs: _aio.UnaryUnaryMultiCallable[_control_pb2.GetLogsRequest, _control_pb2.GetLogsResponse]  # type: ignore[assignment]
     ReportMetrics: _aio.UnaryUnaryMultiCallable[_control_pb2.MetricsReport, _control_pb2.Empty]  # type: ignore[assignment]
     """metrics reported by tasks (per-round curves for `flamectl job watch`)"""
-    GetMetrics: _aio.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.MetricsResponse]  # type: ignore[assignment]
-    """id = job id"""
+    GetMetrics: _aio.UnaryUnaryMultiCallable[_control_pb2.GetMetricsRequest, _control_pb2.MetricsResponse]  # type: ignore[assignment]
     GetTrackingCredentials: _aio.UnaryUnaryMultiCallable[_control_pb2.Empty, _control_pb2.TrackingCredentials]  # type: ignore[assignment]
     """the caller's login on the tracking server: it reads the runs and models of their jobs"""
     RegisterEndpoint: _aio.UnaryUnaryMultiCallable[_control_pb2.EndpointRegistration, _control_pb2.Empty]  # type: ignore[assignment]
@@ -660,10 +658,9 @@ class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def GetMetrics(
         self,
-        request: _control_pb2.GetRequest,
+        request: _control_pb2.GetMetricsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_control_pb2.MetricsResponse, _abc.Awaitable[_control_pb2.MetricsResponse]]:
-        """id = job id"""
+    ) -> _typing.Union[_control_pb2.MetricsResponse, _abc.Awaitable[_control_pb2.MetricsResponse]]: ...
 
     @_abc_1.abstractmethod
     def GetTrackingCredentials(

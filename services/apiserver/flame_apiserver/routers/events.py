@@ -45,7 +45,9 @@ async def _changes(
     get = control_pb2.GetRequest(id=job_id)
     job = await ctl.call(ctl.stub.GetJob, get, caller)
     events = watch.task_events(list((await ctl.call(ctl.stub.ListTasks, get, caller)).items))
-    events += watch.metric_events(list((await ctl.call(ctl.stub.GetMetrics, get, caller)).metrics))
+    # the points stored since the last look, not the job's whole history every poll
+    since = control_pb2.GetMetricsRequest(id=job_id, after_seq=watch.metric_seq)
+    events += watch.metric_events(await ctl.call(ctl.stub.GetMetrics, since, caller))
     while logs:
         req = control_pb2.GetLogsRequest(
             job_id=job_id, task_id=task_id, after_seq=watch.log_seq, limit=_LOG_PAGE

@@ -120,6 +120,14 @@ async def get_logs(
 
 
 @router.get("/jobs/{id}/metrics", response_model=Metrics)
-async def get_metrics(id: Id, caller: UserCaller, ctl: Ctl) -> Response:
-    resp = await ctl.call(ctl.stub.GetMetrics, control_pb2.GetRequest(id=id), caller)
-    return metrics_response(resp)
+async def get_metrics(
+    id: Id,
+    caller: UserCaller,
+    ctl: Ctl,
+    after_seq: Annotated[
+        int,
+        Query(ge=0, le=2**53 - 1, description="only points stored after this `last_seq`"),
+    ] = 0,
+) -> Response:
+    req = control_pb2.GetMetricsRequest(id=id, after_seq=after_seq)
+    return metrics_response(await ctl.call(ctl.stub.GetMetrics, req, caller))

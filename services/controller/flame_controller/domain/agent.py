@@ -230,12 +230,13 @@ async def report_metrics(
             raise InvalidArgument(f"metric {m.key!r} at step {m.step} is not a finite number")
     # Idempotent: a task has one value per metric and step, the first reported. A report sent
     # again (its answer was lost, or a restarted aggregator repeats a round) adds nothing.
-    seen = {(r.key, r.step) for r in await ctx.store.read_metrics(task.job_id, task_id=task.id)}
+    stored = await ctx.stored_metrics.of(ctx.store, task.job_id, task.id)
+    taken: set[tuple[str, int]] = set()  # within this report
     records = []
     for m in metrics:
-        if (m.key, m.step) in seen:
+        if (m.key, m.step) in stored or (m.key, m.step) in taken:
             continue
-        seen.add((m.key, m.step))
+        taken.add((m.key, m.step))
         records.append(
             MetricRecord(
                 job_id=task.job_id,
@@ -257,17 +258,21 @@ async def report_metrics(
         await ctx.store.update_task(task.id, {"info": info})
 
 
-async def get_metrics(ctx: Ctx, caller: Caller, job_id: str) -> MetricsView:
+async def get_metrics(ctx: Ctx, caller: Caller, job_id: str, after_seq: int = 0) -> MetricsView:
+    """The job's metrics stored after position ``after_seq`` (0: all of them): a client that
+    polls a long job asks after the ``last_seq`` it got and reads only the new points."""
     if caller.scope == "node":
         raise PermissionDenied("job metrics are read with a user token")
+    if after_seq < 0:
+        raise InvalidArgument("after_seq is a position: 0 or more")
     job = await _visible_job(ctx, caller, job_id)
-    metrics = await ctx.store.read_metrics(job.id)
+    metrics, last_seq = await ctx.store.metrics_since(job.id, after_seq)
     # Run and model links come from the task that tracks the job: the top aggregator, which
     # owns no data; fall back to any task that reported one.
     tasks = sorted(await ctx.store.list_tasks(job_id=job.id), key=lambda t: t.data_consumer)
     run_uri = next((str(t.info["run_uri"]) for t in tasks if t.info.get("run_uri")), "")
     model_uri = next((str(t.info["model_uri"]) for t in tasks if t.info.get("model_uri")), "")
-    return MetricsView(metrics=metrics, run_uri=run_uri, model_uri=model_uri)
+    return MetricsView(metrics=metrics, run_uri=run_uri, model_uri=model_uri, last_seq=last_seq)
 
 
 async def register_endpoint(ctx: Ctx, caller: Caller, *, task_id: str, endpoint: str) -> None:

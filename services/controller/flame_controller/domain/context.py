@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from flame_controller.domain.stored_metrics import StoredMetrics
 from flame_controller.store.base import Store
 from flame_controller.tracking_accounts import TrackingAccounts
 from flame_spec.pki import Authority
@@ -53,6 +54,8 @@ class Ctx:
     tracking_uris: frozenset[str] = frozenset()
     # health samples kept per node (the newest; flamelets report one every 15 s by default)
     node_health_keep: int = 240
+    # what each task has reported, read incrementally (report_metrics keeps the first value)
+    stored_metrics: StoredMetrics = field(default_factory=StoredMetrics)
 
     @cached_property
     def data_plane_ca(self) -> Authority | None:

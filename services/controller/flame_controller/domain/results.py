@@ -65,6 +65,7 @@ class MetricsView:
     metrics: Sequence[MetricRecord]
     run_uri: str = ""
     model_uri: str = ""
+    last_seq: int = 0  # the store position of the last metric: the next read starts after it
 
 
 @dataclass(frozen=True)

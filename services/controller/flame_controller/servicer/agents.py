@@ -86,9 +86,10 @@ class AgentCalls(ServicerBase):
 
     @rpc
     async def GetMetrics(
-        self, request: control_pb2.GetRequest, context: Context
+        self, request: control_pb2.GetMetricsRequest, context: Context
     ) -> control_pb2.MetricsResponse:
-        return convert.metrics(await agent.get_metrics(self.ctx, caller_of(context), request.id))
+        view = await agent.get_metrics(self.ctx, caller_of(context), request.id, request.after_seq)
+        return convert.metrics(view)
 
     @rpc
     async def GetTrackingCredentials(

@@ -344,6 +344,14 @@ class Store(Protocol):
         """Metrics of a job in the order they were appended."""
         ...
 
+    async def metrics_since(
+        self, job_id: str, after: int = 0, *, task_id: str | None = None
+    ) -> tuple[list[MetricRecord], int]:
+        """The job's metrics appended after position ``after`` (0: all), in append order, and
+        the position of the last one returned (``after`` when none was): a reader that keeps
+        it reads only what came since, not the job's whole history again."""
+        ...
+
     # -- blobs (code zips, up to 64 MiB) ---------------------------------------------------
     # audit
     async def append_audit(self, entry: AuditRecord) -> AuditRecord: ...

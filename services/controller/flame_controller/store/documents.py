@@ -771,6 +771,18 @@ class DocumentStore(ABC):
         rows = await self._find_records(K.METRICS, MetricRecord, cond, ("n",))
         return [metric for _, metric in rows]
 
+    async def metrics_since(
+        self, job_id: str, after: int = 0, *, task_id: str | None = None
+    ) -> tuple[list[MetricRecord], int]:
+        cond = all_of(
+            Eq("job_id", job_id),
+            Gt("n", after),
+            Eq("task_id", task_id) if task_id is not None else None,
+        )
+        rows = await self._find(K.METRICS, cond, ("n",))
+        last = int(rows[-1][1]["n"]) if rows else after
+        return [self._decode(K.METRICS, MetricRecord, doc) for _, doc in rows], last
+
     # ------------------------------------------------------------------ audit
     async def append_audit(self, entry: AuditRecord) -> AuditRecord:
         return await self._create(K.AUDIT, entry)
