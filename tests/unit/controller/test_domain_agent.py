@@ -411,6 +411,25 @@ async def test_dropped_lines_are_reported_with_the_page(world: World) -> None:
     assert page.dropped == 2
 
 
+async def _aggregator_reporting(world: World) -> Callable[..., Awaitable[None]]:
+    """``send(*metrics, ctx=world.ctx)``: the job's aggregator reports, with its credential."""
+    aggregator = await tokens.authenticate(
+        world.ctx, await tokens.issue_task_credential(world.ctx, world.job.id)
+    )
+
+    async def send(*metrics: NewMetric, ctx: Ctx | None = None) -> None:
+        await agent.report_metrics(
+            ctx or world.ctx,
+            aggregator,
+            task_id=world.aggregator.id,
+            metrics=metrics,
+            run_uri="",
+            model_uri="",
+        )
+
+    return send
+
+
 async def test_metrics_and_run_links(world: World) -> None:
     ctx = world.ctx
     secret = await tokens.issue_task_credential(ctx, world.job.id)
@@ -443,15 +462,7 @@ async def test_metrics_and_run_links(world: World) -> None:
 
 async def test_a_poller_asks_for_the_points_after_those_it_has(world: World) -> None:
     ctx = world.ctx
-    aggregator = await tokens.authenticate(
-        ctx, await tokens.issue_task_credential(ctx, world.job.id)
-    )
-
-    async def send(*metrics: NewMetric) -> None:
-        await agent.report_metrics(
-            ctx, aggregator, task_id=world.aggregator.id, metrics=metrics, run_uri="", model_uri=""
-        )
-
+    send = await _aggregator_reporting(world)
     await send(NewMetric("accuracy", 0.5, 1), NewMetric("loss", 2.0, 1))
     first = await agent.get_metrics(ctx, world.alice, world.job.id)
     assert len(first.metrics) == 2 and first.last_seq > 0
@@ -467,15 +478,7 @@ async def test_a_poller_asks_for_the_points_after_those_it_has(world: World) -> 
 
 async def test_a_metrics_report_sent_again_counts_once(world: World) -> None:
     ctx = world.ctx
-    aggregator = await tokens.authenticate(
-        ctx, await tokens.issue_task_credential(ctx, world.job.id)
-    )
-
-    async def send(*metrics: NewMetric) -> None:
-        await agent.report_metrics(
-            ctx, aggregator, task_id=world.aggregator.id, metrics=metrics, run_uri="", model_uri=""
-        )
-
+    send = await _aggregator_reporting(world)
     await send(NewMetric("accuracy", 0.5, 0), NewMetric("loss", 2.0, 0))
     await send(NewMetric("accuracy", 0.5, 0), NewMetric("loss", 2.0, 0))  # its answer was lost
     # a restarted aggregator repeats step 1 (then sends step 2); the first value stays
@@ -510,24 +513,14 @@ async def test_a_long_jobs_reports_read_what_came_since_not_the_whole_history(
 
     monkeypatch.setattr(store, "read_metrics", counting(store.read_metrics))
     monkeypatch.setattr(store, "metrics_since", counting(store.metrics_since))
-    aggregator = await tokens.authenticate(
-        world.ctx, await tokens.issue_task_credential(world.ctx, world.job.id)
-    )
-
-    async def send(ctx: Ctx, *metrics: NewMetric) -> None:
-        await agent.report_metrics(
-            ctx, aggregator, task_id=world.aggregator.id, metrics=metrics, run_uri="", model_uri=""
-        )
-
+    send = await _aggregator_reporting(world)
     rounds = 300
     for step in range(rounds):
-        await send(
-            world.ctx, NewMetric("accuracy", step / rounds, step), NewMetric("loss", 1, step)
-        )
+        await send(NewMetric("accuracy", step / rounds, step), NewMetric("loss", 1, step))
     assert read <= 3 * 2 * rounds  # the whole history each time: about 90,000
-    await send(world.ctx, NewMetric("accuracy", 2.0, 5))  # a restarted aggregator repeats
+    await send(NewMetric("accuracy", 2.0, 5))  # a restarted aggregator repeats
     restarted = Ctx(store=store)  # another controller process: nothing cached
-    await send(restarted, NewMetric("accuracy", 3.0, 7), NewMetric("accuracy", 0.5, rounds))
+    await send(NewMetric("accuracy", 3.0, 7), NewMetric("accuracy", 0.5, rounds), ctx=restarted)
     stored = [
         (m.value, m.step)
         for m in (await agent.get_metrics(world.ctx, world.alice, world.job.id)).metrics
