@@ -28,10 +28,9 @@ from typing import Any
 
 import numpy as np
 from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 
 from flame.errors import ConfigError
-from flame.tensors import Weights
+from flame.tensors import Weights, safetensors_parts
 
 FILE_NAME = "aggregator.safetensors"
 HISTORY_NAME = "history.jsonl"
@@ -69,8 +68,7 @@ def save_checkpoint(directory: str | Path, ckpt: AggregatorCheckpoint) -> Path:
         ("best/", ckpt.best_weights or {}),
     ):
         for name, value in group.items():
-            # np.asarray(order="C"), not ascontiguousarray: the latter turns 0-d tensors 1-d.
-            tensors[prefix + name] = np.asarray(value, order="C")
+            tensors[prefix + name] = value
     state = {
         "version": FORMAT_VERSION,
         "round": ckpt.round,
@@ -82,11 +80,16 @@ def save_checkpoint(directory: str | Path, ckpt: AggregatorCheckpoint) -> Path:
         "history": _history_state(folder, ckpt.history),
         "extra": ckpt.extra,
     }
-    data = st_save(tensors, metadata={"flame.state": json.dumps(state, separators=(",", ":"))})
+    # written from the tensors' own memory: building the file's bytes first (safetensors'
+    # ``save``) held two more copies of the model and the best model while each round saved
+    parts, _ = safetensors_parts(
+        tensors, metadata={"flame.state": json.dumps(state, separators=(",", ":"))}
+    )
     final = folder / FILE_NAME
     tmp = folder / f".{FILE_NAME}.{os.getpid()}.tmp"
     with tmp.open("wb") as fh:
-        fh.write(data)
+        for part in parts:
+            fh.write(part)
         fh.flush()
         os.fsync(fh.fileno())
     tmp.replace(final)

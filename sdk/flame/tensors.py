@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,6 +41,52 @@ WIRE_DTYPES: dict[str, np.dtype] = {
 }
 _ALWAYS_FINITE = frozenset("biu")  # dtype kinds with no inf or nan
 _WIRE_KINDS = {(dt.kind, dt.itemsize) for dt in WIRE_DTYPES.values()}
+
+
+_CODES = {(dt.kind, dt.itemsize): code for code, dt in WIRE_DTYPES.items()}
+
+
+def wire_code(dtype: np.dtype) -> str | None:
+    """The safetensors code of a wire dtype (byte order aside), None for any other dtype."""
+    dt = np.dtype(dtype)
+    return _CODES.get((dt.kind, dt.itemsize))
+
+
+def safetensors_parts(
+    weights: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
+) -> tuple[tuple[memoryview, ...], int]:
+    """``weights`` (and ``metadata``) as safetensors bytes in pieces, and their total size: the
+    header, then each tensor's own memory. Writing the pieces out copies nothing but an array
+    that is not C-contiguous little-endian already (``to_bytes`` copies every tensor, and once
+    more into its result). Raises ``ValueError`` for a dtype not in :data:`WIRE_DTYPES`."""
+    arrays: list[tuple[str, np.ndarray, str]] = []
+    for name in sorted(weights):
+        arr = np.asarray(weights[name])
+        code = wire_code(arr.dtype)
+        if code is None:
+            raise ValueError(f"cannot write tensors of dtype {arr.dtype}")
+        arrays.append((name, np.asarray(arr, dtype=WIRE_DTYPES[code], order="C"), code))
+    header: dict[str, object] = {}
+    offset = 0
+    for name, arr, code in arrays:
+        header[name] = {
+            "dtype": code,
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + arr.nbytes],
+        }
+        offset += arr.nbytes
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    prefix = struct.pack("<Q", len(head)) + head
+    # the raw bytes of each array, without copying
+    data = (
+        memoryview(arr.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+        for _, arr, _ in arrays
+        if arr.size
+    )
+    return (memoryview(prefix), *data), len(prefix) + offset
 
 
 def is_wire_dtype(dtype: np.dtype) -> bool:

@@ -31,25 +31,19 @@ import numpy as np
 
 from flame.errors import ChannelError
 from flame.messages import Message
-from flame.tensors import WIRE_DTYPES, Weights
+from flame.tensors import WIRE_DTYPES, Weights, safetensors_parts, wire_code
 from flame_proto.v1 import data_pb2
 
 _DTYPES = WIRE_DTYPES
-_CODES = {(dt.kind, dt.itemsize): code for code, dt in _DTYPES.items()}
 MAX_HEADER_BYTES = 100_000_000  # the limit safetensors itself enforces
-
-
-def _code_of(arr: np.ndarray) -> str:
-    code = _CODES.get((arr.dtype.kind, arr.dtype.itemsize))
-    if code is None:
-        raise ChannelError(f"cannot send tensors of dtype {arr.dtype}")
-    return code
 
 
 def check_sendable(weights: Mapping[str, np.ndarray] | None) -> None:
     """Raise :class:`ChannelError` unless every tensor has a dtype the wire format carries."""
     for arr in (weights or {}).values():
-        _code_of(np.asarray(arr))
+        dtype = np.asarray(arr).dtype
+        if wire_code(dtype) is None:
+            raise ChannelError(f"cannot send tensors of dtype {dtype}")
 
 
 @dataclass(frozen=True)
@@ -63,26 +57,8 @@ class Payload:
     def of(cls, weights: Mapping[str, np.ndarray] | None) -> Payload:
         if not weights:
             return cls((), 0)
-        arrays: list[tuple[str, np.ndarray]] = []
-        for name in sorted(weights):
-            arr = np.asarray(weights[name])
-            code = _code_of(arr)
-            arr = np.asarray(arr, dtype=_DTYPES[code], order="C")  # copies only if needed
-            arrays.append((name, arr))
-        header: dict[str, object] = {}
-        offset = 0
-        for name, arr in arrays:
-            header[name] = {
-                "dtype": _code_of(arr),
-                "shape": list(arr.shape),
-                "data_offsets": [offset, offset + arr.nbytes],
-            }
-            offset += arr.nbytes
-        head = json.dumps(header, separators=(",", ":")).encode()
-        head += b" " * (-len(head) % 8)
-        prefix = struct.pack("<Q", len(head)) + head
-        parts = (memoryview(prefix), *(_bytes_of(arr) for _, arr in arrays if arr.size))
-        return cls(parts, len(prefix) + offset)
+        check_sendable(weights)
+        return cls(*safetensors_parts(weights))
 
     def pieces(self, size: int) -> Iterator[list[memoryview]]:
         """The payload in pieces of exactly ``size`` bytes (the last may be shorter), each as
@@ -101,11 +77,6 @@ class Payload:
                     pending, pending_len = [], 0
         if pending_len:
             yield pending
-
-
-def _bytes_of(arr: np.ndarray) -> memoryview:
-    """The raw bytes of a C-contiguous array, without copying."""
-    return memoryview(arr.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
 def chunk_count(total_bytes: int, chunk_bytes: int) -> int:

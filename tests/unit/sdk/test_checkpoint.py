@@ -4,6 +4,8 @@ undisturbed one does."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -327,3 +329,32 @@ def test_a_restarted_middle_aggregator_runs_its_checkpointed_round_again(tmp_pat
     assert middles("model.again") == [4, 4]
     for name, value in clean.weights.items():
         np.testing.assert_array_equal(resumed.weights[name], value)
+
+
+_SAVE_A_BIG_MODEL = """
+import resource, sys, numpy as np
+from flame.checkpoint import AggregatorCheckpoint, save_checkpoint
+n = 25_000_000  # 100 MB of float32 in each of the model and the best model
+model = {"w": np.ones(n, np.float32)}
+best = {"w": np.zeros(n, np.float32)}
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+save_checkpoint(sys.argv[1], AggregatorCheckpoint(round=1, weights=model, best_weights=best))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_a_save_holds_no_copy_of_the_model(tmp_path: Path) -> None:
+    """The file is written from the tensors' own memory: an aggregator of a large model does
+    not need room for two more copies of it (and of the best model) at the end of each round,
+    as it did while the file's bytes were built first (+4x the model)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _SAVE_A_BIG_MODEL, str(tmp_path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    grew = int(out.stdout.strip().splitlines()[-1])
+    assert grew < 50_000_000  # under half the model, where building the bytes took 400 MB
+    got = load_checkpoint(tmp_path)
+    assert got is not None and got.best_weights is not None
+    assert float(got.weights["w"][-1]) == 1.0 and float(got.best_weights["w"][0]) == 0.0
