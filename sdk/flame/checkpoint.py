@@ -30,7 +30,7 @@ import numpy as np
 from safetensors.numpy import load as st_load
 
 from flame.errors import ConfigError
-from flame.tensors import Weights, safetensors_parts
+from flame.tensors import Weights, write_safetensors
 
 FILE_NAME = "aggregator.safetensors"
 HISTORY_NAME = "history.jsonl"
@@ -80,16 +80,12 @@ def save_checkpoint(directory: str | Path, ckpt: AggregatorCheckpoint) -> Path:
         "history": _history_state(folder, ckpt.history),
         "extra": ckpt.extra,
     }
-    # written from the tensors' own memory: building the file's bytes first (safetensors'
-    # ``save``) held two more copies of the model and the best model while each round saved
-    parts, _ = safetensors_parts(
-        tensors, metadata={"flame.state": json.dumps(state, separators=(",", ":"))}
-    )
     final = folder / FILE_NAME
     tmp = folder / f".{FILE_NAME}.{os.getpid()}.tmp"
     with tmp.open("wb") as fh:
-        for part in parts:
-            fh.write(part)
+        # from the tensors' own memory: building the file's bytes first (safetensors' ``save``)
+        # held two more copies of the model and of the best model while each round saved
+        write_safetensors(fh, tensors, {"flame.state": json.dumps(state, separators=(",", ":"))})
         fh.flush()
         os.fsync(fh.fileno())
     tmp.replace(final)

@@ -15,7 +15,7 @@ from flame.config import TaskConfig
 from flame.roles.base import RoleResult
 from flame.roles.topology import topology_of
 from flame.rounds import OnRound, RoundTee
-from flame.tensors import from_bytes, to_bytes
+from flame.tensors import from_bytes, write_safetensors
 from flame.tracking import NullTracker, Tracker, TrackingResult, make_tracker
 
 RESULT_JSON = "result.json"
@@ -63,7 +63,8 @@ def write_result(workdir: str | Path, result: RoleResult) -> None:
     """What ``flame.launch`` leaves in the task's workdir: final weights + history JSON."""
     folder = Path(workdir)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / RESULT_WEIGHTS).write_bytes(to_bytes(result.weights))
+    with (folder / RESULT_WEIGHTS).open("wb") as fh:
+        write_safetensors(fh, result.weights)
     (folder / RESULT_JSON).write_text(json.dumps(result_body(result), indent=1, default=str))
 
 

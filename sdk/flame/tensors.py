@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from numpy.typing import NDArray
@@ -87,6 +87,17 @@ def safetensors_parts(
         if arr.size
     )
     return (memoryview(prefix), *data), len(prefix) + offset
+
+
+def write_safetensors(
+    fh: BinaryIO, weights: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
+) -> None:
+    """Write ``weights`` to ``fh`` as safetensors, from the tensors' own memory (a model-sized
+    file costs no model-sized buffer). Nothing at all for no weights and no metadata, as
+    :func:`to_bytes` gives ``b""`` then."""
+    if weights or metadata:
+        for part in safetensors_parts(weights, metadata)[0]:
+            fh.write(part)
 
 
 def is_wire_dtype(dtype: np.dtype) -> bool:

@@ -37,8 +37,7 @@ from flame.config import TaskConfig, TrackingSpec
 from flame.connect import PLAINTEXT, Security, sync_http_client
 from flame.mlflow_store import MetricPoint, RunStore, StoreError, store_for
 from flame.outbox import Outbox
-from flame.tensors import Weights, copy_weights
-from flame.tensors import to_bytes as weights_to_bytes
+from flame.tensors import Weights, copy_weights, write_safetensors
 from flame_spec.retry import Backoff
 
 if TYPE_CHECKING:
@@ -296,7 +295,8 @@ class MlflowTracker:
         """The best model's MLflow folder in ``tmp``; without ``weights``, with an empty
         weights file (see :meth:`_send_fixed_model_files`)."""
         weights_file = tmp / "weights.safetensors"
-        weights_file.write_bytes(weights_to_bytes(weights) if weights is not None else b"")
+        with weights_file.open("wb") as fh:  # from the weights' own memory: no model-sized copy
+            write_safetensors(fh, weights or {})
         artifacts = {"weights": weights_file}
         requirements = ["mlflow", "numpy", "safetensors"]
         examples: dict[str, Any] = {}
