@@ -40,9 +40,6 @@ WIRE_DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype("bool"),
 }
 _ALWAYS_FINITE = frozenset("biu")  # dtype kinds with no inf or nan
-_WIRE_KINDS = {(dt.kind, dt.itemsize) for dt in WIRE_DTYPES.values()}
-
-
 _CODES = {(dt.kind, dt.itemsize): code for code, dt in WIRE_DTYPES.items()}
 
 
@@ -102,8 +99,7 @@ def write_safetensors(
 
 def is_wire_dtype(dtype: np.dtype) -> bool:
     """True for a dtype the wire carries (byte order aside: it is normalised on sending)."""
-    dt = np.dtype(dtype)
-    return (dt.kind, dt.itemsize) in _WIRE_KINDS
+    return wire_code(dtype) is not None
 
 
 def to_bytes(weights: Mapping[str, np.ndarray]) -> bytes:
