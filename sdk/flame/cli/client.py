@@ -447,9 +447,7 @@ class FlameClient:
     def get_metrics(self, job_id: str, after_seq: int = 0) -> Metrics:
         """The job's metrics; with ``after_seq`` (a ``last_seq`` this returned before) only the
         points stored since."""
-        if after_seq:
-            return self._get(Metrics, f"/v1/jobs/{job_id}/metrics", after_seq=after_seq)
-        return self._get(Metrics, f"/v1/jobs/{job_id}/metrics")
+        return self._get(Metrics, f"/v1/jobs/{job_id}/metrics", after_seq=after_seq)
 
 
 def _error(resp: httpx.Response) -> ApiError:
